@@ -1,0 +1,131 @@
+//! Causal self-attention with `n_head` query heads and `n_kv_head` key/value heads.
+//!
+//! `n_kv_head == n_head` is multi-head attention, `1` is multi-query, anything between is
+//! grouped-query: query head `h` reads key/value head `h / g` with `g = n_head / n_kv_head`.
+//! The `g` query heads of a group are stacked along the time axis, so one batched product
+//! per key/value head serves the whole group and K/V are never copied per query head.
+
+use dfdx::prelude::*;
+use rand::Rng;
+
+use super::layers::{Act, Dropout, Linear};
+use super::param::{Float, HasParams, Param};
+use super::rope::Rope;
+
+/// `(B, heads, T, hd)` and friends.
+pub type Act4<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
+
+/// The sizes attention needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Model width C.
+    pub n_embd: usize,
+    /// Query heads H.
+    pub n_head: usize,
+    /// Key/value heads; divides `n_head`.
+    pub n_kv_head: usize,
+}
+
+impl AttnShape {
+    /// Per-head width `C / H`.
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.n_head / self.n_kv_head
+    }
+    /// Width of the key (and value) projection.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_head * self.head_dim()
+    }
+}
+
+/// Projections of one attention layer.
+#[derive(Clone, Debug)]
+pub struct CausalSelfAttention<D: Device<Float>> {
+    /// Sizes.
+    pub shape: AttnShape,
+    /// `(C, C)` query projection.
+    pub wq: Linear<D>,
+    /// `(C, n_kv_head·hd)` key projection.
+    pub wk: Linear<D>,
+    /// `(C, n_kv_head·hd)` value projection.
+    pub wv: Linear<D>,
+    /// `(C, C)` output projection, initialised with the residual-scaled std.
+    pub wo: Linear<D>,
+}
+
+impl<D: Device<Float>> CausalSelfAttention<D> {
+    /// GPT-2 initialisation; `proj_std` is used for the output projection.
+    pub fn new(dev: &D, rng: &mut impl Rng, name: &str, shape: AttnShape, proj_std: f64) -> Self {
+        let c = shape.n_embd;
+        Self {
+            shape,
+            wq: Linear::new(dev, rng, &format!("{name}.wq"), c, c, true, 0.02),
+            wk: Linear::new(dev, rng, &format!("{name}.wk"), c, shape.kv_dim(), true, 0.02),
+            wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), true, 0.02),
+            wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, true, proj_std),
+        }
+    }
+
+    /// `x: (B·T, C) -> (B·T, C)` for a batch of `b` sequences of length `t`.
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(
+        &self,
+        x: Act<D, T>,
+        b: usize,
+        t: usize,
+        rope: Option<&Rope>,
+        drop: &mut Dropout,
+    ) -> Act<D, T> {
+        let AttnShape { n_embd: c, n_head: h, n_kv_head: hkv, .. } = self.shape;
+        let (hd, g) = (self.shape.head_dim(), self.shape.group());
+
+        let xk = x.retaped::<T>();
+        let xv = x.retaped::<T>();
+        let mut q = self.wq.forward(x).reshape_like(&(b, t, h, hd)); // (B, T, H, hd)
+        let mut k = self.wk.forward(xk).reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
+        let v = self.wv.forward(xv).reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
+        if let Some(rope) = rope {
+            q = rope.apply(q, 0);
+            k = rope.apply(k, 0);
+        }
+
+        // Query heads h = j·g + i for group j: (B, H, T, hd) contiguous is (B, Hkv, g·T, hd).
+        let q = q.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, hkv, g * t, hd));
+        let k_t = k.permute::<_, Axes4<0, 2, 3, 1>>(); // (B, Hkv, hd, T)
+        let v = v.permute::<_, Axes4<0, 2, 1, 3>>(); // (B, Hkv, T, hd)
+
+        let scale = 1.0 / (hd as Float).sqrt();
+        let scores = q.matmul(k_t) * scale; // (B, Hkv, g·T, T)
+        let scores = scores.reshape_like(&(b, h, t, t)); // (B, H, T, T)
+        let mask = causal_mask(scores.device(), t).broadcast_like::<_, Axes2<0, 1>>(&(b, h, t, t));
+        let att = drop.apply((scores + mask).softmax::<Axis<3>>()); // (B, H, T, T)
+        let y = att.reshape_like(&(b, hkv, g * t, t)).matmul(v); // (B, Hkv, g·T, hd)
+        let y = y
+            .reshape_like(&(b, h, t, hd))
+            .permute::<_, Axes4<0, 2, 1, 3>>() // (B, T, H, hd)
+            .reshape_like(&(b * t, c)); // (B·T, C)
+        drop.apply(self.wo.forward(y))
+    }
+}
+
+/// `(T, T)` additive mask: 0 on and below the diagonal, -∞ above it.
+pub fn causal_mask<D: Device<Float>>(dev: &D, t: usize) -> Tensor<(usize, usize), Float, D> {
+    dev.upper_tri_like(&(t, t), Float::NEG_INFINITY, 1)
+}
+
+impl<D: Device<Float>> HasParams<D> for CausalSelfAttention<D> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
+        self.wq.visit(f);
+        self.wk.visit(f);
+        self.wv.visit(f);
+        self.wo.visit(f);
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
+        self.wq.visit_mut(f);
+        self.wk.visit_mut(f);
+        self.wv.visit_mut(f);
+        self.wo.visit_mut(f);
+    }
+}

@@ -1,0 +1,160 @@
+//! The decoder-only transformer: embeddings, pre-LayerNorm blocks, final norm, LM head.
+
+use dfdx::prelude::*;
+use rand::SeedableRng;
+
+use super::attention::CausalSelfAttention;
+use super::layers::{Act, Dropout, LayerNorm, Linear, Mlp, normal_values};
+use super::param::{Float, HasParams, Param};
+use super::rope::Rope;
+use super::{ModelConfig, Position};
+
+/// One pre-LayerNorm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Clone, Debug)]
+pub struct Block<D: Device<Float>> {
+    /// Norm before attention.
+    pub ln1: LayerNorm<D>,
+    /// Causal self-attention.
+    pub attn: CausalSelfAttention<D>,
+    /// Norm before the MLP.
+    pub ln2: LayerNorm<D>,
+    /// Feed-forward network.
+    pub mlp: Mlp<D>,
+}
+
+impl<D: Device<Float>> Block<D> {
+    /// `(B·T, C) -> (B·T, C)`.
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>, b: usize, t: usize, rope: Option<&Rope>, drop: &mut Dropout) -> Act<D, T> {
+        let skip = x.retaped::<T>();
+        let x = skip + self.attn.forward(self.ln1.forward(x), b, t, rope, drop);
+        let skip = x.retaped::<T>();
+        skip + self.mlp.forward(self.ln2.forward(x), drop)
+    }
+}
+
+impl<D: Device<Float>> HasParams<D> for Block<D> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
+        self.ln1.visit(f);
+        self.attn.visit(f);
+        self.ln2.visit(f);
+        self.mlp.visit(f);
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
+        self.ln1.visit_mut(f);
+        self.attn.visit_mut(f);
+        self.ln2.visit_mut(f);
+        self.mlp.visit_mut(f);
+    }
+}
+
+/// A GPT over a character vocabulary.
+#[derive(Clone, Debug)]
+pub struct Gpt<D: Device<Float>> {
+    /// The configuration it was built from.
+    pub config: ModelConfig,
+    /// `(V, C)` token embedding.
+    pub wte: Param<D>,
+    /// `(block_size, C)` learned positions, only for [`Position::Absolute`].
+    pub wpe: Option<Param<D>>,
+    /// The transformer blocks.
+    pub blocks: Vec<Block<D>>,
+    /// Final norm.
+    pub ln_f: LayerNorm<D>,
+    /// `(C, V)` language-model head, no bias.
+    pub head: Linear<D>,
+    rope: Option<Rope>,
+    dev: D,
+}
+
+impl<D: Device<Float>> Gpt<D> {
+    /// Builds the model with GPT-2/minGPT initialisation from `seed`: weights N(0, 0.02²),
+    /// residual output projections N(0, (0.02/√(2·n_layer))²), zero biases, unit norm gains.
+    pub fn new(dev: &D, config: &ModelConfig, seed: u64) -> Self {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (v, c) = (config.vocab_size, config.n_embd);
+        let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+        let wte = Param::from_vec(dev, "wte.weight".into(), vec![v, c], false, normal_values(&mut rng, v * c, 0.02));
+        let wpe = (config.position == Position::Absolute).then(|| {
+            let n = config.block_size * c;
+            Param::from_vec(dev, "wpe.weight".into(), vec![config.block_size, c], false, normal_values(&mut rng, n, 0.02))
+        });
+        let blocks = (0..config.n_layer)
+            .map(|i| Block {
+                ln1: LayerNorm::new(dev, &format!("h.{i}.ln1"), c),
+                attn: CausalSelfAttention::new(dev, &mut rng, &format!("h.{i}.attn"), config.attn_shape(), proj_std),
+                ln2: LayerNorm::new(dev, &format!("h.{i}.ln2"), c),
+                mlp: Mlp::new(dev, &mut rng, &format!("h.{i}.mlp"), c, 4 * c, proj_std),
+            })
+            .collect();
+        let rope = (config.position == Position::Rope)
+            .then(|| Rope::new(config.attn_shape().head_dim(), config.block_size, config.rope_base));
+        Self {
+            config: config.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f: LayerNorm::new(dev, "ln_f", c),
+            head: Linear::new(dev, &mut rng, "head", c, v, false, 0.02),
+            rope,
+            dev: dev.clone(),
+        }
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// Logits `(B·T, V)` for `tokens` (row-major `(B, T)`), recording on `tape`.
+    ///
+    /// Pass `NoneTape` for evaluation, or an `OwnedTape` holding pre-allocated gradients to train.
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, tokens: &[usize], b: usize, t: usize, tape: T, drop: &mut Dropout) -> Act<D, T> {
+        assert_eq!(tokens.len(), b * t, "tokens must be B·T long");
+        assert!(t <= self.config.block_size, "sequence length {t} exceeds block size {}", self.config.block_size);
+        let c = self.config.n_embd;
+        let idx = self.dev.tensor_from_vec(tokens.to_vec(), (b * t,));
+        let mut x = self.wte.matrix::<NoneTape>().put_tape(tape).gather(idx); // (B·T, C)
+        if let Some(wpe) = &self.wpe {
+            let positions = self.dev.tensor_from_vec((0..b * t).map(|i| i % t).collect(), (b * t,));
+            x = x + wpe.matrix::<T>().gather(positions); // (B·T, C)
+        }
+        debug_assert_eq!(x.shape().1, c);
+        let mut x = drop.apply(x);
+        for block in &self.blocks {
+            x = block.forward(x, b, t, self.rope.as_ref(), drop);
+        }
+        self.head.forward(self.ln_f.forward(x)) // (B·T, V)
+    }
+
+    /// Mean cross-entropy of `logits (N, V)` against `targets (N,)`.
+    pub fn loss<T: Tape<Float, D>>(&self, logits: Act<D, T>, targets: &[usize]) -> Tensor<(), Float, D, T> {
+        let n = targets.len();
+        let targets = self.dev.tensor_from_vec(targets.to_vec(), (n,));
+        logits.log_softmax::<Axis<1>>().select(targets).mean().negate()
+    }
+}
+
+impl<D: Device<Float>> HasParams<D> for Gpt<D> {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
+        f(&self.wte);
+        if let Some(wpe) = &self.wpe {
+            f(wpe);
+        }
+        for b in &self.blocks {
+            b.visit(f);
+        }
+        self.ln_f.visit(f);
+        self.head.visit(f);
+    }
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
+        f(&mut self.wte);
+        if let Some(wpe) = &mut self.wpe {
+            f(wpe);
+        }
+        for b in &mut self.blocks {
+            b.visit_mut(f);
+        }
+        self.ln_f.visit_mut(f);
+        self.head.visit_mut(f);
+    }
+}

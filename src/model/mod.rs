@@ -1,0 +1,80 @@
+//! The GPT and its variants, on dfdx tensors with runtime sizes.
+//!
+//! Only plain data comes in ([`ModelConfig`]); the spec module decides what the config is.
+
+mod attention;
+mod gpt;
+mod layers;
+mod param;
+mod rope;
+
+pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
+pub use gpt::{Block, Gpt};
+pub use layers::{Act, Dropout, LayerNorm, Linear, Mlp};
+pub use param::{Float, HasParams, Param};
+pub use rope::Rope;
+
+use serde::{Deserialize, Serialize};
+
+/// How token positions enter the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Position {
+    /// A learned `(block_size, C)` table added to the token embeddings (GPT-2).
+    Absolute,
+    /// Rotary embedding of queries and keys in every layer (RoFormer).
+    Rope,
+    /// No position information beyond the causal mask.
+    None,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Position::Absolute => "absolute",
+            Position::Rope => "rope",
+            Position::None => "none",
+        })
+    }
+}
+
+/// Everything needed to build a [`Gpt`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Number of distinct tokens (characters).
+    pub vocab_size: usize,
+    /// Longest sequence the model will see: sizes the absolute position table and RoPE tables.
+    pub block_size: usize,
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Residual stream width C.
+    pub n_embd: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (divides `n_head`).
+    pub n_kv_head: usize,
+    /// Position encoding.
+    pub position: Position,
+    /// Dropout probability on embeddings, attention weights and residual branches.
+    pub dropout: f64,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+}
+
+impl ModelConfig {
+    /// The sizes of every attention layer.
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape { n_embd: self.n_embd, n_head: self.n_head, n_kv_head: self.n_kv_head }
+    }
+
+    /// Parameter count from the shapes alone, without building the model.
+    pub fn num_params(&self) -> usize {
+        let (v, c, l) = (self.vocab_size, self.n_embd, self.n_layer);
+        let kv = self.attn_shape().kv_dim();
+        let wpe = if self.position == Position::Absolute { self.block_size * c } else { 0 };
+        let attn = (c * c + c) * 2 + (c * kv + kv) * 2;
+        let mlp = (c * 4 * c + 4 * c) + (4 * c * c + c);
+        let norms = 2 * 2 * c;
+        v * c + wpe + l * (attn + mlp + norms) + 2 * c + c * v
+    }
+}

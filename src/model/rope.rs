@@ -1,0 +1,83 @@
+//! Rotary position embedding (Su et al. 2021, "RoFormer").
+//!
+//! Each head vector is split into pairs `(x_i, x_{i+d/2})` (the "rotate half" layout of
+//! GPT-NeoX and LLaMA), and pair `i` at position `m` is rotated by the angle `m · θ_i` with
+//! `θ_i = base^(-2i/d)`. Rotating queries and keys this way makes `q_m · k_n` depend on the
+//! positions only through `m - n`.
+
+use dfdx::prelude::*;
+
+use super::param::Float;
+
+/// Precomputed cos/sin tables for every position up to `max_len`.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    head_dim: usize,
+    /// `(max_len, head_dim)` row-major: `cos(m θ_i)` repeated for both halves.
+    cos: Vec<Float>,
+    /// Same layout as `cos`.
+    sin: Vec<Float>,
+    max_len: usize,
+}
+
+impl Rope {
+    /// Tables for positions `0..max_len`; `head_dim` must be even (checked by the spec).
+    pub fn new(head_dim: usize, max_len: usize, base: f64) -> Self {
+        assert!(head_dim % 2 == 0, "RoPE needs an even head dimension");
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_len * head_dim);
+        let mut sin = Vec::with_capacity(max_len * head_dim);
+        for m in 0..max_len {
+            for j in 0..head_dim {
+                let i = j % half;
+                let theta = base.powf(-2.0 * i as f64 / head_dim as f64);
+                let angle = m as f64 * theta;
+                cos.push(angle.cos() as Float);
+                sin.push(angle.sin() as Float);
+            }
+        }
+        Self { head_dim, cos, sin, max_len }
+    }
+
+    /// The longest sequence the tables cover.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Rotates `x: (B, T, nh, hd)` whose first row is position `offset`.
+    pub fn apply<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
+        &self,
+        x: Tensor<(usize, usize, usize, usize), Float, D, T>,
+        offset: usize,
+    ) -> Tensor<(usize, usize, usize, usize), Float, D, T> {
+        let shape = *x.shape();
+        let (b, t, nh, hd) = shape;
+        assert_eq!(hd, self.head_dim, "RoPE built for head_dim {}", self.head_dim);
+        assert!(offset + t <= self.max_len, "position {} beyond RoPE table of {}", offset + t, self.max_len);
+        let dev = x.device().clone();
+        let rows = offset * hd..(offset + t) * hd;
+        let cos = dev.tensor_from_vec(self.cos[rows.clone()].to_vec(), (t, hd)).broadcast_like::<_, Axes2<0, 2>>(&shape);
+        let sin = dev.tensor_from_vec(self.sin[rows].to_vec(), (t, hd)).broadcast_like::<_, Axes2<0, 2>>(&shape);
+        // rotate_half(x) = [-x2, x1] as one product with a fixed signed permutation matrix,
+        // which keeps the whole rotation inside dfdx's autodiff without slicing. The second
+        // use of `x` is re-taped (same id), so both branches' gradients add into `x`.
+        let rotated = x
+            .retaped::<T>()
+            .reshape_like(&(b * t * nh, hd))
+            .matmul(dev.tensor_from_vec(self.rotate_half_matrix(), (hd, hd)))
+            .reshape_like(&shape);
+        x * cos + rotated * sin
+    }
+
+    /// `R` with `x R = [-x2, x1]`: column `j < d/2` takes `-x[j + d/2]`, column `j ≥ d/2` takes `x[j - d/2]`.
+    fn rotate_half_matrix(&self) -> Vec<Float> {
+        let d = self.head_dim;
+        let half = d / 2;
+        let mut r = vec![0.0; d * d];
+        for j in 0..half {
+            r[(j + half) * d + j] = -1.0;
+            r[j * d + j + half] = 1.0;
+        }
+        r
+    }
+}
