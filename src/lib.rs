@@ -1,4 +1,12 @@
 //! gptlab: compare transformer variants by writing a TOML file.
 //!
-//! Data flows one way: [`spec`] (the file) → [`plan`] (runs) → [`train`] → metrics.
+//! Data flows one way: [`spec`] (the file) → [`plan`] (runnable runs) → [`train`]
+//! (metrics under `runs/`). [`model`] and [`data`] are the pieces training is made of.
+
+pub mod data;
+pub mod discover;
 pub mod model;
+pub mod plan;
+pub mod seed;
+pub mod spec;
+pub mod train;

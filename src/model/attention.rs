@@ -12,9 +12,6 @@ use super::layers::{Act, Dropout, Linear};
 use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
 
-/// `(B, heads, T, hd)` and friends.
-pub type Act4<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
-
 /// The sizes attention needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {

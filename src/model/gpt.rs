@@ -1,7 +1,7 @@
 //! The decoder-only transformer: embeddings, pre-LayerNorm blocks, final norm, LM head.
 
 use dfdx::prelude::*;
-use rand::SeedableRng;
+use rand::Rng;
 
 use super::attention::CausalSelfAttention;
 use super::layers::{Act, Dropout, LayerNorm, Linear, Mlp, normal_values};
@@ -67,23 +67,22 @@ pub struct Gpt<D: Device<Float>> {
 }
 
 impl<D: Device<Float>> Gpt<D> {
-    /// Builds the model with GPT-2/minGPT initialisation from `seed`: weights N(0, 0.02²),
+    /// Builds the model with GPT-2/minGPT initialisation drawn from `rng`: weights N(0, 0.02²),
     /// residual output projections N(0, (0.02/√(2·n_layer))²), zero biases, unit norm gains.
-    pub fn new(dev: &D, config: &ModelConfig, seed: u64) -> Self {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    pub fn new(dev: &D, config: &ModelConfig, rng: &mut impl Rng) -> Self {
         let (v, c) = (config.vocab_size, config.n_embd);
         let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
-        let wte = Param::from_vec(dev, "wte.weight".into(), vec![v, c], false, normal_values(&mut rng, v * c, 0.02));
+        let wte = Param::from_vec(dev, "wte.weight".into(), vec![v, c], false, normal_values(rng, v * c, 0.02));
         let wpe = (config.position == Position::Absolute).then(|| {
             let n = config.block_size * c;
-            Param::from_vec(dev, "wpe.weight".into(), vec![config.block_size, c], false, normal_values(&mut rng, n, 0.02))
+            Param::from_vec(dev, "wpe.weight".into(), vec![config.block_size, c], false, normal_values(rng, n, 0.02))
         });
         let blocks = (0..config.n_layer)
             .map(|i| Block {
                 ln1: LayerNorm::new(dev, &format!("h.{i}.ln1"), c),
-                attn: CausalSelfAttention::new(dev, &mut rng, &format!("h.{i}.attn"), config.attn_shape(), proj_std),
+                attn: CausalSelfAttention::new(dev, rng, &format!("h.{i}.attn"), config.attn_shape(), proj_std),
                 ln2: LayerNorm::new(dev, &format!("h.{i}.ln2"), c),
-                mlp: Mlp::new(dev, &mut rng, &format!("h.{i}.mlp"), c, 4 * c, proj_std),
+                mlp: Mlp::new(dev, rng, &format!("h.{i}.mlp"), c, 4 * c, proj_std),
             })
             .collect();
         let rope = (config.position == Position::Rope)
@@ -94,7 +93,7 @@ impl<D: Device<Float>> Gpt<D> {
             wpe,
             blocks,
             ln_f: LayerNorm::new(dev, "ln_f", c),
-            head: Linear::new(dev, &mut rng, "head", c, v, false, 0.02),
+            head: Linear::new(dev, rng, "head", c, v, false, 0.02),
             rope,
             dev: dev.clone(),
         }

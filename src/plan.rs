@@ -1,0 +1,217 @@
+//! From resolved run specs to runnable plans: the data is located and measured, the model
+//! config is fixed (vocabulary size, block size), and the phase schedule is laid out.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::data::Corpus;
+use crate::model::ModelConfig;
+use crate::spec::{RunConfig, RunSpec, SampleSection, SpecErrors, TrainSection};
+
+/// One phase laid out on the global step axis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    /// 0-based phase index.
+    pub index: usize,
+    /// Sequence length of every batch.
+    pub seq_len: usize,
+    /// First global step of the phase (1-based).
+    pub first_step: usize,
+    /// Steps in the phase.
+    pub steps: usize,
+    /// Learning rate.
+    pub lr: f64,
+}
+
+impl Phase {
+    /// Last global step of the phase.
+    pub fn last_step(&self) -> usize {
+        self.first_step + self.steps - 1
+    }
+}
+
+/// The phases of a run, back to back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseSchedule {
+    /// In order.
+    pub phases: Vec<Phase>,
+}
+
+impl PhaseSchedule {
+    /// Lays out `config.phase` from step 1.
+    pub fn new(config: &RunConfig) -> Self {
+        let mut first_step = 1;
+        let phases = config
+            .phase
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                let phase = Phase { index, seq_len: p.seq_len, first_step, steps: p.steps, lr: p.lr.unwrap_or(config.train.lr) };
+                first_step += p.steps;
+                phase
+            })
+            .collect();
+        Self { phases }
+    }
+
+    /// Steps over all phases.
+    pub fn total_steps(&self) -> usize {
+        self.phases.iter().map(|p| p.steps).sum()
+    }
+
+    /// The longest sequence of any phase.
+    pub fn max_seq_len(&self) -> usize {
+        self.phases.iter().map(|p| p.seq_len).max().unwrap_or(0)
+    }
+
+    /// The phase a global step belongs to.
+    pub fn phase_of(&self, step: usize) -> Option<&Phase> {
+        self.phases.iter().find(|p| (p.first_step..=p.last_step()).contains(&step))
+    }
+}
+
+/// Everything needed to train one run.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    /// Experiment name.
+    pub experiment: String,
+    /// Run name (unique in the experiment).
+    pub name: String,
+    /// `(short key, value)` settings that set this run apart.
+    pub varies: Vec<(String, String)>,
+    /// Output folder: `<runs_dir>/<experiment>/<run>`.
+    pub dir: PathBuf,
+    /// The corpus file, resolved.
+    pub data_path: PathBuf,
+    /// The architecture.
+    pub model: ModelConfig,
+    /// The phases.
+    pub schedule: PhaseSchedule,
+    /// Optimiser settings.
+    pub train: TrainSection,
+    /// Sampling settings.
+    pub sample: SampleSection,
+    /// Master seed.
+    pub seed: u64,
+    /// Weights to start from.
+    pub init_from: Option<String>,
+    /// The resolved spec, as saved beside the metrics.
+    pub config: RunConfig,
+    /// Tokens in the training split.
+    pub train_tokens: usize,
+}
+
+impl RunPlan {
+    /// Parameters of the model.
+    pub fn num_params(&self) -> usize {
+        self.model.num_params()
+    }
+
+    /// Tokens the run trains on: Σ steps · batch · seq_len.
+    pub fn tokens_seen(&self) -> u64 {
+        self.schedule.phases.iter().map(|p| (p.steps * p.seq_len * self.train.batch_size) as u64).sum()
+    }
+
+    /// The run's name followed by what sets it apart, for humans.
+    pub fn label(&self) -> String {
+        if self.varies.is_empty() {
+            self.name.clone()
+        } else {
+            self.varies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
+/// Finds a relative data path in the working directory, else beside the spec file.
+fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
+    if path.is_absolute() || path.exists() {
+        return if path.is_file() { Ok(path.to_path_buf()) } else { Err(format!("data file `{}` not found", path.display())) };
+    }
+    let beside = spec_path.parent().unwrap_or(Path::new(".")).join(path);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Err(format!("data file `{}` not found (looked in the working directory and in {})", path.display(), beside.parent().map(|p| p.display().to_string()).unwrap_or_default()))
+}
+
+/// Checks the data-dependent parts of each run and lays out its plan.
+pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
+    let mut corpora: HashMap<(PathBuf, u64), Result<Corpus, String>> = HashMap::new();
+    let mut errors = vec![];
+    let mut plans = vec![];
+    for spec in specs {
+        let c = &spec.config;
+        let data_path = match resolve_data_path(&c.data.path, spec.spec_path()) {
+            Ok(p) => p,
+            Err(msg) => {
+                errors.push(spec.error("data.path", msg));
+                continue;
+            }
+        };
+        let corpus = corpora
+            .entry((data_path.clone(), c.data.val_fraction.to_bits()))
+            .or_insert_with(|| Corpus::load(&data_path, c.data.val_fraction).map_err(|e| format!("{e:#}")));
+        let corpus = match corpus {
+            Ok(c) => c,
+            Err(msg) => {
+                errors.push(spec.error("data.path", msg.clone()));
+                continue;
+            }
+        };
+        let mut ok = true;
+        if corpus.vocab.len() < 2 {
+            errors.push(spec.error("data.path", format!("the corpus has {} distinct characters; at least 2 are needed", corpus.vocab.len())));
+            ok = false;
+        }
+        for (i, p) in c.phase.iter().enumerate() {
+            // Windows of seq_len + 1 characters are drawn from both splits (validation too, when it exists).
+            let mut splits = vec![("training", corpus.train.len())];
+            if c.data.val_fraction > 0.0 {
+                splits.push(("validation", corpus.val.len()));
+            }
+            if let Some((split, len)) = splits.into_iter().find(|&(_, len)| p.seq_len + 1 > len) {
+                errors.push(spec.error(
+                    &format!("phase.{i}.seq_len"),
+                    format!(
+                        "seq_len {} needs windows of {} characters, but the {split} split of {} has only {len}",
+                        p.seq_len,
+                        p.seq_len + 1,
+                        data_path.display()
+                    ),
+                ));
+                ok = false;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let schedule = PhaseSchedule::new(c);
+        let model = ModelConfig {
+            vocab_size: corpus.vocab.len(),
+            block_size: schedule.max_seq_len(),
+            n_layer: c.model.n_layer,
+            n_embd: c.model.n_embd,
+            n_head: c.model.n_head,
+            n_kv_head: c.model.kv_heads(),
+            position: c.model.position,
+            dropout: c.model.dropout,
+            rope_base: c.model.rope_base,
+        };
+        plans.push(RunPlan {
+            experiment: spec.experiment.clone(),
+            name: spec.name.clone(),
+            varies: spec.varies.clone(),
+            dir: runs_dir.join(&spec.experiment).join(&spec.name),
+            data_path,
+            model,
+            schedule,
+            train: c.train.clone(),
+            sample: c.sample.clone(),
+            seed: c.experiment.seed,
+            init_from: spec.init_from.clone(),
+            config: c.clone(),
+            train_tokens: corpus.train.len(),
+        });
+    }
+    if errors.is_empty() { Ok(plans) } else { Err(SpecErrors(errors)) }
+}

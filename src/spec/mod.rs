@@ -1,0 +1,406 @@
+//! The spec file: parsing with line-accurate errors, defaults, run and sweep expansion,
+//! and the checks that need no data.
+//!
+//! A run's configuration is built in layers, each overriding the one before:
+//! the file's sections → its `[[run]]` entry → its `[sweep]` point → `--set` arguments.
+//! The merged table is then deserialised into [`RunConfig`] and checked; every error is
+//! traced back to the layer, and line, that set the offending key.
+
+mod error;
+mod overrides;
+mod sections;
+mod source;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use error::{Origin, SpecError, SpecErrors};
+pub use overrides::SetArg;
+pub use sections::{DataSection, ExperimentSection, ModelSection, PhaseSection, RunConfig, SampleSection, TrainSection};
+
+use overrides::{flatten, set_dotted, value_label};
+use source::{SourceMap, segments};
+
+/// The shape of the file itself, checked before any expansion.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    #[allow(dead_code)]
+    experiment: ExperimentSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: DataSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    model: ModelSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    train: TrainSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    phase: Vec<PhaseSection>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    sample: SampleSection,
+    #[serde(default)]
+    run: Vec<RawRun>,
+    #[serde(default)]
+    sweep: toml::Table,
+}
+
+/// A `[[run]]` entry: a name plus overrides of any section.
+#[derive(Deserialize)]
+struct RawRun {
+    name: String,
+    #[serde(default)]
+    init_from: Option<String>,
+    #[serde(flatten)]
+    overrides: toml::Table,
+}
+
+/// The spec's text and spans, shared by every run expanded from it.
+struct Source {
+    path: PathBuf,
+    map: SourceMap,
+}
+
+/// A parsed spec file, not yet expanded into runs.
+pub struct SpecFile {
+    source: Arc<Source>,
+    /// The experiment's name (its output folder).
+    pub name: String,
+    base: toml::Table,
+    runs: Vec<RawRun>,
+    sweep: Vec<(String, Vec<toml::Value>)>,
+}
+
+/// Which layers a run's values came from, to trace an error to its line.
+#[derive(Clone)]
+struct Layers {
+    run_index: Option<usize>,
+    run_keys: Vec<String>,
+    sweep_keys: Vec<String>,
+    sets: Vec<SetArg>,
+}
+
+/// One fully resolved run.
+#[derive(Clone)]
+pub struct RunSpec {
+    /// Unique within the experiment; its folder name.
+    pub name: String,
+    /// The experiment it belongs to.
+    pub experiment: String,
+    /// `(short key, value)` for each setting that differs between this experiment's runs.
+    pub varies: Vec<(String, String)>,
+    /// Checkpoint to start from (weights only).
+    pub init_from: Option<String>,
+    /// The resolved configuration.
+    pub config: RunConfig,
+    source: Arc<Source>,
+    layers: Layers,
+}
+
+fn related(a: &str, b: &str) -> bool {
+    a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
+}
+
+impl Source {
+    fn error(&self, origin: Origin, key: Option<&str>, run: Option<&str>, message: impl Into<String>) -> SpecError {
+        SpecError { file: self.path.clone(), origin, key: key.map(str::to_string), run: run.map(str::to_string), message: message.into() }
+    }
+
+    fn line(&self, dotted_prefix: &[source::Seg], key: &str) -> Origin {
+        let mut path = dotted_prefix.to_vec();
+        path.extend(segments(key));
+        self.map.line_of(&path).map(Origin::Line).unwrap_or(Origin::File)
+    }
+
+    /// Where `key` was set for a run with these layers.
+    fn origin(&self, layers: &Layers, key: &str) -> Origin {
+        if let Some(set) = layers.sets.iter().rev().find(|s| related(&s.key, key)) {
+            return Origin::Cli(format!("--set {}", set.raw));
+        }
+        if let Some(sk) = layers.sweep_keys.iter().find(|s| related(s, key)) {
+            let whole = self.map.line_of(&[source::Seg::Key("sweep".into()), source::Seg::Key(sk.clone())]);
+            return whole.map(Origin::Line).unwrap_or_else(|| self.line(&[source::Seg::Key("sweep".into())], sk));
+        }
+        if let Some(i) = layers.run_index {
+            if layers.run_keys.iter().any(|r| related(r, key)) {
+                return self.line(&[source::Seg::Key("run".into()), source::Seg::Index(i)], key);
+            }
+        }
+        self.line(&[], key)
+    }
+}
+
+/// Turns a serde error on `path` into a key for the message.
+fn serde_key(path: &serde_path_to_error::Path) -> Option<String> {
+    let s = path.to_string();
+    (s != "." && !s.is_empty()).then(|| s.replace('[', ".").replace(']', ""))
+}
+
+impl SpecFile {
+    /// Reads and parses `path`, checking syntax, key names and value types of the whole file.
+    pub fn load(path: &Path) -> Result<Self, SpecErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            file: path.to_path_buf(),
+            origin: Origin::File,
+            key: None,
+            run: None,
+            message: format!("cannot read the spec: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses spec text; `path` names it in errors and gives the default experiment name.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, SpecErrors> {
+        let map = SourceMap::parse(text).map_err(|(msg, span)| SpecError {
+            file: path.to_path_buf(),
+            origin: span
+                .map(|s| Origin::Line(text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1))
+                .unwrap_or(Origin::File),
+            key: None,
+            run: None,
+            message: format!("invalid TOML: {}", msg.trim()),
+        })?;
+        let source = Arc::new(Source { path: path.to_path_buf(), map });
+
+        let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = serde_key(e.path());
+            let origin = e.inner().span().map(|s| Origin::Line(source.map.line_of_offset(s.start))).unwrap_or(Origin::File);
+            source.error(origin, key.as_deref(), None, e.inner().message().to_string())
+        })?;
+        let mut base: toml::Table = toml::from_str(text).map_err(|e| source.error(Origin::File, None, None, e.message().to_string()))?;
+        base.remove("run");
+        base.remove("sweep");
+
+        let name = match base.get("experiment").and_then(|e| e.get("name")).and_then(|n| n.as_str()) {
+            Some(n) => n.to_string(),
+            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "experiment".into()),
+        };
+        let mut errors = vec![];
+        if let Err(msg) = check_folder_name(&name) {
+            errors.push(source.error(source.line(&[], "experiment.name"), Some("experiment.name"), None, msg));
+        }
+
+        let mut sweep = vec![];
+        for (key, value) in flatten(&raw.sweep, "") {
+            let origin = source.origin(&Layers { run_index: None, run_keys: vec![], sweep_keys: vec![key.clone()], sets: vec![] }, &key);
+            match value {
+                toml::Value::Array(values) if !values.is_empty() => sweep.push((key, values)),
+                toml::Value::Array(_) => errors.push(source.error(origin, Some(&format!("sweep.{key}")), None, "a sweep needs at least one value")),
+                other => errors.push(source.error(
+                    origin,
+                    Some(&format!("sweep.{key}")),
+                    None,
+                    format!("a sweep takes an array of values, e.g. [1, 2], not `{other}`"),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(SpecErrors(errors));
+        }
+        Ok(Self { source, name, base, runs: raw.run, sweep })
+    }
+
+    /// The spec file's path.
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
+    /// Whether the file has a `[sweep]` section.
+    pub fn has_sweep(&self) -> bool {
+        !self.sweep.is_empty()
+    }
+
+    /// Expands into runs: `[[run]]` entries × `[sweep]` grid points, each with `sets` applied
+    /// last, then validated. All problems are reported together.
+    pub fn expand(&self, sets: &[SetArg]) -> Result<Vec<RunSpec>, SpecErrors> {
+        let src = &self.source;
+        let mut errors = vec![];
+
+        // (name, run index, run-level overrides, init_from)
+        let mut entries: Vec<(String, Option<usize>, Vec<(String, toml::Value)>, Option<String>)> = vec![];
+        if self.runs.is_empty() {
+            entries.push((String::new(), None, vec![], None));
+        }
+        for (i, run) in self.runs.iter().enumerate() {
+            let overrides = flatten(&run.overrides, "");
+            entries.push((run.name.clone(), Some(i), overrides, run.init_from.clone()));
+        }
+
+        let points = grid(&self.sweep);
+        let short = short_names(self.sweep.iter().map(|(k, _)| k.as_str()));
+        let mut specs = vec![];
+        for (run_name, run_index, overrides, init_from) in &entries {
+            for point in &points {
+                let point_name = point.iter().zip(&short).map(|((_, v), s)| format!("{s}={}", value_label(v))).collect::<Vec<_>>().join(",");
+                let name = match (run_name.is_empty(), point_name.is_empty()) {
+                    (true, true) => "default".to_string(),
+                    (true, false) => point_name,
+                    (false, true) => run_name.clone(),
+                    (false, false) => format!("{run_name},{point_name}"),
+                };
+                let layers = Layers {
+                    run_index: *run_index,
+                    run_keys: overrides.iter().map(|(k, _)| k.clone()).collect(),
+                    sweep_keys: point.iter().map(|(k, _)| k.clone()).collect(),
+                    sets: sets.to_vec(),
+                };
+                match self.resolve(&name, &layers, overrides, point, sets) {
+                    Ok(config) => specs.push(RunSpec {
+                        name,
+                        experiment: self.name.clone(),
+                        varies: vec![],
+                        init_from: init_from.clone(),
+                        config,
+                        source: src.clone(),
+                        layers,
+                    }),
+                    Err(mut e) => errors.append(&mut e),
+                }
+            }
+        }
+
+        let mut seen = std::collections::HashSet::new();
+        for spec in &specs {
+            if let Err(msg) = check_folder_name(&spec.name) {
+                errors.push(spec.error_at_name(msg));
+            } else if !seen.insert(spec.name.clone()) {
+                errors.push(spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(SpecErrors(errors));
+        }
+        set_varies(&mut specs);
+        Ok(specs)
+    }
+
+    fn resolve(
+        &self,
+        name: &str,
+        layers: &Layers,
+        overrides: &[(String, toml::Value)],
+        point: &[(String, toml::Value)],
+        sets: &[SetArg],
+    ) -> Result<RunConfig, Vec<SpecError>> {
+        let src = &self.source;
+        let err = |key: &str, msg: String| src.error(src.origin(layers, key), Some(key), Some(name).filter(|n| !n.is_empty()), msg);
+        let mut table = self.base.clone();
+        let all = overrides.iter().cloned().chain(point.iter().cloned()).chain(sets.iter().map(|s| (s.key.clone(), s.value.clone())));
+        for (key, value) in all {
+            if key == "experiment.name" || related(&key, "run") || related(&key, "sweep") {
+                return Err(vec![err(&key, "cannot be overridden per run".into())]);
+            }
+            if let Err(msg) = set_dotted(&mut table, &key, value) {
+                return Err(vec![err(&key, msg)]);
+            }
+        }
+        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = serde_key(e.path()).unwrap_or_default();
+            vec![err(&key, e.inner().message().to_string())]
+        })?;
+        let problems = validate::check(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems.into_iter().map(|(k, m)| err(&k, m)).collect())
+        }
+    }
+}
+
+impl RunSpec {
+    /// An error about `key` of this run, placed on the line that set it.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> SpecError {
+        self.source.error(self.source.origin(&self.layers, key), Some(key), Some(&self.name), message)
+    }
+
+    fn error_at_name(&self, message: String) -> SpecError {
+        let origin = match self.layers.run_index {
+            Some(i) => self.source.line(&[source::Seg::Key("run".into()), source::Seg::Index(i)], "name"),
+            None => Origin::File,
+        };
+        self.source.error(origin, Some("name"), None, message)
+    }
+
+    /// The spec file this run came from.
+    pub fn spec_path(&self) -> &Path {
+        &self.source.path
+    }
+
+    /// Total optimizer steps over all phases.
+    pub fn total_steps(&self) -> usize {
+        self.config.phase.iter().map(|p| p.steps).sum()
+    }
+}
+
+/// Every combination of sweep values, in key order (the last key varies fastest).
+fn grid(sweep: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)>> {
+    let mut points = vec![vec![]];
+    for (key, values) in sweep {
+        points = points
+            .into_iter()
+            .flat_map(|p| values.iter().map(move |v| {
+                let mut p = p.clone();
+                p.push((key.clone(), v.clone()));
+                p
+            }))
+            .collect();
+    }
+    points
+}
+
+/// The last segment of each key (`n_kv_head`), or the whole key where that is ambiguous.
+fn short_names<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
+    let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+    keys.clone()
+        .map(|k| if keys.clone().filter(|o| last(o) == last(k)).count() > 1 { k.to_string() } else { last(k) })
+        .collect()
+}
+
+/// Records, for each run, the settings that differ between the experiment's runs.
+fn set_varies(specs: &mut [RunSpec]) {
+    let flat: Vec<Vec<(String, toml::Value)>> = specs
+        .iter()
+        .map(|s| match toml::Value::try_from(&s.config) {
+            Ok(toml::Value::Table(t)) => flatten(&t, ""),
+            _ => vec![],
+        })
+        .collect();
+    let Some(first) = flat.first() else { return };
+    let keys: Vec<String> = first.iter().map(|(k, _)| k.clone()).collect();
+    let differing: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            let v0 = first.iter().find(|(kk, _)| kk == *k).map(|(_, v)| v);
+            flat.iter().any(|f| f.iter().find(|(kk, _)| kk == *k).map(|(_, v)| v) != v0)
+        })
+        .collect();
+    let short = short_names(differing.iter().map(|k| k.as_str()));
+    for (spec, f) in specs.iter_mut().zip(&flat) {
+        spec.varies = differing
+            .iter()
+            .zip(&short)
+            .filter_map(|(k, s)| f.iter().find(|(kk, _)| kk == *k).map(|(_, v)| (s.clone(), value_label(v))))
+            .collect();
+    }
+}
+
+/// Run and experiment names become folder names.
+fn check_folder_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a name may not be empty".into());
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
+        return Err(format!("`{name}` cannot be a folder name (no `/`, `\\`, control characters, `.` or `..`)"));
+    }
+    if name.len() > 200 {
+        return Err("a name may be at most 200 bytes".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Dotted keys: `--set` arguments, flattening tables into leaf keys, and setting a leaf.
+
+use std::str::FromStr;
+
+/// A `--set key=value` argument. The value is read as TOML (`16`, `5e-4`, `"rope"`,
+/// `[1, 2]`); anything that is not valid TOML is taken as a bare string (`rope`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetArg {
+    /// Dotted key, e.g. `train.batch_size` or `phase.0.steps`.
+    pub key: String,
+    /// The parsed value.
+    pub value: toml::Value,
+    /// The argument as given, for error messages.
+    pub raw: String,
+}
+
+impl FromStr for SetArg {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let (key, value) = raw.split_once('=').ok_or_else(|| format!("`{raw}` is not key=value (e.g. train.batch_size=16)"))?;
+        let key = key.trim();
+        if key.is_empty() || key.split('.').any(|s| s.trim().is_empty()) {
+            return Err(format!("`{key}` is not a dotted key (e.g. model.n_head)"));
+        }
+        let value = value.trim();
+        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_string())),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        Ok(Self { key: key.to_string(), value, raw: raw.to_string() })
+    }
+}
+
+/// Leaf keys of `table` (arrays are leaves), as `(dotted key, value)` in file order.
+pub fn flatten(table: &toml::Table, prefix: &str) -> Vec<(String, toml::Value)> {
+    let mut out = vec![];
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => out.extend(flatten(t, &key)),
+            other => out.push((key, other.clone())),
+        }
+    }
+    out
+}
+
+/// Sets the leaf at `dotted` (creating tables on the way; numeric segments index arrays).
+pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: toml::Value) -> Result<(), String> {
+    let segs: Vec<&str> = dotted.split('.').collect();
+    let (last, parents) = segs.split_last().ok_or("empty key")?;
+    let mut cur: &mut toml::Value = table_entry(table, parents.first().copied().unwrap_or(last));
+    if parents.is_empty() {
+        *cur = value;
+        return Ok(());
+    }
+    for (i, seg) in parents.iter().enumerate().skip(1).map(|(i, s)| (i, *s)).chain(std::iter::once((parents.len(), *last))) {
+        let here = segs[..i].join(".");
+        cur = match cur {
+            toml::Value::Table(t) => table_entry(t, seg),
+            toml::Value::Array(a) => {
+                let idx: usize = seg.parse().map_err(|_| format!("`{here}` is an array: index it with a number, e.g. {here}.0"))?;
+                let len = a.len();
+                a.get_mut(idx).ok_or_else(|| format!("`{here}` has {len} entries, so index {idx} does not exist"))?
+            }
+            _ => return Err(format!("`{here}` is a value, not a table, so `{dotted}` cannot be set")),
+        };
+    }
+    *cur = value;
+    Ok(())
+}
+
+fn table_entry<'a>(t: &'a mut toml::Table, key: &str) -> &'a mut toml::Value {
+    t.entry(key.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
+}
+
+/// A value as it appears in a run name: strings unquoted, numbers as written.
+pub fn value_label(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_arg_reads_toml_or_bare_strings() {
+        let a: SetArg = "train.batch_size=16".parse().unwrap();
+        assert_eq!(a.value, toml::Value::Integer(16));
+        let b: SetArg = "model.position=rope".parse().unwrap();
+        assert_eq!(b.value, toml::Value::String("rope".into()));
+        assert!("noequals".parse::<SetArg>().is_err());
+        assert!("a..b=1".parse::<SetArg>().is_err());
+    }
+
+    #[test]
+    fn set_dotted_creates_tables_and_indexes_arrays() {
+        let mut t: toml::Table = toml::from_str("[[phase]]\nsteps = 1\n").unwrap();
+        set_dotted(&mut t, "model.n_head", toml::Value::Integer(3)).unwrap();
+        set_dotted(&mut t, "phase.0.steps", toml::Value::Integer(7)).unwrap();
+        assert_eq!(t["model"]["n_head"].as_integer(), Some(3));
+        assert_eq!(t["phase"][0]["steps"].as_integer(), Some(7));
+        assert!(set_dotted(&mut t, "phase.3.steps", toml::Value::Integer(7)).unwrap_err().contains("1 entries"));
+        assert!(set_dotted(&mut t, "model.n_head.x", toml::Value::Integer(7)).is_err());
+    }
+}

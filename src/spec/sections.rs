@@ -1,0 +1,178 @@
+//! The typed sections of a spec file, with gpt-mini defaults (minGPT's "gpt-mini" and its
+//! training settings). Every struct rejects unknown keys.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Position;
+
+/// `[experiment]`: the name (its output folder) and the seed every run starts from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentSection {
+    /// Defaults to the spec file's stem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Seeds initialisation, batch sampling and dropout.
+    pub seed: u64,
+}
+
+impl Default for ExperimentSection {
+    fn default() -> Self {
+        Self { name: None, seed: 3407 }
+    }
+}
+
+/// `[data]`: the character corpus and its validation split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// UTF-8 text file; relative paths resolve against the working directory, then the spec's folder.
+    pub path: PathBuf,
+    /// The last `val_fraction` of the corpus is held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self { path: PathBuf::from("data/tinyshakespeare.txt"), val_fraction: 0.1 }
+    }
+}
+
+/// `[model]`: the architecture. Defaults are gpt-mini.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Residual width.
+    pub n_embd: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads; defaults to `n_head` (multi-head attention).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_kv_head: Option<usize>,
+    /// `absolute`, `rope` or `none`.
+    pub position: Position,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { n_layer: 6, n_embd: 192, n_head: 6, n_kv_head: None, position: Position::Absolute, dropout: 0.1, rope_base: 10_000.0 }
+    }
+}
+
+impl ModelSection {
+    /// `n_kv_head`, defaulting to `n_head`.
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+}
+
+/// `[train]`: optimisation and bookkeeping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// AdamW learning rate (a phase may override it).
+    pub lr: f64,
+    /// AdamW β₁.
+    pub beta1: f64,
+    /// AdamW β₂.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matmul weights only.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 disables it.
+    pub grad_clip: f64,
+    /// Validation every this many steps (and at each phase end); 0 = only at phase ends.
+    pub eval_every: usize,
+    /// Batches averaged per validation.
+    pub eval_batches: usize,
+    /// Checkpoint every this many steps; 0 = only at phase ends.
+    pub checkpoint_every: usize,
+    /// How many periodic checkpoints to keep.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            lr: 5e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 8,
+            checkpoint_every: 200,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+/// One `[[phase]]`: train at `seq_len` for `steps` steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSection {
+    /// Sequence length of every batch in this phase.
+    pub seq_len: usize,
+    /// Optimizer steps in this phase.
+    pub steps: usize,
+    /// Learning rate for this phase; defaults to `train.lr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+}
+
+/// `[sample]`: what to generate from each phase's final model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleSection {
+    /// Each prompt is continued once per checkpoint.
+    pub prompts: Vec<String>,
+    /// Characters to generate.
+    pub max_new_tokens: usize,
+    /// Softmax temperature.
+    pub temperature: f64,
+    /// Keep only the `top_k` most likely characters; 0 keeps all.
+    pub top_k: usize,
+}
+
+impl Default for SampleSection {
+    fn default() -> Self {
+        Self { prompts: vec![], max_new_tokens: 500, temperature: 1.0, top_k: 10 }
+    }
+}
+
+/// Every section that shapes one run, after defaults and overrides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// `[experiment]`.
+    #[serde(default)]
+    pub experiment: ExperimentSection,
+    /// `[data]`.
+    #[serde(default)]
+    pub data: DataSection,
+    /// `[model]`.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// `[train]`.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// `[[phase]]`, in order.
+    #[serde(default)]
+    pub phase: Vec<PhaseSection>,
+    /// `[sample]`.
+    #[serde(default)]
+    pub sample: SampleSection,
+}

@@ -1,0 +1,103 @@
+//! Checks of a resolved run that need no data: sizes that cannot build, values out of range.
+
+use super::RunConfig;
+use crate::model::Position;
+
+/// `(dotted key, message)` for every problem found.
+pub fn check(c: &RunConfig) -> Vec<(String, String)> {
+    let mut out = vec![];
+    let mut bad = |key: &str, msg: String| out.push((key.to_string(), msg));
+    let m = &c.model;
+
+    for (key, v) in [("model.n_layer", m.n_layer), ("model.n_embd", m.n_embd), ("model.n_head", m.n_head)] {
+        if v == 0 {
+            bad(key, "must be at least 1".into());
+        }
+    }
+    let kv = m.kv_heads();
+    if kv == 0 {
+        bad("model.n_kv_head", "must be at least 1".into());
+    }
+    if m.n_head > 0 && m.n_embd % m.n_head != 0 {
+        bad("model.n_embd", format!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head));
+    }
+    if kv > 0 && m.n_head > 0 && m.n_head % kv != 0 {
+        bad("model.n_kv_head", format!("n_head ({}) must be divisible by n_kv_head ({kv})", m.n_head));
+    }
+    if m.position == Position::Rope && m.n_head > 0 && m.n_embd % m.n_head == 0 && (m.n_embd / m.n_head) % 2 != 0 {
+        bad("model.position", format!("RoPE needs an even head dimension, but n_embd / n_head = {} / {} = {}", m.n_embd, m.n_head, m.n_embd / m.n_head));
+    }
+    if !(0.0..1.0).contains(&m.dropout) {
+        bad("model.dropout", format!("must be in [0, 1), not {}", m.dropout));
+    }
+    if !(m.rope_base.is_finite() && m.rope_base > 1.0) {
+        bad("model.rope_base", format!("must be a finite number above 1, not {}", m.rope_base));
+    }
+    // Guard against configurations that cannot fit in memory, which would abort rather than error.
+    let width = m.n_embd.max(1) as u128;
+    let weights = m.n_layer as u128 * 12 * width * width;
+    if weights > 4_000_000_000 {
+        bad("model.n_embd", format!("n_layer × 12 × n_embd² = {weights} weights is beyond what gptlab trains"));
+    }
+
+    let t = &c.train;
+    if t.batch_size == 0 {
+        bad("train.batch_size", "must be at least 1".into());
+    }
+    for (key, v) in [("train.lr", t.lr), ("train.eps", t.eps)] {
+        if !(v.is_finite() && v > 0.0) {
+            bad(key, format!("must be a positive number, not {v}"));
+        }
+    }
+    for (key, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+        if !(0.0..1.0).contains(&v) {
+            bad(key, format!("must be in [0, 1), not {v}"));
+        }
+    }
+    for (key, v) in [("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
+        if !(v.is_finite() && v >= 0.0) {
+            bad(key, format!("must be a non-negative number, not {v}"));
+        }
+    }
+    if t.eval_batches == 0 {
+        bad("train.eval_batches", "must be at least 1".into());
+    }
+    if t.keep_checkpoints == 0 {
+        bad("train.keep_checkpoints", "must be at least 1".into());
+    }
+
+    if c.phase.is_empty() {
+        bad("phase", "at least one [[phase]] (seq_len, steps) is needed".into());
+    }
+    for (i, p) in c.phase.iter().enumerate() {
+        if p.steps == 0 {
+            bad(&format!("phase.{i}.steps"), "must be at least 1".into());
+        }
+        if p.seq_len == 0 {
+            bad(&format!("phase.{i}.seq_len"), "must be at least 1".into());
+        }
+        if p.seq_len > 65_536 {
+            bad(&format!("phase.{i}.seq_len"), format!("{} is beyond the 65536 gptlab supports", p.seq_len));
+        }
+        if let Some(lr) = p.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                bad(&format!("phase.{i}.lr"), format!("must be a positive number, not {lr}"));
+            }
+        }
+    }
+    let tokens_per_step = t.batch_size as u128 * c.phase.iter().map(|p| p.seq_len).max().unwrap_or(0) as u128;
+    if tokens_per_step > 16_777_216 {
+        bad("train.batch_size", format!("batch_size × seq_len = {tokens_per_step} tokens per step is beyond what gptlab trains"));
+    }
+
+    let d = &c.data;
+    if !(0.0..1.0).contains(&d.val_fraction) {
+        bad("data.val_fraction", format!("must be in [0, 1), not {}", d.val_fraction));
+    }
+
+    let s = &c.sample;
+    if !(s.temperature.is_finite() && s.temperature > 0.0) {
+        bad("sample.temperature", format!("must be a positive number, not {}", s.temperature));
+    }
+    out
+}

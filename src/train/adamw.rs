@@ -1,0 +1,101 @@
+//! AdamW (Loshchilov & Hutter) with its state in plain vectors, so a checkpoint can hold it,
+//! plus global gradient-norm clipping.
+
+use dfdx::prelude::*;
+
+use crate::model::{Float, HasParams};
+
+/// AdamW hyper-parameters and state: one first and second moment per parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    /// ε added to √v̂.
+    pub eps: f64,
+    /// Decoupled decay, applied only to parameters marked `decay`.
+    pub weight_decay: f64,
+    /// Updates applied so far (bias correction uses it).
+    pub t: u64,
+    /// First moments, by parameter in visit order.
+    pub m: Vec<Vec<Float>>,
+    /// Second moments.
+    pub v: Vec<Vec<Float>>,
+}
+
+impl AdamW {
+    /// Zero state for a model's parameters.
+    pub fn new<D: Device<Float>>(model: &impl HasParams<D>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        let mut sizes = vec![];
+        model.visit(&mut |p| sizes.push(p.numel()));
+        Self {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            t: 0,
+            m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+        }
+    }
+
+    /// One update with learning rate `lr`, as `torch.optim.AdamW`:
+    /// `θ ← θ - lr·λ·θ`, then `θ ← θ - lr · m̂ / (√v̂ + ε)`.
+    pub fn update<D: Device<Float>>(&mut self, model: &mut impl HasParams<D>, grads: &[Vec<Float>], lr: f64) {
+        self.t += 1;
+        let (b1, b2) = (self.beta1 as Float, self.beta2 as Float);
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        let step = (lr / bc1) as Float;
+        let bc2_sqrt = bc2.sqrt() as Float;
+        let eps = self.eps as Float;
+        let mut i = 0;
+        let (ms, vs, wd) = (&mut self.m, &mut self.v, self.weight_decay);
+        model.visit_mut(&mut |p| {
+            let (m, v, g) = (&mut ms[i], &mut vs[i], &grads[i]);
+            let decay = if p.decay { (1.0 - lr * wd) as Float } else { 1.0 };
+            let mut w = p.value.as_vec();
+            for j in 0..w.len() {
+                m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                w[j] = w[j] * decay - step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
+            }
+            p.value.copy_from(&w);
+            i += 1;
+        });
+    }
+}
+
+/// The global L2 norm of all gradients.
+pub fn grad_norm(grads: &[Vec<Float>]) -> f64 {
+    grads.iter().flatten().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt()
+}
+
+/// Scales all gradients so their global norm is at most `max_norm` (0 disables clipping),
+/// as `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [Vec<Float>], max_norm: f64) -> f64 {
+    let norm = grad_norm(grads);
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = (max_norm / (norm + 1e-6)) as Float;
+        grads.iter_mut().flatten().for_each(|g| *g *= scale);
+    }
+    norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipping_bounds_the_norm_and_keeps_direction() {
+        let mut g = vec![vec![3.0, 0.0], vec![4.0]];
+        let before = clip_grad_norm(&mut g, 1.0);
+        assert!((before - 5.0).abs() < 1e-9);
+        assert!((grad_norm(&g) - 1.0).abs() < 1e-5);
+        assert!((g[0][0] / g[1][0] - 0.75).abs() < 1e-6);
+        let mut small = vec![vec![0.1]];
+        clip_grad_norm(&mut small, 1.0);
+        assert_eq!(small, vec![vec![0.1]]);
+    }
+}
