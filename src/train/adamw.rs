@@ -99,3 +99,49 @@ mod tests {
         assert_eq!(small, vec![vec![0.1]]);
     }
 }
+
+#[cfg(test)]
+mod adamw_tests {
+    use super::*;
+    use crate::model::Param;
+
+    struct One(Param<Cpu>);
+    impl HasParams<Cpu> for One {
+        fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<Cpu>)) {
+            f(&self.0)
+        }
+        fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<Cpu>)) {
+            f(&mut self.0)
+        }
+    }
+
+    /// Two steps of torch.optim.AdamW written out by hand.
+    #[test]
+    fn matches_the_pytorch_update_rule() {
+        let dev = Cpu::default();
+        for decay in [true, false] {
+            let mut model = One(Param::from_vec(&dev, "w".into(), vec![2], decay, vec![1.0, -2.0]));
+            let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
+            let grads = [[0.5f64, -1.0], [0.25, 2.0]];
+            let (lr, wd) = (0.01f64, if decay { 0.1 } else { 0.0 });
+            let mut w = [1.0f64, -2.0];
+            let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
+            for (t, g) in grads.iter().enumerate() {
+                opt.update(&mut model, &[g.iter().map(|&x| x as f32).collect()], lr);
+                let t = (t + 1) as i32;
+                for j in 0..2 {
+                    w[j] *= 1.0 - lr * wd;
+                    m[j] = 0.9 * m[j] + 0.1 * g[j];
+                    v[j] = 0.95 * v[j] + 0.05 * g[j] * g[j];
+                    let mhat = m[j] / (1.0 - 0.9f64.powi(t));
+                    let vhat = v[j] / (1.0 - 0.95f64.powi(t));
+                    w[j] -= lr * mhat / (vhat.sqrt() + 1e-8);
+                }
+                let got = model.0.value.as_vec();
+                for j in 0..2 {
+                    assert!((got[j] as f64 - w[j]).abs() < 1e-6, "step {t}: {} vs {}", got[j], w[j]);
+                }
+            }
+        }
+    }
+}
