@@ -15,7 +15,11 @@ pub struct Vocab {
 impl Vocab {
     /// Every distinct character of `text`, sorted.
     pub fn from_text(text: &str) -> Self {
-        let mut chars: Vec<char> = text.chars().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let mut chars: Vec<char> = text
+            .chars()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         chars.shrink_to_fit();
         Self { chars }
     }
@@ -81,14 +85,17 @@ pub struct Corpus {
 impl Corpus {
     /// Reads a UTF-8 text file and splits it.
     pub fn load(path: &Path, val_fraction: f64) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading corpus {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading corpus {}", path.display()))?;
         Ok(Self::from_text(&text, val_fraction))
     }
 
     /// Splits `text`: the last `val_fraction` of its characters are for validation.
     pub fn from_text(text: &str, val_fraction: f64) -> Self {
         let vocab = Vocab::from_text(text);
-        let tokens = vocab.encode(text).expect("the vocabulary covers its own text");
+        let tokens = vocab
+            .encode(text)
+            .expect("the vocabulary covers its own text");
         let n_train = ((tokens.len() as f64) * (1.0 - val_fraction)).floor() as usize;
         let val = tokens[n_train..].to_vec();
         let mut train = tokens;
@@ -114,7 +121,12 @@ pub struct Batch {
 ///
 /// `tokens.len() > t` is the caller's contract (the planner checks it against the split).
 pub fn sample_batch(tokens: &[usize], b: usize, t: usize, rng: &mut impl Rng) -> Batch {
-    assert!(tokens.len() > t, "corpus of {} tokens is too short for windows of {}", tokens.len(), t + 1);
+    assert!(
+        tokens.len() > t,
+        "corpus of {} tokens is too short for windows of {}",
+        tokens.len(),
+        t + 1
+    );
     let mut inputs = Vec::with_capacity(b * t);
     let mut targets = Vec::with_capacity(b * t);
     for _ in 0..b {
@@ -122,7 +134,12 @@ pub fn sample_batch(tokens: &[usize], b: usize, t: usize, rng: &mut impl Rng) ->
         inputs.extend_from_slice(&tokens[start..start + t]);
         targets.extend_from_slice(&tokens[start + 1..start + t + 1]);
     }
-    Batch { b, t, inputs, targets }
+    Batch {
+        b,
+        t,
+        inputs,
+        targets,
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,14 @@ pub fn discover(dir: &Path) -> Vec<(PathBuf, Result<SpecSummary, SpecErrors>)> {
         .map(|p| {
             let summary = SpecFile::load(&p).and_then(|spec| {
                 let runs = spec.expand(&[])?;
-                Ok(SpecSummary { name: spec.name.clone(), runs: runs.len(), total_steps: runs.iter().map(|r| r.total_steps()).sum() })
+                Ok(SpecSummary {
+                    name: spec.name.clone(),
+                    runs: runs.len(),
+                    total_steps: runs
+                        .iter()
+                        .map(|r| r.total_steps())
+                        .fold(0, usize::saturating_add),
+                })
             });
             (p, summary)
         })

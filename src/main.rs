@@ -13,7 +13,11 @@ use gptlab::spec::{SetArg, SpecErrors, SpecFile};
 use gptlab::train::{RunStatus, read_status, train_run};
 
 #[derive(Parser)]
-#[command(name = "gptlab", version, about = "Compare transformer variants by writing a TOML file")]
+#[command(
+    name = "gptlab",
+    version,
+    about = "Compare transformer variants by writing a TOML file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -119,14 +123,27 @@ fn main() -> ExitCode {
 }
 
 /// Loads, expands and plans a spec, keeping the runs named by `--only`.
-fn load_plans(file: &Path, select: &Select, runs_dir: &Path) -> Result<(SpecFile, Vec<RunPlan>), Failure> {
+fn load_plans(
+    file: &Path,
+    select: &Select,
+    runs_dir: &Path,
+) -> Result<(SpecFile, Vec<RunPlan>), Failure> {
     let spec = SpecFile::load(file)?;
     let mut runs = spec.expand(&select.sets)?;
     if !select.only.is_empty() {
-        let unknown: Vec<&String> = select.only.iter().filter(|o| !runs.iter().any(|r| &r.name == *o)).collect();
+        let unknown: Vec<&String> = select
+            .only
+            .iter()
+            .filter(|o| !runs.iter().any(|r| &r.name == *o))
+            .collect();
         if !unknown.is_empty() {
             let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
-            return Err(Failure::Runtime(anyhow::anyhow!("{}: no run named {:?}; its runs are {:?}", file.display(), unknown, names)));
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "{}: no run named {:?}; its runs are {:?}",
+                file.display(),
+                unknown,
+                names
+            )));
         }
         runs.retain(|r| select.only.contains(&r.name));
     }
@@ -136,13 +153,22 @@ fn load_plans(file: &Path, select: &Select, runs_dir: &Path) -> Result<(SpecFile
 
 fn list(dir: &Path) -> Result<ExitCode, Failure> {
     if !dir.is_dir() {
-        return Err(Failure::Runtime(anyhow::anyhow!("{} is not a folder", dir.display())));
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{} is not a folder",
+            dir.display()
+        )));
     }
     let found = gptlab::discover::discover(dir);
     let mut bad = 0;
     for (path, summary) in &found {
         match summary {
-            Ok(s) => println!("{:<40} {:<20} {:>3} runs {:>8} steps", path.display(), s.name, s.runs, s.total_steps),
+            Ok(s) => println!(
+                "{:<40} {:<20} {:>3} runs {:>8} steps",
+                path.display(),
+                s.name,
+                s.runs,
+                s.total_steps
+            ),
             Err(e) => {
                 bad += 1;
                 println!("{:<40} INVALID", path.display());
@@ -155,14 +181,23 @@ fn list(dir: &Path) -> Result<ExitCode, Failure> {
     if found.is_empty() {
         println!("no spec files (*.toml) under {}", dir.display());
     }
-    Ok(if bad > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if bad > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn validate(files: &[PathBuf], select: &Select) -> Result<ExitCode, Failure> {
     let mut failed = false;
     for file in files {
         match load_plans(file, select, Path::new("runs")) {
-            Ok((spec, plans)) => println!("{}: ok, experiment `{}`, {} runs", file.display(), spec.name, plans.len()),
+            Ok((spec, plans)) => println!(
+                "{}: ok, experiment `{}`, {} runs",
+                file.display(),
+                spec.name,
+                plans.len()
+            ),
             Err(Failure::Spec(e)) => {
                 eprintln!("{e}");
                 failed = true;
@@ -170,12 +205,21 @@ fn validate(files: &[PathBuf], select: &Select) -> Result<ExitCode, Failure> {
             Err(e) => return Err(e),
         }
     }
-    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn show_plan(file: &Path, select: &Select) -> Result<ExitCode, Failure> {
     let (spec, plans) = load_plans(file, select, Path::new("runs"))?;
-    println!("experiment `{}` ({}): {} runs", spec.name, file.display(), plans.len());
+    println!(
+        "experiment `{}` ({}): {} runs",
+        spec.name,
+        file.display(),
+        plans.len()
+    );
     for p in &plans {
         let m = &p.model;
         println!("\nrun `{}`", p.name);
@@ -184,14 +228,32 @@ fn show_plan(file: &Path, select: &Select) -> Result<ExitCode, Failure> {
         }
         println!(
             "  model:     n_layer={} n_embd={} n_head={} n_kv_head={} position={} dropout={} vocab={} block={}",
-            m.n_layer, m.n_embd, m.n_head, m.n_kv_head, m.position, m.dropout, m.vocab_size, m.block_size
+            m.n_layer,
+            m.n_embd,
+            m.n_head,
+            m.n_kv_head,
+            m.position,
+            m.dropout,
+            m.vocab_size,
+            m.block_size
         );
         println!("  params:    {}", p.num_params());
         for ph in &p.schedule.phases {
-            println!("  phase {}:   steps {}..={} seq_len {} lr {}", ph.index, ph.first_step, ph.last_step(), ph.seq_len, ph.lr);
+            println!(
+                "  phase {}:   steps {}..={} seq_len {} lr {}",
+                ph.index,
+                ph.first_step,
+                ph.last_step(),
+                ph.seq_len,
+                ph.lr
+            );
         }
         println!("  batch:     {}", p.train.batch_size);
-        println!("  tokens:    {} ({} in the training split)", p.tokens_seen(), p.train_tokens);
+        println!(
+            "  tokens:    {} ({} in the training split)",
+            p.tokens_seen(),
+            p.train_tokens
+        );
         println!("  output:    {}", p.dir.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -200,33 +262,48 @@ fn show_plan(file: &Path, select: &Select) -> Result<ExitCode, Failure> {
 fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
     let (spec, plans) = load_plans(&args.file, &args.select, &args.runs_dir)?;
     if sweep && !spec.has_sweep() {
-        return Err(Failure::Runtime(anyhow::anyhow!("{} has no [sweep] section; use `gptlab run`", args.file.display())));
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{} has no [sweep] section; use `gptlab run`",
+            args.file.display()
+        )));
     }
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("setting the thread count")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("setting the thread count")?;
     }
     let dev = dfdx::tensor::Cpu::default();
     let mut failed = vec![];
     let mut corpus_cache: Option<(PathBuf, f64, Corpus)> = None;
     for p in &plans {
-        if !args.fresh {
-            if let Some(RunStatus::Complete { step }) = read_status(&p.dir) {
-                if step == p.schedule.total_steps() {
-                    eprintln!("[{}] already complete ({step} steps); --fresh retrains it", p.name);
-                    continue;
-                }
-            }
+        if !args.fresh
+            && let Some(RunStatus::Complete { step }) = read_status(&p.dir)
+            && step == p.schedule.total_steps()
+        {
+            eprintln!(
+                "[{}] already complete ({step} steps); --fresh retrains it",
+                p.name
+            );
+            continue;
         }
         let val_fraction = p.config.data.val_fraction;
         let reuse = matches!(&corpus_cache, Some((path, vf, _)) if *path == p.data_path && *vf == val_fraction);
         if !reuse {
-            corpus_cache = Some((p.data_path.clone(), val_fraction, Corpus::load(&p.data_path, val_fraction)?));
+            corpus_cache = Some((
+                p.data_path.clone(),
+                val_fraction,
+                Corpus::load(&p.data_path, val_fraction)?,
+            ));
         }
         let corpus = &corpus_cache.as_ref().expect("loaded above").2;
         match train_run(&dev, p, corpus, args.quiet) {
             Ok(outcome) => {
                 if let RunStatus::Diverged { step } = outcome.status {
-                    eprintln!("error: run `{}` diverged at step {step} (non-finite loss); the other runs carry on", p.name);
+                    eprintln!(
+                        "error: run `{}` diverged at step {step} (non-finite loss); the other runs carry on",
+                        p.name
+                    );
                     failed.push(p.name.clone());
                 }
             }
@@ -237,10 +314,21 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
         }
     }
     if failed.is_empty() {
-        println!("{}: {} runs done; metrics under {}", spec.name, plans.len(), args.runs_dir.join(&spec.name).display());
+        println!(
+            "{}: {} runs done; metrics under {}",
+            spec.name,
+            plans.len(),
+            args.runs_dir.join(&spec.name).display()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("{}: {} of {} runs failed: {}", spec.name, failed.len(), plans.len(), failed.join(", "));
+        eprintln!(
+            "{}: {} of {} runs failed: {}",
+            spec.name,
+            failed.len(),
+            plans.len(),
+            failed.join(", ")
+        );
         Ok(ExitCode::from(1))
     }
 }

@@ -46,7 +46,13 @@ impl PhaseSchedule {
             .iter()
             .enumerate()
             .map(|(index, p)| {
-                let phase = Phase { index, seq_len: p.seq_len, first_step, steps: p.steps, lr: p.lr.unwrap_or(config.train.lr) };
+                let phase = Phase {
+                    index,
+                    seq_len: p.seq_len,
+                    first_step,
+                    steps: p.steps,
+                    lr: p.lr.unwrap_or(config.train.lr),
+                };
                 first_step += p.steps;
                 phase
             })
@@ -66,7 +72,9 @@ impl PhaseSchedule {
 
     /// The phase a global step belongs to.
     pub fn phase_of(&self, step: usize) -> Option<&Phase> {
-        self.phases.iter().find(|p| (p.first_step..=p.last_step()).contains(&step))
+        self.phases
+            .iter()
+            .find(|p| (p.first_step..=p.last_step()).contains(&step))
     }
 }
 
@@ -109,7 +117,11 @@ impl RunPlan {
 
     /// Tokens the run trains on: Σ steps · batch · seq_len.
     pub fn tokens_seen(&self) -> u64 {
-        self.schedule.phases.iter().map(|p| (p.steps * p.seq_len * self.train.batch_size) as u64).sum()
+        self.schedule
+            .phases
+            .iter()
+            .map(|p| (p.steps * p.seq_len * self.train.batch_size) as u64)
+            .sum()
     }
 
     /// The run's name followed by what sets it apart, for humans.
@@ -117,21 +129,34 @@ impl RunPlan {
         if self.varies.is_empty() {
             self.name.clone()
         } else {
-            self.varies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+            self.varies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     }
 }
 
 /// Finds a relative data path in the working directory, else beside the spec file.
 fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
-    if path.is_absolute() || path.exists() {
-        return if path.is_file() { Ok(path.to_path_buf()) } else { Err(format!("data file `{}` not found", path.display())) };
-    }
     let beside = spec_path.parent().unwrap_or(Path::new(".")).join(path);
+    if path.is_absolute() || path.exists() || beside == path {
+        return if path.is_file() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(format!("data file `{}` not found", path.display()))
+        };
+    }
     if beside.is_file() {
         return Ok(beside);
     }
-    Err(format!("data file `{}` not found (looked in the working directory and in {})", path.display(), beside.parent().map(|p| p.display().to_string()).unwrap_or_default()))
+    Err(format!(
+        "data file `{}` not found (tried `{}` from the working directory and `{}` beside the spec)",
+        path.display(),
+        path.display(),
+        beside.display()
+    ))
 }
 
 /// Checks the data-dependent parts of each run and lays out its plan.
@@ -150,7 +175,9 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
         };
         let corpus = corpora
             .entry((data_path.clone(), c.data.val_fraction.to_bits()))
-            .or_insert_with(|| Corpus::load(&data_path, c.data.val_fraction).map_err(|e| format!("{e:#}")));
+            .or_insert_with(|| {
+                Corpus::load(&data_path, c.data.val_fraction).map_err(|e| format!("{e:#}"))
+            });
         let corpus = match corpus {
             Ok(c) => c,
             Err(msg) => {
@@ -160,7 +187,13 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
         };
         let mut ok = true;
         if corpus.vocab.len() < 2 {
-            errors.push(spec.error("data.path", format!("the corpus has {} distinct characters; at least 2 are needed", corpus.vocab.len())));
+            errors.push(spec.error(
+                "data.path",
+                format!(
+                    "the corpus has {} distinct characters; at least 2 are needed",
+                    corpus.vocab.len()
+                ),
+            ));
             ok = false;
         }
         for (i, p) in c.phase.iter().enumerate() {
@@ -213,5 +246,9 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             train_tokens: corpus.train.len(),
         });
     }
-    if errors.is_empty() { Ok(plans) } else { Err(SpecErrors(errors)) }
+    if errors.is_empty() {
+        Ok(plans)
+    } else {
+        Err(SpecErrors(errors).merge_shared(specs.len()))
+    }
 }

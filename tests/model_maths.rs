@@ -4,18 +4,40 @@
 
 use dfdx::prelude::*;
 use gptlab::data::{Batch, Corpus};
-use gptlab::model::{AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, Position, Rope};
+use gptlab::model::{
+    AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, Position, Rope,
+};
 use gptlab::seed::{Stream, stream};
 use gptlab::train::loss_and_grads;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn gpt_mini(position: Position, block_size: usize) -> ModelConfig {
-    ModelConfig { vocab_size: 65, block_size, n_layer: 6, n_embd: 192, n_head: 6, n_kv_head: 6, position, dropout: 0.1, rope_base: 10_000.0 }
+    ModelConfig {
+        vocab_size: 65,
+        block_size,
+        n_layer: 6,
+        n_embd: 192,
+        n_head: 6,
+        n_kv_head: 6,
+        position,
+        dropout: 0.1,
+        rope_base: 10_000.0,
+    }
 }
 
 fn tiny(position: Position, n_head: usize, n_kv_head: usize) -> ModelConfig {
-    ModelConfig { vocab_size: 7, block_size: 8, n_layer: 2, n_embd: 8, n_head, n_kv_head, position, dropout: 0.0, rope_base: 10_000.0 }
+    ModelConfig {
+        vocab_size: 7,
+        block_size: 8,
+        n_layer: 2,
+        n_embd: 8,
+        n_head,
+        n_kv_head,
+        position,
+        dropout: 0.0,
+        rope_base: 10_000.0,
+    }
 }
 
 fn rng(seed: u64) -> ChaCha8Rng {
@@ -45,23 +67,51 @@ fn rope_has_no_position_table() {
 #[test]
 fn analytic_count_matches_instantiated_for_gqa_and_mqa() {
     let dev = Cpu::default();
-    for (h, kv, pos) in [(6, 3, Position::Rope), (6, 1, Position::Absolute), (4, 2, Position::None)] {
-        let config = ModelConfig { n_head: h, n_kv_head: kv, position: pos, ..gpt_mini(pos, 64) };
-        assert_eq!(Gpt::new(&dev, &config, &mut rng(1)).num_params(), config.num_params(), "{h}/{kv}");
+    for (h, kv, pos) in [
+        (6, 3, Position::Rope),
+        (6, 1, Position::Absolute),
+        (4, 2, Position::None),
+    ] {
+        let config = ModelConfig {
+            n_head: h,
+            n_kv_head: kv,
+            position: pos,
+            ..gpt_mini(pos, 64)
+        };
+        assert_eq!(
+            Gpt::new(&dev, &config, &mut rng(1)).num_params(),
+            config.num_params(),
+            "{h}/{kv}"
+        );
     }
 }
 
 #[test]
 fn loss_at_initialisation_is_close_to_ln_vocab() {
     let dev = Cpu::default();
-    let corpus = Corpus::load(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").as_ref(), 0.1).unwrap();
+    let corpus = Corpus::load(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").as_ref(),
+        0.1,
+    )
+    .unwrap();
     assert_eq!(corpus.vocab.len(), 65);
     for position in [Position::Absolute, Position::Rope] {
         let model = Gpt::new(&dev, &gpt_mini(position, 128), &mut rng(3407));
-        let batch = gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));
-        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval());
+        let batch =
+            gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));
+        let logits = model.forward(
+            &batch.inputs,
+            batch.b,
+            batch.t,
+            NoneTape,
+            &mut Dropout::eval(),
+        );
         let loss = model.loss(logits, &batch.targets).as_vec()[0];
-        assert!((loss - 65f32.ln()).abs() < 0.1, "{position}: loss {loss} vs ln 65 = {}", 65f32.ln());
+        assert!(
+            (loss - 65f32.ln()).abs() < 0.1,
+            "{position}: loss {loss} vs ln 65 = {}",
+            65f32.ln()
+        );
     }
 }
 
@@ -102,7 +152,10 @@ fn rope_keeps_norms_matches_the_formula_and_depends_only_on_offsets() {
     let qs = rope_positions(&rope, &vec![q.clone(); n]);
     let ks = rope_positions(&rope, &vec![k.clone(); n]);
     for m in 0..n {
-        assert!((dot(&qs[m], &qs[m]) - dot(&q, &q)).abs() < 1e-4, "norm changed at {m}");
+        assert!(
+            (dot(&qs[m], &qs[m]) - dot(&q, &q)).abs() < 1e-4,
+            "norm changed at {m}"
+        );
         for (a, b) in qs[m].iter().zip(rotate_by_hand(&q, m, 10_000.0)) {
             assert!((a - b).abs() < 1e-5, "position {m}: {a} vs {b}");
         }
@@ -111,7 +164,10 @@ fn rope_keeps_norms_matches_the_formula_and_depends_only_on_offsets() {
         let reference = dot(&qs[offset], &ks[0]);
         for m in [offset + 5, offset + 11, n - 1] {
             let got = dot(&qs[m], &ks[m - offset]);
-            assert!((got - reference).abs() < 1e-4, "offset {offset} at {m}: {got} vs {reference}");
+            assert!(
+                (got - reference).abs() < 1e-4,
+                "offset {offset} at {m}: {got} vs {reference}"
+            );
         }
     }
     // The offset matters: otherwise the check above would hold trivially.
@@ -119,14 +175,34 @@ fn rope_keeps_norms_matches_the_formula_and_depends_only_on_offsets() {
 }
 
 /// Causal attention with explicit loops: query head h reads key/value head h / (H / Hkv).
-fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: usize, rope: Option<&Rope>) -> Vec<f32> {
-    let AttnShape { n_embd: c, n_head: h, n_kv_head: hkv } = attn.shape;
+fn attention_by_hand(
+    attn: &CausalSelfAttention<Cpu>,
+    x: &[f32],
+    b: usize,
+    t: usize,
+    rope: Option<&Rope>,
+) -> Vec<f32> {
+    let AttnShape {
+        n_embd: c,
+        n_head: h,
+        n_kv_head: hkv,
+    } = attn.shape;
     let hd = c / h;
     let linear = |l: &gptlab::model::Linear<Cpu>, x: &[f32], d_out: usize| -> Vec<f32> {
         let w = l.weight.value.as_vec();
-        let bias = l.bias.as_ref().map(|b| b.value.as_vec()).unwrap_or(vec![0.0; d_out]);
+        let bias = l
+            .bias
+            .as_ref()
+            .map(|b| b.value.as_vec())
+            .unwrap_or(vec![0.0; d_out]);
         let d_in = w.len() / d_out;
-        x.chunks(d_in).flat_map(|row| (0..d_out).map(|o| bias[o] + (0..d_in).map(|i| row[i] * w[i * d_out + o]).sum::<f32>()).collect::<Vec<_>>()).collect()
+        x.chunks(d_in)
+            .flat_map(|row| {
+                (0..d_out)
+                    .map(|o| bias[o] + (0..d_in).map(|i| row[i] * w[i * d_out + o]).sum::<f32>())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     };
     let q = linear(&attn.wq, x, c);
     let k = linear(&attn.wk, x, hkv * hd);
@@ -144,7 +220,9 @@ fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: us
             let kvh = hi / (h / hkv);
             for ti in 0..t {
                 let qv = head(&q, c, bi, ti, hi);
-                let scores: Vec<f32> = (0..=ti).map(|s| dot(&qv, &head(&k, hkv * hd, bi, s, kvh)) / (hd as f32).sqrt()).collect();
+                let scores: Vec<f32> = (0..=ti)
+                    .map(|s| dot(&qv, &head(&k, hkv * hd, bi, s, kvh)) / (hd as f32).sqrt())
+                    .collect();
                 let max = scores.iter().cloned().fold(f32::MIN, f32::max);
                 let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
                 let z: f32 = e.iter().sum();
@@ -166,7 +244,11 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
     let (b, t, c) = (2, 5, 24);
     for (h, hkv) in [(4, 4), (4, 2), (4, 1), (6, 3)] {
         for with_rope in [false, true] {
-            let shape = AttnShape { n_embd: c, n_head: h, n_kv_head: hkv };
+            let shape = AttnShape {
+                n_embd: c,
+                n_head: h,
+                n_kv_head: hkv,
+            };
             let mut r = rng(11);
             let mut attn = CausalSelfAttention::new(&dev, &mut r, "a", shape, 0.02);
             // Larger weights and biases than at init, so the softmax is far from uniform.
@@ -176,10 +258,25 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
             });
             let x: Vec<f32> = (0..b * t * c).map(|_| r.gen_range(-1.0..1.0)).collect();
             let rope = with_rope.then(|| Rope::new(c / h, t, 10_000.0));
-            let got = attn.forward(dev.tensor_from_vec(x.clone(), (b * t, c)), b, t, rope.as_ref(), &mut Dropout::eval()).as_vec();
+            let got = attn
+                .forward(
+                    dev.tensor_from_vec(x.clone(), (b * t, c)),
+                    b,
+                    t,
+                    rope.as_ref(),
+                    &mut Dropout::eval(),
+                )
+                .as_vec();
             let want = attention_by_hand(&attn, &x, b, t, rope.as_ref());
-            let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
-            assert!(err < 1e-4, "H={h} Hkv={hkv} rope={with_rope}: max error {err}");
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                err < 1e-4,
+                "H={h} Hkv={hkv} rope={with_rope}: max error {err}"
+            );
         }
     }
 }
@@ -187,7 +284,11 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
 #[test]
 fn multi_query_shares_one_key_value_head() {
     let dev = Cpu::default();
-    let shape = AttnShape { n_embd: 12, n_head: 4, n_kv_head: 1 };
+    let shape = AttnShape {
+        n_embd: 12,
+        n_head: 4,
+        n_kv_head: 1,
+    };
     let attn = CausalSelfAttention::new(&dev, &mut rng(2), "a", shape, 0.02);
     assert_eq!(attn.wk.weight.shape, vec![12, 3]);
     assert_eq!(attn.wv.weight.shape, vec![12, 3]);
@@ -197,33 +298,66 @@ fn multi_query_shares_one_key_value_head() {
 fn changing_a_later_token_never_changes_an_earlier_output() {
     let dev = Cpu::default();
     for position in [Position::Absolute, Position::Rope, Position::None] {
-        let model = Gpt::new(&dev, &ModelConfig { block_size: 10, ..tiny(position, 2, 1) }, &mut rng(4));
+        let model = Gpt::new(
+            &dev,
+            &ModelConfig {
+                block_size: 10,
+                ..tiny(position, 2, 1)
+            },
+            &mut rng(4),
+        );
         let a: Vec<usize> = vec![1, 2, 3, 4, 5, 6, 0, 1, 2, 3];
         let mut b = a.clone();
         b[6] = 5;
-        let la = model.forward(&a, 1, 10, NoneTape, &mut Dropout::eval()).as_vec();
-        let lb = model.forward(&b, 1, 10, NoneTape, &mut Dropout::eval()).as_vec();
+        let la = model
+            .forward(&a, 1, 10, NoneTape, &mut Dropout::eval())
+            .as_vec();
+        let lb = model
+            .forward(&b, 1, 10, NoneTape, &mut Dropout::eval())
+            .as_vec();
         let v = 7;
-        assert_eq!(la[..6 * v], lb[..6 * v], "{position}: positions before 6 changed");
-        assert_ne!(la[6 * v..7 * v], lb[6 * v..7 * v], "{position}: position 6 did not change");
+        assert_eq!(
+            la[..6 * v],
+            lb[..6 * v],
+            "{position}: positions before 6 changed"
+        );
+        assert_ne!(
+            la[6 * v..7 * v],
+            lb[6 * v..7 * v],
+            "{position}: position 6 did not change"
+        );
     }
 }
 
 #[test]
 fn gradients_agree_with_finite_differences() {
     let dev = Cpu::default();
-    for (position, h, hkv) in [(Position::Absolute, 2, 2), (Position::Rope, 2, 1), (Position::None, 4, 2)] {
+    for (position, h, hkv) in [
+        (Position::Absolute, 2, 2),
+        (Position::Rope, 2, 1),
+        (Position::None, 4, 2),
+    ] {
         let mut model = Gpt::new(&dev, &tiny(position, h, hkv), &mut rng(9));
         // Move away from the symmetric initial point so every gradient is sizeable.
         let mut r = rng(10);
         model.visit_mut(&mut |p| {
-            let vals: Vec<f32> = p.value.as_vec().iter().map(|v| v + r.gen_range(-0.3..0.3)).collect();
+            let vals: Vec<f32> = p
+                .value
+                .as_vec()
+                .iter()
+                .map(|v| v + r.gen_range(-0.3..0.3))
+                .collect();
             p.value.copy_from(&vals);
         });
         let (b, t) = (2, 6);
         let inputs: Vec<usize> = (0..b * t).map(|_| r.gen_range(0..7)).collect();
         let targets: Vec<usize> = (0..b * t).map(|_| r.gen_range(0..7)).collect();
-        let batch = Batch { b, t, inputs, targets };
+        let batch = Batch {
+            b,
+            t,
+            inputs,
+            targets,
+        };
         let (_, grads) = loss_and_grads(&model, &batch, &mut Dropout::eval());
         let loss_at = |m: &Gpt<Cpu>| -> f64 {
             let logits = m.forward(&batch.inputs, b, t, NoneTape, &mut Dropout::eval());

@@ -10,7 +10,11 @@ use gptlab::spec::SpecFile;
 use gptlab::train::{AdamW, RunStatus, read_metrics, read_status, train_run, train_step};
 
 fn corpus() -> Corpus {
-    Corpus::load(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").as_ref(), 0.1).unwrap()
+    Corpus::load(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").as_ref(),
+        0.1,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -18,17 +22,46 @@ fn a_tiny_model_overfits_a_single_batch() {
     let dev = Cpu::default();
     let corpus = corpus();
     for position in [Position::Absolute, Position::Rope] {
-        let config = ModelConfig { vocab_size: 65, block_size: 32, n_layer: 2, n_embd: 48, n_head: 4, n_kv_head: 2, position, dropout: 0.0, rope_base: 10_000.0 };
+        let config = ModelConfig {
+            vocab_size: 65,
+            block_size: 32,
+            n_layer: 2,
+            n_embd: 48,
+            n_head: 4,
+            n_kv_head: 2,
+            position,
+            dropout: 0.0,
+            rope_base: 10_000.0,
+        };
         let mut model = Gpt::new(&dev, &config, &mut stream(1, Stream::Init, 0));
         let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.0);
         let batch = sample_batch(&corpus.train, 4, 32, &mut stream(1, Stream::Batch, 0));
-        let first = train_step(&mut model, &mut opt, &batch, 3e-3, 1.0, &mut Dropout::eval()).loss;
+        let first = train_step(
+            &mut model,
+            &mut opt,
+            &batch,
+            3e-3,
+            1.0,
+            &mut Dropout::eval(),
+        )
+        .loss;
         let mut last = first;
         for _ in 0..200 {
-            last = train_step(&mut model, &mut opt, &batch, 3e-3, 1.0, &mut Dropout::eval()).loss;
+            last = train_step(
+                &mut model,
+                &mut opt,
+                &batch,
+                3e-3,
+                1.0,
+                &mut Dropout::eval(),
+            )
+            .loss;
         }
         assert!(first > 3.5, "{position}: initial loss {first}");
-        assert!(last < 0.5, "{position}: loss after 200 steps on one batch is {last}");
+        assert!(
+            last < 0.5,
+            "{position}: loss after 200 steps on one batch is {last}"
+        );
     }
 }
 
@@ -64,7 +97,10 @@ model.position = "rope"
 #[test]
 fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = SPEC.replace("DATA", concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt"));
+    let text = SPEC.replace(
+        "DATA",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt"),
+    );
     let spec = SpecFile::parse(&tmp.path().join("det.toml"), &text).unwrap();
     let runs = spec.expand(&[]).unwrap();
     let corpus = corpus();
@@ -79,17 +115,39 @@ fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
             assert_eq!(read_status(&p.dir), Some(RunStatus::Complete { step: 15 }));
             let rows = read_metrics(&p.dir.join("metrics.csv")).unwrap();
             assert_eq!(rows.len(), 15);
-            assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), (1..=15).collect::<Vec<_>>());
-            assert!(rows[..10].iter().all(|r| r.seq_len == 8 && r.phase == 0 && r.lr == 1e-2));
-            assert!(rows[10..].iter().all(|r| r.seq_len == 16 && r.phase == 1 && r.lr == 5e-3));
+            assert_eq!(
+                rows.iter().map(|r| r.step).collect::<Vec<_>>(),
+                (1..=15).collect::<Vec<_>>()
+            );
+            assert!(
+                rows[..10]
+                    .iter()
+                    .all(|r| r.seq_len == 8 && r.phase == 0 && r.lr == 1e-2)
+            );
+            assert!(
+                rows[10..]
+                    .iter()
+                    .all(|r| r.seq_len == 16 && r.phase == 1 && r.lr == 5e-3)
+            );
             // Validation at every 5th step and at each phase end.
-            let evaluated: Vec<usize> = rows.iter().filter(|r| r.val_loss.is_some()).map(|r| r.step).collect();
+            let evaluated: Vec<usize> = rows
+                .iter()
+                .filter(|r| r.val_loss.is_some())
+                .map(|r| r.step)
+                .collect();
             assert_eq!(evaluated, vec![5, 10, 15]);
             assert!(p.dir.join("run.toml").is_file() && p.dir.join("vocab.json").is_file());
-            per_run.push(rows.iter().map(|r| r.train_loss.to_bits()).collect::<Vec<_>>());
+            per_run.push(
+                rows.iter()
+                    .map(|r| r.train_loss.to_bits())
+                    .collect::<Vec<_>>(),
+            );
         }
         losses.push(per_run);
     }
     assert_eq!(losses[0], losses[1], "same seed, different losses");
-    assert_ne!(losses[0][0], losses[0][1], "absolute and RoPE runs should differ");
+    assert_ne!(
+        losses[0][0], losses[0][1],
+        "absolute and RoPE runs should differ"
+    );
 }

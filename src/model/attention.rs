@@ -60,8 +60,24 @@ impl<D: Device<Float>> CausalSelfAttention<D> {
         Self {
             shape,
             wq: Linear::new(dev, rng, &format!("{name}.wq"), c, c, true, 0.02),
-            wk: Linear::new(dev, rng, &format!("{name}.wk"), c, shape.kv_dim(), true, 0.02),
-            wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), true, 0.02),
+            wk: Linear::new(
+                dev,
+                rng,
+                &format!("{name}.wk"),
+                c,
+                shape.kv_dim(),
+                true,
+                0.02,
+            ),
+            wv: Linear::new(
+                dev,
+                rng,
+                &format!("{name}.wv"),
+                c,
+                shape.kv_dim(),
+                true,
+                0.02,
+            ),
             wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, true, proj_std),
         }
     }
@@ -75,7 +91,12 @@ impl<D: Device<Float>> CausalSelfAttention<D> {
         rope: Option<&Rope>,
         drop: &mut Dropout,
     ) -> Act<D, T> {
-        let AttnShape { n_embd: c, n_head: h, n_kv_head: hkv, .. } = self.shape;
+        let AttnShape {
+            n_embd: c,
+            n_head: h,
+            n_kv_head: hkv,
+            ..
+        } = self.shape;
         let (hd, g) = (self.shape.head_dim(), self.shape.group());
 
         let xk = x.retaped::<T>();
@@ -89,7 +110,9 @@ impl<D: Device<Float>> CausalSelfAttention<D> {
         }
 
         // Query heads h = j·g + i for group j: (B, H, T, hd) contiguous is (B, Hkv, g·T, hd).
-        let q = q.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, hkv, g * t, hd));
+        let q = q
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .reshape_like(&(b, hkv, g * t, hd));
         let k_t = k.permute::<_, Axes4<0, 2, 3, 1>>(); // (B, Hkv, hd, T)
         let v = v.permute::<_, Axes4<0, 2, 1, 3>>(); // (B, Hkv, T, hd)
 

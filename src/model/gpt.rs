@@ -24,7 +24,14 @@ pub struct Block<D: Device<Float>> {
 
 impl<D: Device<Float>> Block<D> {
     /// `(B·T, C) -> (B·T, C)`.
-    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>, b: usize, t: usize, rope: Option<&Rope>, drop: &mut Dropout) -> Act<D, T> {
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(
+        &self,
+        x: Act<D, T>,
+        b: usize,
+        t: usize,
+        rope: Option<&Rope>,
+        drop: &mut Dropout,
+    ) -> Act<D, T> {
         let skip = x.retaped::<T>();
         let x = skip + self.attn.forward(self.ln1.forward(x), b, t, rope, drop);
         let skip = x.retaped::<T>();
@@ -72,21 +79,44 @@ impl<D: Device<Float>> Gpt<D> {
     pub fn new(dev: &D, config: &ModelConfig, rng: &mut impl Rng) -> Self {
         let (v, c) = (config.vocab_size, config.n_embd);
         let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
-        let wte = Param::from_vec(dev, "wte.weight".into(), vec![v, c], false, normal_values(rng, v * c, 0.02));
+        let wte = Param::from_vec(
+            dev,
+            "wte.weight".into(),
+            vec![v, c],
+            false,
+            normal_values(rng, v * c, 0.02),
+        );
         let wpe = (config.position == Position::Absolute).then(|| {
             let n = config.block_size * c;
-            Param::from_vec(dev, "wpe.weight".into(), vec![config.block_size, c], false, normal_values(rng, n, 0.02))
+            Param::from_vec(
+                dev,
+                "wpe.weight".into(),
+                vec![config.block_size, c],
+                false,
+                normal_values(rng, n, 0.02),
+            )
         });
         let blocks = (0..config.n_layer)
             .map(|i| Block {
                 ln1: LayerNorm::new(dev, &format!("h.{i}.ln1"), c),
-                attn: CausalSelfAttention::new(dev, rng, &format!("h.{i}.attn"), config.attn_shape(), proj_std),
+                attn: CausalSelfAttention::new(
+                    dev,
+                    rng,
+                    &format!("h.{i}.attn"),
+                    config.attn_shape(),
+                    proj_std,
+                ),
                 ln2: LayerNorm::new(dev, &format!("h.{i}.ln2"), c),
                 mlp: Mlp::new(dev, rng, &format!("h.{i}.mlp"), c, 4 * c, proj_std),
             })
             .collect();
-        let rope = (config.position == Position::Rope)
-            .then(|| Rope::new(config.attn_shape().head_dim(), config.block_size, config.rope_base));
+        let rope = (config.position == Position::Rope).then(|| {
+            Rope::new(
+                config.attn_shape().head_dim(),
+                config.block_size,
+                config.rope_base,
+            )
+        });
         Self {
             config: config.clone(),
             wte,
@@ -107,14 +137,27 @@ impl<D: Device<Float>> Gpt<D> {
     /// Logits `(B·T, V)` for `tokens` (row-major `(B, T)`), recording on `tape`.
     ///
     /// Pass `NoneTape` for evaluation, or an `OwnedTape` holding pre-allocated gradients to train.
-    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, tokens: &[usize], b: usize, t: usize, tape: T, drop: &mut Dropout) -> Act<D, T> {
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(
+        &self,
+        tokens: &[usize],
+        b: usize,
+        t: usize,
+        tape: T,
+        drop: &mut Dropout,
+    ) -> Act<D, T> {
         assert_eq!(tokens.len(), b * t, "tokens must be B·T long");
-        assert!(t <= self.config.block_size, "sequence length {t} exceeds block size {}", self.config.block_size);
+        assert!(
+            t <= self.config.block_size,
+            "sequence length {t} exceeds block size {}",
+            self.config.block_size
+        );
         let c = self.config.n_embd;
         let idx = self.dev.tensor_from_vec(tokens.to_vec(), (b * t,));
         let mut x = self.wte.matrix::<NoneTape>().put_tape(tape).gather(idx); // (B·T, C)
         if let Some(wpe) = &self.wpe {
-            let positions = self.dev.tensor_from_vec((0..b * t).map(|i| i % t).collect(), (b * t,));
+            let positions = self
+                .dev
+                .tensor_from_vec((0..b * t).map(|i| i % t).collect(), (b * t,));
             x = x + wpe.matrix::<T>().gather(positions); // (B·T, C)
         }
         debug_assert_eq!(x.shape().1, c);
@@ -126,10 +169,18 @@ impl<D: Device<Float>> Gpt<D> {
     }
 
     /// Mean cross-entropy of `logits (N, V)` against `targets (N,)`.
-    pub fn loss<T: Tape<Float, D>>(&self, logits: Act<D, T>, targets: &[usize]) -> Tensor<(), Float, D, T> {
+    pub fn loss<T: Tape<Float, D>>(
+        &self,
+        logits: Act<D, T>,
+        targets: &[usize],
+    ) -> Tensor<(), Float, D, T> {
         let n = targets.len();
         let targets = self.dev.tensor_from_vec(targets.to_vec(), (n,));
-        logits.log_softmax::<Axis<1>>().select(targets).mean().negate()
+        logits
+            .log_softmax::<Axis<1>>()
+            .select(targets)
+            .mean()
+            .negate()
     }
 }
 

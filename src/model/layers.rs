@@ -29,9 +29,31 @@ pub struct Linear<D: Device<Float>> {
 
 impl<D: Device<Float>> Linear<D> {
     /// Weight ~ N(0, std²), zero bias.
-    pub fn new(dev: &D, rng: &mut impl Rng, name: &str, d_in: usize, d_out: usize, bias: bool, std: f64) -> Self {
-        let weight = Param::from_vec(dev, format!("{name}.weight"), vec![d_in, d_out], true, normal_values(rng, d_in * d_out, std));
-        let bias = bias.then(|| Param::from_vec(dev, format!("{name}.bias"), vec![d_out], false, vec![0.0; d_out]));
+    pub fn new(
+        dev: &D,
+        rng: &mut impl Rng,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        std: f64,
+    ) -> Self {
+        let weight = Param::from_vec(
+            dev,
+            format!("{name}.weight"),
+            vec![d_in, d_out],
+            true,
+            normal_values(rng, d_in * d_out, std),
+        );
+        let bias = bias.then(|| {
+            Param::from_vec(
+                dev,
+                format!("{name}.bias"),
+                vec![d_out],
+                false,
+                vec![0.0; d_out],
+            )
+        });
         Self { weight, bias }
     }
 
@@ -86,7 +108,10 @@ impl<D: Device<Float>> LayerNorm<D> {
     /// `(N, C) -> (N, C)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
         let shape = *x.shape();
-        let g = self.weight.vector::<T>().broadcast_like::<_, Axis<0>>(&shape);
+        let g = self
+            .weight
+            .vector::<T>()
+            .broadcast_like::<_, Axis<0>>(&shape);
         let b = self.bias.vector::<T>().broadcast_like::<_, Axis<0>>(&shape);
         x.normalize::<Axis<1>>(Self::EPS) * g + b
     }
@@ -114,7 +139,14 @@ pub struct Mlp<D: Device<Float>> {
 
 impl<D: Device<Float>> Mlp<D> {
     /// `proj_std` is the residual-scaled std of the output projection.
-    pub fn new(dev: &D, rng: &mut impl Rng, name: &str, c: usize, hidden: usize, proj_std: f64) -> Self {
+    pub fn new(
+        dev: &D,
+        rng: &mut impl Rng,
+        name: &str,
+        c: usize,
+        hidden: usize,
+        proj_std: f64,
+    ) -> Self {
         Self {
             fc: Linear::new(dev, rng, &format!("{name}.fc"), c, hidden, true, 0.02),
             proj: Linear::new(dev, rng, &format!("{name}.proj"), hidden, c, true, proj_std),
@@ -122,7 +154,11 @@ impl<D: Device<Float>> Mlp<D> {
     }
 
     /// `(N, C) -> (N, C)`.
-    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>, drop: &mut Dropout) -> Act<D, T> {
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(
+        &self,
+        x: Act<D, T>,
+        drop: &mut Dropout,
+    ) -> Act<D, T> {
         drop.apply(self.proj.forward(self.fc.forward(x).fast_gelu()))
     }
 }
@@ -157,8 +193,13 @@ impl Dropout {
     }
 
     /// Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
-    pub fn apply<S: Shape, D: Device<Float>, T: Tape<Float, D>>(&mut self, x: Tensor<S, Float, D, T>) -> Tensor<S, Float, D, T> {
-        let Some(rng) = self.rng.as_mut() else { return x };
+    pub fn apply<S: Shape, D: Device<Float>, T: Tape<Float, D>>(
+        &mut self,
+        x: Tensor<S, Float, D, T>,
+    ) -> Tensor<S, Float, D, T> {
+        let Some(rng) = self.rng.as_mut() else {
+            return x;
+        };
         if self.p <= 0.0 {
             return x;
         }
@@ -167,7 +208,15 @@ impl Dropout {
         // Compare raw u32 draws against a threshold: one draw per element, no float maths.
         let threshold = (self.p as f64 * u32::MAX as f64) as u32;
         let keep = 1.0 / (1.0 - self.p);
-        let mask: Vec<Float> = (0..n).map(|_| if rng.r#gen::<u32>() < threshold { 0.0 } else { keep }).collect();
+        let mask: Vec<Float> = (0..n)
+            .map(|_| {
+                if rng.r#gen::<u32>() < threshold {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect();
         let mask = x.device().tensor_from_vec(mask, shape);
         x * mask
     }

@@ -64,14 +64,22 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The sizes of every attention layer.
     pub fn attn_shape(&self) -> AttnShape {
-        AttnShape { n_embd: self.n_embd, n_head: self.n_head, n_kv_head: self.n_kv_head }
+        AttnShape {
+            n_embd: self.n_embd,
+            n_head: self.n_head,
+            n_kv_head: self.n_kv_head,
+        }
     }
 
     /// Parameter count from the shapes alone, without building the model.
     pub fn num_params(&self) -> usize {
         let (v, c, l) = (self.vocab_size, self.n_embd, self.n_layer);
         let kv = self.attn_shape().kv_dim();
-        let wpe = if self.position == Position::Absolute { self.block_size * c } else { 0 };
+        let wpe = if self.position == Position::Absolute {
+            self.block_size * c
+        } else {
+            0
+        };
         let attn = (c * c + c) * 2 + (c * kv + kv) * 2;
         let mlp = (c * 4 * c + 4 * c) + (4 * c * c + c);
         let norms = 2 * 2 * c;

@@ -23,7 +23,10 @@ pub struct Rope {
 impl Rope {
     /// Tables for positions `0..max_len`; `head_dim` must be even (checked by the spec).
     pub fn new(head_dim: usize, max_len: usize, base: f64) -> Self {
-        assert!(head_dim % 2 == 0, "RoPE needs an even head dimension");
+        assert!(
+            head_dim.is_multiple_of(2),
+            "RoPE needs an even head dimension"
+        );
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_len * head_dim);
         let mut sin = Vec::with_capacity(max_len * head_dim);
@@ -36,7 +39,12 @@ impl Rope {
                 sin.push(angle.sin() as Float);
             }
         }
-        Self { head_dim, cos, sin, max_len }
+        Self {
+            head_dim,
+            cos,
+            sin,
+            max_len,
+        }
     }
 
     /// The longest sequence the tables cover.
@@ -52,12 +60,25 @@ impl Rope {
     ) -> Tensor<(usize, usize, usize, usize), Float, D, T> {
         let shape = *x.shape();
         let (b, t, nh, hd) = shape;
-        assert_eq!(hd, self.head_dim, "RoPE built for head_dim {}", self.head_dim);
-        assert!(offset + t <= self.max_len, "position {} beyond RoPE table of {}", offset + t, self.max_len);
+        assert_eq!(
+            hd, self.head_dim,
+            "RoPE built for head_dim {}",
+            self.head_dim
+        );
+        assert!(
+            offset + t <= self.max_len,
+            "position {} beyond RoPE table of {}",
+            offset + t,
+            self.max_len
+        );
         let dev = x.device().clone();
         let rows = offset * hd..(offset + t) * hd;
-        let cos = dev.tensor_from_vec(self.cos[rows.clone()].to_vec(), (t, hd)).broadcast_like::<_, Axes2<0, 2>>(&shape);
-        let sin = dev.tensor_from_vec(self.sin[rows].to_vec(), (t, hd)).broadcast_like::<_, Axes2<0, 2>>(&shape);
+        let cos = dev
+            .tensor_from_vec(self.cos[rows.clone()].to_vec(), (t, hd))
+            .broadcast_like::<_, Axes2<0, 2>>(&shape);
+        let sin = dev
+            .tensor_from_vec(self.sin[rows].to_vec(), (t, hd))
+            .broadcast_like::<_, Axes2<0, 2>>(&shape);
         // rotate_half(x) = [-x2, x1] as one product with a fixed signed permutation matrix,
         // which keeps the whole rotation inside dfdx's autodiff without slicing. The second
         // use of `x` is re-taped (same id), so both branches' gradients add into `x`.

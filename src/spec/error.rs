@@ -65,6 +65,38 @@ impl fmt::Display for SpecErrors {
     }
 }
 
+impl SpecErrors {
+    /// Reports an error that several runs share once, naming the runs (or none, when all share it).
+    pub fn merge_shared(self, n_runs: usize) -> Self {
+        let mut merged: Vec<(SpecError, Vec<String>)> = vec![];
+        for e in self.0 {
+            let same = merged
+                .iter_mut()
+                .find(|(m, _)| m.origin == e.origin && m.key == e.key && m.message == e.message);
+            match same {
+                Some((_, runs)) => runs.extend(e.run),
+                None => {
+                    let runs = e.run.iter().cloned().collect();
+                    merged.push((e, runs));
+                }
+            }
+        }
+        SpecErrors(
+            merged
+                .into_iter()
+                .map(|(mut e, runs)| {
+                    e.run = match runs.len() {
+                        0 => None,
+                        n if n == n_runs && n_runs > 1 => None,
+                        _ => Some(runs.join("`, `")),
+                    };
+                    e
+                })
+                .collect(),
+        )
+    }
+}
+
 impl std::error::Error for SpecErrors {}
 
 impl From<SpecError> for SpecErrors {

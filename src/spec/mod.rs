@@ -19,7 +19,10 @@ use serde::Deserialize;
 
 pub use error::{Origin, SpecError, SpecErrors};
 pub use overrides::SetArg;
-pub use sections::{DataSection, ExperimentSection, ModelSection, PhaseSection, RunConfig, SampleSection, TrainSection};
+pub use sections::{
+    DataSection, ExperimentSection, ModelSection, PhaseSection, RunConfig, SampleSection,
+    TrainSection,
+};
 
 use overrides::{flatten, set_dotted, value_label};
 use source::{SourceMap, segments};
@@ -102,6 +105,8 @@ pub struct RunSpec {
     pub config: RunConfig,
     source: Arc<Source>,
     layers: Layers,
+    /// Whether errors should name the run (not when the file defines a single, unnamed run).
+    named: bool,
 }
 
 fn related(a: &str, b: &str) -> bool {
@@ -109,14 +114,49 @@ fn related(a: &str, b: &str) -> bool {
 }
 
 impl Source {
-    fn error(&self, origin: Origin, key: Option<&str>, run: Option<&str>, message: impl Into<String>) -> SpecError {
-        SpecError { file: self.path.clone(), origin, key: key.map(str::to_string), run: run.map(str::to_string), message: message.into() }
+    fn error(
+        &self,
+        origin: Origin,
+        key: Option<&str>,
+        run: Option<&str>,
+        message: impl Into<String>,
+    ) -> SpecError {
+        SpecError {
+            file: self.path.clone(),
+            origin,
+            key: key.map(str::to_string),
+            run: run.map(str::to_string),
+            message: message.into(),
+        }
     }
 
     fn line(&self, dotted_prefix: &[source::Seg], key: &str) -> Origin {
         let mut path = dotted_prefix.to_vec();
         path.extend(segments(key));
-        self.map.line_of(&path).map(Origin::Line).unwrap_or(Origin::File)
+        self.map
+            .line_of(&path)
+            .map(Origin::Line)
+            .unwrap_or(Origin::File)
+    }
+
+    /// Of `keys`, the one set by the most specific layer (the first on a tie).
+    fn most_specific(&self, layers: &Layers, keys: &[String]) -> String {
+        let rank = |key: &str| {
+            if layers.sets.iter().any(|s| related(&s.key, key)) {
+                3
+            } else if layers.sweep_keys.iter().any(|s| related(s, key)) {
+                2
+            } else if layers.run_keys.iter().any(|r| related(r, key)) {
+                1
+            } else {
+                0
+            }
+        };
+        let best = keys.iter().map(|k| rank(k)).max().unwrap_or(0);
+        keys.iter()
+            .find(|k| rank(k) == best)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Where `key` was set for a run with these layers.
@@ -125,13 +165,21 @@ impl Source {
             return Origin::Cli(format!("--set {}", set.raw));
         }
         if let Some(sk) = layers.sweep_keys.iter().find(|s| related(s, key)) {
-            let whole = self.map.line_of(&[source::Seg::Key("sweep".into()), source::Seg::Key(sk.clone())]);
-            return whole.map(Origin::Line).unwrap_or_else(|| self.line(&[source::Seg::Key("sweep".into())], sk));
+            let whole = self.map.line_of(&[
+                source::Seg::Key("sweep".into()),
+                source::Seg::Key(sk.clone()),
+            ]);
+            return whole
+                .map(Origin::Line)
+                .unwrap_or_else(|| self.line(&[source::Seg::Key("sweep".into())], sk));
         }
-        if let Some(i) = layers.run_index {
-            if layers.run_keys.iter().any(|r| related(r, key)) {
-                return self.line(&[source::Seg::Key("run".into()), source::Seg::Index(i)], key);
-            }
+        if let Some(i) = layers.run_index
+            && layers.run_keys.iter().any(|r| related(r, key))
+        {
+            return self.line(
+                &[source::Seg::Key("run".into()), source::Seg::Index(i)],
+                key,
+            );
         }
         self.line(&[], key)
     }
@@ -161,38 +209,85 @@ impl SpecFile {
         let map = SourceMap::parse(text).map_err(|(msg, span)| SpecError {
             file: path.to_path_buf(),
             origin: span
-                .map(|s| Origin::Line(text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1))
+                .map(|s| {
+                    Origin::Line(
+                        text.as_bytes()[..s.start.min(text.len())]
+                            .iter()
+                            .filter(|&&b| b == b'\n')
+                            .count()
+                            + 1,
+                    )
+                })
                 .unwrap_or(Origin::File),
             key: None,
             run: None,
-            message: format!("invalid TOML: {}", msg.trim()),
+            message: format!("invalid TOML: {}", msg.trim().replace('\n', "; ")),
         })?;
-        let source = Arc::new(Source { path: path.to_path_buf(), map });
+        let source = Arc::new(Source {
+            path: path.to_path_buf(),
+            map,
+        });
 
-        let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-            let key = serde_key(e.path());
-            let origin = e.inner().span().map(|s| Origin::Line(source.map.line_of_offset(s.start))).unwrap_or(Origin::File);
-            source.error(origin, key.as_deref(), None, e.inner().message().to_string())
-        })?;
-        let mut base: toml::Table = toml::from_str(text).map_err(|e| source.error(Origin::File, None, None, e.message().to_string()))?;
+        let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = serde_key(e.path());
+                let origin = e
+                    .inner()
+                    .span()
+                    .map(|s| Origin::Line(source.map.line_of_offset(s.start)))
+                    .unwrap_or(Origin::File);
+                source.error(
+                    origin,
+                    key.as_deref(),
+                    None,
+                    e.inner().message().to_string(),
+                )
+            })?;
+        let mut base: toml::Table = toml::from_str(text)
+            .map_err(|e| source.error(Origin::File, None, None, e.message().to_string()))?;
         base.remove("run");
         base.remove("sweep");
 
-        let name = match base.get("experiment").and_then(|e| e.get("name")).and_then(|n| n.as_str()) {
+        let name = match base
+            .get("experiment")
+            .and_then(|e| e.get("name"))
+            .and_then(|n| n.as_str())
+        {
             Some(n) => n.to_string(),
-            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "experiment".into()),
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "experiment".into()),
         };
         let mut errors = vec![];
         if let Err(msg) = check_folder_name(&name) {
-            errors.push(source.error(source.line(&[], "experiment.name"), Some("experiment.name"), None, msg));
+            errors.push(source.error(
+                source.line(&[], "experiment.name"),
+                Some("experiment.name"),
+                None,
+                msg,
+            ));
         }
 
         let mut sweep = vec![];
         for (key, value) in flatten(&raw.sweep, "") {
-            let origin = source.origin(&Layers { run_index: None, run_keys: vec![], sweep_keys: vec![key.clone()], sets: vec![] }, &key);
+            let origin = source.origin(
+                &Layers {
+                    run_index: None,
+                    run_keys: vec![],
+                    sweep_keys: vec![key.clone()],
+                    sets: vec![],
+                },
+                &key,
+            );
             match value {
                 toml::Value::Array(values) if !values.is_empty() => sweep.push((key, values)),
-                toml::Value::Array(_) => errors.push(source.error(origin, Some(&format!("sweep.{key}")), None, "a sweep needs at least one value")),
+                toml::Value::Array(_) => errors.push(source.error(
+                    origin,
+                    Some(&format!("sweep.{key}")),
+                    None,
+                    "a sweep needs at least one value",
+                )),
                 other => errors.push(source.error(
                     origin,
                     Some(&format!("sweep.{key}")),
@@ -204,7 +299,13 @@ impl SpecFile {
         if !errors.is_empty() {
             return Err(SpecErrors(errors));
         }
-        Ok(Self { source, name, base, runs: raw.run, sweep })
+        Ok(Self {
+            source,
+            name,
+            base,
+            runs: raw.run,
+            sweep,
+        })
     }
 
     /// The spec file's path.
@@ -224,7 +325,12 @@ impl SpecFile {
         let mut errors = vec![];
 
         // (name, run index, run-level overrides, init_from)
-        let mut entries: Vec<(String, Option<usize>, Vec<(String, toml::Value)>, Option<String>)> = vec![];
+        let mut entries: Vec<(
+            String,
+            Option<usize>,
+            Vec<(String, toml::Value)>,
+            Option<String>,
+        )> = vec![];
         if self.runs.is_empty() {
             entries.push((String::new(), None, vec![], None));
         }
@@ -238,7 +344,12 @@ impl SpecFile {
         let mut specs = vec![];
         for (run_name, run_index, overrides, init_from) in &entries {
             for point in &points {
-                let point_name = point.iter().zip(&short).map(|((_, v), s)| format!("{s}={}", value_label(v))).collect::<Vec<_>>().join(",");
+                let point_name = point
+                    .iter()
+                    .zip(&short)
+                    .map(|((_, v), s)| format!("{s}={}", value_label(v)))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let name = match (run_name.is_empty(), point_name.is_empty()) {
                     (true, true) => "default".to_string(),
                     (true, false) => point_name,
@@ -260,6 +371,7 @@ impl SpecFile {
                         config,
                         source: src.clone(),
                         layers,
+                        named: !(self.runs.is_empty() && self.sweep.is_empty()),
                     }),
                     Err(mut e) => errors.append(&mut e),
                 }
@@ -271,11 +383,14 @@ impl SpecFile {
             if let Err(msg) = check_folder_name(&spec.name) {
                 errors.push(spec.error_at_name(msg));
             } else if !seen.insert(spec.name.clone()) {
-                errors.push(spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)));
+                errors.push(spec.error_at_name(format!(
+                    "duplicate run name `{}`: run names must be unique",
+                    spec.name
+                )));
             }
         }
         if !errors.is_empty() {
-            return Err(SpecErrors(errors));
+            return Err(SpecErrors(errors).merge_shared(entries.len() * points.len()));
         }
         set_varies(&mut specs);
         Ok(specs)
@@ -290,9 +405,21 @@ impl SpecFile {
         sets: &[SetArg],
     ) -> Result<RunConfig, Vec<SpecError>> {
         let src = &self.source;
-        let err = |key: &str, msg: String| src.error(src.origin(layers, key), Some(key), Some(name).filter(|n| !n.is_empty()), msg);
+        let single = self.runs.is_empty() && self.sweep.is_empty();
+        let err = |key: &str, msg: String| {
+            src.error(
+                src.origin(layers, key),
+                Some(key),
+                Some(name).filter(|_| !single),
+                msg,
+            )
+        };
         let mut table = self.base.clone();
-        let all = overrides.iter().cloned().chain(point.iter().cloned()).chain(sets.iter().map(|s| (s.key.clone(), s.value.clone())));
+        let all = overrides
+            .iter()
+            .cloned()
+            .chain(point.iter().cloned())
+            .chain(sets.iter().map(|s| (s.key.clone(), s.value.clone())));
         for (key, value) in all {
             if key == "experiment.name" || related(&key, "run") || related(&key, "sweep") {
                 return Err(vec![err(&key, "cannot be overridden per run".into())]);
@@ -301,15 +428,22 @@ impl SpecFile {
                 return Err(vec![err(&key, msg)]);
             }
         }
-        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = serde_key(e.path()).unwrap_or_default();
-            vec![err(&key, e.inner().message().to_string())]
-        })?;
+        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = serde_key(e.path()).unwrap_or_default();
+                vec![err(&key, e.inner().message().to_string())]
+            })?;
         let problems = validate::check(&config);
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(problems.into_iter().map(|(k, m)| err(&k, m)).collect())
+            Err(problems
+                .into_iter()
+                .map(|p| {
+                    let key = src.most_specific(layers, &p.keys);
+                    err(&key, p.message)
+                })
+                .collect())
         }
     }
 }
@@ -317,12 +451,20 @@ impl SpecFile {
 impl RunSpec {
     /// An error about `key` of this run, placed on the line that set it.
     pub fn error(&self, key: &str, message: impl Into<String>) -> SpecError {
-        self.source.error(self.source.origin(&self.layers, key), Some(key), Some(&self.name), message)
+        self.source.error(
+            self.source.origin(&self.layers, key),
+            Some(key),
+            Some(self.name.as_str()).filter(|_| self.named),
+            message,
+        )
     }
 
     fn error_at_name(&self, message: String) -> SpecError {
         let origin = match self.layers.run_index {
-            Some(i) => self.source.line(&[source::Seg::Key("run".into()), source::Seg::Index(i)], "name"),
+            Some(i) => self.source.line(
+                &[source::Seg::Key("run".into()), source::Seg::Index(i)],
+                "name",
+            ),
             None => Origin::File,
         };
         self.source.error(origin, Some("name"), None, message)
@@ -345,11 +487,13 @@ fn grid(sweep: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)>>
     for (key, values) in sweep {
         points = points
             .into_iter()
-            .flat_map(|p| values.iter().map(move |v| {
-                let mut p = p.clone();
-                p.push((key.clone(), v.clone()));
-                p
-            }))
+            .flat_map(|p| {
+                values.iter().map(move |v| {
+                    let mut p = p.clone();
+                    p.push((key.clone(), v.clone()));
+                    p
+                })
+            })
             .collect();
     }
     points
@@ -359,7 +503,13 @@ fn grid(sweep: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)>>
 fn short_names<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
     let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
     keys.clone()
-        .map(|k| if keys.clone().filter(|o| last(o) == last(k)).count() > 1 { k.to_string() } else { last(k) })
+        .map(|k| {
+            if keys.clone().filter(|o| last(o) == last(k)).count() > 1 {
+                k.to_string()
+            } else {
+                last(k)
+            }
+        })
         .collect()
 }
 
@@ -378,7 +528,8 @@ fn set_varies(specs: &mut [RunSpec]) {
         .iter()
         .filter(|k| {
             let v0 = first.iter().find(|(kk, _)| kk == *k).map(|(_, v)| v);
-            flat.iter().any(|f| f.iter().find(|(kk, _)| kk == *k).map(|(_, v)| v) != v0)
+            flat.iter()
+                .any(|f| f.iter().find(|(kk, _)| kk == *k).map(|(_, v)| v) != v0)
         })
         .collect();
     let short = short_names(differing.iter().map(|k| k.as_str()));
@@ -386,7 +537,11 @@ fn set_varies(specs: &mut [RunSpec]) {
         spec.varies = differing
             .iter()
             .zip(&short)
-            .filter_map(|(k, s)| f.iter().find(|(kk, _)| kk == *k).map(|(_, v)| (s.clone(), value_label(v))))
+            .filter_map(|(k, s)| {
+                f.iter()
+                    .find(|(kk, _)| kk == *k)
+                    .map(|(_, v)| (s.clone(), value_label(v)))
+            })
             .collect();
     }
 }
@@ -396,8 +551,14 @@ fn check_folder_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a name may not be empty".into());
     }
-    if name == "." || name == ".." || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
-        return Err(format!("`{name}` cannot be a folder name (no `/`, `\\`, control characters, `.` or `..`)"));
+    if name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "`{name}` cannot be a folder name (no `/`, `\\`, control characters, `.` or `..`)"
+        ));
     }
     if name.len() > 200 {
         return Err("a name may be at most 200 bytes".into());

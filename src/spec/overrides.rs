@@ -18,17 +18,25 @@ impl FromStr for SetArg {
     type Err = String;
 
     fn from_str(raw: &str) -> Result<Self, String> {
-        let (key, value) = raw.split_once('=').ok_or_else(|| format!("`{raw}` is not key=value (e.g. train.batch_size=16)"))?;
+        let (key, value) = raw
+            .split_once('=')
+            .ok_or_else(|| format!("`{raw}` is not key=value (e.g. train.batch_size=16)"))?;
         let key = key.trim();
         if key.is_empty() || key.split('.').any(|s| s.trim().is_empty()) {
             return Err(format!("`{key}` is not a dotted key (e.g. model.n_head)"));
         }
         let value = value.trim();
         let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-            Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_string())),
+            Ok(mut t) => t
+                .remove("v")
+                .unwrap_or_else(|| toml::Value::String(value.to_string())),
             Err(_) => toml::Value::String(value.to_string()),
         };
-        Ok(Self { key: key.to_string(), value, raw: raw.to_string() })
+        Ok(Self {
+            key: key.to_string(),
+            value,
+            raw: raw.to_string(),
+        })
     }
 }
 
@@ -36,7 +44,11 @@ impl FromStr for SetArg {
 pub fn flatten(table: &toml::Table, prefix: &str) -> Vec<(String, toml::Value)> {
     let mut out = vec![];
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) => out.extend(flatten(t, &key)),
             other => out.push((key, other.clone())),
@@ -54,16 +66,33 @@ pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: toml::Value) -> 
         *cur = value;
         return Ok(());
     }
-    for (i, seg) in parents.iter().enumerate().skip(1).map(|(i, s)| (i, *s)).chain(std::iter::once((parents.len(), *last))) {
+    for (i, seg) in parents
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, s)| (i, *s))
+        .chain(std::iter::once((parents.len(), *last)))
+    {
         let here = segs[..i].join(".");
         cur = match cur {
             toml::Value::Table(t) => table_entry(t, seg),
             toml::Value::Array(a) => {
-                let idx: usize = seg.parse().map_err(|_| format!("`{here}` is an array: index it with a number, e.g. {here}.0"))?;
+                let idx: usize = seg.parse().map_err(|_| {
+                    format!("`{here}` is an array: index it with a number, e.g. {here}.0")
+                })?;
                 let len = a.len();
-                a.get_mut(idx).ok_or_else(|| format!("`{here}` has {len} entries, so index {idx} does not exist"))?
+                a.get_mut(idx).ok_or_else(|| {
+                    format!(
+                        "`{here}` has {len} {}, so index {idx} does not exist",
+                        if len == 1 { "entry" } else { "entries" }
+                    )
+                })?
             }
-            _ => return Err(format!("`{here}` is a value, not a table, so `{dotted}` cannot be set")),
+            _ => {
+                return Err(format!(
+                    "`{here}` is a value, not a table, so `{dotted}` cannot be set"
+                ));
+            }
         };
     }
     *cur = value;
@@ -71,7 +100,8 @@ pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: toml::Value) -> 
 }
 
 fn table_entry<'a>(t: &'a mut toml::Table, key: &str) -> &'a mut toml::Value {
-    t.entry(key.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    t.entry(key.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
 }
 
 /// A value as it appears in a run name: strings unquoted, numbers as written.
@@ -103,7 +133,11 @@ mod tests {
         set_dotted(&mut t, "phase.0.steps", toml::Value::Integer(7)).unwrap();
         assert_eq!(t["model"]["n_head"].as_integer(), Some(3));
         assert_eq!(t["phase"][0]["steps"].as_integer(), Some(7));
-        assert!(set_dotted(&mut t, "phase.3.steps", toml::Value::Integer(7)).unwrap_err().contains("1 entries"));
+        assert!(
+            set_dotted(&mut t, "phase.3.steps", toml::Value::Integer(7))
+                .unwrap_err()
+                .contains("1 entry,")
+        );
         assert!(set_dotted(&mut t, "model.n_head.x", toml::Value::Integer(7)).is_err());
     }
 }

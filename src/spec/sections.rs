@@ -20,7 +20,10 @@ pub struct ExperimentSection {
 
 impl Default for ExperimentSection {
     fn default() -> Self {
-        Self { name: None, seed: 3407 }
+        Self {
+            name: None,
+            seed: 3407,
+        }
     }
 }
 
@@ -36,7 +39,10 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        Self { path: PathBuf::from("data/tinyshakespeare.txt"), val_fraction: 0.1 }
+        Self {
+            path: PathBuf::from("data/tinyshakespeare.txt"),
+            val_fraction: 0.1,
+        }
     }
 }
 
@@ -63,7 +69,15 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { n_layer: 6, n_embd: 192, n_head: 6, n_kv_head: None, position: Position::Absolute, dropout: 0.1, rope_base: 10_000.0 }
+        Self {
+            n_layer: 6,
+            n_embd: 192,
+            n_head: 6,
+            n_kv_head: None,
+            position: Position::Absolute,
+            dropout: 0.1,
+            rope_base: 10_000.0,
+        }
     }
 }
 
@@ -149,7 +163,12 @@ pub struct SampleSection {
 
 impl Default for SampleSection {
     fn default() -> Self {
-        Self { prompts: vec![], max_new_tokens: 500, temperature: 1.0, top_k: 10 }
+        Self {
+            prompts: vec![],
+            max_new_tokens: 500,
+            temperature: 1.0,
+            top_k: 10,
+        }
     }
 }
 

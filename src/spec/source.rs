@@ -33,8 +33,11 @@ pub struct SourceMap {
 impl SourceMap {
     /// Parses `source`; a syntax error comes back with its byte span.
     pub fn parse(source: &str) -> Result<Self, (String, Option<Range<usize>>)> {
-        let doc = ImDocument::parse(source.to_string()).map_err(|e| (e.message().to_string(), e.span()))?;
-        let line_starts = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let doc = ImDocument::parse(source.to_string())
+            .map_err(|e| (e.message().to_string(), e.span()))?;
+        let line_starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Ok(Self { doc, line_starts })
     }
 
@@ -51,24 +54,30 @@ impl SourceMap {
         while i < path.len() {
             let Seg::Key(k) = &path[i] else { break };
             let Some(item) = table.get(k) else { break };
-            best = table.key(k).and_then(|key| key.span()).or_else(|| item.span()).or(best);
+            best = table
+                .key(k)
+                .and_then(|key| key.span())
+                .or_else(|| item.span())
+                .or(best);
             match item {
                 Item::ArrayOfTables(arr) => {
-                    let Some(Seg::Index(j)) = path.get(i + 1) else { break };
+                    let Some(Seg::Index(j)) = path.get(i + 1) else {
+                        break;
+                    };
                     let Some(t) = arr.get(*j) else { break };
                     best = t.span().or(best);
                     table = t;
                     i += 2;
                 }
                 Item::Value(toml_edit::Value::Array(arr)) => {
-                    if let Some(Seg::Index(j)) = path.get(i + 1) {
-                        if let Some(v) = arr.get(*j) {
-                            best = v.span().or(best);
-                            if let Some(t) = v.as_inline_table() {
-                                if let Some(Seg::Key(k2)) = path.get(i + 2) {
-                                    best = t.key(k2).and_then(|key| key.span()).or(best);
-                                }
-                            }
+                    if let Some(Seg::Index(j)) = path.get(i + 1)
+                        && let Some(v) = arr.get(*j)
+                    {
+                        best = v.span().or(best);
+                        if let Some(t) = v.as_inline_table()
+                            && let Some(Seg::Key(k2)) = path.get(i + 2)
+                        {
+                            best = t.key(k2).and_then(|key| key.span()).or(best);
                         }
                     }
                     break;

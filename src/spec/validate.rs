@@ -3,101 +3,196 @@
 use super::RunConfig;
 use crate::model::Position;
 
-/// `(dotted key, message)` for every problem found.
-pub fn check(c: &RunConfig) -> Vec<(String, String)> {
+/// A problem and the keys involved; the error is placed on whichever of them was set last
+/// (a `--set` beats the run, the run beats the file), since that is the one the user changed.
+pub struct Problem {
+    /// Keys involved, most specific first.
+    pub keys: Vec<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Steps one phase may have; keeps step arithmetic far from overflow.
+pub const MAX_STEPS: usize = 1_000_000_000;
+
+/// Every problem found.
+pub fn check(c: &RunConfig) -> Vec<Problem> {
     let mut out = vec![];
-    let mut bad = |key: &str, msg: String| out.push((key.to_string(), msg));
+    let mut bad = |keys: &[&str], message: String| {
+        out.push(Problem {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            message,
+        })
+    };
     let m = &c.model;
 
-    for (key, v) in [("model.n_layer", m.n_layer), ("model.n_embd", m.n_embd), ("model.n_head", m.n_head)] {
+    for (key, v) in [
+        ("model.n_layer", m.n_layer),
+        ("model.n_embd", m.n_embd),
+        ("model.n_head", m.n_head),
+    ] {
         if v == 0 {
-            bad(key, "must be at least 1".into());
+            bad(&[key], "must be at least 1".into());
         }
     }
     let kv = m.kv_heads();
     if kv == 0 {
-        bad("model.n_kv_head", "must be at least 1".into());
+        bad(&["model.n_kv_head"], "must be at least 1".into());
     }
-    if m.n_head > 0 && m.n_embd % m.n_head != 0 {
-        bad("model.n_embd", format!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head));
+    if m.n_head > 0 && !m.n_embd.is_multiple_of(m.n_head) {
+        bad(
+            &["model.n_head", "model.n_embd"],
+            format!(
+                "n_embd ({}) must be divisible by n_head ({})",
+                m.n_embd, m.n_head
+            ),
+        );
     }
-    if kv > 0 && m.n_head > 0 && m.n_head % kv != 0 {
-        bad("model.n_kv_head", format!("n_head ({}) must be divisible by n_kv_head ({kv})", m.n_head));
+    if kv > 0 && m.n_head > 0 && !m.n_head.is_multiple_of(kv) {
+        bad(
+            &["model.n_kv_head", "model.n_head"],
+            format!(
+                "n_head ({}) must be divisible by n_kv_head ({kv})",
+                m.n_head
+            ),
+        );
     }
-    if m.position == Position::Rope && m.n_head > 0 && m.n_embd % m.n_head == 0 && (m.n_embd / m.n_head) % 2 != 0 {
-        bad("model.position", format!("RoPE needs an even head dimension, but n_embd / n_head = {} / {} = {}", m.n_embd, m.n_head, m.n_embd / m.n_head));
+    if m.position == Position::Rope
+        && m.n_head > 0
+        && m.n_embd.is_multiple_of(m.n_head)
+        && !(m.n_embd / m.n_head).is_multiple_of(2)
+    {
+        bad(
+            &["model.position", "model.n_head", "model.n_embd"],
+            format!(
+                "RoPE needs an even head dimension, but n_embd / n_head = {} / {} = {}",
+                m.n_embd,
+                m.n_head,
+                m.n_embd / m.n_head
+            ),
+        );
     }
     if !(0.0..1.0).contains(&m.dropout) {
-        bad("model.dropout", format!("must be in [0, 1), not {}", m.dropout));
+        bad(
+            &["model.dropout"],
+            format!("must be in [0, 1), not {}", m.dropout),
+        );
     }
     if !(m.rope_base.is_finite() && m.rope_base > 1.0) {
-        bad("model.rope_base", format!("must be a finite number above 1, not {}", m.rope_base));
+        bad(
+            &["model.rope_base"],
+            format!("must be a finite number above 1, not {}", m.rope_base),
+        );
     }
     // Guard against configurations that cannot fit in memory, which would abort rather than error.
-    let width = m.n_embd.max(1) as u128;
-    let weights = m.n_layer as u128 * 12 * width * width;
-    if weights > 4_000_000_000 {
-        bad("model.n_embd", format!("n_layer × 12 × n_embd² = {weights} weights is beyond what gptlab trains"));
+    let width = m.n_embd.max(1) as f64;
+    let weights = m.n_layer as f64 * 12.0 * width * width;
+    if weights > 4e9 {
+        bad(
+            &["model.n_embd"],
+            format!(
+                "n_layer × 12 × n_embd² = {weights:.3e} weights is beyond what gptlab trains (4e9)"
+            ),
+        );
     }
 
     let t = &c.train;
     if t.batch_size == 0 {
-        bad("train.batch_size", "must be at least 1".into());
+        bad(&["train.batch_size"], "must be at least 1".into());
     }
     for (key, v) in [("train.lr", t.lr), ("train.eps", t.eps)] {
         if !(v.is_finite() && v > 0.0) {
-            bad(key, format!("must be a positive number, not {v}"));
+            bad(&[key], format!("must be a positive number, not {v}"));
         }
     }
     for (key, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
         if !(0.0..1.0).contains(&v) {
-            bad(key, format!("must be in [0, 1), not {v}"));
+            bad(&[key], format!("must be in [0, 1), not {v}"));
         }
     }
-    for (key, v) in [("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
+    for (key, v) in [
+        ("train.weight_decay", t.weight_decay),
+        ("train.grad_clip", t.grad_clip),
+    ] {
         if !(v.is_finite() && v >= 0.0) {
-            bad(key, format!("must be a non-negative number, not {v}"));
+            bad(&[key], format!("must be a non-negative number, not {v}"));
         }
     }
-    if t.eval_batches == 0 {
-        bad("train.eval_batches", "must be at least 1".into());
+    if t.eval_batches == 0 || t.eval_batches > 10_000 {
+        bad(
+            &["train.eval_batches"],
+            format!("must be between 1 and 10000, not {}", t.eval_batches),
+        );
     }
     if t.keep_checkpoints == 0 {
-        bad("train.keep_checkpoints", "must be at least 1".into());
+        bad(&["train.keep_checkpoints"], "must be at least 1".into());
     }
 
     if c.phase.is_empty() {
-        bad("phase", "at least one [[phase]] (seq_len, steps) is needed".into());
+        bad(
+            &["phase"],
+            "at least one [[phase]] (seq_len, steps) is needed".into(),
+        );
     }
     for (i, p) in c.phase.iter().enumerate() {
         if p.steps == 0 {
-            bad(&format!("phase.{i}.steps"), "must be at least 1".into());
+            bad(&[&format!("phase.{i}.steps")], "must be at least 1".into());
+        }
+        if p.steps > MAX_STEPS {
+            bad(
+                &[&format!("phase.{i}.steps")],
+                format!(
+                    "{} is beyond the {MAX_STEPS} steps a phase may have",
+                    p.steps
+                ),
+            );
         }
         if p.seq_len == 0 {
-            bad(&format!("phase.{i}.seq_len"), "must be at least 1".into());
+            bad(
+                &[&format!("phase.{i}.seq_len")],
+                "must be at least 1".into(),
+            );
         }
         if p.seq_len > 65_536 {
-            bad(&format!("phase.{i}.seq_len"), format!("{} is beyond the 65536 gptlab supports", p.seq_len));
+            bad(
+                &[&format!("phase.{i}.seq_len")],
+                format!("{} is beyond the 65536 gptlab supports", p.seq_len),
+            );
         }
-        if let Some(lr) = p.lr {
-            if !(lr.is_finite() && lr > 0.0) {
-                bad(&format!("phase.{i}.lr"), format!("must be a positive number, not {lr}"));
-            }
+        if let Some(lr) = p.lr
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            bad(
+                &[&format!("phase.{i}.lr")],
+                format!("must be a positive number, not {lr}"),
+            );
         }
     }
-    let tokens_per_step = t.batch_size as u128 * c.phase.iter().map(|p| p.seq_len).max().unwrap_or(0) as u128;
+    let tokens_per_step =
+        t.batch_size as u128 * c.phase.iter().map(|p| p.seq_len).max().unwrap_or(0) as u128;
     if tokens_per_step > 16_777_216 {
-        bad("train.batch_size", format!("batch_size × seq_len = {tokens_per_step} tokens per step is beyond what gptlab trains"));
+        bad(
+            &["train.batch_size"],
+            format!(
+                "batch_size × seq_len = {tokens_per_step} tokens per step is beyond what gptlab trains"
+            ),
+        );
     }
 
     let d = &c.data;
     if !(0.0..1.0).contains(&d.val_fraction) {
-        bad("data.val_fraction", format!("must be in [0, 1), not {}", d.val_fraction));
+        bad(
+            &["data.val_fraction"],
+            format!("must be in [0, 1), not {}", d.val_fraction),
+        );
     }
 
     let s = &c.sample;
     if !(s.temperature.is_finite() && s.temperature > 0.0) {
-        bad("sample.temperature", format!("must be a positive number, not {}", s.temperature));
+        bad(
+            &["sample.temperature"],
+            format!("must be a positive number, not {}", s.temperature),
+        );
     }
     out
 }

@@ -40,7 +40,9 @@ impl MetricsWriter {
     /// Creates (or empties) the file and writes the header.
     pub fn create(path: &Path) -> Result<Self> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { writer: csv::Writer::from_writer(file) })
+        Ok(Self {
+            writer: csv::Writer::from_writer(file),
+        })
     }
 
     /// Writes one row and flushes it, so a crash loses at most the row being written.
@@ -53,7 +55,8 @@ impl MetricsWriter {
 
 /// Reads every row of a `metrics.csv`.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
     reader
         .deserialize()
         .enumerate()

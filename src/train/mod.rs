@@ -59,10 +59,17 @@ pub struct RunOutcome {
 /// Writes `contents` to `path` atomically: a temporary file in the same folder, synced, then renamed.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(contents).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Reads a run folder's `status.json`, if there is one.
@@ -72,26 +79,49 @@ pub fn read_status(dir: &Path) -> Option<RunStatus> {
 }
 
 fn write_status(dir: &Path, status: &RunStatus) -> Result<()> {
-    write_atomic(&dir.join("status.json"), serde_json::to_string_pretty(status)?.as_bytes())
+    write_atomic(
+        &dir.join("status.json"),
+        serde_json::to_string_pretty(status)?.as_bytes(),
+    )
 }
 
 /// The validation batches of a phase: the same windows at every evaluation, so the losses
 /// of one run compare over time (and between runs with the same seed).
 fn eval_batches(plan: &RunPlan, corpus: &Corpus, phase: &Phase) -> Vec<Batch> {
-    let tokens = if corpus.val.len() > phase.seq_len { &corpus.val } else { &corpus.train };
+    let tokens = if corpus.val.len() > phase.seq_len {
+        &corpus.val
+    } else {
+        &corpus.train
+    };
     (0..plan.train.eval_batches)
-        .map(|i| sample_batch(tokens, plan.train.batch_size, phase.seq_len, &mut stream(plan.seed, Stream::Eval, i as u64)))
+        .map(|i| {
+            sample_batch(
+                tokens,
+                plan.train.batch_size,
+                phase.seq_len,
+                &mut stream(plan.seed, Stream::Eval, i as u64),
+            )
+        })
         .collect()
 }
 
 /// Trains `plan` from scratch on `dev`, writing `run.toml`, `vocab.json`, `metrics.csv`
 /// and `status.json` into its folder.
-pub fn train_run<D: Device<Float>>(dev: &D, plan: &RunPlan, corpus: &Corpus, quiet: bool) -> Result<RunOutcome> {
+pub fn train_run<D: Device<Float>>(
+    dev: &D,
+    plan: &RunPlan,
+    corpus: &Corpus,
+    quiet: bool,
+) -> Result<RunOutcome> {
     let dir = &plan.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating run folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating run folder {}", dir.display()))?;
     let resolved = toml::to_string_pretty(&plan.config).context("serialising the resolved spec")?;
     write_atomic(&dir.join("run.toml"), resolved.as_bytes())?;
-    write_atomic(&dir.join("vocab.json"), serde_json::to_string(corpus.vocab.chars())?.as_bytes())?;
+    write_atomic(
+        &dir.join("vocab.json"),
+        serde_json::to_string(corpus.vocab.chars())?.as_bytes(),
+    )?;
     write_status(dir, &RunStatus::Running { step: 0 })?;
 
     let mut model = Gpt::new(dev, &plan.model, &mut stream(plan.seed, Stream::Init, 0));
@@ -106,18 +136,42 @@ pub fn train_run<D: Device<Float>>(dev: &D, plan: &RunPlan, corpus: &Corpus, qui
     for phase in &plan.schedule.phases {
         let evals = eval_batches(plan, corpus, phase);
         for step in phase.first_step..=phase.last_step() {
-            let batch = sample_batch(&corpus.train, t.batch_size, phase.seq_len, &mut stream(plan.seed, Stream::Batch, step as u64));
-            let mut drop = Dropout::train(plan.model.dropout as f32, stream(plan.seed, Stream::Dropout, step as u64));
+            let batch = sample_batch(
+                &corpus.train,
+                t.batch_size,
+                phase.seq_len,
+                &mut stream(plan.seed, Stream::Batch, step as u64),
+            );
+            let mut drop = Dropout::train(
+                plan.model.dropout as f32,
+                stream(plan.seed, Stream::Dropout, step as u64),
+            );
             let t0 = Instant::now();
-            let stats = train_step(&mut model, &mut opt, &batch, phase.lr, t.grad_clip, &mut drop);
+            let stats = train_step(
+                &mut model,
+                &mut opt,
+                &batch,
+                phase.lr,
+                t.grad_clip,
+                &mut drop,
+            );
             let step_s = t0.elapsed().as_secs_f64();
             if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
                 let status = RunStatus::Diverged { step };
                 write_status(dir, &status)?;
-                progress.finish(&format!("diverged: loss {} at step {step}; the weights before it are kept", stats.loss));
-                return Ok(RunOutcome { status, last_train_loss: last_train, last_val_loss: last_val, wall_s: started.elapsed().as_secs_f64() });
+                progress.finish(&format!(
+                    "diverged: loss {} at step {step}; the weights before it are kept",
+                    stats.loss
+                ));
+                return Ok(RunOutcome {
+                    status,
+                    last_train_loss: last_train,
+                    last_val_loss: last_val,
+                    wall_s: started.elapsed().as_secs_f64(),
+                });
             }
-            let evaluate = step == phase.last_step() || (t.eval_every > 0 && step % t.eval_every == 0);
+            let evaluate =
+                step == phase.last_step() || (t.eval_every > 0 && step % t.eval_every == 0);
             let val_loss = evaluate.then(|| eval_loss(&model, &evals));
             metrics.append(&MetricsRow {
                 run: plan.name.clone(),
@@ -142,7 +196,14 @@ pub fn train_run<D: Device<Float>>(dev: &D, plan: &RunPlan, corpus: &Corpus, qui
     progress.finish(&format!(
         "complete: {total} steps in {wall_s:.1} s, train loss {:.4}, val loss {}",
         last_train.unwrap_or(f32::NAN),
-        last_val.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+        last_val
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
     ));
-    Ok(RunOutcome { status, last_train_loss: last_train, last_val_loss: last_val, wall_s })
+    Ok(RunOutcome {
+        status,
+        last_train_loss: last_train,
+        last_val_loss: last_val,
+        wall_s,
+    })
 }

@@ -16,12 +16,20 @@ pub struct StepStats {
 }
 
 /// Gradients of the mean cross-entropy on `batch`, as host vectors in parameter order, and the loss.
-pub fn loss_and_grads<D: Device<Float>>(model: &Gpt<D>, batch: &Batch, drop: &mut Dropout) -> (f32, Vec<Vec<Float>>) {
+pub fn loss_and_grads<D: Device<Float>>(
+    model: &Gpt<D>,
+    batch: &Batch,
+    drop: &mut Dropout,
+) -> (f32, Vec<Vec<Float>>) {
     // Pre-allocate every parameter's gradient so each one exists after backward, even for a
     // parameter the batch did not touch. dfdx frees non-leaf gradients only after backward
     // in any case, so keeping this set leaky costs no peak memory; it is dropped below.
     let mut grads = Gradients::leaky();
-    model.visit(&mut |p| grads.try_alloc_for(&p.value).expect("allocating a gradient"));
+    model.visit(&mut |p| {
+        grads
+            .try_alloc_for(&p.value)
+            .expect("allocating a gradient")
+    });
     let (_, tape) = model.wte.value.clone().traced(grads).split_tape();
 
     let logits = model.forward(&batch.inputs, batch.b, batch.t, tape, drop);
@@ -35,7 +43,14 @@ pub fn loss_and_grads<D: Device<Float>>(model: &Gpt<D>, batch: &Batch, drop: &mu
 
 /// Forward, backward, clip and AdamW update. A non-finite loss or gradient leaves the
 /// model untouched, so the caller can stop with the last good weights.
-pub fn train_step<D: Device<Float>>(model: &mut Gpt<D>, opt: &mut AdamW, batch: &Batch, lr: f64, grad_clip: f64, drop: &mut Dropout) -> StepStats {
+pub fn train_step<D: Device<Float>>(
+    model: &mut Gpt<D>,
+    opt: &mut AdamW,
+    batch: &Batch,
+    lr: f64,
+    grad_clip: f64,
+    drop: &mut Dropout,
+) -> StepStats {
     let (loss, mut grads) = loss_and_grads(model, batch, drop);
     let grad_norm = clip_grad_norm(&mut grads, grad_clip);
     if loss.is_finite() && grad_norm.is_finite() {
@@ -48,7 +63,13 @@ pub fn train_step<D: Device<Float>>(model: &mut Gpt<D>, opt: &mut AdamW, batch: 
 pub fn eval_loss<D: Device<Float>>(model: &Gpt<D>, batches: &[Batch]) -> f32 {
     let mut total = 0.0;
     for batch in batches {
-        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval());
+        let logits = model.forward(
+            &batch.inputs,
+            batch.b,
+            batch.t,
+            NoneTape,
+            &mut Dropout::eval(),
+        );
         total += model.loss(logits, &batch.targets).as_vec()[0];
     }
     total / batches.len().max(1) as f32

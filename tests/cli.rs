@@ -1,0 +1,293 @@
+//! The `gptlab` binary as a user meets it: every kind of bad spec gives a clear error that
+//! names the file, the line and the key, with exit code 2; good specs list, plan and train.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn corpus() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
+}
+
+fn gptlab() -> Command {
+    Command::cargo_bin("gptlab").unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text.replace("CORPUS", &corpus())).unwrap();
+    path
+}
+
+const PHASE: &str = "[[phase]]\nseq_len = 8\nsteps = 2\n";
+
+/// `(file name, spec text, line, key, words the message must contain)`.
+fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)> {
+    vec![
+        ("unknown.toml", format!("[model]\nn_layer = 2\nn_hed = 3\n{PHASE}"), 3, "model.n_hed", "unknown field"),
+        ("type.toml", format!("[model]\nn_layer = \"two\"\n{PHASE}"), 2, "model.n_layer", "invalid type"),
+        ("negative.toml", format!("[train]\nbatch_size = -4\n{PHASE}"), 2, "train.batch_size", "invalid value"),
+        ("embd.toml", format!("[data]\npath = \"CORPUS\"\n[model]\nn_embd = 190\nn_head = 6\n{PHASE}"), 5, "model.n_head", "divisible"),
+        ("kv.toml", format!("[data]\npath = \"CORPUS\"\n[model]\nn_head = 6\nn_kv_head = 4\n{PHASE}"), 5, "model.n_kv_head", "divisible"),
+        (
+            "odd.toml",
+            format!("[data]\npath = \"CORPUS\"\n[model]\nn_embd = 18\nn_head = 6\n{PHASE}[[run]]\nname = \"a\"\n[[run]]\nname = \"b\"\nmodel.position = \"rope\"\n"),
+            13,
+            "model.position",
+            "even head dimension",
+        ),
+        ("zero.toml", "[data]\npath = \"CORPUS\"\n[[phase]]\nseq_len = 8\nsteps = 0\n".into(), 5, "phase.0.steps", "at least 1"),
+        ("nophase.toml", "[data]\npath = \"CORPUS\"\n".into(), 0, "phase", "at least one [[phase]]"),
+        (
+            "long.toml",
+            "[data]\npath = \"tiny.txt\"\nval_fraction = 0.0\n[[phase]]\nseq_len = 8\nsteps = 2\n[[phase]]\nseq_len = 300\nsteps = 2\n".into(),
+            8,
+            "phase.1.seq_len",
+            "has only 27",
+        ),
+        ("missing.toml", format!("[data]\npath = \"nope/none.txt\"\n{PHASE}"), 2, "data.path", "not found"),
+        (
+            "dup.toml",
+            format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"x\"\n[[run]]\nname = \"x\"\nmodel.position = \"rope\"\n"),
+            9,
+            "name",
+            "duplicate run name",
+        ),
+        ("sweep.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 4]\n"), 7, "model.n_kv_head", "n_kv_head=4"),
+        ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown field"),
+        ("position.toml", format!("[model]\nposition = \"alibi\"\n{PHASE}"), 2, "model.position", "unknown variant"),
+        ("syntax.toml", "[model\nn_layer = 2\n".into(), 1, "", "invalid TOML"),
+    ]
+}
+
+#[test]
+fn every_kind_of_bad_spec_names_file_line_and_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.txt"), "hello world, a tiny corpus\n").unwrap();
+    for (name, text, line, key, words) in bad_specs() {
+        let path = write(dir.path(), name, &text);
+        let out = gptlab()
+            .current_dir(dir.path())
+            .arg("validate")
+            .arg(&path)
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let place = if line > 0 {
+            format!("{}:{line}: ", path.display())
+        } else {
+            format!("{}: ", path.display())
+        };
+        assert!(
+            stderr.contains(&place),
+            "{name}: expected `{place}` in:\n{stderr}"
+        );
+        if !key.is_empty() {
+            assert!(
+                stderr.contains(&format!("key `{key}`")),
+                "{name}: expected key `{key}` in:\n{stderr}"
+            );
+        }
+        assert!(
+            stderr.contains(words),
+            "{name}: expected `{words}` in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name} panicked:\n{stderr}");
+    }
+}
+
+#[test]
+fn set_overrides_are_checked_like_the_file_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "s.toml",
+        &format!("[data]\npath = \"CORPUS\"\n{PHASE}"),
+    );
+    for (arg, key, words) in [
+        ("model.n_head=5", "model.n_head", "divisible"),
+        ("model.bogus=1", "model.bogus", "unknown field"),
+        ("phase.3.steps=1", "phase.3.steps", "has 1 entry,"),
+        ("train.lr=-1", "train.lr", "positive"),
+    ] {
+        gptlab()
+            .args(["validate", path.to_str().unwrap(), "--set", arg])
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains(format!("(from --set {arg})"))
+                    .and(predicate::str::contains(format!("key `{key}`")))
+                    .and(predicate::str::contains(words)),
+            );
+    }
+    gptlab()
+        .args(["validate", path.to_str().unwrap(), "--set", "noequals"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("key=value"));
+    gptlab()
+        .args([
+            "validate",
+            path.to_str().unwrap(),
+            "--set",
+            "train.batch_size=16",
+        ])
+        .assert()
+        .success();
+}
+
+#[test]
+fn hostile_values_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "18446744073709551615";
+    for (i, text) in [
+        format!("[data]\npath = \"CORPUS\"\n[[phase]]\nseq_len = 8\nsteps = {huge}\n[[phase]]\nseq_len = 8\nsteps = {huge}\n"),
+        format!("[data]\npath = \"CORPUS\"\n[model]\nn_embd = {huge}\nn_head = 1\n{PHASE}"),
+        format!("[data]\npath = \"CORPUS\"\n[train]\nbatch_size = {huge}\n{PHASE}"),
+        format!("[data]\npath = \"CORPUS\"\n[[phase]]\nseq_len = {huge}\nsteps = 1\n"),
+        format!("[data]\npath = \"CORPUS\"\n[model]\nn_layer = 99999999999\n{PHASE}"),
+        format!("[data]\npath = \"CORPUS\"\n[model]\ndropout = nan\n{PHASE}"),
+        format!("[data]\npath = \"CORPUS\"\n[train]\nlr = inf\n{PHASE}"),
+        format!("[data]\npath = \"CORPUS\"\n[model]\nn_head = 0\n{PHASE}"),
+        format!("[data]\npath = \"CORPUS\"\n[model]\nn_kv_head = 0\n{PHASE}"),
+        format!("[data]\npath = \"{}\"\n{PHASE}", env!("CARGO_MANIFEST_DIR")),
+        format!("[experiment]\nname = \"../escape\"\n[data]\npath = \"CORPUS\"\n{PHASE}"),
+        format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"a/b\"\n"),
+        format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nexperiment.name = \"other\"\n"),
+        format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_head\" = []\n"),
+        format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_head\" = 3\n"),
+        "run = 3\n".to_string(),
+        "[[run]]\n".to_string(),
+        "\u{0}\u{1}garbage".to_string(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = write(dir.path(), &format!("h{i}.toml"), &text);
+        let out = gptlab().arg("validate").arg(&path).assert().code(2).get_output().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&path.display().to_string()) && !stderr.contains("panicked"), "case {i}:\n{text}\n{stderr}");
+    }
+}
+
+#[test]
+fn list_shows_valid_specs_and_the_errors_of_invalid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "good.toml",
+        &format!(
+            "[experiment]\nname = \"g\"\n[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 2]\n"
+        ),
+    );
+    std::fs::create_dir(dir.path().join("nested")).unwrap();
+    write(
+        &dir.path().join("nested"),
+        "bad.toml",
+        "[model]\nn_hed = 1\n",
+    );
+    gptlab()
+        .arg("list")
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stdout(
+            predicate::str::contains("good.toml")
+                .and(predicate::str::contains("2 runs"))
+                .and(predicate::str::contains("4 steps")),
+        )
+        .stdout(
+            predicate::str::contains("bad.toml")
+                .and(predicate::str::contains("INVALID"))
+                .and(predicate::str::contains("n_hed")),
+        );
+}
+
+#[test]
+fn shipped_experiments_validate_and_plan_as_the_study_needs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    gptlab()
+        .current_dir(root)
+        .arg("list")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("rope_vs_abs").and(predicate::str::contains("gqa_heads")));
+    let out = gptlab()
+        .current_dir(root)
+        .args(["plan", "experiments/rope_vs_abs.toml"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    // The absolute table is sized to the longest phase: 2,719,104 + 128 × 192.
+    assert!(out.contains("params:    2743680"), "{out}");
+    assert!(out.contains("params:    2694528"), "{out}");
+    assert!(out.contains("steps 601..=800 seq_len 256"), "{out}");
+    let out = gptlab()
+        .current_dir(root)
+        .args(["plan", "experiments/gqa_heads.toml"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    for kv in [1, 2, 3, 6] {
+        assert!(out.contains(&format!("run `n_kv_head={kv}`")), "{out}");
+    }
+}
+
+#[test]
+fn smoke_trains_end_to_end_and_a_second_run_skips_completed_runs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let runs = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "experiments/smoke.toml",
+        "--runs-dir",
+        runs.path().to_str().unwrap(),
+    ];
+    gptlab().current_dir(root).args(args).assert().success();
+    for run in ["absolute", "rope"] {
+        let dir = runs.path().join("smoke").join(run);
+        let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let mut lines = metrics.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "run,phase,step,seq_len,train_loss,val_loss,lr,grad_norm,step_ms,tokens_per_s"
+        );
+        assert_eq!(lines.count(), 40);
+        let resolved = std::fs::read_to_string(dir.join("run.toml")).unwrap();
+        assert!(
+            resolved.contains(&format!("position = \"{run}\"")),
+            "{resolved}"
+        );
+        let vocab: Vec<char> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("vocab.json")).unwrap())
+                .unwrap();
+        assert_eq!(vocab.len(), 65);
+    }
+    gptlab()
+        .current_dir(root)
+        .args(args)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("already complete"));
+    gptlab()
+        .current_dir(root)
+        .args(["run", "experiments/smoke.toml", "--only", "nope"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no run named"));
+    gptlab()
+        .current_dir(root)
+        .args(["sweep", "experiments/smoke.toml"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no [sweep]"));
+}
