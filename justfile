@@ -1,0 +1,44 @@
+# gptlab — `just --list` shows every recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+bin := "target/release/gptlab"
+
+# Build the release binary (CPU backend).
+build:
+    cargo build --release --locked
+
+# Train every run of a spec: just run experiments/rope_vs_abs.toml [--set key=value ...]
+run FILE *ARGS: build
+    {{bin}} run {{FILE}} {{ARGS}}
+
+# Train every point of a spec's [sweep] grid: just sweep experiments/gqa_heads.toml
+sweep FILE *ARGS: build
+    {{bin}} sweep {{FILE}} {{ARGS}}
+
+# The whole reference study: RoPE vs absolute (800 steps each), then the GQA sweep (4 × 600 steps).
+study *ARGS: build
+    {{bin}} run experiments/rope_vs_abs.toml {{ARGS}}
+    {{bin}} sweep experiments/gqa_heads.toml {{ARGS}}
+
+# Seconds-long end-to-end run of the tiny smoke experiment.
+smoke *ARGS: build
+    {{bin}} run experiments/smoke.toml {{ARGS}}
+
+# List the specs under experiments/ (or DIR).
+list DIR="experiments": build
+    {{bin}} list {{DIR}}
+
+# Check spec files without training.
+validate +FILES: build
+    {{bin}} validate {{FILES}}
+
+# Show a spec's expanded runs.
+plan FILE *ARGS: build
+    {{bin}} plan {{FILE}} {{ARGS}}
+
+# The test suite: formatting, lints, unit/integration tests, and the smoke experiment end to end.
+test:
+    cargo fmt --check
+    cargo clippy --locked --all-targets -- -D warnings
+    cargo test --locked
