@@ -2,6 +2,8 @@
 //! initialisation, RoPE's relative-position property, attention against a scalar
 //! reference, causality, and gradients against finite differences.
 
+// Index loops mirror the formulas (positions m, parameters pi) more plainly than iterators.
+#![allow(clippy::needless_range_loop)]
 use dfdx::prelude::*;
 use gptlab::data::{Batch, Corpus};
 use gptlab::model::{

@@ -65,6 +65,14 @@ struct RawRun {
     overrides: toml::Table,
 }
 
+/// A `[[run]]` entry (or the implicit single run) before sweep expansion.
+struct RunEntry {
+    name: String,
+    index: Option<usize>,
+    overrides: Vec<(String, toml::Value)>,
+    init_from: Option<String>,
+}
+
 /// The spec's text and spans, shared by every run expanded from it.
 struct Source {
     path: PathBuf,
@@ -324,25 +332,34 @@ impl SpecFile {
         let src = &self.source;
         let mut errors = vec![];
 
-        // (name, run index, run-level overrides, init_from)
-        let mut entries: Vec<(
-            String,
-            Option<usize>,
-            Vec<(String, toml::Value)>,
-            Option<String>,
-        )> = vec![];
+        let mut entries: Vec<RunEntry> = vec![];
         if self.runs.is_empty() {
-            entries.push((String::new(), None, vec![], None));
+            entries.push(RunEntry {
+                name: String::new(),
+                index: None,
+                overrides: vec![],
+                init_from: None,
+            });
         }
         for (i, run) in self.runs.iter().enumerate() {
-            let overrides = flatten(&run.overrides, "");
-            entries.push((run.name.clone(), Some(i), overrides, run.init_from.clone()));
+            entries.push(RunEntry {
+                name: run.name.clone(),
+                index: Some(i),
+                overrides: flatten(&run.overrides, ""),
+                init_from: run.init_from.clone(),
+            });
         }
 
         let points = grid(&self.sweep);
         let short = short_names(self.sweep.iter().map(|(k, _)| k.as_str()));
         let mut specs = vec![];
-        for (run_name, run_index, overrides, init_from) in &entries {
+        for RunEntry {
+            name: run_name,
+            index: run_index,
+            overrides,
+            init_from,
+        } in &entries
+        {
             for point in &points {
                 let point_name = point
                     .iter()
