@@ -3,8 +3,10 @@
 //! Data flows one way: [`spec`] (the file) → [`plan`] (runnable runs) → [`train`]
 //! (metrics under `runs/`). [`model`] and [`data`] are the pieces training is made of.
 
+pub mod checkpoint;
 pub mod data;
 pub mod discover;
+pub mod lock;
 pub mod model;
 pub mod plan;
 pub mod seed;

@@ -1,16 +1,20 @@
 //! The `gptlab` command line: parses arguments, calls the library, maps errors to exit codes.
 //!
-//! Exit codes: 0 success; 1 a run failed or diverged, or an I/O error; 2 a bad spec or usage.
+//! Exit codes: 0 success; 1 a run failed or diverged, or an I/O error; 2 a bad spec or usage;
+//! 130 interrupted (a checkpoint was written; the same command resumes).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gptlab::data::Corpus;
+use gptlab::lock::ExperimentLock;
 use gptlab::plan::{RunPlan, plan};
 use gptlab::spec::{SetArg, SpecErrors, SpecFile};
-use gptlab::train::{RunStatus, read_status, train_run};
+use gptlab::train::{RunOptions, RunStatus, read_status, train_run};
 
 #[derive(Parser)]
 #[command(
@@ -71,7 +75,7 @@ struct RunArgs {
     /// Folder that holds `<experiment>/<run>/`.
     #[arg(long, default_value = "runs")]
     runs_dir: PathBuf,
-    /// Retrain runs that already completed.
+    /// Start every selected run over: discard its checkpoints and metrics.
     #[arg(long)]
     fresh: bool,
     /// Worker threads (default: all cores).
@@ -259,6 +263,29 @@ fn show_plan(file: &Path, select: &Select) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Installs the Ctrl-C handler: the first interrupt asks training to stop after the current
+/// step with a checkpoint; the second exits at once.
+fn install_interrupt() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let presses = AtomicUsize::new(0);
+    let installed = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            flag.store(true, Ordering::SeqCst);
+            eprintln!(
+                "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to stop at once)"
+            );
+        } else {
+            eprintln!("\ninterrupt: stopping now; the last checkpoint is intact");
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will stop gptlab without a checkpoint ({e})");
+    }
+    stop
+}
+
 fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
     let (spec, plans) = load_plans(&args.file, &args.select, &args.runs_dir)?;
     if sweep && !spec.has_sweep() {
@@ -273,19 +300,36 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
             .build_global()
             .context("setting the thread count")?;
     }
+    let _lock = ExperimentLock::acquire(&args.runs_dir.join(&spec.name))?;
+    let stop = install_interrupt();
+    let opts = RunOptions {
+        fresh: args.fresh,
+        quiet: args.quiet,
+        stop: Some(stop.clone()),
+    };
     let dev = dfdx::tensor::Cpu::default();
     let mut failed = vec![];
     let mut corpus_cache: Option<(PathBuf, f64, Corpus)> = None;
     for p in &plans {
-        if !args.fresh
-            && let Some(RunStatus::Complete { step }) = read_status(&p.dir)
-            && step == p.schedule.total_steps()
-        {
-            eprintln!(
-                "[{}] already complete ({step} steps); --fresh retrains it",
-                p.name
-            );
-            continue;
+        if !args.fresh {
+            match read_status(&p.dir) {
+                Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
+                    eprintln!(
+                        "[{}] already complete ({step} steps); --fresh retrains it",
+                        p.name
+                    );
+                    continue;
+                }
+                Some(RunStatus::Diverged { step }) => {
+                    eprintln!(
+                        "error: run `{}` diverged at step {step} before; --fresh retrains it",
+                        p.name
+                    );
+                    failed.push(p.name.clone());
+                    continue;
+                }
+                _ => {}
+            }
         }
         let val_fraction = p.config.data.val_fraction;
         let reuse = matches!(&corpus_cache, Some((path, vf, _)) if *path == p.data_path && *vf == val_fraction);
@@ -297,20 +341,36 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
             ));
         }
         let corpus = &corpus_cache.as_ref().expect("loaded above").2;
-        match train_run(&dev, p, corpus, args.quiet) {
-            Ok(outcome) => {
-                if let RunStatus::Diverged { step } = outcome.status {
+        match train_run(&dev, p, corpus, &opts) {
+            Ok(outcome) => match outcome.status {
+                RunStatus::Diverged { step } => {
                     eprintln!(
                         "error: run `{}` diverged at step {step} (non-finite loss); the other runs carry on",
                         p.name
                     );
                     failed.push(p.name.clone());
                 }
-            }
+                RunStatus::Interrupted { step } => {
+                    eprintln!(
+                        "interrupted: run `{}` stopped after step {step} with a checkpoint; run `gptlab run {}` again to resume",
+                        p.name,
+                        args.file.display()
+                    );
+                    return Ok(ExitCode::from(130));
+                }
+                _ => {}
+            },
             Err(e) => {
                 eprintln!("error: run `{}` failed: {e:#}", p.name);
                 failed.push(p.name.clone());
             }
+        }
+        if stop.load(Ordering::SeqCst) {
+            eprintln!(
+                "interrupted: run `gptlab run {}` again to continue",
+                args.file.display()
+            );
+            return Ok(ExitCode::from(130));
         }
     }
     if failed.is_empty() {

@@ -1,8 +1,10 @@
 //! From resolved run specs to runnable plans: the data is located and measured, the model
 //! config is fixed (vocabulary size, block size), and the phase schedule is laid out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+
+use sha2::Digest;
 
 use crate::data::Corpus;
 use crate::model::ModelConfig;
@@ -107,6 +109,8 @@ pub struct RunPlan {
     pub config: RunConfig,
     /// Tokens in the training split.
     pub train_tokens: usize,
+    /// SHA-256 of the corpus file: a run's data is its content, not its path.
+    pub data_sha256: String,
 }
 
 impl RunPlan {
@@ -122,6 +126,49 @@ impl RunPlan {
             .iter()
             .map(|p| (p.steps * p.seq_len * self.train.batch_size) as u64)
             .sum()
+    }
+
+    /// The settings that determine the run's trajectory through `step`, flattened to
+    /// `key → value`: a checkpoint at `step` can resume this plan only if they are equal.
+    ///
+    /// Left out on purpose: bookkeeping (eval, checkpoint and sample settings), the block
+    /// size (a longer later phase only grows the position table), and phases not yet reached
+    /// (so a schedule can be extended after the fact).
+    pub fn identity(&self, step: usize) -> BTreeMap<String, String> {
+        let m = &self.model;
+        let t = &self.train;
+        let mut id = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            id.insert(k.to_string(), v);
+        };
+        put("model.vocab_size", m.vocab_size.to_string());
+        put("model.n_layer", m.n_layer.to_string());
+        put("model.n_embd", m.n_embd.to_string());
+        put("model.n_head", m.n_head.to_string());
+        put("model.n_kv_head", m.n_kv_head.to_string());
+        put("model.position", m.position.to_string());
+        put("model.dropout", m.dropout.to_string());
+        put("model.rope_base", m.rope_base.to_string());
+        put("data.sha256", self.data_sha256.clone());
+        put(
+            "data.val_fraction",
+            self.config.data.val_fraction.to_string(),
+        );
+        put("experiment.seed", self.seed.to_string());
+        put("train.batch_size", t.batch_size.to_string());
+        put("train.beta1", t.beta1.to_string());
+        put("train.beta2", t.beta2.to_string());
+        put("train.eps", t.eps.to_string());
+        put("train.weight_decay", t.weight_decay.to_string());
+        put("train.grad_clip", t.grad_clip.to_string());
+        put("init_from", self.init_from.clone().unwrap_or_default());
+        for p in self.schedule.phases.iter().filter(|p| p.first_step <= step) {
+            let done = p.steps.min(step + 1 - p.first_step);
+            put(&format!("phase.{}.seq_len", p.index), p.seq_len.to_string());
+            put(&format!("phase.{}.lr", p.index), p.lr.to_string());
+            put(&format!("phase.{}.steps_done", p.index), done.to_string());
+        }
+        id
     }
 
     /// The run's name followed by what sets it apart, for humans.
@@ -161,7 +208,7 @@ fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
 
 /// Checks the data-dependent parts of each run and lays out its plan.
 pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
-    let mut corpora: HashMap<(PathBuf, u64), Result<Corpus, String>> = HashMap::new();
+    let mut corpora: HashMap<(PathBuf, u64), Result<(Corpus, String), String>> = HashMap::new();
     let mut errors = vec![];
     let mut plans = vec![];
     for spec in specs {
@@ -173,13 +220,21 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 continue;
             }
         };
-        let corpus = corpora
+        let loaded = corpora
             .entry((data_path.clone(), c.data.val_fraction.to_bits()))
             .or_insert_with(|| {
-                Corpus::load(&data_path, c.data.val_fraction).map_err(|e| format!("{e:#}"))
+                let bytes = std::fs::read(&data_path)
+                    .map_err(|e| format!("cannot read {}: {e}", data_path.display()))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| format!("{} is not UTF-8 text", data_path.display()))?;
+                let sha = sha2::Sha256::digest(text.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Ok((Corpus::from_text(&text, c.data.val_fraction), sha))
             });
-        let corpus = match corpus {
-            Ok(c) => c,
+        let (corpus, data_sha256) = match loaded {
+            Ok((corpus, sha)) => (&*corpus, sha.clone()),
             Err(msg) => {
                 errors.push(spec.error("data.path", msg.clone()));
                 continue;
@@ -244,6 +299,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             init_from: spec.init_from.clone(),
             config: c.clone(),
             train_tokens: corpus.train.len(),
+            data_sha256,
         });
     }
     if errors.is_empty() {

@@ -35,3 +35,11 @@ fn mix(mut z: u64) -> u64 {
 pub fn stream(seed: u64, purpose: Stream, index: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix(mix(mix(seed) ^ purpose as u64) ^ index))
 }
+
+/// The generator for `(seed, stream, name)`: an index from the name's FNV-1a hash.
+pub fn named_stream(seed: u64, purpose: Stream, name: &str) -> ChaCha8Rng {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    stream(seed, purpose, hash)
+}

@@ -50,7 +50,7 @@ fn rng(seed: u64) -> ChaCha8Rng {
 fn gpt_mini_has_2_719_104_parameters_with_absolute_positions_at_block_128() {
     let dev = Cpu::default();
     let config = gpt_mini(Position::Absolute, 128);
-    let model = Gpt::new(&dev, &config, &mut rng(0));
+    let model = Gpt::new(&dev, &config, 0);
     assert_eq!(model.num_params(), 2_719_104);
     assert_eq!(config.num_params(), 2_719_104);
 }
@@ -58,7 +58,7 @@ fn gpt_mini_has_2_719_104_parameters_with_absolute_positions_at_block_128() {
 #[test]
 fn rope_has_no_position_table() {
     let dev = Cpu::default();
-    let model = Gpt::new(&dev, &gpt_mini(Position::Rope, 128), &mut rng(0));
+    let model = Gpt::new(&dev, &gpt_mini(Position::Rope, 128), 0);
     assert!(model.wpe.is_none());
     assert_eq!(model.num_params(), 2_719_104 - 128 * 192);
     let mut names = vec![];
@@ -81,7 +81,7 @@ fn analytic_count_matches_instantiated_for_gqa_and_mqa() {
             ..gpt_mini(pos, 64)
         };
         assert_eq!(
-            Gpt::new(&dev, &config, &mut rng(1)).num_params(),
+            Gpt::new(&dev, &config, 1).num_params(),
             config.num_params(),
             "{h}/{kv}"
         );
@@ -98,7 +98,7 @@ fn loss_at_initialisation_is_close_to_ln_vocab() {
     .unwrap();
     assert_eq!(corpus.vocab.len(), 65);
     for position in [Position::Absolute, Position::Rope] {
-        let model = Gpt::new(&dev, &gpt_mini(position, 128), &mut rng(3407));
+        let model = Gpt::new(&dev, &gpt_mini(position, 128), 3407);
         let batch =
             gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));
         let logits = model.forward(
@@ -306,7 +306,7 @@ fn changing_a_later_token_never_changes_an_earlier_output() {
                 block_size: 10,
                 ..tiny(position, 2, 1)
             },
-            &mut rng(4),
+            4,
         );
         let a: Vec<usize> = vec![1, 2, 3, 4, 5, 6, 0, 1, 2, 3];
         let mut b = a.clone();
@@ -339,7 +339,7 @@ fn gradients_agree_with_finite_differences() {
         (Position::Rope, 2, 1),
         (Position::None, 4, 2),
     ] {
-        let mut model = Gpt::new(&dev, &tiny(position, h, hkv), &mut rng(9));
+        let mut model = Gpt::new(&dev, &tiny(position, h, hkv), 9);
         // Move away from the symmetric initial point so every gradient is sizeable.
         let mut r = rng(10);
         model.visit_mut(&mut |p| {

@@ -7,7 +7,9 @@ use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
 use gptlab::plan::plan;
 use gptlab::seed::{Stream, stream};
 use gptlab::spec::SpecFile;
-use gptlab::train::{AdamW, RunStatus, read_metrics, read_status, train_run, train_step};
+use gptlab::train::{
+    AdamW, RunOptions, RunStatus, read_metrics, read_status, train_run, train_step,
+};
 
 fn corpus() -> Corpus {
     Corpus::load(
@@ -33,7 +35,7 @@ fn a_tiny_model_overfits_a_single_batch() {
             dropout: 0.0,
             rope_base: 10_000.0,
         };
-        let mut model = Gpt::new(&dev, &config, &mut stream(1, Stream::Init, 0));
+        let mut model = Gpt::new(&dev, &config, 1);
         let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.0);
         let batch = sample_batch(&corpus.train, 4, 32, &mut stream(1, Stream::Batch, 0));
         let first = train_step(
@@ -110,7 +112,16 @@ fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
         let plans = plan(&runs, &tmp.path().join(out)).unwrap();
         let mut per_run = vec![];
         for p in &plans {
-            let outcome = train_run(&dev, p, &corpus, true).unwrap();
+            let outcome = train_run(
+                &dev,
+                p,
+                &corpus,
+                &RunOptions {
+                    quiet: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(outcome.status, RunStatus::Complete { step: 15 });
             assert_eq!(read_status(&p.dir), Some(RunStatus::Complete { step: 15 }));
             let rows = read_metrics(&p.dir.join("metrics.csv")).unwrap();

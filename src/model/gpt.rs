@@ -1,7 +1,6 @@
 //! The decoder-only transformer: embeddings, pre-LayerNorm blocks, final norm, LM head.
 
 use dfdx::prelude::*;
-use rand::Rng;
 
 use super::attention::CausalSelfAttention;
 use super::layers::{Act, Dropout, LayerNorm, Linear, Mlp, normal_values};
@@ -74,9 +73,14 @@ pub struct Gpt<D: Device<Float>> {
 }
 
 impl<D: Device<Float>> Gpt<D> {
-    /// Builds the model with GPT-2/minGPT initialisation drawn from `rng`: weights N(0, 0.02²),
-    /// residual output projections N(0, (0.02/√(2·n_layer))²), zero biases, unit norm gains.
-    pub fn new(dev: &D, config: &ModelConfig, rng: &mut impl Rng) -> Self {
+    /// Builds the model with GPT-2/minGPT initialisation: weights N(0, 0.02²), residual output
+    /// projections N(0, (0.02/√(2·n_layer))²), zero biases, unit norm gains.
+    ///
+    /// Each module draws from its own stream keyed by `(seed, its name)`, so a parameter's
+    /// initial values do not depend on the sizes of the others: the first rows of the position
+    /// table are the same at any block size, which lets a schedule grow after the fact.
+    pub fn new(dev: &D, config: &ModelConfig, seed: u64) -> Self {
+        let rng = |name: &str| crate::seed::named_stream(seed, crate::seed::Stream::Init, name);
         let (v, c) = (config.vocab_size, config.n_embd);
         let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
         let wte = Param::from_vec(
@@ -84,7 +88,7 @@ impl<D: Device<Float>> Gpt<D> {
             "wte.weight".into(),
             vec![v, c],
             false,
-            normal_values(rng, v * c, 0.02),
+            normal_values(&mut rng("wte"), v * c, 0.02),
         );
         let wpe = (config.position == Position::Absolute).then(|| {
             let n = config.block_size * c;
@@ -93,7 +97,7 @@ impl<D: Device<Float>> Gpt<D> {
                 "wpe.weight".into(),
                 vec![config.block_size, c],
                 false,
-                normal_values(rng, n, 0.02),
+                normal_values(&mut rng("wpe"), n, 0.02),
             )
         });
         let blocks = (0..config.n_layer)
@@ -101,13 +105,20 @@ impl<D: Device<Float>> Gpt<D> {
                 ln1: LayerNorm::new(dev, &format!("h.{i}.ln1"), c),
                 attn: CausalSelfAttention::new(
                     dev,
-                    rng,
+                    &mut rng(&format!("h.{i}.attn")),
                     &format!("h.{i}.attn"),
                     config.attn_shape(),
                     proj_std,
                 ),
                 ln2: LayerNorm::new(dev, &format!("h.{i}.ln2"), c),
-                mlp: Mlp::new(dev, rng, &format!("h.{i}.mlp"), c, 4 * c, proj_std),
+                mlp: Mlp::new(
+                    dev,
+                    &mut rng(&format!("h.{i}.mlp")),
+                    &format!("h.{i}.mlp"),
+                    c,
+                    4 * c,
+                    proj_std,
+                ),
             })
             .collect();
         let rope = (config.position == Position::Rope).then(|| {
@@ -123,7 +134,7 @@ impl<D: Device<Float>> Gpt<D> {
             wpe,
             blocks,
             ln_f: LayerNorm::new(dev, "ln_f", c),
-            head: Linear::new(dev, rng, "head", c, v, false, 0.02),
+            head: Linear::new(dev, &mut rng("head"), "head", c, v, false, 0.02),
             rope,
             dev: dev.clone(),
         }

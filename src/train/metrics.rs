@@ -1,6 +1,6 @@
 //! `metrics.csv`: one row per training step, flushed as it is written.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -42,6 +42,52 @@ impl MetricsWriter {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self {
             writer: csv::Writer::from_writer(file),
+        })
+    }
+
+    /// Keeps the rows up to `step` (dropping any later or torn ones, e.g. from a kill) and
+    /// appends after them; `step = 0` starts a new file.
+    pub fn resume(path: &Path, step: usize) -> Result<Self> {
+        if step == 0 || !path.exists() {
+            return Self::create(path);
+        }
+        let mut kept = vec![];
+        let mut reader =
+            csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+        for row in reader.deserialize::<MetricsRow>() {
+            match row {
+                Ok(r) if r.step <= step => kept.push(r),
+                _ => break,
+            }
+        }
+        let mut buf = csv::Writer::from_writer(vec![]);
+        for r in &kept {
+            buf.serialize(r)?;
+        }
+        if kept.is_empty() {
+            buf.write_record([
+                "run",
+                "phase",
+                "step",
+                "seq_len",
+                "train_loss",
+                "val_loss",
+                "lr",
+                "grad_norm",
+                "step_ms",
+                "tokens_per_s",
+            ])?;
+        }
+        let bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        super::write_atomic(path, &bytes)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self {
+            writer: csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(file),
         })
     }
 

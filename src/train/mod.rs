@@ -3,24 +3,19 @@
 mod adamw;
 mod metrics;
 mod progress;
+mod run;
 mod step;
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
-use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use adamw::{AdamW, clip_grad_norm, grad_norm};
 pub use metrics::{MetricsRow, MetricsWriter, read_metrics};
 pub use progress::Progress;
+pub use run::{RunOptions, train_run};
 pub use step::{StepStats, eval_loss, loss_and_grads, train_step};
-
-use crate::data::{Batch, Corpus, sample_batch};
-use crate::model::{Dropout, Float, Gpt};
-use crate::plan::{Phase, RunPlan};
-use crate::seed::{Stream, stream};
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,6 +34,11 @@ pub enum RunStatus {
     /// The loss became non-finite at `step`; the weights before it are the last good ones.
     Diverged {
         /// The step whose loss was not finite.
+        step: usize,
+    },
+    /// Stopped on request (Ctrl-C) after `step`, with a checkpoint there.
+    Interrupted {
+        /// Last step completed and checkpointed.
         step: usize,
     },
 }
@@ -83,127 +83,4 @@ fn write_status(dir: &Path, status: &RunStatus) -> Result<()> {
         &dir.join("status.json"),
         serde_json::to_string_pretty(status)?.as_bytes(),
     )
-}
-
-/// The validation batches of a phase: the same windows at every evaluation, so the losses
-/// of one run compare over time (and between runs with the same seed).
-fn eval_batches(plan: &RunPlan, corpus: &Corpus, phase: &Phase) -> Vec<Batch> {
-    let tokens = if corpus.val.len() > phase.seq_len {
-        &corpus.val
-    } else {
-        &corpus.train
-    };
-    (0..plan.train.eval_batches)
-        .map(|i| {
-            sample_batch(
-                tokens,
-                plan.train.batch_size,
-                phase.seq_len,
-                &mut stream(plan.seed, Stream::Eval, i as u64),
-            )
-        })
-        .collect()
-}
-
-/// Trains `plan` from scratch on `dev`, writing `run.toml`, `vocab.json`, `metrics.csv`
-/// and `status.json` into its folder.
-pub fn train_run<D: Device<Float>>(
-    dev: &D,
-    plan: &RunPlan,
-    corpus: &Corpus,
-    quiet: bool,
-) -> Result<RunOutcome> {
-    let dir = &plan.dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating run folder {}", dir.display()))?;
-    let resolved = toml::to_string_pretty(&plan.config).context("serialising the resolved spec")?;
-    write_atomic(&dir.join("run.toml"), resolved.as_bytes())?;
-    write_atomic(
-        &dir.join("vocab.json"),
-        serde_json::to_string(corpus.vocab.chars())?.as_bytes(),
-    )?;
-    write_status(dir, &RunStatus::Running { step: 0 })?;
-
-    let mut model = Gpt::new(dev, &plan.model, &mut stream(plan.seed, Stream::Init, 0));
-    let t = &plan.train;
-    let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
-    let mut metrics = MetricsWriter::create(&dir.join("metrics.csv"))?;
-    let total = plan.schedule.total_steps();
-    let mut progress = Progress::start(&plan.name, total, 0, quiet);
-    let started = Instant::now();
-    let (mut last_train, mut last_val) = (None, None);
-
-    for phase in &plan.schedule.phases {
-        let evals = eval_batches(plan, corpus, phase);
-        for step in phase.first_step..=phase.last_step() {
-            let batch = sample_batch(
-                &corpus.train,
-                t.batch_size,
-                phase.seq_len,
-                &mut stream(plan.seed, Stream::Batch, step as u64),
-            );
-            let mut drop = Dropout::train(
-                plan.model.dropout as f32,
-                stream(plan.seed, Stream::Dropout, step as u64),
-            );
-            let t0 = Instant::now();
-            let stats = train_step(
-                &mut model,
-                &mut opt,
-                &batch,
-                phase.lr,
-                t.grad_clip,
-                &mut drop,
-            );
-            let step_s = t0.elapsed().as_secs_f64();
-            if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
-                let status = RunStatus::Diverged { step };
-                write_status(dir, &status)?;
-                progress.finish(&format!(
-                    "diverged: loss {} at step {step}; the weights before it are kept",
-                    stats.loss
-                ));
-                return Ok(RunOutcome {
-                    status,
-                    last_train_loss: last_train,
-                    last_val_loss: last_val,
-                    wall_s: started.elapsed().as_secs_f64(),
-                });
-            }
-            let evaluate =
-                step == phase.last_step() || (t.eval_every > 0 && step % t.eval_every == 0);
-            let val_loss = evaluate.then(|| eval_loss(&model, &evals));
-            metrics.append(&MetricsRow {
-                run: plan.name.clone(),
-                phase: phase.index,
-                step,
-                seq_len: phase.seq_len,
-                train_loss: stats.loss,
-                val_loss,
-                lr: phase.lr,
-                grad_norm: stats.grad_norm,
-                step_ms: step_s * 1e3,
-                tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
-            })?;
-            last_train = Some(stats.loss);
-            last_val = val_loss.or(last_val);
-            progress.step(phase.index, step, phase.seq_len, stats.loss, val_loss);
-        }
-    }
-    let status = RunStatus::Complete { step: total };
-    write_status(dir, &status)?;
-    let wall_s = started.elapsed().as_secs_f64();
-    progress.finish(&format!(
-        "complete: {total} steps in {wall_s:.1} s, train loss {:.4}, val loss {}",
-        last_train.unwrap_or(f32::NAN),
-        last_val
-            .map(|v| format!("{v:.4}"))
-            .unwrap_or_else(|| "-".into())
-    ));
-    Ok(RunOutcome {
-        status,
-        last_train_loss: last_train,
-        last_val_loss: last_val,
-        wall_s,
-    })
 }

@@ -1,0 +1,348 @@
+//! Atomic save and verified load of a run's state: weights and AdamW moments in safetensors,
+//! metadata in JSON beside them.
+//!
+//! A checkpoint is the folder `checkpoints/step_NNNNNNNN/`. It is written under a `.tmp`
+//! name, every file synced, then renamed into place, so a crash leaves either the complete
+//! folder or a `.tmp` that is never read. `meta.json`, written last, holds the SHA-256 of both
+//! tensor files, so truncation or a flipped bit is caught on load.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use dfdx::prelude::*;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Float, HasParams};
+use crate::train::AdamW;
+
+/// Why a checkpoint was written; phase-end checkpoints are never pruned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Every `checkpoint_every` steps, or on interrupt.
+    Periodic,
+    /// The last step of a phase (and so of the run).
+    PhaseEnd,
+}
+
+/// `meta.json`: everything but the tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Layout version of the checkpoint folder.
+    pub format: u32,
+    /// Steps completed.
+    pub step: usize,
+    /// Phase of the last completed step.
+    pub phase: usize,
+    /// Why it was written.
+    pub kind: Kind,
+    /// The run's vocabulary, token id → character.
+    pub vocab: Vec<char>,
+    /// The settings that determine the run's trajectory, flattened; see `RunPlan::identity`.
+    pub identity: BTreeMap<String, String>,
+    /// SHA-256 of the identity, for a quick comparison.
+    pub identity_sha256: String,
+    /// AdamW's update count.
+    pub adam_t: u64,
+    /// SHA-256 of `model.safetensors`.
+    pub model_sha256: String,
+    /// SHA-256 of `optimizer.safetensors`.
+    pub optimizer_sha256: String,
+}
+
+/// Current layout version.
+pub const FORMAT: u32 = 1;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// SHA-256 of an identity map, in key order.
+pub fn identity_hash(identity: &BTreeMap<String, String>) -> String {
+    sha256_hex(
+        serde_json::to_string(identity)
+            .expect("a string map serialises")
+            .as_bytes(),
+    )
+}
+
+/// The folder name of the checkpoint at `step`.
+pub fn folder_name(step: usize) -> String {
+    format!("step_{step:08}")
+}
+
+fn to_bytes(values: &[Float]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<Vec<u8>> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            Ok((
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
+            ))
+        })
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::serialize(views, None)?)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes the rename durable; not every platform lets a folder be opened, so best effort.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Test hook: with `GPTLAB_FAULT=<point>@<step>` in the environment, the process kills itself
+/// with SIGKILL at that point, to prove that an interruption there loses nothing.
+pub fn fault_point(point: &str, step: usize) {
+    if let Ok(spec) = std::env::var("GPTLAB_FAULT") {
+        if spec == format!("{point}@{step}") {
+            #[cfg(unix)]
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            std::process::abort();
+        }
+    }
+}
+
+/// Writes a checkpoint of `model` and `opt` under `root` (the run's `checkpoints/`); returns its folder.
+pub fn save<D: Device<Float>>(
+    root: &Path,
+    model: &impl HasParams<D>,
+    opt: &AdamW,
+    mut meta: Meta,
+) -> Result<PathBuf> {
+    fs::create_dir_all(root)
+        .with_context(|| format!("creating checkpoint folder {}", root.display()))?;
+    let final_dir = root.join(folder_name(meta.step));
+    let tmp = root.join(format!("{}.tmp", folder_name(meta.step)));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+    }
+    let result = (|| -> Result<()> {
+        fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut weights = vec![];
+        let mut moments = vec![];
+        let mut i = 0;
+        model.visit(&mut |p| {
+            weights.push((p.name.clone(), p.shape.clone(), to_bytes(&p.value.as_vec())));
+            moments.push((
+                format!("m.{}", p.name),
+                p.shape.clone(),
+                to_bytes(&opt.m[i]),
+            ));
+            moments.push((
+                format!("v.{}", p.name),
+                p.shape.clone(),
+                to_bytes(&opt.v[i]),
+            ));
+            i += 1;
+        });
+        let model_bytes = serialize(weights)?;
+        let opt_bytes = serialize(moments)?;
+        meta.model_sha256 = sha256_hex(&model_bytes);
+        meta.optimizer_sha256 = sha256_hex(&opt_bytes);
+        meta.adam_t = opt.t;
+        meta.format = FORMAT;
+        write_synced(&tmp.join("model.safetensors"), &model_bytes)?;
+        fault_point("checkpoint-write", meta.step);
+        write_synced(&tmp.join("optimizer.safetensors"), &opt_bytes)?;
+        write_synced(
+            &tmp.join("meta.json"),
+            serde_json::to_string_pretty(&meta)?.as_bytes(),
+        )?;
+        sync_dir(&tmp);
+        if final_dir.exists() {
+            // Re-saving the same step (e.g. after a resume at a phase end): replace it.
+            fs::remove_dir_all(&final_dir)
+                .with_context(|| format!("replacing {}", final_dir.display()))?;
+        }
+        fs::rename(&tmp, &final_dir)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
+        sync_dir(root);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(final_dir)
+}
+
+/// Reads and verifies a checkpoint folder's metadata and tensor files.
+pub struct Loaded {
+    /// The metadata.
+    pub meta: Meta,
+    model_bytes: Vec<u8>,
+    opt_bytes: Vec<u8>,
+}
+
+/// Reads `dir` and checks both checksums; any mismatch or missing file is an error.
+pub fn read(dir: &Path) -> Result<Loaded> {
+    let meta_path = dir.join("meta.json");
+    let meta: Meta = serde_json::from_str(
+        &fs::read_to_string(&meta_path)
+            .with_context(|| format!("reading {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("{} is not valid checkpoint metadata", meta_path.display()))?;
+    ensure!(
+        meta.format == FORMAT,
+        "{}: checkpoint format {} is not the supported {FORMAT}",
+        dir.display(),
+        meta.format
+    );
+    let model_bytes = fs::read(dir.join("model.safetensors"))
+        .with_context(|| format!("reading {}/model.safetensors", dir.display()))?;
+    ensure!(
+        sha256_hex(&model_bytes) == meta.model_sha256,
+        "{}/model.safetensors is corrupt (checksum mismatch)",
+        dir.display()
+    );
+    let opt_bytes = fs::read(dir.join("optimizer.safetensors"))
+        .with_context(|| format!("reading {}/optimizer.safetensors", dir.display()))?;
+    ensure!(
+        sha256_hex(&opt_bytes) == meta.optimizer_sha256,
+        "{}/optimizer.safetensors is corrupt (checksum mismatch)",
+        dir.display()
+    );
+    Ok(Loaded {
+        meta,
+        model_bytes,
+        opt_bytes,
+    })
+}
+
+/// The learned position table may have grown since the checkpoint (a schedule extended with
+/// a longer phase): its saved rows are copied and the new rows keep what `out` holds.
+fn may_grow_rows(name: &str) -> bool {
+    name.ends_with("wpe.weight")
+}
+
+/// Overwrites `out` (which holds the model's current values) with the saved tensor `name`.
+fn copy_into(st: &SafeTensors<'_>, name: &str, shape: &[usize], out: &mut [Float]) -> Result<()> {
+    let view = st
+        .tensor(name)
+        .with_context(|| format!("tensor `{name}` is missing"))?;
+    ensure!(
+        view.dtype() == Dtype::F32,
+        "tensor `{name}` is {:?}, not F32",
+        view.dtype()
+    );
+    let saved = view.shape();
+    let grown = may_grow_rows(name)
+        && saved.len() == 2
+        && shape.len() == 2
+        && saved[1] == shape[1]
+        && saved[0] <= shape[0];
+    ensure!(
+        saved == shape || grown,
+        "tensor `{name}` has shape {saved:?}, the model needs {shape:?}"
+    );
+    for (o, c) in out.iter_mut().zip(view.data().chunks_exact(4)) {
+        *o = Float::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    Ok(())
+}
+
+impl Loaded {
+    /// Copies the weights into `model`; every parameter must be present with its shape.
+    pub fn load_weights<D: Device<Float>>(&self, model: &mut impl HasParams<D>) -> Result<()> {
+        let st =
+            SafeTensors::deserialize(&self.model_bytes).context("parsing model.safetensors")?;
+        let mut names = vec![];
+        model.visit(&mut |p| names.push(p.name.clone()));
+        let extra: Vec<&str> = st
+            .names()
+            .into_iter()
+            .filter(|n| !names.iter().any(|m| m == *n))
+            .collect();
+        if !extra.is_empty() {
+            bail!("the checkpoint has tensors this model lacks: {extra:?}");
+        }
+        let mut error = None;
+        model.visit_mut(&mut |p| {
+            if error.is_some() {
+                return;
+            }
+            let mut buf = p.value.as_vec();
+            match copy_into(&st, &p.name, &p.shape, &mut buf) {
+                Ok(()) => p.value.copy_from(&buf),
+                Err(e) => error = Some(e),
+            }
+        });
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Copies the weights into `model` and the moments and step count into `opt`.
+    pub fn load_all<D: Device<Float>>(
+        &self,
+        model: &mut impl HasParams<D>,
+        opt: &mut AdamW,
+    ) -> Result<()> {
+        self.load_weights(model)?;
+        let st =
+            SafeTensors::deserialize(&self.opt_bytes).context("parsing optimizer.safetensors")?;
+        let mut params = vec![];
+        model.visit(&mut |p| params.push((p.name.clone(), p.shape.clone())));
+        for (i, (name, shape)) in params.iter().enumerate() {
+            copy_into(&st, &format!("m.{name}"), shape, &mut opt.m[i])?;
+            copy_into(&st, &format!("v.{name}"), shape, &mut opt.v[i])?;
+        }
+        opt.t = self.meta.adam_t;
+        Ok(())
+    }
+}
+
+/// Checkpoint folders under `root`, newest first (`.tmp` folders are ignored).
+pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return vec![];
+    };
+    let mut found: Vec<(usize, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step_")?.parse::<usize>().ok()?;
+            e.path().is_dir().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found
+}
+
+/// Removes periodic checkpoints beyond the newest `keep`; phase-end checkpoints stay.
+pub fn prune(root: &Path, keep: usize) -> Result<()> {
+    let periodic: Vec<PathBuf> = list(root)
+        .into_iter()
+        .filter(|(_, dir)| read_meta(dir).is_some_and(|m| m.kind == Kind::Periodic))
+        .map(|(_, dir)| dir)
+        .collect();
+    for dir in periodic.into_iter().skip(keep) {
+        fs::remove_dir_all(&dir).with_context(|| format!("pruning {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The metadata of a checkpoint folder, unverified (for listing and pruning).
+pub fn read_meta(dir: &Path) -> Option<Meta> {
+    serde_json::from_str(&fs::read_to_string(dir.join("meta.json")).ok()?).ok()
+}

@@ -1,0 +1,94 @@
+//! One writer per experiment: a lock file holding the owner's pid.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// Held while a process trains an experiment; removed on drop.
+#[derive(Debug)]
+pub struct ExperimentLock {
+    path: PathBuf,
+}
+
+fn alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        // Signal 0 checks existence; EPERM means it exists under another user.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+impl ExperimentLock {
+    /// Takes `<dir>/.lock`, creating `dir`. A lock whose process is gone is taken over; a live
+    /// one is an error naming its pid.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(".lock");
+        for _ in 0..3 {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    write!(f, "{}", std::process::id())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = fs::read_to_string(&path).unwrap_or_default();
+                    match holder.trim().parse::<u32>() {
+                        Ok(pid) if pid != std::process::id() && alive(pid) => bail!(
+                            "another gptlab (pid {pid}) is training this experiment ({}); wait for it or stop it",
+                            path.display()
+                        ),
+                        // A dead owner, or a lock half-written by one: take it over.
+                        _ => {
+                            let _ = fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating lock {}", path.display()));
+                }
+            }
+        }
+        bail!("could not take the lock {}", path.display())
+    }
+}
+
+impl Drop for ExperimentLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_holder_blocks_and_a_dead_one_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = ExperimentLock::acquire(dir.path()).unwrap();
+        // Our own pid counts as a live holder for another process; simulate one with pid 1.
+        fs::write(dir.path().join(".lock"), "1").unwrap();
+        let err = ExperimentLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("pid 1"), "{err}");
+        drop(lock);
+        // A pid that cannot exist: taken over.
+        fs::write(dir.path().join(".lock"), "2147483000").unwrap();
+        let _again = ExperimentLock::acquire(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(".lock")).unwrap(),
+            std::process::id().to_string()
+        );
+    }
+}

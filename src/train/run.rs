@@ -1,0 +1,320 @@
+//! Training one planned run through its phases: resume from the newest good checkpoint,
+//! checkpoint as it goes, stop cleanly on request, and record every step.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use dfdx::prelude::*;
+
+use super::{
+    AdamW, MetricsRow, MetricsWriter, Progress, RunOutcome, RunStatus, eval_loss, train_step,
+    write_status,
+};
+use crate::checkpoint::{self, Kind, Meta, fault_point};
+use crate::data::{Batch, Corpus, sample_batch};
+use crate::model::{Dropout, Float, Gpt};
+use crate::plan::{Phase, RunPlan};
+use crate::seed::{Stream, stream};
+
+/// How to train.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Discard this run's checkpoints and metrics and start from step 0.
+    pub fresh: bool,
+    /// No progress output.
+    pub quiet: bool,
+    /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// The validation batches of a phase: the same windows at every evaluation, so the losses
+/// of one run compare over time (and between runs with the same seed).
+fn eval_batches(plan: &RunPlan, corpus: &Corpus, phase: &Phase) -> Vec<Batch> {
+    let tokens = if corpus.val.len() > phase.seq_len {
+        &corpus.val
+    } else {
+        &corpus.train
+    };
+    (0..plan.train.eval_batches)
+        .map(|i| {
+            sample_batch(
+                tokens,
+                plan.train.batch_size,
+                phase.seq_len,
+                &mut stream(plan.seed, Stream::Eval, i as u64),
+            )
+        })
+        .collect()
+}
+
+/// `key: checkpoint → spec` for every setting that differs.
+fn identity_diff(
+    saved: &std::collections::BTreeMap<String, String>,
+    now: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
+    keys.into_iter()
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| {
+                v.map(|s| format!("`{s}`"))
+                    .unwrap_or_else(|| "(absent)".into())
+            };
+            format!(
+                "{k}: checkpoint {} → spec {}",
+                show(saved.get(k)),
+                show(now.get(k))
+            )
+        })
+        .collect()
+}
+
+/// Restores the newest checkpoint that verifies; corrupt ones are reported and skipped.
+/// Returns the step it resumes after (0 for none).
+fn resume<D: Device<Float>>(
+    plan: &RunPlan,
+    ckpt_root: &Path,
+    model: &mut Gpt<D>,
+    opt: &mut AdamW,
+    quiet: bool,
+) -> Result<usize> {
+    let found = checkpoint::list(ckpt_root);
+    let n_found = found.len();
+    for (step, dir) in found {
+        let loaded = match checkpoint::read(&dir) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "[{}] warning: skipping checkpoint {}: {e:#}",
+                    plan.name,
+                    dir.display()
+                );
+                continue;
+            }
+        };
+        let now = plan.identity(step);
+        let diff = identity_diff(&loaded.meta.identity, &now);
+        if !diff.is_empty() {
+            bail!(
+                "the spec changed since run `{}` was checkpointed at step {step} ({}):\n  {}\nrun with --fresh to start it over",
+                plan.name,
+                dir.display(),
+                diff.join("\n  ")
+            );
+        }
+        if step > plan.schedule.total_steps() {
+            bail!(
+                "run `{}` has a checkpoint at step {step}, beyond the {} steps the spec now asks for; run with --fresh to start it over",
+                plan.name,
+                plan.schedule.total_steps()
+            );
+        }
+        loaded
+            .load_all(model, opt)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        if !quiet {
+            eprintln!(
+                "[{}] resuming after step {step} from {}",
+                plan.name,
+                dir.display()
+            );
+        }
+        return Ok(step);
+    }
+    if n_found > 0 {
+        bail!(
+            "run `{}` has {n_found} checkpoints under {} and none is usable (see the warnings above); run with --fresh to start it over",
+            plan.name,
+            ckpt_root.display()
+        );
+    }
+    Ok(0)
+}
+
+/// Trains `plan` on `dev`, resuming from its newest good checkpoint unless `opts.fresh`.
+///
+/// Writes `run.toml`, `vocab.json`, `metrics.csv`, `status.json` and `checkpoints/` into
+/// the run's folder. Every random draw of step `s` comes from streams keyed by `s`, so a
+/// resumed run repeats an uninterrupted one bit for bit.
+pub fn train_run<D: Device<Float>>(
+    dev: &D,
+    plan: &RunPlan,
+    corpus: &Corpus,
+    opts: &RunOptions,
+) -> Result<RunOutcome> {
+    let dir = &plan.dir;
+    let ckpt_root = dir.join("checkpoints");
+    let metrics_path = dir.join("metrics.csv");
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating run folder {}", dir.display()))?;
+    if opts.fresh {
+        for stale in [&ckpt_root, &metrics_path, &dir.join("status.json")] {
+            if stale.is_dir() {
+                std::fs::remove_dir_all(stale)
+                    .with_context(|| format!("removing {}", stale.display()))?;
+            } else if stale.exists() {
+                std::fs::remove_file(stale)
+                    .with_context(|| format!("removing {}", stale.display()))?;
+            }
+        }
+    }
+    let resolved = toml::to_string_pretty(&plan.config).context("serialising the resolved spec")?;
+    super::write_atomic(&dir.join("run.toml"), resolved.as_bytes())?;
+    super::write_atomic(
+        &dir.join("vocab.json"),
+        serde_json::to_string(corpus.vocab.chars())?.as_bytes(),
+    )?;
+
+    let t = &plan.train;
+    let mut model = Gpt::new(dev, &plan.model, plan.seed);
+    let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
+    let done = resume(plan, &ckpt_root, &mut model, &mut opt, opts.quiet)?;
+    if done == 0 {
+        if let Some(from) = &plan.init_from {
+            let loaded = checkpoint::read(Path::new(from))
+                .with_context(|| format!("reading init_from checkpoint {from}"))?;
+            if loaded.meta.vocab != corpus.vocab.chars() {
+                bail!("init_from checkpoint {from} was trained on another vocabulary");
+            }
+            loaded
+                .load_weights(&mut model)
+                .with_context(|| format!("loading weights from {from}"))?;
+        }
+    }
+    let mut metrics = MetricsWriter::resume(&metrics_path, done)?;
+    write_status(dir, &RunStatus::Running { step: done })?;
+
+    let total = plan.schedule.total_steps();
+    let mut progress = Progress::start(&plan.name, total, done, opts.quiet);
+    let started = Instant::now();
+    let (mut last_train, mut last_val) = (None, None);
+    let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {
+        let identity = plan.identity(step);
+        let meta = Meta {
+            format: checkpoint::FORMAT,
+            step,
+            phase,
+            kind,
+            vocab: corpus.vocab.chars().to_vec(),
+            identity_sha256: checkpoint::identity_hash(&identity),
+            identity,
+            adam_t: 0,
+            model_sha256: String::new(),
+            optimizer_sha256: String::new(),
+        };
+        checkpoint::save(&ckpt_root, model, opt, meta)?;
+        if kind == Kind::Periodic {
+            checkpoint::prune(&ckpt_root, t.keep_checkpoints)?;
+        }
+        write_status(dir, &RunStatus::Running { step })
+    };
+
+    for phase in plan.schedule.phases.iter().filter(|p| p.last_step() > done) {
+        let evals = eval_batches(plan, corpus, phase);
+        for step in phase.first_step.max(done + 1)..=phase.last_step() {
+            let batch = sample_batch(
+                &corpus.train,
+                t.batch_size,
+                phase.seq_len,
+                &mut stream(plan.seed, Stream::Batch, step as u64),
+            );
+            let mut drop = Dropout::train(
+                plan.model.dropout as f32,
+                stream(plan.seed, Stream::Dropout, step as u64),
+            );
+            let t0 = Instant::now();
+            let stats = train_step(
+                &mut model,
+                &mut opt,
+                &batch,
+                phase.lr,
+                t.grad_clip,
+                &mut drop,
+            );
+            let step_s = t0.elapsed().as_secs_f64();
+            if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
+                let status = RunStatus::Diverged { step };
+                write_status(dir, &status)?;
+                progress.finish(&format!(
+                    "diverged: loss {} at step {step}; its last good checkpoint is kept",
+                    stats.loss
+                ));
+                return Ok(RunOutcome {
+                    status,
+                    last_train_loss: last_train,
+                    last_val_loss: last_val,
+                    wall_s: started.elapsed().as_secs_f64(),
+                });
+            }
+            let phase_end = step == phase.last_step();
+            let evaluate = phase_end || (t.eval_every > 0 && step % t.eval_every == 0);
+            let val_loss = evaluate.then(|| eval_loss(&model, &evals));
+            metrics.append(&MetricsRow {
+                run: plan.name.clone(),
+                phase: phase.index,
+                step,
+                seq_len: phase.seq_len,
+                train_loss: stats.loss,
+                val_loss,
+                lr: phase.lr,
+                grad_norm: stats.grad_norm,
+                step_ms: step_s * 1e3,
+                tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
+            })?;
+            fault_point("step-end", step);
+            last_train = Some(stats.loss);
+            last_val = val_loss.or(last_val);
+            progress.step(phase.index, step, phase.seq_len, stats.loss, val_loss);
+
+            let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
+            let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            if phase_end || periodic || stop {
+                save(
+                    &model,
+                    &opt,
+                    step,
+                    phase.index,
+                    if phase_end {
+                        Kind::PhaseEnd
+                    } else {
+                        Kind::Periodic
+                    },
+                )?;
+                fault_point("after-checkpoint", step);
+            }
+            if stop && step < total {
+                let status = RunStatus::Interrupted { step };
+                write_status(dir, &status)?;
+                progress.finish(&format!("interrupted after step {step}; checkpoint written, run the same command again to resume"));
+                return Ok(RunOutcome {
+                    status,
+                    last_train_loss: last_train,
+                    last_val_loss: last_val,
+                    wall_s: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+    }
+    let status = RunStatus::Complete { step: total };
+    write_status(dir, &status)?;
+    let wall_s = started.elapsed().as_secs_f64();
+    progress.finish(&format!(
+        "complete: {total} steps ({} this session) in {wall_s:.1} s, train loss {}, val loss {}",
+        total - done,
+        last_train
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        last_val
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
+    ));
+    Ok(RunOutcome {
+        status,
+        last_train_loss: last_train,
+        last_val_loss: last_val,
+        wall_s,
+    })
+}
