@@ -113,14 +113,14 @@ fn sync_dir(dir: &Path) {
 /// Test hook: with `GPTLAB_FAULT=<point>@<step>` in the environment, the process kills itself
 /// with SIGKILL at that point, to prove that an interruption there loses nothing.
 pub fn fault_point(point: &str, step: usize) {
-    if let Ok(spec) = std::env::var("GPTLAB_FAULT") {
-        if spec == format!("{point}@{step}") {
-            #[cfg(unix)]
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-            std::process::abort();
+    if let Ok(spec) = std::env::var("GPTLAB_FAULT")
+        && spec == format!("{point}@{step}")
+    {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
         }
+        std::process::abort();
     }
 }
 
@@ -325,7 +325,7 @@ pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
             e.path().is_dir().then(|| (step, e.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     found
 }
 

@@ -79,7 +79,6 @@ fn resume<D: Device<Float>>(
     ckpt_root: &Path,
     model: &mut Gpt<D>,
     opt: &mut AdamW,
-    quiet: bool,
 ) -> Result<usize> {
     let found = checkpoint::list(ckpt_root);
     let n_found = found.len();
@@ -115,13 +114,12 @@ fn resume<D: Device<Float>>(
         loaded
             .load_all(model, opt)
             .with_context(|| format!("loading {}", dir.display()))?;
-        if !quiet {
-            eprintln!(
-                "[{}] resuming after step {step} from {}",
-                plan.name,
-                dir.display()
-            );
-        }
+        // Said even with --quiet: which checkpoint a run continued from is part of its record.
+        eprintln!(
+            "[{}] resuming after step {step} from {}",
+            plan.name,
+            dir.display()
+        );
         return Ok(step);
     }
     if n_found > 0 {
@@ -171,18 +169,18 @@ pub fn train_run<D: Device<Float>>(
     let t = &plan.train;
     let mut model = Gpt::new(dev, &plan.model, plan.seed);
     let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
-    let done = resume(plan, &ckpt_root, &mut model, &mut opt, opts.quiet)?;
-    if done == 0 {
-        if let Some(from) = &plan.init_from {
-            let loaded = checkpoint::read(Path::new(from))
-                .with_context(|| format!("reading init_from checkpoint {from}"))?;
-            if loaded.meta.vocab != corpus.vocab.chars() {
-                bail!("init_from checkpoint {from} was trained on another vocabulary");
-            }
-            loaded
-                .load_weights(&mut model)
-                .with_context(|| format!("loading weights from {from}"))?;
+    let done = resume(plan, &ckpt_root, &mut model, &mut opt)?;
+    if done == 0
+        && let Some(from) = &plan.init_from
+    {
+        let loaded = checkpoint::read(Path::new(from))
+            .with_context(|| format!("reading init_from checkpoint {from}"))?;
+        if loaded.meta.vocab != corpus.vocab.chars() {
+            bail!("init_from checkpoint {from} was trained on another vocabulary");
         }
+        loaded
+            .load_weights(&mut model)
+            .with_context(|| format!("loading weights from {from}"))?;
     }
     let mut metrics = MetricsWriter::resume(&metrics_path, done)?;
     write_status(dir, &RunStatus::Running { step: done })?;

@@ -1,0 +1,413 @@
+//! No lost work: kills at any point (SIGKILL, including mid-checkpoint), corrupt checkpoints,
+//! spec changes, schedule extensions, divergence, Ctrl-C and a second writer.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use dfdx::prelude::*;
+use gptlab::checkpoint;
+use gptlab::data::{Corpus, sample_batch};
+use gptlab::model::{Dropout, Gpt, HasParams, ModelConfig, Position};
+use gptlab::seed::{Stream, stream};
+use gptlab::train::{AdamW, read_metrics, train_step};
+use predicates::prelude::*;
+
+fn corpus_path() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
+}
+
+/// 16 steps in two phases (8 → 16), checkpoints every 4 steps, phase ends at 10 and 16.
+fn spec(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[experiment]
+name = "res"
+seed = 5
+[data]
+path = "{}"
+[model]
+n_layer = 1
+n_embd = 16
+n_head = 2
+dropout = 0.1
+[train]
+batch_size = 4
+eval_every = 5
+eval_batches = 1
+checkpoint_every = 4
+keep_checkpoints = 2
+[[phase]]
+seq_len = 8
+steps = 10
+[[phase]]
+seq_len = 16
+steps = 6
+{extra}"#,
+        corpus_path()
+    );
+    let path = dir.join("res.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn gptlab(spec: &Path, runs: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("gptlab").unwrap();
+    cmd.args([
+        "run",
+        spec.to_str().unwrap(),
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "-q",
+    ]);
+    cmd
+}
+
+fn losses(runs: &Path, run: &str) -> Vec<(usize, u32, Option<u32>)> {
+    read_metrics(&runs.join("res").join(run).join("metrics.csv"))
+        .unwrap()
+        .iter()
+        .map(|r| (r.step, r.train_loss.to_bits(), r.val_loss.map(f32::to_bits)))
+        .collect()
+}
+
+fn reference(dir: &Path) -> Vec<(usize, u32, Option<u32>)> {
+    let runs = dir.join("reference");
+    gptlab(&spec(dir, ""), &runs).assert().success();
+    losses(&runs, "default")
+}
+
+#[test]
+fn killed_anywhere_then_resumed_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path());
+    assert_eq!(want.len(), 16);
+    let spec = spec(dir.path(), "");
+    // Each case kills one process; a chain of kills shares one run folder.
+    let chains: &[&[&str]] = &[
+        &["step-end@3"],                                 // before any checkpoint
+        &["checkpoint-write@4"],                         // during the first checkpoint write
+        &["step-end@9", "checkpoint-write@12"],          // twice in one run
+        &["checkpoint-write@10"],                        // during a phase-end write
+        &["after-checkpoint@12", "checkpoint-write@16"], // just after one, then in the final one
+    ];
+    for (i, chain) in chains.iter().enumerate() {
+        let runs = dir.path().join(format!("killed{i}"));
+        for fault in *chain {
+            let out = gptlab(&spec, &runs)
+                .env("GPTLAB_FAULT", fault)
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "{fault}: the process should have been killed"
+            );
+        }
+        gptlab(&spec, &runs).assert().success();
+        assert_eq!(losses(&runs, "default"), want, "after kills {chain:?}");
+        let ckpts: Vec<usize> = checkpoint::list(&runs.join("res/default/checkpoints"))
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(
+            ckpts,
+            vec![16, 12, 10, 8],
+            "after kills {chain:?}: periodic kept 2, phase ends kept"
+        );
+        assert!(
+            std::fs::read_dir(runs.join("res/default/checkpoints"))
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        );
+    }
+}
+
+fn flip_a_bit(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    bytes[n - 7] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_detected_and_the_previous_one_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path());
+    let spec = spec(dir.path(), "");
+    for (i, damage) in ["flip-model", "truncate-optimizer", "garble-meta"]
+        .iter()
+        .enumerate()
+    {
+        let runs = dir.path().join(format!("c{i}"));
+        gptlab(&spec, &runs)
+            .env("GPTLAB_FAULT", "step-end@14")
+            .assert()
+            .failure();
+        let newest = runs.join("res/default/checkpoints/step_00000012");
+        match *damage {
+            "flip-model" => flip_a_bit(&newest.join("model.safetensors")),
+            "truncate-optimizer" => {
+                let p = newest.join("optimizer.safetensors");
+                let len = std::fs::metadata(&p).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(len / 2)
+                    .unwrap();
+            }
+            _ => std::fs::write(newest.join("meta.json"), "{ not json").unwrap(),
+        }
+        gptlab(&spec, &runs)
+            .assert()
+            .success()
+            .stderr(
+                predicate::str::contains("skipping checkpoint")
+                    .and(predicate::str::contains("step_00000012")),
+            )
+            .stderr(predicate::str::contains("resuming after step 10"));
+        assert_eq!(losses(&runs, "default"), want, "{damage}");
+    }
+    // With every checkpoint unusable, a clear error rather than a silent restart.
+    let runs = dir.path().join("all");
+    gptlab(&spec, &runs)
+        .env("GPTLAB_FAULT", "step-end@11")
+        .assert()
+        .failure();
+    for (_, ckpt) in checkpoint::list(&runs.join("res/default/checkpoints")) {
+        flip_a_bit(&ckpt.join("model.safetensors"));
+    }
+    gptlab(&spec, &runs).assert().code(1).stderr(
+        predicate::str::contains("none is usable").and(predicate::str::contains("--fresh")),
+    );
+}
+
+#[test]
+fn a_changed_spec_is_refused_with_the_differing_keys_unless_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    gptlab(&spec, &runs)
+        .env("GPTLAB_FAULT", "step-end@6")
+        .assert()
+        .failure();
+    gptlab(&spec, &runs)
+        .args(["--set", "model.n_embd=32", "--set", "train.batch_size=8"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "model.n_embd: checkpoint `16` → spec `32`",
+        ))
+        .stderr(predicate::str::contains(
+            "train.batch_size: checkpoint `4` → spec `8`",
+        ))
+        .stderr(predicate::str::contains("--fresh"));
+    // Bookkeeping settings do not change the trajectory: resuming with them changed is fine.
+    gptlab(&spec, &runs)
+        .args(["--set", "train.eval_every=3", "--set", "phase.1.steps=7"])
+        .assert()
+        .success();
+    gptlab(&spec, &runs)
+        .args(["--set", "model.n_embd=32", "--fresh"])
+        .assert()
+        .success();
+    let rows = read_metrics(&runs.join("res/default/metrics.csv")).unwrap();
+    assert_eq!(rows.len(), 16, "--fresh restarts from step 1");
+}
+
+#[test]
+fn a_completed_run_is_not_retrained_and_an_extended_schedule_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path());
+    // Train phase 0 only, with the absolute table sized for 8 positions.
+    let short = dir.path().join("short.toml");
+    let text = std::fs::read_to_string(spec(dir.path(), "")).unwrap();
+    let cut = text.find("[[phase]]\nseq_len = 16").unwrap();
+    std::fs::write(&short, &text[..cut]).unwrap();
+    let runs = dir.path().join("runs");
+    gptlab(&short, &runs).assert().success();
+    let metrics = runs.join("res/default/metrics.csv");
+    let before = std::fs::read(&metrics).unwrap();
+    gptlab(&short, &runs)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("already complete"));
+    assert_eq!(
+        std::fs::read(&metrics).unwrap(),
+        before,
+        "a completed run was touched"
+    );
+    // Now the full spec: 6 more steps at 16, the position table grown to 16 rows.
+    gptlab(&spec(dir.path(), ""), &runs).assert().success();
+    assert_eq!(
+        losses(&runs, "default"),
+        want,
+        "extending after the fact differs from planning it"
+    );
+}
+
+#[test]
+fn save_then_load_reproduces_the_next_step_exactly() {
+    let dev = Cpu::default();
+    let corpus = Corpus::load(corpus_path().as_ref(), 0.1).unwrap();
+    let config = ModelConfig {
+        vocab_size: 65,
+        block_size: 16,
+        n_layer: 2,
+        n_embd: 16,
+        n_head: 4,
+        n_kv_head: 2,
+        position: Position::Rope,
+        dropout: 0.1,
+        rope_base: 10_000.0,
+    };
+    let mut model = Gpt::new(&dev, &config, 3);
+    let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
+    let step = |m: &mut Gpt<Cpu>, o: &mut AdamW, s: u64| {
+        let batch = sample_batch(&corpus.train, 4, 16, &mut stream(3, Stream::Batch, s));
+        train_step(
+            m,
+            o,
+            &batch,
+            1e-3,
+            1.0,
+            &mut Dropout::train(0.1, stream(3, Stream::Dropout, s)),
+        )
+        .loss
+    };
+    for s in 1..=5 {
+        step(&mut model, &mut opt, s);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let meta = checkpoint::Meta {
+        format: checkpoint::FORMAT,
+        step: 5,
+        phase: 0,
+        kind: checkpoint::Kind::Periodic,
+        vocab: corpus.vocab.chars().to_vec(),
+        identity: Default::default(),
+        identity_sha256: String::new(),
+        adam_t: 0,
+        model_sha256: String::new(),
+        optimizer_sha256: String::new(),
+    };
+    let saved = checkpoint::save(dir.path(), &model, &opt, meta).unwrap();
+    let mut restored = Gpt::new(&dev, &config, 99);
+    let mut restored_opt = AdamW::new(&restored, 0.9, 0.95, 1e-8, 0.1);
+    checkpoint::read(&saved)
+        .unwrap()
+        .load_all(&mut restored, &mut restored_opt)
+        .unwrap();
+    assert_eq!(restored_opt, opt);
+    let a = step(&mut model, &mut opt, 6);
+    let b = step(&mut restored, &mut restored_opt, 6);
+    assert_eq!(a.to_bits(), b.to_bits());
+    let (mut wa, mut wb) = (vec![], vec![]);
+    model.visit(&mut |p| wa.extend(p.value.as_vec()));
+    restored.visit(&mut |p| wb.extend(p.value.as_vec()));
+    assert!(wa == wb, "weights differ after the same step");
+}
+
+#[test]
+fn a_diverged_run_stops_keeps_its_checkpoints_and_the_others_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        "[[run]]\nname = \"boom\"\nphase = [{ seq_len = 8, steps = 8 }, { seq_len = 8, steps = 4, lr = 1e30 }]\ntrain.grad_clip = 0\n[[run]]\nname = \"fine\"\n",
+    );
+    let runs = dir.path().join("runs");
+    gptlab(&spec, &runs).assert().code(1).stderr(
+        predicate::str::contains("run `boom` diverged at step")
+            .and(predicate::str::contains("1 of 2 runs failed: boom")),
+    );
+    let status = std::fs::read_to_string(runs.join("res/boom/status.json")).unwrap();
+    assert!(status.contains("diverged"), "{status}");
+    let kept: Vec<usize> = checkpoint::list(&runs.join("res/boom/checkpoints"))
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(kept, vec![8, 4], "the last good checkpoints stay");
+    assert!(
+        std::fs::read_to_string(runs.join("res/fine/status.json"))
+            .unwrap()
+            .contains("complete")
+    );
+    // Running again does not silently retry the diverged run.
+    gptlab(&spec, &runs)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("diverged at step"));
+}
+
+#[test]
+fn a_second_writer_is_refused_and_a_dead_ones_lock_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    std::fs::create_dir_all(runs.join("res")).unwrap();
+    let mut holder = StdCommand::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(runs.join("res/.lock"), holder.id().to_string()).unwrap();
+    gptlab(&spec, &runs)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!("pid {}", holder.id())));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    gptlab(&spec, &runs).assert().success();
+    assert!(!runs.join("res/.lock").exists(), "the lock is released");
+}
+
+#[test]
+fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = spec(dir.path(), "").to_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&long)
+        .unwrap()
+        .replace("steps = 6", "steps = 4000");
+    std::fs::write(&long, text).unwrap();
+    let runs = dir.path().join("runs");
+    let bin = assert_cmd::cargo::cargo_bin("gptlab");
+    let child = StdCommand::new(&bin)
+        .args(["run", &long, "--runs-dir", runs.to_str().unwrap(), "-q"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = runs.join("res/default/metrics.csv");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&metrics)
+        .map(|m| m.lines().count())
+        .unwrap_or(0)
+        < 14
+    {
+        assert!(Instant::now() < deadline, "training did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("again to resume"), "{stderr}");
+    let status = std::fs::read_to_string(runs.join("res/default/status.json")).unwrap();
+    assert!(status.contains("interrupted"), "{status}");
+    let stopped = read_metrics(&metrics).unwrap().len();
+    let newest = checkpoint::list(&runs.join("res/default/checkpoints"))[0].0;
+    assert_eq!(
+        newest, stopped,
+        "the checkpoint is at the last step written"
+    );
+    // Resume a shortened schedule so the test stays fast; the first phases are unchanged.
+    let short = long.replace("res.toml", "short.toml");
+    std::fs::write(
+        &short,
+        std::fs::read_to_string(&long)
+            .unwrap()
+            .replace("steps = 4000", &format!("steps = {}", stopped)),
+    )
+    .unwrap();
+    Command::cargo_bin("gptlab")
+        .unwrap()
+        .args(["run", &short, "--runs-dir", runs.to_str().unwrap(), "-q"])
+        .assert()
+        .success();
+}
