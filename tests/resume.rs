@@ -411,3 +411,75 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
         .assert()
         .success();
 }
+
+#[test]
+fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let spec = spec(dir.path(), "");
+    gptlab(&spec, &runs)
+        .args(["--set", "train.lr=1e-2"])
+        .assert()
+        .success();
+    let from = runs.join("res/default/checkpoints/step_00000016");
+    let source_last = read_metrics(&runs.join("res/default/metrics.csv"))
+        .unwrap()
+        .last()
+        .unwrap()
+        .train_loss;
+    let warm = dir.path().join("warm.toml");
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("name = \"res\"", "name = \"warm\"");
+    std::fs::write(
+        &warm,
+        format!(
+            "{text}[[run]]\nname = \"tuned\"\ninit_from = \"{}\"\n[[run]]\nname = \"scratch\"\n",
+            from.display()
+        ),
+    )
+    .unwrap();
+    gptlab(&warm, &runs).assert().success();
+    let first = |run: &str| {
+        read_metrics(&runs.join("warm").join(run).join("metrics.csv")).unwrap()[0].train_loss
+    };
+    assert!(
+        first("scratch") - source_last > 0.5,
+        "the source run should have learnt: {source_last}"
+    );
+    assert!(
+        (first("tuned") - source_last).abs() < 0.25,
+        "warm start {} vs source's last {source_last}",
+        first("tuned")
+    );
+    // A missing checkpoint folder is a clear error naming it.
+    std::fs::write(
+        &warm,
+        format!(
+            "{text}[[run]]\nname = \"lost\"\ninit_from = \"{}/nope\"\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    gptlab(&warm, &runs)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("init_from").and(predicate::str::contains("nope")));
+}
+
+#[test]
+fn an_unusable_output_folder_is_a_clear_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let blocker = dir.path().join("not_a_folder");
+    std::fs::write(&blocker, "x").unwrap();
+    gptlab(&spec, &blocker)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(blocker.to_str().unwrap()));
+    assert_eq!(
+        std::fs::read_to_string(&blocker).unwrap(),
+        "x",
+        "nothing written over it"
+    );
+}
