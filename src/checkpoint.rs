@@ -43,6 +43,8 @@ pub struct Meta {
     pub kind: Kind,
     /// The run's vocabulary, token id → character.
     pub vocab: Vec<char>,
+    /// The architecture, so a checkpoint can be loaded on its own (e.g. to sample).
+    pub model: crate::model::ModelConfig,
     /// The settings that determine the run's trajectory, flattened; see `RunPlan::identity`.
     pub identity: BTreeMap<String, String>,
     /// SHA-256 of the identity, for a quick comparison.

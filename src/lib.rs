@@ -9,6 +9,8 @@ pub mod discover;
 pub mod lock;
 pub mod model;
 pub mod plan;
+pub mod report;
+pub mod sample;
 pub mod seed;
 pub mod spec;
 pub mod train;

@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use gptlab::data::Corpus;
 use gptlab::lock::ExperimentLock;
 use gptlab::plan::{RunPlan, plan};
+use gptlab::report::write_report;
+use gptlab::sample::{SampleOptions, Sampler};
 use gptlab::spec::{SetArg, SpecErrors, SpecFile};
 use gptlab::train::{RunOptions, RunStatus, read_status, train_run};
 
@@ -50,10 +52,52 @@ enum Command {
         #[command(flatten)]
         select: Select,
     },
-    /// Train every run of a spec (or those named with --only).
+    /// Train every run of a spec (or those named with --only), then write its report.
     Run(RunArgs),
-    /// Train every point of a spec's [sweep] grid.
+    /// Train every point of a spec's [sweep] grid, then write its report.
     Sweep(RunArgs),
+    /// Write reports/<experiment>/ from the runs' metrics and checkpoints.
+    Report {
+        /// Spec file.
+        file: PathBuf,
+        #[command(flatten)]
+        select: Select,
+        #[command(flatten)]
+        out: OutDirs,
+        /// Skip generating text samples.
+        #[arg(long)]
+        no_samples: bool,
+    },
+    /// Generate text from a checkpoint folder (runs/<experiment>/<run>/checkpoints/step_N).
+    Sample {
+        /// Checkpoint folder.
+        checkpoint: PathBuf,
+        /// Text to continue.
+        #[arg(long)]
+        prompt: String,
+        /// Characters to generate.
+        #[arg(long, default_value_t = 500)]
+        tokens: usize,
+        /// Softmax temperature.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Keep only the K most likely characters (0: all).
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Seed of the sampling stream.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct OutDirs {
+    /// Folder that holds `<experiment>/<run>/`.
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// Folder that holds `<experiment>/` reports.
+    #[arg(long, default_value = "reports")]
+    reports_dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -72,9 +116,11 @@ struct RunArgs {
     file: PathBuf,
     #[command(flatten)]
     select: Select,
-    /// Folder that holds `<experiment>/<run>/`.
-    #[arg(long, default_value = "runs")]
-    runs_dir: PathBuf,
+    #[command(flatten)]
+    out: OutDirs,
+    /// Do not write the report at the end.
+    #[arg(long)]
+    no_report: bool,
     /// Start every selected run over: discard its checkpoints and metrics.
     #[arg(long)]
     fresh: bool,
@@ -112,6 +158,20 @@ fn main() -> ExitCode {
         Command::Plan { file, select } => show_plan(&file, &select),
         Command::Run(args) => run(&args, false),
         Command::Sweep(args) => run(&args, true),
+        Command::Report {
+            file,
+            select,
+            out,
+            no_samples,
+        } => report(&file, &select, &out, !no_samples),
+        Command::Sample {
+            checkpoint,
+            prompt,
+            tokens,
+            temperature,
+            top_k,
+            seed,
+        } => sample(&checkpoint, &prompt, tokens, temperature, top_k, seed),
     };
     match result {
         Ok(code) => code,
@@ -287,7 +347,7 @@ fn install_interrupt() -> Arc<AtomicBool> {
 }
 
 fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
-    let (spec, plans) = load_plans(&args.file, &args.select, &args.runs_dir)?;
+    let (spec, plans) = load_plans(&args.file, &args.select, &args.out.runs_dir)?;
     if sweep && !spec.has_sweep() {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "{} has no [sweep] section; use `gptlab run`",
@@ -300,7 +360,7 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
             .build_global()
             .context("setting the thread count")?;
     }
-    let _lock = ExperimentLock::acquire(&args.runs_dir.join(&spec.name))?;
+    let _lock = ExperimentLock::acquire(&args.out.runs_dir.join(&spec.name))?;
     let stop = install_interrupt();
     let opts = RunOptions {
         fresh: args.fresh,
@@ -373,12 +433,30 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
             return Ok(ExitCode::from(130));
         }
     }
+    if !args.no_report {
+        let dir = args.out.reports_dir.join(&spec.name);
+        match write_report(
+            &dev,
+            &spec.name,
+            &plans,
+            spec.path(),
+            spec.has_sweep(),
+            &dir,
+            true,
+        ) {
+            Ok(r) => println!("report: {}", r.dir.join("index.html").display()),
+            Err(e) => {
+                eprintln!("error: writing the report failed: {e:#}");
+                failed.push("(report)".into());
+            }
+        }
+    }
     if failed.is_empty() {
         println!(
             "{}: {} runs done; metrics under {}",
             spec.name,
             plans.len(),
-            args.runs_dir.join(&spec.name).display()
+            args.out.runs_dir.join(&spec.name).display()
         );
         Ok(ExitCode::SUCCESS)
     } else {
@@ -391,4 +469,57 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
         );
         Ok(ExitCode::from(1))
     }
+}
+
+fn report(
+    file: &Path,
+    select: &Select,
+    out: &OutDirs,
+    with_samples: bool,
+) -> Result<ExitCode, Failure> {
+    let (spec, plans) = load_plans(file, select, &out.runs_dir)?;
+    let dev = dfdx::tensor::Cpu::default();
+    let r = write_report(
+        &dev,
+        &spec.name,
+        &plans,
+        spec.path(),
+        spec.has_sweep(),
+        &out.reports_dir.join(&spec.name),
+        with_samples,
+    )?;
+    if !r.unfinished.is_empty() {
+        eprintln!("note: not finished: {}", r.unfinished.join(", "));
+    }
+    println!("report: {}", r.dir.join("index.html").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sample(
+    checkpoint: &Path,
+    prompt: &str,
+    tokens: usize,
+    temperature: f64,
+    top_k: usize,
+    seed: u64,
+) -> Result<ExitCode, Failure> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "--temperature must be a positive number, not {temperature}"
+        )));
+    }
+    let dev = dfdx::tensor::Cpu::default();
+    let sampler = Sampler::load(&dev, checkpoint)
+        .with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
+    let text = sampler.generate(
+        prompt,
+        &SampleOptions {
+            max_new_tokens: tokens,
+            temperature,
+            top_k,
+            seed,
+        },
+    )?;
+    println!("{prompt}{text}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -286,6 +286,7 @@ fn save_then_load_reproduces_the_next_step_exactly() {
         phase: 0,
         kind: checkpoint::Kind::Periodic,
         vocab: corpus.vocab.chars().to_vec(),
+        model: config.clone(),
         identity: Default::default(),
         identity_sha256: String::new(),
         adam_t: 0,

@@ -20,8 +20,8 @@ use serde::Deserialize;
 pub use error::{Origin, SpecError, SpecErrors};
 pub use overrides::SetArg;
 pub use sections::{
-    DataSection, ExperimentSection, ModelSection, PhaseSection, RunConfig, SampleSection,
-    TrainSection,
+    DataSection, ExperimentSection, ModelSection, PhaseSection, ReportSection, RunConfig,
+    SampleSection, TrainSection,
 };
 
 use overrides::{flatten, set_dotted, value_label};
@@ -49,6 +49,9 @@ struct RawFile {
     #[serde(default)]
     #[allow(dead_code)]
     sample: SampleSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    report: ReportSection,
     #[serde(default)]
     run: Vec<RawRun>,
     #[serde(default)]

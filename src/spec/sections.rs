@@ -172,6 +172,20 @@ impl Default for SampleSection {
     }
 }
 
+/// `[report]`: how the comparison is drawn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// EMA factor of the smoothed loss curves, in [0, 1); 0 draws the raw losses only.
+    pub smoothing: f64,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self { smoothing: 0.9 }
+    }
+}
+
 /// Every section that shapes one run, after defaults and overrides.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,4 +208,7 @@ pub struct RunConfig {
     /// `[sample]`.
     #[serde(default)]
     pub sample: SampleSection,
+    /// `[report]`.
+    #[serde(default)]
+    pub report: ReportSection,
 }

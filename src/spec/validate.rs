@@ -187,6 +187,13 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
 
+    if !(0.0..1.0).contains(&c.report.smoothing) {
+        bad(
+            &["report.smoothing"],
+            format!("must be in [0, 1), not {}", c.report.smoothing),
+        );
+    }
+
     let s = &c.sample;
     if !(s.temperature.is_finite() && s.temperature > 0.0) {
         bad(

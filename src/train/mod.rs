@@ -78,7 +78,7 @@ pub fn read_status(dir: &Path) -> Option<RunStatus> {
     serde_json::from_str(&text).ok()
 }
 
-fn write_status(dir: &Path, status: &RunStatus) -> Result<()> {
+pub(crate) fn write_status(dir: &Path, status: &RunStatus) -> Result<()> {
     write_atomic(
         &dir.join("status.json"),
         serde_json::to_string_pretty(status)?.as_bytes(),

@@ -197,6 +197,7 @@ pub fn train_run<D: Device<Float>>(
             phase,
             kind,
             vocab: corpus.vocab.chars().to_vec(),
+            model: plan.model.clone(),
             identity_sha256: checkpoint::identity_hash(&identity),
             identity,
             adam_t: 0,

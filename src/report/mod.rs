@@ -1,0 +1,287 @@
+//! Reports: the comparison a researcher opens after a run. Reads every run's metrics and
+//! checkpoints and writes `reports/<experiment>/`: `metrics.csv` (all runs), `loss.svg`,
+//! sweep charts, `summary.csv`, `summary.md`, `samples.md` and `index.html`.
+
+mod html;
+mod plot;
+mod samples;
+mod summary;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use dfdx::prelude::*;
+
+pub use plot::{Boundary, Curve, PALETTE, SweepChart, ema, loss_chart, sweep_chart};
+pub use summary::{LAST_N, RunSummary, median, summarise};
+
+use crate::model::Float;
+use crate::plan::RunPlan;
+use crate::train::{MetricsRow, read_metrics, read_status, write_atomic};
+
+/// What the report of one experiment produced.
+#[derive(Debug)]
+pub struct Report {
+    /// The report folder.
+    pub dir: PathBuf,
+    /// Runs that have not finished (incomplete, interrupted, diverged or not started).
+    pub unfinished: Vec<String>,
+}
+
+/// Phase boundaries of the runs, labelled with the sequence-length change.
+fn boundaries(plans: &[RunPlan]) -> Vec<Boundary> {
+    let mut out: Vec<Boundary> = vec![];
+    for p in plans {
+        for pair in p.schedule.phases.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            let label = if a.seq_len != b.seq_len {
+                format!("seq {} → {}", a.seq_len, b.seq_len)
+            } else {
+                format!("phase {}", b.index)
+            };
+            let step = b.first_step as f64 - 0.5;
+            if !out.iter().any(|o| o.step == step && o.label == label) {
+                out.push(Boundary { step, label });
+            }
+        }
+    }
+    out
+}
+
+/// Sweep charts: for each setting that varies (but the seed), each quantity against it.
+fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, SweepChart)> {
+    let keys: Vec<String> = plans
+        .first()
+        .map(|p| {
+            p.varies
+                .iter()
+                .map(|(k, _)| k.clone())
+                .filter(|k| k != "seed")
+                .collect()
+        })
+        .unwrap_or_default();
+    let quantities: [(&str, &str, fn(&RunSummary) -> Option<f64>); 4] = [
+        (
+            "final_train_loss",
+            "train loss, mean of last 50 steps (nats/char)",
+            |s| s.train_loss_last50,
+        ),
+        ("final_val_loss", "final validation loss (nats/char)", |s| {
+            s.final_val_loss
+        }),
+        ("best_val_loss", "best validation loss (nats/char)", |s| {
+            s.best_val_loss
+        }),
+        ("tokens_per_s", "training tokens per second (median)", |s| {
+            s.tokens_per_s
+        }),
+    ];
+    let mut out = vec![];
+    for key in &keys {
+        let value = |p: &RunPlan, k: &str| {
+            p.varies
+                .iter()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let mut xs: Vec<String> = vec![];
+        for p in plans {
+            let v = value(p, key);
+            if !xs.contains(&v) {
+                xs.push(v);
+            }
+        }
+        if xs.iter().all(|x| x.parse::<f64>().is_ok()) {
+            xs.sort_by(|a, b| {
+                a.parse::<f64>()
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.parse::<f64>().unwrap_or(0.0))
+            });
+        }
+        for (name, y_label, get) in &quantities {
+            let mut series: Vec<(String, Vec<(usize, f64)>)> = vec![];
+            for (p, s) in plans.iter().zip(summaries) {
+                let Some(y) = get(s) else { continue };
+                let others: Vec<String> = p
+                    .varies
+                    .iter()
+                    .filter(|(k, _)| k != key && k != "seed")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let label = others.join(", ");
+                let x = xs.iter().position(|x| *x == value(p, key)).unwrap_or(0);
+                match series.iter_mut().find(|(l, _)| *l == label) {
+                    Some((_, pts)) => pts.push((x, y)),
+                    None => series.push((label, vec![(x, y)])),
+                }
+            }
+            if series.is_empty() {
+                continue;
+            }
+            let file = format!("sweep_{}_{name}.svg", key.replace(['.', '/'], "_"));
+            out.push((
+                file,
+                SweepChart {
+                    title: format!("{} vs {key}", y_label.split(" (").next().unwrap_or(y_label)),
+                    x_label: key.clone(),
+                    y_label: y_label.to_string(),
+                    xs: xs.clone(),
+                    series,
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// Writes the report of `plans` (one experiment) into `dir`; `spec_path` is shown on the page.
+pub fn write_report<D: Device<Float>>(
+    dev: &D,
+    experiment: &str,
+    plans: &[RunPlan],
+    spec_path: &Path,
+    has_sweep: bool,
+    dir: &Path,
+    with_samples: bool,
+) -> Result<Report> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating report folder {}", dir.display()))?;
+    let mut all_rows: Vec<MetricsRow> = vec![];
+    let mut summaries = vec![];
+    let mut curves = vec![];
+    let mut unfinished = vec![];
+    for p in plans {
+        let metrics = p.dir.join("metrics.csv");
+        let rows = if metrics.exists() {
+            read_metrics(&metrics)?
+        } else {
+            vec![]
+        };
+        let total = p.schedule.total_steps();
+        let status = summary::status_word(read_status(&p.dir).as_ref(), rows.len(), total);
+        if status != "complete" {
+            unfinished.push(format!("{} ({status})", p.name));
+        }
+        let label = if status == "complete" {
+            p.label()
+        } else {
+            format!("{} [{status}]", p.label())
+        };
+        curves.push(Curve {
+            label,
+            train: rows
+                .iter()
+                .map(|r| (r.step as f64, r.train_loss as f64))
+                .collect(),
+            val: rows
+                .iter()
+                .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
+                .collect(),
+        });
+        summaries.push(summarise(
+            &p.name,
+            &p.label(),
+            status,
+            &rows,
+            total,
+            p.num_params(),
+        ));
+        all_rows.extend(rows);
+    }
+
+    let mut csv = csv::Writer::from_writer(vec![]);
+    for r in &all_rows {
+        csv.serialize(r)?;
+    }
+    write_atomic(
+        &dir.join("metrics.csv"),
+        &csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?;
+    let mut csv = csv::Writer::from_writer(vec![]);
+    for s in &summaries {
+        csv.serialize(s)?;
+    }
+    write_atomic(
+        &dir.join("summary.csv"),
+        &csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?;
+    let mut md = format!(
+        "# {experiment}: summary\n\n{}",
+        summary::markdown(&summaries)
+    );
+    if !unfinished.is_empty() {
+        md.push_str(&format!("\nNot finished: {}.\n", unfinished.join(", ")));
+    }
+    write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+
+    let smoothing = plans
+        .first()
+        .map(|p| p.config.report.smoothing)
+        .unwrap_or(0.9);
+    let mut figures = vec![(
+        "loss.svg".to_string(),
+        "Training loss (light: raw, bold: smoothed; dots: validation loss)".to_string(),
+    )];
+    write_atomic(
+        &dir.join("loss.svg"),
+        loss_chart(
+            &format!("{experiment}: training loss"),
+            &curves,
+            &boundaries(plans),
+            smoothing,
+        )?
+        .as_bytes(),
+    )?;
+    if has_sweep {
+        for (file, chart) in sweep_charts(plans, &summaries) {
+            write_atomic(&dir.join(&file), sweep_chart(&chart)?.as_bytes())?;
+            figures.push((file, chart.title.clone()));
+        }
+    }
+
+    let mut run_samples = vec![];
+    if with_samples {
+        for p in plans {
+            run_samples.push((
+                p.label(),
+                samples::run_samples(dev, p)
+                    .with_context(|| format!("sampling run `{}`", p.name))?,
+            ));
+        }
+    }
+    let seq_len_of = |label: &str, phase: usize| {
+        plans
+            .iter()
+            .find(|p| p.label() == label)
+            .and_then(|p| p.schedule.phases.get(phase))
+            .map(|ph| ph.seq_len)
+    };
+    let samples_md = samples::markdown(
+        &run_samples,
+        &seq_len_of,
+        &plans.first().map(|p| p.dir.clone()).unwrap_or_default(),
+    );
+    write_atomic(&dir.join("samples.md"), samples_md.as_bytes())?;
+
+    let spec_text = std::fs::read_to_string(spec_path).unwrap_or_default();
+    let notes: Vec<String> = if unfinished.is_empty() {
+        vec![]
+    } else {
+        vec![format!("Not finished: {}.", unfinished.join(", "))]
+    };
+    let page = html::page(
+        experiment,
+        &figures,
+        &summaries,
+        &samples_md,
+        &spec_path.display().to_string(),
+        &spec_text,
+        &notes,
+    );
+    write_atomic(&dir.join("index.html"), page.as_bytes())?;
+    Ok(Report {
+        dir: dir.to_path_buf(),
+        unfinished,
+    })
+}

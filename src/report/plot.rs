@@ -1,0 +1,286 @@
+//! The study's figures as SVG: training loss curves with phase boundaries, and sweep charts.
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+/// One run's curve.
+pub struct Curve {
+    /// Legend text.
+    pub label: String,
+    /// `(step, train loss)`, in step order.
+    pub train: Vec<(f64, f64)>,
+    /// `(step, validation loss)`.
+    pub val: Vec<(f64, f64)>,
+}
+
+/// A vertical marker where a phase changes.
+pub struct Boundary {
+    /// First step of the new phase.
+    pub step: f64,
+    /// e.g. `seq 128 → 256`.
+    pub label: String,
+}
+
+/// Twelve colours that stay distinct on white (Tableau 10 plus two).
+pub const PALETTE: [RGBColor; 12] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 128, 0),
+];
+
+/// Colour of boundary lines.
+pub const BOUNDARY: RGBColor = RGBColor(85, 85, 85);
+
+/// Points kept per drawn series; longer runs are thinned so the SVG stays small.
+const MAX_POINTS: usize = 1500;
+
+/// Exponential moving average with bias correction (as TensorBoard's smoothing);
+/// `alpha = 0` returns the input.
+pub fn ema(values: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
+    let mut avg = 0.0;
+    let mut weight = 0.0;
+    values
+        .iter()
+        .map(|&(x, y)| {
+            avg = alpha * avg + (1.0 - alpha) * y;
+            weight = alpha * weight + (1.0 - alpha);
+            (x, if weight > 0.0 { avg / weight } else { y })
+        })
+        .collect()
+}
+
+fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let stride = points.len().div_ceil(MAX_POINTS).max(1);
+    let mut out: Vec<(f64, f64)> = points.iter().step_by(stride).copied().collect();
+    if let (Some(last), Some(kept)) = (points.last(), out.last()) {
+        if last != kept {
+            out.push(*last);
+        }
+    }
+    out
+}
+
+fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = &(f64, f64)> {
+    points
+        .iter()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+}
+
+fn padded(lo: f64, hi: f64) -> (f64, f64) {
+    let span = (hi - lo).max(1e-3);
+    (lo - 0.05 * span, hi + 0.05 * span)
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("drawing: {e}")
+}
+
+/// Training loss vs step: each run raw (light) and smoothed (`smoothing` EMA factor, bold),
+/// validation losses as markers, and dashed labelled lines at phase boundaries.
+pub fn loss_chart(
+    title: &str,
+    curves: &[Curve],
+    boundaries: &[Boundary],
+    smoothing: f64,
+) -> Result<String> {
+    let all: Vec<(f64, f64)> = curves
+        .iter()
+        .flat_map(|c| finite(&c.train).chain(finite(&c.val)))
+        .copied()
+        .collect();
+    let max_step = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.1), hi.max(p.1))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        padded(lo, hi)
+    } else {
+        (0.0, 5.0)
+    };
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..max_step * 1.01, lo..hi)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss (nats per character)")
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        for b in boundaries {
+            let style = ShapeStyle::from(&BOUNDARY).stroke_width(1);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(b.step, lo), (b.step, hi)],
+                    6,
+                    4,
+                    style,
+                ))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!(" {}", b.label),
+                    (b.step, hi - 0.02 * (hi - lo)),
+                    ("sans-serif", 14).into_font().color(&BOUNDARY),
+                )))
+                .map_err(err)?;
+        }
+        for (i, c) in curves.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let raw: Vec<(f64, f64)> = finite(&c.train).copied().collect();
+            chart
+                .draw_series(LineSeries::new(thin(&raw), color.mix(0.25).stroke_width(1)))
+                .map_err(err)?;
+            chart
+                .draw_series(LineSeries::new(
+                    thin(&ema(&raw, smoothing)),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(c.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                });
+            let val: Vec<(f64, f64)> = finite(&c.val).copied().collect();
+            chart
+                .draw_series(val.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            // Loss curves fall from the upper left, so the lower left is the emptiest corner.
+            .position(SeriesLabelPosition::LowerLeft)
+            .border_style(BLACK.mix(0.4))
+            .background_style(WHITE.mix(0.9))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// One quantity against a swept value: a point per run (several per x when seeds repeat)
+/// and a line through the per-x means of each series.
+pub struct SweepChart {
+    /// Chart title.
+    pub title: String,
+    /// The swept key, for the x axis.
+    pub x_label: String,
+    /// The quantity, with its unit, for the y axis.
+    pub y_label: String,
+    /// x labels in order (categories; numeric ones keep their order of appearance).
+    pub xs: Vec<String>,
+    /// `(series label, [(x index, y)])`.
+    pub series: Vec<(String, Vec<(usize, f64)>)>,
+}
+
+/// Draws a [`SweepChart`].
+pub fn sweep_chart(c: &SweepChart) -> Result<String> {
+    let ys: Vec<f64> = c
+        .series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1))
+        .filter(|y| y.is_finite())
+        .collect();
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &y| {
+            (lo.min(y), hi.max(y))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        padded(lo, hi)
+    } else {
+        (0.0, 1.0)
+    };
+    let n = c.xs.len().max(1);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&c.title, ("sans-serif", 18))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5..(n as f64 - 0.5), lo..hi)
+            .map_err(err)?;
+        let xs = c.xs.clone();
+        chart
+            .configure_mesh()
+            .x_desc(c.x_label.as_str())
+            .y_desc(c.y_label.as_str())
+            .axis_desc_style(("sans-serif", 14))
+            .x_labels(n)
+            .x_label_formatter(&move |x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    xs.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        for (si, (label, points)) in c.series.iter().enumerate() {
+            let color = PALETTE[si % PALETTE.len()];
+            let finite: Vec<(usize, f64)> =
+                points.iter().copied().filter(|p| p.1.is_finite()).collect();
+            chart
+                .draw_series(
+                    finite
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x as f64, y), 4, color.filled())),
+                )
+                .map_err(err)?;
+            let mut means = vec![];
+            for x in 0..n {
+                let at: Vec<f64> = finite.iter().filter(|p| p.0 == x).map(|p| p.1).collect();
+                if !at.is_empty() {
+                    means.push((x as f64, at.iter().sum::<f64>() / at.len() as f64));
+                }
+            }
+            let series = chart
+                .draw_series(LineSeries::new(means, color.stroke_width(2)))
+                .map_err(err)?;
+            if !label.is_empty() {
+                series.label(label.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                });
+            }
+        }
+        if c.series.iter().any(|(l, _)| !l.is_empty()) {
+            chart
+                .configure_series_labels()
+                .border_style(BLACK.mix(0.4))
+                .background_style(WHITE.mix(0.9))
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}

@@ -1,0 +1,144 @@
+//! One row per run: what sets it apart, its size, and its losses, speed and state.
+
+use serde::Serialize;
+
+use crate::train::{MetricsRow, RunStatus};
+
+/// Steps averaged for the "mean of the last steps" figure.
+pub const LAST_N: usize = 50;
+
+/// The summary of one run, computed from its metrics rows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// Run name.
+    pub run: String,
+    /// What sets it apart, e.g. `position=rope`.
+    pub differs: String,
+    /// `complete`, `running`, `interrupted`, `diverged` or `not started`.
+    pub status: String,
+    /// Steps recorded.
+    pub steps: usize,
+    /// Steps the schedule asks for.
+    pub total_steps: usize,
+    /// Model parameters.
+    pub params: usize,
+    /// Train loss of the last recorded step.
+    pub final_train_loss: Option<f64>,
+    /// Mean train loss over the last 50 recorded steps (fewer if the run is shorter).
+    pub train_loss_last50: Option<f64>,
+    /// Lowest train loss.
+    pub best_train_loss: Option<f64>,
+    /// Last validation loss.
+    pub final_val_loss: Option<f64>,
+    /// Lowest validation loss.
+    pub best_val_loss: Option<f64>,
+    /// Median training tokens per second over the recorded steps.
+    pub tokens_per_s: Option<f64>,
+    /// Time spent in training steps, seconds.
+    pub train_s: f64,
+}
+
+fn min(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    xs.filter(|x| x.is_finite())
+        .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.min(x))))
+}
+
+/// Median of finite values.
+pub fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.retain(|x| x.is_finite());
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// A status as a word.
+pub fn status_word(status: Option<&RunStatus>, steps: usize, total: usize) -> String {
+    match status {
+        Some(RunStatus::Complete { .. }) if steps >= total => "complete".into(),
+        Some(RunStatus::Diverged { step }) => format!("diverged at step {step}"),
+        Some(RunStatus::Interrupted { .. }) => "interrupted".into(),
+        Some(_) if steps > 0 => "incomplete".into(),
+        _ if steps == 0 => "not started".into(),
+        _ => "incomplete".into(),
+    }
+}
+
+/// Summarises `rows` (one run's metrics, in step order).
+pub fn summarise(
+    run: &str,
+    differs: &str,
+    status: String,
+    rows: &[MetricsRow],
+    total_steps: usize,
+    params: usize,
+) -> RunSummary {
+    let train: Vec<f64> = rows
+        .iter()
+        .map(|r| r.train_loss as f64)
+        .filter(|x| x.is_finite())
+        .collect();
+    let val: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.val_loss.map(f64::from))
+        .filter(|x| x.is_finite())
+        .collect();
+    let tail = &train[train.len().saturating_sub(LAST_N)..];
+    RunSummary {
+        run: run.to_string(),
+        differs: differs.to_string(),
+        status,
+        steps: rows.len(),
+        total_steps,
+        params,
+        final_train_loss: train.last().copied(),
+        train_loss_last50: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
+        best_train_loss: min(train.iter().copied()),
+        final_val_loss: val.last().copied(),
+        best_val_loss: min(val.iter().copied()),
+        tokens_per_s: median(rows.iter().map(|r| r.tokens_per_s).collect()),
+        train_s: rows
+            .iter()
+            .map(|r| r.step_ms)
+            .filter(|x| x.is_finite())
+            .sum::<f64>()
+            / 1e3,
+    }
+}
+
+fn cell(x: Option<f64>, digits: usize) -> String {
+    x.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// The summary as a Markdown table.
+pub fn markdown(rows: &[RunSummary]) -> String {
+    let mut s = String::from(
+        "| run | differs | status | steps | params | final train | train (last 50) | best train | final val | best val | tokens/s | train s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            r.run,
+            r.differs,
+            r.status,
+            r.steps,
+            r.total_steps,
+            r.params,
+            cell(r.final_train_loss, 4),
+            cell(r.train_loss_last50, 4),
+            cell(r.best_train_loss, 4),
+            cell(r.final_val_loss, 4),
+            cell(r.best_val_loss, 4),
+            cell(r.tokens_per_s, 0),
+            r.train_s
+        ));
+    }
+    s
+}

@@ -1,0 +1,111 @@
+//! Text generation from a model: temperature, top-k, seeded.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use dfdx::prelude::*;
+use rand::Rng;
+
+use crate::checkpoint;
+use crate::data::Vocab;
+use crate::model::{Dropout, Float, Gpt};
+use crate::seed::{Stream, stream};
+
+/// How to continue a prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleOptions {
+    /// Characters to generate.
+    pub max_new_tokens: usize,
+    /// Softmax temperature (> 0).
+    pub temperature: f64,
+    /// Keep the `top_k` most likely characters; 0 keeps all.
+    pub top_k: usize,
+    /// Seed of the sampling stream.
+    pub seed: u64,
+}
+
+/// A model and its vocabulary, loaded from a checkpoint folder.
+pub struct Sampler<D: Device<Float>> {
+    /// The model, in evaluation mode.
+    pub model: Gpt<D>,
+    /// Its vocabulary.
+    pub vocab: Vocab,
+}
+
+impl<D: Device<Float>> Sampler<D> {
+    /// Loads a verified checkpoint folder (`.../checkpoints/step_N`).
+    pub fn load(dev: &D, dir: &Path) -> Result<Self> {
+        let loaded = checkpoint::read(dir)?;
+        let mut model = Gpt::new(dev, &loaded.meta.model, 0);
+        loaded
+            .load_weights(&mut model)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        Ok(Self {
+            model,
+            vocab: Vocab::from_chars(loaded.meta.vocab.clone()),
+        })
+    }
+
+    /// Continues `prompt`; characters outside the vocabulary are an error naming them.
+    pub fn generate(&self, prompt: &str, opts: &SampleOptions) -> Result<String> {
+        let ids = self
+            .vocab
+            .encode(prompt)
+            .with_context(|| "the prompt cannot be encoded".to_string())?;
+        ensure!(
+            !ids.is_empty(),
+            "the prompt is empty: give at least one character to continue"
+        );
+        Ok(self.vocab.decode(&generate(&self.model, &ids, opts)))
+    }
+}
+
+/// Appends `opts.max_new_tokens` tokens to `prompt`, each drawn from the model's distribution
+/// for the last position (the context cropped to the block size); returns only the new tokens.
+pub fn generate<D: Device<Float>>(
+    model: &Gpt<D>,
+    prompt: &[usize],
+    opts: &SampleOptions,
+) -> Vec<usize> {
+    let block = model.config.block_size;
+    let v = model.config.vocab_size;
+    let mut rng = stream(opts.seed, Stream::Sample, 0);
+    let mut tokens = prompt.to_vec();
+    for _ in 0..opts.max_new_tokens {
+        let context = &tokens[tokens.len().saturating_sub(block)..];
+        let t = context.len();
+        let logits = model
+            .forward(context, 1, t, NoneTape, &mut Dropout::eval())
+            .as_vec();
+        let last = &logits[(t - 1) * v..t * v];
+        tokens.push(pick(last, opts.temperature, opts.top_k, &mut rng));
+    }
+    tokens.split_off(prompt.len())
+}
+
+/// Draws a token from `softmax(logits / temperature)` restricted to the `top_k` largest.
+pub fn pick(logits: &[Float], temperature: f64, top_k: usize, rng: &mut impl Rng) -> usize {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    // Ties go to the lower id, so top-k 1 is the argmax with a fixed rule.
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let k = if top_k == 0 {
+        logits.len()
+    } else {
+        top_k.min(logits.len())
+    };
+    let kept = &order[..k];
+    let max = logits[kept[0]] as f64;
+    let weights: Vec<f64> = kept
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut r = rng.r#gen::<f64>() * total;
+    for (&i, w) in kept.iter().zip(&weights) {
+        if r < *w {
+            return i;
+        }
+        r -= w;
+    }
+    kept[k - 1]
+}
