@@ -21,6 +21,14 @@ study *ARGS: build
     {{bin}} run experiments/rope_vs_abs.toml {{ARGS}}
     {{bin}} sweep experiments/gqa_heads.toml {{ARGS}}
 
+# Redraw reports/<experiment>/ from the runs' metrics and checkpoints.
+report FILE *ARGS: build
+    {{bin}} report {{FILE}} {{ARGS}}
+
+# Generate text from a checkpoint: just sample runs/smoke/rope/checkpoints/step_00000040 --prompt "ROMEO:"
+sample CHECKPOINT *ARGS: build
+    {{bin}} sample {{CHECKPOINT}} {{ARGS}}
+
 # Seconds-long end-to-end run of the tiny smoke experiment.
 smoke *ARGS: build
     {{bin}} run experiments/smoke.toml {{ARGS}}
@@ -37,7 +45,8 @@ validate +FILES: build
 plan FILE *ARGS: build
     {{bin}} plan {{FILE}} {{ARGS}}
 
-# The test suite: formatting, lints, unit/integration tests, and the smoke experiment end to end.
+# The test suite: formatting, lints, unit/integration tests, the smoke experiments end to end,
+# and the report page in headless Chromium (Debian's `chromium` package).
 test:
     cargo fmt --check
     cargo clippy --locked --all-targets -- -D warnings

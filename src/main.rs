@@ -434,16 +434,29 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
         }
     }
     if !args.no_report {
+        // The report covers the whole experiment, not only the runs trained now (--only).
+        let all = Select {
+            only: vec![],
+            ..args.select.clone()
+        };
         let dir = args.out.reports_dir.join(&spec.name);
-        match write_report(
-            &dev,
-            &spec.name,
-            &plans,
-            spec.path(),
-            spec.has_sweep(),
-            &dir,
-            true,
-        ) {
+        let written = load_plans(&args.file, &all, &args.out.runs_dir)
+            .map_err(|e| match e {
+                Failure::Spec(e) => anyhow::anyhow!("{e}"),
+                Failure::Runtime(e) => e,
+            })
+            .and_then(|(_, all_plans)| {
+                write_report(
+                    &dev,
+                    &spec.name,
+                    &all_plans,
+                    spec.path(),
+                    spec.has_sweep(),
+                    &dir,
+                    true,
+                )
+            });
+        match written {
             Ok(r) => println!("report: {}", r.dir.join("index.html").display()),
             Err(e) => {
                 eprintln!("error: writing the report failed: {e:#}");

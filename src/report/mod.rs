@@ -48,6 +48,9 @@ fn boundaries(plans: &[RunPlan]) -> Vec<Boundary> {
     out
 }
 
+/// A summary figure drawn against the swept value: file stem, axis label, accessor.
+type Quantity = (&'static str, &'static str, fn(&RunSummary) -> Option<f64>);
+
 /// Sweep charts: for each setting that varies (but the seed), each quantity against it.
 fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, SweepChart)> {
     let keys: Vec<String> = plans
@@ -60,7 +63,7 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
                 .collect()
         })
         .unwrap_or_default();
-    let quantities: [(&str, &str, fn(&RunSummary) -> Option<f64>); 4] = [
+    let quantities: [Quantity; 4] = [
         (
             "final_train_loss",
             "train loss, mean of last 50 steps (nats/char)",

@@ -61,10 +61,10 @@ pub fn ema(values: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
 fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let stride = points.len().div_ceil(MAX_POINTS).max(1);
     let mut out: Vec<(f64, f64)> = points.iter().step_by(stride).copied().collect();
-    if let (Some(last), Some(kept)) = (points.last(), out.last()) {
-        if last != kept {
-            out.push(*last);
-        }
+    if let (Some(last), Some(kept)) = (points.last(), out.last())
+        && last != kept
+    {
+        out.push(*last);
     }
     out
 }

@@ -1,0 +1,396 @@
+//! Reports: the figures' structure, the summary's numbers, sampling, and the page in a real
+//! browser.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use assert_cmd::Command;
+use dfdx::prelude::*;
+use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
+use gptlab::report::{Boundary, Curve, LAST_N, PALETTE, ema, loss_chart, summarise};
+use gptlab::sample::{SampleOptions, generate};
+use gptlab::train::MetricsRow;
+use predicates::prelude::*;
+
+fn hex(c: &plotters::style::RGBColor) -> String {
+    format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+}
+
+/// Counts of each element, and every text, in document order: the figure's structure.
+fn structure(svg: &str) -> (BTreeMap<String, usize>, Vec<String>) {
+    let doc = roxmltree::Document::parse(svg).expect("the SVG is well-formed XML");
+    let mut counts = BTreeMap::new();
+    let mut texts = vec![];
+    for node in doc.descendants().filter(|n| n.is_element()) {
+        *counts
+            .entry(node.tag_name().name().to_string())
+            .or_insert(0) += 1;
+        if node.tag_name().name() == "text" {
+            texts.push(node.text().unwrap_or("").trim().to_string());
+        }
+    }
+    (counts, texts)
+}
+
+/// Polylines drawn in `color` with `width`.
+fn polylines(svg: &str, color: &str, width: &str) -> usize {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    doc.descendants()
+        .filter(|n| {
+            n.tag_name().name() == "polyline"
+                && n.attribute("stroke") == Some(color)
+                && n.attribute("stroke-width") == Some(width)
+        })
+        .count()
+}
+
+fn fixed_curves() -> (Vec<Curve>, Vec<Boundary>) {
+    let curve = |label: &str, offset: f64| Curve {
+        label: label.into(),
+        train: (1..=80)
+            .map(|s| {
+                (
+                    s as f64,
+                    4.2 - 2.5 * (s as f64 / 80.0).sqrt() + offset + 0.05 * ((s * 7 % 5) as f64),
+                )
+            })
+            .collect(),
+        val: (1..=4)
+            .map(|i| ((i * 20) as f64, 4.0 - 0.5 * i as f64 + offset))
+            .collect(),
+    };
+    (
+        vec![
+            curve("position=absolute", 0.0),
+            curve("position=rope", -0.1),
+            curve("position=none", 0.2),
+        ],
+        vec![Boundary {
+            step: 60.5,
+            label: "seq 128 → 256".into(),
+        }],
+    )
+}
+
+#[test]
+fn the_loss_figure_has_one_curve_per_run_validation_markers_and_the_phase_line() {
+    let (curves, boundaries) = fixed_curves();
+    let svg = loss_chart("study: training loss", &curves, &boundaries, 0.6).unwrap();
+    for (i, c) in curves.iter().enumerate() {
+        let color = hex(&PALETTE[i]);
+        // One smoothed curve per run, plus its legend swatch.
+        assert_eq!(polylines(&svg, &color, "2"), 2, "run {} ({color})", c.label);
+        assert_eq!(polylines(&svg, &color, "1"), 1, "raw curve of {}", c.label);
+    }
+    let (counts, texts) = structure(&svg);
+    assert!(texts.iter().any(|t| t == "seq 128 → 256"), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t == "step") && texts.iter().any(|t| t.starts_with("loss (nats")),
+        "{texts:?}"
+    );
+    for c in &curves {
+        assert!(texts.contains(&c.label), "legend lacks {}", c.label);
+    }
+    assert_eq!(
+        counts.get("circle"),
+        Some(&12),
+        "4 validation markers per run"
+    );
+    assert!(
+        polylines(&svg, "#555555", "1") > 5,
+        "the dashed boundary line"
+    );
+
+    // Golden: the element counts and texts of this fixed figure. Regenerate deliberately with
+    // GPTLAB_UPDATE_GOLDEN=1 when the figure is meant to change.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/loss_structure.txt");
+    let now = format!("{counts:?}\n{}\n", texts.join("\n"));
+    if std::env::var("GPTLAB_UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&golden, &now).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&golden).expect("golden file present"),
+        now,
+        "the figure's structure changed"
+    );
+}
+
+#[test]
+fn a_diverged_run_is_drawn_up_to_where_it_was_finite() {
+    let (mut curves, boundaries) = fixed_curves();
+    curves[1].train[50].1 = f64::NAN;
+    curves[1].train.truncate(51);
+    curves[2].train[10].1 = f64::INFINITY;
+    let svg = loss_chart("nan", &curves, &boundaries, 0.9).unwrap();
+    roxmltree::Document::parse(&svg).unwrap();
+    assert!(
+        !svg.contains("NaN") && !svg.contains("inf"),
+        "non-finite values leaked into the SVG"
+    );
+    // Many steps and runs stay readable: series are thinned.
+    let many: Vec<Curve> = (0..12)
+        .map(|i| Curve {
+            label: format!("run {i}"),
+            train: (1..=100_000)
+                .map(|s| (s as f64, 0.5 + 4.5 / (s as f64).sqrt() + i as f64 * 0.01))
+                .collect(),
+            val: vec![],
+        })
+        .collect();
+    let svg = loss_chart("big", &many, &[], 0.9).unwrap();
+    assert!(svg.len() < 2_000_000, "SVG of {} bytes", svg.len());
+}
+
+#[test]
+fn ema_with_bias_correction_matches_the_definition() {
+    let pts: Vec<(f64, f64)> = vec![(1.0, 4.0), (2.0, 2.0), (3.0, 3.0)];
+    let e = ema(&pts, 0.5);
+    // avg_t = 0.5 avg + 0.5 x; weight_t = 1 - 0.5^t.
+    let expected = [
+        4.0,
+        (0.25 * 4.0 + 0.5 * 2.0) / 0.75,
+        (0.125 * 4.0 + 0.25 * 2.0 + 0.5 * 3.0) / 0.875,
+    ];
+    for (got, want) in e.iter().zip(expected) {
+        assert!((got.1 - want).abs() < 1e-12, "{got:?} vs {want}");
+    }
+    assert_eq!(ema(&pts, 0.0), pts);
+}
+
+#[test]
+fn summary_numbers_equal_an_independent_computation() {
+    let rows: Vec<MetricsRow> = (1..=120)
+        .map(|s| MetricsRow {
+            run: "r".into(),
+            phase: usize::from(s > 100),
+            step: s,
+            seq_len: 8,
+            train_loss: 4.0 - s as f32 / 100.0 + if s % 7 == 0 { 0.3 } else { 0.0 },
+            val_loss: (s % 25 == 0).then(|| 3.9 - s as f32 / 110.0),
+            lr: 1e-3,
+            grad_norm: 1.0,
+            step_ms: 10.0 + s as f64,
+            tokens_per_s: 1000.0 + (s % 13) as f64,
+        })
+        .collect();
+    let s = summarise("r", "position=rope", "complete".into(), &rows, 120, 1234);
+    let train: Vec<f64> = rows.iter().map(|r| r.train_loss as f64).collect();
+    let last: f64 = train[120 - LAST_N..].iter().sum::<f64>() / LAST_N as f64;
+    assert!((s.train_loss_last50.unwrap() - last).abs() < 1e-9);
+    assert_eq!(s.final_train_loss, Some(train[119]));
+    assert_eq!(
+        s.best_train_loss,
+        Some(train.iter().cloned().fold(f64::INFINITY, f64::min))
+    );
+    // Validation ran at steps 25, 50, 75 and 100, its loss falling each time.
+    let val_at = |step: f32| (3.9 - step / 110.0) as f64;
+    assert_eq!(s.final_val_loss, Some(val_at(100.0)));
+    assert_eq!(
+        s.best_val_loss,
+        Some(
+            val_at(25.0)
+                .min(val_at(50.0))
+                .min(val_at(75.0))
+                .min(val_at(100.0))
+        )
+    );
+    let mut tps: Vec<f64> = rows.iter().map(|r| r.tokens_per_s).collect();
+    tps.sort_by(f64::total_cmp);
+    assert_eq!(s.tokens_per_s, Some((tps[59] + tps[60]) / 2.0));
+    assert!((s.train_s - rows.iter().map(|r| r.step_ms).sum::<f64>() / 1e3).abs() < 1e-9);
+    assert_eq!((s.steps, s.total_steps, s.params), (120, 120, 1234));
+}
+
+fn tiny_model() -> Gpt<Cpu> {
+    let config = ModelConfig {
+        vocab_size: 11,
+        block_size: 12,
+        n_layer: 1,
+        n_embd: 16,
+        n_head: 2,
+        n_kv_head: 1,
+        position: Position::Rope,
+        dropout: 0.1,
+        rope_base: 10_000.0,
+    };
+    Gpt::new(&Cpu::default(), &config, 21)
+}
+
+#[test]
+fn sampling_is_seeded_and_top_k_1_is_the_argmax_continuation() {
+    let model = tiny_model();
+    let prompt = vec![1, 2, 3];
+    let opts = SampleOptions {
+        max_new_tokens: 20,
+        temperature: 1.0,
+        top_k: 5,
+        seed: 9,
+    };
+    assert_eq!(
+        generate(&model, &prompt, &opts),
+        generate(&model, &prompt, &opts)
+    );
+    assert_ne!(
+        generate(&model, &prompt, &opts),
+        generate(
+            &model,
+            &prompt,
+            &SampleOptions {
+                seed: 10,
+                ..opts.clone()
+            }
+        )
+    );
+
+    let greedy = generate(
+        &model,
+        &prompt,
+        &SampleOptions {
+            top_k: 1,
+            ..opts.clone()
+        },
+    );
+    // The argmax continuation, computed step by step with the block-size window.
+    let mut tokens = prompt.clone();
+    for _ in 0..20 {
+        let ctx = &tokens[tokens.len().saturating_sub(12)..];
+        let logits = model
+            .forward(ctx, 1, ctx.len(), NoneTape, &mut Dropout::eval())
+            .as_vec();
+        let last = &logits[(ctx.len() - 1) * 11..];
+        let best = (0..11).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        tokens.push(best);
+    }
+    assert_eq!(greedy, tokens[3..].to_vec());
+}
+
+fn chromium() -> String {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c.to_string();
+        }
+    }
+    panic!(
+        "this test renders the report in a real browser: install Debian's chromium (apt-get install chromium)"
+    );
+}
+
+#[test]
+fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_are_clear() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tmp = tempfile::tempdir().unwrap();
+    let (runs, reports) = (tmp.path().join("runs"), tmp.path().join("reports"));
+    let dirs = [
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--reports-dir",
+        reports.to_str().unwrap(),
+        "-q",
+    ];
+    Command::cargo_bin("gptlab")
+        .unwrap()
+        .current_dir(root)
+        .args(["sweep", "experiments/smoke_gqa.toml"])
+        .args(dirs)
+        .assert()
+        .success();
+    // A partly finished experiment still reports, naming what is unfinished.
+    Command::cargo_bin("gptlab")
+        .unwrap()
+        .current_dir(root)
+        .args(["run", "experiments/smoke.toml", "--only", "rope"])
+        .args(dirs)
+        .assert()
+        .success();
+    let summary = std::fs::read_to_string(reports.join("smoke/summary.md")).unwrap();
+    assert!(
+        summary.contains("| absolute | position=absolute | not started |"),
+        "{summary}"
+    );
+    assert!(summary.contains("Not finished: absolute"), "{summary}");
+
+    let index = reports.join("smoke_gqa/index.html");
+    let html = std::fs::read_to_string(&index).unwrap();
+    let figures = html.matches("<img ").count();
+    assert_eq!(figures, 5, "loss plus four sweep charts");
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("file://{}", index.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        dom.matches("class=\"loaded\"").count(),
+        figures,
+        "not every figure loaded:\n{dom}"
+    );
+    assert!(!dom.contains("<p class=\"broken\">"), "{dom}");
+
+    // Remove one figure: the page says so visibly.
+    std::fs::remove_file(reports.join("smoke_gqa/loss.svg")).unwrap();
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("file://{}", index.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<p class=\"broken\">missing figure: loss.svg</p>"),
+        "{dom}"
+    );
+    assert_eq!(dom.matches("class=\"loaded\"").count(), figures - 1);
+
+    let ckpt = runs.join("smoke/rope/checkpoints/step_00000040");
+    Command::cargo_bin("gptlab")
+        .unwrap()
+        .args([
+            "sample",
+            ckpt.to_str().unwrap(),
+            "--prompt",
+            "ROMEO:",
+            "--tokens",
+            "30",
+            "--top-k",
+            "1",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("ROMEO:"));
+    Command::cargo_bin("gptlab")
+        .unwrap()
+        .args(["sample", ckpt.to_str().unwrap(), "--prompt", "naïve ☃"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("not in the vocabulary")
+                .and(predicate::str::contains("'ï'"))
+                .and(predicate::str::contains("'☃'")),
+        );
+}
