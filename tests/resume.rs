@@ -60,6 +60,7 @@ fn gptlab(spec: &Path, runs: &Path) -> Command {
         "--runs-dir",
         runs.to_str().unwrap(),
         "-q",
+        "--no-report",
     ]);
     cmd
 }
@@ -370,7 +371,7 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     let runs = dir.path().join("runs");
     let bin = assert_cmd::cargo::cargo_bin("gptlab");
     let child = StdCommand::new(&bin)
-        .args(["run", &long, "--runs-dir", runs.to_str().unwrap(), "-q"])
+        .args(["run", &long, "--runs-dir", runs.to_str().unwrap(), "-q", "--no-report"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -408,7 +409,7 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     .unwrap();
     Command::cargo_bin("gptlab")
         .unwrap()
-        .args(["run", &short, "--runs-dir", runs.to_str().unwrap(), "-q"])
+        .args(["run", &short, "--runs-dir", runs.to_str().unwrap(), "-q", "--no-report"])
         .assert()
         .success();
 }
