@@ -8,7 +8,7 @@ use rand::Rng;
 
 use crate::checkpoint;
 use crate::data::Vocab;
-use crate::model::{Dropout, Float, Gpt};
+use crate::model::{Backend, Dropout, Float, Gpt};
 use crate::seed::{Stream, stream};
 
 /// How to continue a prompt.
@@ -25,14 +25,14 @@ pub struct SampleOptions {
 }
 
 /// A model and its vocabulary, loaded from a checkpoint folder.
-pub struct Sampler<D: Device<Float>> {
+pub struct Sampler<D: Backend> {
     /// The model, in evaluation mode.
     pub model: Gpt<D>,
     /// Its vocabulary.
     pub vocab: Vocab,
 }
 
-impl<D: Device<Float>> Sampler<D> {
+impl<D: Backend> Sampler<D> {
     /// Loads a verified checkpoint folder (`.../checkpoints/step_N`).
     pub fn load(dev: &D, dir: &Path) -> Result<Self> {
         let loaded = checkpoint::read(dir)?;
@@ -62,11 +62,7 @@ impl<D: Device<Float>> Sampler<D> {
 
 /// Appends `opts.max_new_tokens` tokens to `prompt`, each drawn from the model's distribution
 /// for the last position (the context cropped to the block size); returns only the new tokens.
-pub fn generate<D: Device<Float>>(
-    model: &Gpt<D>,
-    prompt: &[usize],
-    opts: &SampleOptions,
-) -> Vec<usize> {
+pub fn generate<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &SampleOptions) -> Vec<usize> {
     let block = model.config.block_size;
     let v = model.config.vocab_size;
     let mut rng = stream(opts.seed, Stream::Sample, 0);

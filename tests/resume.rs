@@ -371,7 +371,14 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     let runs = dir.path().join("runs");
     let bin = assert_cmd::cargo::cargo_bin("gptlab");
     let child = StdCommand::new(&bin)
-        .args(["run", &long, "--runs-dir", runs.to_str().unwrap(), "-q", "--no-report"])
+        .args([
+            "run",
+            &long,
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "-q",
+            "--no-report",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -409,7 +416,14 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     .unwrap();
     Command::cargo_bin("gptlab")
         .unwrap()
-        .args(["run", &short, "--runs-dir", runs.to_str().unwrap(), "-q", "--no-report"])
+        .args([
+            "run",
+            &short,
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "-q",
+            "--no-report",
+        ])
         .assert()
         .success();
 }

@@ -8,6 +8,7 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
+use super::backend::Backend;
 use super::layers::{Act, Dropout, Linear};
 use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
@@ -53,7 +54,7 @@ pub struct CausalSelfAttention<D: Device<Float>> {
     pub wo: Linear<D>,
 }
 
-impl<D: Device<Float>> CausalSelfAttention<D> {
+impl<D: Backend> CausalSelfAttention<D> {
     /// GPT-2 initialisation; `proj_std` is used for the output projection.
     pub fn new(dev: &D, rng: &mut impl Rng, name: &str, shape: AttnShape, proj_std: f64) -> Self {
         let c = shape.n_embd;
@@ -97,7 +98,7 @@ impl<D: Device<Float>> CausalSelfAttention<D> {
             n_kv_head: hkv,
             ..
         } = self.shape;
-        let (hd, g) = (self.shape.head_dim(), self.shape.group());
+        let hd = self.shape.head_dim();
 
         let xk = x.retaped::<T>();
         let xv = x.retaped::<T>();
@@ -109,23 +110,7 @@ impl<D: Device<Float>> CausalSelfAttention<D> {
             k = rope.apply(k, 0);
         }
 
-        // Query heads h = j·g + i for group j: (B, H, T, hd) contiguous is (B, Hkv, g·T, hd).
-        let q = q
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-            .reshape_like(&(b, hkv, g * t, hd));
-        let k_t = k.permute::<_, Axes4<0, 2, 3, 1>>(); // (B, Hkv, hd, T)
-        let v = v.permute::<_, Axes4<0, 2, 1, 3>>(); // (B, Hkv, T, hd)
-
-        let scale = 1.0 / (hd as Float).sqrt();
-        let scores = q.matmul(k_t) * scale; // (B, Hkv, g·T, T)
-        let scores = scores.reshape_like(&(b, h, t, t)); // (B, H, T, T)
-        let mask = causal_mask(scores.device(), t).broadcast_like::<_, Axes2<0, 1>>(&(b, h, t, t));
-        let att = drop.apply((scores + mask).softmax::<Axis<3>>()); // (B, H, T, T)
-        let y = att.reshape_like(&(b, hkv, g * t, t)).matmul(v); // (B, Hkv, g·T, hd)
-        let y = y
-            .reshape_like(&(b, h, t, hd))
-            .permute::<_, Axes4<0, 2, 1, 3>>() // (B, T, H, hd)
-            .reshape_like(&(b * t, c)); // (B·T, C)
+        let y = D::causal_attention(q, k, v, drop).reshape_like(&(b * t, c)); // (B·T, C)
         drop.apply(self.wo.forward(y))
     }
 }

@@ -3,6 +3,7 @@
 use dfdx::prelude::*;
 
 use super::attention::CausalSelfAttention;
+use super::backend::Backend;
 use super::layers::{Act, Dropout, LayerNorm, Linear, Mlp, normal_values};
 use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
@@ -21,7 +22,7 @@ pub struct Block<D: Device<Float>> {
     pub mlp: Mlp<D>,
 }
 
-impl<D: Device<Float>> Block<D> {
+impl<D: Backend> Block<D> {
     /// `(B·T, C) -> (B·T, C)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
@@ -72,7 +73,7 @@ pub struct Gpt<D: Device<Float>> {
     dev: D,
 }
 
-impl<D: Device<Float>> Gpt<D> {
+impl<D: Backend> Gpt<D> {
     /// Builds the model with GPT-2/minGPT initialisation: weights N(0, 0.02²), residual output
     /// projections N(0, (0.02/√(2·n_layer))²), zero biases, unit norm gains.
     ///

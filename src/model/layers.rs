@@ -187,6 +187,16 @@ impl Dropout {
         Self { p, rng: Some(rng) }
     }
 
+    /// The dropout probability (0 when evaluating).
+    pub fn p(&self) -> f32 {
+        if self.rng.is_some() { self.p } else { 0.0 }
+    }
+
+    /// A seed from this dropout's stream, for kernels that draw their own masks.
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.as_mut().map(|r| r.r#gen::<u64>()).unwrap_or(0)
+    }
+
     /// The identity: evaluation and sampling.
     pub fn eval() -> Self {
         Self { p: 0.0, rng: None }

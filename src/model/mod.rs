@@ -3,12 +3,14 @@
 //! Only plain data comes in ([`ModelConfig`]); the spec module decides what the config is.
 
 mod attention;
+mod backend;
 mod gpt;
 mod layers;
 mod param;
 mod rope;
 
 pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
+pub use backend::{Backend, Dims, Heads, cpu_backward, cpu_forward, reference_attention};
 pub use gpt::{Block, Gpt};
 pub use layers::{Act, Dropout, LayerNorm, Linear, Mlp};
 pub use param::{Float, HasParams, Param};

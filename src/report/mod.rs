@@ -15,7 +15,7 @@ use dfdx::prelude::*;
 pub use plot::{Boundary, Curve, PALETTE, SweepChart, ema, loss_chart, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 
-use crate::model::Float;
+use crate::model::Backend;
 use crate::plan::RunPlan;
 use crate::train::{MetricsRow, read_metrics, read_status, write_atomic};
 
@@ -139,7 +139,7 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
 }
 
 /// Writes the report of `plans` (one experiment) into `dir`; `spec_path` is shown on the page.
-pub fn write_report<D: Device<Float>>(
+pub fn write_report<D: Backend>(
     dev: &D,
     experiment: &str,
     plans: &[RunPlan],

@@ -8,7 +8,7 @@ use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Kind};
-use crate::model::Float;
+use crate::model::Backend;
 use crate::plan::RunPlan;
 use crate::sample::{SampleOptions, Sampler};
 
@@ -40,7 +40,7 @@ pub struct CheckpointSamples {
 }
 
 /// Generates (or reads from cache) the samples of each phase-end checkpoint of `plan`.
-pub fn run_samples<D: Device<Float>>(dev: &D, plan: &RunPlan) -> Result<Vec<CheckpointSamples>> {
+pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<CheckpointSamples>> {
     let s = &plan.sample;
     let mut out = vec![];
     if s.prompts.is_empty() {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, sample_batch};
-use crate::model::{Dropout, Float, Gpt};
+use crate::model::{Backend, Dropout, Gpt};
 use crate::plan::{Phase, RunPlan};
 use crate::seed::{Stream, stream};
 
@@ -74,7 +74,7 @@ fn identity_diff(
 
 /// Restores the newest checkpoint that verifies; corrupt ones are reported and skipped.
 /// Returns the step it resumes after (0 for none).
-fn resume<D: Device<Float>>(
+fn resume<D: Backend>(
     plan: &RunPlan,
     ckpt_root: &Path,
     model: &mut Gpt<D>,
@@ -137,7 +137,7 @@ fn resume<D: Device<Float>>(
 /// Writes `run.toml`, `vocab.json`, `metrics.csv`, `status.json` and `checkpoints/` into
 /// the run's folder. Every random draw of step `s` comes from streams keyed by `s`, so a
 /// resumed run repeats an uninterrupted one bit for bit.
-pub fn train_run<D: Device<Float>>(
+pub fn train_run<D: Backend>(
     dev: &D,
     plan: &RunPlan,
     corpus: &Corpus,

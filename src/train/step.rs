@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 
 use super::adamw::{AdamW, clip_grad_norm};
 use crate::data::Batch;
-use crate::model::{Dropout, Float, Gpt, HasParams};
+use crate::model::{Backend, Dropout, Float, Gpt, HasParams};
 
 /// What a training step measured.
 #[derive(Clone, Copy, Debug)]
@@ -16,7 +16,7 @@ pub struct StepStats {
 }
 
 /// Gradients of the mean cross-entropy on `batch`, as host vectors in parameter order, and the loss.
-pub fn loss_and_grads<D: Device<Float>>(
+pub fn loss_and_grads<D: Backend>(
     model: &Gpt<D>,
     batch: &Batch,
     drop: &mut Dropout,
@@ -43,7 +43,7 @@ pub fn loss_and_grads<D: Device<Float>>(
 
 /// Forward, backward, clip and AdamW update. A non-finite loss or gradient leaves the
 /// model untouched, so the caller can stop with the last good weights.
-pub fn train_step<D: Device<Float>>(
+pub fn train_step<D: Backend>(
     model: &mut Gpt<D>,
     opt: &mut AdamW,
     batch: &Batch,
@@ -60,7 +60,7 @@ pub fn train_step<D: Device<Float>>(
 }
 
 /// Mean loss over `batches` without dropout or gradients.
-pub fn eval_loss<D: Device<Float>>(model: &Gpt<D>, batches: &[Batch]) -> f32 {
+pub fn eval_loss<D: Backend>(model: &Gpt<D>, batches: &[Batch]) -> f32 {
     let mut total = 0.0;
     for batch in batches {
         let logits = model.forward(

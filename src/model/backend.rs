@@ -1,0 +1,318 @@
+//! Devices gptlab trains on, and the fused causal attention each one runs.
+//!
+//! [`Backend::causal_attention`] defaults to the plain dfdx composition (scores, mask,
+//! softmax, dropout, weighted sum); the CPU overrides it with a fused kernel that never
+//! builds the masked half of the score matrix, reads key/value heads in their grouped
+//! layout, and recomputes probabilities in the backward pass instead of storing them.
+
+use dfdx::prelude::*;
+use rand::Rng;
+use rayon::prelude::*;
+
+use super::attention::causal_mask;
+use super::layers::Dropout;
+use super::param::Float;
+
+/// `(B, T, heads, hd)`.
+pub type Heads<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
+
+/// A dfdx device gptlab can train on.
+pub trait Backend: Device<Float> {
+    /// Causal attention: `q (B, T, H, hd)`, `k, v (B, T, Hkv, hd)` → `(B, T, H, hd)`, with query
+    /// head `h` reading key/value head `h / (H / Hkv)` and dropout on the attention weights.
+    fn causal_attention<T: Tape<Float, Self> + Merge<T>>(
+        q: Heads<Self, T>,
+        k: Heads<Self, T>,
+        v: Heads<Self, T>,
+        drop: &mut Dropout,
+    ) -> Heads<Self, T> {
+        reference_attention(q, k, v, drop)
+    }
+}
+
+/// The composition of dfdx operations: the reference every fused kernel is tested against.
+pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
+    q: Heads<D, T>,
+    k: Heads<D, T>,
+    v: Heads<D, T>,
+    drop: &mut Dropout,
+) -> Heads<D, T> {
+    let (b, t, h, hd) = *q.shape();
+    let hkv = k.shape().2;
+    let g = h / hkv;
+    // Query heads h = j·g + i of group j: (B, H, T, hd) contiguous is (B, Hkv, g·T, hd).
+    let q = q
+        .permute::<_, Axes4<0, 2, 1, 3>>()
+        .reshape_like(&(b, hkv, g * t, hd));
+    let k_t = k.permute::<_, Axes4<0, 2, 3, 1>>(); // (B, Hkv, hd, T)
+    let v = v.permute::<_, Axes4<0, 2, 1, 3>>(); // (B, Hkv, T, hd)
+    let scores = (q.matmul(k_t) * (1.0 / (hd as Float).sqrt())).reshape_like(&(b, h, t, t)); // (B, H, T, T)
+    let mask = causal_mask(scores.device(), t).broadcast_like::<_, Axes2<0, 1>>(&(b, h, t, t));
+    let att = drop.apply((scores + mask).softmax::<Axis<3>>()); // (B, H, T, T)
+    let y = att.reshape_like(&(b, hkv, g * t, t)).matmul(v); // (B, Hkv, g·T, hd)
+    y.reshape_like(&(b, h, t, hd))
+        .permute::<_, Axes4<0, 2, 1, 3>>()
+        .reshape_like(&(b, t, h, hd))
+}
+
+#[cfg(feature = "cuda")]
+impl Backend for dfdx::tensor::Cuda {}
+
+impl Backend for Cpu {
+    fn causal_attention<T: Tape<Float, Self> + Merge<T>>(
+        q: Heads<Self, T>,
+        k: Heads<Self, T>,
+        v: Heads<Self, T>,
+        drop: &mut Dropout,
+    ) -> Heads<Self, T> {
+        let shape = *q.shape();
+        let (b, t, h, hd) = shape;
+        let hkv = k.shape().2;
+        let dims = Dims {
+            b,
+            t,
+            h,
+            hkv,
+            hd,
+            p: drop.p(),
+            seed: drop.next_seed(),
+        };
+        let (q, tape_q) = q.split_tape();
+        let (k, tape_k) = k.split_tape();
+        let (v, tape_v) = v.split_tape();
+        let (qv, kv, vv) = (q.as_vec(), k.as_vec(), v.as_vec());
+        let (y, lse) = cpu_forward(&dims, &qv, &kv, &vv);
+        let out = q.device().tensor_from_vec(y, shape);
+        let mut tape = tape_q.merge(tape_k).merge(tape_v);
+        if T::OWNS_TAPE {
+            let out_ref = out.clone();
+            tape.add_backward_op(move |grads| {
+                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
+                let (dq, dk, dv) = cpu_backward(&dims, &qv, &kv, &vv, &lse, &gy);
+                for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
+                    let g = grads.get_or_alloc_mut(t)?;
+                    g.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+                }
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+}
+
+/// Sizes and dropout settings of one fused attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    /// Batch.
+    pub b: usize,
+    /// Sequence length.
+    pub t: usize,
+    /// Query heads.
+    pub h: usize,
+    /// Key/value heads.
+    pub hkv: usize,
+    /// Head width.
+    pub hd: usize,
+    /// Dropout probability on attention weights (0 in evaluation).
+    pub p: f32,
+    /// Seed of the dropout masks; the backward pass regenerates the same masks from it.
+    pub seed: u64,
+}
+
+impl Dims {
+    fn q_at(&self, b: usize, t: usize, h: usize) -> usize {
+        ((b * self.t + t) * self.h + h) * self.hd
+    }
+    fn kv_at(&self, b: usize, t: usize, j: usize) -> usize {
+        ((b * self.t + t) * self.hkv + j) * self.hd
+    }
+    /// The mask generator of query head `h` in batch row `b`: rows drawn in order t, then j ≤ t.
+    fn mask_rng(&self, b: usize, h: usize) -> rand_chacha::ChaCha8Rng {
+        crate::seed::stream(
+            self.seed,
+            crate::seed::Stream::Dropout,
+            (b * self.h + h) as u64,
+        )
+    }
+    fn keep_threshold(&self) -> u32 {
+        (self.p as f64 * u32::MAX as f64) as u32
+    }
+}
+
+/// Dot product with eight independent partial sums: a plain `sum()` must add in order,
+/// which keeps LLVM from vectorising it.
+fn dot(a: &[Float], b: &[Float]) -> Float {
+    let mut acc = [0.0; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: Float = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<Float>() + tail
+}
+
+/// Forward pass: `y (B, T, H, hd)` and the log-sum-exp of each score row `(B, H, T)`.
+pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Float>, Vec<Float>) {
+    let g = d.h / d.hkv;
+    let scale = 1.0 / (d.hd as Float).sqrt();
+    let keep = 1.0 / (1.0 - d.p);
+    let threshold = d.keep_threshold();
+    // One task per (batch row, key/value head): the g query heads that share it.
+    let parts: Vec<(usize, usize, Vec<Float>, Vec<Float>)> = (0..d.b * d.hkv)
+        .into_par_iter()
+        .map(|task| {
+            let (b, j) = (task / d.hkv, task % d.hkv);
+            let mut y = vec![0.0; g * d.t * d.hd];
+            let mut lse = vec![0.0; g * d.t];
+            let mut row = vec![0.0; d.t];
+            for i in 0..g {
+                let h = j * g + i;
+                let mut rng = d.mask_rng(b, h);
+                for t in 0..d.t {
+                    let qt = &q[d.q_at(b, t, h)..][..d.hd];
+                    let mut max = Float::NEG_INFINITY;
+                    for s in 0..=t {
+                        row[s] = dot(qt, &k[d.kv_at(b, s, j)..][..d.hd]) * scale;
+                        max = max.max(row[s]);
+                    }
+                    let mut sum = 0.0;
+                    for r in &mut row[..=t] {
+                        *r = (*r - max).exp();
+                        sum += *r;
+                    }
+                    lse[i * d.t + t] = max + sum.ln();
+                    let out = &mut y[(i * d.t + t) * d.hd..][..d.hd];
+                    for s in 0..=t {
+                        let mut p = row[s] / sum;
+                        if d.p > 0.0 {
+                            p = if rng.r#gen::<u32>() < threshold {
+                                0.0
+                            } else {
+                                p * keep
+                            };
+                        }
+                        if p != 0.0 {
+                            let vs = &v[d.kv_at(b, s, j)..][..d.hd];
+                            out.iter_mut().zip(vs).for_each(|(o, x)| *o += p * x);
+                        }
+                    }
+                }
+            }
+            (b, j, y, lse)
+        })
+        .collect();
+    let mut y = vec![0.0; d.b * d.t * d.h * d.hd];
+    let mut lse = vec![0.0; d.b * d.h * d.t];
+    for (b, j, part_y, part_lse) in parts {
+        for i in 0..g {
+            let h = j * g + i;
+            for t in 0..d.t {
+                y[d.q_at(b, t, h)..][..d.hd]
+                    .copy_from_slice(&part_y[(i * d.t + t) * d.hd..][..d.hd]);
+            }
+            lse[(b * d.h + h) * d.t..][..d.t].copy_from_slice(&part_lse[i * d.t..][..d.t]);
+        }
+    }
+    (y, lse)
+}
+
+/// Backward pass: gradients of `q`, `k`, `v` from `gy`, recomputing the probabilities from
+/// the saved log-sum-exp and the dropout masks from their seed.
+pub fn cpu_backward(
+    d: &Dims,
+    q: &[Float],
+    k: &[Float],
+    v: &[Float],
+    lse: &[Float],
+    gy: &[Float],
+) -> (Vec<Float>, Vec<Float>, Vec<Float>) {
+    let g = d.h / d.hkv;
+    let scale = 1.0 / (d.hd as Float).sqrt();
+    let keep = 1.0 / (1.0 - d.p);
+    let threshold = d.keep_threshold();
+    type Part = (usize, usize, Vec<Float>, Vec<Float>, Vec<Float>);
+    let parts: Vec<Part> = (0..d.b * d.hkv)
+        .into_par_iter()
+        .map(|task| {
+            let (b, j) = (task / d.hkv, task % d.hkv);
+            let mut dq = vec![0.0; g * d.t * d.hd];
+            let mut dk = vec![0.0; d.t * d.hd];
+            let mut dv = vec![0.0; d.t * d.hd];
+            let mut p = vec![0.0; d.t];
+            let mut dp = vec![0.0; d.t];
+            for i in 0..g {
+                let h = j * g + i;
+                let mut rng = d.mask_rng(b, h);
+                for t in 0..d.t {
+                    let qt = &q[d.q_at(b, t, h)..][..d.hd];
+                    let gyt = &gy[d.q_at(b, t, h)..][..d.hd];
+                    let l = lse[(b * d.h + h) * d.t + t];
+                    let mut rowdot = 0.0;
+                    for s in 0..=t {
+                        let ks = &k[d.kv_at(b, s, j)..][..d.hd];
+                        let vs = &v[d.kv_at(b, s, j)..][..d.hd];
+                        p[s] = (dot(qt, ks) * scale - l).exp();
+                        let factor = if d.p > 0.0 {
+                            if rng.r#gen::<u32>() < threshold {
+                                0.0
+                            } else {
+                                keep
+                            }
+                        } else {
+                            1.0
+                        };
+                        // y_t = Σ_s p_s·D_s·v_s, so dL/dv_s += p_s·D_s·gy_t and dL/dp_s = D_s·(gy_t·v_s).
+                        let pd = p[s] * factor;
+                        if pd != 0.0 {
+                            dv[s * d.hd..][..d.hd]
+                                .iter_mut()
+                                .zip(gyt)
+                                .for_each(|(a, x)| *a += pd * x);
+                        }
+                        dp[s] = if factor != 0.0 {
+                            factor * dot(gyt, vs)
+                        } else {
+                            0.0
+                        };
+                        rowdot += p[s] * dp[s];
+                    }
+                    // Softmax backward: dS_s = p_s (dp_s - Σ p·dp); scores carry the scale.
+                    let dqt = &mut dq[(i * d.t + t) * d.hd..][..d.hd];
+                    for s in 0..=t {
+                        let ds = p[s] * (dp[s] - rowdot) * scale;
+                        if ds != 0.0 {
+                            let ks = &k[d.kv_at(b, s, j)..][..d.hd];
+                            dqt.iter_mut().zip(ks).for_each(|(a, x)| *a += ds * x);
+                            dk[s * d.hd..][..d.hd]
+                                .iter_mut()
+                                .zip(qt)
+                                .for_each(|(a, x)| *a += ds * x);
+                        }
+                    }
+                }
+            }
+            (b, j, dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![0.0; q.len()];
+    let mut dk = vec![0.0; k.len()];
+    let mut dv = vec![0.0; v.len()];
+    for (b, j, pq, pk, pv) in parts {
+        for t in 0..d.t {
+            for i in 0..g {
+                dq[d.q_at(b, t, j * g + i)..][..d.hd]
+                    .copy_from_slice(&pq[(i * d.t + t) * d.hd..][..d.hd]);
+            }
+            dk[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pk[t * d.hd..][..d.hd]);
+            dv[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pv[t * d.hd..][..d.hd]);
+        }
+    }
+    (dq, dk, dv)
+}

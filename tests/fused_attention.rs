@@ -1,0 +1,139 @@
+//! The CPU's fused causal attention against the plain dfdx composition of the same maths:
+//! values and gradients for MHA, GQA and MQA over several shapes (odd sizes, T = 1), and
+//! gradients with dropout against finite differences.
+
+use dfdx::prelude::*;
+use gptlab::model::{Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(-1.0..1.0)).collect()
+}
+
+/// `Σ y ⊙ w` and its gradients with respect to q, k and v, through `attend`.
+fn grads_through(
+    attend: impl Fn(
+        Tensor<(usize, usize, usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>,
+        Tensor<(usize, usize, usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>,
+        Tensor<(usize, usize, usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>,
+    ) -> Tensor<(usize, usize, usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>,
+    q: &Tensor<(usize, usize, usize, usize), f32, Cpu>,
+    k: &Tensor<(usize, usize, usize, usize), f32, Cpu>,
+    v: &Tensor<(usize, usize, usize, usize), f32, Cpu>,
+    w: &Tensor<(usize, usize, usize, usize), f32, Cpu>,
+) -> (Vec<f32>, [Vec<f32>; 3]) {
+    let (_, tape) = q.clone().leaky_traced().split_tape();
+    let qt = q.clone().put_tape(tape);
+    let kt = k.retaped::<OwnedTape<f32, Cpu>>();
+    let vt = v.retaped::<OwnedTape<f32, Cpu>>();
+    let y = attend(qt, kt, vt);
+    let values = y.retaped::<NoneTape>().as_vec();
+    let grads = (y * w.clone()).sum().backward();
+    (
+        values,
+        [
+            grads.get(q).as_vec(),
+            grads.get(k).as_vec(),
+            grads.get(v).as_vec(),
+        ],
+    )
+}
+
+#[test]
+fn fused_equals_the_composition_in_values_and_gradients() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(7);
+    for (b, t, h, hkv, hd) in [
+        (2, 7, 4, 4, 8),
+        (3, 13, 6, 2, 4),
+        (1, 1, 3, 1, 5),
+        (2, 33, 6, 3, 6),
+        (1, 9, 4, 1, 3),
+    ] {
+        let q = dev.tensor_from_vec(random(&mut r, b * t * h * hd), (b, t, h, hd));
+        let k = dev.tensor_from_vec(random(&mut r, b * t * hkv * hd), (b, t, hkv, hd));
+        let v = dev.tensor_from_vec(random(&mut r, b * t * hkv * hd), (b, t, hkv, hd));
+        let w = dev.tensor_from_vec(random(&mut r, b * t * h * hd), (b, t, h, hd));
+        let (fused_y, fused_g) = grads_through(
+            |q, k, v| Cpu::causal_attention(q, k, v, &mut Dropout::eval()),
+            &q,
+            &k,
+            &v,
+            &w,
+        );
+        let (ref_y, ref_g) = grads_through(
+            |q, k, v| reference_attention(q, k, v, &mut Dropout::eval()),
+            &q,
+            &k,
+            &v,
+            &w,
+        );
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let err = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                err < 1e-5,
+                "{what} (B={b:?} T={t} H={h} Hkv={hkv} hd={hd}): max error {err}",
+                b = a.len()
+            );
+        };
+        close(&fused_y, &ref_y, "output");
+        for (name, (f, rf)) in ["dq", "dk", "dv"].iter().zip(fused_g.iter().zip(&ref_g)) {
+            close(f, rf, name);
+        }
+    }
+}
+
+#[test]
+fn fused_gradients_with_dropout_agree_with_finite_differences() {
+    let mut r = ChaCha8Rng::seed_from_u64(3);
+    let d = Dims {
+        b: 2,
+        t: 6,
+        h: 4,
+        hkv: 2,
+        hd: 4,
+        p: 0.3,
+        seed: 11,
+    };
+    let q = random(&mut r, d.b * d.t * d.h * d.hd);
+    let k = random(&mut r, d.b * d.t * d.hkv * d.hd);
+    let v = random(&mut r, d.b * d.t * d.hkv * d.hd);
+    let w = random(&mut r, q.len());
+    let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+        cpu_forward(&d, q, k, v)
+            .0
+            .iter()
+            .zip(&w)
+            .map(|(y, w)| (*y as f64) * (*w as f64))
+            .sum()
+    };
+    let (_, lse) = cpu_forward(&d, &q, &k, &v);
+    let (dq, dk, dv) = cpu_backward(&d, &q, &k, &v, &lse, &w);
+    let eps = 1e-2f32;
+    for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {
+        for idx in (0..grad.len()).step_by(5) {
+            let mut inputs = [q.clone(), k.clone(), v.clone()];
+            inputs[which][idx] += eps;
+            let up = loss(&inputs[0], &inputs[1], &inputs[2]);
+            inputs[which][idx] -= 2.0 * eps;
+            let down = loss(&inputs[0], &inputs[1], &inputs[2]);
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let analytic = grad[idx] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
+                "input {which}[{idx}]: {numeric} vs {analytic}"
+            );
+        }
+    }
+    // Dropout zeroes about p of the weights: the output differs from p = 0.
+    let no_drop = Dims { p: 0.0, ..d };
+    assert_ne!(
+        cpu_forward(&d, &q, &k, &v).0,
+        cpu_forward(&no_drop, &q, &k, &v).0
+    );
+}
