@@ -10,7 +10,6 @@ mod summary;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use dfdx::prelude::*;
 
 pub use plot::{Boundary, Curve, PALETTE, SweepChart, ema, loss_chart, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Kind};

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use dfdx::prelude::*;
 
 use super::{
     AdamW, MetricsRow, MetricsWriter, Progress, RunOutcome, RunStatus, eval_loss, train_step,
