@@ -28,6 +28,13 @@ pub trait Backend: Device<Float> {
     ) -> Heads<Self, T> {
         reference_attention(q, k, v, drop)
     }
+
+    /// GELU, tanh form (GPT-2): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    fn gelu<S: Shape, T: Tape<Float, Self>>(
+        x: Tensor<S, Float, Self, T>,
+    ) -> Tensor<S, Float, Self, T> {
+        x.fast_gelu()
+    }
 }
 
 /// The composition of dfdx operations: the reference every fused kernel is tested against.
@@ -58,7 +65,62 @@ pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
 #[cfg(feature = "cuda")]
 impl Backend for dfdx::tensor::Cuda {}
 
+const SQRT_2_OVER_PI: Float = 0.797_884_6;
+const GELU_C: Float = 0.044_715;
+
+/// `tanh(u)` through one `exp`, cheaper than libm's `tanhf`; saturates correctly at ±∞.
+fn fast_tanh(u: Float) -> Float {
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+}
+
+/// Elements per parallel chunk of the element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// GELU (tanh form) of each element, in parallel.
+pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = 0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+            }
+        });
+    y
+}
+
+/// `dx += gy · gelu'(x)`, in parallel.
+pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, gy))| {
+            for ((dx, &x), &gy) in dx.iter_mut().zip(x).zip(gy) {
+                let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+                *dx += gy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
+            }
+        });
+}
+
 impl Backend for Cpu {
+    fn gelu<S: Shape, T: Tape<Float, Self>>(
+        x: Tensor<S, Float, Self, T>,
+    ) -> Tensor<S, Float, Self, T> {
+        let shape = *x.shape();
+        let (x, mut tape) = x.split_tape();
+        let xv = x.as_vec();
+        let out = x.device().tensor_from_vec(cpu_gelu(&xv), shape);
+        if T::OWNS_TAPE {
+            let out_ref = out.clone();
+            tape.add_backward_op(move |grads| {
+                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
+                cpu_gelu_backward(&xv, &gy, grads.get_or_alloc_mut(&x)?);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
     fn causal_attention<T: Tape<Float, Self> + Merge<T>>(
         q: Heads<Self, T>,
         k: Heads<Self, T>,

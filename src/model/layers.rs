@@ -137,7 +137,7 @@ pub struct Mlp<D: Device<Float>> {
     pub proj: Linear<D>,
 }
 
-impl<D: Device<Float>> Mlp<D> {
+impl<D: super::backend::Backend> Mlp<D> {
     /// `proj_std` is the residual-scaled std of the output projection.
     pub fn new(
         dev: &D,
@@ -159,7 +159,7 @@ impl<D: Device<Float>> Mlp<D> {
         x: Act<D, T>,
         drop: &mut Dropout,
     ) -> Act<D, T> {
-        drop.apply(self.proj.forward(self.fc.forward(x).fast_gelu()))
+        drop.apply(self.proj.forward(D::gelu(self.fc.forward(x))))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The CPU's fused causal attention against the plain dfdx composition of the same maths:
+//! The CPU's fused operations against the plain dfdx composition of the same maths.
+//! Attention:
 //! values and gradients for MHA, GQA and MQA over several shapes (odd sizes, T = 1), and
 //! gradients with dropout against finite differences.
 
@@ -136,4 +137,40 @@ fn fused_gradients_with_dropout_agree_with_finite_differences() {
         cpu_forward(&d, &q, &k, &v).0,
         cpu_forward(&no_drop, &q, &k, &v).0
     );
+}
+
+#[test]
+fn fused_gelu_equals_dfdx_fast_gelu_in_values_and_gradients() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(5);
+    for n in [1usize, 7, 16_384, 16_384 * 2 + 3] {
+        let mut x = random(&mut r, n);
+        x.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v *= 1.0 + (i % 4) as f32 * 2.0);
+        if n > 3 {
+            x[0] = 0.0;
+            x[1] = 30.0;
+            x[2] = -30.0;
+        }
+        let w = random(&mut r, n);
+        let xt = dev.tensor_from_vec(x.clone(), (n,));
+        let wt = dev.tensor_from_vec(w, (n,));
+        let run = |fused: bool| {
+            let traced = xt.clone().leaky_traced();
+            let y = if fused {
+                Cpu::gelu(traced)
+            } else {
+                traced.fast_gelu()
+            };
+            let values = y.retaped::<NoneTape>().as_vec();
+            let g = (y * wt.clone()).sum().backward();
+            (values, g.get(&xt).as_vec())
+        };
+        let (fy, fg) = run(true);
+        let (ry, rg) = run(false);
+        for (a, b) in fy.iter().zip(&ry).chain(fg.iter().zip(&rg)) {
+            assert!((a - b).abs() <= 2e-6 + 2e-5 * b.abs(), "n={n}: {a} vs {b}");
+        }
+    }
 }
