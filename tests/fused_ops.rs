@@ -174,3 +174,85 @@ fn fused_gelu_equals_dfdx_fast_gelu_in_values_and_gradients() {
         }
     }
 }
+
+/// Values and gradients of `Σ f(x, a, b) ⊙ w` with respect to `x (N, C)`, `a (C,)`, `b (C,)`.
+fn row_op_grads(
+    f: impl Fn(
+        Tensor<(usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>,
+        Tensor<(usize,), f32, Cpu, OwnedTape<f32, Cpu>>,
+        Tensor<(usize,), f32, Cpu, OwnedTape<f32, Cpu>>,
+    ) -> Tensor<(usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>,
+    x: &Tensor<(usize, usize), f32, Cpu>,
+    a: &Tensor<(usize,), f32, Cpu>,
+    b: &Tensor<(usize,), f32, Cpu>,
+    w: &Tensor<(usize, usize), f32, Cpu>,
+) -> Vec<Vec<f32>> {
+    let (_, tape) = x.clone().leaky_traced().split_tape();
+    let y = f(x.clone().put_tape(tape), a.retaped(), b.retaped());
+    let values = y.retaped::<NoneTape>().as_vec();
+    let g = (y * w.clone()).sum().backward();
+    vec![
+        values,
+        g.get(x).as_vec(),
+        g.get(a).as_vec(),
+        g.get(b).as_vec(),
+    ]
+}
+
+#[test]
+fn fused_layer_norm_and_bias_equal_the_composition() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(8);
+    for (n, c) in [(1, 1), (3, 7), (130, 192), (5, 1)] {
+        let mut xv = random(&mut r, n * c);
+        xv.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = *v * 3.0 + (i % c) as f32 * 0.5);
+        let x = dev.tensor_from_vec(xv, (n, c));
+        let a = dev.tensor_from_vec(random(&mut r, c), (c,));
+        let b = dev.tensor_from_vec(random(&mut r, c), (c,));
+        let w = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+        let fused = row_op_grads(|x, a, b| Cpu::layer_norm(x, a, b, 1e-5), &x, &a, &b, &w);
+        let reference = row_op_grads(
+            |x, a, b| {
+                let s = *x.shape();
+                x.normalize::<Axis<1>>(1e-5) * a.broadcast_like::<_, Axis<0>>(&s)
+                    + b.broadcast_like::<_, Axis<0>>(&s)
+            },
+            &x,
+            &a,
+            &b,
+            &w,
+        );
+        let biased = row_op_grads(
+            |x, a, b| Cpu::add_bias(Cpu::add_bias(x, a), b),
+            &x,
+            &a,
+            &b,
+            &w,
+        );
+        let biased_ref = row_op_grads(
+            |x, a, b| {
+                let s = *x.shape();
+                x + a.broadcast_like::<_, Axis<0>>(&s) + b.broadcast_like::<_, Axis<0>>(&s)
+            },
+            &x,
+            &a,
+            &b,
+            &w,
+        );
+        for (what, (f, rf)) in [
+            ("layer_norm", (&fused, &reference)),
+            ("add_bias", (&biased, &biased_ref)),
+        ] {
+            for (part, (u, v)) in ["y", "dx", "da", "db"].iter().zip(f.iter().zip(rf.iter())) {
+                for (p, q) in u.iter().zip(v) {
+                    assert!(
+                        (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
+                        "{what} {part} (N={n}, C={c}): {p} vs {q}"
+                    );
+                }
+            }
+        }
+    }
+}

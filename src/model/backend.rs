@@ -29,6 +29,27 @@ pub trait Backend: Device<Float> {
         reference_attention(q, k, v, drop)
     }
 
+    /// `x (N, C) + b (C,)` on every row.
+    fn add_bias<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        b: Tensor<(usize,), Float, Self, T>,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let shape = *x.shape();
+        x + b.broadcast_like::<_, Axis<0>>(&shape)
+    }
+
+    /// LayerNorm over the last axis of `x (N, C)` with gain `g (C,)` and bias `b (C,)`.
+    fn layer_norm<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        g: Tensor<(usize,), Float, Self, T>,
+        b: Tensor<(usize,), Float, Self, T>,
+        eps: f64,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let shape = *x.shape();
+        x.normalize::<Axis<1>>(eps) * g.broadcast_like::<_, Axis<0>>(&shape)
+            + b.broadcast_like::<_, Axis<0>>(&shape)
+    }
+
     /// GELU, tanh form (GPT-2): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
     fn gelu<S: Shape, T: Tape<Float, Self>>(
         x: Tensor<S, Float, Self, T>,
@@ -103,6 +124,122 @@ pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
 }
 
 impl Backend for Cpu {
+    fn add_bias<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        b: Tensor<(usize,), Float, Self, T>,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let shape = *x.shape();
+        let c = shape.1;
+        let (x, tape_x) = x.split_tape();
+        let (b, tape_b) = b.split_tape();
+        let bv = b.as_vec();
+        let mut y = x.as_vec();
+        y.par_chunks_mut(c * 64).for_each(|rows| {
+            rows.chunks_mut(c)
+                .for_each(|r| r.iter_mut().zip(&bv).for_each(|(v, b)| *v += b))
+        });
+        let out = x.device().tensor_from_vec(y, shape);
+        let mut tape = tape_x.merge(tape_b);
+        if T::OWNS_TAPE {
+            let out_ref = out.clone();
+            tape.add_backward_op(move |grads| {
+                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
+                let gx = grads.get_or_alloc_mut(&x)?;
+                gx.par_chunks_mut(CHUNK)
+                    .zip(gy.par_chunks(CHUNK))
+                    .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g));
+                let gb = grads.get_or_alloc_mut(&b)?;
+                for row in gy.chunks(c) {
+                    gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+                }
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    fn layer_norm<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        g: Tensor<(usize,), Float, Self, T>,
+        b: Tensor<(usize,), Float, Self, T>,
+        eps: f64,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let shape = *x.shape();
+        let (n, c) = shape;
+        let (x, tape_x) = x.split_tape();
+        let (g, tape_g) = g.split_tape();
+        let (b, tape_b) = b.split_tape();
+        let (xv, gv, bv) = (x.as_vec(), g.as_vec(), b.as_vec());
+        // x̂ = (x - μ) / σ per row, kept with 1/σ for the backward pass.
+        let mut xhat = vec![0.0; n * c];
+        let mut inv_std = vec![0.0; n];
+        xhat.par_chunks_mut(c)
+            .zip(inv_std.par_iter_mut())
+            .zip(xv.par_chunks(c))
+            .for_each(|((xh, is), x)| {
+                let mean = x.iter().sum::<Float>() / c as Float;
+                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<Float>() / c as Float;
+                *is = 1.0 / (var + eps as Float).sqrt();
+                xh.iter_mut()
+                    .zip(x)
+                    .for_each(|(h, v)| *h = (v - mean) * *is);
+            });
+        let mut y = vec![0.0; n * c];
+        y.par_chunks_mut(c)
+            .zip(xhat.par_chunks(c))
+            .for_each(|(y, xh)| {
+                for i in 0..c {
+                    y[i] = xh[i] * gv[i] + bv[i];
+                }
+            });
+        let out = x.device().tensor_from_vec(y, shape);
+        let mut tape = tape_x.merge(tape_g).merge(tape_b);
+        if T::OWNS_TAPE {
+            let out_ref = out.clone();
+            tape.add_backward_op(move |grads| {
+                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
+                // dx = (1/σ)·(ĝ - mean(ĝ) - x̂·mean(ĝ·x̂)) with ĝ = gy·γ.
+                let gx = grads.get_or_alloc_mut(&x)?;
+                gx.par_chunks_mut(c)
+                    .zip(gy.par_chunks(c))
+                    .zip(xhat.par_chunks(c).zip(inv_std.par_iter()))
+                    .for_each(|((dx, gy), (xh, is))| {
+                        let mut m1 = 0.0;
+                        let mut m2 = 0.0;
+                        for i in 0..c {
+                            let gh = gy[i] * gv[i];
+                            m1 += gh;
+                            m2 += gh * xh[i];
+                        }
+                        let (m1, m2) = (m1 / c as Float, m2 / c as Float);
+                        for i in 0..c {
+                            dx[i] += is * (gy[i] * gv[i] - m1 - xh[i] * m2);
+                        }
+                    });
+                let mut dg = vec![0.0; c];
+                let mut db = vec![0.0; c];
+                for (gy, xh) in gy.chunks(c).zip(xhat.chunks(c)) {
+                    for i in 0..c {
+                        dg[i] += gy[i] * xh[i];
+                        db[i] += gy[i];
+                    }
+                }
+                grads
+                    .get_or_alloc_mut(&g)?
+                    .iter_mut()
+                    .zip(dg)
+                    .for_each(|(a, d)| *a += d);
+                grads
+                    .get_or_alloc_mut(&b)?
+                    .iter_mut()
+                    .zip(db)
+                    .for_each(|(a, d)| *a += d);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
     fn gelu<S: Shape, T: Tape<Float, Self>>(
         x: Tensor<S, Float, Self, T>,
     ) -> Tensor<S, Float, Self, T> {

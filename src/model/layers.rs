@@ -27,7 +27,7 @@ pub struct Linear<D: Device<Float>> {
     pub bias: Option<Param<D>>,
 }
 
-impl<D: Device<Float>> Linear<D> {
+impl<D: super::backend::Backend> Linear<D> {
     /// Weight ~ N(0, std²), zero bias.
     pub fn new(
         dev: &D,
@@ -62,8 +62,9 @@ impl<D: Device<Float>> Linear<D> {
         let n = x.shape().0;
         let d_out = self.weight.shape[1];
         let y = x.matmul(self.weight.matrix::<T>());
+        debug_assert_eq!(*y.shape(), (n, d_out));
         match &self.bias {
-            Some(b) => y + b.vector::<T>().broadcast_like::<_, Axis<0>>(&(n, d_out)),
+            Some(b) => D::add_bias(y, b.vector::<T>()),
             None => y,
         }
     }
@@ -93,7 +94,7 @@ pub struct LayerNorm<D: Device<Float>> {
     pub bias: Param<D>,
 }
 
-impl<D: Device<Float>> LayerNorm<D> {
+impl<D: super::backend::Backend> LayerNorm<D> {
     /// PyTorch's default epsilon.
     pub const EPS: f64 = 1e-5;
 
