@@ -45,6 +45,16 @@ validate +FILES: build
 plan FILE *ARGS: build
     {{bin}} plan {{FILE}} {{ARGS}}
 
+# Time full gpt-mini training steps (release build): just bench [mha|rope|gqa2|rope256|all]
+bench CASE="all":
+    for c in $([ "{{CASE}}" = all ] && echo mha rope gqa2 rope256 || echo {{CASE}}); do cargo bench --locked --bench step -- $c; done
+
+# gptlab vs PyTorch eager on this machine, alternating, same cases (creates .venv with torch when missing).
+bench-compare ROUNDS="1":
+    [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null || (python3 -m venv .venv && .venv/bin/pip install -q torch numpy)
+    cargo bench --locked --bench step --no-run
+    python3 bench/compare.py "$(ls -t target/release/deps/step-* | grep -v '\.d$' | head -1)" .venv/bin/python {{ROUNDS}}
+
 # The test suite: formatting, lints, unit/integration tests, the smoke experiments end to end,
 # and the report page in headless Chromium (Debian's `chromium` package).
 test:

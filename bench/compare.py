@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Runs gptlab's step benchmark and the PyTorch reference (bench/torch_step.py) side by side,
+alternating the two programs case by case, and prints gptlab/PyTorch for step time and peak
+memory. Ends with `worst ratio: X.XX` (step time).
+
+Usage: compare.py GPTLAB_BENCH_BINARY PYTHON [ROUNDS]
+"""
+import os, re, resource, subprocess, sys
+
+CASES = [("mha", 128, 6, 0), ("rope", 128, 6, 1), ("gqa2", 128, 2, 1), ("rope256", 256, 6, 1)]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def measure(cmd, env=None):
+    """(median step seconds, peak RSS MiB) of one run, in a fresh process."""
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr)\n"
+        "print('peak_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(r.returncode)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{out.stderr}")
+    median = float(re.search(r"median_step_s=([0-9.]+)", out.stdout).group(1))
+    peak = int(re.search(r"peak_kib (\d+)", out.stdout).group(1)) / 1024
+    return median, peak
+
+
+def main():
+    bench, python = sys.argv[1], sys.argv[2]
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    rows = []
+    for name, t, kv, rope in CASES:
+        ours, theirs = [], []
+        for _ in range(rounds):
+            ours.append(measure([bench, name, "6"]))
+            env = dict(os.environ, B="64", T=str(t), KV=str(kv), ROPE=str(rope), STEPS="6", DEV="cpu")
+            theirs.append(measure([python, os.path.join(HERE, "torch_step.py")], env))
+        g = sorted(o[0] for o in ours)[len(ours) // 2]
+        p = sorted(o[0] for o in theirs)[len(theirs) // 2]
+        gm = max(o[1] for o in ours)
+        pm = max(o[1] for o in theirs)
+        rows.append((name, t, kv, rope, g, p, g / p, gm, pm, gm / pm))
+    print(f"{'case':<8} {'T':>4} {'KV':>3} {'rope':>4} {'gptlab s':>9} {'torch s':>8} {'ratio':>6} {'gptlab MiB':>10} {'torch MiB':>9} {'mem ratio':>9}")
+    for r in rows:
+        print(f"{r[0]:<8} {r[1]:>4} {r[2]:>3} {r[3]:>4} {r[4]:>9.3f} {r[5]:>8.3f} {r[6]:>6.2f} {r[7]:>10.0f} {r[8]:>9.0f} {r[9]:>9.2f}")
+    print(f"threads: gptlab {os.cpu_count()} (rayon default), torch default")
+    print(f"worst ratio: {max(r[6] for r in rows):.2f}")
+
+
+main()

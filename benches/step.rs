@@ -1,0 +1,103 @@
+//! Times full gpt-mini training steps (forward, backward, clip, AdamW) after a warm-up.
+//!
+//! `cargo bench --bench step -- CASE [STEPS]` with CASE one of `mha`, `rope`, `gqa2`,
+//! `rope256` (or `all`); prints one line per case: median and spread of the step time and
+//! the process's peak resident memory. Run one case per process for a per-case peak.
+
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use gptlab::data::Batch;
+use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
+use gptlab::seed::{Stream, stream};
+use gptlab::train::{AdamW, train_step};
+use rand::Rng;
+
+/// `(name, T, n_kv_head, position)`: the cases of the speed issue, B = 64.
+const CASES: [(&str, usize, usize, Position); 4] = [
+    ("mha", 128, 6, Position::Absolute),
+    ("rope", 128, 6, Position::Rope),
+    ("gqa2", 128, 2, Position::Rope),
+    ("rope256", 256, 6, Position::Rope),
+];
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn bench(name: &str, t: usize, kv: usize, position: Position, steps: usize) {
+    let b = 64;
+    let config = ModelConfig {
+        vocab_size: 65,
+        block_size: 256,
+        n_layer: 6,
+        n_embd: 192,
+        n_head: 6,
+        n_kv_head: kv,
+        position,
+        dropout: 0.1,
+        rope_base: 10_000.0,
+    };
+    let dev = Cpu::default();
+    let mut model = Gpt::new(&dev, &config, 0);
+    let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
+    // Random tokens, as the PyTorch reference uses.
+    let mut rng = stream(0, Stream::Batch, 0);
+    let tokens: Vec<usize> = (0..b * (t + 1)).map(|_| rng.gen_range(0..65)).collect();
+    let batch = Batch {
+        b,
+        t,
+        inputs: tokens.chunks(t + 1).flat_map(|w| w[..t].to_vec()).collect(),
+        targets: tokens.chunks(t + 1).flat_map(|w| w[1..].to_vec()).collect(),
+    };
+    let mut times = vec![];
+    for step in 0..steps {
+        let mut drop = Dropout::train(0.1, stream(0, Stream::Dropout, step as u64));
+        let t0 = Instant::now();
+        train_step(&mut model, &mut opt, &batch, 5e-4, 1.0, &mut drop);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let mut timed = times[1..].to_vec();
+    timed.sort_by(f64::total_cmp);
+    let median = timed[timed.len() / 2];
+    println!(
+        "case={name} B={b} T={t} KV={kv} position={position} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
+        rayon::current_num_threads(),
+        timed[0],
+        timed[timed.len() - 1],
+        timed.len(),
+        peak_rss_mib()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let case = args.first().map(String::as_str).unwrap_or("all");
+    let steps = args
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6usize)
+        .max(2);
+    let mut ran = false;
+    for (name, t, kv, position) in CASES {
+        if case == "all" || case == name {
+            bench(name, t, kv, position, steps);
+            ran = true;
+        }
+    }
+    if !ran {
+        eprintln!("unknown case `{case}`: one of mha, rope, gqa2, rope256, all");
+        std::process::exit(2);
+    }
+}
