@@ -61,10 +61,7 @@ pub struct Meta {
 pub const FORMAT: u32 = 1;
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// SHA-256 of an identity map, in key order.
@@ -88,12 +85,7 @@ fn to_bytes(values: &[Float]) -> Vec<u8> {
 fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            Ok((
-                name.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
-            ))
-        })
+        .map(|(name, shape, bytes)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     Ok(safetensors::serialize(views, None)?)
 }
@@ -127,14 +119,8 @@ pub fn fault_point(point: &str, step: usize) {
 }
 
 /// Writes a checkpoint of `model` and `opt` under `root` (the run's `checkpoints/`); returns its folder.
-pub fn save<D: Device<Float>>(
-    root: &Path,
-    model: &impl HasParams<D>,
-    opt: &AdamW,
-    mut meta: Meta,
-) -> Result<PathBuf> {
-    fs::create_dir_all(root)
-        .with_context(|| format!("creating checkpoint folder {}", root.display()))?;
+pub fn save<D: Device<Float>>(root: &Path, model: &impl HasParams<D>, opt: &AdamW, mut meta: Meta) -> Result<PathBuf> {
+    fs::create_dir_all(root).with_context(|| format!("creating checkpoint folder {}", root.display()))?;
     let final_dir = root.join(folder_name(meta.step));
     let tmp = root.join(format!("{}.tmp", folder_name(meta.step)));
     if tmp.exists() {
@@ -147,16 +133,8 @@ pub fn save<D: Device<Float>>(
         let mut i = 0;
         model.visit(&mut |p| {
             weights.push((p.name.clone(), p.shape.clone(), to_bytes(&p.value.as_vec())));
-            moments.push((
-                format!("m.{}", p.name),
-                p.shape.clone(),
-                to_bytes(&opt.m[i]),
-            ));
-            moments.push((
-                format!("v.{}", p.name),
-                p.shape.clone(),
-                to_bytes(&opt.v[i]),
-            ));
+            moments.push((format!("m.{}", p.name), p.shape.clone(), to_bytes(&opt.m[i])));
+            moments.push((format!("v.{}", p.name), p.shape.clone(), to_bytes(&opt.v[i])));
             i += 1;
         });
         let model_bytes = serialize(weights)?;
@@ -168,15 +146,11 @@ pub fn save<D: Device<Float>>(
         write_synced(&tmp.join("model.safetensors"), &model_bytes)?;
         fault_point("checkpoint-write", meta.step);
         write_synced(&tmp.join("optimizer.safetensors"), &opt_bytes)?;
-        write_synced(
-            &tmp.join("meta.json"),
-            serde_json::to_string_pretty(&meta)?.as_bytes(),
-        )?;
+        write_synced(&tmp.join("meta.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
         sync_dir(&tmp);
         if final_dir.exists() {
             // Re-saving the same step (e.g. after a resume at a phase end): replace it.
-            fs::remove_dir_all(&final_dir)
-                .with_context(|| format!("replacing {}", final_dir.display()))?;
+            fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
         }
         fs::rename(&tmp, &final_dir)
             .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
@@ -202,8 +176,7 @@ pub struct Loaded {
 pub fn read(dir: &Path) -> Result<Loaded> {
     let meta_path = dir.join("meta.json");
     let meta: Meta = serde_json::from_str(
-        &fs::read_to_string(&meta_path)
-            .with_context(|| format!("reading {}", meta_path.display()))?,
+        &fs::read_to_string(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?,
     )
     .with_context(|| format!("{} is not valid checkpoint metadata", meta_path.display()))?;
     ensure!(
@@ -241,20 +214,15 @@ fn may_grow_rows(name: &str) -> bool {
 
 /// Overwrites `out` (which holds the model's current values) with the saved tensor `name`.
 fn copy_into(st: &SafeTensors<'_>, name: &str, shape: &[usize], out: &mut [Float]) -> Result<()> {
-    let view = st
-        .tensor(name)
-        .with_context(|| format!("tensor `{name}` is missing"))?;
+    let view = st.tensor(name).with_context(|| format!("tensor `{name}` is missing"))?;
     ensure!(
         view.dtype() == Dtype::F32,
         "tensor `{name}` is {:?}, not F32",
         view.dtype()
     );
     let saved = view.shape();
-    let grown = may_grow_rows(name)
-        && saved.len() == 2
-        && shape.len() == 2
-        && saved[1] == shape[1]
-        && saved[0] <= shape[0];
+    let grown =
+        may_grow_rows(name) && saved.len() == 2 && shape.len() == 2 && saved[1] == shape[1] && saved[0] <= shape[0];
     ensure!(
         saved == shape || grown,
         "tensor `{name}` has shape {saved:?}, the model needs {shape:?}"
@@ -268,8 +236,7 @@ fn copy_into(st: &SafeTensors<'_>, name: &str, shape: &[usize], out: &mut [Float
 impl Loaded {
     /// Copies the weights into `model`; every parameter must be present with its shape.
     pub fn load_weights<D: Device<Float>>(&self, model: &mut impl HasParams<D>) -> Result<()> {
-        let st =
-            SafeTensors::deserialize(&self.model_bytes).context("parsing model.safetensors")?;
+        let st = SafeTensors::deserialize(&self.model_bytes).context("parsing model.safetensors")?;
         let mut names = vec![];
         model.visit(&mut |p| names.push(p.name.clone()));
         let extra: Vec<&str> = st
@@ -295,14 +262,9 @@ impl Loaded {
     }
 
     /// Copies the weights into `model` and the moments and step count into `opt`.
-    pub fn load_all<D: Device<Float>>(
-        &self,
-        model: &mut impl HasParams<D>,
-        opt: &mut AdamW,
-    ) -> Result<()> {
+    pub fn load_all<D: Device<Float>>(&self, model: &mut impl HasParams<D>, opt: &mut AdamW) -> Result<()> {
         self.load_weights(model)?;
-        let st =
-            SafeTensors::deserialize(&self.opt_bytes).context("parsing optimizer.safetensors")?;
+        let st = SafeTensors::deserialize(&self.opt_bytes).context("parsing optimizer.safetensors")?;
         let mut params = vec![];
         model.visit(&mut |p| params.push((p.name.clone(), p.shape.clone())));
         for (i, (name, shape)) in params.iter().enumerate() {

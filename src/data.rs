@@ -85,17 +85,14 @@ pub struct Corpus {
 impl Corpus {
     /// Reads a UTF-8 text file and splits it.
     pub fn load(path: &Path, val_fraction: f64) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading corpus {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading corpus {}", path.display()))?;
         Ok(Self::from_text(&text, val_fraction))
     }
 
     /// Splits `text`: the last `val_fraction` of its characters are for validation.
     pub fn from_text(text: &str, val_fraction: f64) -> Self {
         let vocab = Vocab::from_text(text);
-        let tokens = vocab
-            .encode(text)
-            .expect("the vocabulary covers its own text");
+        let tokens = vocab.encode(text).expect("the vocabulary covers its own text");
         let n_train = ((tokens.len() as f64) * (1.0 - val_fraction)).floor() as usize;
         let val = tokens[n_train..].to_vec();
         let mut train = tokens;
@@ -134,12 +131,7 @@ pub fn sample_batch(tokens: &[usize], b: usize, t: usize, rng: &mut impl Rng) ->
         inputs.extend_from_slice(&tokens[start..start + t]);
         targets.extend_from_slice(&tokens[start + 1..start + t + 1]);
     }
-    Batch {
-        b,
-        t,
-        inputs,
-        targets,
-    }
+    Batch { b, t, inputs, targets }
 }
 
 #[cfg(test)]

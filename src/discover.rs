@@ -35,10 +35,7 @@ pub fn discover(dir: &Path) -> Vec<(PathBuf, Result<SpecSummary, SpecErrors>)> {
                 Ok(SpecSummary {
                     name: spec.name.clone(),
                     runs: runs.len(),
-                    total_steps: runs
-                        .iter()
-                        .map(|r| r.total_steps())
-                        .fold(0, usize::saturating_add),
+                    total_steps: runs.iter().map(|r| r.total_steps()).fold(0, usize::saturating_add),
                 })
             });
             (p, summary)

@@ -9,6 +9,7 @@ pub mod discover;
 pub mod lock;
 pub mod model;
 pub mod plan;
+pub mod probe;
 pub mod report;
 pub mod sample;
 pub mod seed;

@@ -38,8 +38,7 @@ impl ExperimentLock {
         for _ in 0..3 {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
-                    write!(f, "{}", std::process::id())
-                        .with_context(|| format!("writing {}", path.display()))?;
+                    write!(f, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
                     return Ok(Self { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+
+/// Counts live bytes so attention memory can be measured (`[measure] attention = true`).
+#[global_allocator]
+static ALLOCATOR: gptlab::probe::CountingAlloc = gptlab::probe::CountingAlloc;
 use gptlab::data::Corpus;
 use gptlab::lock::ExperimentLock;
 use gptlab::plan::{RunPlan, plan};
@@ -187,11 +191,7 @@ fn main() -> ExitCode {
 }
 
 /// Loads, expands and plans a spec, keeping the runs named by `--only`.
-fn load_plans(
-    file: &Path,
-    select: &Select,
-    runs_dir: &Path,
-) -> Result<(SpecFile, Vec<RunPlan>), Failure> {
+fn load_plans(file: &Path, select: &Select, runs_dir: &Path) -> Result<(SpecFile, Vec<RunPlan>), Failure> {
     let spec = SpecFile::load(file)?;
     let mut runs = spec.expand(&select.sets)?;
     if !select.only.is_empty() {
@@ -217,10 +217,7 @@ fn load_plans(
 
 fn list(dir: &Path) -> Result<ExitCode, Failure> {
     if !dir.is_dir() {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "{} is not a folder",
-            dir.display()
-        )));
+        return Err(Failure::Runtime(anyhow::anyhow!("{} is not a folder", dir.display())));
     }
     let found = gptlab::discover::discover(dir);
     let mut bad = 0;
@@ -245,11 +242,7 @@ fn list(dir: &Path) -> Result<ExitCode, Failure> {
     if found.is_empty() {
         println!("no spec files (*.toml) under {}", dir.display());
     }
-    Ok(if bad > 0 {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if bad > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 fn validate(files: &[PathBuf], select: &Select) -> Result<ExitCode, Failure> {
@@ -269,21 +262,12 @@ fn validate(files: &[PathBuf], select: &Select) -> Result<ExitCode, Failure> {
             Err(e) => return Err(e),
         }
     }
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 fn show_plan(file: &Path, select: &Select) -> Result<ExitCode, Failure> {
     let (spec, plans) = load_plans(file, select, Path::new("runs"))?;
-    println!(
-        "experiment `{}` ({}): {} runs",
-        spec.name,
-        file.display(),
-        plans.len()
-    );
+    println!("experiment `{}` ({}): {} runs", spec.name, file.display(), plans.len());
     for p in &plans {
         let m = &p.model;
         println!("\nrun `{}`", p.name);
@@ -292,14 +276,7 @@ fn show_plan(file: &Path, select: &Select) -> Result<ExitCode, Failure> {
         }
         println!(
             "  model:     n_layer={} n_embd={} n_head={} n_kv_head={} position={} dropout={} vocab={} block={}",
-            m.n_layer,
-            m.n_embd,
-            m.n_head,
-            m.n_kv_head,
-            m.position,
-            m.dropout,
-            m.vocab_size,
-            m.block_size
+            m.n_layer, m.n_embd, m.n_head, m.n_kv_head, m.position, m.dropout, m.vocab_size, m.block_size
         );
         println!("  params:    {}", p.num_params());
         for ph in &p.schedule.phases {
@@ -374,10 +351,7 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
         if !args.fresh {
             match read_status(&p.dir) {
                 Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
-                    eprintln!(
-                        "[{}] already complete ({step} steps); --fresh retrains it",
-                        p.name
-                    );
+                    eprintln!("[{}] already complete ({step} steps); --fresh retrains it", p.name);
                     continue;
                 }
                 Some(RunStatus::Diverged { step }) => {
@@ -446,15 +420,7 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
                 Failure::Runtime(e) => e,
             })
             .and_then(|(_, all_plans)| {
-                write_report(
-                    &dev,
-                    &spec.name,
-                    &all_plans,
-                    spec.path(),
-                    spec.has_sweep(),
-                    &dir,
-                    true,
-                )
+                write_report(&dev, &spec.name, &all_plans, spec.path(), spec.has_sweep(), &dir, true)
             });
         match written {
             Ok(r) => println!("report: {}", r.dir.join("index.html").display()),
@@ -484,12 +450,7 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
     }
 }
 
-fn report(
-    file: &Path,
-    select: &Select,
-    out: &OutDirs,
-    with_samples: bool,
-) -> Result<ExitCode, Failure> {
+fn report(file: &Path, select: &Select, out: &OutDirs, with_samples: bool) -> Result<ExitCode, Failure> {
     let (spec, plans) = load_plans(file, select, &out.runs_dir)?;
     let dev = dfdx::tensor::Cpu::default();
     let r = write_report(
@@ -522,8 +483,8 @@ fn sample(
         )));
     }
     let dev = dfdx::tensor::Cpu::default();
-    let sampler = Sampler::load(&dev, checkpoint)
-        .with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
+    let sampler =
+        Sampler::load(&dev, checkpoint).with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
     let text = sampler.generate(
         prompt,
         &SampleOptions {

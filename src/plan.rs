@@ -150,10 +150,7 @@ impl RunPlan {
         put("model.dropout", m.dropout.to_string());
         put("model.rope_base", m.rope_base.to_string());
         put("data.sha256", self.data_sha256.clone());
-        put(
-            "data.val_fraction",
-            self.config.data.val_fraction.to_string(),
-        );
+        put("data.val_fraction", self.config.data.val_fraction.to_string());
         put("experiment.seed", self.seed.to_string());
         put("train.batch_size", t.batch_size.to_string());
         put("train.beta1", t.beta1.to_string());
@@ -223,10 +220,10 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
         let loaded = corpora
             .entry((data_path.clone(), c.data.val_fraction.to_bits()))
             .or_insert_with(|| {
-                let bytes = std::fs::read(&data_path)
-                    .map_err(|e| format!("cannot read {}: {e}", data_path.display()))?;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| format!("{} is not UTF-8 text", data_path.display()))?;
+                let bytes =
+                    std::fs::read(&data_path).map_err(|e| format!("cannot read {}: {e}", data_path.display()))?;
+                let text =
+                    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", data_path.display()))?;
                 let sha = sha2::Sha256::digest(text.as_bytes())
                     .iter()
                     .map(|b| format!("{b:02x}"))

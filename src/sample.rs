@@ -70,9 +70,7 @@ pub fn generate<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &SampleOptio
     for _ in 0..opts.max_new_tokens {
         let context = &tokens[tokens.len().saturating_sub(block)..];
         let t = context.len();
-        let logits = model
-            .forward(context, 1, t, NoneTape, &mut Dropout::eval())
-            .as_vec();
+        let logits = model.forward(context, 1, t, NoneTape, &mut Dropout::eval()).as_vec();
         let last = &logits[(t - 1) * v..t * v];
         tokens.push(pick(last, opts.temperature, opts.top_k, &mut rng));
     }

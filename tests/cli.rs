@@ -81,20 +81,14 @@ fn every_kind_of_bad_spec_names_file_line_and_key_and_exits_2() {
         } else {
             format!("{}: ", path.display())
         };
-        assert!(
-            stderr.contains(&place),
-            "{name}: expected `{place}` in:\n{stderr}"
-        );
+        assert!(stderr.contains(&place), "{name}: expected `{place}` in:\n{stderr}");
         if !key.is_empty() {
             assert!(
                 stderr.contains(&format!("key `{key}`")),
                 "{name}: expected key `{key}` in:\n{stderr}"
             );
         }
-        assert!(
-            stderr.contains(words),
-            "{name}: expected `{words}` in:\n{stderr}"
-        );
+        assert!(stderr.contains(words), "{name}: expected `{words}` in:\n{stderr}");
         assert!(!stderr.contains("panicked"), "{name} panicked:\n{stderr}");
     }
 }
@@ -102,11 +96,7 @@ fn every_kind_of_bad_spec_names_file_line_and_key_and_exits_2() {
 #[test]
 fn set_overrides_are_checked_like_the_file_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "s.toml",
-        &format!("[data]\npath = \"CORPUS\"\n{PHASE}"),
-    );
+    let path = write(dir.path(), "s.toml", &format!("[data]\npath = \"CORPUS\"\n{PHASE}"));
     for (arg, key, words) in [
         ("model.n_head=5", "model.n_head", "divisible"),
         ("model.bogus=1", "model.bogus", "unknown field"),
@@ -129,12 +119,7 @@ fn set_overrides_are_checked_like_the_file_and_named() {
         .code(2)
         .stderr(predicate::str::contains("key=value"));
     gptlab()
-        .args([
-            "validate",
-            path.to_str().unwrap(),
-            "--set",
-            "train.batch_size=16",
-        ])
+        .args(["validate", path.to_str().unwrap(), "--set", "train.batch_size=16"])
         .assert()
         .success();
 }
@@ -184,11 +169,7 @@ fn list_shows_valid_specs_and_the_errors_of_invalid_ones() {
         ),
     );
     std::fs::create_dir(dir.path().join("nested")).unwrap();
-    write(
-        &dir.path().join("nested"),
-        "bad.toml",
-        "[model]\nn_hed = 1\n",
-    );
+    write(&dir.path().join("nested"), "bad.toml", "[model]\nn_hed = 1\n");
     gptlab()
         .arg("list")
         .arg(dir.path())
@@ -259,17 +240,12 @@ fn smoke_trains_end_to_end_and_a_second_run_skips_completed_runs() {
         let mut lines = metrics.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "run,phase,step,seq_len,train_loss,val_loss,lr,grad_norm,step_ms,tokens_per_s"
+            "run,phase,step,seq_len,train_loss,val_loss,lr,grad_norm,step_ms,tokens_per_s,attn_ms,attn_mem_mb,attn_mem_mb_analytic,peak_rss_mb"
         );
         assert_eq!(lines.count(), 40);
         let resolved = std::fs::read_to_string(dir.join("run.toml")).unwrap();
-        assert!(
-            resolved.contains(&format!("position = \"{run}\"")),
-            "{resolved}"
-        );
-        let vocab: Vec<char> =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("vocab.json")).unwrap())
-                .unwrap();
+        assert!(resolved.contains(&format!("position = \"{run}\"")), "{resolved}");
+        let vocab: Vec<char> = serde_json::from_str(&std::fs::read_to_string(dir.join("vocab.json")).unwrap()).unwrap();
         assert_eq!(vocab.len(), 65);
     }
     gptlab()

@@ -33,11 +33,7 @@ fn grads_through(
     let grads = (y * w.clone()).sum().backward();
     (
         values,
-        [
-            grads.get(q).as_vec(),
-            grads.get(k).as_vec(),
-            grads.get(v).as_vec(),
-        ],
+        [grads.get(q).as_vec(), grads.get(k).as_vec(), grads.get(v).as_vec()],
     )
 }
 
@@ -71,11 +67,7 @@ fn fused_equals_the_composition_in_values_and_gradients() {
             &w,
         );
         let close = |a: &[f32], b: &[f32], what: &str| {
-            let err = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(
                 err < 1e-5,
                 "{what} (B={b:?} T={t} H={h} Hkv={hkv} hd={hd}): max error {err}",
@@ -133,10 +125,7 @@ fn fused_gradients_with_dropout_agree_with_finite_differences() {
     }
     // Dropout zeroes about p of the weights: the output differs from p = 0.
     let no_drop = Dims { p: 0.0, ..d };
-    assert_ne!(
-        cpu_forward(&d, &q, &k, &v).0,
-        cpu_forward(&no_drop, &q, &k, &v).0
-    );
+    assert_ne!(cpu_forward(&d, &q, &k, &v).0, cpu_forward(&no_drop, &q, &k, &v).0);
 }
 
 #[test]
@@ -158,11 +147,7 @@ fn fused_gelu_equals_dfdx_fast_gelu_in_values_and_gradients() {
         let wt = dev.tensor_from_vec(w, (n,));
         let run = |fused: bool| {
             let traced = xt.clone().leaky_traced();
-            let y = if fused {
-                Cpu::gelu(traced)
-            } else {
-                traced.fast_gelu()
-            };
+            let y = if fused { Cpu::gelu(traced) } else { traced.fast_gelu() };
             let values = y.retaped::<NoneTape>().as_vec();
             let g = (y * wt.clone()).sum().backward();
             (values, g.get(&xt).as_vec())
@@ -191,12 +176,7 @@ fn row_op_grads(
     let y = f(x.clone().put_tape(tape), a.retaped(), b.retaped());
     let values = y.retaped::<NoneTape>().as_vec();
     let g = (y * w.clone()).sum().backward();
-    vec![
-        values,
-        g.get(x).as_vec(),
-        g.get(a).as_vec(),
-        g.get(b).as_vec(),
-    ]
+    vec![values, g.get(x).as_vec(), g.get(a).as_vec(), g.get(b).as_vec()]
 }
 
 #[test]
@@ -216,21 +196,14 @@ fn fused_layer_norm_and_bias_equal_the_composition() {
         let reference = row_op_grads(
             |x, a, b| {
                 let s = *x.shape();
-                x.normalize::<Axis<1>>(1e-5) * a.broadcast_like::<_, Axis<0>>(&s)
-                    + b.broadcast_like::<_, Axis<0>>(&s)
+                x.normalize::<Axis<1>>(1e-5) * a.broadcast_like::<_, Axis<0>>(&s) + b.broadcast_like::<_, Axis<0>>(&s)
             },
             &x,
             &a,
             &b,
             &w,
         );
-        let biased = row_op_grads(
-            |x, a, b| Cpu::add_bias(Cpu::add_bias(x, a), b),
-            &x,
-            &a,
-            &b,
-            &w,
-        );
+        let biased = row_op_grads(|x, a, b| Cpu::add_bias(Cpu::add_bias(x, a), b), &x, &a, &b, &w);
         let biased_ref = row_op_grads(
             |x, a, b| {
                 let s = *x.shape();

@@ -6,9 +6,7 @@
 #![allow(clippy::needless_range_loop)]
 use dfdx::prelude::*;
 use gptlab::data::{Batch, Corpus};
-use gptlab::model::{
-    AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, Position, Rope,
-};
+use gptlab::model::{AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, Position, Rope};
 use gptlab::seed::{Stream, stream};
 use gptlab::train::loss_and_grads;
 use rand::{Rng, SeedableRng};
@@ -80,11 +78,7 @@ fn analytic_count_matches_instantiated_for_gqa_and_mqa() {
             position: pos,
             ..gpt_mini(pos, 64)
         };
-        assert_eq!(
-            Gpt::new(&dev, &config, 1).num_params(),
-            config.num_params(),
-            "{h}/{kv}"
-        );
+        assert_eq!(Gpt::new(&dev, &config, 1).num_params(), config.num_params(), "{h}/{kv}");
     }
 }
 
@@ -99,15 +93,8 @@ fn loss_at_initialisation_is_close_to_ln_vocab() {
     assert_eq!(corpus.vocab.len(), 65);
     for position in [Position::Absolute, Position::Rope] {
         let model = Gpt::new(&dev, &gpt_mini(position, 128), 3407);
-        let batch =
-            gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));
-        let logits = model.forward(
-            &batch.inputs,
-            batch.b,
-            batch.t,
-            NoneTape,
-            &mut Dropout::eval(),
-        );
+        let batch = gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));
+        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval());
         let loss = model.loss(logits, &batch.targets).as_vec()[0];
         assert!(
             (loss - 65f32.ln()).abs() < 0.1,
@@ -154,10 +141,7 @@ fn rope_keeps_norms_matches_the_formula_and_depends_only_on_offsets() {
     let qs = rope_positions(&rope, &vec![q.clone(); n]);
     let ks = rope_positions(&rope, &vec![k.clone(); n]);
     for m in 0..n {
-        assert!(
-            (dot(&qs[m], &qs[m]) - dot(&q, &q)).abs() < 1e-4,
-            "norm changed at {m}"
-        );
+        assert!((dot(&qs[m], &qs[m]) - dot(&q, &q)).abs() < 1e-4, "norm changed at {m}");
         for (a, b) in qs[m].iter().zip(rotate_by_hand(&q, m, 10_000.0)) {
             assert!((a - b).abs() < 1e-5, "position {m}: {a} vs {b}");
         }
@@ -177,13 +161,7 @@ fn rope_keeps_norms_matches_the_formula_and_depends_only_on_offsets() {
 }
 
 /// Causal attention with explicit loops: query head h reads key/value head h / (H / Hkv).
-fn attention_by_hand(
-    attn: &CausalSelfAttention<Cpu>,
-    x: &[f32],
-    b: usize,
-    t: usize,
-    rope: Option<&Rope>,
-) -> Vec<f32> {
+fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: usize, rope: Option<&Rope>) -> Vec<f32> {
     let AttnShape {
         n_embd: c,
         n_head: h,
@@ -192,11 +170,7 @@ fn attention_by_hand(
     let hd = c / h;
     let linear = |l: &gptlab::model::Linear<Cpu>, x: &[f32], d_out: usize| -> Vec<f32> {
         let w = l.weight.value.as_vec();
-        let bias = l
-            .bias
-            .as_ref()
-            .map(|b| b.value.as_vec())
-            .unwrap_or(vec![0.0; d_out]);
+        let bias = l.bias.as_ref().map(|b| b.value.as_vec()).unwrap_or(vec![0.0; d_out]);
         let d_in = w.len() / d_out;
         x.chunks(d_in)
             .flat_map(|row| {
@@ -270,15 +244,8 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
                 )
                 .as_vec();
             let want = attention_by_hand(&attn, &x, b, t, rope.as_ref());
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                err < 1e-4,
-                "H={h} Hkv={hkv} rope={with_rope}: max error {err}"
-            );
+            let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
+            assert!(err < 1e-4, "H={h} Hkv={hkv} rope={with_rope}: max error {err}");
         }
     }
 }
@@ -311,18 +278,10 @@ fn changing_a_later_token_never_changes_an_earlier_output() {
         let a: Vec<usize> = vec![1, 2, 3, 4, 5, 6, 0, 1, 2, 3];
         let mut b = a.clone();
         b[6] = 5;
-        let la = model
-            .forward(&a, 1, 10, NoneTape, &mut Dropout::eval())
-            .as_vec();
-        let lb = model
-            .forward(&b, 1, 10, NoneTape, &mut Dropout::eval())
-            .as_vec();
+        let la = model.forward(&a, 1, 10, NoneTape, &mut Dropout::eval()).as_vec();
+        let lb = model.forward(&b, 1, 10, NoneTape, &mut Dropout::eval()).as_vec();
         let v = 7;
-        assert_eq!(
-            la[..6 * v],
-            lb[..6 * v],
-            "{position}: positions before 6 changed"
-        );
+        assert_eq!(la[..6 * v], lb[..6 * v], "{position}: positions before 6 changed");
         assert_ne!(
             la[6 * v..7 * v],
             lb[6 * v..7 * v],
@@ -343,23 +302,13 @@ fn gradients_agree_with_finite_differences() {
         // Move away from the symmetric initial point so every gradient is sizeable.
         let mut r = rng(10);
         model.visit_mut(&mut |p| {
-            let vals: Vec<f32> = p
-                .value
-                .as_vec()
-                .iter()
-                .map(|v| v + r.gen_range(-0.3..0.3))
-                .collect();
+            let vals: Vec<f32> = p.value.as_vec().iter().map(|v| v + r.gen_range(-0.3..0.3)).collect();
             p.value.copy_from(&vals);
         });
         let (b, t) = (2, 6);
         let inputs: Vec<usize> = (0..b * t).map(|_| r.gen_range(0..7)).collect();
         let targets: Vec<usize> = (0..b * t).map(|_| r.gen_range(0..7)).collect();
-        let batch = Batch {
-            b,
-            t,
-            inputs,
-            targets,
-        };
+        let batch = Batch { b, t, inputs, targets };
         let (_, grads) = loss_and_grads(&model, &batch, &mut Dropout::eval());
         let loss_at = |m: &Gpt<Cpu>| -> f64 {
             let logits = m.forward(&batch.inputs, b, t, NoneTape, &mut Dropout::eval());

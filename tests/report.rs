@@ -22,9 +22,7 @@ fn structure(svg: &str) -> (BTreeMap<String, usize>, Vec<String>) {
     let mut counts = BTreeMap::new();
     let mut texts = vec![];
     for node in doc.descendants().filter(|n| n.is_element()) {
-        *counts
-            .entry(node.tag_name().name().to_string())
-            .or_insert(0) += 1;
+        *counts.entry(node.tag_name().name().to_string()).or_insert(0) += 1;
         if node.tag_name().name() == "text" {
             texts.push(node.text().unwrap_or("").trim().to_string());
         }
@@ -91,15 +89,8 @@ fn the_loss_figure_has_one_curve_per_run_validation_markers_and_the_phase_line()
     for c in &curves {
         assert!(texts.contains(&c.label), "legend lacks {}", c.label);
     }
-    assert_eq!(
-        counts.get("circle"),
-        Some(&12),
-        "4 validation markers per run"
-    );
-    assert!(
-        polylines(&svg, "#555555", "1") > 5,
-        "the dashed boundary line"
-    );
+    assert_eq!(counts.get("circle"), Some(&12), "4 validation markers per run");
+    assert!(polylines(&svg, "#555555", "1") > 5, "the dashed boundary line");
 
     // Golden: the element counts and texts of this fixed figure. Regenerate deliberately with
     // GPTLAB_UPDATE_GOLDEN=1 when the figure is meant to change.
@@ -171,6 +162,10 @@ fn summary_numbers_equal_an_independent_computation() {
             grad_norm: 1.0,
             step_ms: 10.0 + s as f64,
             tokens_per_s: 1000.0 + (s % 13) as f64,
+            attn_ms: Some(2.0 + (s % 3) as f64),
+            attn_mem_mb: Some(5.0),
+            attn_mem_mb_analytic: Some(5.0),
+            peak_rss_mb: Some(100.0 + s as f64),
         })
         .collect();
     let s = summarise("r", "position=rope", "complete".into(), &rows, 120, 1234);
@@ -187,12 +182,7 @@ fn summary_numbers_equal_an_independent_computation() {
     assert_eq!(s.final_val_loss, Some(val_at(100.0)));
     assert_eq!(
         s.best_val_loss,
-        Some(
-            val_at(25.0)
-                .min(val_at(50.0))
-                .min(val_at(75.0))
-                .min(val_at(100.0))
-        )
+        Some(val_at(25.0).min(val_at(50.0)).min(val_at(75.0)).min(val_at(100.0)))
     );
     let mut tps: Vec<f64> = rows.iter().map(|r| r.tokens_per_s).collect();
     tps.sort_by(f64::total_cmp);
@@ -226,10 +216,7 @@ fn sampling_is_seeded_and_top_k_1_is_the_argmax_continuation() {
         top_k: 5,
         seed: 9,
     };
-    assert_eq!(
-        generate(&model, &prompt, &opts),
-        generate(&model, &prompt, &opts)
-    );
+    assert_eq!(generate(&model, &prompt, &opts), generate(&model, &prompt, &opts));
     assert_ne!(
         generate(&model, &prompt, &opts),
         generate(
@@ -274,9 +261,7 @@ fn chromium() -> String {
             return c.to_string();
         }
     }
-    panic!(
-        "this test renders the report in a real browser: install Debian's chromium (apt-get install chromium)"
-    );
+    panic!("this test renders the report in a real browser: install Debian's chromium (apt-get install chromium)");
 }
 
 #[test]
@@ -316,7 +301,10 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
     let index = reports.join("smoke_gqa/index.html");
     let html = std::fs::read_to_string(&index).unwrap();
     let figures = html.matches("<img ").count();
-    assert_eq!(figures, 5, "loss plus four sweep charts");
+    assert_eq!(
+        figures, 8,
+        "loss plus seven sweep charts (four losses/speed, three probes)"
+    );
     let profile = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(chromium())
         .args([

@@ -96,14 +96,8 @@ fn killed_anywhere_then_resumed_equals_the_uninterrupted_run() {
     for (i, chain) in chains.iter().enumerate() {
         let runs = dir.path().join(format!("killed{i}"));
         for fault in *chain {
-            let out = gptlab(&spec, &runs)
-                .env("GPTLAB_FAULT", fault)
-                .output()
-                .unwrap();
-            assert!(
-                !out.status.success(),
-                "{fault}: the process should have been killed"
-            );
+            let out = gptlab(&spec, &runs).env("GPTLAB_FAULT", fault).output().unwrap();
+            assert!(!out.status.success(), "{fault}: the process should have been killed");
         }
         gptlab(&spec, &runs).assert().success();
         assert_eq!(losses(&runs, "default"), want, "after kills {chain:?}");
@@ -136,10 +130,7 @@ fn a_corrupt_checkpoint_is_detected_and_the_previous_one_used() {
     let dir = tempfile::tempdir().unwrap();
     let want = reference(dir.path());
     let spec = spec(dir.path(), "");
-    for (i, damage) in ["flip-model", "truncate-optimizer", "garble-meta"]
-        .iter()
-        .enumerate()
-    {
+    for (i, damage) in ["flip-model", "truncate-optimizer", "garble-meta"].iter().enumerate() {
         let runs = dir.path().join(format!("c{i}"));
         gptlab(&spec, &runs)
             .env("GPTLAB_FAULT", "step-end@14")
@@ -163,10 +154,7 @@ fn a_corrupt_checkpoint_is_detected_and_the_previous_one_used() {
         gptlab(&spec, &runs)
             .assert()
             .success()
-            .stderr(
-                predicate::str::contains("skipping checkpoint")
-                    .and(predicate::str::contains("step_00000012")),
-            )
+            .stderr(predicate::str::contains("skipping checkpoint").and(predicate::str::contains("step_00000012")))
             .stderr(predicate::str::contains("resuming after step 10"));
         assert_eq!(losses(&runs, "default"), want, "{damage}");
     }
@@ -179,9 +167,10 @@ fn a_corrupt_checkpoint_is_detected_and_the_previous_one_used() {
     for (_, ckpt) in checkpoint::list(&runs.join("res/default/checkpoints")) {
         flip_a_bit(&ckpt.join("model.safetensors"));
     }
-    gptlab(&spec, &runs).assert().code(1).stderr(
-        predicate::str::contains("none is usable").and(predicate::str::contains("--fresh")),
-    );
+    gptlab(&spec, &runs)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("none is usable").and(predicate::str::contains("--fresh")));
 }
 
 #[test]
@@ -197,12 +186,8 @@ fn a_changed_spec_is_refused_with_the_differing_keys_unless_fresh() {
         .args(["--set", "model.n_embd=32", "--set", "train.batch_size=8"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains(
-            "model.n_embd: checkpoint `16` → spec `32`",
-        ))
-        .stderr(predicate::str::contains(
-            "train.batch_size: checkpoint `4` → spec `8`",
-        ))
+        .stderr(predicate::str::contains("model.n_embd: checkpoint `16` → spec `32`"))
+        .stderr(predicate::str::contains("train.batch_size: checkpoint `4` → spec `8`"))
         .stderr(predicate::str::contains("--fresh"));
     // Bookkeeping settings do not change the trajectory: resuming with them changed is fine.
     gptlab(&spec, &runs)
@@ -234,11 +219,7 @@ fn a_completed_run_is_not_retrained_and_an_extended_schedule_continues() {
         .assert()
         .success()
         .stderr(predicate::str::contains("already complete"));
-    assert_eq!(
-        std::fs::read(&metrics).unwrap(),
-        before,
-        "a completed run was touched"
-    );
+    assert_eq!(std::fs::read(&metrics).unwrap(), before, "a completed run was touched");
     // Now the full spec: 6 more steps at 16, the position table grown to 16 rows.
     gptlab(&spec(dir.path(), ""), &runs).assert().success();
     assert_eq!(
@@ -371,14 +352,7 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     let runs = dir.path().join("runs");
     let bin = assert_cmd::cargo::cargo_bin("gptlab");
     let child = StdCommand::new(&bin)
-        .args([
-            "run",
-            &long,
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "-q",
-            "--no-report",
-        ])
+        .args(["run", &long, "--runs-dir", runs.to_str().unwrap(), "-q", "--no-report"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -401,10 +375,7 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     assert!(status.contains("interrupted"), "{status}");
     let stopped = read_metrics(&metrics).unwrap().len();
     let newest = checkpoint::list(&runs.join("res/default/checkpoints"))[0].0;
-    assert_eq!(
-        newest, stopped,
-        "the checkpoint is at the last step written"
-    );
+    assert_eq!(newest, stopped, "the checkpoint is at the last step written");
     // Resume a shortened schedule so the test stays fast; the first phases are unchanged.
     let short = long.replace("res.toml", "short.toml");
     std::fs::write(
@@ -416,14 +387,7 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     .unwrap();
     Command::cargo_bin("gptlab")
         .unwrap()
-        .args([
-            "run",
-            &short,
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "-q",
-            "--no-report",
-        ])
+        .args(["run", &short, "--runs-dir", runs.to_str().unwrap(), "-q", "--no-report"])
         .assert()
         .success();
 }
@@ -433,10 +397,7 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     let spec = spec(dir.path(), "");
-    gptlab(&spec, &runs)
-        .args(["--set", "train.lr=1e-2"])
-        .assert()
-        .success();
+    gptlab(&spec, &runs).args(["--set", "train.lr=1e-2"]).assert().success();
     let from = runs.join("res/default/checkpoints/step_00000016");
     let source_last = read_metrics(&runs.join("res/default/metrics.csv"))
         .unwrap()
@@ -456,9 +417,7 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
     )
     .unwrap();
     gptlab(&warm, &runs).assert().success();
-    let first = |run: &str| {
-        read_metrics(&runs.join("warm").join(run).join("metrics.csv")).unwrap()[0].train_loss
-    };
+    let first = |run: &str| read_metrics(&runs.join("warm").join(run).join("metrics.csv")).unwrap()[0].train_loss;
     assert!(
         first("scratch") - source_last > 0.5,
         "the source run should have learnt: {source_last}"

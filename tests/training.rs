@@ -7,9 +7,7 @@ use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
 use gptlab::plan::plan;
 use gptlab::seed::{Stream, stream};
 use gptlab::spec::SpecFile;
-use gptlab::train::{
-    AdamW, RunOptions, RunStatus, read_metrics, read_status, train_run, train_step,
-};
+use gptlab::train::{AdamW, RunOptions, RunStatus, read_metrics, read_status, train_run, train_step};
 
 fn corpus() -> Corpus {
     Corpus::load(
@@ -38,32 +36,13 @@ fn a_tiny_model_overfits_a_single_batch() {
         let mut model = Gpt::new(&dev, &config, 1);
         let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.0);
         let batch = sample_batch(&corpus.train, 4, 32, &mut stream(1, Stream::Batch, 0));
-        let first = train_step(
-            &mut model,
-            &mut opt,
-            &batch,
-            3e-3,
-            1.0,
-            &mut Dropout::eval(),
-        )
-        .loss;
+        let first = train_step(&mut model, &mut opt, &batch, 3e-3, 1.0, &mut Dropout::eval()).loss;
         let mut last = first;
         for _ in 0..200 {
-            last = train_step(
-                &mut model,
-                &mut opt,
-                &batch,
-                3e-3,
-                1.0,
-                &mut Dropout::eval(),
-            )
-            .loss;
+            last = train_step(&mut model, &mut opt, &batch, 3e-3, 1.0, &mut Dropout::eval()).loss;
         }
         assert!(first > 3.5, "{position}: initial loss {first}");
-        assert!(
-            last < 0.5,
-            "{position}: loss after 200 steps on one batch is {last}"
-        );
+        assert!(last < 0.5, "{position}: loss after 200 steps on one batch is {last}");
     }
 }
 
@@ -99,10 +78,7 @@ model.position = "rope"
 #[test]
 fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = SPEC.replace(
-        "DATA",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt"),
-    );
+    let text = SPEC.replace("DATA", concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt"));
     let spec = SpecFile::parse(&tmp.path().join("det.toml"), &text).unwrap();
     let runs = spec.expand(&[]).unwrap();
     let corpus = corpus();
@@ -141,24 +117,13 @@ fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
                     .all(|r| r.seq_len == 16 && r.phase == 1 && r.lr == 5e-3)
             );
             // Validation at every 5th step and at each phase end.
-            let evaluated: Vec<usize> = rows
-                .iter()
-                .filter(|r| r.val_loss.is_some())
-                .map(|r| r.step)
-                .collect();
+            let evaluated: Vec<usize> = rows.iter().filter(|r| r.val_loss.is_some()).map(|r| r.step).collect();
             assert_eq!(evaluated, vec![5, 10, 15]);
             assert!(p.dir.join("run.toml").is_file() && p.dir.join("vocab.json").is_file());
-            per_run.push(
-                rows.iter()
-                    .map(|r| r.train_loss.to_bits())
-                    .collect::<Vec<_>>(),
-            );
+            per_run.push(rows.iter().map(|r| r.train_loss.to_bits()).collect::<Vec<_>>());
         }
         losses.push(per_run);
     }
     assert_eq!(losses[0], losses[1], "same seed, different losses");
-    assert_ne!(
-        losses[0][0], losses[0][1],
-        "absolute and RoPE runs should differ"
-    );
+    assert_ne!(losses[0][0], losses[0][1], "absolute and RoPE runs should differ");
 }

@@ -33,6 +33,13 @@ impl AttnShape {
     pub fn group(&self) -> usize {
         self.n_head / self.n_kv_head
     }
+    /// Bytes the fused CPU attention keeps for backward in one layer, from the shapes: copies
+    /// of q, k and v, one log-sum-exp per score row, and the output (f32).
+    pub fn saved_bytes(&self, b: usize, t: usize) -> usize {
+        let hd = self.head_dim();
+        4 * (2 * b * t * self.n_head * hd + 2 * b * t * self.n_kv_head * hd + b * self.n_head * t)
+    }
+
     /// Width of the key (and value) projection.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_head * self.head_dim()
@@ -61,24 +68,8 @@ impl<D: Backend> CausalSelfAttention<D> {
         Self {
             shape,
             wq: Linear::new(dev, rng, &format!("{name}.wq"), c, c, true, 0.02),
-            wk: Linear::new(
-                dev,
-                rng,
-                &format!("{name}.wk"),
-                c,
-                shape.kv_dim(),
-                true,
-                0.02,
-            ),
-            wv: Linear::new(
-                dev,
-                rng,
-                &format!("{name}.wv"),
-                c,
-                shape.kv_dim(),
-                true,
-                0.02,
-            ),
+            wk: Linear::new(dev, rng, &format!("{name}.wk"), c, shape.kv_dim(), true, 0.02),
+            wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), true, 0.02),
             wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, true, proj_std),
         }
     }

@@ -46,14 +46,11 @@ pub trait Backend: Device<Float> {
         eps: f64,
     ) -> Tensor<(usize, usize), Float, Self, T> {
         let shape = *x.shape();
-        x.normalize::<Axis<1>>(eps) * g.broadcast_like::<_, Axis<0>>(&shape)
-            + b.broadcast_like::<_, Axis<0>>(&shape)
+        x.normalize::<Axis<1>>(eps) * g.broadcast_like::<_, Axis<0>>(&shape) + b.broadcast_like::<_, Axis<0>>(&shape)
     }
 
     /// GELU, tanh form (GPT-2): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-    fn gelu<S: Shape, T: Tape<Float, Self>>(
-        x: Tensor<S, Float, Self, T>,
-    ) -> Tensor<S, Float, Self, T> {
+    fn gelu<S: Shape, T: Tape<Float, Self>>(x: Tensor<S, Float, Self, T>) -> Tensor<S, Float, Self, T> {
         x.fast_gelu()
     }
 }
@@ -69,9 +66,7 @@ pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
     let hkv = k.shape().2;
     let g = h / hkv;
     // Query heads h = j·g + i of group j: (B, H, T, hd) contiguous is (B, Hkv, g·T, hd).
-    let q = q
-        .permute::<_, Axes4<0, 2, 1, 3>>()
-        .reshape_like(&(b, hkv, g * t, hd));
+    let q = q.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, hkv, g * t, hd));
     let k_t = k.permute::<_, Axes4<0, 2, 3, 1>>(); // (B, Hkv, hd, T)
     let v = v.permute::<_, Axes4<0, 2, 1, 3>>(); // (B, Hkv, T, hd)
     let scores = (q.matmul(k_t) * (1.0 / (hd as Float).sqrt())).reshape_like(&(b, h, t, t)); // (B, H, T, T)
@@ -100,13 +95,11 @@ const CHUNK: usize = 1 << 14;
 /// GELU (tanh form) of each element, in parallel.
 pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = 0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
-            }
-        });
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = 0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+        }
+    });
     y
 }
 
@@ -180,18 +173,14 @@ impl Backend for Cpu {
                 let mean = x.iter().sum::<Float>() / c as Float;
                 let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<Float>() / c as Float;
                 *is = 1.0 / (var + eps as Float).sqrt();
-                xh.iter_mut()
-                    .zip(x)
-                    .for_each(|(h, v)| *h = (v - mean) * *is);
+                xh.iter_mut().zip(x).for_each(|(h, v)| *h = (v - mean) * *is);
             });
         let mut y = vec![0.0; n * c];
-        y.par_chunks_mut(c)
-            .zip(xhat.par_chunks(c))
-            .for_each(|(y, xh)| {
-                for i in 0..c {
-                    y[i] = xh[i] * gv[i] + bv[i];
-                }
-            });
+        y.par_chunks_mut(c).zip(xhat.par_chunks(c)).for_each(|(y, xh)| {
+            for i in 0..c {
+                y[i] = xh[i] * gv[i] + bv[i];
+            }
+        });
         let out = x.device().tensor_from_vec(y, shape);
         let mut tape = tape_x.merge(tape_g).merge(tape_b);
         if T::OWNS_TAPE {
@@ -240,9 +229,7 @@ impl Backend for Cpu {
         out.put_tape(tape)
     }
 
-    fn gelu<S: Shape, T: Tape<Float, Self>>(
-        x: Tensor<S, Float, Self, T>,
-    ) -> Tensor<S, Float, Self, T> {
+    fn gelu<S: Shape, T: Tape<Float, Self>>(x: Tensor<S, Float, Self, T>) -> Tensor<S, Float, Self, T> {
         let shape = *x.shape();
         let (x, mut tape) = x.split_tape();
         let xv = x.as_vec();
@@ -276,6 +263,8 @@ impl Backend for Cpu {
             p: drop.p(),
             seed: drop.next_seed(),
         };
+        let timer = crate::probe::Timer::start();
+        let live_before = crate::probe::live_bytes();
         let (q, tape_q) = q.split_tape();
         let (k, tape_k) = k.split_tape();
         let (v, tape_v) = v.split_tape();
@@ -286,15 +275,23 @@ impl Backend for Cpu {
         if T::OWNS_TAPE {
             let out_ref = out.clone();
             tape.add_backward_op(move |grads| {
+                let timer = crate::probe::Timer::start();
                 let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
                 let (dq, dk, dv) = cpu_backward(&dims, &qv, &kv, &vv, &lse, &gy);
                 for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
                     let g = grads.get_or_alloc_mut(t)?;
                     g.iter_mut().zip(d).for_each(|(a, b)| *a += b);
                 }
+                timer.stop();
                 Ok(())
             });
+            // What stays allocated until backward: the copies of q, k and v, the row
+            // log-sum-exps, the output and the closure that holds them.
+            if let (Some(before), Some(after)) = (live_before, crate::probe::live_bytes()) {
+                crate::probe::add_saved_bytes(after.saturating_sub(before));
+            }
         }
+        timer.stop();
         out.put_tape(tape)
     }
 }
@@ -327,11 +324,7 @@ impl Dims {
     }
     /// The mask generator of query head `h` in batch row `b`: rows drawn in order t, then j ≤ t.
     fn mask_rng(&self, b: usize, h: usize) -> rand_chacha::ChaCha8Rng {
-        crate::seed::stream(
-            self.seed,
-            crate::seed::Stream::Dropout,
-            (b * self.h + h) as u64,
-        )
+        crate::seed::stream(self.seed, crate::seed::Stream::Dropout, (b * self.h + h) as u64)
     }
     fn keep_threshold(&self) -> u32 {
         (self.p as f64 * u32::MAX as f64) as u32
@@ -343,12 +336,7 @@ impl Dims {
 fn dot(a: &[Float], b: &[Float]) -> Float {
     let mut acc = [0.0; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: Float = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: Float = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -391,11 +379,7 @@ pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Floa
                     for s in 0..=t {
                         let mut p = row[s] / sum;
                         if d.p > 0.0 {
-                            p = if rng.r#gen::<u32>() < threshold {
-                                0.0
-                            } else {
-                                p * keep
-                            };
+                            p = if rng.r#gen::<u32>() < threshold { 0.0 } else { p * keep };
                         }
                         if p != 0.0 {
                             let vs = &v[d.kv_at(b, s, j)..][..d.hd];
@@ -413,8 +397,7 @@ pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Floa
         for i in 0..g {
             let h = j * g + i;
             for t in 0..d.t {
-                y[d.q_at(b, t, h)..][..d.hd]
-                    .copy_from_slice(&part_y[(i * d.t + t) * d.hd..][..d.hd]);
+                y[d.q_at(b, t, h)..][..d.hd].copy_from_slice(&part_y[(i * d.t + t) * d.hd..][..d.hd]);
             }
             lse[(b * d.h + h) * d.t..][..d.t].copy_from_slice(&part_lse[i * d.t..][..d.t]);
         }
@@ -459,11 +442,7 @@ pub fn cpu_backward(
                         let vs = &v[d.kv_at(b, s, j)..][..d.hd];
                         p[s] = (dot(qt, ks) * scale - l).exp();
                         let factor = if d.p > 0.0 {
-                            if rng.r#gen::<u32>() < threshold {
-                                0.0
-                            } else {
-                                keep
-                            }
+                            if rng.r#gen::<u32>() < threshold { 0.0 } else { keep }
                         } else {
                             1.0
                         };
@@ -475,11 +454,7 @@ pub fn cpu_backward(
                                 .zip(gyt)
                                 .for_each(|(a, x)| *a += pd * x);
                         }
-                        dp[s] = if factor != 0.0 {
-                            factor * dot(gyt, vs)
-                        } else {
-                            0.0
-                        };
+                        dp[s] = if factor != 0.0 { factor * dot(gyt, vs) } else { 0.0 };
                         rowdot += p[s] * dp[s];
                     }
                     // Softmax backward: dS_s = p_s (dp_s - Σ p·dp); scores carry the scale.
@@ -506,8 +481,7 @@ pub fn cpu_backward(
     for (b, j, pq, pk, pv) in parts {
         for t in 0..d.t {
             for i in 0..g {
-                dq[d.q_at(b, t, j * g + i)..][..d.hd]
-                    .copy_from_slice(&pq[(i * d.t + t) * d.hd..][..d.hd]);
+                dq[d.q_at(b, t, j * g + i)..][..d.hd].copy_from_slice(&pq[(i * d.t + t) * d.hd..][..d.hd]);
             }
             dk[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pk[t * d.hd..][..d.hd]);
             dv[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pv[t * d.hd..][..d.hd]);

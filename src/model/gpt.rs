@@ -122,13 +122,8 @@ impl<D: Backend> Gpt<D> {
                 ),
             })
             .collect();
-        let rope = (config.position == Position::Rope).then(|| {
-            Rope::new(
-                config.attn_shape().head_dim(),
-                config.block_size,
-                config.rope_base,
-            )
-        });
+        let rope = (config.position == Position::Rope)
+            .then(|| Rope::new(config.attn_shape().head_dim(), config.block_size, config.rope_base));
         Self {
             config: config.clone(),
             wte,
@@ -167,9 +162,7 @@ impl<D: Backend> Gpt<D> {
         let idx = self.dev.tensor_from_vec(tokens.to_vec(), (b * t,));
         let mut x = self.wte.matrix::<NoneTape>().put_tape(tape).gather(idx); // (B·T, C)
         if let Some(wpe) = &self.wpe {
-            let positions = self
-                .dev
-                .tensor_from_vec((0..b * t).map(|i| i % t).collect(), (b * t,));
+            let positions = self.dev.tensor_from_vec((0..b * t).map(|i| i % t).collect(), (b * t,));
             x = x + wpe.matrix::<T>().gather(positions); // (B·T, C)
         }
         debug_assert_eq!(x.shape().1, c);
@@ -181,18 +174,10 @@ impl<D: Backend> Gpt<D> {
     }
 
     /// Mean cross-entropy of `logits (N, V)` against `targets (N,)`.
-    pub fn loss<T: Tape<Float, D>>(
-        &self,
-        logits: Act<D, T>,
-        targets: &[usize],
-    ) -> Tensor<(), Float, D, T> {
+    pub fn loss<T: Tape<Float, D>>(&self, logits: Act<D, T>, targets: &[usize]) -> Tensor<(), Float, D, T> {
         let n = targets.len();
         let targets = self.dev.tensor_from_vec(targets.to_vec(), (n,));
-        logits
-            .log_softmax::<Axis<1>>()
-            .select(targets)
-            .mean()
-            .negate()
+        logits.log_softmax::<Axis<1>>().select(targets).mean().negate()
     }
 }
 

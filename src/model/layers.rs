@@ -29,15 +29,7 @@ pub struct Linear<D: Device<Float>> {
 
 impl<D: super::backend::Backend> Linear<D> {
     /// Weight ~ N(0, std²), zero bias.
-    pub fn new(
-        dev: &D,
-        rng: &mut impl Rng,
-        name: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        std: f64,
-    ) -> Self {
+    pub fn new(dev: &D, rng: &mut impl Rng, name: &str, d_in: usize, d_out: usize, bias: bool, std: f64) -> Self {
         let weight = Param::from_vec(
             dev,
             format!("{name}.weight"),
@@ -45,15 +37,7 @@ impl<D: super::backend::Backend> Linear<D> {
             true,
             normal_values(rng, d_in * d_out, std),
         );
-        let bias = bias.then(|| {
-            Param::from_vec(
-                dev,
-                format!("{name}.bias"),
-                vec![d_out],
-                false,
-                vec![0.0; d_out],
-            )
-        });
+        let bias = bias.then(|| Param::from_vec(dev, format!("{name}.bias"), vec![d_out], false, vec![0.0; d_out]));
         Self { weight, bias }
     }
 
@@ -109,10 +93,7 @@ impl<D: super::backend::Backend> LayerNorm<D> {
     /// `(N, C) -> (N, C)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
         let shape = *x.shape();
-        let g = self
-            .weight
-            .vector::<T>()
-            .broadcast_like::<_, Axis<0>>(&shape);
+        let g = self.weight.vector::<T>().broadcast_like::<_, Axis<0>>(&shape);
         let b = self.bias.vector::<T>().broadcast_like::<_, Axis<0>>(&shape);
         x.normalize::<Axis<1>>(Self::EPS) * g + b
     }
@@ -140,14 +121,7 @@ pub struct Mlp<D: Device<Float>> {
 
 impl<D: super::backend::Backend> Mlp<D> {
     /// `proj_std` is the residual-scaled std of the output projection.
-    pub fn new(
-        dev: &D,
-        rng: &mut impl Rng,
-        name: &str,
-        c: usize,
-        hidden: usize,
-        proj_std: f64,
-    ) -> Self {
+    pub fn new(dev: &D, rng: &mut impl Rng, name: &str, c: usize, hidden: usize, proj_std: f64) -> Self {
         Self {
             fc: Linear::new(dev, rng, &format!("{name}.fc"), c, hidden, true, 0.02),
             proj: Linear::new(dev, rng, &format!("{name}.proj"), hidden, c, true, proj_std),
@@ -155,11 +129,7 @@ impl<D: super::backend::Backend> Mlp<D> {
     }
 
     /// `(N, C) -> (N, C)`.
-    pub fn forward<T: Tape<Float, D> + Merge<T>>(
-        &self,
-        x: Act<D, T>,
-        drop: &mut Dropout,
-    ) -> Act<D, T> {
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>, drop: &mut Dropout) -> Act<D, T> {
         drop.apply(self.proj.forward(D::gelu(self.fc.forward(x))))
     }
 }
@@ -220,13 +190,7 @@ impl Dropout {
         let threshold = (self.p as f64 * u32::MAX as f64) as u32;
         let keep = 1.0 / (1.0 - self.p);
         let mask: Vec<Float> = (0..n)
-            .map(|_| {
-                if rng.r#gen::<u32>() < threshold {
-                    0.0
-                } else {
-                    keep
-                }
-            })
+            .map(|_| if rng.r#gen::<u32>() < threshold { 0.0 } else { keep })
             .collect();
         let mask = x.device().tensor_from_vec(mask, shape);
         x * mask

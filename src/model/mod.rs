@@ -10,10 +10,7 @@ mod param;
 mod rope;
 
 pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
-pub use backend::{
-    Backend, Dims, Heads, cpu_backward, cpu_forward, cpu_gelu, cpu_gelu_backward,
-    reference_attention,
-};
+pub use backend::{Backend, Dims, Heads, cpu_backward, cpu_forward, cpu_gelu, cpu_gelu_backward, reference_attention};
 pub use gpt::{Block, Gpt};
 pub use layers::{Act, Dropout, LayerNorm, Linear, Mlp};
 pub use param::{Float, HasParams, Param};

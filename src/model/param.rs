@@ -25,13 +25,7 @@ pub struct Param<D: Device<Float>> {
 
 impl<D: Device<Float>> Param<D> {
     /// Builds a parameter from host values; `values.len()` must equal the product of `shape`.
-    pub fn from_vec(
-        dev: &D,
-        name: String,
-        shape: Vec<usize>,
-        decay: bool,
-        values: Vec<Float>,
-    ) -> Self {
+    pub fn from_vec(dev: &D, name: String, shape: Vec<usize>, decay: bool, values: Vec<Float>) -> Self {
         debug_assert_eq!(values.len(), shape.iter().product::<usize>());
         let n = values.len();
         Self {
@@ -50,9 +44,7 @@ impl<D: Device<Float>> Param<D> {
     /// The parameter as a `(rows, cols)` matrix on tape `T`.
     pub fn matrix<T: Tape<Float, D>>(&self) -> Tensor<(usize, usize), Float, D, T> {
         debug_assert_eq!(self.shape.len(), 2, "{} is not a matrix", self.name);
-        self.value
-            .retaped::<T>()
-            .reshape_like(&(self.shape[0], self.shape[1]))
+        self.value.retaped::<T>().reshape_like(&(self.shape[0], self.shape[1]))
     }
 
     /// The parameter as a vector on tape `T`.

@@ -23,10 +23,7 @@ pub struct Rope {
 impl Rope {
     /// Tables for positions `0..max_len`; `head_dim` must be even (checked by the spec).
     pub fn new(head_dim: usize, max_len: usize, base: f64) -> Self {
-        assert!(
-            head_dim.is_multiple_of(2),
-            "RoPE needs an even head dimension"
-        );
+        assert!(head_dim.is_multiple_of(2), "RoPE needs an even head dimension");
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_len * head_dim);
         let mut sin = Vec::with_capacity(max_len * head_dim);
@@ -60,11 +57,7 @@ impl Rope {
     ) -> Tensor<(usize, usize, usize, usize), Float, D, T> {
         let shape = *x.shape();
         let (b, t, nh, hd) = shape;
-        assert_eq!(
-            hd, self.head_dim,
-            "RoPE built for head_dim {}",
-            self.head_dim
-        );
+        assert_eq!(hd, self.head_dim, "RoPE built for head_dim {}", self.head_dim);
         assert!(
             offset + t <= self.max_len,
             "position {} beyond RoPE table of {}",

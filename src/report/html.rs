@@ -10,11 +10,6 @@ pub fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn cell(x: Option<f64>, digits: usize) -> String {
-    x.map(|v| format!("{v:.digits$}"))
-        .unwrap_or_else(|| "–".into())
-}
-
 /// The page. Each figure marks itself `loaded` or is replaced by a visible notice if its
 /// file is missing, so a broken figure is obvious to a reader (and checkable by a browser test).
 pub fn page(
@@ -49,30 +44,20 @@ onerror=\"this.outerHTML='&lt;p class=&quot;broken&quot;&gt;missing figure: {0}&
             escape(caption)
         ));
     }
-    h.push_str("<h2>Summary</h2>\n<table>\n<tr><th>run</th><th>differs</th><th>status</th><th>steps</th><th>params</th><th>final train</th><th>train (last 50)</th><th>best train</th><th>final val</th><th>best val</th><th>tokens/s</th><th>train s</th></tr>\n");
+    h.push_str("<h2>Summary</h2>\n<table>\n<tr>");
+    for c in super::summary::COLUMNS {
+        h.push_str(&format!("<th>{}</th>", escape(c)));
+    }
+    h.push_str("</tr>\n");
     for r in summary {
-        h.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>\n",
-            escape(&r.run),
-            escape(&r.differs),
-            escape(&r.status),
-            r.steps,
-            r.total_steps,
-            r.params,
-            cell(r.final_train_loss, 4),
-            cell(r.train_loss_last50, 4),
-            cell(r.best_train_loss, 4),
-            cell(r.final_val_loss, 4),
-            cell(r.best_val_loss, 4),
-            cell(r.tokens_per_s, 0),
-            r.train_s
-        ));
+        h.push_str("<tr>");
+        for c in super::summary::cells(r) {
+            h.push_str(&format!("<td>{}</td>", escape(&c)));
+        }
+        h.push_str("</tr>\n");
     }
     h.push_str("</table>\n<p>Losses are mean cross-entropy in nats per character. Files: <a href=\"summary.csv\">summary.csv</a>, <a href=\"metrics.csv\">metrics.csv</a>, <a href=\"samples.md\">samples.md</a>.</p>\n");
-    h.push_str(&format!(
-        "<h2>Samples</h2>\n<pre>{}</pre>\n",
-        escape(samples_md)
-    ));
+    h.push_str(&format!("<h2>Samples</h2>\n<pre>{}</pre>\n", escape(samples_md)));
     h.push_str(&format!(
         "<h2>Spec: {}</h2>\n<pre>{}</pre>\n</body>\n</html>\n",
         escape(spec_name),

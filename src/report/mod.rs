@@ -62,7 +62,7 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
                 .collect()
         })
         .unwrap_or_default();
-    let quantities: [Quantity; 4] = [
+    let quantities: [Quantity; 7] = [
         (
             "final_train_loss",
             "train loss, mean of last 50 steps (nats/char)",
@@ -71,12 +71,17 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
         ("final_val_loss", "final validation loss (nats/char)", |s| {
             s.final_val_loss
         }),
-        ("best_val_loss", "best validation loss (nats/char)", |s| {
-            s.best_val_loss
-        }),
+        ("best_val_loss", "best validation loss (nats/char)", |s| s.best_val_loss),
         ("tokens_per_s", "training tokens per second (median)", |s| {
             s.tokens_per_s
         }),
+        ("attn_ms", "attention time per step, fwd+bwd, all layers (ms)", |s| {
+            s.attn_ms
+        }),
+        ("attn_mem_mb", "attention memory kept for backward per step (MB)", |s| {
+            s.attn_mem_mb
+        }),
+        ("peak_rss_mb", "peak resident memory of the run (MB)", |s| s.peak_rss_mb),
     ];
     let mut out = vec![];
     for key in &keys {
@@ -147,8 +152,7 @@ pub fn write_report<D: Backend>(
     dir: &Path,
     with_samples: bool,
 ) -> Result<Report> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating report folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating report folder {}", dir.display()))?;
     let mut all_rows: Vec<MetricsRow> = vec![];
     let mut summaries = vec![];
     let mut curves = vec![];
@@ -172,23 +176,13 @@ pub fn write_report<D: Backend>(
         };
         curves.push(Curve {
             label,
-            train: rows
-                .iter()
-                .map(|r| (r.step as f64, r.train_loss as f64))
-                .collect(),
+            train: rows.iter().map(|r| (r.step as f64, r.train_loss as f64)).collect(),
             val: rows
                 .iter()
                 .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
                 .collect(),
         });
-        summaries.push(summarise(
-            &p.name,
-            &p.label(),
-            status,
-            &rows,
-            total,
-            p.num_params(),
-        ));
+        summaries.push(summarise(&p.name, &p.label(), status, &rows, total, p.num_params()));
         all_rows.extend(rows);
     }
 
@@ -208,19 +202,13 @@ pub fn write_report<D: Backend>(
         &dir.join("summary.csv"),
         &csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
     )?;
-    let mut md = format!(
-        "# {experiment}: summary\n\n{}",
-        summary::markdown(&summaries)
-    );
+    let mut md = format!("# {experiment}: summary\n\n{}", summary::markdown(&summaries));
     if !unfinished.is_empty() {
         md.push_str(&format!("\nNot finished: {}.\n", unfinished.join(", ")));
     }
     write_atomic(&dir.join("summary.md"), md.as_bytes())?;
 
-    let smoothing = plans
-        .first()
-        .map(|p| p.config.report.smoothing)
-        .unwrap_or(0.9);
+    let smoothing = plans.first().map(|p| p.config.report.smoothing).unwrap_or(0.9);
     let mut figures = vec![(
         "loss.svg".to_string(),
         "Training loss (light: raw, bold: smoothed; dots: validation loss)".to_string(),
@@ -247,8 +235,7 @@ pub fn write_report<D: Backend>(
         for p in plans {
             run_samples.push((
                 p.label(),
-                samples::run_samples(dev, p)
-                    .with_context(|| format!("sampling run `{}`", p.name))?,
+                samples::run_samples(dev, p).with_context(|| format!("sampling run `{}`", p.name))?,
             ));
         }
     }

@@ -70,9 +70,7 @@ fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 }
 
 fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = &(f64, f64)> {
-    points
-        .iter()
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
+    points.iter().filter(|(x, y)| x.is_finite() && y.is_finite())
 }
 
 fn padded(lo: f64, hi: f64) -> (f64, f64) {
@@ -86,28 +84,17 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// Training loss vs step: each run raw (light) and smoothed (`smoothing` EMA factor, bold),
 /// validation losses as markers, and dashed labelled lines at phase boundaries.
-pub fn loss_chart(
-    title: &str,
-    curves: &[Curve],
-    boundaries: &[Boundary],
-    smoothing: f64,
-) -> Result<String> {
+pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smoothing: f64) -> Result<String> {
     let all: Vec<(f64, f64)> = curves
         .iter()
         .flat_map(|c| finite(&c.train).chain(finite(&c.val)))
         .copied()
         .collect();
     let max_step = all.iter().map(|p| p.0).fold(1.0, f64::max);
-    let (lo, hi) = all
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.1), hi.max(p.1))
-        });
-    let (lo, hi) = if lo.is_finite() {
-        padded(lo, hi)
-    } else {
-        (0.0, 5.0)
-    };
+    let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
+    let (lo, hi) = if lo.is_finite() { padded(lo, hi) } else { (0.0, 5.0) };
 
     let mut svg = String::new();
     {
@@ -132,12 +119,7 @@ pub fn loss_chart(
         for b in boundaries {
             let style = ShapeStyle::from(&BOUNDARY).stroke_width(1);
             chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(b.step, lo), (b.step, hi)],
-                    6,
-                    4,
-                    style,
-                ))
+                .draw_series(DashedLineSeries::new(vec![(b.step, lo), (b.step, hi)], 6, 4, style))
                 .map_err(err)?;
             chart
                 .draw_series(std::iter::once(Text::new(
@@ -154,15 +136,10 @@ pub fn loss_chart(
                 .draw_series(LineSeries::new(thin(&raw), color.mix(0.25).stroke_width(1)))
                 .map_err(err)?;
             chart
-                .draw_series(LineSeries::new(
-                    thin(&ema(&raw, smoothing)),
-                    color.stroke_width(2),
-                ))
+                .draw_series(LineSeries::new(thin(&ema(&raw, smoothing)), color.stroke_width(2)))
                 .map_err(err)?
                 .label(c.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
-                });
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
             let val: Vec<(f64, f64)> = finite(&c.val).copied().collect();
             chart
                 .draw_series(val.into_iter().map(|p| Circle::new(p, 4, color.filled())))
@@ -205,16 +182,10 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
         .flat_map(|(_, p)| p.iter().map(|q| q.1))
         .filter(|y| y.is_finite())
         .collect();
-    let (lo, hi) = ys
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &y| {
-            (lo.min(y), hi.max(y))
-        });
-    let (lo, hi) = if lo.is_finite() {
-        padded(lo, hi)
-    } else {
-        (0.0, 1.0)
-    };
+    let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &y| {
+        (lo.min(y), hi.max(y))
+    });
+    let (lo, hi) = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
     let n = c.xs.len().max(1);
     let mut svg = String::new();
     {
@@ -247,8 +218,7 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
             .map_err(err)?;
         for (si, (label, points)) in c.series.iter().enumerate() {
             let color = PALETTE[si % PALETTE.len()];
-            let finite: Vec<(usize, f64)> =
-                points.iter().copied().filter(|p| p.1.is_finite()).collect();
+            let finite: Vec<(usize, f64)> = points.iter().copied().filter(|p| p.1.is_finite()).collect();
             chart
                 .draw_series(
                     finite
@@ -267,9 +237,9 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
                 .draw_series(LineSeries::new(means, color.stroke_width(2)))
                 .map_err(err)?;
             if !label.is_empty() {
-                series.label(label.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
-                });
+                series
+                    .label(label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
             }
         }
         if c.series.iter().any(|(l, _)| !l.is_empty()) {

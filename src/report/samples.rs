@@ -81,9 +81,7 @@ pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<Checkpoint
                 && c.top_k == o.top_k
                 && c.seed == o.seed
         };
-        let samples = if cached.len() == want.len()
-            && cached.iter().zip(&want).all(|(c, w)| matches(c, w))
-        {
+        let samples = if cached.len() == want.len() && cached.iter().zip(&want).all(|(c, w)| matches(c, w)) {
             cached
         } else {
             let sampler = Sampler::load(dev, &dir)?;
@@ -134,10 +132,7 @@ pub fn markdown(
             let seq = seq_len_of_phase(label, c.phase)
                 .map(|s| format!(", seq_len {s}"))
                 .unwrap_or_default();
-            md.push_str(&format!(
-                "### after step {} (phase {}{seq})\n\n",
-                c.step, c.phase
-            ));
+            md.push_str(&format!("### after step {} (phase {}{seq})\n\n", c.step, c.phase));
             for s in &c.samples {
                 md.push_str(&format!(
                     "Prompt: `{}` (temperature {}, top-k {}, seed {})\n\n```text\n{}\n```\n\n",

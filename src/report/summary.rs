@@ -36,6 +36,14 @@ pub struct RunSummary {
     pub tokens_per_s: Option<f64>,
     /// Time spent in training steps, seconds.
     pub train_s: f64,
+    /// Median time inside attention per step (ms), when measured.
+    pub attn_ms: Option<f64>,
+    /// Median bytes (10⁶) attention kept for backward per step, measured.
+    pub attn_mem_mb: Option<f64>,
+    /// The same from the shapes.
+    pub attn_mem_mb_analytic: Option<f64>,
+    /// Peak resident memory of the process during the run (10⁶ bytes).
+    pub peak_rss_mb: Option<f64>,
 }
 
 fn min(xs: impl Iterator<Item = f64>) -> Option<f64> {
@@ -103,42 +111,69 @@ pub fn summarise(
         final_val_loss: val.last().copied(),
         best_val_loss: min(val.iter().copied()),
         tokens_per_s: median(rows.iter().map(|r| r.tokens_per_s).collect()),
-        train_s: rows
+        train_s: rows.iter().map(|r| r.step_ms).filter(|x| x.is_finite()).sum::<f64>() / 1e3,
+        attn_ms: median(rows.iter().filter_map(|r| r.attn_ms).collect()),
+        attn_mem_mb: median(rows.iter().filter_map(|r| r.attn_mem_mb).collect()),
+        attn_mem_mb_analytic: median(rows.iter().filter_map(|r| r.attn_mem_mb_analytic).collect()),
+        peak_rss_mb: rows
             .iter()
-            .map(|r| r.step_ms)
+            .filter_map(|r| r.peak_rss_mb)
             .filter(|x| x.is_finite())
-            .sum::<f64>()
-            / 1e3,
+            .reduce(f64::max),
     }
 }
 
 fn cell(x: Option<f64>, digits: usize) -> String {
-    x.map(|v| format!("{v:.digits$}"))
-        .unwrap_or_else(|| "–".into())
+    x.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+/// Column titles of the summary tables.
+pub const COLUMNS: [&str; 16] = [
+    "run",
+    "differs",
+    "status",
+    "steps",
+    "params",
+    "final train",
+    "train (last 50)",
+    "best train",
+    "final val",
+    "best val",
+    "tokens/s",
+    "train s",
+    "attn ms",
+    "attn MB (measured)",
+    "attn MB (shapes)",
+    "peak MB",
+];
+
+/// The cells of one summary row, formatted, in [`COLUMNS`] order.
+pub fn cells(r: &RunSummary) -> Vec<String> {
+    vec![
+        r.run.clone(),
+        r.differs.clone(),
+        r.status.clone(),
+        format!("{}/{}", r.steps, r.total_steps),
+        r.params.to_string(),
+        cell(r.final_train_loss, 4),
+        cell(r.train_loss_last50, 4),
+        cell(r.best_train_loss, 4),
+        cell(r.final_val_loss, 4),
+        cell(r.best_val_loss, 4),
+        cell(r.tokens_per_s, 0),
+        format!("{:.1}", r.train_s),
+        cell(r.attn_ms, 1),
+        cell(r.attn_mem_mb, 1),
+        cell(r.attn_mem_mb_analytic, 1),
+        cell(r.peak_rss_mb, 0),
+    ]
 }
 
 /// The summary as a Markdown table.
 pub fn markdown(rows: &[RunSummary]) -> String {
-    let mut s = String::from(
-        "| run | differs | status | steps | params | final train | train (last 50) | best train | final val | best val | tokens/s | train s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
+    let mut s = format!("| {} |\n|{}\n", COLUMNS.join(" | "), "---|".repeat(COLUMNS.len()));
     for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
-            r.run,
-            r.differs,
-            r.status,
-            r.steps,
-            r.total_steps,
-            r.params,
-            cell(r.final_train_loss, 4),
-            cell(r.train_loss_last50, 4),
-            cell(r.best_train_loss, 4),
-            cell(r.final_val_loss, 4),
-            cell(r.best_val_loss, 4),
-            cell(r.tokens_per_s, 0),
-            r.train_s
-        ));
+        s.push_str(&format!("| {} |\n", cells(r).join(" | ")));
     }
     s
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 pub use error::{Origin, SpecError, SpecErrors};
 pub use overrides::SetArg;
 pub use sections::{
-    DataSection, ExperimentSection, ModelSection, PhaseSection, ReportSection, RunConfig,
+    DataSection, ExperimentSection, MeasureSection, ModelSection, PhaseSection, ReportSection, RunConfig,
     SampleSection, TrainSection,
 };
 
@@ -52,6 +52,9 @@ struct RawFile {
     #[serde(default)]
     #[allow(dead_code)]
     report: ReportSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    measure: MeasureSection,
     #[serde(default)]
     run: Vec<RawRun>,
     #[serde(default)]
@@ -125,13 +128,7 @@ fn related(a: &str, b: &str) -> bool {
 }
 
 impl Source {
-    fn error(
-        &self,
-        origin: Origin,
-        key: Option<&str>,
-        run: Option<&str>,
-        message: impl Into<String>,
-    ) -> SpecError {
+    fn error(&self, origin: Origin, key: Option<&str>, run: Option<&str>, message: impl Into<String>) -> SpecError {
         SpecError {
             file: self.path.clone(),
             origin,
@@ -144,10 +141,7 @@ impl Source {
     fn line(&self, dotted_prefix: &[source::Seg], key: &str) -> Origin {
         let mut path = dotted_prefix.to_vec();
         path.extend(segments(key));
-        self.map
-            .line_of(&path)
-            .map(Origin::Line)
-            .unwrap_or(Origin::File)
+        self.map.line_of(&path).map(Origin::Line).unwrap_or(Origin::File)
     }
 
     /// Of `keys`, the one set by the most specific layer (the first on a tie).
@@ -164,10 +158,7 @@ impl Source {
             }
         };
         let best = keys.iter().map(|k| rank(k)).max().unwrap_or(0);
-        keys.iter()
-            .find(|k| rank(k) == best)
-            .cloned()
-            .unwrap_or_default()
+        keys.iter().find(|k| rank(k) == best).cloned().unwrap_or_default()
     }
 
     /// Where `key` was set for a run with these layers.
@@ -176,10 +167,9 @@ impl Source {
             return Origin::Cli(format!("--set {}", set.raw));
         }
         if let Some(sk) = layers.sweep_keys.iter().find(|s| related(s, key)) {
-            let whole = self.map.line_of(&[
-                source::Seg::Key("sweep".into()),
-                source::Seg::Key(sk.clone()),
-            ]);
+            let whole = self
+                .map
+                .line_of(&[source::Seg::Key("sweep".into()), source::Seg::Key(sk.clone())]);
             return whole
                 .map(Origin::Line)
                 .unwrap_or_else(|| self.line(&[source::Seg::Key("sweep".into())], sk));
@@ -187,10 +177,7 @@ impl Source {
         if let Some(i) = layers.run_index
             && layers.run_keys.iter().any(|r| related(r, key))
         {
-            return self.line(
-                &[source::Seg::Key("run".into()), source::Seg::Index(i)],
-                key,
-            );
+            return self.line(&[source::Seg::Key("run".into()), source::Seg::Index(i)], key);
         }
         self.line(&[], key)
     }
@@ -239,23 +226,17 @@ impl SpecFile {
             map,
         });
 
-        let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|e| {
-                let key = serde_key(e.path());
-                let origin = e
-                    .inner()
-                    .span()
-                    .map(|s| Origin::Line(source.map.line_of_offset(s.start)))
-                    .unwrap_or(Origin::File);
-                source.error(
-                    origin,
-                    key.as_deref(),
-                    None,
-                    e.inner().message().to_string(),
-                )
-            })?;
-        let mut base: toml::Table = toml::from_str(text)
-            .map_err(|e| source.error(Origin::File, None, None, e.message().to_string()))?;
+        let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = serde_key(e.path());
+            let origin = e
+                .inner()
+                .span()
+                .map(|s| Origin::Line(source.map.line_of_offset(s.start)))
+                .unwrap_or(Origin::File);
+            source.error(origin, key.as_deref(), None, e.inner().message().to_string())
+        })?;
+        let mut base: toml::Table =
+            toml::from_str(text).map_err(|e| source.error(Origin::File, None, None, e.message().to_string()))?;
         base.remove("run");
         base.remove("sweep");
 
@@ -272,12 +253,7 @@ impl SpecFile {
         };
         let mut errors = vec![];
         if let Err(msg) = check_folder_name(&name) {
-            errors.push(source.error(
-                source.line(&[], "experiment.name"),
-                Some("experiment.name"),
-                None,
-                msg,
-            ));
+            errors.push(source.error(source.line(&[], "experiment.name"), Some("experiment.name"), None, msg));
         }
 
         let mut sweep = vec![];
@@ -403,10 +379,8 @@ impl SpecFile {
             if let Err(msg) = check_folder_name(&spec.name) {
                 errors.push(spec.error_at_name(msg));
             } else if !seen.insert(spec.name.clone()) {
-                errors.push(spec.error_at_name(format!(
-                    "duplicate run name `{}`: run names must be unique",
-                    spec.name
-                )));
+                errors
+                    .push(spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)));
             }
         }
         if !errors.is_empty() {
@@ -426,14 +400,8 @@ impl SpecFile {
     ) -> Result<RunConfig, Vec<SpecError>> {
         let src = &self.source;
         let single = self.runs.is_empty() && self.sweep.is_empty();
-        let err = |key: &str, msg: String| {
-            src.error(
-                src.origin(layers, key),
-                Some(key),
-                Some(name).filter(|_| !single),
-                msg,
-            )
-        };
+        let err =
+            |key: &str, msg: String| src.error(src.origin(layers, key), Some(key), Some(name).filter(|_| !single), msg);
         let mut table = self.base.clone();
         let all = overrides
             .iter()
@@ -448,11 +416,10 @@ impl SpecFile {
                 return Err(vec![err(&key, msg)]);
             }
         }
-        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let key = serde_key(e.path()).unwrap_or_default();
-                vec![err(&key, e.inner().message().to_string())]
-            })?;
+        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = serde_key(e.path()).unwrap_or_default();
+            vec![err(&key, e.inner().message().to_string())]
+        })?;
         let problems = validate::check(&config);
         if problems.is_empty() {
             Ok(config)
@@ -481,10 +448,9 @@ impl RunSpec {
 
     fn error_at_name(&self, message: String) -> SpecError {
         let origin = match self.layers.run_index {
-            Some(i) => self.source.line(
-                &[source::Seg::Key("run".into()), source::Seg::Index(i)],
-                "name",
-            ),
+            Some(i) => self
+                .source
+                .line(&[source::Seg::Key("run".into()), source::Seg::Index(i)], "name"),
             None => Origin::File,
         };
         self.source.error(origin, Some("name"), None, message)
@@ -571,11 +537,7 @@ fn check_folder_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a name may not be empty".into());
     }
-    if name == "."
-        || name == ".."
-        || name.contains(['/', '\\'])
-        || name.chars().any(char::is_control)
-    {
+    if name == "." || name == ".." || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
         return Err(format!(
             "`{name}` cannot be a folder name (no `/`, `\\`, control characters, `.` or `..`)"
         ));

@@ -27,9 +27,7 @@ impl FromStr for SetArg {
         }
         let value = value.trim();
         let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-            Ok(mut t) => t
-                .remove("v")
-                .unwrap_or_else(|| toml::Value::String(value.to_string())),
+            Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_string())),
             Err(_) => toml::Value::String(value.to_string()),
         };
         Ok(Self {
@@ -77,9 +75,9 @@ pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: toml::Value) -> 
         cur = match cur {
             toml::Value::Table(t) => table_entry(t, seg),
             toml::Value::Array(a) => {
-                let idx: usize = seg.parse().map_err(|_| {
-                    format!("`{here}` is an array: index it with a number, e.g. {here}.0")
-                })?;
+                let idx: usize = seg
+                    .parse()
+                    .map_err(|_| format!("`{here}` is an array: index it with a number, e.g. {here}.0"))?;
                 let len = a.len();
                 a.get_mut(idx).ok_or_else(|| {
                     format!(
@@ -89,9 +87,7 @@ pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: toml::Value) -> 
                 })?
             }
             _ => {
-                return Err(format!(
-                    "`{here}` is a value, not a table, so `{dotted}` cannot be set"
-                ));
+                return Err(format!("`{here}` is a value, not a table, so `{dotted}` cannot be set"));
             }
         };
     }

@@ -20,10 +20,7 @@ pub struct ExperimentSection {
 
 impl Default for ExperimentSection {
     fn default() -> Self {
-        Self {
-            name: None,
-            seed: 3407,
-        }
+        Self { name: None, seed: 3407 }
     }
 }
 
@@ -172,6 +169,15 @@ impl Default for SampleSection {
     }
 }
 
+/// `[measure]`: optional probes recorded in metrics.csv.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeasureSection {
+    /// Record `attn_ms` (time inside attention, forward and backward, all layers) and
+    /// `attn_mem_mb` (bytes attention keeps for backward, measured and from the shapes).
+    pub attention: bool,
+}
+
 /// `[report]`: how the comparison is drawn.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -211,4 +217,7 @@ pub struct RunConfig {
     /// `[report]`.
     #[serde(default)]
     pub report: ReportSection,
+    /// `[measure]`.
+    #[serde(default)]
+    pub measure: MeasureSection,
 }

@@ -33,8 +33,7 @@ pub struct SourceMap {
 impl SourceMap {
     /// Parses `source`; a syntax error comes back with its byte span.
     pub fn parse(source: &str) -> Result<Self, (String, Option<Range<usize>>)> {
-        let doc = ImDocument::parse(source.to_string())
-            .map_err(|e| (e.message().to_string(), e.span()))?;
+        let doc = ImDocument::parse(source.to_string()).map_err(|e| (e.message().to_string(), e.span()))?;
         let line_starts = std::iter::once(0)
             .chain(source.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
@@ -54,11 +53,7 @@ impl SourceMap {
         while i < path.len() {
             let Seg::Key(k) = &path[i] else { break };
             let Some(item) = table.get(k) else { break };
-            best = table
-                .key(k)
-                .and_then(|key| key.span())
-                .or_else(|| item.span())
-                .or(best);
+            best = table.key(k).and_then(|key| key.span()).or_else(|| item.span()).or(best);
             match item {
                 Item::ArrayOfTables(arr) => {
                     let Some(Seg::Index(j)) = path.get(i + 1) else {

@@ -42,19 +42,13 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     if m.n_head > 0 && !m.n_embd.is_multiple_of(m.n_head) {
         bad(
             &["model.n_head", "model.n_embd"],
-            format!(
-                "n_embd ({}) must be divisible by n_head ({})",
-                m.n_embd, m.n_head
-            ),
+            format!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head),
         );
     }
     if kv > 0 && m.n_head > 0 && !m.n_head.is_multiple_of(kv) {
         bad(
             &["model.n_kv_head", "model.n_head"],
-            format!(
-                "n_head ({}) must be divisible by n_kv_head ({kv})",
-                m.n_head
-            ),
+            format!("n_head ({}) must be divisible by n_kv_head ({kv})", m.n_head),
         );
     }
     if m.position == Position::Rope
@@ -73,10 +67,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
     if !(0.0..1.0).contains(&m.dropout) {
-        bad(
-            &["model.dropout"],
-            format!("must be in [0, 1), not {}", m.dropout),
-        );
+        bad(&["model.dropout"], format!("must be in [0, 1), not {}", m.dropout));
     }
     if !(m.rope_base.is_finite() && m.rope_base > 1.0) {
         bad(
@@ -90,9 +81,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     if weights > 4e9 {
         bad(
             &["model.n_embd"],
-            format!(
-                "n_layer × 12 × n_embd² = {weights:.3e} weights is beyond what gptlab trains (4e9)"
-            ),
+            format!("n_layer × 12 × n_embd² = {weights:.3e} weights is beyond what gptlab trains (4e9)"),
         );
     }
 
@@ -110,10 +99,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             bad(&[key], format!("must be in [0, 1), not {v}"));
         }
     }
-    for (key, v) in [
-        ("train.weight_decay", t.weight_decay),
-        ("train.grad_clip", t.grad_clip),
-    ] {
+    for (key, v) in [("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
         if !(v.is_finite() && v >= 0.0) {
             bad(&[key], format!("must be a non-negative number, not {v}"));
         }
@@ -129,10 +115,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     }
 
     if c.phase.is_empty() {
-        bad(
-            &["phase"],
-            "at least one [[phase]] (seq_len, steps) is needed".into(),
-        );
+        bad(&["phase"], "at least one [[phase]] (seq_len, steps) is needed".into());
     }
     for (i, p) in c.phase.iter().enumerate() {
         if p.steps == 0 {
@@ -141,17 +124,11 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         if p.steps > MAX_STEPS {
             bad(
                 &[&format!("phase.{i}.steps")],
-                format!(
-                    "{} is beyond the {MAX_STEPS} steps a phase may have",
-                    p.steps
-                ),
+                format!("{} is beyond the {MAX_STEPS} steps a phase may have", p.steps),
             );
         }
         if p.seq_len == 0 {
-            bad(
-                &[&format!("phase.{i}.seq_len")],
-                "must be at least 1".into(),
-            );
+            bad(&[&format!("phase.{i}.seq_len")], "must be at least 1".into());
         }
         if p.seq_len > 65_536 {
             bad(
@@ -168,14 +145,11 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             );
         }
     }
-    let tokens_per_step =
-        t.batch_size as u128 * c.phase.iter().map(|p| p.seq_len).max().unwrap_or(0) as u128;
+    let tokens_per_step = t.batch_size as u128 * c.phase.iter().map(|p| p.seq_len).max().unwrap_or(0) as u128;
     if tokens_per_step > 16_777_216 {
         bad(
             &["train.batch_size"],
-            format!(
-                "batch_size × seq_len = {tokens_per_step} tokens per step is beyond what gptlab trains"
-            ),
+            format!("batch_size × seq_len = {tokens_per_step} tokens per step is beyond what gptlab trains"),
         );
     }
 

@@ -48,12 +48,7 @@ impl AdamW {
 
     /// One update with learning rate `lr`, as `torch.optim.AdamW`:
     /// `θ ← θ - lr·λ·θ`, then `θ ← θ - lr · m̂ / (√v̂ + ε)`.
-    pub fn update<D: Device<Float>>(
-        &mut self,
-        model: &mut impl HasParams<D>,
-        grads: &[Vec<Float>],
-        lr: f64,
-    ) {
+    pub fn update<D: Device<Float>>(&mut self, model: &mut impl HasParams<D>, grads: &[Vec<Float>], lr: f64) {
         self.t += 1;
         let (b1, b2) = (self.beta1 as Float, self.beta2 as Float);
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
@@ -65,11 +60,7 @@ impl AdamW {
         let (ms, vs, wd) = (&mut self.m, &mut self.v, self.weight_decay);
         model.visit_mut(&mut |p| {
             let (m, v, g) = (&mut ms[i], &mut vs[i], &grads[i]);
-            let decay = if p.decay {
-                (1.0 - lr * wd) as Float
-            } else {
-                1.0
-            };
+            let decay = if p.decay { (1.0 - lr * wd) as Float } else { 1.0 };
             let mut w = p.value.as_vec();
             for j in 0..w.len() {
                 m[j] = b1 * m[j] + (1.0 - b1) * g[j];
@@ -140,13 +131,7 @@ mod adamw_tests {
     fn matches_the_pytorch_update_rule() {
         let dev = Cpu::default();
         for decay in [true, false] {
-            let mut model = One(Param::from_vec(
-                &dev,
-                "w".into(),
-                vec![2],
-                decay,
-                vec![1.0, -2.0],
-            ));
+            let mut model = One(Param::from_vec(&dev, "w".into(), vec![2], decay, vec![1.0, -2.0]));
             let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
             let grads = [[0.5f64, -1.0], [0.25, 2.0]];
             let (lr, wd) = (0.01f64, if decay { 0.1 } else { 0.0 });
@@ -165,12 +150,7 @@ mod adamw_tests {
                 }
                 let got = model.0.value.as_vec();
                 for j in 0..2 {
-                    assert!(
-                        (got[j] as f64 - w[j]).abs() < 1e-6,
-                        "step {t}: {} vs {}",
-                        got[j],
-                        w[j]
-                    );
+                    assert!((got[j] as f64 - w[j]).abs() < 1e-6, "step {t}: {} vs {}", got[j], w[j]);
                 }
             }
         }

@@ -29,7 +29,38 @@ pub struct MetricsRow {
     pub step_ms: f64,
     /// Training tokens per second of wall time in this step.
     pub tokens_per_s: f64,
+    /// Time inside attention (scores, softmax, weighted sum; projections excluded), forward
+    /// and backward, summed over layers; with `[measure] attention = true`.
+    #[serde(default)]
+    pub attn_ms: Option<f64>,
+    /// Bytes (10⁶) attention left allocated for backward in this step, counted by the allocator.
+    #[serde(default)]
+    pub attn_mem_mb: Option<f64>,
+    /// The same from the shapes.
+    #[serde(default)]
+    pub attn_mem_mb_analytic: Option<f64>,
+    /// The process's peak resident memory since the run started (10⁶ bytes).
+    #[serde(default)]
+    pub peak_rss_mb: Option<f64>,
 }
+
+/// The columns of `metrics.csv`, in order.
+pub const HEADER: [&str; 14] = [
+    "run",
+    "phase",
+    "step",
+    "seq_len",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "grad_norm",
+    "step_ms",
+    "tokens_per_s",
+    "attn_ms",
+    "attn_mem_mb",
+    "attn_mem_mb_analytic",
+    "peak_rss_mb",
+];
 
 /// Appends rows to a run's `metrics.csv`.
 pub struct MetricsWriter {
@@ -52,8 +83,7 @@ impl MetricsWriter {
             return Self::create(path);
         }
         let mut kept = vec![];
-        let mut reader =
-            csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut reader = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
         for row in reader.deserialize::<MetricsRow>() {
             match row {
                 Ok(r) if r.step <= step => kept.push(r),
@@ -65,18 +95,7 @@ impl MetricsWriter {
             buf.serialize(r)?;
         }
         if kept.is_empty() {
-            buf.write_record([
-                "run",
-                "phase",
-                "step",
-                "seq_len",
-                "train_loss",
-                "val_loss",
-                "lr",
-                "grad_norm",
-                "step_ms",
-                "tokens_per_s",
-            ])?;
+            buf.write_record(HEADER)?;
         }
         let bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
         super::write_atomic(path, &bytes)?;
@@ -85,9 +104,7 @@ impl MetricsWriter {
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(Self {
-            writer: csv::WriterBuilder::new()
-                .has_headers(false)
-                .from_writer(file),
+            writer: csv::WriterBuilder::new().has_headers(false).from_writer(file),
         })
     }
 
@@ -101,8 +118,7 @@ impl MetricsWriter {
 
 /// Reads every row of a `metrics.csv`.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
     reader
         .deserialize()
         .enumerate()

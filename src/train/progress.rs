@@ -22,11 +22,9 @@ impl Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
             bar.set_prefix(run.to_string());
             bar.set_position(done as u64);
@@ -50,15 +48,10 @@ impl Progress {
             bar.set_position(step as u64);
             bar.set_message(msg);
         } else if !self.quiet
-            && (self.last_line.elapsed() >= Duration::from_secs(5)
-                || step == self.total
-                || !val.is_empty())
+            && (self.last_line.elapsed() >= Duration::from_secs(5) || step == self.total || !val.is_empty())
         {
             let rate = step as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!(
-                "[{}] step {step}/{} {msg} ({rate:.2} steps/s)",
-                self.run, self.total
-            );
+            eprintln!("[{}] step {step}/{} {msg} ({rate:.2} steps/s)", self.run, self.total);
             self.last_line = Instant::now();
         }
     }

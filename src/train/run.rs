@@ -8,10 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::{
-    AdamW, MetricsRow, MetricsWriter, Progress, RunOutcome, RunStatus, eval_loss, train_step,
-    write_status,
-};
+use super::{AdamW, MetricsRow, MetricsWriter, Progress, RunOutcome, RunStatus, eval_loss, train_step, write_status};
 use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
@@ -58,38 +55,22 @@ fn identity_diff(
     keys.into_iter()
         .filter(|k| saved.get(*k) != now.get(*k))
         .map(|k| {
-            let show = |v: Option<&String>| {
-                v.map(|s| format!("`{s}`"))
-                    .unwrap_or_else(|| "(absent)".into())
-            };
-            format!(
-                "{k}: checkpoint {} → spec {}",
-                show(saved.get(k)),
-                show(now.get(k))
-            )
+            let show = |v: Option<&String>| v.map(|s| format!("`{s}`")).unwrap_or_else(|| "(absent)".into());
+            format!("{k}: checkpoint {} → spec {}", show(saved.get(k)), show(now.get(k)))
         })
         .collect()
 }
 
 /// Restores the newest checkpoint that verifies; corrupt ones are reported and skipped.
 /// Returns the step it resumes after (0 for none).
-fn resume<D: Backend>(
-    plan: &RunPlan,
-    ckpt_root: &Path,
-    model: &mut Gpt<D>,
-    opt: &mut AdamW,
-) -> Result<usize> {
+fn resume<D: Backend>(plan: &RunPlan, ckpt_root: &Path, model: &mut Gpt<D>, opt: &mut AdamW) -> Result<usize> {
     let found = checkpoint::list(ckpt_root);
     let n_found = found.len();
     for (step, dir) in found {
         let loaded = match checkpoint::read(&dir) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!(
-                    "[{}] warning: skipping checkpoint {}: {e:#}",
-                    plan.name,
-                    dir.display()
-                );
+                eprintln!("[{}] warning: skipping checkpoint {}: {e:#}", plan.name, dir.display());
                 continue;
             }
         };
@@ -114,11 +95,7 @@ fn resume<D: Backend>(
             .load_all(model, opt)
             .with_context(|| format!("loading {}", dir.display()))?;
         // Said even with --quiet: which checkpoint a run continued from is part of its record.
-        eprintln!(
-            "[{}] resuming after step {step} from {}",
-            plan.name,
-            dir.display()
-        );
+        eprintln!("[{}] resuming after step {step} from {}", plan.name, dir.display());
         return Ok(step);
     }
     if n_found > 0 {
@@ -136,25 +113,17 @@ fn resume<D: Backend>(
 /// Writes `run.toml`, `vocab.json`, `metrics.csv`, `status.json` and `checkpoints/` into
 /// the run's folder. Every random draw of step `s` comes from streams keyed by `s`, so a
 /// resumed run repeats an uninterrupted one bit for bit.
-pub fn train_run<D: Backend>(
-    dev: &D,
-    plan: &RunPlan,
-    corpus: &Corpus,
-    opts: &RunOptions,
-) -> Result<RunOutcome> {
+pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &RunOptions) -> Result<RunOutcome> {
     let dir = &plan.dir;
     let ckpt_root = dir.join("checkpoints");
     let metrics_path = dir.join("metrics.csv");
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating run folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating run folder {}", dir.display()))?;
     if opts.fresh {
         for stale in [&ckpt_root, &metrics_path, &dir.join("status.json")] {
             if stale.is_dir() {
-                std::fs::remove_dir_all(stale)
-                    .with_context(|| format!("removing {}", stale.display()))?;
+                std::fs::remove_dir_all(stale).with_context(|| format!("removing {}", stale.display()))?;
             } else if stale.exists() {
-                std::fs::remove_file(stale)
-                    .with_context(|| format!("removing {}", stale.display()))?;
+                std::fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
             }
         }
     }
@@ -172,8 +141,8 @@ pub fn train_run<D: Backend>(
     if done == 0
         && let Some(from) = &plan.init_from
     {
-        let loaded = checkpoint::read(Path::new(from))
-            .with_context(|| format!("reading init_from checkpoint {from}"))?;
+        let loaded =
+            checkpoint::read(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
         if loaded.meta.vocab != corpus.vocab.chars() {
             bail!("init_from checkpoint {from} was trained on another vocabulary");
         }
@@ -185,6 +154,9 @@ pub fn train_run<D: Backend>(
     write_status(dir, &RunStatus::Running { step: done })?;
 
     let total = plan.schedule.total_steps();
+    let measure = plan.config.measure.attention;
+    crate::probe::enable_attention_probe(measure);
+    crate::probe::reset_peak_rss();
     let mut progress = Progress::start(&plan.name, total, done, opts.quiet);
     let started = Instant::now();
     let (mut last_train, mut last_val) = (None, None);
@@ -223,16 +195,11 @@ pub fn train_run<D: Backend>(
                 plan.model.dropout as f32,
                 stream(plan.seed, Stream::Dropout, step as u64),
             );
+            crate::probe::take_attention(); // drop what evaluation recorded
             let t0 = Instant::now();
-            let stats = train_step(
-                &mut model,
-                &mut opt,
-                &batch,
-                phase.lr,
-                t.grad_clip,
-                &mut drop,
-            );
+            let stats = train_step(&mut model, &mut opt, &batch, phase.lr, t.grad_clip, &mut drop);
             let step_s = t0.elapsed().as_secs_f64();
+            let (attn_ms, attn_bytes) = crate::probe::take_attention();
             if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
                 let status = RunStatus::Diverged { step };
                 write_status(dir, &status)?;
@@ -261,6 +228,11 @@ pub fn train_run<D: Backend>(
                 grad_norm: stats.grad_norm,
                 step_ms: step_s * 1e3,
                 tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
+                attn_ms: measure.then_some(attn_ms),
+                attn_mem_mb: measure.then_some(attn_bytes).flatten().map(|b| b as f64 / 1e6),
+                attn_mem_mb_analytic: measure
+                    .then(|| (plan.model.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6),
+                peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
             })?;
             fault_point("step-end", step);
             last_train = Some(stats.loss);
@@ -275,18 +247,16 @@ pub fn train_run<D: Backend>(
                     &opt,
                     step,
                     phase.index,
-                    if phase_end {
-                        Kind::PhaseEnd
-                    } else {
-                        Kind::Periodic
-                    },
+                    if phase_end { Kind::PhaseEnd } else { Kind::Periodic },
                 )?;
                 fault_point("after-checkpoint", step);
             }
             if stop && step < total {
                 let status = RunStatus::Interrupted { step };
                 write_status(dir, &status)?;
-                progress.finish(&format!("interrupted after step {step}; checkpoint written, run the same command again to resume"));
+                progress.finish(&format!(
+                    "interrupted after step {step}; checkpoint written, run the same command again to resume"
+                ));
                 return Ok(RunOutcome {
                     status,
                     last_train_loss: last_train,
@@ -302,12 +272,8 @@ pub fn train_run<D: Backend>(
     progress.finish(&format!(
         "complete: {total} steps ({} this session) in {wall_s:.1} s, train loss {}, val loss {}",
         total - done,
-        last_train
-            .map(|v| format!("{v:.4}"))
-            .unwrap_or_else(|| "-".into()),
-        last_val
-            .map(|v| format!("{v:.4}"))
-            .unwrap_or_else(|| "-".into())
+        last_train.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+        last_val.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
     ));
     Ok(RunOutcome {
         status,

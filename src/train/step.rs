@@ -16,20 +16,12 @@ pub struct StepStats {
 }
 
 /// Gradients of the mean cross-entropy on `batch`, as host vectors in parameter order, and the loss.
-pub fn loss_and_grads<D: Backend>(
-    model: &Gpt<D>,
-    batch: &Batch,
-    drop: &mut Dropout,
-) -> (f32, Vec<Vec<Float>>) {
+pub fn loss_and_grads<D: Backend>(model: &Gpt<D>, batch: &Batch, drop: &mut Dropout) -> (f32, Vec<Vec<Float>>) {
     // Pre-allocate every parameter's gradient so each one exists after backward, even for a
     // parameter the batch did not touch. dfdx frees non-leaf gradients only after backward
     // in any case, so keeping this set leaky costs no peak memory; it is dropped below.
     let mut grads = Gradients::leaky();
-    model.visit(&mut |p| {
-        grads
-            .try_alloc_for(&p.value)
-            .expect("allocating a gradient")
-    });
+    model.visit(&mut |p| grads.try_alloc_for(&p.value).expect("allocating a gradient"));
     let (_, tape) = model.wte.value.clone().traced(grads).split_tape();
 
     let logits = model.forward(&batch.inputs, batch.b, batch.t, tape, drop);
@@ -63,13 +55,7 @@ pub fn train_step<D: Backend>(
 pub fn eval_loss<D: Backend>(model: &Gpt<D>, batches: &[Batch]) -> f32 {
     let mut total = 0.0;
     for batch in batches {
-        let logits = model.forward(
-            &batch.inputs,
-            batch.b,
-            batch.t,
-            NoneTape,
-            &mut Dropout::eval(),
-        );
+        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval());
         total += model.loss(logits, &batch.targets).as_vec()[0];
     }
     total / batches.len().max(1) as f32

@@ -1,0 +1,84 @@
+//! The efficiency probes: the counting allocator, attention memory against the analytic
+//! figure, and attention time. One test, so no other test allocates concurrently.
+
+use dfdx::prelude::*;
+use gptlab::data::Batch;
+use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
+use gptlab::probe::{CountingAlloc, enable_attention_probe, live_bytes, take_attention};
+use gptlab::train::loss_and_grads;
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+#[test]
+fn the_probes_measure_allocations_attention_memory_and_time() {
+    // A known allocation is counted exactly.
+    let before = live_bytes().expect("the counting allocator is installed");
+    let block: Vec<u8> = Vec::with_capacity(3_000_000);
+    assert_eq!(live_bytes().unwrap() - before, 3_000_000);
+    drop(block);
+    assert_eq!(live_bytes().unwrap(), before);
+
+    // Measured attention memory agrees with the shapes and falls with n_kv_head.
+    let dev = Cpu::default();
+    let (b, t) = (8, 32);
+    let batch = Batch {
+        b,
+        t,
+        inputs: (0..b * t).map(|i| i % 11).collect(),
+        targets: (0..b * t).map(|i| (i + 1) % 11).collect(),
+    };
+    enable_attention_probe(true);
+    let mut measured = vec![];
+    for kv in [6, 3, 2, 1] {
+        let config = ModelConfig {
+            vocab_size: 11,
+            block_size: t,
+            n_layer: 2,
+            n_embd: 48,
+            n_head: 6,
+            n_kv_head: kv,
+            position: Position::Rope,
+            dropout: 0.1,
+            rope_base: 10_000.0,
+        };
+        let model = Gpt::new(&dev, &config, 1);
+        take_attention();
+        let _ = loss_and_grads(
+            &model,
+            &batch,
+            &mut Dropout::train(0.1, gptlab::seed::stream(1, gptlab::seed::Stream::Dropout, 1)),
+        );
+        let (ms, bytes) = take_attention();
+        let bytes = bytes.expect("bytes are counted") as f64;
+        let analytic = (config.n_layer * config.attn_shape().saved_bytes(b, t)) as f64;
+        assert!(
+            (bytes - analytic).abs() <= 0.1 * analytic,
+            "n_kv_head={kv}: measured {bytes} B vs analytic {analytic} B"
+        );
+        assert!(ms > 0.0, "attention time recorded");
+        measured.push(bytes);
+    }
+    assert!(
+        measured.windows(2).all(|w| w[1] < w[0]),
+        "memory should fall with fewer kv heads: {measured:?}"
+    );
+
+    // Off: nothing recorded.
+    enable_attention_probe(false);
+    let config = ModelConfig {
+        vocab_size: 11,
+        block_size: t,
+        n_layer: 1,
+        n_embd: 48,
+        n_head: 6,
+        n_kv_head: 6,
+        position: Position::Absolute,
+        dropout: 0.0,
+        rope_base: 10_000.0,
+    };
+    let model = Gpt::new(&dev, &config, 1);
+    take_attention();
+    let _ = loss_and_grads(&model, &batch, &mut Dropout::eval());
+    assert_eq!(take_attention(), (0.0, Some(0)));
+}
