@@ -8,7 +8,7 @@ use rand::Rng;
 
 use crate::checkpoint;
 use crate::data::Vocab;
-use crate::model::{Backend, Dropout, Float, Gpt};
+use crate::model::{Backend, Dropout, Float, Gpt, KvCache};
 use crate::seed::{Stream, stream};
 
 /// How to continue a prompt.
@@ -48,6 +48,11 @@ impl<D: Backend> Sampler<D> {
 
     /// Continues `prompt`; characters outside the vocabulary are an error naming them.
     pub fn generate(&self, prompt: &str, opts: &SampleOptions) -> Result<String> {
+        Ok(self.generate_timed(prompt, opts)?.0)
+    }
+
+    /// [`Sampler::generate`], also returning the decode speed in tokens per second.
+    pub fn generate_timed(&self, prompt: &str, opts: &SampleOptions) -> Result<(String, f64)> {
         let ids = self
             .vocab
             .encode(prompt)
@@ -56,13 +61,53 @@ impl<D: Backend> Sampler<D> {
             !ids.is_empty(),
             "the prompt is empty: give at least one character to continue"
         );
-        Ok(self.vocab.decode(&generate(&self.model, &ids, opts)))
+        let (new, secs) = generate_timed(&self.model, &ids, opts);
+        Ok((self.vocab.decode(&new), new.len() as f64 / secs.max(1e-9)))
     }
 }
 
 /// Appends `opts.max_new_tokens` tokens to `prompt`, each drawn from the model's distribution
 /// for the last position (the context cropped to the block size); returns only the new tokens.
+/// Uses the key/value cache; see [`generate_uncached`] for the same without it.
 pub fn generate<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &SampleOptions) -> Vec<usize> {
+    generate_timed(model, prompt, opts).0
+}
+
+/// [`generate`], also returning the seconds spent decoding (after the prompt is read).
+pub fn generate_timed<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &SampleOptions) -> (Vec<usize>, f64) {
+    let block = model.config.block_size;
+    let mut rng = stream(opts.seed, Stream::Sample, 0);
+    let mut tokens = prompt.to_vec();
+    // The cache holds tokens[cache_start..]; `logits` follow its last token.
+    let fill = |tokens: &[usize], start: usize| {
+        let mut cache = KvCache::new(model.config.n_layer);
+        let mut logits = vec![];
+        for &tok in &tokens[start..] {
+            logits = model.forward_cached(tok, &mut cache);
+        }
+        (cache, logits)
+    };
+    let mut cache_start = tokens.len().saturating_sub(block);
+    let (mut cache, mut logits) = fill(&tokens, cache_start);
+    let t0 = std::time::Instant::now();
+    for _ in 0..opts.max_new_tokens {
+        let next = pick(&logits, opts.temperature, opts.top_k, &mut rng);
+        tokens.push(next);
+        let window_start = tokens.len().saturating_sub(block);
+        if window_start == cache_start {
+            logits = model.forward_cached(next, &mut cache);
+        } else {
+            // Past the block size the window slides and every position shifts, exactly as the
+            // uncached model sees it: refill the cache from the new window.
+            cache_start = window_start;
+            (cache, logits) = fill(&tokens, cache_start);
+        }
+    }
+    (tokens.split_off(prompt.len()), t0.elapsed().as_secs_f64())
+}
+
+/// Generation that recomputes the whole context for every token: the reference for the cache.
+pub fn generate_uncached<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &SampleOptions) -> Vec<usize> {
     let block = model.config.block_size;
     let v = model.config.vocab_size;
     let mut rng = stream(opts.seed, Stream::Sample, 0);

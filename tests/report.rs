@@ -301,10 +301,8 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
     let index = reports.join("smoke_gqa/index.html");
     let html = std::fs::read_to_string(&index).unwrap();
     let figures = html.matches("<img ").count();
-    assert_eq!(
-        figures, 8,
-        "loss plus seven sweep charts (four losses/speed, three probes)"
-    );
+    // Loss, then per swept value: four losses/speed, three probes, KV bytes (no prompts, so no decode speed).
+    assert_eq!(figures, 9);
     let profile = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(chromium())
         .args([

@@ -136,6 +136,11 @@ impl<D: Backend> Gpt<D> {
         }
     }
 
+    /// The RoPE tables, when positions are rotary.
+    pub fn rope(&self) -> Option<&Rope> {
+        self.rope.as_ref()
+    }
+
     /// The device the parameters live on.
     pub fn device(&self) -> &D {
         &self.dev

@@ -5,6 +5,7 @@
 mod attention;
 mod backend;
 mod gpt;
+mod kv_cache;
 mod layers;
 mod param;
 mod rope;
@@ -12,6 +13,7 @@ mod rope;
 pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
 pub use backend::{Backend, Dims, Heads, cpu_backward, cpu_forward, cpu_gelu, cpu_gelu_backward, reference_attention};
 pub use gpt::{Block, Gpt};
+pub use kv_cache::{KvCache, LayerCache};
 pub use layers::{Act, Dropout, LayerNorm, Linear, Mlp};
 pub use param::{Float, HasParams, Param};
 pub use rope::Rope;

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 pub use plot::{Boundary, Curve, PALETTE, SweepChart, ema, loss_chart, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 
-use crate::model::Backend;
+use crate::model::{Backend, Float};
 use crate::plan::RunPlan;
 use crate::train::{MetricsRow, read_metrics, read_status, write_atomic};
 
@@ -62,7 +62,7 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
                 .collect()
         })
         .unwrap_or_default();
-    let quantities: [Quantity; 7] = [
+    let quantities: [Quantity; 9] = [
         (
             "final_train_loss",
             "train loss, mean of last 50 steps (nats/char)",
@@ -82,6 +82,14 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
             s.attn_mem_mb
         }),
         ("peak_rss_mb", "peak resident memory of the run (MB)", |s| s.peak_rss_mb),
+        ("kv_bytes_per_token", "KV cache per generated token (bytes)", |s| {
+            s.kv_bytes_per_token
+        }),
+        (
+            "decode_tokens_per_s",
+            "decode speed with the KV cache (tokens/s)",
+            |s| s.decode_tokens_per_s,
+        ),
     ];
     let mut out = vec![];
     for key in &keys {
@@ -186,6 +194,32 @@ pub fn write_report<D: Backend>(
         all_rows.extend(rows);
     }
 
+    let mut run_samples = vec![];
+    if with_samples {
+        for p in plans {
+            run_samples.push((
+                p.label(),
+                samples::run_samples(dev, p).with_context(|| format!("sampling run `{}`", p.name))?,
+            ));
+        }
+    }
+    for (i, (summary, plan)) in summaries.iter_mut().zip(plans).enumerate() {
+        let s = plan.model.attn_shape();
+        summary.kv_bytes_per_token = Some((2 * plan.model.n_layer * s.kv_dim() * std::mem::size_of::<Float>()) as f64);
+        let last = run_samples
+            .get(i)
+            .and_then(|(_, ckpts): &(String, Vec<samples::CheckpointSamples>)| ckpts.last());
+        summary.decode_tokens_per_s = last.and_then(|c| {
+            median(
+                c.samples
+                    .iter()
+                    .map(|s| s.decode_tokens_per_s)
+                    .filter(|v| *v > 0.0)
+                    .collect(),
+            )
+        });
+    }
+
     let mut csv = csv::Writer::from_writer(vec![]);
     for r in &all_rows {
         csv.serialize(r)?;
@@ -230,15 +264,6 @@ pub fn write_report<D: Backend>(
         }
     }
 
-    let mut run_samples = vec![];
-    if with_samples {
-        for p in plans {
-            run_samples.push((
-                p.label(),
-                samples::run_samples(dev, p).with_context(|| format!("sampling run `{}`", p.name))?,
-            ));
-        }
-    }
     let seq_len_of = |label: &str, phase: usize| {
         plans
             .iter()

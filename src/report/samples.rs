@@ -26,6 +26,9 @@ pub struct Sample {
     pub seed: u64,
     /// The prompt followed by the generation.
     pub text: String,
+    /// Decode speed with the key/value cache, tokens per second.
+    #[serde(default)]
+    pub decode_tokens_per_s: f64,
 }
 
 /// The samples of one checkpoint.
@@ -87,9 +90,9 @@ pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<Checkpoint
             let sampler = Sampler::load(dev, &dir)?;
             let mut fresh = vec![];
             for (prompt, o) in &want {
-                let text = match sampler.generate(prompt, o) {
-                    Ok(g) => format!("{prompt}{g}"),
-                    Err(e) => format!("(cannot sample: {e:#})"),
+                let (text, decode_tokens_per_s) = match sampler.generate_timed(prompt, o) {
+                    Ok((g, speed)) => (format!("{prompt}{g}"), speed),
+                    Err(e) => (format!("(cannot sample: {e:#})"), 0.0),
                 };
                 fresh.push(Sample {
                     prompt: prompt.clone(),
@@ -98,6 +101,7 @@ pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<Checkpoint
                     top_k: o.top_k,
                     seed: o.seed,
                     text,
+                    decode_tokens_per_s,
                 });
             }
             crate::train::write_atomic(&cache, serde_json::to_string_pretty(&fresh)?.as_bytes())?;

@@ -44,6 +44,10 @@ pub struct RunSummary {
     pub attn_mem_mb_analytic: Option<f64>,
     /// Peak resident memory of the process during the run (10⁶ bytes).
     pub peak_rss_mb: Option<f64>,
+    /// Key/value cache per generated position, from the shapes (bytes).
+    pub kv_bytes_per_token: Option<f64>,
+    /// Decode speed with the cache when sampling the last phase-end checkpoint (tokens/s).
+    pub decode_tokens_per_s: Option<f64>,
 }
 
 fn min(xs: impl Iterator<Item = f64>) -> Option<f64> {
@@ -120,6 +124,8 @@ pub fn summarise(
             .filter_map(|r| r.peak_rss_mb)
             .filter(|x| x.is_finite())
             .reduce(f64::max),
+        kv_bytes_per_token: None,
+        decode_tokens_per_s: None,
     }
 }
 
@@ -128,7 +134,7 @@ fn cell(x: Option<f64>, digits: usize) -> String {
 }
 
 /// Column titles of the summary tables.
-pub const COLUMNS: [&str; 16] = [
+pub const COLUMNS: [&str; 18] = [
     "run",
     "differs",
     "status",
@@ -145,6 +151,8 @@ pub const COLUMNS: [&str; 16] = [
     "attn MB (measured)",
     "attn MB (shapes)",
     "peak MB",
+    "KV bytes/token",
+    "decode tokens/s",
 ];
 
 /// The cells of one summary row, formatted, in [`COLUMNS`] order.
@@ -166,6 +174,8 @@ pub fn cells(r: &RunSummary) -> Vec<String> {
         cell(r.attn_mem_mb, 1),
         cell(r.attn_mem_mb_analytic, 1),
         cell(r.peak_rss_mb, 0),
+        cell(r.kv_bytes_per_token, 0),
+        cell(r.decode_tokens_per_s, 0),
     ]
 }
 
