@@ -149,6 +149,7 @@ impl RunPlan {
         put("model.position", m.position.to_string());
         put("model.dropout", m.dropout.to_string());
         put("model.rope_base", m.rope_base.to_string());
+        put("model.attention", m.attention.to_string());
         put("data.sha256", self.data_sha256.clone());
         put("data.val_fraction", self.config.data.val_fraction.to_string());
         put("experiment.seed", self.seed.to_string());
@@ -281,6 +282,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             position: c.model.position,
             dropout: c.model.dropout,
             rope_base: c.model.rope_base,
+            attention: c.model.attention,
         };
         plans.push(RunPlan {
             experiment: spec.experiment.clone(),

@@ -16,6 +16,7 @@ fn config(position: Position, n_kv_head: usize) -> ModelConfig {
         position,
         dropout: 0.1,
         rope_base: 10_000.0,
+        attention: Default::default(),
     }
 }
 
@@ -24,7 +25,11 @@ fn cached_generation_equals_recomputation_token_for_token() {
     let dev = Cpu::default();
     for position in [Position::Absolute, Position::Rope, Position::None] {
         for kv in [6, 3, 1] {
-            let model = Gpt::new(&dev, &config(position, kv), 17);
+            let mut cfg = config(position, kv);
+            if kv == 3 {
+                cfg.attention = gptlab::model::AttentionKind::GroupedSum;
+            }
+            let model = Gpt::new(&dev, &cfg, 17);
             for (prompt, top_k) in [(vec![1usize, 4, 2], 0), (vec![5], 3), (vec![0; 12], 1)] {
                 // 25 new tokens from a block of 10: the window slides past the block size.
                 let opts = SampleOptions {
@@ -71,6 +76,7 @@ fn cached_logits_match_the_full_forward_and_the_cache_shrinks_with_kv_heads() {
                 position: Position::Rope,
                 dropout: 0.1,
                 rope_base: 10_000.0,
+                attention: Default::default(),
             },
             0,
         )

@@ -23,6 +23,7 @@ fn gpt_mini(position: Position, block_size: usize) -> ModelConfig {
         position,
         dropout: 0.1,
         rope_base: 10_000.0,
+        attention: Default::default(),
     }
 }
 
@@ -37,6 +38,7 @@ fn tiny(position: Position, n_head: usize, n_kv_head: usize) -> ModelConfig {
         position,
         dropout: 0.0,
         rope_base: 10_000.0,
+        attention: Default::default(),
     }
 }
 
@@ -162,6 +164,7 @@ fn rope_keeps_norms_matches_the_formula_and_depends_only_on_offsets() {
 
 /// Causal attention with explicit loops: query head h reads key/value head h / (H / Hkv).
 fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: usize, rope: Option<&Rope>) -> Vec<f32> {
+    let grouped_sum = attn.kind == gptlab::model::AttentionKind::GroupedSum;
     let AttnShape {
         n_embd: c,
         n_head: h,
@@ -195,7 +198,15 @@ fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: us
         for hi in 0..h {
             let kvh = hi / (h / hkv);
             for ti in 0..t {
-                let qv = head(&q, c, bi, ti, hi);
+                // grouped_sum: every head of the group uses the sum of the group's queries.
+                let qv = if grouped_sum {
+                    let g = h / hkv;
+                    (0..g)
+                        .map(|i| head(&q, c, bi, ti, kvh * g + i))
+                        .fold(vec![0.0; hd], |a, v| a.iter().zip(&v).map(|(x, y)| x + y).collect())
+                } else {
+                    head(&q, c, bi, ti, hi)
+                };
                 let scores: Vec<f32> = (0..=ti)
                     .map(|s| dot(&qv, &head(&k, hkv * hd, bi, s, kvh)) / (hd as f32).sqrt())
                     .collect();
@@ -293,12 +304,21 @@ fn changing_a_later_token_never_changes_an_earlier_output() {
 #[test]
 fn gradients_agree_with_finite_differences() {
     let dev = Cpu::default();
-    for (position, h, hkv) in [
-        (Position::Absolute, 2, 2),
-        (Position::Rope, 2, 1),
-        (Position::None, 4, 2),
+    use gptlab::model::AttentionKind::{GroupedSum, Standard};
+    for (position, h, hkv, kind) in [
+        (Position::Absolute, 2, 2, Standard),
+        (Position::Rope, 2, 1, Standard),
+        (Position::None, 4, 2, Standard),
+        (Position::Rope, 4, 2, GroupedSum),
     ] {
-        let mut model = Gpt::new(&dev, &tiny(position, h, hkv), 9);
+        let mut model = Gpt::new(
+            &dev,
+            &ModelConfig {
+                attention: kind,
+                ..tiny(position, h, hkv)
+            },
+            9,
+        );
         // Move away from the symmetric initial point so every gradient is sizeable.
         let mut r = rng(10);
         model.visit_mut(&mut |p| {
@@ -354,5 +374,55 @@ fn gradients_agree_with_finite_differences() {
             }
         }
         assert!(checked >= 3 * 20, "checked only {checked} entries");
+    }
+}
+
+#[test]
+fn grouped_sum_is_multi_head_attention_at_g_1_and_sums_the_group_queries_otherwise() {
+    use gptlab::model::AttentionKind;
+    let dev = Cpu::default();
+    let (b, t, c) = (2, 6, 24);
+    for (h, hkv) in [(4, 4), (4, 2), (6, 1), (6, 3)] {
+        let shape = AttnShape {
+            n_embd: c,
+            n_head: h,
+            n_kv_head: hkv,
+        };
+        let standard = CausalSelfAttention::new(&dev, &mut rng(12), "a", shape, 0.3);
+        let grouped =
+            CausalSelfAttention::new(&dev, &mut rng(12), "a", shape, 0.3).with_kind(AttentionKind::GroupedSum);
+        let mut r = rng(13);
+        let x: Vec<f32> = (0..b * t * c).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let rope = Rope::new(c / h, t, 10_000.0);
+        let run = |a: &CausalSelfAttention<Cpu>| {
+            a.forward(
+                dev.tensor_from_vec(x.clone(), (b * t, c)),
+                b,
+                t,
+                Some(&rope),
+                &mut Dropout::eval(),
+            )
+            .as_vec()
+        };
+        let got = run(&grouped);
+        let want = attention_by_hand(&grouped, &x, b, t, Some(&rope));
+        let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-4, "H={h} Hkv={hkv}: grouped_sum vs reference, max error {err}");
+        let diff = got
+            .iter()
+            .zip(run(&standard))
+            .map(|(g, s)| (g - s).abs())
+            .fold(0.0, f32::max);
+        if h == hkv {
+            assert!(
+                diff < 1e-6,
+                "g = 1: grouped_sum should be multi-head attention, differs by {diff}"
+            );
+        } else {
+            assert!(
+                diff > 1e-4,
+                "H={h} Hkv={hkv}: grouped_sum should differ from standard GQA"
+            );
+        }
     }
 }

@@ -41,6 +41,7 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
             position: Position::Rope,
             dropout: 0.1,
             rope_base: 10_000.0,
+            attention: Default::default(),
         };
         let model = Gpt::new(&dev, &config, 1);
         take_attention();
@@ -76,6 +77,7 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
         position: Position::Absolute,
         dropout: 0.0,
         rope_base: 10_000.0,
+        attention: Default::default(),
     };
     let model = Gpt::new(&dev, &config, 1);
     take_attention();

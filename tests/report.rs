@@ -202,6 +202,7 @@ fn tiny_model() -> Gpt<Cpu> {
         position: Position::Rope,
         dropout: 0.1,
         rope_base: 10_000.0,
+        attention: Default::default(),
     };
     Gpt::new(&Cpu::default(), &config, 21)
 }

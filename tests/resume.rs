@@ -243,6 +243,7 @@ fn save_then_load_reproduces_the_next_step_exactly() {
         position: Position::Rope,
         dropout: 0.1,
         rope_base: 10_000.0,
+        attention: Default::default(),
     };
     let mut model = Gpt::new(&dev, &config, 3);
     let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);

@@ -32,6 +32,7 @@ fn a_tiny_model_overfits_a_single_batch() {
             position,
             dropout: 0.0,
             rope_base: 10_000.0,
+            attention: Default::default(),
         };
         let mut model = Gpt::new(&dev, &config, 1);
         let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.0);

@@ -8,6 +8,7 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
+use super::AttentionKind;
 use super::backend::Backend;
 use super::layers::{Act, Dropout, Linear};
 use super::param::{Float, HasParams, Param};
@@ -59,6 +60,8 @@ pub struct CausalSelfAttention<D: Device<Float>> {
     pub wv: Linear<D>,
     /// `(C, C)` output projection, initialised with the residual-scaled std.
     pub wo: Linear<D>,
+    /// How query heads share key/value heads.
+    pub kind: AttentionKind,
 }
 
 impl<D: Backend> CausalSelfAttention<D> {
@@ -71,7 +74,14 @@ impl<D: Backend> CausalSelfAttention<D> {
             wk: Linear::new(dev, rng, &format!("{name}.wk"), c, shape.kv_dim(), true, 0.02),
             wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), true, 0.02),
             wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, true, proj_std),
+            kind: AttentionKind::Standard,
         }
+    }
+
+    /// The same layer with another way of sharing key/value heads.
+    pub fn with_kind(mut self, kind: AttentionKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// `x: (B·T, C) -> (B·T, C)` for a batch of `b` sequences of length `t`.
@@ -101,7 +111,21 @@ impl<D: Backend> CausalSelfAttention<D> {
             k = rope.apply(k, 0);
         }
 
-        let y = D::causal_attention(q, k, v, drop).reshape_like(&(b * t, c)); // (B·T, C)
+        let y = match self.kind {
+            AttentionKind::Standard => D::causal_attention(q, k, v, drop), // (B, T, H, hd)
+            AttentionKind::GroupedSum => {
+                // Σ_j Q_ij K_iᵀ = (Σ_j Q_ij) K_iᵀ: attention with one summed query per group,
+                // whose output every query head of the group receives.
+                let g = h / hkv;
+                let q_sum = q
+                    .reshape_like(&(b, t, hkv, g, hd))
+                    .sum::<(usize, usize, usize, usize), Axis<3>>(); // (B, T, Hkv, hd)
+                let y = D::causal_attention(q_sum, k, v, drop); // (B, T, Hkv, hd)
+                y.broadcast_like::<_, Axis<3>>(&(b, t, hkv, g, hd))
+                    .reshape_like(&(b, t, h, hd))
+            }
+        };
+        let y = y.reshape_like(&(b * t, c)); // (B·T, C)
         drop.apply(self.wo.forward(y))
     }
 }

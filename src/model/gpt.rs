@@ -110,7 +110,8 @@ impl<D: Backend> Gpt<D> {
                     &format!("h.{i}.attn"),
                     config.attn_shape(),
                     proj_std,
-                ),
+                )
+                .with_kind(config.attention),
                 ln2: LayerNorm::new(dev, &format!("h.{i}.ln2"), c),
                 mlp: Mlp::new(
                     dev,

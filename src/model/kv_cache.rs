@@ -4,6 +4,7 @@
 
 use dfdx::prelude::*;
 
+use super::AttentionKind;
 use super::attention::CausalSelfAttention;
 use super::backend::Backend;
 use super::gpt::{Block, Gpt};
@@ -70,7 +71,21 @@ impl<D: Backend> CausalSelfAttention<D> {
             q = rope.apply(q, pos);
             k = rope.apply(k, pos);
         }
-        let q = q.as_vec();
+        let mut q = q.as_vec();
+        if self.kind == AttentionKind::GroupedSum {
+            // Every query head of a group uses the group's summed query (see AttentionKind).
+            for j in 0..hkv {
+                let mut sum = vec![0.0; hd];
+                for i in 0..g {
+                    sum.iter_mut()
+                        .zip(&q[(j * g + i) * hd..][..hd])
+                        .for_each(|(a, b)| *a += b);
+                }
+                for i in 0..g {
+                    q[(j * g + i) * hd..][..hd].copy_from_slice(&sum);
+                }
+            }
+        }
         cache.k.extend(k.as_vec());
         cache.v.extend(v);
         let n = cache.k.len() / (hkv * hd);

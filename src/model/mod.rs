@@ -42,6 +42,30 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// How query heads share key/value heads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKind {
+    /// Each query head attends with its own scores (multi-head, grouped-query, multi-query).
+    #[default]
+    Standard,
+    /// CMU 10-423 HW1's grouped attention: the scores of a group's query heads are summed
+    /// before the softmax, `S_i = Σ_j Q_ij K_iᵀ / √d_k`, which equals attention with one summed
+    /// query per group; every query head of the group then receives the group's output, so
+    /// the output projection is unchanged. With one query head per group it is multi-head
+    /// attention.
+    GroupedSum,
+}
+
+impl std::fmt::Display for AttentionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttentionKind::Standard => "standard",
+            AttentionKind::GroupedSum => "grouped_sum",
+        })
+    }
+}
+
 /// Everything needed to build a [`Gpt`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -59,6 +83,9 @@ pub struct ModelConfig {
     pub n_kv_head: usize,
     /// Position encoding.
     pub position: Position,
+    /// How query heads share key/value heads.
+    #[serde(default)]
+    pub attention: AttentionKind,
     /// Dropout probability on embeddings, attention weights and residual branches.
     pub dropout: f64,
     /// RoPE base frequency.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Position;
+use crate::model::{AttentionKind, Position};
 
 /// `[experiment]`: the name (its output folder) and the seed every run starts from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +62,8 @@ pub struct ModelSection {
     pub dropout: f64,
     /// RoPE base frequency.
     pub rope_base: f64,
+    /// `standard` or `grouped_sum` (the HW1 handout's summed-score grouping).
+    pub attention: AttentionKind,
 }
 
 impl Default for ModelSection {
@@ -74,6 +76,7 @@ impl Default for ModelSection {
             position: Position::Absolute,
             dropout: 0.1,
             rope_base: 10_000.0,
+            attention: AttentionKind::Standard,
         }
     }
 }
