@@ -265,6 +265,28 @@ fn chromium() -> String {
     panic!("this test renders the report in a real browser: install Debian's chromium (apt-get install chromium)");
 }
 
+/// The page's DOM after it loaded in headless Chromium (flags as the machine's notes advise:
+/// no sandbox as root, no background networking on a closed network).
+fn dump_dom(page: &Path, profile: &Path) -> String {
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_are_clear() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -305,23 +327,7 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
     // Loss, then per swept value: four losses/speed, three probes, KV bytes (no prompts, so no decode speed).
     assert_eq!(figures, 9);
     let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=5000", "--dump-dom"])
-        .arg(format!("file://{}", index.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = dump_dom(&index, profile.path());
     assert_eq!(
         dom.matches("class=\"loaded\"").count(),
         figures,
@@ -331,23 +337,7 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
 
     // Remove one figure: the page says so visibly.
     std::fs::remove_file(reports.join("smoke_gqa/loss.svg")).unwrap();
-    let out = std::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=5000", "--dump-dom"])
-        .arg(format!("file://{}", index.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = dump_dom(&index, profile.path());
     assert!(
         dom.contains("<p class=\"broken\">missing figure: loss.svg</p>"),
         "{dom}"

@@ -333,7 +333,7 @@ impl Dims {
 
 /// Dot product with eight independent partial sums: a plain `sum()` must add in order,
 /// which keeps LLVM from vectorising it.
-fn dot(a: &[Float], b: &[Float]) -> Float {
+pub(crate) fn dot(a: &[Float], b: &[Float]) -> Float {
     let mut acc = [0.0; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: Float = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();

@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 
 use super::AttentionKind;
 use super::attention::CausalSelfAttention;
-use super::backend::Backend;
+use super::backend::{Backend, dot};
 use super::gpt::{Block, Gpt};
 use super::layers::{Act, Dropout};
 use super::param::Float;
@@ -97,7 +97,7 @@ impl<D: Backend> CausalSelfAttention<D> {
             let qh = &q[head * hd..][..hd];
             for (s, score) in scores.iter_mut().enumerate() {
                 let ks = &cache.k[(s * hkv + j) * hd..][..hd];
-                *score = qh.iter().zip(ks).map(|(a, b)| a * b).sum::<Float>() * scale;
+                *score = dot(qh, ks) * scale;
             }
             let max = scores.iter().cloned().fold(Float::NEG_INFINITY, Float::max);
             let total: Float = scores
@@ -158,9 +158,8 @@ impl<D: Backend> Gpt<D> {
         self.head.forward(self.ln_f.forward(x)).as_vec()
     }
 
-    /// Bytes of key/value cache per position: 2 · n_layer · n_kv_head · head_dim · 4.
+    /// Bytes of key/value cache per position (see [`super::ModelConfig::kv_bytes_per_token`]).
     pub fn kv_bytes_per_token(&self) -> usize {
-        let s = self.config.attn_shape();
-        2 * self.config.n_layer * s.kv_dim() * std::mem::size_of::<Float>()
+        self.config.kv_bytes_per_token()
     }
 }

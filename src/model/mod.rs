@@ -102,6 +102,11 @@ impl ModelConfig {
         }
     }
 
+    /// Bytes of key/value cache per generated position: 2 · n_layer · n_kv_head · head_dim · 4.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_layer * self.attn_shape().kv_dim() * std::mem::size_of::<Float>()
+    }
+
     /// Parameter count from the shapes alone, without building the model.
     pub fn num_params(&self) -> usize {
         let (v, c, l) = (self.vocab_size, self.n_embd, self.n_layer);

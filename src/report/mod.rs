@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 pub use plot::{Boundary, Curve, PALETTE, SweepChart, ema, loss_chart, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 
-use crate::model::{Backend, Float};
+use crate::model::Backend;
 use crate::plan::RunPlan;
 use crate::train::{MetricsRow, read_metrics, read_status, write_atomic};
 
@@ -204,8 +204,7 @@ pub fn write_report<D: Backend>(
         }
     }
     for (i, (summary, plan)) in summaries.iter_mut().zip(plans).enumerate() {
-        let s = plan.model.attn_shape();
-        summary.kv_bytes_per_token = Some((2 * plan.model.n_layer * s.kv_dim() * std::mem::size_of::<Float>()) as f64);
+        summary.kv_bytes_per_token = Some(plan.model.kv_bytes_per_token() as f64);
         let last = run_samples
             .get(i)
             .and_then(|(_, ckpts): &(String, Vec<samples::CheckpointSamples>)| ckpts.last());
