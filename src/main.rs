@@ -337,6 +337,21 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
             .build_global()
             .context("setting the thread count")?;
     }
+    // A run that cannot fit would be killed mid-way; refuse it before any work.
+    if let Some(available) = gptlab::probe::available_memory_bytes() {
+        for p in &plans {
+            let need = p.train_memory_bytes();
+            if need > 1.5 * available {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "run `{}` needs about {:.1} GB to train but {:.1} GB is available; lower train.batch_size, the longest \
+                     seq_len or the model size",
+                    p.name,
+                    need / 1e9,
+                    available / 1e9
+                )));
+            }
+        }
+    }
     let _lock = ExperimentLock::acquire(&args.out.runs_dir.join(&spec.name))?;
     let stop = install_interrupt();
     let opts = RunOptions {

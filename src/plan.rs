@@ -169,6 +169,18 @@ impl RunPlan {
         id
     }
 
+    /// A rough upper estimate of the memory training needs, in bytes: weights, gradients and
+    /// two AdamW moments (16 bytes a parameter) plus activations kept for backward, about 48
+    /// floats per token, channel and layer (calibrated on gpt-mini: 1.75 GB measured at B=64,
+    /// T=128) and the logits.
+    pub fn train_memory_bytes(&self) -> f64 {
+        let m = &self.model;
+        let tokens = (self.train.batch_size * self.schedule.max_seq_len()) as f64;
+        16.0 * self.num_params() as f64
+            + tokens * (m.n_layer * m.n_embd) as f64 * 48.0 * 4.0
+            + tokens * m.vocab_size as f64 * 16.0
+    }
+
     /// The run's name followed by what sets it apart, for humans.
     pub fn label(&self) -> String {
         if self.varies.is_empty() {

@@ -329,6 +329,18 @@ impl SpecFile {
             });
         }
 
+        let n_points = self.sweep.iter().fold(1usize, |n, (_, v)| n.saturating_mul(v.len()));
+        let n_runs = n_points.saturating_mul(entries.len());
+        if n_runs > MAX_RUNS {
+            return Err(src
+                .error(
+                    src.line(&[], "sweep"),
+                    Some("sweep"),
+                    None,
+                    format!("expands to {n_runs} runs; at most {MAX_RUNS} are allowed in one experiment"),
+                )
+                .into());
+        }
         let points = grid(&self.sweep);
         let short = short_names(self.sweep.iter().map(|(k, _)| k.as_str()));
         let mut specs = vec![];
@@ -466,6 +478,9 @@ impl RunSpec {
         self.config.phase.iter().map(|p| p.steps).sum()
     }
 }
+
+/// Runs one experiment may expand to: a grid of a few keys is far below it, a runaway one is not.
+pub const MAX_RUNS: usize = 10_000;
 
 /// Every combination of sweep values, in key order (the last key varies fastest).
 fn grid(sweep: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)>> {
