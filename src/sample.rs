@@ -8,7 +8,7 @@ use rand::Rng;
 
 use crate::checkpoint;
 use crate::data::Vocab;
-use crate::model::{Backend, Dropout, Float, Gpt, KvCache};
+use crate::model::{Backend, Dropout, Float, Gpt};
 use crate::seed::{Stream, stream};
 
 /// How to continue a prompt.
@@ -61,8 +61,8 @@ impl<D: Backend> Sampler<D> {
             !ids.is_empty(),
             "the prompt is empty: give at least one character to continue"
         );
-        let (new, secs) = generate_timed(&self.model, &ids, opts);
-        Ok((self.vocab.decode(&new), new.len() as f64 / secs.max(1e-9)))
+        let (new, speed) = generate_timed(&self.model, &ids, opts);
+        Ok((self.vocab.decode(&new), speed))
     }
 }
 
@@ -73,37 +73,38 @@ pub fn generate<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &SampleOptio
     generate_timed(model, prompt, opts).0
 }
 
-/// [`generate`], also returning the seconds spent decoding (after the prompt is read).
+/// [`generate`], also returning the decode speed in tokens per second over the steps the
+/// cache served (while the context fits the block; 0 if none did).
 pub fn generate_timed<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &SampleOptions) -> (Vec<usize>, f64) {
     let block = model.config.block_size;
     let mut rng = stream(opts.seed, Stream::Sample, 0);
     let mut tokens = prompt.to_vec();
     // The cache holds tokens[cache_start..]; `logits` follow its last token.
-    let fill = |tokens: &[usize], start: usize| {
-        let mut cache = KvCache::new(model.config.n_layer);
-        let mut logits = vec![];
-        for &tok in &tokens[start..] {
-            logits = model.forward_cached(tok, &mut cache);
-        }
-        (cache, logits)
-    };
     let mut cache_start = tokens.len().saturating_sub(block);
-    let (mut cache, mut logits) = fill(&tokens, cache_start);
-    let t0 = std::time::Instant::now();
+    let (mut cache, mut logits) = model.prefill(&tokens[cache_start..]);
+    let (mut cached_steps, mut cached_s) = (0usize, 0.0f64);
     for _ in 0..opts.max_new_tokens {
         let next = pick(&logits, opts.temperature, opts.top_k, &mut rng);
         tokens.push(next);
         let window_start = tokens.len().saturating_sub(block);
         if window_start == cache_start {
+            let t0 = std::time::Instant::now();
             logits = model.forward_cached(next, &mut cache);
+            cached_s += t0.elapsed().as_secs_f64();
+            cached_steps += 1;
         } else {
             // Past the block size the window slides and every position shifts, exactly as the
-            // uncached model sees it: refill the cache from the new window.
+            // uncached model sees it: one batched pass refills the cache from the new window.
             cache_start = window_start;
-            (cache, logits) = fill(&tokens, cache_start);
+            (cache, logits) = model.prefill(&tokens[cache_start..]);
         }
     }
-    (tokens.split_off(prompt.len()), t0.elapsed().as_secs_f64())
+    let speed = if cached_steps > 0 {
+        cached_steps as f64 / cached_s.max(1e-9)
+    } else {
+        0.0
+    };
+    (tokens.split_off(prompt.len()), speed)
 }
 
 /// Generation that recomputes the whole context for every token: the reference for the cache.

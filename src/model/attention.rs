@@ -10,6 +10,7 @@ use rand::Rng;
 
 use super::AttentionKind;
 use super::backend::Backend;
+use super::kv_cache::LayerCache;
 use super::layers::{Act, Dropout, Linear};
 use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
@@ -93,6 +94,20 @@ impl<D: Backend> CausalSelfAttention<D> {
         rope: Option<&Rope>,
         drop: &mut Dropout,
     ) -> Act<D, T> {
+        self.forward_capturing(x, b, t, rope, drop, None)
+    }
+
+    /// [`CausalSelfAttention::forward`], also storing the keys (after RoPE) and values of a
+    /// single sequence (`b = 1`) in `capture`, to start a key/value cache in one pass.
+    pub fn forward_capturing<T: Tape<Float, D> + Merge<T>>(
+        &self,
+        x: Act<D, T>,
+        b: usize,
+        t: usize,
+        rope: Option<&Rope>,
+        drop: &mut Dropout,
+        capture: Option<&mut LayerCache>,
+    ) -> Act<D, T> {
         let AttnShape {
             n_embd: c,
             n_head: h,
@@ -111,6 +126,12 @@ impl<D: Backend> CausalSelfAttention<D> {
             k = rope.apply(k, 0);
         }
 
+        if let Some(cache) = capture {
+            debug_assert_eq!(b, 1, "a cache holds one sequence");
+            // (1, T, Hkv, hd) row-major is the cache's position-major layout.
+            cache.k = k.retaped::<NoneTape>().as_vec();
+            cache.v = v.retaped::<NoneTape>().as_vec();
+        }
         let y = match self.kind {
             AttentionKind::Standard => D::causal_attention(q, k, v, drop), // (B, T, H, hd)
             AttentionKind::GroupedSum => {

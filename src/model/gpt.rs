@@ -4,6 +4,7 @@ use dfdx::prelude::*;
 
 use super::attention::CausalSelfAttention;
 use super::backend::Backend;
+use super::kv_cache::{KvCache, LayerCache};
 use super::layers::{Act, Dropout, LayerNorm, Linear, Mlp, normal_values};
 use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
@@ -32,8 +33,25 @@ impl<D: Backend> Block<D> {
         rope: Option<&Rope>,
         drop: &mut Dropout,
     ) -> Act<D, T> {
+        self.forward_capturing(x, b, t, rope, drop, None)
+    }
+
+    /// [`Block::forward`], storing the attention's keys and values in `capture` (see
+    /// [`CausalSelfAttention::forward_capturing`]).
+    pub fn forward_capturing<T: Tape<Float, D> + Merge<T>>(
+        &self,
+        x: Act<D, T>,
+        b: usize,
+        t: usize,
+        rope: Option<&Rope>,
+        drop: &mut Dropout,
+        capture: Option<&mut LayerCache>,
+    ) -> Act<D, T> {
         let skip = x.retaped::<T>();
-        let x = skip + self.attn.forward(self.ln1.forward(x), b, t, rope, drop);
+        let x = skip
+            + self
+                .attn
+                .forward_capturing(self.ln1.forward(x), b, t, rope, drop, capture);
         let skip = x.retaped::<T>();
         skip + self.mlp.forward(self.ln2.forward(x), drop)
     }
@@ -158,6 +176,31 @@ impl<D: Backend> Gpt<D> {
         tape: T,
         drop: &mut Dropout,
     ) -> Act<D, T> {
+        self.forward_inner(tokens, b, t, tape, drop, None)
+    }
+
+    /// Runs `tokens` (one sequence, at most `block_size`) in one pass and returns a key/value
+    /// cache holding all of them, with the logits of the last position.
+    pub fn prefill(&self, tokens: &[usize]) -> (KvCache, Vec<Float>) {
+        let t = tokens.len();
+        let mut cache = KvCache::new(self.config.n_layer);
+        let logits = self
+            .forward_inner(tokens, 1, t, NoneTape, &mut Dropout::eval(), Some(&mut cache))
+            .as_vec();
+        cache.len = t;
+        let v = self.config.vocab_size;
+        (cache, logits[(t - 1) * v..].to_vec())
+    }
+
+    fn forward_inner<T: Tape<Float, D> + Merge<T>>(
+        &self,
+        tokens: &[usize],
+        b: usize,
+        t: usize,
+        tape: T,
+        drop: &mut Dropout,
+        capture: Option<&mut KvCache>,
+    ) -> Act<D, T> {
         assert_eq!(tokens.len(), b * t, "tokens must be B·T long");
         assert!(
             t <= self.config.block_size,
@@ -173,8 +216,10 @@ impl<D: Backend> Gpt<D> {
         }
         debug_assert_eq!(x.shape().1, c);
         let mut x = drop.apply(x);
+        let mut layers = capture.map(|c| c.layers.iter_mut());
         for block in &self.blocks {
-            x = block.forward(x, b, t, self.rope.as_ref(), drop);
+            let layer = layers.as_mut().and_then(|l| l.next());
+            x = block.forward_capturing(x, b, t, self.rope.as_ref(), drop, layer);
         }
         self.head.forward(self.ln_f.forward(x)) // (B·T, V)
     }

@@ -256,6 +256,27 @@ pub fn write_report<D: Backend>(
         )?
         .as_bytes(),
     )?;
+    let focus = plans.first().map(|p| p.config.report.focus.clone()).unwrap_or_default();
+    if !focus.is_empty() {
+        // The study's side-by-side figures (e.g. GQA-2 vs MHA): only the named runs, in the
+        // colours of their position in the list.
+        let chosen: Vec<Curve> = focus
+            .iter()
+            .filter_map(|name| plans.iter().position(|p| &p.name == name).map(|i| curves[i].clone()))
+            .collect();
+        let title = format!(
+            "{experiment}: {}",
+            chosen.iter().map(|c| c.label.as_str()).collect::<Vec<_>>().join(" vs ")
+        );
+        write_atomic(
+            &dir.join("loss_focus.svg"),
+            loss_chart(&title, &chosen, &boundaries(plans), smoothing)?.as_bytes(),
+        )?;
+        figures.push((
+            "loss_focus.svg".to_string(),
+            format!("Training loss: {}", focus.join(" vs ")),
+        ));
+    }
     if has_sweep {
         for (file, chart) in sweep_charts(plans, &summaries) {
             write_atomic(&dir.join(&file), sweep_chart(&chart)?.as_bytes())?;

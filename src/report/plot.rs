@@ -4,6 +4,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 /// One run's curve.
+#[derive(Clone, Debug)]
 pub struct Curve {
     /// Legend text.
     pub label: String,

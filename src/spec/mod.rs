@@ -395,6 +395,14 @@ impl SpecFile {
                     .push(spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)));
             }
         }
+        if let Some(first) = specs.first() {
+            for name in &first.config.report.focus {
+                if !specs.iter().any(|s| &s.name == name) {
+                    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                    errors.push(first.error("report.focus", format!("no run named `{name}`; the runs are {names:?}")));
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(SpecErrors(errors).merge_shared(entries.len() * points.len()));
         }

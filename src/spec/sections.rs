@@ -187,11 +187,16 @@ pub struct MeasureSection {
 pub struct ReportSection {
     /// EMA factor of the smoothed loss curves, in [0, 1); 0 draws the raw losses only.
     pub smoothing: f64,
+    /// Runs to compare on their own in `loss_focus.svg` (e.g. `["n_kv_head=2", "n_kv_head=6"]`).
+    pub focus: Vec<String>,
 }
 
 impl Default for ReportSection {
     fn default() -> Self {
-        Self { smoothing: 0.9 }
+        Self {
+            smoothing: 0.9,
+            focus: vec![],
+        }
     }
 }
 
