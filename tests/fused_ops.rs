@@ -229,3 +229,39 @@ fn fused_layer_norm_and_bias_equal_the_composition() {
         }
     }
 }
+
+#[test]
+fn fused_rotary_equals_the_composition_in_values_and_gradients() {
+    use gptlab::model::Rope;
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(9);
+    for (b, t, nh, hd, offset) in [(2, 5, 3, 4, 0), (1, 7, 1, 2, 3), (3, 16, 6, 32, 10)] {
+        let x = dev.tensor_from_vec(random(&mut r, b * t * nh * hd), (b, t, nh, hd));
+        let w = dev.tensor_from_vec(random(&mut r, b * t * nh * hd), (b, t, nh, hd));
+        // The tables of positions offset..offset + t, from the closed form.
+        let angle = |pos: usize, i: usize| (pos as f64) * 10_000f64.powf(-2.0 * (i % (hd / 2)) as f64 / hd as f64);
+        let cos: Vec<f32> = (0..t)
+            .flat_map(|p| (0..hd).map(move |i| angle(p + offset, i).cos() as f32))
+            .collect();
+        let sin: Vec<f32> = (0..t)
+            .flat_map(|p| (0..hd).map(move |i| angle(p + offset, i).sin() as f32))
+            .collect();
+        let run = |fused: bool| {
+            let (_, tape) = x.clone().leaky_traced().split_tape();
+            let xt = x.clone().put_tape(tape);
+            let y = if fused {
+                Cpu::rotary(xt, &cos, &sin)
+            } else {
+                Rope::reference(xt, &cos, &sin)
+            };
+            let values = y.retaped::<NoneTape>().as_vec();
+            let g = (y * w.clone()).sum().backward();
+            (values, g.get(&x).as_vec())
+        };
+        let (fy, fg) = run(true);
+        let (ry, rg) = run(false);
+        for (a, b) in fy.iter().zip(&ry).chain(fg.iter().zip(&rg)) {
+            assert!((a - b).abs() < 1e-5, "B={b} T={t} nh={nh} hd={hd}: {a} vs {b}");
+        }
+    }
+}

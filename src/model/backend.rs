@@ -49,6 +49,11 @@ pub trait Backend: Device<Float> {
         x.normalize::<Axis<1>>(eps) * g.broadcast_like::<_, Axis<0>>(&shape) + b.broadcast_like::<_, Axis<0>>(&shape)
     }
 
+    /// Rotary embedding of `x (B, T, nh, hd)` with the `(T, hd)` cos/sin tables of its positions.
+    fn rotary<T: Tape<Float, Self> + Merge<T>>(x: Heads<Self, T>, cos: &[Float], sin: &[Float]) -> Heads<Self, T> {
+        super::rope::Rope::reference(x, cos, sin)
+    }
+
     /// GELU, tanh form (GPT-2): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
     fn gelu<S: Shape, T: Tape<Float, Self>>(x: Tensor<S, Float, Self, T>) -> Tensor<S, Float, Self, T> {
         x.fast_gelu()
@@ -116,7 +121,71 @@ pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
         });
 }
 
+/// Rotary embedding in the rotate-half layout: `out = x·cos + [-x2, x1]·sin` per head vector.
+pub fn cpu_rotary(x: &[Float], cos: &[Float], sin: &[Float], t: usize, nh: usize, hd: usize) -> Vec<Float> {
+    let half = hd / 2;
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(t * nh * hd)
+        .zip(x.par_chunks(t * nh * hd))
+        .for_each(|(out, x)| {
+            for (pos, (o, xr)) in out.chunks_mut(nh * hd).zip(x.chunks(nh * hd)).enumerate() {
+                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+                for (o, x) in o.chunks_mut(hd).zip(xr.chunks(hd)) {
+                    for i in 0..half {
+                        o[i] = x[i] * c[i] - x[i + half] * s[i];
+                        o[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `dx += ∂/∂x` of [`cpu_rotary`] applied to `gy`: the inverse rotation.
+pub fn cpu_rotary_backward(
+    gy: &[Float],
+    cos: &[Float],
+    sin: &[Float],
+    t: usize,
+    nh: usize,
+    hd: usize,
+    dx: &mut [Float],
+) {
+    let half = hd / 2;
+    dx.par_chunks_mut(t * nh * hd)
+        .zip(gy.par_chunks(t * nh * hd))
+        .for_each(|(dx, gy)| {
+            for (pos, (d, g)) in dx.chunks_mut(nh * hd).zip(gy.chunks(nh * hd)).enumerate() {
+                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+                for (d, g) in d.chunks_mut(hd).zip(g.chunks(hd)) {
+                    for i in 0..half {
+                        d[i] += g[i] * c[i] + g[i + half] * s[i + half];
+                        d[i + half] += g[i + half] * c[i + half] - g[i] * s[i];
+                    }
+                }
+            }
+        });
+}
+
 impl Backend for Cpu {
+    fn rotary<T: Tape<Float, Self> + Merge<T>>(x: Heads<Self, T>, cos: &[Float], sin: &[Float]) -> Heads<Self, T> {
+        let shape = *x.shape();
+        let (_, t, nh, hd) = shape;
+        let (x, mut tape) = x.split_tape();
+        let out = x
+            .device()
+            .tensor_from_vec(cpu_rotary(&x.as_vec(), cos, sin, t, nh, hd), shape);
+        if T::OWNS_TAPE {
+            let (out_ref, cos, sin) = (out.clone(), cos.to_vec(), sin.to_vec());
+            tape.add_backward_op(move |grads| {
+                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
+                cpu_rotary_backward(&gy, &cos, &sin, t, nh, hd, grads.get_or_alloc_mut(&x)?);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
     fn add_bias<T: Tape<Float, Self> + Merge<T>>(
         x: Tensor<(usize, usize), Float, Self, T>,
         b: Tensor<(usize,), Float, Self, T>,
@@ -345,48 +414,147 @@ pub(crate) fn dot(a: &[Float], b: &[Float]) -> Float {
     acc.iter().sum::<Float>() + tail
 }
 
+/// A strided matrix view: element (r, c) of `data` is at `r·rs + c·cs`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [Float],
+    rs: usize,
+    cs: usize,
+}
+
+/// `dst (m×n, row-major, contiguous) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, single-threaded
+/// (callers already run one task per core).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(m: usize, n: usize, k: usize, dst: &mut [Float], acc: bool, lhs: View<'_>, rhs: View<'_>, beta: Float) {
+    let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
+    assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
+    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
+    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
+    // `dst` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+impl Dims {
+    /// Query head `h` of batch row `b` as a `(T, hd)` view.
+    fn q_view<'a>(&self, q: &'a [Float], b: usize, h: usize) -> View<'a> {
+        View {
+            data: &q[self.q_at(b, 0, h)..],
+            rs: self.h * self.hd,
+            cs: 1,
+        }
+    }
+    /// Key/value head `j` of batch row `b` as a `(T, hd)` view.
+    fn kv_view<'a>(&self, x: &'a [Float], b: usize, j: usize) -> View<'a> {
+        View {
+            data: &x[self.kv_at(b, 0, j)..],
+            rs: self.hkv * self.hd,
+            cs: 1,
+        }
+    }
+    /// The transpose of a `(T, hd)` view: `(hd, T)`.
+    fn t<'a>(v: View<'a>) -> View<'a> {
+        View {
+            data: v.data,
+            rs: v.cs,
+            cs: v.rs,
+        }
+    }
+}
+
+/// Fills `s (T×T)` with `scale · q_h k_jᵀ` and turns each row `t` into the causal softmax over
+/// `s ≤ t` (zeros above the diagonal), given the row's log-sum-exp in `lse` or computing it.
+fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [Float], known_lse: bool) {
+    let (t, scale) = (d.t, 1.0 / (d.hd as Float).sqrt());
+    gemm_into(t, t, d.hd, s, false, q, Dims::t(k), scale);
+    for (r, row) in s.chunks_mut(t).enumerate() {
+        let (live, masked) = row.split_at_mut(r + 1);
+        if !known_lse {
+            let max = live.iter().cloned().fold(Float::NEG_INFINITY, Float::max);
+            let sum: Float = live.iter().map(|x| (x - max).exp()).sum();
+            lse[r] = max + sum.ln();
+        }
+        live.iter_mut().for_each(|x| *x = (*x - lse[r]).exp());
+        masked.iter_mut().for_each(|x| *x = 0.0);
+    }
+}
+
+/// The dropout factor of each kept weight (`1 / (1 - p)` or 0), drawn row by row in the order
+/// `t`, then `s ≤ t`, as the forward and backward passes both read it.
+fn dropout_factors(d: &Dims, rng: &mut rand_chacha::ChaCha8Rng, out: &mut [Float]) {
+    let (keep, threshold) = (1.0 / (1.0 - d.p), d.keep_threshold());
+    for (r, row) in out.chunks_mut(d.t).enumerate() {
+        for x in &mut row[..=r] {
+            *x = if rng.r#gen::<u32>() < threshold { 0.0 } else { keep };
+        }
+    }
+}
+
 /// Forward pass: `y (B, T, H, hd)` and the log-sum-exp of each score row `(B, H, T)`.
+///
+/// One task per (batch row, key/value head) runs the `g` query heads that share it as small
+/// matrix products: `S = scale·Q Kᵀ` (the masked half is computed and zeroed, cheaper at gemm
+/// speed than skipping it element by element), the causal softmax, dropout, then `Y = P V`.
 pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Float>, Vec<Float>) {
     let g = d.h / d.hkv;
-    let scale = 1.0 / (d.hd as Float).sqrt();
-    let keep = 1.0 / (1.0 - d.p);
-    let threshold = d.keep_threshold();
-    // One task per (batch row, key/value head): the g query heads that share it.
     let parts: Vec<(usize, usize, Vec<Float>, Vec<Float>)> = (0..d.b * d.hkv)
         .into_par_iter()
         .map(|task| {
             let (b, j) = (task / d.hkv, task % d.hkv);
             let mut y = vec![0.0; g * d.t * d.hd];
             let mut lse = vec![0.0; g * d.t];
-            let mut row = vec![0.0; d.t];
+            let mut s = vec![0.0; d.t * d.t];
+            let mut factors = vec![0.0; d.t * d.t];
             for i in 0..g {
                 let h = j * g + i;
-                let mut rng = d.mask_rng(b, h);
-                for t in 0..d.t {
-                    let qt = &q[d.q_at(b, t, h)..][..d.hd];
-                    let mut max = Float::NEG_INFINITY;
-                    for s in 0..=t {
-                        row[s] = dot(qt, &k[d.kv_at(b, s, j)..][..d.hd]) * scale;
-                        max = max.max(row[s]);
-                    }
-                    let mut sum = 0.0;
-                    for r in &mut row[..=t] {
-                        *r = (*r - max).exp();
-                        sum += *r;
-                    }
-                    lse[i * d.t + t] = max + sum.ln();
-                    let out = &mut y[(i * d.t + t) * d.hd..][..d.hd];
-                    for s in 0..=t {
-                        let mut p = row[s] / sum;
-                        if d.p > 0.0 {
-                            p = if rng.r#gen::<u32>() < threshold { 0.0 } else { p * keep };
-                        }
-                        if p != 0.0 {
-                            let vs = &v[d.kv_at(b, s, j)..][..d.hd];
-                            out.iter_mut().zip(vs).for_each(|(o, x)| *o += p * x);
-                        }
-                    }
+                causal_probs(
+                    d,
+                    &mut s,
+                    d.q_view(q, b, h),
+                    d.kv_view(k, b, j),
+                    &mut lse[i * d.t..][..d.t],
+                    false,
+                );
+                if d.p > 0.0 {
+                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
+                    s.iter_mut().zip(&factors).for_each(|(p, f)| *p *= f);
                 }
+                let yv = &mut y[i * d.t * d.hd..][..d.t * d.hd];
+                gemm_into(
+                    d.t,
+                    d.hd,
+                    d.t,
+                    yv,
+                    false,
+                    View {
+                        data: &s,
+                        rs: d.t,
+                        cs: 1,
+                    },
+                    d.kv_view(v, b, j),
+                    1.0,
+                );
             }
             (b, j, y, lse)
         })
@@ -406,7 +574,9 @@ pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Floa
 }
 
 /// Backward pass: gradients of `q`, `k`, `v` from `gy`, recomputing the probabilities from
-/// the saved log-sum-exp and the dropout masks from their seed.
+/// the saved log-sum-exp and the dropout masks from their seed:
+/// `dV += P'ᵀ dY`, `dP = D ⊙ (dY Vᵀ)`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`,
+/// `dQ = dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights).
 pub fn cpu_backward(
     d: &Dims,
     q: &[Float],
@@ -417,60 +587,90 @@ pub fn cpu_backward(
 ) -> (Vec<Float>, Vec<Float>, Vec<Float>) {
     let g = d.h / d.hkv;
     let scale = 1.0 / (d.hd as Float).sqrt();
-    let keep = 1.0 / (1.0 - d.p);
-    let threshold = d.keep_threshold();
     type Part = (usize, usize, Vec<Float>, Vec<Float>, Vec<Float>);
     let parts: Vec<Part> = (0..d.b * d.hkv)
         .into_par_iter()
         .map(|task| {
             let (b, j) = (task / d.hkv, task % d.hkv);
-            let mut dq = vec![0.0; g * d.t * d.hd];
-            let mut dk = vec![0.0; d.t * d.hd];
-            let mut dv = vec![0.0; d.t * d.hd];
-            let mut p = vec![0.0; d.t];
-            let mut dp = vec![0.0; d.t];
+            let (tt, hd) = (d.t * d.t, d.hd);
+            let mut dq = vec![0.0; g * d.t * hd];
+            let mut dk = vec![0.0; d.t * hd];
+            let mut dv = vec![0.0; d.t * hd];
+            let mut p = vec![0.0; tt];
+            let mut dp = vec![0.0; tt];
+            let mut factors = vec![1.0; tt];
+            let mut row_lse = vec![0.0; d.t];
+            let (kj, vj) = (d.kv_view(k, b, j), d.kv_view(v, b, j));
             for i in 0..g {
                 let h = j * g + i;
-                let mut rng = d.mask_rng(b, h);
-                for t in 0..d.t {
-                    let qt = &q[d.q_at(b, t, h)..][..d.hd];
-                    let gyt = &gy[d.q_at(b, t, h)..][..d.hd];
-                    let l = lse[(b * d.h + h) * d.t + t];
+                row_lse.copy_from_slice(&lse[(b * d.h + h) * d.t..][..d.t]);
+                causal_probs(d, &mut p, d.q_view(q, b, h), kj, &mut row_lse, true);
+                if d.p > 0.0 {
+                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
+                }
+                let gyh = d.q_view(gy, b, h);
+                // dV += (P ⊙ D)ᵀ dY
+                let dropped: Vec<Float> = p.iter().zip(&factors).map(|(p, f)| p * f).collect();
+                gemm_into(
+                    d.t,
+                    hd,
+                    d.t,
+                    &mut dv,
+                    true,
+                    View {
+                        data: &dropped,
+                        rs: 1,
+                        cs: d.t,
+                    },
+                    gyh,
+                    1.0,
+                );
+                // dP = D ⊙ (dY Vᵀ), then the softmax backward in place.
+                gemm_into(d.t, d.t, hd, &mut dp, false, gyh, Dims::t(vj), 1.0);
+                for (r, (dp_row, p_row)) in dp.chunks_mut(d.t).zip(p.chunks(d.t)).enumerate() {
+                    let f_row = &factors[r * d.t..][..d.t];
                     let mut rowdot = 0.0;
-                    for s in 0..=t {
-                        let ks = &k[d.kv_at(b, s, j)..][..d.hd];
-                        let vs = &v[d.kv_at(b, s, j)..][..d.hd];
-                        p[s] = (dot(qt, ks) * scale - l).exp();
-                        let factor = if d.p > 0.0 {
-                            if rng.r#gen::<u32>() < threshold { 0.0 } else { keep }
-                        } else {
-                            1.0
-                        };
-                        // y_t = Σ_s p_s·D_s·v_s, so dL/dv_s += p_s·D_s·gy_t and dL/dp_s = D_s·(gy_t·v_s).
-                        let pd = p[s] * factor;
-                        if pd != 0.0 {
-                            dv[s * d.hd..][..d.hd]
-                                .iter_mut()
-                                .zip(gyt)
-                                .for_each(|(a, x)| *a += pd * x);
-                        }
-                        dp[s] = if factor != 0.0 { factor * dot(gyt, vs) } else { 0.0 };
-                        rowdot += p[s] * dp[s];
+                    for s in 0..=r {
+                        dp_row[s] *= f_row[s];
+                        rowdot += p_row[s] * dp_row[s];
                     }
-                    // Softmax backward: dS_s = p_s (dp_s - Σ p·dp); scores carry the scale.
-                    let dqt = &mut dq[(i * d.t + t) * d.hd..][..d.hd];
-                    for s in 0..=t {
-                        let ds = p[s] * (dp[s] - rowdot) * scale;
-                        if ds != 0.0 {
-                            let ks = &k[d.kv_at(b, s, j)..][..d.hd];
-                            dqt.iter_mut().zip(ks).for_each(|(a, x)| *a += ds * x);
-                            dk[s * d.hd..][..d.hd]
-                                .iter_mut()
-                                .zip(qt)
-                                .for_each(|(a, x)| *a += ds * x);
-                        }
+                    for s in 0..d.t {
+                        dp_row[s] = if s <= r {
+                            p_row[s] * (dp_row[s] - rowdot) * scale
+                        } else {
+                            0.0
+                        };
                     }
                 }
+                // dQ = dS K, dK += dSᵀ Q
+                gemm_into(
+                    d.t,
+                    hd,
+                    d.t,
+                    &mut dq[i * d.t * hd..][..d.t * hd],
+                    false,
+                    View {
+                        data: &dp,
+                        rs: d.t,
+                        cs: 1,
+                    },
+                    kj,
+                    1.0,
+                );
+                gemm_into(
+                    d.t,
+                    hd,
+                    d.t,
+                    &mut dk,
+                    true,
+                    View {
+                        data: &dp,
+                        rs: 1,
+                        cs: d.t,
+                    },
+                    d.q_view(q, b, h),
+                    1.0,
+                );
             }
             (b, j, dq, dk, dv)
         })
