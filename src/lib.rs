@@ -8,6 +8,7 @@ pub mod data;
 pub mod discover;
 pub mod lock;
 pub mod model;
+pub mod params;
 pub mod plan;
 pub mod probe;
 pub mod report;

@@ -72,6 +72,23 @@ enum Command {
         #[arg(long)]
         no_samples: bool,
     },
+    /// Parameters per component and memory to train or serve, for a spec's runs or a
+    /// Hugging Face `config.json`.
+    Params {
+        /// A spec (`.toml`) or a model's `config.json`.
+        file: PathBuf,
+        #[command(flatten)]
+        select: Select,
+        /// Context length for the KV-cache figure.
+        #[arg(long, default_value_t = 4096)]
+        context: u64,
+        /// Batch size for the KV-cache figure.
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate text from a checkpoint folder (runs/<experiment>/<run>/checkpoints/step_N).
     Sample {
         /// Checkpoint folder.
@@ -168,6 +185,13 @@ fn main() -> ExitCode {
             out,
             no_samples,
         } => report(&file, &select, &out, !no_samples),
+        Command::Params {
+            file,
+            select,
+            context,
+            batch,
+            json,
+        } => params(&file, &select, context, batch, json),
         Command::Sample {
             checkpoint,
             prompt,
@@ -510,5 +534,74 @@ fn sample(
         },
     )?;
     println!("{prompt}{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn params(file: &Path, select: &Select, context: u64, batch: u64, json: bool) -> Result<ExitCode, Failure> {
+    use gptlab::params::{Arch, memory};
+    let archs: Vec<(String, Arch)> = if file.extension().is_some_and(|e| e == "json") {
+        let arch = Arch::from_hf_config(file)?;
+        vec![(file.display().to_string(), arch)]
+    } else {
+        let (_, plans) = load_plans(file, select, Path::new("runs"))?;
+        plans
+            .iter()
+            .map(|p| (p.name.clone(), Arch::from_model(&p.model)))
+            .collect()
+    };
+    let rows: Vec<serde_json::Value> = archs
+        .iter()
+        .map(|(name, arch)| {
+            let b = arch.breakdown();
+            let m = memory(arch, b.total, context, batch);
+            serde_json::json!({ "name": name, "arch": arch, "params": b, "memory_bytes": m })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows).context("serialising")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let gb = |x: u64| format!("{:.3} GB", x as f64 / 1e9);
+    for (name, arch) in &archs {
+        let b = arch.breakdown();
+        let m = memory(arch, b.total, context, batch);
+        println!("{name}");
+        for (what, n) in [
+            ("embeddings", b.embeddings),
+            ("positions", b.positions),
+            ("attention q", b.attn_q),
+            ("attention k", b.attn_k),
+            ("attention v", b.attn_v),
+            ("attention o", b.attn_o),
+            ("mlp", b.mlp),
+            ("norms", b.norms),
+            ("head", b.head),
+            ("total", b.total),
+        ] {
+            println!("  {what:<28} {n:>16}");
+        }
+        println!(
+            "  {:<28} {:>16}",
+            "weights fp32 / bf16 / int8",
+            format!(
+                "{} / {} / {}",
+                gb(m.weights_fp32),
+                gb(m.weights_bf16),
+                gb(m.weights_int8)
+            )
+        );
+        println!("  {:<28} {:>16}", "train AdamW fp32 (16 B/p)", gb(m.train_adamw_fp32));
+        println!("  {:<28} {:>16}", "train mixed (2+2+12 B/p)", gb(m.train_adamw_mixed));
+        println!(
+            "  {:<28} {:>16}",
+            "KV cache per token (bf16)",
+            format!("{} B", m.kv_cache_per_token_bf16)
+        );
+        println!(
+            "  {:<28} {:>16}",
+            format!("KV cache {context} tok × {batch}"),
+            gb(m.kv_cache_bf16)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,247 @@
+//! Parameter and memory arithmetic for decoder-only transformers: from gptlab's own model
+//! configs or from a Hugging Face style `config.json`, without building the model.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::{ModelConfig, Position};
+
+/// The normalisation layers of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// Gain and bias per channel.
+    LayerNorm,
+    /// Gain only.
+    RmsNorm,
+}
+
+/// The feed-forward network of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mlp {
+    /// `up (C → hidden) → act → down (hidden → C)`.
+    Plain,
+    /// Gated: `gate` and `up (C → hidden)`, then `down` (SwiGLU, GeGLU).
+    Gated,
+}
+
+/// What determines the parameter count of a decoder-only transformer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Arch {
+    /// Model family, for display.
+    pub name: String,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Residual width.
+    pub hidden: usize,
+    /// Feed-forward width.
+    pub intermediate: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Learned position table size (0 for RoPE or none).
+    pub learned_positions: usize,
+    /// Norm type (two per block plus a final one).
+    pub norm: Norm,
+    /// MLP type.
+    pub mlp: Mlp,
+    /// Biases on q, k, v.
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection.
+    pub o_bias: bool,
+    /// Biases in the MLP.
+    pub mlp_bias: bool,
+    /// RMSNorm of each head's queries and keys (Qwen3).
+    pub qk_norm: bool,
+    /// Output head shares the token embedding.
+    pub tie_embeddings: bool,
+}
+
+/// Parameters by component.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Breakdown {
+    /// Token embedding.
+    pub embeddings: u64,
+    /// Learned position table.
+    pub positions: u64,
+    /// Query projections, all layers (with biases).
+    pub attn_q: u64,
+    /// Key projections.
+    pub attn_k: u64,
+    /// Value projections.
+    pub attn_v: u64,
+    /// Output projections.
+    pub attn_o: u64,
+    /// Feed-forward networks.
+    pub mlp: u64,
+    /// Every norm (per block, q/k norms, final).
+    pub norms: u64,
+    /// Output head (0 when tied).
+    pub head: u64,
+    /// Sum.
+    pub total: u64,
+}
+
+impl Arch {
+    /// gptlab's GPT: LayerNorm, 4× GELU MLP, biases everywhere but the head, untied.
+    pub fn from_model(c: &ModelConfig) -> Self {
+        let hd = c.n_embd / c.n_head.max(1);
+        Self {
+            name: "gptlab".into(),
+            vocab: c.vocab_size,
+            hidden: c.n_embd,
+            intermediate: 4 * c.n_embd,
+            layers: c.n_layer,
+            heads: c.n_head,
+            kv_heads: c.n_kv_head,
+            head_dim: hd,
+            learned_positions: if c.position == Position::Absolute {
+                c.block_size
+            } else {
+                0
+            },
+            norm: Norm::LayerNorm,
+            mlp: Mlp::Plain,
+            qkv_bias: true,
+            o_bias: true,
+            mlp_bias: true,
+            qk_norm: false,
+            tie_embeddings: false,
+        }
+    }
+
+    /// Reads a Hugging Face `config.json` of a decoder-only model. The family (`model_type`)
+    /// decides what the file leaves implicit: norms, biases, gating, tying.
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        let get = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_u64))
+                .map(|x| x as usize)
+        };
+        let need = |keys: &[&str]| get(keys).with_context(|| format!("{}: missing `{}`", path.display(), keys[0]));
+        let flag = |k: &str| v.get(k).and_then(Value::as_bool);
+        let family = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("llama")
+            .to_string();
+        let hidden = need(&["hidden_size", "n_embd"])?;
+        let heads = need(&["num_attention_heads", "n_head"])?;
+        if heads == 0 {
+            bail!("{}: num_attention_heads is 0", path.display());
+        }
+        let gpt2 = family == "gpt2";
+        let gated = !gpt2;
+        let arch = Self {
+            name: family.clone(),
+            vocab: need(&["vocab_size"])?,
+            hidden,
+            intermediate: get(&["intermediate_size", "n_inner"]).unwrap_or(4 * hidden),
+            layers: need(&["num_hidden_layers", "n_layer"])?,
+            heads,
+            kv_heads: get(&["num_key_value_heads"]).unwrap_or(heads),
+            head_dim: get(&["head_dim"]).unwrap_or(hidden / heads),
+            learned_positions: if gpt2 {
+                get(&["n_positions", "max_position_embeddings"]).unwrap_or(1024)
+            } else {
+                0
+            },
+            norm: if gpt2 { Norm::LayerNorm } else { Norm::RmsNorm },
+            mlp: if gated { Mlp::Gated } else { Mlp::Plain },
+            qkv_bias: gpt2 || family == "qwen2" || flag("attention_bias").unwrap_or(false),
+            o_bias: gpt2 || flag("attention_bias").unwrap_or(false),
+            mlp_bias: gpt2 || flag("mlp_bias").unwrap_or(false),
+            qk_norm: family == "qwen3",
+            tie_embeddings: flag("tie_word_embeddings").unwrap_or(gpt2 || family.starts_with("gemma")),
+        };
+        Ok(arch)
+    }
+
+    /// Parameters by component.
+    pub fn breakdown(&self) -> Breakdown {
+        let u = |x: usize| x as u64;
+        let (c, l) = (u(self.hidden), u(self.layers));
+        let (q_out, kv_out) = (u(self.heads * self.head_dim), u(self.kv_heads * self.head_dim));
+        let proj = |d_in: u64, d_out: u64, bias: bool| d_in * d_out + if bias { d_out } else { 0 };
+        let norm = |width: u64| match self.norm {
+            Norm::LayerNorm => 2 * width,
+            Norm::RmsNorm => width,
+        };
+        let f = u(self.intermediate);
+        let mlp_one = match self.mlp {
+            Mlp::Plain => proj(c, f, self.mlp_bias) + proj(f, c, self.mlp_bias),
+            Mlp::Gated => 2 * proj(c, f, self.mlp_bias) + proj(f, c, self.mlp_bias),
+        };
+        let qk_norms = if self.qk_norm { 2 * u(self.head_dim) } else { 0 };
+        let b = Breakdown {
+            embeddings: u(self.vocab) * c,
+            positions: u(self.learned_positions) * c,
+            attn_q: l * proj(c, q_out, self.qkv_bias),
+            attn_k: l * proj(c, kv_out, self.qkv_bias),
+            attn_v: l * proj(c, kv_out, self.qkv_bias),
+            attn_o: l * proj(q_out, c, self.o_bias),
+            mlp: l * mlp_one,
+            norms: l * (2 * norm(c) + qk_norms) + norm(c),
+            head: if self.tie_embeddings { 0 } else { u(self.vocab) * c },
+            total: 0,
+        };
+        let total = b.embeddings + b.positions + b.attn_q + b.attn_k + b.attn_v + b.attn_o + b.mlp + b.norms + b.head;
+        Breakdown { total, ..b }
+    }
+
+    /// Key/value cache per token, in bytes, at `bytes_per_value` (2 for fp16/bf16).
+    pub fn kv_bytes_per_token(&self, bytes_per_value: u64) -> u64 {
+        2 * (self.layers * self.kv_heads * self.head_dim) as u64 * bytes_per_value
+    }
+}
+
+/// Memory figures, in bytes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Memory {
+    /// Inference weights in fp32.
+    pub weights_fp32: u64,
+    /// Inference weights in bf16.
+    pub weights_bf16: u64,
+    /// Inference weights in int8.
+    pub weights_int8: u64,
+    /// Training in fp32 with AdamW: weights, gradients, two moments (16 bytes a parameter).
+    pub train_adamw_fp32: u64,
+    /// Mixed-precision training with AdamW: bf16 weights and gradients plus fp32 master weights
+    /// and moments (the common 2 + 2 + 12 bytes a parameter).
+    pub train_adamw_mixed: u64,
+    /// KV cache per token in bf16.
+    pub kv_cache_per_token_bf16: u64,
+    /// KV cache for `context` tokens × `batch` sequences in bf16.
+    pub kv_cache_bf16: u64,
+    /// The context length used.
+    pub context: u64,
+    /// The batch used.
+    pub batch: u64,
+}
+
+/// Memory for `params` parameters of `arch`, with a KV cache of `context` × `batch`.
+pub fn memory(arch: &Arch, params: u64, context: u64, batch: u64) -> Memory {
+    let per_token = arch.kv_bytes_per_token(2);
+    Memory {
+        weights_fp32: 4 * params,
+        weights_bf16: 2 * params,
+        weights_int8: params,
+        train_adamw_fp32: 16 * params,
+        train_adamw_mixed: 16 * params,
+        kv_cache_per_token_bf16: per_token,
+        kv_cache_bf16: per_token * context * batch,
+        context,
+        batch,
+    }
+}

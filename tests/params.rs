@@ -1,0 +1,103 @@
+//! The parameter calculator against published totals of real models and against the
+//! instantiated dfdx model for many random gptlab configs.
+
+use assert_cmd::Command;
+use dfdx::prelude::*;
+use gptlab::model::{AttentionKind, Gpt, HasParams, ModelConfig, Position};
+use gptlab::params::Arch;
+use rand::{Rng, SeedableRng};
+
+fn total(config: &str) -> u64 {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/configs")
+        .join(config);
+    Arch::from_hf_config(&path).unwrap().breakdown().total
+}
+
+#[test]
+fn published_totals_of_real_models() {
+    assert_eq!(total("llama-2-7b.json"), 6_738_415_616);
+    assert_eq!(total("mistral-7b.json"), 7_241_732_096);
+    assert_eq!(total("llama-3-8b.json"), 8_030_261_248);
+    assert_eq!(total("gpt2.json"), 124_439_808);
+}
+
+#[test]
+fn analytic_counts_equal_instantiated_models_for_random_configs() {
+    let dev = Cpu::default();
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    for _ in 0..40 {
+        let n_kv_head = [1, 2, 3, 4][r.gen_range(0..4)];
+        let n_head = n_kv_head * r.gen_range(1..4);
+        let head_dim = 2 * r.gen_range(1..5);
+        let config = ModelConfig {
+            vocab_size: r.gen_range(2..80),
+            block_size: r.gen_range(1..40),
+            n_layer: r.gen_range(1..4),
+            n_embd: n_head * head_dim,
+            n_head,
+            n_kv_head,
+            position: [Position::Absolute, Position::Rope, Position::None][r.gen_range(0..3)],
+            dropout: 0.0,
+            rope_base: 10_000.0,
+            attention: [AttentionKind::Standard, AttentionKind::GroupedSum][r.gen_range(0..2)],
+        };
+        let built = Gpt::new(&dev, &config, 1).num_params() as u64;
+        assert_eq!(Arch::from_model(&config).breakdown().total, built, "{config:?}");
+        assert_eq!(config.num_params() as u64, built, "{config:?}");
+    }
+    // gpt-mini with absolute positions at block 128.
+    let mini = ModelConfig {
+        vocab_size: 65,
+        block_size: 128,
+        n_layer: 6,
+        n_embd: 192,
+        n_head: 6,
+        n_kv_head: 6,
+        position: Position::Absolute,
+        dropout: 0.1,
+        rope_base: 10_000.0,
+        attention: AttentionKind::Standard,
+    };
+    assert_eq!(Arch::from_model(&mini).breakdown().total, 2_719_104);
+}
+
+#[test]
+fn the_cli_prints_tables_and_json_for_specs_and_hf_configs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::cargo_bin("gptlab")
+        .unwrap()
+        .current_dir(root)
+        .args([
+            "params",
+            "tests/configs/llama-2-7b.json",
+            "--json",
+            "--context",
+            "4096",
+            "--batch",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["params"]["total"], 6_738_415_616u64);
+    assert_eq!(v[0]["memory_bytes"]["weights_bf16"], 2 * 6_738_415_616u64);
+    // 2 (K, V) · 32 layers · 32 heads · 128 dims · 2 bytes = 512 KiB a token.
+    assert_eq!(v[0]["memory_bytes"]["kv_cache_per_token_bf16"], 524_288u64);
+    assert_eq!(v[0]["memory_bytes"]["kv_cache_bf16"], 524_288u64 * 4096 * 2);
+    let table = Command::cargo_bin("gptlab")
+        .unwrap()
+        .current_dir(root)
+        .args(["params", "experiments/rope_vs_abs.toml"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.contains("2743680") && table.contains("2694528"), "{table}");
+    Command::cargo_bin("gptlab")
+        .unwrap()
+        .current_dir(root)
+        .args(["params", "Cargo.json"])
+        .assert()
+        .code(1);
+}
