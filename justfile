@@ -55,8 +55,7 @@ bench-compare ROUNDS="1":
     cargo bench --locked --bench step --no-run
     python3 bench/compare.py "$(ls -t target/release/deps/step-* | grep -v '\.d$' | head -1)" .venv/bin/python {{ROUNDS}}
 
-# The test suite: formatting, lints, unit/integration tests, the smoke experiments end to end,
-# and the report page in headless Chromium (Debian's `chromium` package).
+# The test suite CI runs: fmt, clippy, every test (report page in headless Chromium), CUDA type-check.
 test:
     cargo fmt --check
     cargo clippy --locked --all-targets -- -D warnings
