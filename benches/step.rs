@@ -46,6 +46,7 @@ fn bench(name: &str, t: usize, kv: usize, position: Position, steps: usize) {
         dropout: 0.1,
         rope_base: 10_000.0,
         attention: Default::default(),
+        block: Default::default(),
     };
     let dev = Cpu::default();
     let mut model = Gpt::new(&dev, &config, 0);

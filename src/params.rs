@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::{ModelConfig, Position};
+use crate::model::{MlpKind, ModelConfig, NormKind, Position};
 
 /// The normalisation layers of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -92,14 +92,14 @@ pub struct Breakdown {
 }
 
 impl Arch {
-    /// gptlab's GPT: LayerNorm, 4× GELU MLP, biases everywhere but the head, untied.
+    /// gptlab's GPT with its block style (GPT-2 by default: LayerNorm, 4× GELU, biases; untied head).
     pub fn from_model(c: &ModelConfig) -> Self {
         let hd = c.n_embd / c.n_head.max(1);
         Self {
             name: "gptlab".into(),
             vocab: c.vocab_size,
             hidden: c.n_embd,
-            intermediate: 4 * c.n_embd,
+            intermediate: c.mlp_hidden(),
             layers: c.n_layer,
             heads: c.n_head,
             kv_heads: c.n_kv_head,
@@ -109,11 +109,17 @@ impl Arch {
             } else {
                 0
             },
-            norm: Norm::LayerNorm,
-            mlp: Mlp::Plain,
-            qkv_bias: true,
-            o_bias: true,
-            mlp_bias: true,
+            norm: match c.block.norm {
+                NormKind::LayerNorm => Norm::LayerNorm,
+                NormKind::RmsNorm => Norm::RmsNorm,
+            },
+            mlp: match c.block.mlp {
+                MlpKind::Gelu => Mlp::Plain,
+                MlpKind::Swiglu => Mlp::Gated,
+            },
+            qkv_bias: c.block.bias,
+            o_bias: c.block.bias,
+            mlp_bias: c.block.bias,
             qk_norm: false,
             tie_embeddings: false,
         }

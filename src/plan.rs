@@ -150,6 +150,10 @@ impl RunPlan {
         put("model.dropout", m.dropout.to_string());
         put("model.rope_base", m.rope_base.to_string());
         put("model.attention", m.attention.to_string());
+        put("model.norm", format!("{:?}", m.block.norm));
+        put("model.mlp", format!("{:?}", m.block.mlp));
+        put("model.mlp_hidden", m.mlp_hidden().to_string());
+        put("model.bias", m.block.bias.to_string());
         put("data.sha256", self.data_sha256.clone());
         put("data.val_fraction", self.config.data.val_fraction.to_string());
         put("experiment.seed", self.seed.to_string());
@@ -295,6 +299,13 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             dropout: c.model.dropout,
             rope_base: c.model.rope_base,
             attention: c.model.attention,
+            block: crate::model::BlockStyle {
+                norm: c.model.norm,
+                mlp: c.model.mlp,
+                mlp_hidden: c.model.mlp_hidden,
+                mlp_multiple_of: c.model.mlp_multiple_of,
+                bias: c.model.bias,
+            },
         };
         plans.push(RunPlan {
             experiment: spec.experiment.clone(),

@@ -221,6 +221,24 @@ fn shipped_experiments_validate_and_plan_as_the_study_needs() {
     for kv in [1, 2, 3, 6] {
         assert!(out.contains(&format!("run `n_kv_head={kv}`")), "{out}");
     }
+    let llama = gptlab()
+        .current_dir(root)
+        .args(["plan", "experiments/llama_style.toml"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let llama = String::from_utf8(llama).unwrap();
+    // Keys only one run sets (n_kv_head, mlp_hidden) still count as differences.
+    assert!(
+        llama.contains("differs:   n_kv_head=2, position=rope, norm=rmsnorm, mlp=swiglu, bias=false, mlp_hidden=600"),
+        "{llama}"
+    );
+    assert!(
+        llama.contains("params:    2690880") && llama.contains("params:    2743680"),
+        "{llama}"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! with the number of key/value heads.
 
 use dfdx::prelude::*;
-use gptlab::model::{Dropout, Gpt, KvCache, ModelConfig, Position};
+use gptlab::model::{BlockStyle, Dropout, Gpt, KvCache, MlpKind, ModelConfig, NormKind, Position};
 use gptlab::sample::{SampleOptions, generate, generate_uncached};
 
 fn config(position: Position, n_kv_head: usize) -> ModelConfig {
@@ -17,6 +17,7 @@ fn config(position: Position, n_kv_head: usize) -> ModelConfig {
         dropout: 0.1,
         rope_base: 10_000.0,
         attention: Default::default(),
+        block: Default::default(),
     }
 }
 
@@ -28,6 +29,15 @@ fn cached_generation_equals_recomputation_token_for_token() {
             let mut cfg = config(position, kv);
             if kv == 3 {
                 cfg.attention = gptlab::model::AttentionKind::GroupedSum;
+            }
+            if kv == 1 {
+                cfg.block = BlockStyle {
+                    norm: NormKind::RmsNorm,
+                    mlp: MlpKind::Swiglu,
+                    mlp_hidden: None,
+                    mlp_multiple_of: 8,
+                    bias: false,
+                };
             }
             let model = Gpt::new(&dev, &cfg, 17);
             for (prompt, top_k) in [(vec![1usize, 4, 2], 0), (vec![5], 3), (vec![0; 12], 1)] {
@@ -77,6 +87,7 @@ fn cached_logits_match_the_full_forward_and_the_cache_shrinks_with_kv_heads() {
                 dropout: 0.1,
                 rope_base: 10_000.0,
                 attention: Default::default(),
+                block: Default::default(),
             },
             0,
         )

@@ -6,7 +6,9 @@
 #![allow(clippy::needless_range_loop)]
 use dfdx::prelude::*;
 use gptlab::data::{Batch, Corpus};
-use gptlab::model::{AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, Position, Rope};
+use gptlab::model::{
+    AttnShape, BlockStyle, CausalSelfAttention, Dropout, Gpt, HasParams, MlpKind, ModelConfig, NormKind, Position, Rope,
+};
 use gptlab::seed::{Stream, stream};
 use gptlab::train::loss_and_grads;
 use rand::{Rng, SeedableRng};
@@ -24,6 +26,7 @@ fn gpt_mini(position: Position, block_size: usize) -> ModelConfig {
         dropout: 0.1,
         rope_base: 10_000.0,
         attention: Default::default(),
+        block: Default::default(),
     }
 }
 
@@ -39,6 +42,7 @@ fn tiny(position: Position, n_head: usize, n_kv_head: usize) -> ModelConfig {
         dropout: 0.0,
         rope_base: 10_000.0,
         attention: Default::default(),
+        block: Default::default(),
     }
 }
 
@@ -310,11 +314,26 @@ fn gradients_agree_with_finite_differences() {
         (Position::Rope, 2, 1, Standard),
         (Position::None, 4, 2, Standard),
         (Position::Rope, 4, 2, GroupedSum),
+        (Position::Rope, 4, 2, Standard),
     ] {
+        // The last case is a LLaMA-style block: RMSNorm, SwiGLU, no biases, GQA, RoPE.
+        let llama = h == 4 && kind == Standard && position == Position::Rope;
+        let block = if llama {
+            BlockStyle {
+                norm: NormKind::RmsNorm,
+                mlp: MlpKind::Swiglu,
+                mlp_hidden: None,
+                mlp_multiple_of: 4,
+                bias: false,
+            }
+        } else {
+            Default::default()
+        };
         let mut model = Gpt::new(
             &dev,
             &ModelConfig {
                 attention: kind,
+                block,
                 ..tiny(position, h, hkv)
             },
             9,

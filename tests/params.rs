@@ -3,7 +3,7 @@
 
 use assert_cmd::Command;
 use dfdx::prelude::*;
-use gptlab::model::{AttentionKind, Gpt, HasParams, ModelConfig, Position};
+use gptlab::model::{AttentionKind, BlockStyle, Gpt, HasParams, MlpKind, ModelConfig, NormKind, Position};
 use gptlab::params::Arch;
 use rand::{Rng, SeedableRng};
 
@@ -26,7 +26,7 @@ fn published_totals_of_real_models() {
 fn analytic_counts_equal_instantiated_models_for_random_configs() {
     let dev = Cpu::default();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(42);
-    for _ in 0..40 {
+    for _ in 0..60 {
         let n_kv_head = [1, 2, 3, 4][r.gen_range(0..4)];
         let n_head = n_kv_head * r.gen_range(1..4);
         let head_dim = 2 * r.gen_range(1..5);
@@ -41,6 +41,13 @@ fn analytic_counts_equal_instantiated_models_for_random_configs() {
             dropout: 0.0,
             rope_base: 10_000.0,
             attention: [AttentionKind::Standard, AttentionKind::GroupedSum][r.gen_range(0..2)],
+            block: BlockStyle {
+                norm: [NormKind::LayerNorm, NormKind::RmsNorm][r.gen_range(0..2)],
+                mlp: [MlpKind::Gelu, MlpKind::Swiglu][r.gen_range(0..2)],
+                mlp_hidden: [None, Some(r.gen_range(1..50))][r.gen_range(0..2)],
+                mlp_multiple_of: [1, 8, 256][r.gen_range(0..3)],
+                bias: r.gen_range(0..2) == 1,
+            },
         };
         let built = Gpt::new(&dev, &config, 1).num_params() as u64;
         assert_eq!(Arch::from_model(&config).breakdown().total, built, "{config:?}");
@@ -58,6 +65,7 @@ fn analytic_counts_equal_instantiated_models_for_random_configs() {
         dropout: 0.1,
         rope_base: 10_000.0,
         attention: AttentionKind::Standard,
+        block: Default::default(),
     };
     assert_eq!(Arch::from_model(&mini).breakdown().total, 2_719_104);
 }

@@ -42,6 +42,7 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
             dropout: 0.1,
             rope_base: 10_000.0,
             attention: Default::default(),
+            block: Default::default(),
         };
         let model = Gpt::new(&dev, &config, 1);
         take_attention();
@@ -78,6 +79,7 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
         dropout: 0.0,
         rope_base: 10_000.0,
         attention: Default::default(),
+        block: Default::default(),
     };
     let model = Gpt::new(&dev, &config, 1);
     take_attention();

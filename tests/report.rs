@@ -203,6 +203,7 @@ fn tiny_model() -> Gpt<Cpu> {
         dropout: 0.1,
         rope_base: 10_000.0,
         attention: Default::default(),
+        block: Default::default(),
     };
     Gpt::new(&Cpu::default(), &config, 21)
 }

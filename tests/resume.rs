@@ -244,6 +244,7 @@ fn save_then_load_reproduces_the_next_step_exactly() {
         dropout: 0.1,
         rope_base: 10_000.0,
         attention: Default::default(),
+        block: Default::default(),
     };
     let mut model = Gpt::new(&dev, &config, 3);
     let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);

@@ -3,7 +3,7 @@
 
 use dfdx::prelude::*;
 use gptlab::data::{Corpus, sample_batch};
-use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
+use gptlab::model::{BlockStyle, Dropout, Gpt, MlpKind, ModelConfig, NormKind, Position};
 use gptlab::plan::plan;
 use gptlab::seed::{Stream, stream};
 use gptlab::spec::SpecFile;
@@ -21,7 +21,11 @@ fn corpus() -> Corpus {
 fn a_tiny_model_overfits_a_single_batch() {
     let dev = Cpu::default();
     let corpus = corpus();
-    for position in [Position::Absolute, Position::Rope] {
+    for (position, llama) in [
+        (Position::Absolute, false),
+        (Position::Rope, false),
+        (Position::Rope, true),
+    ] {
         let config = ModelConfig {
             vocab_size: 65,
             block_size: 32,
@@ -33,6 +37,18 @@ fn a_tiny_model_overfits_a_single_batch() {
             dropout: 0.0,
             rope_base: 10_000.0,
             attention: Default::default(),
+            // A LLaMA-style block too: RMSNorm, SwiGLU, no biases.
+            block: if llama {
+                BlockStyle {
+                    norm: NormKind::RmsNorm,
+                    mlp: MlpKind::Swiglu,
+                    mlp_hidden: None,
+                    mlp_multiple_of: 16,
+                    bias: false,
+                }
+            } else {
+                Default::default()
+            },
         };
         let mut model = Gpt::new(&dev, &config, 1);
         let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.0);
@@ -42,8 +58,11 @@ fn a_tiny_model_overfits_a_single_batch() {
         for _ in 0..200 {
             last = train_step(&mut model, &mut opt, &batch, 3e-3, 1.0, &mut Dropout::eval()).loss;
         }
-        assert!(first > 3.5, "{position}: initial loss {first}");
-        assert!(last < 0.5, "{position}: loss after 200 steps on one batch is {last}");
+        assert!(first > 3.5, "{position} llama={llama}: initial loss {first}");
+        assert!(
+            last < 0.5,
+            "{position} llama={llama}: loss after 200 steps on one batch is {last}"
+        );
     }
 }
 

@@ -68,13 +68,18 @@ pub struct CausalSelfAttention<D: Device<Float>> {
 impl<D: Backend> CausalSelfAttention<D> {
     /// GPT-2 initialisation; `proj_std` is used for the output projection.
     pub fn new(dev: &D, rng: &mut impl Rng, name: &str, shape: AttnShape, proj_std: f64) -> Self {
+        Self::new_with_bias(dev, rng, name, shape, proj_std, true)
+    }
+
+    /// [`CausalSelfAttention::new`] with or without biases on the projections.
+    pub fn new_with_bias(dev: &D, rng: &mut impl Rng, name: &str, shape: AttnShape, proj_std: f64, bias: bool) -> Self {
         let c = shape.n_embd;
         Self {
             shape,
-            wq: Linear::new(dev, rng, &format!("{name}.wq"), c, c, true, 0.02),
-            wk: Linear::new(dev, rng, &format!("{name}.wk"), c, shape.kv_dim(), true, 0.02),
-            wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), true, 0.02),
-            wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, true, proj_std),
+            wq: Linear::new(dev, rng, &format!("{name}.wq"), c, c, bias, 0.02),
+            wk: Linear::new(dev, rng, &format!("{name}.wk"), c, shape.kv_dim(), bias, 0.02),
+            wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), bias, 0.02),
+            wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, bias, proj_std),
             kind: AttentionKind::Standard,
         }
     }

@@ -49,6 +49,19 @@ pub trait Backend: Device<Float> {
         x.normalize::<Axis<1>>(eps) * g.broadcast_like::<_, Axis<0>>(&shape) + b.broadcast_like::<_, Axis<0>>(&shape)
     }
 
+    /// RMSNorm over the last axis of `x (N, C)` with gain `g (C,)`: `x / √(mean(x²) + ε) · g`.
+    fn rms_norm<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        g: Tensor<(usize,), Float, Self, T>,
+        eps: f64,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let shape = *x.shape();
+        let inv_rms = (x.retaped::<T>().square().mean::<(usize,), Axis<1>>() + eps as Float)
+            .sqrt()
+            .recip();
+        x * inv_rms.broadcast_like::<_, Axis<1>>(&shape) * g.broadcast_like::<_, Axis<0>>(&shape)
+    }
+
     /// Rotary embedding of `x (B, T, nh, hd)` with the `(T, hd)` cos/sin tables of its positions.
     fn rotary<T: Tape<Float, Self> + Merge<T>>(x: Heads<Self, T>, cos: &[Float], sin: &[Float]) -> Heads<Self, T> {
         super::rope::Rope::reference(x, cos, sin)

@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 use super::attention::CausalSelfAttention;
 use super::backend::Backend;
 use super::kv_cache::{KvCache, LayerCache};
-use super::layers::{Act, Dropout, LayerNorm, Linear, Mlp, normal_values};
+use super::layers::{Act, Dropout, Linear, Mlp, Norm, normal_values};
 use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
 use super::{ModelConfig, Position};
@@ -14,11 +14,11 @@ use super::{ModelConfig, Position};
 #[derive(Clone, Debug)]
 pub struct Block<D: Device<Float>> {
     /// Norm before attention.
-    pub ln1: LayerNorm<D>,
+    pub ln1: Norm<D>,
     /// Causal self-attention.
     pub attn: CausalSelfAttention<D>,
     /// Norm before the MLP.
-    pub ln2: LayerNorm<D>,
+    pub ln2: Norm<D>,
     /// Feed-forward network.
     pub mlp: Mlp<D>,
 }
@@ -84,7 +84,7 @@ pub struct Gpt<D: Device<Float>> {
     /// The transformer blocks.
     pub blocks: Vec<Block<D>>,
     /// Final norm.
-    pub ln_f: LayerNorm<D>,
+    pub ln_f: Norm<D>,
     /// `(C, V)` language-model head, no bias.
     pub head: Linear<D>,
     rope: Option<Rope>,
@@ -121,23 +121,26 @@ impl<D: Backend> Gpt<D> {
         });
         let blocks = (0..config.n_layer)
             .map(|i| Block {
-                ln1: LayerNorm::new(dev, &format!("h.{i}.ln1"), c),
-                attn: CausalSelfAttention::new(
+                ln1: Norm::new(dev, &format!("h.{i}.ln1"), c, config.block.norm),
+                attn: CausalSelfAttention::new_with_bias(
                     dev,
                     &mut rng(&format!("h.{i}.attn")),
                     &format!("h.{i}.attn"),
                     config.attn_shape(),
                     proj_std,
+                    config.block.bias,
                 )
                 .with_kind(config.attention),
-                ln2: LayerNorm::new(dev, &format!("h.{i}.ln2"), c),
+                ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.block.norm),
                 mlp: Mlp::new(
                     dev,
                     &mut rng(&format!("h.{i}.mlp")),
                     &format!("h.{i}.mlp"),
                     c,
-                    4 * c,
+                    config.mlp_hidden(),
                     proj_std,
+                    config.block.mlp,
+                    config.block.bias,
                 ),
             })
             .collect();
@@ -148,7 +151,7 @@ impl<D: Backend> Gpt<D> {
             wte,
             wpe,
             blocks,
-            ln_f: LayerNorm::new(dev, "ln_f", c),
+            ln_f: Norm::new(dev, "ln_f", c, config.block.norm),
             head: Linear::new(dev, &mut rng("head"), "head", c, v, false, 0.02),
             rope,
             dev: dev.clone(),

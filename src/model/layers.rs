@@ -1,4 +1,4 @@
-//! The small building blocks of the GPT: linear maps, LayerNorm, the GELU MLP and dropout.
+//! The small building blocks of the GPT: linear maps, norms, the MLP and dropout.
 //!
 //! Activations are kept as `(N, C)` matrices with `N = B·T` rows, so every linear map is a
 //! single matrix product; the attention module reshapes to heads where it needs them.
@@ -8,6 +8,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::param::{Float, HasParams, Param};
+use super::{MlpKind, NormKind};
 
 /// `(rows, cols)` activation on tape `T`.
 pub type Act<D, T> = Tensor<(usize, usize), Float, D, T>;
@@ -69,78 +70,112 @@ impl<D: Device<Float>> HasParams<D> for Linear<D> {
     }
 }
 
-/// LayerNorm over the channel axis with a learned gain (init 1) and bias (init 0).
+/// LayerNorm (gain 1, bias 0) or RMSNorm (gain 1) over the channel axis.
 #[derive(Clone, Debug)]
-pub struct LayerNorm<D: Device<Float>> {
+pub struct Norm<D: Device<Float>> {
     /// `(C,)` gain.
     pub weight: Param<D>,
-    /// `(C,)` bias.
-    pub bias: Param<D>,
+    /// `(C,)` bias, LayerNorm only.
+    pub bias: Option<Param<D>>,
 }
 
-impl<D: super::backend::Backend> LayerNorm<D> {
+impl<D: super::backend::Backend> Norm<D> {
     /// PyTorch's default epsilon.
     pub const EPS: f64 = 1e-5;
 
-    /// Gain 1, bias 0.
-    pub fn new(dev: &D, name: &str, c: usize) -> Self {
+    /// A LayerNorm or RMSNorm of width `c`.
+    pub fn new(dev: &D, name: &str, c: usize, kind: NormKind) -> Self {
         Self {
             weight: Param::from_vec(dev, format!("{name}.weight"), vec![c], false, vec![1.0; c]),
-            bias: Param::from_vec(dev, format!("{name}.bias"), vec![c], false, vec![0.0; c]),
+            bias: (kind == NormKind::LayerNorm)
+                .then(|| Param::from_vec(dev, format!("{name}.bias"), vec![c], false, vec![0.0; c])),
         }
     }
 
     /// `(N, C) -> (N, C)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
-        let shape = *x.shape();
-        let g = self.weight.vector::<T>().broadcast_like::<_, Axis<0>>(&shape);
-        let b = self.bias.vector::<T>().broadcast_like::<_, Axis<0>>(&shape);
-        x.normalize::<Axis<1>>(Self::EPS) * g + b
+        match &self.bias {
+            Some(b) => D::layer_norm(x, self.weight.vector::<T>(), b.vector::<T>(), Self::EPS),
+            None => D::rms_norm(x, self.weight.vector::<T>(), Self::EPS),
+        }
     }
 }
 
-impl<D: Device<Float>> HasParams<D> for LayerNorm<D> {
+impl<D: Device<Float>> HasParams<D> for Norm<D> {
     fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
         f(&self.weight);
-        f(&self.bias);
+        if let Some(b) = &self.bias {
+            f(b);
+        }
     }
     fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
         f(&mut self.weight);
-        f(&mut self.bias);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
     }
 }
 
-/// The position-wise feed-forward network: `fc -> GELU (tanh form, as GPT-2) -> proj -> dropout`.
+/// The position-wise feed-forward network: `proj(GELU(fc(x)))`, or with a gate
+/// `proj(SiLU(gate(x)) ⊙ fc(x))` (SwiGLU); then dropout.
 #[derive(Clone, Debug)]
 pub struct Mlp<D: Device<Float>> {
-    /// `(C, 4C)` expansion.
+    /// `(C, hidden)` expansion (SwiGLU's "up").
     pub fc: Linear<D>,
-    /// `(4C, C)` projection back to the residual stream.
+    /// `(C, hidden)` gate, SwiGLU only.
+    pub gate: Option<Linear<D>>,
+    /// `(hidden, C)` projection back to the residual stream.
     pub proj: Linear<D>,
 }
 
 impl<D: super::backend::Backend> Mlp<D> {
     /// `proj_std` is the residual-scaled std of the output projection.
-    pub fn new(dev: &D, rng: &mut impl Rng, name: &str, c: usize, hidden: usize, proj_std: f64) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dev: &D,
+        rng: &mut impl Rng,
+        name: &str,
+        c: usize,
+        hidden: usize,
+        proj_std: f64,
+        kind: MlpKind,
+        bias: bool,
+    ) -> Self {
         Self {
-            fc: Linear::new(dev, rng, &format!("{name}.fc"), c, hidden, true, 0.02),
-            proj: Linear::new(dev, rng, &format!("{name}.proj"), hidden, c, true, proj_std),
+            fc: Linear::new(dev, rng, &format!("{name}.fc"), c, hidden, bias, 0.02),
+            gate: (kind == MlpKind::Swiglu)
+                .then(|| Linear::new(dev, rng, &format!("{name}.gate"), c, hidden, bias, 0.02)),
+            proj: Linear::new(dev, rng, &format!("{name}.proj"), hidden, c, bias, proj_std),
         }
     }
 
     /// `(N, C) -> (N, C)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>, drop: &mut Dropout) -> Act<D, T> {
-        drop.apply(self.proj.forward(D::gelu(self.fc.forward(x))))
+        let hidden = match &self.gate {
+            None => D::gelu(self.fc.forward(x)),
+            Some(gate) => {
+                let g = gate.forward(x.retaped::<T>());
+                let silu = g.retaped::<T>().sigmoid() * g;
+                silu * self.fc.forward(x)
+            }
+        };
+        drop.apply(self.proj.forward(hidden))
     }
 }
 
 impl<D: Device<Float>> HasParams<D> for Mlp<D> {
     fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
         self.fc.visit(f);
+        if let Some(g) = &self.gate {
+            g.visit(f);
+        }
         self.proj.visit(f);
     }
     fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
         self.fc.visit_mut(f);
+        if let Some(g) = &mut self.gate {
+            g.visit_mut(f);
+        }
         self.proj.visit_mut(f);
     }
 }

@@ -14,7 +14,7 @@ pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
 pub use backend::{Backend, Dims, Heads, cpu_backward, cpu_forward, cpu_gelu, cpu_gelu_backward, reference_attention};
 pub use gpt::{Block, Gpt};
 pub use kv_cache::{KvCache, LayerCache};
-pub use layers::{Act, Dropout, LayerNorm, Linear, Mlp};
+pub use layers::{Act, Dropout, Linear, Mlp, Norm};
 pub use param::{Float, HasParams, Param};
 pub use rope::Rope;
 
@@ -66,6 +66,57 @@ impl std::fmt::Display for AttentionKind {
     }
 }
 
+/// The normalisation of each block and of the final layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    /// Mean and variance, gain and bias (GPT-2).
+    #[default]
+    LayerNorm,
+    /// Root mean square, gain only (LLaMA).
+    RmsNorm,
+}
+
+/// The feed-forward network of each block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlpKind {
+    /// `proj(GELU(fc(x)))` (GPT-2).
+    #[default]
+    Gelu,
+    /// `down(SiLU(gate(x)) ⊙ up(x))` (LLaMA).
+    Swiglu,
+}
+
+/// How a block is built beyond its sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BlockStyle {
+    /// Norm layers.
+    pub norm: NormKind,
+    /// MLP kind.
+    pub mlp: MlpKind,
+    /// MLP width; by default 4·n_embd for GELU and ⌈(2/3)·4·n_embd⌉ to a multiple of
+    /// `mlp_multiple_of` for SwiGLU (the LLaMA rule).
+    pub mlp_hidden: Option<usize>,
+    /// Rounding of the default SwiGLU width.
+    pub mlp_multiple_of: usize,
+    /// Biases in attention and MLP projections (the head never has one).
+    pub bias: bool,
+}
+
+impl Default for BlockStyle {
+    fn default() -> Self {
+        Self {
+            norm: NormKind::LayerNorm,
+            mlp: MlpKind::Gelu,
+            mlp_hidden: None,
+            mlp_multiple_of: 256,
+            bias: true,
+        }
+    }
+}
+
 /// Everything needed to build a [`Gpt`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -86,6 +137,9 @@ pub struct ModelConfig {
     /// How query heads share key/value heads.
     #[serde(default)]
     pub attention: AttentionKind,
+    /// Norm, MLP and bias choices.
+    #[serde(default)]
+    pub block: BlockStyle,
     /// Dropout probability on embeddings, attention weights and residual branches.
     pub dropout: f64,
     /// RoPE base frequency.
@@ -111,14 +165,34 @@ impl ModelConfig {
     pub fn num_params(&self) -> usize {
         let (v, c, l) = (self.vocab_size, self.n_embd, self.n_layer);
         let kv = self.attn_shape().kv_dim();
+        let bias = |n: usize| if self.block.bias { n } else { 0 };
         let wpe = if self.position == Position::Absolute {
             self.block_size * c
         } else {
             0
         };
-        let attn = (c * c + c) * 2 + (c * kv + kv) * 2;
-        let mlp = (c * 4 * c + 4 * c) + (4 * c * c + c);
-        let norms = 2 * 2 * c;
-        v * c + wpe + l * (attn + mlp + norms) + 2 * c + c * v
+        let attn = (c * c + bias(c)) * 2 + (c * kv + bias(kv)) * 2;
+        let f = self.mlp_hidden();
+        let up = c * f + bias(f);
+        let mlp = match self.block.mlp {
+            MlpKind::Gelu => up + f * c + bias(c),
+            MlpKind::Swiglu => 2 * up + f * c + bias(c),
+        };
+        let norm = match self.block.norm {
+            NormKind::LayerNorm => 2 * c,
+            NormKind::RmsNorm => c,
+        };
+        v * c + wpe + l * (attn + mlp + 2 * norm) + norm + c * v
+    }
+
+    /// The MLP width (see [`BlockStyle::mlp_hidden`]).
+    pub fn mlp_hidden(&self) -> usize {
+        self.block.mlp_hidden.unwrap_or_else(|| match self.block.mlp {
+            MlpKind::Gelu => 4 * self.n_embd,
+            MlpKind::Swiglu => {
+                let m = self.block.mlp_multiple_of.max(1);
+                (2 * 4 * self.n_embd).div_ceil(3).div_ceil(m) * m
+            }
+        })
     }
 }

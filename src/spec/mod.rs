@@ -526,32 +526,46 @@ fn short_names<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
 fn set_varies(specs: &mut [RunSpec]) {
     let flat: Vec<Vec<(String, toml::Value)>> = specs
         .iter()
-        .map(|s| match toml::Value::try_from(&s.config) {
-            Ok(toml::Value::Table(t)) => flatten(&t, ""),
-            _ => vec![],
+        .map(|s| {
+            // Compare resolved values: an unset n_kv_head is n_head.
+            let mut config = s.config.clone();
+            config.model.n_kv_head = Some(config.model.kv_heads());
+            match toml::Value::try_from(&config) {
+                Ok(toml::Value::Table(t)) => flatten(&t, ""),
+                _ => vec![],
+            }
         })
         .collect();
-    let Some(first) = flat.first() else { return };
-    let keys: Vec<String> = first.iter().map(|(k, _)| k.clone()).collect();
+    // Every key any run sets, in order of first appearance: a key only some runs set differs too.
+    let mut keys: Vec<&String> = vec![];
+    for (k, _) in flat.iter().flatten() {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let value = |f: &Vec<(String, toml::Value)>, k: &String| f.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
     let differing: Vec<&String> = keys
-        .iter()
-        .filter(|k| {
-            let v0 = first.iter().find(|(kk, _)| kk == *k).map(|(_, v)| v);
-            flat.iter()
-                .any(|f| f.iter().find(|(kk, _)| kk == *k).map(|(_, v)| v) != v0)
-        })
+        .into_iter()
+        .filter(|k| flat.iter().any(|f| value(f, k) != value(&flat[0], k)))
         .collect();
     let short = short_names(differing.iter().map(|k| k.as_str()));
-    for (spec, f) in specs.iter_mut().zip(&flat) {
-        spec.varies = differing
-            .iter()
-            .zip(&short)
-            .filter_map(|(k, s)| {
-                f.iter()
-                    .find(|(kk, _)| kk == *k)
-                    .map(|(_, v)| (s.clone(), value_label(v)))
-            })
-            .collect();
+    let labels: Vec<Vec<(String, String)>> = flat
+        .iter()
+        .map(|f| {
+            differing
+                .iter()
+                .zip(&short)
+                .map(|(k, s)| {
+                    (
+                        s.clone(),
+                        value(f, k).map(|v| value_label(&v)).unwrap_or_else(|| "default".into()),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    for (spec, varies) in specs.iter_mut().zip(labels) {
+        spec.varies = varies;
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttentionKind, Position};
+use crate::model::{AttentionKind, MlpKind, NormKind, Position};
 
 /// `[experiment]`: the name (its output folder) and the seed every run starts from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +64,17 @@ pub struct ModelSection {
     pub rope_base: f64,
     /// `standard` or `grouped_sum` (the HW1 handout's summed-score grouping).
     pub attention: AttentionKind,
+    /// `layernorm` or `rmsnorm`.
+    pub norm: NormKind,
+    /// `gelu` or `swiglu`.
+    pub mlp: MlpKind,
+    /// MLP width; default 4·n_embd (gelu) or the LLaMA rule (swiglu).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlp_hidden: Option<usize>,
+    /// Rounding of the default SwiGLU width.
+    pub mlp_multiple_of: usize,
+    /// Biases in attention and MLP projections.
+    pub bias: bool,
 }
 
 impl Default for ModelSection {
@@ -77,6 +88,11 @@ impl Default for ModelSection {
             dropout: 0.1,
             rope_base: 10_000.0,
             attention: AttentionKind::Standard,
+            norm: NormKind::LayerNorm,
+            mlp: MlpKind::Gelu,
+            mlp_hidden: None,
+            mlp_multiple_of: 256,
+            bias: true,
         }
     }
 }

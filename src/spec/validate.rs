@@ -66,6 +66,12 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             ),
         );
     }
+    if m.mlp_hidden == Some(0) {
+        bad(&["model.mlp_hidden"], "must be at least 1".into());
+    }
+    if m.mlp_multiple_of == 0 {
+        bad(&["model.mlp_multiple_of"], "must be at least 1".into());
+    }
     if !(0.0..1.0).contains(&m.dropout) {
         bad(&["model.dropout"], format!("must be in [0, 1), not {}", m.dropout));
     }
