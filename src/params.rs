@@ -120,8 +120,8 @@ impl Arch {
             qkv_bias: c.block.bias,
             o_bias: c.block.bias,
             mlp_bias: c.block.bias,
-            qk_norm: false,
-            tie_embeddings: false,
+            qk_norm: c.block.qk_norm,
+            tie_embeddings: c.block.tie_embeddings,
         }
     }
 

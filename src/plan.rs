@@ -154,6 +154,8 @@ impl RunPlan {
         put("model.mlp", format!("{:?}", m.block.mlp));
         put("model.mlp_hidden", m.mlp_hidden().to_string());
         put("model.bias", m.block.bias.to_string());
+        put("model.tie_embeddings", m.block.tie_embeddings.to_string());
+        put("model.qk_norm", m.block.qk_norm.to_string());
         put("data.sha256", self.data_sha256.clone());
         put("data.val_fraction", self.config.data.val_fraction.to_string());
         put("experiment.seed", self.seed.to_string());
@@ -305,6 +307,8 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 mlp_hidden: c.model.mlp_hidden,
                 mlp_multiple_of: c.model.mlp_multiple_of,
                 bias: c.model.bias,
+                tie_embeddings: c.model.tie_embeddings,
+                qk_norm: c.model.qk_norm,
             },
         };
         plans.push(RunPlan {

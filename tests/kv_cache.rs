@@ -37,6 +37,8 @@ fn cached_generation_equals_recomputation_token_for_token() {
                     mlp_hidden: None,
                     mlp_multiple_of: 8,
                     bias: false,
+                    tie_embeddings: true,
+                    qk_norm: true,
                 };
             }
             let model = Gpt::new(&dev, &cfg, 17);

@@ -325,6 +325,8 @@ fn gradients_agree_with_finite_differences() {
                 mlp_hidden: None,
                 mlp_multiple_of: 4,
                 bias: false,
+                tie_embeddings: true,
+                qk_norm: true,
             }
         } else {
             Default::default()

@@ -47,6 +47,8 @@ fn analytic_counts_equal_instantiated_models_for_random_configs() {
                 mlp_hidden: [None, Some(r.gen_range(1..50))][r.gen_range(0..2)],
                 mlp_multiple_of: [1, 8, 256][r.gen_range(0..3)],
                 bias: r.gen_range(0..2) == 1,
+                tie_embeddings: r.gen_range(0..2) == 1,
+                qk_norm: r.gen_range(0..2) == 1,
             },
         };
         let built = Gpt::new(&dev, &config, 1).num_params() as u64;

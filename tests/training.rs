@@ -45,6 +45,7 @@ fn a_tiny_model_overfits_a_single_batch() {
                     mlp_hidden: None,
                     mlp_multiple_of: 16,
                     bias: false,
+                    ..Default::default()
                 }
             } else {
                 Default::default()

@@ -8,12 +8,15 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
-use super::AttentionKind;
 use super::backend::Backend;
 use super::kv_cache::LayerCache;
-use super::layers::{Act, Dropout, Linear};
+use super::layers::{Act, Dropout, Linear, Norm};
 use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
+use super::{AttentionKind, NormKind};
+
+/// `(B, T, heads, hd)` activations on tape `T`.
+pub type Act4<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
 
 /// The sizes attention needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub struct CausalSelfAttention<D: Device<Float>> {
     pub wo: Linear<D>,
     /// How query heads share key/value heads.
     pub kind: AttentionKind,
+    /// RMSNorms of each head's queries and keys (gain over the head width), if used.
+    pub qk_norm: Option<(Norm<D>, Norm<D>)>,
 }
 
 impl<D: Backend> CausalSelfAttention<D> {
@@ -81,7 +86,27 @@ impl<D: Backend> CausalSelfAttention<D> {
             wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), bias, 0.02),
             wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, bias, proj_std),
             kind: AttentionKind::Standard,
+            qk_norm: None,
         }
+    }
+
+    /// Adds RMSNorms of each head's queries and keys (Qwen3) when `on`.
+    pub fn with_qk_norm(mut self, dev: &D, name: &str, on: bool) -> Self {
+        let hd = self.shape.head_dim();
+        self.qk_norm = on.then(|| {
+            (
+                Norm::new(dev, &format!("{name}.q_norm"), hd, NormKind::RmsNorm),
+                Norm::new(dev, &format!("{name}.k_norm"), hd, NormKind::RmsNorm),
+            )
+        });
+        self
+    }
+
+    /// Normalises every head vector of `x (B, T, nh, hd)` with `norm`.
+    pub fn norm_heads<T: Tape<Float, D> + Merge<T>>(norm: &Norm<D>, x: Act4<D, T>) -> Act4<D, T> {
+        let shape = *x.shape();
+        let (b, t, nh, hd) = shape;
+        norm.forward(x.reshape_like(&(b * t * nh, hd))).reshape_like(&shape)
     }
 
     /// The same layer with another way of sharing key/value heads.
@@ -126,6 +151,10 @@ impl<D: Backend> CausalSelfAttention<D> {
         let mut q = self.wq.forward(x).reshape_like(&(b, t, h, hd)); // (B, T, H, hd)
         let mut k = self.wk.forward(xk).reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
         let v = self.wv.forward(xv).reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
+        if let Some((qn, kn)) = &self.qk_norm {
+            q = Self::norm_heads(qn, q);
+            k = Self::norm_heads(kn, k);
+        }
         if let Some(rope) = rope {
             q = rope.apply(q, 0);
             k = rope.apply(k, 0);
@@ -167,11 +196,19 @@ impl<D: Device<Float>> HasParams<D> for CausalSelfAttention<D> {
         self.wk.visit(f);
         self.wv.visit(f);
         self.wo.visit(f);
+        if let Some((qn, kn)) = &self.qk_norm {
+            qn.visit(f);
+            kn.visit(f);
+        }
     }
     fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
         self.wq.visit_mut(f);
         self.wk.visit_mut(f);
         self.wv.visit_mut(f);
         self.wo.visit_mut(f);
+        if let Some((qn, kn)) = &mut self.qk_norm {
+            qn.visit_mut(f);
+            kn.visit_mut(f);
+        }
     }
 }

@@ -85,8 +85,8 @@ pub struct Gpt<D: Device<Float>> {
     pub blocks: Vec<Block<D>>,
     /// Final norm.
     pub ln_f: Norm<D>,
-    /// `(C, V)` language-model head, no bias.
-    pub head: Linear<D>,
+    /// `(C, V)` language-model head, no bias; absent when tied to the token embedding.
+    pub head: Option<Linear<D>>,
     rope: Option<Rope>,
     dev: D,
 }
@@ -130,7 +130,8 @@ impl<D: Backend> Gpt<D> {
                     proj_std,
                     config.block.bias,
                 )
-                .with_kind(config.attention),
+                .with_kind(config.attention)
+                .with_qk_norm(dev, &format!("h.{i}.attn"), config.block.qk_norm),
                 ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.block.norm),
                 mlp: Mlp::new(
                     dev,
@@ -152,7 +153,7 @@ impl<D: Backend> Gpt<D> {
             wpe,
             blocks,
             ln_f: Norm::new(dev, "ln_f", c, config.block.norm),
-            head: Linear::new(dev, &mut rng("head"), "head", c, v, false, 0.02),
+            head: (!config.block.tie_embeddings).then(|| Linear::new(dev, &mut rng("head"), "head", c, v, false, 0.02)),
             rope,
             dev: dev.clone(),
         }
@@ -224,7 +225,15 @@ impl<D: Backend> Gpt<D> {
             let layer = layers.as_mut().and_then(|l| l.next());
             x = block.forward_capturing(x, b, t, self.rope.as_ref(), drop, layer);
         }
-        self.head.forward(self.ln_f.forward(x)) // (B·T, V)
+        self.logits(self.ln_f.forward(x)) // (B·T, V)
+    }
+
+    /// `x (N, C) -> (N, V)`: the head, or the transposed token embedding when tied.
+    pub fn logits<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
+        match &self.head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.wte.matrix::<T>().permute()),
+        }
     }
 
     /// Mean cross-entropy of `logits (N, V)` against `targets (N,)`.
@@ -245,7 +254,9 @@ impl<D: Device<Float>> HasParams<D> for Gpt<D> {
             b.visit(f);
         }
         self.ln_f.visit(f);
-        self.head.visit(f);
+        if let Some(h) = &self.head {
+            h.visit(f);
+        }
     }
     fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
         f(&mut self.wte);
@@ -256,6 +267,8 @@ impl<D: Device<Float>> HasParams<D> for Gpt<D> {
             b.visit_mut(f);
         }
         self.ln_f.visit_mut(f);
-        self.head.visit_mut(f);
+        if let Some(h) = &mut self.head {
+            h.visit_mut(f);
+        }
     }
 }

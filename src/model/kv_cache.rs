@@ -67,6 +67,10 @@ impl<D: Backend> CausalSelfAttention<D> {
         let mut q = self.wq.forward(x.clone()).reshape_like(&(1, 1, h, hd));
         let mut k = self.wk.forward(x.clone()).reshape_like(&(1, 1, hkv, hd));
         let v = self.wv.forward(x.clone()).as_vec();
+        if let Some((qn, kn)) = &self.qk_norm {
+            q = Self::norm_heads(qn, q);
+            k = Self::norm_heads(kn, k);
+        }
         if let Some(rope) = rope {
             q = rope.apply(q, pos);
             k = rope.apply(k, pos);
@@ -155,7 +159,7 @@ impl<D: Backend> Gpt<D> {
             x = block.forward_cached(x, pos, self.rope(), layer);
         }
         cache.len += 1;
-        self.head.forward(self.ln_f.forward(x)).as_vec()
+        self.logits(self.ln_f.forward(x)).as_vec()
     }
 
     /// Bytes of key/value cache per position (see [`super::ModelConfig::kv_bytes_per_token`]).

@@ -103,6 +103,10 @@ pub struct BlockStyle {
     pub mlp_multiple_of: usize,
     /// Biases in attention and MLP projections (the head never has one).
     pub bias: bool,
+    /// The output head is the transposed token embedding.
+    pub tie_embeddings: bool,
+    /// RMSNorm of each head's queries and keys before RoPE (Qwen3), gain shared across heads.
+    pub qk_norm: bool,
 }
 
 impl Default for BlockStyle {
@@ -113,6 +117,8 @@ impl Default for BlockStyle {
             mlp_hidden: None,
             mlp_multiple_of: 256,
             bias: true,
+            tie_embeddings: false,
+            qk_norm: false,
         }
     }
 }
@@ -182,7 +188,13 @@ impl ModelConfig {
             NormKind::LayerNorm => 2 * c,
             NormKind::RmsNorm => c,
         };
-        v * c + wpe + l * (attn + mlp + 2 * norm) + norm + c * v
+        let qk_norm = if self.block.qk_norm {
+            2 * self.attn_shape().head_dim()
+        } else {
+            0
+        };
+        let head = if self.block.tie_embeddings { 0 } else { c * v };
+        v * c + wpe + l * (attn + mlp + 2 * norm + qk_norm) + norm + head
     }
 
     /// The MLP width (see [`BlockStyle::mlp_hidden`]).

@@ -75,6 +75,10 @@ pub struct ModelSection {
     pub mlp_multiple_of: usize,
     /// Biases in attention and MLP projections.
     pub bias: bool,
+    /// The output head is the transposed token embedding.
+    pub tie_embeddings: bool,
+    /// RMSNorm of each head's queries and keys (Qwen3).
+    pub qk_norm: bool,
 }
 
 impl Default for ModelSection {
@@ -93,6 +97,8 @@ impl Default for ModelSection {
             mlp_hidden: None,
             mlp_multiple_of: 256,
             bias: true,
+            tie_embeddings: false,
+            qk_norm: false,
         }
     }
 }
