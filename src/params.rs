@@ -94,7 +94,7 @@ pub struct Breakdown {
 impl Arch {
     /// gptlab's GPT with its block style (GPT-2 by default: LayerNorm, 4× GELU, biases; untied head).
     pub fn from_model(c: &ModelConfig) -> Self {
-        let hd = c.n_embd / c.n_head.max(1);
+        let hd = if c.n_head == 0 { 0 } else { c.attn_shape().head_dim() };
         Self {
             name: "gptlab".into(),
             vocab: c.vocab_size,

@@ -156,6 +156,7 @@ impl RunPlan {
         put("model.bias", m.block.bias.to_string());
         put("model.tie_embeddings", m.block.tie_embeddings.to_string());
         put("model.qk_norm", m.block.qk_norm.to_string());
+        put("model.head_dim", m.attn_shape().head_dim().to_string());
         put("data.sha256", self.data_sha256.clone());
         put("data.val_fraction", self.config.data.val_fraction.to_string());
         put("experiment.seed", self.seed.to_string());
@@ -309,6 +310,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 bias: c.model.bias,
                 tie_embeddings: c.model.tie_embeddings,
                 qk_norm: c.model.qk_norm,
+                head_dim: c.model.head_dim,
             },
         };
         plans.push(RunPlan {

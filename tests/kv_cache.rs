@@ -39,6 +39,7 @@ fn cached_generation_equals_recomputation_token_for_token() {
                     bias: false,
                     tie_embeddings: true,
                     qk_norm: true,
+                    head_dim: Some(6),
                 };
             }
             let model = Gpt::new(&dev, &cfg, 17);

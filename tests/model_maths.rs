@@ -173,6 +173,7 @@ fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: us
         n_embd: c,
         n_head: h,
         n_kv_head: hkv,
+        ..
     } = attn.shape;
     let hd = c / h;
     let linear = |l: &gptlab::model::Linear<Cpu>, x: &[f32], d_out: usize| -> Vec<f32> {
@@ -239,6 +240,7 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
                 n_embd: c,
                 n_head: h,
                 n_kv_head: hkv,
+                head_dim: None,
             };
             let mut r = rng(11);
             let mut attn = CausalSelfAttention::new(&dev, &mut r, "a", shape, 0.02);
@@ -272,6 +274,7 @@ fn multi_query_shares_one_key_value_head() {
         n_embd: 12,
         n_head: 4,
         n_kv_head: 1,
+        head_dim: None,
     };
     let attn = CausalSelfAttention::new(&dev, &mut rng(2), "a", shape, 0.02);
     assert_eq!(attn.wk.weight.shape, vec![12, 3]);
@@ -327,6 +330,7 @@ fn gradients_agree_with_finite_differences() {
                 bias: false,
                 tie_embeddings: true,
                 qk_norm: true,
+                head_dim: Some(4),
             }
         } else {
             Default::default()
@@ -408,6 +412,7 @@ fn grouped_sum_is_multi_head_attention_at_g_1_and_sums_the_group_queries_otherwi
             n_embd: c,
             n_head: h,
             n_kv_head: hkv,
+            head_dim: None,
         };
         let standard = CausalSelfAttention::new(&dev, &mut rng(12), "a", shape, 0.3);
         let grouped =

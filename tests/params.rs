@@ -49,6 +49,7 @@ fn analytic_counts_equal_instantiated_models_for_random_configs() {
                 bias: r.gen_range(0..2) == 1,
                 tie_embeddings: r.gen_range(0..2) == 1,
                 qk_norm: r.gen_range(0..2) == 1,
+                head_dim: [None, Some(2 * r.gen_range(1..5))][r.gen_range(0..2)],
             },
         };
         let built = Gpt::new(&dev, &config, 1).num_params() as u64;

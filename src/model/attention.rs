@@ -27,12 +27,18 @@ pub struct AttnShape {
     pub n_head: usize,
     /// Key/value heads; divides `n_head`.
     pub n_kv_head: usize,
+    /// Width of one head; `None` is `n_embd / n_head`.
+    pub head_dim: Option<usize>,
 }
 
 impl AttnShape {
     /// Per-head width `C / H`.
     pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head
+        self.head_dim.unwrap_or(self.n_embd / self.n_head)
+    }
+    /// Width of all query heads together, `n_head · head_dim` (the input of the output projection).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim()
     }
     /// Query heads per key/value head.
     pub fn group(&self) -> usize {
@@ -81,10 +87,10 @@ impl<D: Backend> CausalSelfAttention<D> {
         let c = shape.n_embd;
         Self {
             shape,
-            wq: Linear::new(dev, rng, &format!("{name}.wq"), c, c, bias, 0.02),
+            wq: Linear::new(dev, rng, &format!("{name}.wq"), c, shape.q_dim(), bias, 0.02),
             wk: Linear::new(dev, rng, &format!("{name}.wk"), c, shape.kv_dim(), bias, 0.02),
             wv: Linear::new(dev, rng, &format!("{name}.wv"), c, shape.kv_dim(), bias, 0.02),
-            wo: Linear::new(dev, rng, &format!("{name}.wo"), c, c, bias, proj_std),
+            wo: Linear::new(dev, rng, &format!("{name}.wo"), shape.q_dim(), c, bias, proj_std),
             kind: AttentionKind::Standard,
             qk_norm: None,
         }
@@ -139,11 +145,11 @@ impl<D: Backend> CausalSelfAttention<D> {
         capture: Option<&mut LayerCache>,
     ) -> Act<D, T> {
         let AttnShape {
-            n_embd: c,
             n_head: h,
             n_kv_head: hkv,
             ..
         } = self.shape;
+        let q_dim = self.shape.q_dim();
         let hd = self.shape.head_dim();
 
         let xk = x.retaped::<T>();
@@ -180,7 +186,7 @@ impl<D: Backend> CausalSelfAttention<D> {
                     .reshape_like(&(b, t, h, hd))
             }
         };
-        let y = y.reshape_like(&(b * t, c)); // (B·T, C)
+        let y = y.reshape_like(&(b * t, q_dim)); // (B·T, H·hd)
         drop.apply(self.wo.forward(y))
     }
 }

@@ -57,8 +57,8 @@ impl<D: Backend> CausalSelfAttention<D> {
         rope: Option<&Rope>,
         cache: &mut LayerCache,
     ) -> Act<D, NoneTape> {
-        let (c, h, hkv, hd) = (
-            self.shape.n_embd,
+        let (q_dim, h, hkv, hd) = (
+            self.shape.q_dim(),
             self.shape.n_head,
             self.shape.n_kv_head,
             self.shape.head_dim(),
@@ -94,7 +94,7 @@ impl<D: Backend> CausalSelfAttention<D> {
         cache.v.extend(v);
         let n = cache.k.len() / (hkv * hd);
         let scale = 1.0 / (hd as Float).sqrt();
-        let mut y = vec![0.0; c];
+        let mut y = vec![0.0; q_dim];
         let mut scores = vec![0.0; n];
         for head in 0..h {
             let j = head / g;
@@ -117,7 +117,7 @@ impl<D: Backend> CausalSelfAttention<D> {
                 out.iter_mut().zip(vs).for_each(|(o, v)| *o += p / total * v);
             }
         }
-        self.wo.forward(x.device().tensor_from_vec(y, (1, c)))
+        self.wo.forward(x.device().tensor_from_vec(y, (1, q_dim)))
     }
 }
 

@@ -107,6 +107,8 @@ pub struct BlockStyle {
     pub tie_embeddings: bool,
     /// RMSNorm of each head's queries and keys before RoPE (Qwen3), gain shared across heads.
     pub qk_norm: bool,
+    /// Width of one attention head; `None` is `n_embd / n_head`.
+    pub head_dim: Option<usize>,
 }
 
 impl Default for BlockStyle {
@@ -119,6 +121,7 @@ impl Default for BlockStyle {
             bias: true,
             tie_embeddings: false,
             qk_norm: false,
+            head_dim: None,
         }
     }
 }
@@ -159,6 +162,7 @@ impl ModelConfig {
             n_embd: self.n_embd,
             n_head: self.n_head,
             n_kv_head: self.n_kv_head,
+            head_dim: self.block.head_dim,
         }
     }
 
@@ -177,7 +181,8 @@ impl ModelConfig {
         } else {
             0
         };
-        let attn = (c * c + bias(c)) * 2 + (c * kv + bias(kv)) * 2;
+        let q = self.attn_shape().q_dim();
+        let attn = (c * q + bias(q)) + (q * c + bias(c)) + (c * kv + bias(kv)) * 2;
         let f = self.mlp_hidden();
         let up = c * f + bias(f);
         let mlp = match self.block.mlp {

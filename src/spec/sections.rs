@@ -79,6 +79,9 @@ pub struct ModelSection {
     pub tie_embeddings: bool,
     /// RMSNorm of each head's queries and keys (Qwen3).
     pub qk_norm: bool,
+    /// Width of one attention head; default n_embd / n_head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
 }
 
 impl Default for ModelSection {
@@ -99,6 +102,7 @@ impl Default for ModelSection {
             bias: true,
             tie_embeddings: false,
             qk_norm: false,
+            head_dim: None,
         }
     }
 }

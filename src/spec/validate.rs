@@ -39,11 +39,18 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     if kv == 0 {
         bad(&["model.n_kv_head"], "must be at least 1".into());
     }
-    if m.n_head > 0 && !m.n_embd.is_multiple_of(m.n_head) {
+    // With an explicit head_dim the heads need not tile n_embd.
+    if m.head_dim.is_none() && m.n_head > 0 && !m.n_embd.is_multiple_of(m.n_head) {
         bad(
             &["model.n_head", "model.n_embd"],
             format!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head),
         );
+    }
+    if m.head_dim == Some(0) {
+        bad(&["model.head_dim"], "must be at least 1".into());
+    }
+    if m.head_dim.is_some_and(|hd| hd > 65_536) {
+        bad(&["model.head_dim"], "is beyond the 65536 gptlab supports".into());
     }
     if kv > 0 && m.n_head > 0 && !m.n_head.is_multiple_of(kv) {
         bad(
@@ -51,19 +58,17 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             format!("n_head ({}) must be divisible by n_kv_head ({kv})", m.n_head),
         );
     }
-    if m.position == Position::Rope
-        && m.n_head > 0
-        && m.n_embd.is_multiple_of(m.n_head)
-        && !(m.n_embd / m.n_head).is_multiple_of(2)
-    {
+    let head_dim = m
+        .head_dim
+        .or((m.n_head > 0 && m.n_embd.is_multiple_of(m.n_head)).then(|| m.n_embd / m.n_head));
+    if let Some(hd) = head_dim.filter(|hd| m.position == Position::Rope && !hd.is_multiple_of(2)) {
+        let why = match m.head_dim {
+            Some(_) => format!("head_dim is {hd}"),
+            None => format!("n_embd / n_head = {} / {} = {hd}", m.n_embd, m.n_head),
+        };
         bad(
-            &["model.position", "model.n_head", "model.n_embd"],
-            format!(
-                "RoPE needs an even head dimension, but n_embd / n_head = {} / {} = {}",
-                m.n_embd,
-                m.n_head,
-                m.n_embd / m.n_head
-            ),
+            &["model.position", "model.head_dim", "model.n_head", "model.n_embd"],
+            format!("RoPE needs an even head dimension, but {why}"),
         );
     }
     if m.mlp_hidden == Some(0) {
@@ -82,7 +87,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
     // Guard against configurations that cannot fit in memory, which would abort rather than error.
-    let width = m.n_embd.max(1) as f64;
+    let width = (m.n_embd.max(1) as f64).max((m.n_head as f64) * m.head_dim.unwrap_or(0) as f64);
     let weights = m.n_layer as f64 * 12.0 * width * width;
     if weights > 4e9 {
         bad(
