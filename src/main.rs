@@ -453,12 +453,18 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
             ..args.select.clone()
         };
         let dir = args.out.reports_dir.join(&spec.name);
-        let written = load_plans(&args.file, &all, &args.out.runs_dir)
+        // Only a run narrowed by --only needs the rest of the experiment planned again.
+        let all_plans = if args.select.only.is_empty() {
+            Ok(plans.clone())
+        } else {
+            load_plans(&args.file, &all, &args.out.runs_dir).map(|(_, p)| p)
+        };
+        let written = all_plans
             .map_err(|e| match e {
                 Failure::Spec(e) => anyhow::anyhow!("{e}"),
                 Failure::Runtime(e) => e,
             })
-            .and_then(|(_, all_plans)| {
+            .and_then(|all_plans| {
                 write_report(&dev, &spec.name, &all_plans, spec.path(), spec.has_sweep(), &dir, true)
             });
         match written {

@@ -302,16 +302,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             dropout: c.model.dropout,
             rope_base: c.model.rope_base,
             attention: c.model.attention,
-            block: crate::model::BlockStyle {
-                norm: c.model.norm,
-                mlp: c.model.mlp,
-                mlp_hidden: c.model.mlp_hidden,
-                mlp_multiple_of: c.model.mlp_multiple_of,
-                bias: c.model.bias,
-                tie_embeddings: c.model.tie_embeddings,
-                qk_norm: c.model.qk_norm,
-                head_dim: c.model.head_dim,
-            },
+            block: c.model.block_style(),
         };
         plans.push(RunPlan {
             experiment: spec.experiment.clone(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttentionKind, MlpKind, NormKind, Position};
+use crate::model::{AttentionKind, BlockStyle, MlpKind, NormKind, Position};
 
 /// `[experiment]`: the name (its output folder) and the seed every run starts from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +86,8 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
+        // The block defaults live with the model, in one place.
+        let block = BlockStyle::default();
         Self {
             n_layer: 6,
             n_embd: 192,
@@ -95,19 +97,33 @@ impl Default for ModelSection {
             dropout: 0.1,
             rope_base: 10_000.0,
             attention: AttentionKind::Standard,
-            norm: NormKind::LayerNorm,
-            mlp: MlpKind::Gelu,
-            mlp_hidden: None,
-            mlp_multiple_of: 256,
-            bias: true,
-            tie_embeddings: false,
-            qk_norm: false,
-            head_dim: None,
+            norm: block.norm,
+            mlp: block.mlp,
+            mlp_hidden: block.mlp_hidden,
+            mlp_multiple_of: block.mlp_multiple_of,
+            bias: block.bias,
+            tie_embeddings: block.tie_embeddings,
+            qk_norm: block.qk_norm,
+            head_dim: block.head_dim,
         }
     }
 }
 
 impl ModelSection {
+    /// The block options as the model takes them.
+    pub fn block_style(&self) -> BlockStyle {
+        BlockStyle {
+            norm: self.norm,
+            mlp: self.mlp,
+            mlp_hidden: self.mlp_hidden,
+            mlp_multiple_of: self.mlp_multiple_of,
+            bias: self.bias,
+            tie_embeddings: self.tie_embeddings,
+            qk_norm: self.qk_norm,
+            head_dim: self.head_dim,
+        }
+    }
+
     /// `n_kv_head`, defaulting to `n_head`.
     pub fn kv_heads(&self) -> usize {
         self.n_kv_head.unwrap_or(self.n_head)
