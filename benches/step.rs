@@ -81,6 +81,7 @@ fn bench(name: &str, t: usize, kv: usize, position: Position, steps: usize) {
 }
 
 fn main() {
+    gptlab::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let case = args.first().map(String::as_str).unwrap_or("all");
     let steps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(6usize).max(2);

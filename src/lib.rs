@@ -3,6 +3,7 @@
 //! Data flows one way: [`spec`] (the file) → [`plan`] (runnable runs) → [`train`]
 //! (metrics under `runs/`). [`model`] and [`data`] are the pieces training is made of.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod data;
 pub mod discover;

@@ -172,6 +172,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    gptlab::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::List { dir } => list(&dir),

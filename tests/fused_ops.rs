@@ -265,3 +265,49 @@ fn fused_rotary_equals_the_composition_in_values_and_gradients() {
         }
     }
 }
+
+#[test]
+fn fused_linear_equals_the_composition_in_values_and_gradients() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(10);
+    for (n, d_in, d_out, bias) in [
+        (1, 1, 1, true),
+        (7, 5, 3, true),
+        (130, 33, 65, false),
+        (257, 192, 200, true),
+    ] {
+        let x = dev.tensor_from_vec(random(&mut r, n * d_in), (n, d_in));
+        let w = dev.tensor_from_vec(random(&mut r, d_in * d_out), (d_in, d_out));
+        let b = dev.tensor_from_vec(random(&mut r, d_out), (d_out,));
+        let wy = dev.tensor_from_vec(random(&mut r, n * d_out), (n, d_out));
+        let run = |fused: bool| {
+            let (_, tape) = x.clone().leaky_traced().split_tape();
+            let xt = x.clone().put_tape(tape);
+            let (wt, bt) = (w.retaped::<OwnedTape<f32, Cpu>>(), b.retaped::<OwnedTape<f32, Cpu>>());
+            let y = if fused {
+                Cpu::linear(xt, wt, bias.then_some(bt))
+            } else {
+                let y = xt.matmul(wt);
+                if bias {
+                    y + bt.broadcast_like::<_, Axis<0>>(&(n, d_out))
+                } else {
+                    y
+                }
+            };
+            let values = y.retaped::<NoneTape>().as_vec();
+            let g = (y * wy.clone()).sum().backward();
+            let db = if bias { g.get(&b).as_vec() } else { vec![] };
+            [values, g.get(&x).as_vec(), g.get(&w).as_vec(), db]
+        };
+        let (fused, reference) = (run(true), run(false));
+        for (part, (u, v)) in ["y", "dx", "dw", "db"].iter().zip(fused.iter().zip(&reference)) {
+            assert_eq!(u.len(), v.len());
+            for (p, q) in u.iter().zip(v) {
+                assert!(
+                    (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
+                    "linear {part} (N={n}, in={d_in}, out={d_out}, bias={bias}): {p} vs {q}"
+                );
+            }
+        }
+    }
+}

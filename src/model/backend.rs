@@ -6,10 +6,13 @@
 //! layout, and recomputes probabilities in the backward pass instead of storing them.
 
 use dfdx::prelude::*;
-use rand::Rng;
 use rayon::prelude::*;
 
 use super::attention::causal_mask;
+use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
+use super::cpu_kernels::{
+    CHUNK, View, add_column_sums, cpu_gelu, cpu_gelu_backward, cpu_linear, cpu_rotary, cpu_rotary_backward, gemm_par,
+};
 use super::layers::Dropout;
 use super::param::Float;
 
@@ -27,6 +30,19 @@ pub trait Backend: Device<Float> {
         drop: &mut Dropout,
     ) -> Heads<Self, T> {
         reference_attention(q, k, v, drop)
+    }
+
+    /// `x (N, in) · w (in, out) + b (out,)`.
+    fn linear<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        w: Tensor<(usize, usize), Float, Self, T>,
+        b: Option<Tensor<(usize,), Float, Self, T>>,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let y = x.matmul(w);
+        match b {
+            Some(b) => Self::add_bias(y, b),
+            None => y,
+        }
     }
 
     /// `x (N, C) + b (C,)` on every row.
@@ -99,88 +115,59 @@ pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
 #[cfg(feature = "cuda")]
 impl Backend for dfdx::tensor::Cuda {}
 
-const SQRT_2_OVER_PI: Float = 0.797_884_6;
-const GELU_C: Float = 0.044_715;
-
-/// `tanh(u)` through one `exp`, cheaper than libm's `tanhf`; saturates correctly at ±∞.
-fn fast_tanh(u: Float) -> Float {
-    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
-}
-
-/// Elements per parallel chunk of the element-wise kernels.
-const CHUNK: usize = 1 << 14;
-
-/// GELU (tanh form) of each element, in parallel.
-pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = 0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
-        }
-    });
-    y
-}
-
-/// `dx += gy · gelu'(x)`, in parallel.
-pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
-    dx.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, gy))| {
-            for ((dx, &x), &gy) in dx.iter_mut().zip(x).zip(gy) {
-                let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
-                *dx += gy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
-            }
-        });
-}
-
-/// Rotary embedding in the rotate-half layout: `out = x·cos + [-x2, x1]·sin` per head vector.
-pub fn cpu_rotary(x: &[Float], cos: &[Float], sin: &[Float], t: usize, nh: usize, hd: usize) -> Vec<Float> {
-    let half = hd / 2;
-    let mut out = vec![0.0; x.len()];
-    out.par_chunks_mut(t * nh * hd)
-        .zip(x.par_chunks(t * nh * hd))
-        .for_each(|(out, x)| {
-            for (pos, (o, xr)) in out.chunks_mut(nh * hd).zip(x.chunks(nh * hd)).enumerate() {
-                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
-                for (o, x) in o.chunks_mut(hd).zip(xr.chunks(hd)) {
-                    for i in 0..half {
-                        o[i] = x[i] * c[i] - x[i + half] * s[i];
-                        o[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
-                    }
-                }
-            }
-        });
-    out
-}
-
-/// `dx += ∂/∂x` of [`cpu_rotary`] applied to `gy`: the inverse rotation.
-pub fn cpu_rotary_backward(
-    gy: &[Float],
-    cos: &[Float],
-    sin: &[Float],
-    t: usize,
-    nh: usize,
-    hd: usize,
-    dx: &mut [Float],
-) {
-    let half = hd / 2;
-    dx.par_chunks_mut(t * nh * hd)
-        .zip(gy.par_chunks(t * nh * hd))
-        .for_each(|(dx, gy)| {
-            for (pos, (d, g)) in dx.chunks_mut(nh * hd).zip(gy.chunks(nh * hd)).enumerate() {
-                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
-                for (d, g) in d.chunks_mut(hd).zip(g.chunks(hd)) {
-                    for i in 0..half {
-                        d[i] += g[i] * c[i] + g[i + half] * s[i + half];
-                        d[i + half] += g[i + half] * c[i + half] - g[i] * s[i];
-                    }
-                }
-            }
-        });
+/// Runs `f` with the gradient of `out` lent out of `grads` (moved, not copied), so `f` can
+/// write the gradients of the inputs while reading it; puts it back afterwards.
+fn with_output_grad<S: Shape>(
+    grads: &mut Gradients<Float, Cpu>,
+    out: &Tensor<S, Float, Cpu>,
+    f: impl FnOnce(&mut Gradients<Float, Cpu>, &[Float]) -> Result<(), <Cpu as HasErr>::Err>,
+) -> Result<(), <Cpu as HasErr>::Err> {
+    let gy = std::mem::take(&mut **grads.get_or_alloc_mut(out)?);
+    let result = f(grads, &gy);
+    **grads.get_or_alloc_mut(out)? = gy;
+    result
 }
 
 impl Backend for Cpu {
+    fn linear<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        w: Tensor<(usize, usize), Float, Self, T>,
+        b: Option<Tensor<(usize,), Float, Self, T>>,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let (n, d_in) = *x.shape();
+        let d_out = w.shape().1;
+        assert_eq!(w.shape().0, d_in, "linear: x is (N, {d_in}) but w is {:?}", w.shape());
+        let (x, tape_x) = x.split_tape();
+        let (w, tape_w) = w.split_tape();
+        let mut tape = tape_x.merge(tape_w);
+        let b = b.map(|b| {
+            let (b, tape_b) = b.split_tape();
+            tape = std::mem::take(&mut tape).merge(tape_b);
+            b
+        });
+        let (xv, wv) = (x.as_vec(), w.as_vec());
+        let bv = b.as_ref().map(|b| b.as_vec());
+        let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
+        let out = x.device().tensor_from_vec(y, (n, d_out));
+        if T::OWNS_TAPE {
+            let out_ref = out.clone();
+            tape.add_backward_op(move |grads| {
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    let gy_view = View::rows(gy, d_out);
+                    let dx = grads.get_or_alloc_mut(&x)?;
+                    gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_out).t(), 1.0);
+                    let dw = grads.get_or_alloc_mut(&w)?;
+                    gemm_par(d_in, d_out, n, dw, true, View::rows(&xv, d_in).t(), gy_view, 1.0);
+                    if let Some(b) = &b {
+                        add_column_sums(gy, d_out, grads.get_or_alloc_mut(b)?);
+                    }
+                    Ok(())
+                })
+            });
+        }
+        out.put_tape(tape)
+    }
+
     fn rotary<T: Tape<Float, Self> + Merge<T>>(x: Heads<Self, T>, cos: &[Float], sin: &[Float]) -> Heads<Self, T> {
         let shape = *x.shape();
         let (_, t, nh, hd) = shape;
@@ -376,329 +363,4 @@ impl Backend for Cpu {
         timer.stop();
         out.put_tape(tape)
     }
-}
-
-/// Sizes and dropout settings of one fused attention call.
-#[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    /// Batch.
-    pub b: usize,
-    /// Sequence length.
-    pub t: usize,
-    /// Query heads.
-    pub h: usize,
-    /// Key/value heads.
-    pub hkv: usize,
-    /// Head width.
-    pub hd: usize,
-    /// Dropout probability on attention weights (0 in evaluation).
-    pub p: f32,
-    /// Seed of the dropout masks; the backward pass regenerates the same masks from it.
-    pub seed: u64,
-}
-
-impl Dims {
-    fn q_at(&self, b: usize, t: usize, h: usize) -> usize {
-        ((b * self.t + t) * self.h + h) * self.hd
-    }
-    fn kv_at(&self, b: usize, t: usize, j: usize) -> usize {
-        ((b * self.t + t) * self.hkv + j) * self.hd
-    }
-    /// The mask generator of query head `h` in batch row `b`: rows drawn in order t, then j ≤ t.
-    fn mask_rng(&self, b: usize, h: usize) -> rand_chacha::ChaCha8Rng {
-        crate::seed::stream(self.seed, crate::seed::Stream::Dropout, (b * self.h + h) as u64)
-    }
-    fn keep_threshold(&self) -> u32 {
-        (self.p as f64 * u32::MAX as f64) as u32
-    }
-}
-
-/// Dot product with eight independent partial sums: a plain `sum()` must add in order,
-/// which keeps LLVM from vectorising it.
-pub(crate) fn dot(a: &[Float], b: &[Float]) -> Float {
-    let mut acc = [0.0; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: Float = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<Float>() + tail
-}
-
-/// A strided matrix view: element (r, c) of `data` is at `r·rs + c·cs`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [Float],
-    rs: usize,
-    cs: usize,
-}
-
-/// `dst (m×n, row-major, contiguous) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, single-threaded
-/// (callers already run one task per core).
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(m: usize, n: usize, k: usize, dst: &mut [Float], acc: bool, lhs: View<'_>, rhs: View<'_>, beta: Float) {
-    let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
-    assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
-    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
-    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
-    // `dst` is exclusively borrowed.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-impl Dims {
-    /// Query head `h` of batch row `b` as a `(T, hd)` view.
-    fn q_view<'a>(&self, q: &'a [Float], b: usize, h: usize) -> View<'a> {
-        View {
-            data: &q[self.q_at(b, 0, h)..],
-            rs: self.h * self.hd,
-            cs: 1,
-        }
-    }
-    /// Key/value head `j` of batch row `b` as a `(T, hd)` view.
-    fn kv_view<'a>(&self, x: &'a [Float], b: usize, j: usize) -> View<'a> {
-        View {
-            data: &x[self.kv_at(b, 0, j)..],
-            rs: self.hkv * self.hd,
-            cs: 1,
-        }
-    }
-    /// The transpose of a `(T, hd)` view: `(hd, T)`.
-    fn t<'a>(v: View<'a>) -> View<'a> {
-        View {
-            data: v.data,
-            rs: v.cs,
-            cs: v.rs,
-        }
-    }
-}
-
-/// Fills `s (T×T)` with `scale · q_h k_jᵀ` and turns each row `t` into the causal softmax over
-/// `s ≤ t` (zeros above the diagonal), given the row's log-sum-exp in `lse` or computing it.
-fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [Float], known_lse: bool) {
-    let (t, scale) = (d.t, 1.0 / (d.hd as Float).sqrt());
-    gemm_into(t, t, d.hd, s, false, q, Dims::t(k), scale);
-    for (r, row) in s.chunks_mut(t).enumerate() {
-        let (live, masked) = row.split_at_mut(r + 1);
-        if !known_lse {
-            let max = live.iter().cloned().fold(Float::NEG_INFINITY, Float::max);
-            let sum: Float = live.iter().map(|x| (x - max).exp()).sum();
-            lse[r] = max + sum.ln();
-        }
-        live.iter_mut().for_each(|x| *x = (*x - lse[r]).exp());
-        masked.iter_mut().for_each(|x| *x = 0.0);
-    }
-}
-
-/// The dropout factor of each kept weight (`1 / (1 - p)` or 0), drawn row by row in the order
-/// `t`, then `s ≤ t`, as the forward and backward passes both read it.
-fn dropout_factors(d: &Dims, rng: &mut rand_chacha::ChaCha8Rng, out: &mut [Float]) {
-    let (keep, threshold) = (1.0 / (1.0 - d.p), d.keep_threshold());
-    for (r, row) in out.chunks_mut(d.t).enumerate() {
-        for x in &mut row[..=r] {
-            *x = if rng.r#gen::<u32>() < threshold { 0.0 } else { keep };
-        }
-    }
-}
-
-/// Forward pass: `y (B, T, H, hd)` and the log-sum-exp of each score row `(B, H, T)`.
-///
-/// One task per (batch row, key/value head) runs the `g` query heads that share it as small
-/// matrix products: `S = scale·Q Kᵀ` (the masked half is computed and zeroed, cheaper at gemm
-/// speed than skipping it element by element), the causal softmax, dropout, then `Y = P V`.
-pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Float>, Vec<Float>) {
-    let g = d.h / d.hkv;
-    let parts: Vec<(usize, usize, Vec<Float>, Vec<Float>)> = (0..d.b * d.hkv)
-        .into_par_iter()
-        .map(|task| {
-            let (b, j) = (task / d.hkv, task % d.hkv);
-            let mut y = vec![0.0; g * d.t * d.hd];
-            let mut lse = vec![0.0; g * d.t];
-            let mut s = vec![0.0; d.t * d.t];
-            let mut factors = vec![0.0; d.t * d.t];
-            for i in 0..g {
-                let h = j * g + i;
-                causal_probs(
-                    d,
-                    &mut s,
-                    d.q_view(q, b, h),
-                    d.kv_view(k, b, j),
-                    &mut lse[i * d.t..][..d.t],
-                    false,
-                );
-                if d.p > 0.0 {
-                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
-                    s.iter_mut().zip(&factors).for_each(|(p, f)| *p *= f);
-                }
-                let yv = &mut y[i * d.t * d.hd..][..d.t * d.hd];
-                gemm_into(
-                    d.t,
-                    d.hd,
-                    d.t,
-                    yv,
-                    false,
-                    View {
-                        data: &s,
-                        rs: d.t,
-                        cs: 1,
-                    },
-                    d.kv_view(v, b, j),
-                    1.0,
-                );
-            }
-            (b, j, y, lse)
-        })
-        .collect();
-    let mut y = vec![0.0; d.b * d.t * d.h * d.hd];
-    let mut lse = vec![0.0; d.b * d.h * d.t];
-    for (b, j, part_y, part_lse) in parts {
-        for i in 0..g {
-            let h = j * g + i;
-            for t in 0..d.t {
-                y[d.q_at(b, t, h)..][..d.hd].copy_from_slice(&part_y[(i * d.t + t) * d.hd..][..d.hd]);
-            }
-            lse[(b * d.h + h) * d.t..][..d.t].copy_from_slice(&part_lse[i * d.t..][..d.t]);
-        }
-    }
-    (y, lse)
-}
-
-/// Backward pass: gradients of `q`, `k`, `v` from `gy`, recomputing the probabilities from
-/// the saved log-sum-exp and the dropout masks from their seed:
-/// `dV += P'ᵀ dY`, `dP = D ⊙ (dY Vᵀ)`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`,
-/// `dQ = dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights).
-pub fn cpu_backward(
-    d: &Dims,
-    q: &[Float],
-    k: &[Float],
-    v: &[Float],
-    lse: &[Float],
-    gy: &[Float],
-) -> (Vec<Float>, Vec<Float>, Vec<Float>) {
-    let g = d.h / d.hkv;
-    let scale = 1.0 / (d.hd as Float).sqrt();
-    type Part = (usize, usize, Vec<Float>, Vec<Float>, Vec<Float>);
-    let parts: Vec<Part> = (0..d.b * d.hkv)
-        .into_par_iter()
-        .map(|task| {
-            let (b, j) = (task / d.hkv, task % d.hkv);
-            let (tt, hd) = (d.t * d.t, d.hd);
-            let mut dq = vec![0.0; g * d.t * hd];
-            let mut dk = vec![0.0; d.t * hd];
-            let mut dv = vec![0.0; d.t * hd];
-            let mut p = vec![0.0; tt];
-            let mut dp = vec![0.0; tt];
-            let mut factors = vec![1.0; tt];
-            let mut row_lse = vec![0.0; d.t];
-            let (kj, vj) = (d.kv_view(k, b, j), d.kv_view(v, b, j));
-            for i in 0..g {
-                let h = j * g + i;
-                row_lse.copy_from_slice(&lse[(b * d.h + h) * d.t..][..d.t]);
-                causal_probs(d, &mut p, d.q_view(q, b, h), kj, &mut row_lse, true);
-                if d.p > 0.0 {
-                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
-                }
-                let gyh = d.q_view(gy, b, h);
-                // dV += (P ⊙ D)ᵀ dY
-                let dropped: Vec<Float> = p.iter().zip(&factors).map(|(p, f)| p * f).collect();
-                gemm_into(
-                    d.t,
-                    hd,
-                    d.t,
-                    &mut dv,
-                    true,
-                    View {
-                        data: &dropped,
-                        rs: 1,
-                        cs: d.t,
-                    },
-                    gyh,
-                    1.0,
-                );
-                // dP = D ⊙ (dY Vᵀ), then the softmax backward in place.
-                gemm_into(d.t, d.t, hd, &mut dp, false, gyh, Dims::t(vj), 1.0);
-                for (r, (dp_row, p_row)) in dp.chunks_mut(d.t).zip(p.chunks(d.t)).enumerate() {
-                    let f_row = &factors[r * d.t..][..d.t];
-                    let mut rowdot = 0.0;
-                    for s in 0..=r {
-                        dp_row[s] *= f_row[s];
-                        rowdot += p_row[s] * dp_row[s];
-                    }
-                    for s in 0..d.t {
-                        dp_row[s] = if s <= r {
-                            p_row[s] * (dp_row[s] - rowdot) * scale
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-                // dQ = dS K, dK += dSᵀ Q
-                gemm_into(
-                    d.t,
-                    hd,
-                    d.t,
-                    &mut dq[i * d.t * hd..][..d.t * hd],
-                    false,
-                    View {
-                        data: &dp,
-                        rs: d.t,
-                        cs: 1,
-                    },
-                    kj,
-                    1.0,
-                );
-                gemm_into(
-                    d.t,
-                    hd,
-                    d.t,
-                    &mut dk,
-                    true,
-                    View {
-                        data: &dp,
-                        rs: 1,
-                        cs: d.t,
-                    },
-                    d.q_view(q, b, h),
-                    1.0,
-                );
-            }
-            (b, j, dq, dk, dv)
-        })
-        .collect();
-    let mut dq = vec![0.0; q.len()];
-    let mut dk = vec![0.0; k.len()];
-    let mut dv = vec![0.0; v.len()];
-    for (b, j, pq, pk, pv) in parts {
-        for t in 0..d.t {
-            for i in 0..g {
-                dq[d.q_at(b, t, j * g + i)..][..d.hd].copy_from_slice(&pq[(i * d.t + t) * d.hd..][..d.hd]);
-            }
-            dk[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pk[t * d.hd..][..d.hd]);
-            dv[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pv[t * d.hd..][..d.hd]);
-        }
-    }
-    (dq, dk, dv)
 }

@@ -6,7 +6,8 @@ use dfdx::prelude::*;
 
 use super::AttentionKind;
 use super::attention::CausalSelfAttention;
-use super::backend::{Backend, dot};
+use super::backend::Backend;
+use super::cpu_kernels::dot;
 use super::gpt::{Block, Gpt};
 use super::layers::{Act, Dropout};
 use super::param::Float;

@@ -44,14 +44,11 @@ impl<D: super::backend::Backend> Linear<D> {
 
     /// `(N, in) -> (N, out)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
-        let n = x.shape().0;
-        let d_out = self.weight.shape[1];
-        let y = x.matmul(self.weight.matrix::<T>());
-        debug_assert_eq!(*y.shape(), (n, d_out));
-        match &self.bias {
-            Some(b) => D::add_bias(y, b.vector::<T>()),
-            None => y,
-        }
+        D::linear(
+            x,
+            self.weight.matrix::<T>(),
+            self.bias.as_ref().map(|b| b.vector::<T>()),
+        )
     }
 }
 

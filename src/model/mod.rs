@@ -4,6 +4,8 @@
 
 mod attention;
 mod backend;
+mod cpu_attention;
+mod cpu_kernels;
 mod gpt;
 mod kv_cache;
 mod layers;
@@ -11,7 +13,9 @@ mod param;
 mod rope;
 
 pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
-pub use backend::{Backend, Dims, Heads, cpu_backward, cpu_forward, cpu_gelu, cpu_gelu_backward, reference_attention};
+pub use backend::{Backend, Heads, reference_attention};
+pub use cpu_attention::{Dims, cpu_backward, cpu_forward};
+pub use cpu_kernels::{cpu_gelu, cpu_gelu_backward};
 pub use gpt::{Block, Gpt};
 pub use kv_cache::{KvCache, LayerCache};
 pub use layers::{Act, Dropout, Linear, Mlp, Norm};

@@ -1,0 +1,270 @@
+//! The fused causal attention on CPU: forward and backward passes over one task per
+//! (batch row, key/value head), on gemm tiles, recomputing probabilities in the backward pass
+//! instead of storing them.
+
+use rand::Rng;
+use rayon::prelude::*;
+
+use super::cpu_kernels::{View, gemm_into};
+use super::param::Float;
+
+/// Sizes and dropout settings of one fused attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    /// Batch.
+    pub b: usize,
+    /// Sequence length.
+    pub t: usize,
+    /// Query heads.
+    pub h: usize,
+    /// Key/value heads.
+    pub hkv: usize,
+    /// Head width.
+    pub hd: usize,
+    /// Dropout probability on attention weights (0 in evaluation).
+    pub p: f32,
+    /// Seed of the dropout masks; the backward pass regenerates the same masks from it.
+    pub seed: u64,
+}
+
+impl Dims {
+    fn q_at(&self, b: usize, t: usize, h: usize) -> usize {
+        ((b * self.t + t) * self.h + h) * self.hd
+    }
+    fn kv_at(&self, b: usize, t: usize, j: usize) -> usize {
+        ((b * self.t + t) * self.hkv + j) * self.hd
+    }
+    /// The mask generator of query head `h` in batch row `b`: rows drawn in order t, then j ≤ t.
+    fn mask_rng(&self, b: usize, h: usize) -> rand_chacha::ChaCha8Rng {
+        crate::seed::stream(self.seed, crate::seed::Stream::Dropout, (b * self.h + h) as u64)
+    }
+    fn keep_threshold(&self) -> u32 {
+        (self.p as f64 * u32::MAX as f64) as u32
+    }
+}
+
+impl Dims {
+    /// Query head `h` of batch row `b` as a `(T, hd)` view.
+    fn q_view<'a>(&self, q: &'a [Float], b: usize, h: usize) -> View<'a> {
+        View {
+            data: &q[self.q_at(b, 0, h)..],
+            rs: self.h * self.hd,
+            cs: 1,
+        }
+    }
+    /// Key/value head `j` of batch row `b` as a `(T, hd)` view.
+    fn kv_view<'a>(&self, x: &'a [Float], b: usize, j: usize) -> View<'a> {
+        View {
+            data: &x[self.kv_at(b, 0, j)..],
+            rs: self.hkv * self.hd,
+            cs: 1,
+        }
+    }
+}
+
+/// Fills `s (T×T)` with `scale · q_h k_jᵀ` and turns each row `t` into the causal softmax over
+/// `s ≤ t` (zeros above the diagonal), given the row's log-sum-exp in `lse` or computing it.
+fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [Float], known_lse: bool) {
+    let (t, scale) = (d.t, 1.0 / (d.hd as Float).sqrt());
+    gemm_into(t, t, d.hd, s, false, q, k.t(), scale);
+    for (r, row) in s.chunks_mut(t).enumerate() {
+        let (live, masked) = row.split_at_mut(r + 1);
+        if !known_lse {
+            let max = live.iter().cloned().fold(Float::NEG_INFINITY, Float::max);
+            let sum: Float = live.iter().map(|x| (x - max).exp()).sum();
+            lse[r] = max + sum.ln();
+        }
+        live.iter_mut().for_each(|x| *x = (*x - lse[r]).exp());
+        masked.iter_mut().for_each(|x| *x = 0.0);
+    }
+}
+
+/// The dropout factor of each kept weight (`1 / (1 - p)` or 0), drawn row by row in the order
+/// `t`, then `s ≤ t`, as the forward and backward passes both read it.
+fn dropout_factors(d: &Dims, rng: &mut rand_chacha::ChaCha8Rng, out: &mut [Float]) {
+    let (keep, threshold) = (1.0 / (1.0 - d.p), d.keep_threshold());
+    for (r, row) in out.chunks_mut(d.t).enumerate() {
+        for x in &mut row[..=r] {
+            *x = if rng.r#gen::<u32>() < threshold { 0.0 } else { keep };
+        }
+    }
+}
+
+/// Forward pass: `y (B, T, H, hd)` and the log-sum-exp of each score row `(B, H, T)`.
+///
+/// One task per (batch row, key/value head) runs the `g` query heads that share it as small
+/// matrix products: `S = scale·Q Kᵀ` (the masked half is computed and zeroed, cheaper at gemm
+/// speed than skipping it element by element), the causal softmax, dropout, then `Y = P V`.
+pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Float>, Vec<Float>) {
+    let g = d.h / d.hkv;
+    let parts: Vec<(usize, usize, Vec<Float>, Vec<Float>)> = (0..d.b * d.hkv)
+        .into_par_iter()
+        .map(|task| {
+            let (b, j) = (task / d.hkv, task % d.hkv);
+            let mut y = vec![0.0; g * d.t * d.hd];
+            let mut lse = vec![0.0; g * d.t];
+            let mut s = vec![0.0; d.t * d.t];
+            let mut factors = vec![0.0; d.t * d.t];
+            for i in 0..g {
+                let h = j * g + i;
+                causal_probs(
+                    d,
+                    &mut s,
+                    d.q_view(q, b, h),
+                    d.kv_view(k, b, j),
+                    &mut lse[i * d.t..][..d.t],
+                    false,
+                );
+                if d.p > 0.0 {
+                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
+                    s.iter_mut().zip(&factors).for_each(|(p, f)| *p *= f);
+                }
+                let yv = &mut y[i * d.t * d.hd..][..d.t * d.hd];
+                gemm_into(
+                    d.t,
+                    d.hd,
+                    d.t,
+                    yv,
+                    false,
+                    View {
+                        data: &s,
+                        rs: d.t,
+                        cs: 1,
+                    },
+                    d.kv_view(v, b, j),
+                    1.0,
+                );
+            }
+            (b, j, y, lse)
+        })
+        .collect();
+    let mut y = vec![0.0; d.b * d.t * d.h * d.hd];
+    let mut lse = vec![0.0; d.b * d.h * d.t];
+    for (b, j, part_y, part_lse) in parts {
+        for i in 0..g {
+            let h = j * g + i;
+            for t in 0..d.t {
+                y[d.q_at(b, t, h)..][..d.hd].copy_from_slice(&part_y[(i * d.t + t) * d.hd..][..d.hd]);
+            }
+            lse[(b * d.h + h) * d.t..][..d.t].copy_from_slice(&part_lse[i * d.t..][..d.t]);
+        }
+    }
+    (y, lse)
+}
+
+/// Backward pass: gradients of `q`, `k`, `v` from `gy`, recomputing the probabilities from
+/// the saved log-sum-exp and the dropout masks from their seed:
+/// `dV += P'ᵀ dY`, `dP = D ⊙ (dY Vᵀ)`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`,
+/// `dQ = dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights).
+pub fn cpu_backward(
+    d: &Dims,
+    q: &[Float],
+    k: &[Float],
+    v: &[Float],
+    lse: &[Float],
+    gy: &[Float],
+) -> (Vec<Float>, Vec<Float>, Vec<Float>) {
+    let g = d.h / d.hkv;
+    let scale = 1.0 / (d.hd as Float).sqrt();
+    type Part = (usize, usize, Vec<Float>, Vec<Float>, Vec<Float>);
+    let parts: Vec<Part> = (0..d.b * d.hkv)
+        .into_par_iter()
+        .map(|task| {
+            let (b, j) = (task / d.hkv, task % d.hkv);
+            let (tt, hd) = (d.t * d.t, d.hd);
+            let mut dq = vec![0.0; g * d.t * hd];
+            let mut dk = vec![0.0; d.t * hd];
+            let mut dv = vec![0.0; d.t * hd];
+            let mut p = vec![0.0; tt];
+            let mut dp = vec![0.0; tt];
+            let mut factors = vec![1.0; tt];
+            let mut row_lse = vec![0.0; d.t];
+            let (kj, vj) = (d.kv_view(k, b, j), d.kv_view(v, b, j));
+            for i in 0..g {
+                let h = j * g + i;
+                row_lse.copy_from_slice(&lse[(b * d.h + h) * d.t..][..d.t]);
+                causal_probs(d, &mut p, d.q_view(q, b, h), kj, &mut row_lse, true);
+                if d.p > 0.0 {
+                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
+                }
+                let gyh = d.q_view(gy, b, h);
+                // dV += (P ⊙ D)ᵀ dY
+                let dropped: Vec<Float> = p.iter().zip(&factors).map(|(p, f)| p * f).collect();
+                gemm_into(
+                    d.t,
+                    hd,
+                    d.t,
+                    &mut dv,
+                    true,
+                    View {
+                        data: &dropped,
+                        rs: 1,
+                        cs: d.t,
+                    },
+                    gyh,
+                    1.0,
+                );
+                // dP = D ⊙ (dY Vᵀ), then the softmax backward in place.
+                gemm_into(d.t, d.t, hd, &mut dp, false, gyh, vj.t(), 1.0);
+                for (r, (dp_row, p_row)) in dp.chunks_mut(d.t).zip(p.chunks(d.t)).enumerate() {
+                    let f_row = &factors[r * d.t..][..d.t];
+                    let mut rowdot = 0.0;
+                    for s in 0..=r {
+                        dp_row[s] *= f_row[s];
+                        rowdot += p_row[s] * dp_row[s];
+                    }
+                    for s in 0..d.t {
+                        dp_row[s] = if s <= r {
+                            p_row[s] * (dp_row[s] - rowdot) * scale
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                // dQ = dS K, dK += dSᵀ Q
+                gemm_into(
+                    d.t,
+                    hd,
+                    d.t,
+                    &mut dq[i * d.t * hd..][..d.t * hd],
+                    false,
+                    View {
+                        data: &dp,
+                        rs: d.t,
+                        cs: 1,
+                    },
+                    kj,
+                    1.0,
+                );
+                gemm_into(
+                    d.t,
+                    hd,
+                    d.t,
+                    &mut dk,
+                    true,
+                    View {
+                        data: &dp,
+                        rs: 1,
+                        cs: d.t,
+                    },
+                    d.q_view(q, b, h),
+                    1.0,
+                );
+            }
+            (b, j, dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![0.0; q.len()];
+    let mut dk = vec![0.0; k.len()];
+    let mut dv = vec![0.0; v.len()];
+    for (b, j, pq, pk, pv) in parts {
+        for t in 0..d.t {
+            for i in 0..g {
+                dq[d.q_at(b, t, j * g + i)..][..d.hd].copy_from_slice(&pq[(i * d.t + t) * d.hd..][..d.hd]);
+            }
+            dk[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pk[t * d.hd..][..d.hd]);
+            dv[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pv[t * d.hd..][..d.hd]);
+        }
+    }
+    (dq, dk, dv)
+}

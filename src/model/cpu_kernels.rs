@@ -1,0 +1,255 @@
+//! Plain-slice CPU kernels behind the fused operations of [`super::backend`]: matrix products
+//! on strided views, GELU, rotary embedding. Each one is a pure function of its slices, so it
+//! can be tested and profiled without dfdx around it.
+
+use rayon::prelude::*;
+
+use super::param::Float;
+
+const SQRT_2_OVER_PI: Float = 0.797_884_6;
+const GELU_C: Float = 0.044_715;
+
+/// `tanh(u)` through one `exp`, cheaper than libm's `tanhf`; saturates correctly at ±∞.
+fn fast_tanh(u: Float) -> Float {
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+}
+
+/// Elements per parallel chunk of the element-wise kernels.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// GELU (tanh form) of each element, in parallel.
+pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = 0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+        }
+    });
+    y
+}
+
+/// `dx += gy · gelu'(x)`, in parallel.
+pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, gy))| {
+            for ((dx, &x), &gy) in dx.iter_mut().zip(x).zip(gy) {
+                let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+                *dx += gy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
+            }
+        });
+}
+
+/// Rotary embedding in the rotate-half layout: `out = x·cos + [-x2, x1]·sin` per head vector.
+pub fn cpu_rotary(x: &[Float], cos: &[Float], sin: &[Float], t: usize, nh: usize, hd: usize) -> Vec<Float> {
+    let half = hd / 2;
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(t * nh * hd)
+        .zip(x.par_chunks(t * nh * hd))
+        .for_each(|(out, x)| {
+            for (pos, (o, xr)) in out.chunks_mut(nh * hd).zip(x.chunks(nh * hd)).enumerate() {
+                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+                for (o, x) in o.chunks_mut(hd).zip(xr.chunks(hd)) {
+                    for i in 0..half {
+                        o[i] = x[i] * c[i] - x[i + half] * s[i];
+                        o[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `dx += ∂/∂x` of [`cpu_rotary`] applied to `gy`: the inverse rotation.
+pub fn cpu_rotary_backward(
+    gy: &[Float],
+    cos: &[Float],
+    sin: &[Float],
+    t: usize,
+    nh: usize,
+    hd: usize,
+    dx: &mut [Float],
+) {
+    let half = hd / 2;
+    dx.par_chunks_mut(t * nh * hd)
+        .zip(gy.par_chunks(t * nh * hd))
+        .for_each(|(dx, gy)| {
+            for (pos, (d, g)) in dx.chunks_mut(nh * hd).zip(gy.chunks(nh * hd)).enumerate() {
+                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+                for (d, g) in d.chunks_mut(hd).zip(g.chunks(hd)) {
+                    for i in 0..half {
+                        d[i] += g[i] * c[i] + g[i + half] * s[i + half];
+                        d[i + half] += g[i + half] * c[i + half] - g[i] * s[i];
+                    }
+                }
+            }
+        });
+}
+
+/// Dot product with eight independent partial sums: a plain `sum()` must add in order,
+/// which keeps LLVM from vectorising it.
+pub(crate) fn dot(a: &[Float], b: &[Float]) -> Float {
+    let mut acc = [0.0; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: Float = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<Float>() + tail
+}
+
+/// A strided matrix view: element (r, c) of `data` is at `r·rs + c·cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub(crate) data: &'a [Float],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub(crate) fn rows(data: &'a [Float], cols: usize) -> Self {
+        Self { data, rs: cols, cs: 1 }
+    }
+
+    /// The transpose, without moving data.
+    pub(crate) fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// `dst (m×n, row-major, contiguous) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, single-threaded
+/// (callers already run one task per core).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [Float],
+    acc: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: Float,
+) {
+    gemm_with(m, n, k, dst, acc, lhs, rhs, beta, gemm::Parallelism::None);
+}
+
+/// [`gemm_into`] spread over every thread of the current rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [Float],
+    acc: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: Float,
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm_with(m, n, k, dst, acc, lhs, rhs, beta, par);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [Float],
+    acc: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: Float,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    if k == 0 {
+        if !acc {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
+    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
+    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
+    // `dst` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `y (n×d_out) = x (n×d_in) · w (d_in×d_out) + b`, on every core.
+pub fn cpu_linear(x: &[Float], w: &[Float], b: Option<&[Float]>, n: usize, d_in: usize, d_out: usize) -> Vec<Float> {
+    let mut y = vec![0.0; n * d_out];
+    if let Some(b) = b {
+        y.par_chunks_mut(d_out * 64)
+            .for_each(|rows| rows.chunks_mut(d_out).for_each(|r| r.copy_from_slice(b)));
+    }
+    gemm_par(
+        n,
+        d_out,
+        d_in,
+        &mut y,
+        b.is_some(),
+        View::rows(x, d_in),
+        View::rows(w, d_out),
+        1.0,
+    );
+    y
+}
+
+/// `acc[c] += Σ_r m[r, c]` for a row-major `m` with `cols` columns, in parallel over row blocks.
+pub(crate) fn add_column_sums(m: &[Float], cols: usize, acc: &mut [Float]) {
+    let partial = m
+        .par_chunks(cols * 256)
+        .map(|block| {
+            let mut s = vec![0.0; cols];
+            for row in block.chunks(cols) {
+                s.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            s
+        })
+        .reduce(
+            || vec![0.0; cols],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    acc.iter_mut().zip(&partial).for_each(|(a, p)| *a += p);
+}
