@@ -311,3 +311,45 @@ fn fused_linear_equals_the_composition_in_values_and_gradients() {
         }
     }
 }
+
+#[test]
+fn fused_residual_dropout_matches_its_definition() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(11);
+    for (n, c, p) in [(1, 1, 0.0), (5, 7, 0.0), (300, 190, 0.1), (33, 1000, 0.5)] {
+        let skip = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+        let x = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+        let w = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+        let run = |seed: u64| {
+            let (_, tape) = skip.clone().leaky_traced().split_tape();
+            let mut drop = Dropout::train(p, gptlab::seed::stream(seed, gptlab::seed::Stream::Dropout, 0));
+            let y = Cpu::residual(skip.clone().put_tape(tape), x.retaped(), &mut drop);
+            let values = y.retaped::<NoneTape>().as_vec();
+            let g = (y * w.clone()).sum().backward();
+            (values, g.get(&skip).as_vec(), g.get(&x).as_vec())
+        };
+        let (y, dskip, dx) = run(3);
+        assert_eq!(run(3).0, y, "the same seed gives the same mask");
+        let (sv, xv, wv) = (skip.as_vec(), x.as_vec(), w.as_vec());
+        let mut dropped = 0;
+        for i in 0..n * c {
+            // Each element either kept and scaled, or dropped; the gradient uses the same mask.
+            let branch = y[i] - sv[i];
+            let kept = (branch - xv[i] / (1.0 - p)).abs() < 1e-5;
+            assert!(
+                kept || branch.abs() < 1e-6,
+                "element {i}: branch {branch} of x {}",
+                xv[i]
+            );
+            dropped += usize::from(!kept);
+            let factor = if kept { 1.0 / (1.0 - p) } else { 0.0 };
+            assert!((dx[i] - wv[i] * factor).abs() < 1e-5, "dx at {i}");
+            assert!((dskip[i] - wv[i]).abs() < 1e-6, "dskip at {i}");
+        }
+        let rate = dropped as f32 / (n * c) as f32;
+        assert!((rate - p).abs() < 0.02, "drop rate {rate} for p {p}");
+        if p > 0.0 {
+            assert_ne!(run(4).0, y, "another seed gives another mask");
+        }
+    }
+}

@@ -187,7 +187,7 @@ impl<D: Backend> CausalSelfAttention<D> {
             }
         };
         let y = y.reshape_like(&(b * t, q_dim)); // (B·T, H·hd)
-        drop.apply(self.wo.forward(y))
+        self.wo.forward(y)
     }
 }
 

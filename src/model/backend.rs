@@ -11,7 +11,8 @@ use rayon::prelude::*;
 use super::attention::causal_mask;
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
-    CHUNK, View, add_column_sums, cpu_gelu, cpu_gelu_backward, cpu_linear, cpu_rotary, cpu_rotary_backward, gemm_par,
+    CHUNK, View, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_linear, cpu_residual, cpu_rotary,
+    cpu_rotary_backward, dropout_keep_mask, gemm_par,
 };
 use super::layers::Dropout;
 use super::param::Float;
@@ -43,6 +44,15 @@ pub trait Backend: Device<Float> {
             Some(b) => Self::add_bias(y, b),
             None => y,
         }
+    }
+
+    /// The residual connection `skip + dropout(x)` of two `(N, C)` activations.
+    fn residual<T: Tape<Float, Self> + Merge<T>>(
+        skip: Tensor<(usize, usize), Float, Self, T>,
+        x: Tensor<(usize, usize), Float, Self, T>,
+        drop: &mut Dropout,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        skip + drop.apply(x)
     }
 
     /// `x (N, C) + b (C,)` on every row.
@@ -129,6 +139,33 @@ fn with_output_grad<S: Shape>(
 }
 
 impl Backend for Cpu {
+    fn residual<T: Tape<Float, Self> + Merge<T>>(
+        skip: Tensor<(usize, usize), Float, Self, T>,
+        x: Tensor<(usize, usize), Float, Self, T>,
+        drop: &mut Dropout,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let shape = *x.shape();
+        assert_eq!(*skip.shape(), shape, "residual: skip and branch shapes differ");
+        let p = drop.p();
+        let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), shape.0 * shape.1, p));
+        let (skip, tape_s) = skip.split_tape();
+        let (x, tape_x) = x.split_tape();
+        let y = cpu_residual(&skip.as_vec(), &x.as_vec(), mask.as_deref(), p);
+        let out = x.device().tensor_from_vec(y, shape);
+        let mut tape = tape_s.merge(tape_x);
+        if T::OWNS_TAPE {
+            let out_ref = out.clone();
+            tape.add_backward_op(move |grads| {
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    add_masked(grads.get_or_alloc_mut(&skip)?, gy, None, 0.0);
+                    add_masked(grads.get_or_alloc_mut(&x)?, gy, mask.as_deref(), p);
+                    Ok(())
+                })
+            });
+        }
+        out.put_tape(tape)
+    }
+
     fn linear<T: Tape<Float, Self> + Merge<T>>(
         x: Tensor<(usize, usize), Float, Self, T>,
         w: Tensor<(usize, usize), Float, Self, T>,

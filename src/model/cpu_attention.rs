@@ -5,7 +5,7 @@
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::cpu_kernels::{View, gemm_into};
+use super::cpu_kernels::{View, exp, gemm_into, max, sum};
 use super::param::Float;
 
 /// Sizes and dropout settings of one fused attention call.
@@ -70,11 +70,16 @@ fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [
     for (r, row) in s.chunks_mut(t).enumerate() {
         let (live, masked) = row.split_at_mut(r + 1);
         if !known_lse {
-            let max = live.iter().cloned().fold(Float::NEG_INFINITY, Float::max);
-            let sum: Float = live.iter().map(|x| (x - max).exp()).sum();
+            let max = max(live);
+            // One exponential per weight: e^(s - max), then divide by the row sum.
+            live.iter_mut().for_each(|x| *x = exp(*x - max));
+            let sum = sum(live);
             lse[r] = max + sum.ln();
+            let inv = 1.0 / sum;
+            live.iter_mut().for_each(|x| *x *= inv);
+        } else {
+            live.iter_mut().for_each(|x| *x = exp(*x - lse[r]));
         }
-        live.iter_mut().for_each(|x| *x = (*x - lse[r]).exp());
         masked.iter_mut().for_each(|x| *x = 0.0);
     }
 }

@@ -10,7 +10,7 @@ use super::param::{Float, HasParams, Param};
 use super::rope::Rope;
 use super::{ModelConfig, Position};
 
-/// One pre-LayerNorm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+/// One pre-norm block: `x + dropout(attn(ln1(x)))`, then `x + dropout(mlp(ln2(x)))`.
 #[derive(Clone, Debug)]
 pub struct Block<D: Device<Float>> {
     /// Norm before attention.
@@ -48,12 +48,13 @@ impl<D: Backend> Block<D> {
         capture: Option<&mut LayerCache>,
     ) -> Act<D, T> {
         let skip = x.retaped::<T>();
-        let x = skip
-            + self
-                .attn
-                .forward_capturing(self.ln1.forward(x), b, t, rope, drop, capture);
+        let branch = self
+            .attn
+            .forward_capturing(self.ln1.forward(x), b, t, rope, drop, capture);
+        let x = D::residual(skip, branch, drop);
         let skip = x.retaped::<T>();
-        skip + self.mlp.forward(self.ln2.forward(x), drop)
+        let branch = self.mlp.forward(self.ln2.forward(x));
+        D::residual(skip, branch, drop)
     }
 }
 

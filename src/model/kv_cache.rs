@@ -9,7 +9,7 @@ use super::attention::CausalSelfAttention;
 use super::backend::Backend;
 use super::cpu_kernels::dot;
 use super::gpt::{Block, Gpt};
-use super::layers::{Act, Dropout};
+use super::layers::Act;
 use super::param::Float;
 use super::rope::Rope;
 
@@ -132,7 +132,7 @@ impl<D: Backend> Block<D> {
         cache: &mut LayerCache,
     ) -> Act<D, NoneTape> {
         let x = x.clone() + self.attn.forward_cached(self.ln1.forward(x), pos, rope, cache);
-        x.clone() + self.mlp.forward(self.ln2.forward(x), &mut Dropout::eval())
+        x.clone() + self.mlp.forward(self.ln2.forward(x))
     }
 }
 

@@ -114,7 +114,7 @@ impl<D: Device<Float>> HasParams<D> for Norm<D> {
 }
 
 /// The position-wise feed-forward network: `proj(GELU(fc(x)))`, or with a gate
-/// `proj(SiLU(gate(x)) ⊙ fc(x))` (SwiGLU); then dropout.
+/// `proj(SiLU(gate(x)) ⊙ fc(x))` (SwiGLU). The block applies dropout to its output.
 #[derive(Clone, Debug)]
 pub struct Mlp<D: Device<Float>> {
     /// `(C, hidden)` expansion (SwiGLU's "up").
@@ -147,7 +147,7 @@ impl<D: super::backend::Backend> Mlp<D> {
     }
 
     /// `(N, C) -> (N, C)`.
-    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>, drop: &mut Dropout) -> Act<D, T> {
+    pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
         let hidden = match &self.gate {
             None => D::gelu(self.fc.forward(x)),
             Some(gate) => {
@@ -156,7 +156,7 @@ impl<D: super::backend::Backend> Mlp<D> {
                 silu * self.fc.forward(x)
             }
         };
-        drop.apply(self.proj.forward(hidden))
+        self.proj.forward(hidden)
     }
 }
 
