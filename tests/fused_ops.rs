@@ -353,3 +353,26 @@ fn fused_residual_dropout_matches_its_definition() {
         }
     }
 }
+
+#[test]
+fn fused_ops_read_permuted_and_broadcast_inputs_in_logical_order() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(12);
+    let x = dev.tensor_from_vec(random(&mut r, 6 * 5), (6, 5));
+    let xt = x.clone().permute::<(usize, usize), Axes2<1, 0>>(); // (5, 6), not contiguous
+    let row = dev.tensor_from_vec(random(&mut r, 6), (6,));
+    let broadcast = row.clone().broadcast_like::<_, Axis<0>>(&(5, 6)); // (5, 6), stride 0
+    let w = dev.tensor_from_vec(random(&mut r, 6 * 4), (6, 4));
+    for input in [xt, broadcast] {
+        let fused = Cpu::gelu(input.clone()).as_vec();
+        let reference = input.clone().fast_gelu().as_vec();
+        for (a, b) in fused.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-6, "gelu {a} vs {b}");
+        }
+        let fused = Cpu::linear(input.clone(), w.clone(), None).as_vec();
+        let reference = input.matmul(w.clone()).as_vec();
+        for (a, b) in fused.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-5, "linear {a} vs {b}");
+        }
+    }
+}

@@ -125,6 +125,16 @@ pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
 #[cfg(feature = "cuda")]
 impl Backend for dfdx::tensor::Cuda {}
 
+/// The elements of `t` in row-major order, copied with one `memcpy` (dfdx's `as_vec` walks
+/// them one at a time). A tensor whose storage is not already in that order (a permuted or
+/// broadcast view) is first made contiguous by the same-shape reshape.
+fn host_data<S: Shape, T>(t: &Tensor<S, Float, Cpu, T>) -> Vec<Float> {
+    let contiguous = t.retaped::<NoneTape>().reshape_like(t.shape());
+    let mut v = vec![0.0; t.shape().num_elements()];
+    contiguous.copy_into(&mut v);
+    v
+}
+
 /// Runs `f` with the gradient of `out` lent out of `grads` (moved, not copied), so `f` can
 /// write the gradients of the inputs while reading it; puts it back afterwards.
 fn with_output_grad<S: Shape>(
@@ -150,7 +160,7 @@ impl Backend for Cpu {
         let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), shape.0 * shape.1, p));
         let (skip, tape_s) = skip.split_tape();
         let (x, tape_x) = x.split_tape();
-        let y = cpu_residual(&skip.as_vec(), &x.as_vec(), mask.as_deref(), p);
+        let y = cpu_residual(&host_data(&skip), &host_data(&x), mask.as_deref(), p);
         let out = x.device().tensor_from_vec(y, shape);
         let mut tape = tape_s.merge(tape_x);
         if T::OWNS_TAPE {
@@ -182,8 +192,8 @@ impl Backend for Cpu {
             tape = std::mem::take(&mut tape).merge(tape_b);
             b
         });
-        let (xv, wv) = (x.as_vec(), w.as_vec());
-        let bv = b.as_ref().map(|b| b.as_vec());
+        let (xv, wv) = (host_data(&x), host_data(&w));
+        let bv = b.as_ref().map(host_data);
         let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
         let out = x.device().tensor_from_vec(y, (n, d_out));
         if T::OWNS_TAPE {
@@ -211,7 +221,7 @@ impl Backend for Cpu {
         let (x, mut tape) = x.split_tape();
         let out = x
             .device()
-            .tensor_from_vec(cpu_rotary(&x.as_vec(), cos, sin, t, nh, hd), shape);
+            .tensor_from_vec(cpu_rotary(&host_data(&x), cos, sin, t, nh, hd), shape);
         if T::OWNS_TAPE {
             let (out_ref, cos, sin) = (out.clone(), cos.to_vec(), sin.to_vec());
             tape.add_backward_op(move |grads| {
@@ -231,8 +241,8 @@ impl Backend for Cpu {
         let c = shape.1;
         let (x, tape_x) = x.split_tape();
         let (b, tape_b) = b.split_tape();
-        let bv = b.as_vec();
-        let mut y = x.as_vec();
+        let bv = host_data(&b);
+        let mut y = host_data(&x);
         y.par_chunks_mut(c * 64).for_each(|rows| {
             rows.chunks_mut(c)
                 .for_each(|r| r.iter_mut().zip(&bv).for_each(|(v, b)| *v += b))
@@ -268,7 +278,7 @@ impl Backend for Cpu {
         let (x, tape_x) = x.split_tape();
         let (g, tape_g) = g.split_tape();
         let (b, tape_b) = b.split_tape();
-        let (xv, gv, bv) = (x.as_vec(), g.as_vec(), b.as_vec());
+        let (xv, gv, bv) = (host_data(&x), host_data(&g), host_data(&b));
         // x̂ = (x - μ) / σ per row, kept with 1/σ for the backward pass.
         let mut xhat = vec![0.0; n * c];
         let mut inv_std = vec![0.0; n];
@@ -338,7 +348,7 @@ impl Backend for Cpu {
     fn gelu<S: Shape, T: Tape<Float, Self>>(x: Tensor<S, Float, Self, T>) -> Tensor<S, Float, Self, T> {
         let shape = *x.shape();
         let (x, mut tape) = x.split_tape();
-        let xv = x.as_vec();
+        let xv = host_data(&x);
         let out = x.device().tensor_from_vec(cpu_gelu(&xv), shape);
         if T::OWNS_TAPE {
             let out_ref = out.clone();
@@ -374,7 +384,7 @@ impl Backend for Cpu {
         let (q, tape_q) = q.split_tape();
         let (k, tape_k) = k.split_tape();
         let (v, tape_v) = v.split_tape();
-        let (qv, kv, vv) = (q.as_vec(), k.as_vec(), v.as_vec());
+        let (qv, kv, vv) = (host_data(&q), host_data(&k), host_data(&v));
         let (y, lse) = cpu_forward(&dims, &qv, &kv, &vv);
         let out = q.device().tensor_from_vec(y, shape);
         let mut tape = tape_q.merge(tape_k).merge(tape_v);
