@@ -20,7 +20,7 @@ use gptlab::plan::{RunPlan, plan};
 use gptlab::report::write_report;
 use gptlab::sample::{SampleOptions, Sampler};
 use gptlab::spec::{SetArg, SpecErrors, SpecFile};
-use gptlab::train::{RunOptions, RunStatus, read_status, train_run};
+use gptlab::train::{JobLayout, RunOptions, RunStatus, read_status, train_runs};
 
 #[derive(Parser)]
 #[command(
@@ -145,9 +145,12 @@ struct RunArgs {
     /// Start every selected run over: discard its checkpoints and metrics.
     #[arg(long)]
     fresh: bool,
-    /// Worker threads (default: all cores).
+    /// Worker threads in all (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Runs to train at the same time, dividing the threads between them (default 1).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -356,25 +359,31 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
             args.file.display()
         )));
     }
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .context("setting the thread count")?;
-    }
-    // A run that cannot fit would be killed mid-way; refuse it before any work.
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let layout = JobLayout::new(args.jobs, threads, plans.len());
+    // A run that cannot fit would be killed mid-way; refuse it before any work. Runs trained
+    // side by side need their memory at the same time.
     if let Some(available) = gptlab::probe::available_memory_bytes() {
-        for p in &plans {
-            let need = p.train_memory_bytes();
-            if need > 1.5 * available {
-                return Err(Failure::Runtime(anyhow::anyhow!(
-                    "run `{}` needs about {:.1} GB to train but {:.1} GB is available; lower train.batch_size, the longest \
-                     seq_len or the model size",
-                    p.name,
-                    need / 1e9,
-                    available / 1e9
-                )));
-            }
+        let mut needs: Vec<(f64, &str)> = plans
+            .iter()
+            .map(|p| (p.train_memory_bytes(), p.name.as_str()))
+            .collect();
+        needs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let need: f64 = needs.iter().take(layout.jobs).map(|n| n.0).sum();
+        if need > 1.5 * available {
+            let what = if layout.jobs > 1 {
+                format!("{} runs at once (--jobs {})", layout.jobs, layout.jobs)
+            } else {
+                format!("run `{}`", needs[0].1)
+            };
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "{what} needs about {:.1} GB to train but {:.1} GB is available; lower --jobs, train.batch_size, the \
+                 longest seq_len or the model size",
+                need / 1e9,
+                available / 1e9
+            )));
         }
     }
     let _lock = ExperimentLock::acquire(&args.out.runs_dir.join(&spec.name))?;
@@ -382,11 +391,12 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
     let opts = RunOptions {
         fresh: args.fresh,
         quiet: args.quiet,
+        lines_only: layout.jobs > 1,
         stop: Some(stop.clone()),
     };
     let dev = dfdx::tensor::Cpu::default();
     let mut failed = vec![];
-    let mut corpus_cache: Option<(PathBuf, f64, Corpus)> = None;
+    let mut to_train = vec![];
     for p in &plans {
         if !args.fresh {
             match read_status(&p.dir) {
@@ -405,47 +415,72 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
                 _ => {}
             }
         }
-        let val_fraction = p.config.data.val_fraction;
-        let reuse = matches!(&corpus_cache, Some((path, vf, _)) if *path == p.data_path && *vf == val_fraction);
-        if !reuse {
-            corpus_cache = Some((
-                p.data_path.clone(),
-                val_fraction,
-                Corpus::load(&p.data_path, val_fraction)?,
-            ));
+        to_train.push(p);
+    }
+    // Each (corpus, validation split) is loaded once and shared by the runs that read it.
+    let mut corpora: Vec<(PathBuf, f64, Corpus)> = vec![];
+    for p in &to_train {
+        let vf = p.config.data.val_fraction;
+        if !corpora.iter().any(|(path, f, _)| *path == p.data_path && *f == vf) {
+            corpora.push((p.data_path.clone(), vf, Corpus::load(&p.data_path, vf)?));
         }
-        let corpus = &corpus_cache.as_ref().expect("loaded above").2;
-        match train_run(&dev, p, corpus, &opts) {
+    }
+    let runs: Vec<(&RunPlan, &Corpus)> = to_train
+        .iter()
+        .map(|p| {
+            let vf = p.config.data.val_fraction;
+            let corpus = corpora
+                .iter()
+                .find(|(path, f, _)| *path == p.data_path && *f == vf)
+                .map(|c| &c.2)
+                .expect("loaded above");
+            (*p, corpus)
+        })
+        .collect();
+    if layout.jobs > 1 && !args.quiet {
+        eprintln!(
+            "training {} runs, {} at a time with {} threads each",
+            runs.len(),
+            layout.jobs,
+            layout.threads_per_run
+        );
+    }
+    let ended = std::sync::Mutex::new((vec![], false));
+    train_runs(&runs, layout, &opts, |p, result| {
+        let mut ended = ended.lock().expect("not poisoned");
+        match result {
             Ok(outcome) => match outcome.status {
                 RunStatus::Diverged { step } => {
                     eprintln!(
                         "error: run `{}` diverged at step {step} (non-finite loss); the other runs carry on",
                         p.name
                     );
-                    failed.push(p.name.clone());
+                    ended.0.push(p.name.clone());
                 }
                 RunStatus::Interrupted { step } => {
                     eprintln!(
-                        "interrupted: run `{}` stopped after step {step} with a checkpoint; run `gptlab run {}` again to resume",
-                        p.name,
-                        args.file.display()
+                        "interrupted: run `{}` stopped after step {step} with a checkpoint",
+                        p.name
                     );
-                    return Ok(ExitCode::from(130));
+                    ended.1 = true;
                 }
                 _ => {}
             },
             Err(e) => {
                 eprintln!("error: run `{}` failed: {e:#}", p.name);
-                failed.push(p.name.clone());
+                ended.0.push(p.name.clone());
             }
         }
-        if stop.load(Ordering::SeqCst) {
-            eprintln!(
-                "interrupted: run `gptlab run {}` again to continue",
-                args.file.display()
-            );
-            return Ok(ExitCode::from(130));
-        }
+    })?;
+    let (run_failures, interrupted) = ended.into_inner().expect("not poisoned");
+    failed.extend(run_failures);
+    if interrupted || stop.load(Ordering::SeqCst) {
+        eprintln!(
+            "interrupted: run `gptlab {} {}` again to resume",
+            if sweep { "sweep" } else { "run" },
+            args.file.display()
+        );
+        return Ok(ExitCode::from(130));
     }
     if !args.no_report {
         // The report covers the whole experiment, not only the runs trained now (--only).

@@ -285,3 +285,46 @@ fn smoke_trains_end_to_end_and_a_second_run_skips_completed_runs() {
         .code(1)
         .stderr(predicate::str::contains("no [sweep]"));
 }
+
+#[test]
+fn runs_side_by_side_learn_exactly_what_they_learn_one_at_a_time() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (one, three) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (dir, jobs, threads) in [(&one, "1", "2"), (&three, "3", "3")] {
+        gptlab()
+            .current_dir(root)
+            .args([
+                "sweep",
+                "experiments/smoke_gqa.toml",
+                "--no-report",
+                "--jobs",
+                jobs,
+                "--threads",
+                threads,
+            ])
+            .args(["--runs-dir", dir.path().to_str().unwrap()])
+            .assert()
+            .success();
+    }
+    // The columns a run learns, not the ones that time it.
+    let learned = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').take(8).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    let mut runs = 0;
+    for entry in std::fs::read_dir(one.path().join("smoke_gqa")).unwrap() {
+        let run = entry.unwrap().file_name();
+        if !one.path().join("smoke_gqa").join(&run).is_dir() {
+            continue;
+        }
+        let a = learned(&one.path().join("smoke_gqa").join(&run));
+        let b = learned(&three.path().join("smoke_gqa").join(&run));
+        assert_eq!(a.len(), 21, "{run:?}");
+        assert_eq!(a, b, "run {run:?} differs between --jobs 1 and --jobs 3");
+        runs += 1;
+    }
+    assert_eq!(runs, 6);
+}

@@ -288,9 +288,11 @@ pub fn cpu_linear(x: &[Float], w: &[Float], b: Option<&[Float]>, n: usize, d_in:
     y
 }
 
-/// `acc[c] += Σ_r m[r, c]` for a row-major `m` with `cols` columns, in parallel over row blocks.
+/// `acc[c] += Σ_r m[r, c]` for a row-major `m` with `cols` columns, in parallel over blocks of
+/// rows whose partial sums are added in block order, so the result does not depend on how
+/// rayon split the work (bit-identical runs need that).
 pub(crate) fn add_column_sums(m: &[Float], cols: usize, acc: &mut [Float]) {
-    let partial = m
+    let partials: Vec<Vec<Float>> = m
         .par_chunks(cols * 256)
         .map(|block| {
             let mut s = vec![0.0; cols];
@@ -299,14 +301,10 @@ pub(crate) fn add_column_sums(m: &[Float], cols: usize, acc: &mut [Float]) {
             }
             s
         })
-        .reduce(
-            || vec![0.0; cols],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    acc.iter_mut().zip(&partial).for_each(|(a, p)| *a += p);
+        .collect();
+    for partial in partials {
+        acc.iter_mut().zip(&partial).for_each(|(a, p)| *a += p);
+    }
 }
 
 /// Dropout keep-mask of `n` elements (1 = keep, with probability `1 - p`), drawn in parallel:

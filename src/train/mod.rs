@@ -1,6 +1,7 @@
 //! Training a planned run through its phase schedule, writing its metrics.
 
 mod adamw;
+mod jobs;
 mod metrics;
 mod progress;
 mod run;
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use adamw::{AdamW, clip_grad_norm, grad_norm};
+pub use jobs::{JobLayout, train_runs};
 pub use metrics::{MetricsRow, MetricsWriter, read_metrics};
 pub use progress::Progress;
 pub use run::{RunOptions, train_run};

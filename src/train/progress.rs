@@ -17,9 +17,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts reporting a run of `total` steps, of which `done` are already done.
-    pub fn start(run: &str, total: usize, done: usize, quiet: bool) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+    /// Starts reporting a run of `total` steps, of which `done` are already done; `lines_only`
+    /// prints plain lines even on a terminal.
+    pub fn start(run: &str, total: usize, done: usize, quiet: bool, lines_only: bool) -> Self {
+        let bar = (!quiet && !lines_only && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
                 ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}")

@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// No progress output.
     pub quiet: bool,
+    /// Plain progress lines even on a terminal (several runs print at once).
+    pub lines_only: bool,
     /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
 }
@@ -157,7 +159,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
     let measure = plan.config.measure.attention;
     crate::probe::enable_attention_probe(measure);
     crate::probe::reset_peak_rss();
-    let mut progress = Progress::start(&plan.name, total, done, opts.quiet);
+    let mut progress = Progress::start(&plan.name, total, done, opts.quiet, opts.lines_only);
     let started = Instant::now();
     let (mut last_train, mut last_val) = (None, None);
     let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {

@@ -1,0 +1,122 @@
+//! Training several runs at once, each on its own share of the cores.
+//!
+//! One run of a small model cannot keep many cores busy (its matrix products are too small to
+//! split well), so a sweep on a many-core machine finishes sooner with several runs side by
+//! side. Each concurrent run gets its own rayon pool of `threads / jobs` threads, so the runs
+//! never compete for the same workers.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+
+use super::{RunOptions, RunOutcome, train_run};
+use crate::data::Corpus;
+use crate::plan::RunPlan;
+
+/// How many runs train at once, and how many threads they share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobLayout {
+    /// Runs trained at the same time.
+    pub jobs: usize,
+    /// Threads of each run's pool.
+    pub threads_per_run: usize,
+}
+
+impl JobLayout {
+    /// `jobs` runs at once (at most `runs`, at least 1) dividing `threads` between them, each
+    /// getting at least one.
+    pub fn new(jobs: usize, threads: usize, runs: usize) -> Self {
+        let jobs = jobs.clamp(1, runs.max(1));
+        Self {
+            jobs,
+            threads_per_run: (threads / jobs).max(1),
+        }
+    }
+}
+
+/// Trains `runs` (plan and its corpus) on the CPU, `layout.jobs` at a time, calling `done` as
+/// each one ends (from the thread that trained it). Stops starting new runs once `opts.stop`
+/// is set; runs under way stop themselves with a checkpoint.
+pub fn train_runs<'a>(
+    runs: &[(&'a RunPlan, &'a Corpus)],
+    layout: JobLayout,
+    opts: &RunOptions,
+    done: impl Fn(&'a RunPlan, Result<RunOutcome>) + Sync,
+) -> Result<()> {
+    let stopped = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+    let next = AtomicUsize::new(0);
+    let first_error = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..layout.jobs {
+            scope.spawn(|| {
+                let pool = match rayon::ThreadPoolBuilder::new()
+                    .num_threads(layout.threads_per_run)
+                    .build()
+                    .context("starting a run's thread pool")
+                {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        first_error.lock().expect("not poisoned").get_or_insert(e);
+                        return;
+                    }
+                };
+                let dev = dfdx::tensor::Cpu::default();
+                while !stopped() {
+                    let Some(&(plan, corpus)) = runs.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        break;
+                    };
+                    done(plan, pool.install(|| train_run(&dev, plan, corpus, opts)));
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("not poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobLayout;
+
+    #[test]
+    fn layout_divides_threads_and_never_exceeds_the_runs() {
+        assert_eq!(
+            JobLayout::new(1, 16, 4),
+            JobLayout {
+                jobs: 1,
+                threads_per_run: 16
+            }
+        );
+        assert_eq!(
+            JobLayout::new(4, 16, 4),
+            JobLayout {
+                jobs: 4,
+                threads_per_run: 4
+            }
+        );
+        assert_eq!(
+            JobLayout::new(8, 16, 3),
+            JobLayout {
+                jobs: 3,
+                threads_per_run: 5
+            }
+        );
+        assert_eq!(
+            JobLayout::new(4, 2, 4),
+            JobLayout {
+                jobs: 4,
+                threads_per_run: 1
+            }
+        );
+        assert_eq!(
+            JobLayout::new(0, 2, 0),
+            JobLayout {
+                jobs: 1,
+                threads_per_run: 2
+            }
+        );
+    }
+}
