@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod discover;
 pub mod lock;
 pub mod model;

@@ -15,11 +15,14 @@ use clap::{Args, Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: gptlab::probe::CountingAlloc = gptlab::probe::CountingAlloc;
 use gptlab::data::Corpus;
+use gptlab::device::{Chosen, DeviceRequest};
 use gptlab::lock::ExperimentLock;
 use gptlab::plan::{RunPlan, plan};
 use gptlab::report::write_report;
 use gptlab::sample::{SampleOptions, Sampler};
 use gptlab::spec::{SetArg, SpecErrors, SpecFile};
+#[cfg(feature = "cuda")]
+use gptlab::train::train_in_turn;
 use gptlab::train::{JobLayout, RunOptions, RunStatus, read_status, train_runs};
 
 #[derive(Parser)]
@@ -148,6 +151,10 @@ struct RunArgs {
     /// Worker threads in all (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Device: auto (GPU when this build has CUDA and one is present), cpu or cuda; overrides
+    /// `[experiment] device`.
+    #[arg(long, value_enum)]
+    device: Option<DeviceRequest>,
     /// Runs to train at the same time, dividing the threads between them (default 1).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -351,6 +358,30 @@ fn install_interrupt() -> Arc<AtomicBool> {
     stop
 }
 
+/// The device for `plans`: `--device`, else the runs' `[experiment] device`, which must agree.
+fn choose_device(flag: Option<DeviceRequest>, plans: &[RunPlan]) -> Result<Chosen, Failure> {
+    let request = match flag {
+        Some(d) => d,
+        None => {
+            let mut asked: Vec<DeviceRequest> = plans.iter().map(|p| p.config.experiment.device).collect();
+            asked.dedup();
+            match asked.as_slice() {
+                [] => DeviceRequest::Auto,
+                [one] => *one,
+                _ => {
+                    return Err(Failure::Runtime(anyhow::anyhow!(
+                        "the runs ask for different devices ({}); train them separately with --only, or pass --device",
+                        asked.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let (chosen, why) = gptlab::device::choose(request).map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+    eprintln!("{why}");
+    Ok(chosen)
+}
+
 fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
     let (spec, plans) = load_plans(&args.file, &args.select, &args.out.runs_dir)?;
     if sweep && !spec.has_sweep() {
@@ -362,7 +393,13 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let layout = JobLayout::new(args.jobs, threads, plans.len());
+    let mut layout = JobLayout::new(args.jobs, threads, plans.len());
+    if layout.jobs > 1 && plans.iter().any(|p| p.config.measure.attention) {
+        // The probes count time and bytes process-wide; runs side by side would mix them.
+        eprintln!("note: [measure] attention is on, so the runs train one at a time (--jobs 1)");
+        layout = JobLayout::new(1, threads, plans.len());
+    }
+    let chosen = choose_device(args.device, &plans)?;
     // A run that cannot fit would be killed mid-way; refuse it before any work. Runs trained
     // side by side need their memory at the same time.
     if let Some(available) = gptlab::probe::available_memory_bytes() {
@@ -446,7 +483,7 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
         );
     }
     let ended = std::sync::Mutex::new((vec![], false));
-    train_runs(&runs, layout, &opts, |p, result| {
+    let done = |p: &RunPlan, result: anyhow::Result<gptlab::train::RunOutcome>| {
         let mut ended = ended.lock().expect("not poisoned");
         match result {
             Ok(outcome) => match outcome.status {
@@ -471,7 +508,19 @@ fn run(args: &RunArgs, sweep: bool) -> Result<ExitCode, Failure> {
                 ended.0.push(p.name.clone());
             }
         }
-    })?;
+    };
+    match chosen {
+        Chosen::Cpu => train_runs(&runs, layout, &opts, done)?,
+        #[cfg(feature = "cuda")]
+        Chosen::Cuda => {
+            if layout.jobs > 1 {
+                eprintln!("note: --jobs applies to the CPU; on the GPU the runs train one after another");
+            }
+            train_in_turn(&runs, &gptlab::device::open_cuda()?, &opts, done)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Chosen::Cuda => unreachable!("choose() never picks CUDA in a build without it"),
+    }
     let (run_failures, interrupted) = ended.into_inner().expect("not poisoned");
     failed.extend(run_failures);
     if interrupted || stop.load(Ordering::SeqCst) {

@@ -27,6 +27,7 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
     vec![
         ("unknown.toml", format!("[model]\nn_layer = 2\nn_hed = 3\n{PHASE}"), 3, "model.n_hed", "unknown field"),
         ("type.toml", format!("[model]\nn_layer = \"two\"\n{PHASE}"), 2, "model.n_layer", "invalid type"),
+        ("device.toml", format!("[experiment]\ndevice = \"gpu\"\n{PHASE}"), 2, "experiment.device", "unknown variant"),
         ("negative.toml", format!("[train]\nbatch_size = -4\n{PHASE}"), 2, "train.batch_size", "invalid value"),
         ("embd.toml", format!("[data]\npath = \"CORPUS\"\n[model]\nn_embd = 190\nn_head = 6\n{PHASE}"), 5, "model.n_head", "divisible"),
         ("kv.toml", format!("[data]\npath = \"CORPUS\"\n[model]\nn_head = 6\nn_kv_head = 4\n{PHASE}"), 5, "model.n_kv_head", "divisible"),
@@ -303,8 +304,15 @@ fn runs_side_by_side_learn_exactly_what_they_learn_one_at_a_time() {
                 threads,
             ])
             .args(["--runs-dir", dir.path().to_str().unwrap()])
+            // The probes would keep the runs one at a time.
+            .args(["--set", "measure.attention=false"])
             .assert()
-            .success();
+            .success()
+            .stderr(predicate::str::contains(if jobs == "3" {
+                "3 at a time with 1 threads each"
+            } else {
+                "device: cpu"
+            }));
     }
     // The columns a run learns, not the ones that time it.
     let learned = |dir: &Path| -> Vec<String> {
@@ -327,4 +335,20 @@ fn runs_side_by_side_learn_exactly_what_they_learn_one_at_a_time() {
         runs += 1;
     }
     assert_eq!(runs, 6);
+}
+
+#[test]
+fn asking_a_cpu_build_for_cuda_is_a_clear_error() {
+    if gptlab::device::HAS_CUDA {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    gptlab()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "experiments/smoke.toml", "--device", "cuda", "--runs-dir"])
+        .arg(runs.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("built without CUDA").and(predicate::str::contains("just build-cuda")));
+    assert!(!runs.path().join("smoke").exists(), "nothing trained");
 }

@@ -3,7 +3,7 @@
 
 use dfdx::prelude::*;
 use gptlab::data::Batch;
-use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
+use gptlab::model::{Dropout, Gpt, ModelConfig, Position, reference_attention, timed_reference_attention};
 use gptlab::probe::{CountingAlloc, enable_attention_probe, live_bytes, take_attention};
 use gptlab::train::loss_and_grads;
 
@@ -65,6 +65,22 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
         measured.windows(2).all(|w| w[1] < w[0]),
         "memory should fall with fewer kv heads: {measured:?}"
     );
+
+    // The timed composition (the CUDA path) clocks both passes, and computes the same values.
+    let shape = (2, 9, 4, 8);
+    let n = 2 * 9 * 4 * 8;
+    let q = dev.tensor_from_vec((0..n).map(|i| ((i * 7) % 13) as f32 / 13.0).collect(), shape);
+    let k = dev.tensor_from_vec((0..n).map(|i| ((i * 5) % 11) as f32 / 11.0).collect(), shape);
+    let v = dev.tensor_from_vec((0..n).map(|i| ((i * 3) % 7) as f32 / 7.0).collect(), shape);
+    take_attention();
+    let y = timed_reference_attention(q.leaky_trace(), k.retaped(), v.retaped(), &mut Dropout::eval());
+    let (forward_ms, _) = take_attention();
+    assert!(forward_ms > 0.0, "forward pass timed");
+    let reference = reference_attention(q.clone(), k.clone(), v.clone(), &mut Dropout::eval());
+    assert_eq!(y.retaped::<NoneTape>().as_vec(), reference.as_vec());
+    let _ = y.sum().backward();
+    let (backward_ms, _) = take_attention();
+    assert!(backward_ms > 0.0, "backward pass timed by the tape markers");
 
     // Off: nothing recorded.
     enable_attention_probe(false);

@@ -13,7 +13,7 @@ mod param;
 mod rope;
 
 pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
-pub use backend::{Backend, Heads, reference_attention};
+pub use backend::{Backend, Heads, reference_attention, timed_reference_attention};
 pub use cpu_attention::{Dims, cpu_backward, cpu_forward};
 pub use cpu_kernels::{cpu_gelu, cpu_gelu_backward};
 pub use gpt::{Block, Gpt};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{AttentionKind, BlockStyle, MlpKind, NormKind, Position};
 
-/// `[experiment]`: the name (its output folder) and the seed every run starts from.
+/// `[experiment]`: the name (its output folder), the seed every run starts from, the device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExperimentSection {
@@ -16,11 +16,18 @@ pub struct ExperimentSection {
     pub name: Option<String>,
     /// Seeds initialisation, batch sampling and dropout.
     pub seed: u64,
+    /// `auto` (the GPU when the binary has CUDA and one is present), `cpu` or `cuda`;
+    /// `--device` overrides it. Not part of a run's identity: a checkpoint resumes on any device.
+    pub device: crate::device::DeviceRequest,
 }
 
 impl Default for ExperimentSection {
     fn default() -> Self {
-        Self { name: None, seed: 3407 }
+        Self {
+            name: None,
+            seed: 3407,
+            device: Default::default(),
+        }
     }
 }
 

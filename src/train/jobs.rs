@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 
 use super::{RunOptions, RunOutcome, train_run};
 use crate::data::Corpus;
+use crate::model::Backend;
 use crate::plan::RunPlan;
 
 /// How many runs train at once, and how many threads they share.
@@ -35,9 +36,27 @@ impl JobLayout {
     }
 }
 
-/// Trains `runs` (plan and its corpus) on the CPU, `layout.jobs` at a time, calling `done` as
-/// each one ends (from the thread that trained it). Stops starting new runs once `opts.stop`
-/// is set; runs under way stop themselves with a checkpoint.
+/// Trains `runs` (plan and its corpus) one after the other on `dev`, calling `done` as each
+/// ends; stops starting new runs once `opts.stop` is set. For devices that are not shared
+/// between threads (CUDA).
+pub fn train_in_turn<'a, D: Backend>(
+    runs: &[(&'a RunPlan, &'a Corpus)],
+    dev: &D,
+    opts: &RunOptions,
+    done: impl Fn(&'a RunPlan, Result<RunOutcome>),
+) {
+    for &(plan, corpus) in runs {
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            break;
+        }
+        done(plan, train_run(dev, plan, corpus, opts));
+    }
+}
+
+/// Trains `runs` (plan and its corpus) on the CPU, `layout.jobs` at a time, each worker with
+/// its own pool of `layout.threads_per_run` threads, calling `done` as each run ends, from the
+/// thread that trained it. Stops starting new runs once `opts.stop` is set; runs under way
+/// stop themselves with a checkpoint.
 pub fn train_runs<'a>(
     runs: &[(&'a RunPlan, &'a Corpus)],
     layout: JobLayout,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use adamw::{AdamW, clip_grad_norm, grad_norm};
-pub use jobs::{JobLayout, train_runs};
+pub use jobs::{JobLayout, train_in_turn, train_runs};
 pub use metrics::{MetricsRow, MetricsWriter, read_metrics};
 pub use progress::Progress;
 pub use run::{RunOptions, train_run};
