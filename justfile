@@ -49,11 +49,25 @@ plan FILE *ARGS: build
 bench CASE="all":
     for c in $([ "{{CASE}}" = all ] && echo mha rope gqa2 rope256 || echo {{CASE}}); do cargo bench --locked --bench step -- $c; done
 
-# gptlab vs PyTorch eager on this machine, alternating, same cases (creates .venv with torch when missing).
-bench-compare ROUNDS="1":
+# gptlab vs PyTorch eager, alternating, same cases (makes .venv with torch): [--rounds N] [--device cuda]
+bench-compare *ARGS:
     [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null || (python3 -m venv .venv && .venv/bin/pip install -q torch numpy)
-    cargo bench --locked --bench step --no-run
-    python3 bench/compare.py "$(ls -t target/release/deps/step-* | grep -v '\.d$' | head -1)" .venv/bin/python {{ROUNDS}}
+    if [[ " {{ARGS}} " == *" cuda "* ]]; then \
+        bin="$(ls -d dist/gptlab-cuda-*/bin/step-bench 2>/dev/null | head -1)"; \
+        [ -n "$bin" ] || { echo "no CUDA bundle: run just build-cuda first" >&2; exit 1; }; \
+    else \
+        cargo bench --locked --bench step --no-run; \
+        bin="$(ls -t target/release/deps/step-* | grep -v '\.d$' | head -1)"; \
+    fi; \
+    python3 bench/compare.py "$bin" .venv/bin/python {{ARGS}}
+
+# CUDA release build + bundle dist/gptlab-cuda-<version>.tar.gz (no GPU or toolkit needed; see cuda/build.sh)
+build-cuda:
+    bash cuda/build.sh
+
+# The GPU test subset, CPU vs CUDA for every variant (on the GPU machine: GPTLAB_BIN=cuda-tests dist/*/run.sh)
+test-cuda: build-cuda
+    GPTLAB_BIN=cuda-tests "$(ls -d dist/gptlab-cuda-*/run.sh | head -1)" --test-threads 1
 
 # The test suite CI runs: fmt, clippy, every test (report page in headless Chromium), CUDA type-check.
 test:

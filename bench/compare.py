@@ -3,9 +3,11 @@
 alternating the two programs case by case, and prints gptlab/PyTorch for step time and peak
 memory. Ends with `worst ratio: X.XX` (step time).
 
-Usage: compare.py GPTLAB_BENCH_BINARY PYTHON [ROUNDS]
+Usage: compare.py GPTLAB_BENCH_BINARY PYTHON [--rounds N] [--device cpu|cuda]
+On the GPU machine: compare.py dist/gptlab-cuda-*/bin/step-bench python3 --device cuda
+(the bundled benchmark, PyTorch with DEV=cuda). Memory columns are host peak RSS.
 """
-import os, re, resource, subprocess, sys
+import argparse, os, re, resource, subprocess, sys
 
 CASES = [("mha", 128, 6, 0), ("rope", 128, 6, 1), ("gqa2", 128, 2, 1), ("rope256", 256, 6, 1)]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,14 +31,22 @@ def measure(cmd, env=None):
 
 
 def main():
-    bench, python = sys.argv[1], sys.argv[2]
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bench")
+    ap.add_argument("python")
+    ap.add_argument("rounds_pos", nargs="?", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    a = ap.parse_args()
+    bench, python, device = a.bench, a.python, a.device
+    rounds = a.rounds_pos or a.rounds
     rows = []
     for name, t, kv, rope in CASES:
         ours, theirs = [], []
         for _ in range(rounds):
-            ours.append(measure([bench, name, "6"]))
-            env = dict(os.environ, B="64", T=str(t), KV=str(kv), ROPE=str(rope), STEPS="6", DEV="cpu")
+            ours.append(measure([bench, name, "6" if device == "cpu" else "20", device]))
+            steps = "6" if device == "cpu" else "20"
+            env = dict(os.environ, B="64", T=str(t), KV=str(kv), ROPE=str(rope), STEPS=steps, DEV=device)
             theirs.append(measure([python, os.path.join(HERE, "torch_step.py")], env))
         g = sorted(o[0] for o in ours)[len(ours) // 2]
         p = sorted(o[0] for o in theirs)[len(theirs) // 2]
@@ -46,7 +56,10 @@ def main():
     print(f"{'case':<8} {'T':>4} {'KV':>3} {'rope':>4} {'gptlab s':>9} {'torch s':>8} {'ratio':>6} {'gptlab MiB':>10} {'torch MiB':>9} {'mem ratio':>9}")
     for r in rows:
         print(f"{r[0]:<8} {r[1]:>4} {r[2]:>3} {r[3]:>4} {r[4]:>9.3f} {r[5]:>8.3f} {r[6]:>6.2f} {r[7]:>10.0f} {r[8]:>9.0f} {r[9]:>9.2f}")
-    print(f"threads: gptlab {os.cpu_count()} (rayon default), torch default")
+    if device == "cpu":
+        print(f"threads: gptlab {os.cpu_count()} (rayon default), torch default")
+    else:
+        print("device: cuda (GPU 0) for both")
     print(f"worst ratio: {max(r[6] for r in rows):.2f}")
 
 

@@ -1,8 +1,9 @@
 //! Times full gpt-mini training steps (forward, backward, clip, AdamW) after a warm-up.
 //!
-//! `cargo bench --bench step -- CASE [STEPS]` with CASE one of `mha`, `rope`, `gqa2`,
-//! `rope256` (or `all`); prints one line per case: median and spread of the step time and
-//! the process's peak resident memory. Run one case per process for a per-case peak.
+//! `cargo bench --bench step -- CASE [STEPS] [cpu|cuda]` with CASE one of `mha`, `rope`,
+//! `gqa2`, `rope256` (or `all`); prints one line per case: median and spread of the step time
+//! and the process's peak resident memory. Run one case per process for a per-case peak.
+//! `cuda` needs a CUDA build (`cuda/build.sh` bundles this benchmark as `step-bench`).
 
 use std::time::Instant;
 
@@ -33,7 +34,14 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn bench(name: &str, t: usize, kv: usize, position: Position, steps: usize) {
+fn bench<D: gptlab::model::Backend + Synchronize>(
+    dev: &D,
+    name: &str,
+    t: usize,
+    kv: usize,
+    position: Position,
+    steps: usize,
+) {
     let b = 64;
     let config = ModelConfig {
         vocab_size: 65,
@@ -48,8 +56,7 @@ fn bench(name: &str, t: usize, kv: usize, position: Position, steps: usize) {
         attention: Default::default(),
         block: Default::default(),
     };
-    let dev = Cpu::default();
-    let mut model = Gpt::new(&dev, &config, 0);
+    let mut model = Gpt::new(dev, &config, 0);
     let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
     // Random tokens, as the PyTorch reference uses.
     let mut rng = stream(0, Stream::Batch, 0);
@@ -65,13 +72,15 @@ fn bench(name: &str, t: usize, kv: usize, position: Position, steps: usize) {
         let mut drop = Dropout::train(0.1, stream(0, Stream::Dropout, step as u64));
         let t0 = Instant::now();
         train_step(&mut model, &mut opt, &batch, 5e-4, 1.0, &mut drop);
+        dev.synchronize();
         times.push(t0.elapsed().as_secs_f64());
     }
     let mut timed = times[1..].to_vec();
     timed.sort_by(f64::total_cmp);
     let median = timed[timed.len() / 2];
     println!(
-        "case={name} B={b} T={t} KV={kv} position={position} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
+        "case={name} device={} B={b} T={t} KV={kv} position={position} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
+        std::any::type_name::<D>().rsplit("::").next().unwrap_or("?"),
         rayon::current_num_threads(),
         timed[0],
         timed[timed.len() - 1],
@@ -85,10 +94,29 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let case = args.first().map(String::as_str).unwrap_or("all");
     let steps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(6usize).max(2);
+    let device = args.get(2).map(String::as_str).unwrap_or("cpu");
     let mut ran = false;
     for (name, t, kv, position) in CASES {
         if case == "all" || case == name {
-            bench(name, t, kv, position, steps);
+            match device {
+                "cpu" => bench(&Cpu::default(), name, t, kv, position, steps),
+                #[cfg(feature = "cuda")]
+                "cuda" => bench(
+                    &gptlab::device::open_cuda().expect("opening the GPU"),
+                    name,
+                    t,
+                    kv,
+                    position,
+                    steps,
+                ),
+                other => {
+                    eprintln!(
+                        "device `{other}` is not available in this build (cpu{})",
+                        if gptlab::device::HAS_CUDA { ", cuda" } else { "" }
+                    );
+                    std::process::exit(2);
+                }
+            }
             ran = true;
         }
     }

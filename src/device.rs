@@ -67,9 +67,14 @@ pub fn open_cuda() -> anyhow::Result<dfdx::tensor::Cuda> {
 /// GPU 0's description, if a CUDA device can be opened.
 #[cfg(feature = "cuda")]
 fn probe_gpu() -> Result<String, String> {
-    // The driver can panic rather than return an error when libcuda is missing altogether.
-    std::panic::catch_unwind(|| dfdx::tensor::Cuda::try_build(0, 0).map(|_| "GPU 0".to_string()))
-        .map_err(|_| "the CUDA driver could not be loaded".to_string())?
+    // dfdx unwraps some driver results, so a broken or absent driver panics rather than
+    // returning an error; catch it quietly, since the caller reports it in one line.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| dfdx::tensor::Cuda::try_build(0, 0).map(|_| "GPU 0".to_string()));
+    std::panic::set_hook(hook);
+    opened
+        .map_err(|_| "the CUDA driver could not be initialised".to_string())?
         .map_err(|e| format!("{e:?}"))
 }
 
