@@ -376,3 +376,72 @@ fn fused_ops_read_permuted_and_broadcast_inputs_in_logical_order() {
         }
     }
 }
+
+#[test]
+fn fused_gelu_mlp_equals_the_composition_in_values_and_gradients() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(13);
+    for (n, c, hidden, bias) in [
+        (1, 1, 1, true),
+        (9, 5, 20, true),
+        (130, 24, 96, false),
+        (257, 48, 200, true),
+    ] {
+        let x = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+        let w1 = dev.tensor_from_vec(random(&mut r, c * hidden), (c, hidden));
+        let b1 = dev.tensor_from_vec(random(&mut r, hidden), (hidden,));
+        let w2 = dev.tensor_from_vec(random(&mut r, hidden * c), (hidden, c));
+        let b2 = dev.tensor_from_vec(random(&mut r, c), (c,));
+        let wy = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+        let run = |fused: bool| {
+            let (_, tape) = x.clone().leaky_traced().split_tape();
+            let xt = x.clone().put_tape(tape);
+            let (w1t, w2t) = (w1.retaped::<OwnedTape<f32, Cpu>>(), w2.retaped::<OwnedTape<f32, Cpu>>());
+            let (b1t, b2t) = (b1.retaped::<OwnedTape<f32, Cpu>>(), b2.retaped::<OwnedTape<f32, Cpu>>());
+            let y = if fused {
+                Cpu::mlp_gelu(xt, w1t, bias.then_some(b1t), w2t, bias.then_some(b2t))
+            } else {
+                let h = xt.matmul(w1t);
+                let h = if bias {
+                    h + b1t.broadcast_like::<_, Axis<0>>(&(n, hidden))
+                } else {
+                    h
+                };
+                let y = h.fast_gelu().matmul(w2t);
+                if bias {
+                    y + b2t.broadcast_like::<_, Axis<0>>(&(n, c))
+                } else {
+                    y
+                }
+            };
+            let values = y.retaped::<NoneTape>().as_vec();
+            let g = (y * wy.clone()).sum().backward();
+            let biases = if bias {
+                [g.get(&b1).as_vec(), g.get(&b2).as_vec()]
+            } else {
+                [vec![], vec![]]
+            };
+            [
+                values,
+                g.get(&x).as_vec(),
+                g.get(&w1).as_vec(),
+                g.get(&w2).as_vec(),
+                biases[0].clone(),
+                biases[1].clone(),
+            ]
+        };
+        let (fused, reference) = (run(true), run(false));
+        for (part, (u, v)) in ["y", "dx", "dw1", "dw2", "db1", "db2"]
+            .iter()
+            .zip(fused.iter().zip(&reference))
+        {
+            assert_eq!(u.len(), v.len());
+            for (p, q) in u.iter().zip(v) {
+                assert!(
+                    (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
+                    "mlp {part} (N={n}, C={c}, H={hidden}, bias={bias}): {p} vs {q}"
+                );
+            }
+        }
+    }
+}

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use super::attention::causal_mask;
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
-    CHUNK, View, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_linear, cpu_residual, cpu_rotary,
-    cpu_rotary_backward, dropout_keep_mask, gemm_par,
+    CHUNK, View, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_linear,
+    cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, gemm_par,
 };
 use super::layers::Dropout;
 use super::param::Float;
@@ -44,6 +44,17 @@ pub trait Backend: Device<Float> {
             Some(b) => Self::add_bias(y, b),
             None => y,
         }
+    }
+
+    /// The GELU MLP `GELU(x W₁ + b₁) W₂ + b₂` of `x (N, C)`, `W₁ (C, H)`, `W₂ (H, C)`.
+    fn mlp_gelu<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        w1: Tensor<(usize, usize), Float, Self, T>,
+        b1: Option<Tensor<(usize,), Float, Self, T>>,
+        w2: Tensor<(usize, usize), Float, Self, T>,
+        b2: Option<Tensor<(usize,), Float, Self, T>>,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        Self::linear(Self::gelu(Self::linear(x, w1, b1)), w2, b2)
     }
 
     /// The residual connection `skip + dropout(x)` of two `(N, C)` activations.
@@ -201,6 +212,90 @@ fn with_output_grad<S: Shape>(
 }
 
 impl Backend for Cpu {
+    /// One op for the whole MLP: the `(N, H)` hidden activations (4× the residual stream)
+    /// stay in this op's own buffers instead of being copied in and out of dfdx tensors.
+    fn mlp_gelu<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        w1: Tensor<(usize, usize), Float, Self, T>,
+        b1: Option<Tensor<(usize,), Float, Self, T>>,
+        w2: Tensor<(usize, usize), Float, Self, T>,
+        b2: Option<Tensor<(usize,), Float, Self, T>>,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let (n, c) = *x.shape();
+        let hidden = w1.shape().1;
+        assert_eq!(*w1.shape(), (c, hidden), "mlp: W1 must be (C, H)");
+        assert_eq!(*w2.shape(), (hidden, c), "mlp: W2 must be (H, C)");
+        let (x, tape_x) = x.split_tape();
+        let (w1, tape_w1) = w1.split_tape();
+        let (w2, tape_w2) = w2.split_tape();
+        let mut tape = tape_x.merge(tape_w1).merge(tape_w2);
+        let mut untape = |b: Option<Tensor<(usize,), Float, Self, T>>| {
+            b.map(|b| {
+                let (b, tape_b) = b.split_tape();
+                tape = std::mem::take(&mut tape).merge(tape_b);
+                b
+            })
+        };
+        let (b1, b2) = (untape(b1), untape(b2));
+        let (xv, w1v, w2v) = (host_data(&x), host_data(&w1), host_data(&w2));
+        let (b1v, b2v) = (b1.as_ref().map(host_data), b2.as_ref().map(host_data));
+        let h = cpu_linear(&xv, &w1v, b1v.as_deref(), n, c, hidden); // (N, H)
+        let a = cpu_gelu(&h); // (N, H)
+        let y = cpu_linear(&a, &w2v, b2v.as_deref(), n, hidden, c); // (N, C)
+        let out = x.device().tensor_from_vec(y, (n, c));
+        if T::OWNS_TAPE {
+            let out_ref = out.clone();
+            tape.add_backward_op(move |grads| {
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    let gy_view = View::rows(gy, c);
+                    gemm_par(
+                        hidden,
+                        c,
+                        n,
+                        grads.get_or_alloc_mut(&w2)?,
+                        true,
+                        View::rows(&a, hidden).t(),
+                        gy_view,
+                        1.0,
+                    );
+                    if let Some(b2) = &b2 {
+                        add_column_sums(gy, c, grads.get_or_alloc_mut(b2)?);
+                    }
+                    // dh = (gy W₂ᵀ) ⊙ gelu'(h)
+                    let mut dh = vec![0.0; n * hidden];
+                    gemm_par(n, hidden, c, &mut dh, false, gy_view, View::rows(&w2v, c).t(), 1.0);
+                    cpu_gelu_backward_in_place(&h, &mut dh);
+                    let dh_view = View::rows(&dh, hidden);
+                    gemm_par(
+                        c,
+                        hidden,
+                        n,
+                        grads.get_or_alloc_mut(&w1)?,
+                        true,
+                        View::rows(&xv, c).t(),
+                        dh_view,
+                        1.0,
+                    );
+                    if let Some(b1) = &b1 {
+                        add_column_sums(&dh, hidden, grads.get_or_alloc_mut(b1)?);
+                    }
+                    gemm_par(
+                        n,
+                        c,
+                        hidden,
+                        grads.get_or_alloc_mut(&x)?,
+                        true,
+                        dh_view,
+                        View::rows(&w1v, hidden).t(),
+                        1.0,
+                    );
+                    Ok(())
+                })
+            });
+        }
+        out.put_tape(tape)
+    }
+
     fn residual<T: Tape<Float, Self> + Merge<T>>(
         skip: Tensor<(usize, usize), Float, Self, T>,
         x: Tensor<(usize, usize), Float, Self, T>,

@@ -64,6 +64,17 @@ pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
         });
 }
 
+/// `g ← g · gelu'(x)` element by element, in parallel: the gradient through GELU, in place.
+pub fn cpu_gelu_backward_in_place(x: &[Float], g: &mut [Float]) {
+    g.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| {
+        for (g, &x) in g.iter_mut().zip(x) {
+            let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+            *g *= 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du;
+        }
+    });
+}
+
 /// Rotary embedding in the rotate-half layout: `out = x·cos + [-x2, x1]·sin` per head vector.
 pub fn cpu_rotary(x: &[Float], cos: &[Float], sin: &[Float], t: usize, nh: usize, hd: usize) -> Vec<Float> {
     let half = hd / 2;

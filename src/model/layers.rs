@@ -149,7 +149,15 @@ impl<D: super::backend::Backend> Mlp<D> {
     /// `(N, C) -> (N, C)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
         let hidden = match &self.gate {
-            None => D::gelu(self.fc.forward(x)),
+            None => {
+                return D::mlp_gelu(
+                    x,
+                    self.fc.weight.matrix::<T>(),
+                    self.fc.bias.as_ref().map(|b| b.vector::<T>()),
+                    self.proj.weight.matrix::<T>(),
+                    self.proj.bias.as_ref().map(|b| b.vector::<T>()),
+                );
+            }
             Some(gate) => {
                 let g = gate.forward(x.retaped::<T>());
                 let silu = g.retaped::<T>().sigmoid() * g;
