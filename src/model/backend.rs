@@ -372,9 +372,10 @@ impl Backend for Cpu {
         if T::OWNS_TAPE {
             let (out_ref, cos, sin) = (out.clone(), cos.to_vec(), sin.to_vec());
             tape.add_backward_op(move |grads| {
-                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
-                cpu_rotary_backward(&gy, &cos, &sin, t, nh, hd, grads.get_or_alloc_mut(&x)?);
-                Ok(())
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    cpu_rotary_backward(gy, &cos, &sin, t, nh, hd, grads.get_or_alloc_mut(&x)?);
+                    Ok(())
+                })
             });
         }
         out.put_tape(tape)
@@ -399,16 +400,17 @@ impl Backend for Cpu {
         if T::OWNS_TAPE {
             let out_ref = out.clone();
             tape.add_backward_op(move |grads| {
-                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
-                let gx = grads.get_or_alloc_mut(&x)?;
-                gx.par_chunks_mut(CHUNK)
-                    .zip(gy.par_chunks(CHUNK))
-                    .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g));
-                let gb = grads.get_or_alloc_mut(&b)?;
-                for row in gy.chunks(c) {
-                    gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
-                }
-                Ok(())
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    let gx = grads.get_or_alloc_mut(&x)?;
+                    gx.par_chunks_mut(CHUNK)
+                        .zip(gy.par_chunks(CHUNK))
+                        .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g));
+                    let gb = grads.get_or_alloc_mut(&b)?;
+                    for row in gy.chunks(c) {
+                        gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+                    }
+                    Ok(())
+                })
             });
         }
         out.put_tape(tape)
@@ -449,44 +451,45 @@ impl Backend for Cpu {
         if T::OWNS_TAPE {
             let out_ref = out.clone();
             tape.add_backward_op(move |grads| {
-                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
-                // dx = (1/σ)·(ĝ - mean(ĝ) - x̂·mean(ĝ·x̂)) with ĝ = gy·γ.
-                let gx = grads.get_or_alloc_mut(&x)?;
-                gx.par_chunks_mut(c)
-                    .zip(gy.par_chunks(c))
-                    .zip(xhat.par_chunks(c).zip(inv_std.par_iter()))
-                    .for_each(|((dx, gy), (xh, is))| {
-                        let mut m1 = 0.0;
-                        let mut m2 = 0.0;
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    // dx = (1/σ)·(ĝ - mean(ĝ) - x̂·mean(ĝ·x̂)) with ĝ = gy·γ.
+                    let gx = grads.get_or_alloc_mut(&x)?;
+                    gx.par_chunks_mut(c)
+                        .zip(gy.par_chunks(c))
+                        .zip(xhat.par_chunks(c).zip(inv_std.par_iter()))
+                        .for_each(|((dx, gy), (xh, is))| {
+                            let mut m1 = 0.0;
+                            let mut m2 = 0.0;
+                            for i in 0..c {
+                                let gh = gy[i] * gv[i];
+                                m1 += gh;
+                                m2 += gh * xh[i];
+                            }
+                            let (m1, m2) = (m1 / c as Float, m2 / c as Float);
+                            for i in 0..c {
+                                dx[i] += is * (gy[i] * gv[i] - m1 - xh[i] * m2);
+                            }
+                        });
+                    let mut dg = vec![0.0; c];
+                    let mut db = vec![0.0; c];
+                    for (gy, xh) in gy.chunks(c).zip(xhat.chunks(c)) {
                         for i in 0..c {
-                            let gh = gy[i] * gv[i];
-                            m1 += gh;
-                            m2 += gh * xh[i];
+                            dg[i] += gy[i] * xh[i];
+                            db[i] += gy[i];
                         }
-                        let (m1, m2) = (m1 / c as Float, m2 / c as Float);
-                        for i in 0..c {
-                            dx[i] += is * (gy[i] * gv[i] - m1 - xh[i] * m2);
-                        }
-                    });
-                let mut dg = vec![0.0; c];
-                let mut db = vec![0.0; c];
-                for (gy, xh) in gy.chunks(c).zip(xhat.chunks(c)) {
-                    for i in 0..c {
-                        dg[i] += gy[i] * xh[i];
-                        db[i] += gy[i];
                     }
-                }
-                grads
-                    .get_or_alloc_mut(&g)?
-                    .iter_mut()
-                    .zip(dg)
-                    .for_each(|(a, d)| *a += d);
-                grads
-                    .get_or_alloc_mut(&b)?
-                    .iter_mut()
-                    .zip(db)
-                    .for_each(|(a, d)| *a += d);
-                Ok(())
+                    grads
+                        .get_or_alloc_mut(&g)?
+                        .iter_mut()
+                        .zip(dg)
+                        .for_each(|(a, d)| *a += d);
+                    grads
+                        .get_or_alloc_mut(&b)?
+                        .iter_mut()
+                        .zip(db)
+                        .for_each(|(a, d)| *a += d);
+                    Ok(())
+                })
             });
         }
         out.put_tape(tape)
@@ -500,9 +503,10 @@ impl Backend for Cpu {
         if T::OWNS_TAPE {
             let out_ref = out.clone();
             tape.add_backward_op(move |grads| {
-                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
-                cpu_gelu_backward(&xv, &gy, grads.get_or_alloc_mut(&x)?);
-                Ok(())
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    cpu_gelu_backward(&xv, gy, grads.get_or_alloc_mut(&x)?);
+                    Ok(())
+                })
             });
         }
         out.put_tape(tape)
@@ -539,14 +543,15 @@ impl Backend for Cpu {
             let out_ref = out.clone();
             tape.add_backward_op(move |grads| {
                 let timer = crate::probe::Timer::start();
-                let gy = grads.get_or_alloc_mut(&out_ref)?.to_vec();
-                let (dq, dk, dv) = cpu_backward(&dims, &qv, &kv, &vv, &lse, &gy);
-                for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
-                    let g = grads.get_or_alloc_mut(t)?;
-                    g.iter_mut().zip(d).for_each(|(a, b)| *a += b);
-                }
-                timer.stop();
-                Ok(())
+                with_output_grad(grads, &out_ref, |grads, gy| {
+                    let (dq, dk, dv) = cpu_backward(&dims, &qv, &kv, &vv, &lse, gy);
+                    for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
+                        let g = grads.get_or_alloc_mut(t)?;
+                        g.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+                    }
+                    timer.stop();
+                    Ok(())
+                })
             });
             // What stays allocated until backward: the copies of q, k and v, the row
             // log-sum-exps, the output and the closure that holds them.

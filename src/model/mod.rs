@@ -19,7 +19,7 @@ pub use cpu_kernels::{cpu_gelu, cpu_gelu_backward};
 pub use gpt::{Block, Gpt};
 pub use kv_cache::{KvCache, LayerCache};
 pub use layers::{Act, Dropout, Linear, Mlp, Norm};
-pub use param::{Float, HasParams, Param};
+pub use param::{Float, HasParams, Param, host_vec};
 pub use rope::Rope;
 
 use serde::{Deserialize, Serialize};

@@ -23,6 +23,14 @@ pub struct Param<D: Device<Float>> {
     pub value: Tensor<(usize,), Float, D>,
 }
 
+/// The elements of a flat tensor on the host, with one bulk copy (dfdx's `as_vec` walks them
+/// one by one). Flat tensors built from vectors are always contiguous.
+pub fn host_vec<D: Device<Float>, T>(t: &Tensor<(usize,), Float, D, T>) -> Vec<Float> {
+    let mut v = vec![0.0; t.shape().0];
+    t.copy_into(&mut v);
+    v
+}
+
 impl<D: Device<Float>> Param<D> {
     /// Builds a parameter from host values; `values.len()` must equal the product of `shape`.
     pub fn from_vec(dev: &D, name: String, shape: Vec<usize>, decay: bool, values: Vec<Float>) -> Self {

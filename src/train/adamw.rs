@@ -3,7 +3,9 @@
 
 use dfdx::prelude::*;
 
-use crate::model::{Float, HasParams};
+use rayon::prelude::*;
+
+use crate::model::{Float, HasParams, host_vec};
 
 /// AdamW hyper-parameters and state: one first and second moment per parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,12 +63,18 @@ impl AdamW {
         model.visit_mut(&mut |p| {
             let (m, v, g) = (&mut ms[i], &mut vs[i], &grads[i]);
             let decay = if p.decay { (1.0 - lr * wd) as Float } else { 1.0 };
-            let mut w = p.value.as_vec();
-            for j in 0..w.len() {
-                m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                w[j] = w[j] * decay - step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
-            }
+            let mut w = host_vec(&p.value);
+            // Element-wise, so splitting it across threads changes no result.
+            w.par_chunks_mut(1 << 14)
+                .zip(m.par_chunks_mut(1 << 14))
+                .zip(v.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)))
+                .for_each(|((w, m), (v, g))| {
+                    for j in 0..w.len() {
+                        m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                        v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                        w[j] = w[j] * decay - step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
+                    }
+                });
             p.value.copy_from(&w);
             i += 1;
         });

@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 
 use super::adamw::{AdamW, clip_grad_norm};
 use crate::data::Batch;
-use crate::model::{Backend, Dropout, Float, Gpt, HasParams};
+use crate::model::{Backend, Dropout, Float, Gpt, HasParams, host_vec};
 
 /// What a training step measured.
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +29,7 @@ pub fn loss_and_grads<D: Backend>(model: &Gpt<D>, batch: &Batch, drop: &mut Drop
     let value = loss.as_vec()[0];
     let grads = loss.backward();
     let mut host = vec![];
-    model.visit(&mut |p| host.push(grads.get(&p.value).as_vec()));
+    model.visit(&mut |p| host.push(host_vec(&grads.get(&p.value))));
     (value, host)
 }
 
