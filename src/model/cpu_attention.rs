@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::cpu_kernels::{View, exp, gemm_into, max, sum};
 use super::param::Float;
+use super::simd::simd_kernel;
 
 /// Sizes and dropout settings of one fused attention call.
 #[derive(Clone, Copy, Debug)]
@@ -67,20 +68,29 @@ impl Dims {
 fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [Float], known_lse: bool) {
     let (t, scale) = (d.t, 1.0 / (d.hd as Float).sqrt());
     gemm_into(t, t, d.hd, s, false, q, k.t(), scale);
-    for (r, row) in s.chunks_mut(t).enumerate() {
-        let (live, masked) = row.split_at_mut(r + 1);
-        if !known_lse {
-            let max = max(live);
-            // One exponential per weight: e^(s - max), then divide by the row sum.
-            live.iter_mut().for_each(|x| *x = exp(*x - max));
-            let sum = sum(live);
-            lse[r] = max + sum.ln();
-            let inv = 1.0 / sum;
-            live.iter_mut().for_each(|x| *x *= inv);
-        } else {
-            live.iter_mut().for_each(|x| *x = exp(*x - lse[r]));
+    causal_softmax_rows(s, t, lse, known_lse);
+}
+
+simd_kernel! {
+    /// Turns each row `r` of the `(T×T)` scores `s` into the softmax over `s ≤ r` (zeros
+    /// above the diagonal), with the row's log-sum-exp given in `lse` or computed into it.
+    fn causal_softmax_rows(s: &mut [Float], t: usize, lse: &mut [Float], known_lse: bool) {
+        for (r, row) in s.chunks_mut(t).enumerate() {
+            let (live, masked) = row.split_at_mut(r + 1);
+            if !known_lse {
+                let max = max(live);
+                // One exponential per weight: e^(s - max), then divide by the row sum.
+                live.iter_mut().for_each(|x| *x = exp(*x - max));
+                let sum = sum(live);
+                lse[r] = max + sum.ln();
+                let inv = 1.0 / sum;
+                live.iter_mut().for_each(|x| *x *= inv);
+            } else {
+                let l = lse[r];
+                live.iter_mut().for_each(|x| *x = exp(*x - l));
+            }
+            masked.iter_mut().for_each(|x| *x = 0.0);
         }
-        masked.iter_mut().for_each(|x| *x = 0.0);
     }
 }
 

@@ -6,11 +6,13 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::param::Float;
+use super::simd::simd_kernel;
 
 const SQRT_2_OVER_PI: Float = 0.797_884_6;
 const GELU_C: Float = 0.044_715;
 
 /// `tanh(u)` through one `exp`, cheaper than libm's `tanhf`; saturates correctly at ±∞.
+#[inline(always)]
 fn fast_tanh(u: Float) -> Float {
     1.0 - 2.0 / (exp(2.0 * u) + 1.0)
 }
@@ -40,14 +42,47 @@ pub(crate) fn exp(x: Float) -> Float {
 /// Elements per parallel chunk of the element-wise kernels.
 pub(crate) const CHUNK: usize = 1 << 14;
 
-/// GELU (tanh form) of each element, in parallel.
-pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+simd_kernel! {
+    /// `y = GELU(x)` on one chunk.
+    fn gelu_chunk(y: &mut [Float], x: &[Float]) {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = 0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
         }
-    });
+    }
+}
+
+/// `gelu'(x)`.
+#[inline(always)]
+fn gelu_grad(x: Float) -> Float {
+    let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
+}
+
+simd_kernel! {
+    /// `dx += gy · gelu'(x)` on one chunk.
+    fn gelu_grad_add_chunk(dx: &mut [Float], x: &[Float], gy: &[Float]) {
+        for ((dx, &x), &gy) in dx.iter_mut().zip(x).zip(gy) {
+            *dx += gy * gelu_grad(x);
+        }
+    }
+}
+
+simd_kernel! {
+    /// `g *= gelu'(x)` on one chunk.
+    fn gelu_grad_scale_chunk(g: &mut [Float], x: &[Float]) {
+        for (g, &x) in g.iter_mut().zip(x) {
+            *g *= gelu_grad(x);
+        }
+    }
+}
+
+/// GELU (tanh form) of each element, in parallel.
+pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| gelu_chunk(y, x));
     y
 }
 
@@ -55,24 +90,14 @@ pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
 pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, gy))| {
-            for ((dx, &x), &gy) in dx.iter_mut().zip(x).zip(gy) {
-                let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
-                *dx += gy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du);
-            }
-        });
+        .for_each(|(dx, (x, gy))| gelu_grad_add_chunk(dx, x, gy));
 }
 
 /// `g ← g · gelu'(x)` element by element, in parallel: the gradient through GELU, in place.
 pub fn cpu_gelu_backward_in_place(x: &[Float], g: &mut [Float]) {
-    g.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| {
-        for (g, &x) in g.iter_mut().zip(x) {
-            let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
-            *g *= 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du;
-        }
-    });
+    g.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| gelu_grad_scale_chunk(g, x));
 }
 
 /// Rotary embedding in the rotate-half layout: `out = x·cos + [-x2, x1]·sin` per head vector.
@@ -122,6 +147,7 @@ pub fn cpu_rotary_backward(
 }
 
 /// Sum with eight independent partial sums (vectorisable; see [`dot`]).
+#[inline(always)]
 pub(crate) fn sum(x: &[Float]) -> Float {
     let mut acc = [0.0; 8];
     let chunks = x.chunks_exact(8);
@@ -135,6 +161,7 @@ pub(crate) fn sum(x: &[Float]) -> Float {
 }
 
 /// Largest element (NaN if any element is NaN, so a diverged row stays visible).
+#[inline(always)]
 pub(crate) fn max(x: &[Float]) -> Float {
     let mut acc = [Float::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
@@ -333,6 +360,15 @@ pub fn dropout_keep_mask(seed: u64, n: usize, p: f32) -> Vec<u8> {
     mask
 }
 
+simd_kernel! {
+    /// `acc += x · keep` where the mask is set, on one chunk.
+    fn add_masked_chunk(acc: &mut [Float], x: &[Float], mask: &[u8], keep: Float) {
+        for ((a, &x), &m) in acc.iter_mut().zip(x).zip(mask) {
+            *a += if m != 0 { x * keep } else { 0.0 };
+        }
+    }
+}
+
 /// `skip + x ⊙ mask / (1 - p)` (no mask: `skip + x`), in parallel.
 pub fn cpu_residual(skip: &[Float], x: &[Float], mask: Option<&[u8]>, p: f32) -> Vec<Float> {
     let keep = 1.0 / (1.0 - p);
@@ -345,11 +381,7 @@ pub fn cpu_residual(skip: &[Float], x: &[Float], mask: Option<&[u8]>, p: f32) ->
         Some(mask) => y
             .par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
-            .for_each(|(y, (x, m))| {
-                for ((y, x), &m) in y.iter_mut().zip(x).zip(m) {
-                    *y += if m != 0 { x * keep } else { 0.0 };
-                }
-            }),
+            .for_each(|(y, (x, m))| add_masked_chunk(y, x, m, keep)),
     }
     y
 }
@@ -365,13 +397,7 @@ pub fn add_masked(acc: &mut [Float], g: &[Float], mask: Option<&[u8]>, p: f32) {
         Some(mask) => acc
             .par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
-            .for_each(|(a, (g, m))| {
-                for ((a, g), &m) in a.iter_mut().zip(g).zip(m) {
-                    if m != 0 {
-                        *a += g * keep;
-                    }
-                }
-            }),
+            .for_each(|(a, (g, m))| add_masked_chunk(a, g, m, keep)),
     }
 }
 

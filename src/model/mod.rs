@@ -11,6 +11,7 @@ mod kv_cache;
 mod layers;
 mod param;
 mod rope;
+mod simd;
 
 pub use attention::{AttnShape, CausalSelfAttention, causal_mask};
 pub use backend::{Backend, Heads, reference_attention, timed_reference_attention};
