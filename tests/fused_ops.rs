@@ -47,6 +47,10 @@ fn fused_equals_the_composition_in_values_and_gradients() {
         (1, 1, 3, 1, 5),
         (2, 33, 6, 3, 6),
         (1, 9, 4, 1, 3),
+        // Longer than one 64-row block of the causal tiling, on and off its boundary.
+        (1, 64, 2, 1, 8),
+        (2, 65, 4, 2, 4),
+        (1, 150, 2, 2, 5),
     ] {
         let q = dev.tensor_from_vec(random(&mut r, b * t * h * hd), (b, t, h, hd));
         let k = dev.tensor_from_vec(random(&mut r, b * t * hkv * hd), (b, t, hkv, hd));
@@ -84,9 +88,10 @@ fn fused_equals_the_composition_in_values_and_gradients() {
 #[test]
 fn fused_gradients_with_dropout_agree_with_finite_differences() {
     let mut r = ChaCha8Rng::seed_from_u64(3);
+    // T = 70 crosses the 64-row block boundary of the causal tiling.
     let d = Dims {
         b: 2,
-        t: 6,
+        t: 70,
         h: 4,
         hkv: 2,
         hd: 4,

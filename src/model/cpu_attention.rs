@@ -5,7 +5,7 @@
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::cpu_kernels::{View, exp, gemm_into, max, sum};
+use super::cpu_kernels::{View, exp, gemm_block, max, sum};
 use super::param::Float;
 use super::simd::simd_kernel;
 
@@ -63,11 +63,33 @@ impl Dims {
     }
 }
 
+/// Query rows per block: rows `r0..r1` attend to keys `..r1` only, so the score blocks right
+/// of the diagonal block are never computed (a quarter of the work at T = 128).
+const BLOCK: usize = 64;
+
+/// The row blocks `(r0, r1)` covering `0..t`.
+fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(BLOCK).map(move |r0| (r0, (r0 + BLOCK).min(t)))
+}
+
 /// Fills `s (T×T)` with `scale · q_h k_jᵀ` and turns each row `t` into the causal softmax over
 /// `s ≤ t` (zeros above the diagonal), given the row's log-sum-exp in `lse` or computing it.
 fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [Float], known_lse: bool) {
     let (t, scale) = (d.t, 1.0 / (d.hd as Float).sqrt());
-    gemm_into(t, t, d.hd, s, false, q, k.t(), scale);
+    for (r0, r1) in row_blocks(t) {
+        // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ; the blocks right of it are all masked.
+        gemm_block(
+            r1 - r0,
+            r1,
+            d.hd,
+            &mut s[r0 * t..],
+            t,
+            false,
+            q.skip_rows(r0),
+            k.t(),
+            scale,
+        );
+    }
     causal_softmax_rows(s, t, lse, known_lse);
 }
 
@@ -135,20 +157,21 @@ pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Floa
                     s.iter_mut().zip(&factors).for_each(|(p, f)| *p *= f);
                 }
                 let yv = &mut y[i * d.t * d.hd..][..d.t * d.hd];
-                gemm_into(
-                    d.t,
-                    d.hd,
-                    d.t,
-                    yv,
-                    false,
-                    View {
-                        data: &s,
-                        rs: d.t,
-                        cs: 1,
-                    },
-                    d.kv_view(v, b, j),
-                    1.0,
-                );
+                for (r0, r1) in row_blocks(d.t) {
+                    // Y[r0..r1] = P[r0..r1, ..r1] V[..r1]
+                    let p_rows = View::rows(&s, d.t).skip_rows(r0);
+                    gemm_block(
+                        r1 - r0,
+                        d.hd,
+                        r1,
+                        &mut yv[r0 * d.hd..],
+                        d.hd,
+                        false,
+                        p_rows,
+                        d.kv_view(v, b, j),
+                        1.0,
+                    );
+                }
             }
             (b, j, y, lse)
         })
@@ -205,22 +228,23 @@ pub fn cpu_backward(
                 let gyh = d.q_view(gy, b, h);
                 // dV += (P ⊙ D)ᵀ dY
                 let dropped: Vec<Float> = p.iter().zip(&factors).map(|(p, f)| p * f).collect();
-                gemm_into(
-                    d.t,
-                    hd,
-                    d.t,
-                    &mut dv,
-                    true,
-                    View {
-                        data: &dropped,
-                        rs: 1,
-                        cs: d.t,
-                    },
-                    gyh,
-                    1.0,
-                );
-                // dP = D ⊙ (dY Vᵀ), then the softmax backward in place.
-                gemm_into(d.t, d.t, hd, &mut dp, false, gyh, vj.t(), 1.0);
+                for (r0, r1) in row_blocks(d.t) {
+                    let block_t = View::rows(&dropped, d.t).skip_rows(r0).t(); // (r1, r1 - r0)
+                    gemm_block(r1, hd, r1 - r0, &mut dv, hd, true, block_t, gyh.skip_rows(r0), 1.0);
+                    // dP[r0..r1, ..r1] = dY[r0..r1] V[..r1]ᵀ
+                    gemm_block(
+                        r1 - r0,
+                        r1,
+                        hd,
+                        &mut dp[r0 * d.t..],
+                        d.t,
+                        false,
+                        gyh.skip_rows(r0),
+                        vj.t(),
+                        1.0,
+                    );
+                }
+                // dP = D ⊙ dP, then the softmax backward in place.
                 for (r, (dp_row, p_row)) in dp.chunks_mut(d.t).zip(p.chunks(d.t)).enumerate() {
                     let f_row = &factors[r * d.t..][..d.t];
                     let mut rowdot = 0.0;
@@ -236,35 +260,14 @@ pub fn cpu_backward(
                         };
                     }
                 }
-                // dQ = dS K, dK += dSᵀ Q
-                gemm_into(
-                    d.t,
-                    hd,
-                    d.t,
-                    &mut dq[i * d.t * hd..][..d.t * hd],
-                    false,
-                    View {
-                        data: &dp,
-                        rs: d.t,
-                        cs: 1,
-                    },
-                    kj,
-                    1.0,
-                );
-                gemm_into(
-                    d.t,
-                    hd,
-                    d.t,
-                    &mut dk,
-                    true,
-                    View {
-                        data: &dp,
-                        rs: 1,
-                        cs: d.t,
-                    },
-                    d.q_view(q, b, h),
-                    1.0,
-                );
+                // dQ = dS K, dK += dSᵀ Q, block by block of query rows.
+                let dqh = &mut dq[i * d.t * hd..][..d.t * hd];
+                for (r0, r1) in row_blocks(d.t) {
+                    let ds_rows = View::rows(&dp, d.t).skip_rows(r0); // (r1 - r0, r1)
+                    gemm_block(r1 - r0, hd, r1, &mut dqh[r0 * hd..], hd, false, ds_rows, kj, 1.0);
+                    let qh = d.q_view(q, b, h).skip_rows(r0);
+                    gemm_block(r1, hd, r1 - r0, &mut dk, hd, true, ds_rows.t(), qh, 1.0);
+                }
             }
             (b, j, dq, dk, dv)
         })

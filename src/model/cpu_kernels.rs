@@ -208,6 +208,14 @@ impl<'a> View<'a> {
         Self { data, rs: cols, cs: 1 }
     }
 
+    /// The rows from `r` on.
+    pub(crate) fn skip_rows(self, r: usize) -> Self {
+        Self {
+            data: &self.data[r * self.rs..],
+            ..self
+        }
+    }
+
     /// The transpose, without moving data.
     pub(crate) fn t(self) -> Self {
         Self {
@@ -218,23 +226,25 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst (m×n, row-major, contiguous) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, single-threaded
-/// (callers already run one task per core).
+/// `dst (m×n) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, with `dst`'s rows `dst_rs` apart (a
+/// block of a larger matrix when `dst_rs > n`); single-threaded, for callers that already run
+/// one task per core.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(
+pub(crate) fn gemm_block(
     m: usize,
     n: usize,
     k: usize,
     dst: &mut [Float],
+    dst_rs: usize,
     acc: bool,
     lhs: View<'_>,
     rhs: View<'_>,
     beta: Float,
 ) {
-    gemm_with(m, n, k, dst, acc, lhs, rhs, beta, gemm::Parallelism::None);
+    gemm_with(m, n, k, dst, dst_rs, acc, lhs, rhs, beta, gemm::Parallelism::None);
 }
 
-/// [`gemm_into`] spread over every thread of the current rayon pool.
+/// [`gemm_block`] into a contiguous `dst`, spread over every thread of the current rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_par(
     m: usize,
@@ -252,7 +262,7 @@ pub(crate) fn gemm_par(
     } else {
         gemm::Parallelism::None
     };
-    gemm_with(m, n, k, dst, acc, lhs, rhs, beta, par);
+    gemm_with(m, n, k, dst, n, acc, lhs, rhs, beta, par);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -261,6 +271,7 @@ fn gemm_with(
     n: usize,
     k: usize,
     dst: &mut [Float],
+    dst_rs: usize,
     acc: bool,
     lhs: View<'_>,
     rhs: View<'_>,
@@ -270,10 +281,10 @@ fn gemm_with(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n);
+    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
     if k == 0 {
         if !acc {
-            dst[..m * n].fill(0.0);
+            dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
@@ -288,7 +299,7 @@ fn gemm_with(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
             lhs.data.as_ptr(),
             lhs.cs as isize,
