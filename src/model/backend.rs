@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use super::attention::causal_mask;
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
-    CHUNK, View, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_linear,
-    cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, gemm_par,
+    CHUNK, View, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
+    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, gemm_par,
 };
 use super::layers::Dropout;
 use super::param::Float;
@@ -423,71 +423,23 @@ impl Backend for Cpu {
         eps: f64,
     ) -> Tensor<(usize, usize), Float, Self, T> {
         let shape = *x.shape();
-        let (n, c) = shape;
+        let c = shape.1;
         let (x, tape_x) = x.split_tape();
         let (g, tape_g) = g.split_tape();
         let (b, tape_b) = b.split_tape();
         let (xv, gv, bv) = (host_data(&x), host_data(&g), host_data(&b));
-        // x̂ = (x - μ) / σ per row, kept with 1/σ for the backward pass.
-        let mut xhat = vec![0.0; n * c];
-        let mut inv_std = vec![0.0; n];
-        xhat.par_chunks_mut(c)
-            .zip(inv_std.par_iter_mut())
-            .zip(xv.par_chunks(c))
-            .for_each(|((xh, is), x)| {
-                let mean = x.iter().sum::<Float>() / c as Float;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<Float>() / c as Float;
-                *is = 1.0 / (var + eps as Float).sqrt();
-                xh.iter_mut().zip(x).for_each(|(h, v)| *h = (v - mean) * *is);
-            });
-        let mut y = vec![0.0; n * c];
-        y.par_chunks_mut(c).zip(xhat.par_chunks(c)).for_each(|(y, xh)| {
-            for i in 0..c {
-                y[i] = xh[i] * gv[i] + bv[i];
-            }
-        });
+        let [y, xhat, inv_std] = cpu_layer_norm(&xv, &gv, &bv, c, eps as Float);
         let out = x.device().tensor_from_vec(y, shape);
         let mut tape = tape_x.merge(tape_g).merge(tape_b);
         if T::OWNS_TAPE {
             let out_ref = out.clone();
             tape.add_backward_op(move |grads| {
                 with_output_grad(grads, &out_ref, |grads, gy| {
-                    // dx = (1/σ)·(ĝ - mean(ĝ) - x̂·mean(ĝ·x̂)) with ĝ = gy·γ.
-                    let gx = grads.get_or_alloc_mut(&x)?;
-                    gx.par_chunks_mut(c)
-                        .zip(gy.par_chunks(c))
-                        .zip(xhat.par_chunks(c).zip(inv_std.par_iter()))
-                        .for_each(|((dx, gy), (xh, is))| {
-                            let mut m1 = 0.0;
-                            let mut m2 = 0.0;
-                            for i in 0..c {
-                                let gh = gy[i] * gv[i];
-                                m1 += gh;
-                                m2 += gh * xh[i];
-                            }
-                            let (m1, m2) = (m1 / c as Float, m2 / c as Float);
-                            for i in 0..c {
-                                dx[i] += is * (gy[i] * gv[i] - m1 - xh[i] * m2);
-                            }
-                        });
-                    let mut dg = vec![0.0; c];
-                    let mut db = vec![0.0; c];
-                    for (gy, xh) in gy.chunks(c).zip(xhat.chunks(c)) {
-                        for i in 0..c {
-                            dg[i] += gy[i] * xh[i];
-                            db[i] += gy[i];
-                        }
-                    }
-                    grads
-                        .get_or_alloc_mut(&g)?
-                        .iter_mut()
-                        .zip(dg)
-                        .for_each(|(a, d)| *a += d);
-                    grads
-                        .get_or_alloc_mut(&b)?
-                        .iter_mut()
-                        .zip(db)
-                        .for_each(|(a, d)| *a += d);
+                    let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+                    let dx = grads.get_or_alloc_mut(&x)?;
+                    cpu_layer_norm_backward(gy, &xhat, &inv_std, &gv, c, dx, &mut dg, &mut db);
+                    add_masked(grads.get_or_alloc_mut(&g)?, &dg, None, 0.0);
+                    add_masked(grads.get_or_alloc_mut(&b)?, &db, None, 0.0);
                     Ok(())
                 })
             });

@@ -182,6 +182,7 @@ pub(crate) fn max(x: &[Float]) -> Float {
 
 /// Dot product with eight independent partial sums: a plain `sum()` must add in order,
 /// which keeps LLVM from vectorising it.
+#[inline(always)]
 pub(crate) fn dot(a: &[Float], b: &[Float]) -> Float {
     let mut acc = [0.0; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -441,5 +442,110 @@ mod tests {
                 u.tanh()
             );
         }
+    }
+}
+
+/// Rows per parallel task of the row-wise kernels.
+const ROWS: usize = 64;
+
+simd_kernel! {
+    /// LayerNorm of a block of rows: `x̂ = (x - μ)/σ`, `y = x̂·γ + β`, keeping `x̂` and `1/σ`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_rows(
+        y: &mut [Float],
+        xhat: &mut [Float],
+        inv_std: &mut [Float],
+        x: &[Float],
+        gamma: &[Float],
+        beta: &[Float],
+        c: usize,
+        eps: Float,
+    ) {
+        for (((y, xh), is), x) in y.chunks_mut(c).zip(xhat.chunks_mut(c)).zip(inv_std.iter_mut()).zip(x.chunks(c)) {
+            let mean = sum(x) / c as Float;
+            for (h, &v) in xh.iter_mut().zip(x) {
+                *h = v - mean;
+            }
+            let var = dot(xh, xh) / c as Float;
+            *is = 1.0 / (var + eps).sqrt();
+            for (((y, h), &g), &b) in y.iter_mut().zip(xh.iter_mut()).zip(gamma).zip(beta) {
+                *h *= *is;
+                *y = *h * g + b;
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// `dx += (1/σ)·(ĝ - mean(ĝ) - x̂·mean(ĝ·x̂))` with `ĝ = gy·γ`, for a block of rows.
+    fn layer_norm_input_grad_rows(dx: &mut [Float], gy: &[Float], xhat: &[Float], inv_std: &[Float], gamma: &[Float], c: usize) {
+        for (((dx, gy), xh), &is) in dx.chunks_mut(c).zip(gy.chunks(c)).zip(xhat.chunks(c)).zip(inv_std) {
+            let (mut m1, mut m2) = ([0.0; 8], [0.0; 8]);
+            for (i, ((&g, &gm), &h)) in gy.iter().zip(gamma).zip(xh).enumerate() {
+                let gh = g * gm;
+                m1[i % 8] += gh;
+                m2[i % 8] += gh * h;
+            }
+            let m1 = m1.iter().sum::<Float>() / c as Float;
+            let m2 = m2.iter().sum::<Float>() / c as Float;
+            for (((d, &g), &gm), &h) in dx.iter_mut().zip(gy).zip(gamma).zip(xh) {
+                *d += is * (g * gm - m1 - h * m2);
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// `dγ += Σ gy·x̂`, `dβ += Σ gy` over a block of rows.
+    fn layer_norm_param_grad_rows(dgamma: &mut [Float], dbeta: &mut [Float], gy: &[Float], xhat: &[Float], c: usize) {
+        for (gy, xh) in gy.chunks(c).zip(xhat.chunks(c)) {
+            for (((dg, db), &g), &h) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(gy).zip(xh) {
+                *dg += g * h;
+                *db += g;
+            }
+        }
+    }
+}
+
+/// LayerNorm over rows of `c`: `(y, x̂, 1/σ)`, in parallel over blocks of rows.
+pub fn cpu_layer_norm(x: &[Float], gamma: &[Float], beta: &[Float], c: usize, eps: Float) -> [Vec<Float>; 3] {
+    let n = x.len() / c;
+    let (mut y, mut xhat, mut inv_std) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n]);
+    y.par_chunks_mut(ROWS * c)
+        .zip(xhat.par_chunks_mut(ROWS * c))
+        .zip(inv_std.par_chunks_mut(ROWS).zip(x.par_chunks(ROWS * c)))
+        .for_each(|((y, xh), (is, x))| layer_norm_rows(y, xh, is, x, gamma, beta, c, eps));
+    [y, xhat, inv_std]
+}
+
+/// Gradients of [`cpu_layer_norm`], accumulated into `dx`, `dgamma`, `dbeta`. The parameter
+/// sums are reduced block by block in order, so they do not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_layer_norm_backward(
+    gy: &[Float],
+    xhat: &[Float],
+    inv_std: &[Float],
+    gamma: &[Float],
+    c: usize,
+    dx: &mut [Float],
+    dgamma: &mut [Float],
+    dbeta: &mut [Float],
+) {
+    dx.par_chunks_mut(ROWS * c)
+        .zip(gy.par_chunks(ROWS * c))
+        .zip(xhat.par_chunks(ROWS * c).zip(inv_std.par_chunks(ROWS)))
+        .for_each(|((dx, gy), (xh, is))| layer_norm_input_grad_rows(dx, gy, xh, is, gamma, c));
+    let partials: Vec<(Vec<Float>, Vec<Float>)> = gy
+        .par_chunks(ROWS * 4 * c)
+        .zip(xhat.par_chunks(ROWS * 4 * c))
+        .map(|(gy, xh)| {
+            let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+            layer_norm_param_grad_rows(&mut dg, &mut db, gy, xh, c);
+            (dg, db)
+        })
+        .collect();
+    for (dg, db) in partials {
+        dgamma.iter_mut().zip(&dg).for_each(|(a, d)| *a += d);
+        dbeta.iter_mut().zip(&db).for_each(|(a, d)| *a += d);
     }
 }
