@@ -43,19 +43,15 @@ fn bench<D: gptlab::model::Backend + Synchronize>(
     steps: usize,
 ) {
     let b = 64;
+    // gpt-mini at block 256.
     let config = ModelConfig {
-        vocab_size: 65,
         block_size: 256,
-        n_layer: 6,
-        n_embd: 192,
-        n_head: 6,
-        n_kv_head: kv,
-        position,
-        dropout: 0.1,
-        rope_base: 10_000.0,
-        attention: Default::default(),
-        block: Default::default(),
-    };
+        ..ModelConfig::gpt_mini()
+    }
+    .with(|a| {
+        a.n_kv_head = Some(kv);
+        a.position = position;
+    });
     let mut model = Gpt::new(dev, &config, 0);
     let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
     // Random tokens, as the PyTorch reference uses.

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -17,8 +16,8 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::fsio::{sync_dir, write_synced};
 use crate::model::{Float, HasParams};
-use crate::train::AdamW;
 
 /// Why a checkpoint was written; phase-end checkpoints are never pruned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +56,18 @@ pub struct Meta {
     pub optimizer_sha256: String,
 }
 
+/// What a checkpoint keeps of the optimizer: AdamW's moments, one vector per parameter in the
+/// model's visit order, and its update count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OptimizerState {
+    /// First moments.
+    pub m: Vec<Vec<Float>>,
+    /// Second moments.
+    pub v: Vec<Vec<Float>>,
+    /// Updates applied so far (bias correction uses it).
+    pub t: u64,
+}
+
 /// Current layout version.
 pub const FORMAT: u32 = 1;
 
@@ -90,27 +101,17 @@ fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<Vec<u8>> {
     Ok(safetensors::serialize(views, None)?)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn sync_dir(dir: &Path) {
-    // Makes the rename durable; not every platform lets a folder be opened, so best effort.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Test hook: with `GPTLAB_FAULT=<point>@<step>` in the environment, the process kills itself
-/// with SIGKILL at that point, to prove that an interruption there loses nothing.
+/// Test hook, compiled only with the `fault-injection` feature (the test suite's): with
+/// `GPTLAB_FAULT=<point>@<step>` in the environment, the process kills itself with SIGKILL at
+/// that point, to prove that an interruption there loses nothing.
+#[cfg(feature = "fault-injection")]
 pub fn fault_point(point: &str, step: usize) {
     if let Ok(spec) = std::env::var("GPTLAB_FAULT")
         && spec == format!("{point}@{step}")
     {
         #[cfg(unix)]
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions; SIGKILL is the
+        // point of the hook (no destructor or handler may run).
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
@@ -118,8 +119,19 @@ pub fn fault_point(point: &str, step: usize) {
     }
 }
 
-/// Writes a checkpoint of `model` and `opt` under `root` (the run's `checkpoints/`); returns its folder.
-pub fn save<D: Device<Float>>(root: &Path, model: &impl HasParams<D>, opt: &AdamW, mut meta: Meta) -> Result<PathBuf> {
+/// Without the `fault-injection` feature the hook is nothing.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fault_point(_point: &str, _step: usize) {}
+
+/// Writes a checkpoint of `model` and the optimizer's state `opt` under `root` (the run's
+/// `checkpoints/`); returns its folder.
+pub fn save<D: Device<Float>>(
+    root: &Path,
+    model: &impl HasParams<D>,
+    opt: &OptimizerState,
+    mut meta: Meta,
+) -> Result<PathBuf> {
     fs::create_dir_all(root).with_context(|| format!("creating checkpoint folder {}", root.display()))?;
     let final_dir = root.join(folder_name(meta.step));
     let tmp = root.join(format!("{}.tmp", folder_name(meta.step)));
@@ -262,7 +274,7 @@ impl Loaded {
     }
 
     /// Copies the weights into `model` and the moments and step count into `opt`.
-    pub fn load_all<D: Device<Float>>(&self, model: &mut impl HasParams<D>, opt: &mut AdamW) -> Result<()> {
+    pub fn load_all<D: Device<Float>>(&self, model: &mut impl HasParams<D>, opt: &mut OptimizerState) -> Result<()> {
         self.load_weights(model)?;
         let st = SafeTensors::deserialize(&self.opt_bytes).context("parsing optimizer.safetensors")?;
         let mut params = vec![];

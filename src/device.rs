@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The device a spec or the command line asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceRequest {
     /// The GPU when this binary has CUDA and one is present, else the CPU.
@@ -23,6 +23,19 @@ impl std::fmt::Display for DeviceRequest {
             Self::Cpu => "cpu",
             Self::Cuda => "cuda",
         })
+    }
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("`{other}` is not a device; use auto, cpu or cuda")),
+        }
     }
 }
 

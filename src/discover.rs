@@ -42,3 +42,30 @@ pub fn discover(dir: &Path) -> Vec<(PathBuf, Result<SpecSummary, SpecErrors>)> {
         })
         .collect()
 }
+
+/// What `gptlab list` prints for `found`: one line per spec, the errors of an invalid one
+/// indented under it; with the number of invalid specs.
+pub fn listing(dir: &Path, found: &[(PathBuf, Result<SpecSummary, SpecErrors>)]) -> (String, usize) {
+    if found.is_empty() {
+        return (format!("no spec files (*.toml) under {}", dir.display()), 0);
+    }
+    let mut out = vec![];
+    let mut bad = 0;
+    for (path, summary) in found {
+        match summary {
+            Ok(s) => out.push(format!(
+                "{:<40} {:<20} {:>3} runs {:>8} steps",
+                path.display(),
+                s.name,
+                s.runs,
+                s.total_steps
+            )),
+            Err(e) => {
+                bad += 1;
+                out.push(format!("{:<40} INVALID", path.display()));
+                out.extend(e.to_string().lines().map(|line| format!("    {line}")));
+            }
+        }
+    }
+    (out.join("\n"), bad)
+}

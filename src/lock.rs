@@ -19,6 +19,7 @@ fn alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         // Signal 0 checks existence; EPERM means it exists under another user.
+        // SAFETY: kill(2) with signal 0 sends nothing and touches no memory of ours.
         let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
         r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }

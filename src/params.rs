@@ -94,34 +94,35 @@ pub struct Breakdown {
 impl Arch {
     /// gptlab's GPT with its block style (GPT-2 by default: LayerNorm, 4× GELU, biases; untied head).
     pub fn from_model(c: &ModelConfig) -> Self {
-        let hd = if c.n_head == 0 { 0 } else { c.attn_shape().head_dim() };
+        let a = &c.arch;
+        let hd = if a.n_head == 0 { 0 } else { c.attn_shape().head_dim() };
         Self {
             name: "gptlab".into(),
             vocab: c.vocab_size,
-            hidden: c.n_embd,
+            hidden: a.n_embd,
             intermediate: c.mlp_hidden(),
-            layers: c.n_layer,
-            heads: c.n_head,
-            kv_heads: c.n_kv_head,
+            layers: a.n_layer,
+            heads: a.n_head,
+            kv_heads: a.kv_heads(),
             head_dim: hd,
-            learned_positions: if c.position == Position::Absolute {
+            learned_positions: if a.position == Position::Absolute {
                 c.block_size
             } else {
                 0
             },
-            norm: match c.block.norm {
+            norm: match a.norm {
                 NormKind::LayerNorm => Norm::LayerNorm,
                 NormKind::RmsNorm => Norm::RmsNorm,
             },
-            mlp: match c.block.mlp {
+            mlp: match a.mlp {
                 MlpKind::Gelu => Mlp::Plain,
                 MlpKind::Swiglu => Mlp::Gated,
             },
-            qkv_bias: c.block.bias,
-            o_bias: c.block.bias,
-            mlp_bias: c.block.bias,
-            qk_norm: c.block.qk_norm,
-            tie_embeddings: c.block.tie_embeddings,
+            qkv_bias: a.bias,
+            o_bias: a.bias,
+            mlp_bias: a.bias,
+            qk_norm: a.qk_norm,
+            tie_embeddings: a.tie_embeddings,
         }
     }
 
@@ -250,4 +251,54 @@ pub fn memory(arch: &Arch, params: u64, context: u64, batch: u64) -> Memory {
         context,
         batch,
     }
+}
+
+/// What `gptlab params` prints: for each named architecture its parameters per component
+/// and memory, as a table or (with `json`) as a JSON array.
+pub fn render(archs: &[(String, Arch)], context: u64, batch: u64, json: bool) -> Result<String> {
+    if json {
+        let rows: Vec<serde_json::Value> = archs
+            .iter()
+            .map(|(name, arch)| {
+                let b = arch.breakdown();
+                let m = memory(arch, b.total, context, batch);
+                serde_json::json!({ "name": name, "arch": arch, "params": b, "memory_bytes": m })
+            })
+            .collect();
+        return serde_json::to_string_pretty(&rows).context("serialising");
+    }
+    let gb = |x: u64| format!("{:.3} GB", x as f64 / 1e9);
+    let row = |what: &str, value: String| format!("  {what:<28} {value:>16}\n");
+    let mut out = String::new();
+    for (name, arch) in archs {
+        let b = arch.breakdown();
+        let m = memory(arch, b.total, context, batch);
+        out += &format!("{name}\n");
+        for (what, n) in [
+            ("embeddings", b.embeddings),
+            ("positions", b.positions),
+            ("attention q", b.attn_q),
+            ("attention k", b.attn_k),
+            ("attention v", b.attn_v),
+            ("attention o", b.attn_o),
+            ("mlp", b.mlp),
+            ("norms", b.norms),
+            ("head", b.head),
+            ("total", b.total),
+        ] {
+            out += &row(what, n.to_string());
+        }
+        let weights = format!(
+            "{} / {} / {}",
+            gb(m.weights_fp32),
+            gb(m.weights_bf16),
+            gb(m.weights_int8)
+        );
+        out += &row("weights fp32 / bf16 / int8", weights);
+        out += &row("train AdamW fp32 (16 B/p)", gb(m.train_adamw_fp32));
+        out += &row("train mixed (2+2+12 B/p)", gb(m.train_adamw_mixed));
+        out += &row("KV cache per token (bf16)", format!("{} B", m.kv_cache_per_token_bf16));
+        out += &row(&format!("KV cache {context} tok × {batch}"), gb(m.kv_cache_bf16));
+    }
+    Ok(out.trim_end().to_string())
 }

@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::Digest;
 
 use crate::data::Corpus;
 use crate::model::ModelConfig;
-use crate::spec::{RunConfig, RunSpec, SampleSection, SpecErrors, TrainSection};
+use crate::spec::{RunConfig, RunSpec, SampleSection, SpecErrors, TrainSection, flatten};
 
 /// One phase laid out on the global step axis.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,12 +112,44 @@ pub struct RunPlan {
     pub train_tokens: usize,
     /// SHA-256 of the corpus file: a run's data is its content, not its path.
     pub data_sha256: String,
+    /// The corpus, read once when planning and shared by every run that reads the same file
+    /// with the same split.
+    pub corpus: Arc<Corpus>,
+}
+
+/// `[train]` keys that do not change what a run learns (evaluation and checkpoint
+/// bookkeeping), and `lr`, which enters the identity per phase as `phase.N.lr`. Every other
+/// key, including any added later, is part of a run's identity.
+const NOT_IDENTITY: &[&str] = &[
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.lr",
+];
+
+/// `key → value` of every leaf of `value` (a serialised section), under `prefix`.
+fn flat_strings(prefix: &str, value: impl serde::Serialize) -> Vec<(String, String)> {
+    let table = match toml::Value::try_from(value) {
+        Ok(toml::Value::Table(t)) => t,
+        other => panic!("a config section serialises to a table, not {other:?}"),
+    };
+    flatten(&table, prefix)
+        .into_iter()
+        .map(|(k, v)| {
+            let shown = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, shown)
+        })
+        .collect()
 }
 
 impl RunPlan {
-    /// Parameters of the model.
+    /// Parameters of the model (counted from the shapes, see [`crate::params`]).
     pub fn num_params(&self) -> usize {
-        self.model.num_params()
+        crate::params::Arch::from_model(&self.model).breakdown().total as usize
     }
 
     /// Tokens the run trains on: Σ steps · batch · seq_len.
@@ -131,41 +164,24 @@ impl RunPlan {
     /// The settings that determine the run's trajectory through `step`, flattened to
     /// `key → value`: a checkpoint at `step` can resume this plan only if they are equal.
     ///
-    /// Left out on purpose: bookkeeping (eval, checkpoint and sample settings), the block
-    /// size (a longer later phase only grows the position table), and phases not yet reached
-    /// (so a schedule can be extended after the fact).
+    /// Derived from the config itself: every model option (resolved, so an unset default
+    /// equals its written-out value) and every `[train]` key but bookkeeping
+    /// ([`NOT_IDENTITY`]). Left out on purpose: the block size (a longer later phase only
+    /// grows the position table) and phases not yet reached (so a schedule can be extended
+    /// after the fact).
     pub fn identity(&self, step: usize) -> BTreeMap<String, String> {
-        let m = &self.model;
-        let t = &self.train;
-        let mut id = BTreeMap::new();
+        let mut id: BTreeMap<String, String> = flat_strings("model", self.model.arch.resolved())
+            .into_iter()
+            .chain(flat_strings("train", &self.train))
+            .filter(|(k, _)| !NOT_IDENTITY.contains(&k.as_str()))
+            .collect();
         let mut put = |k: &str, v: String| {
             id.insert(k.to_string(), v);
         };
-        put("model.vocab_size", m.vocab_size.to_string());
-        put("model.n_layer", m.n_layer.to_string());
-        put("model.n_embd", m.n_embd.to_string());
-        put("model.n_head", m.n_head.to_string());
-        put("model.n_kv_head", m.n_kv_head.to_string());
-        put("model.position", m.position.to_string());
-        put("model.dropout", m.dropout.to_string());
-        put("model.rope_base", m.rope_base.to_string());
-        put("model.attention", m.attention.to_string());
-        put("model.norm", format!("{:?}", m.block.norm));
-        put("model.mlp", format!("{:?}", m.block.mlp));
-        put("model.mlp_hidden", m.mlp_hidden().to_string());
-        put("model.bias", m.block.bias.to_string());
-        put("model.tie_embeddings", m.block.tie_embeddings.to_string());
-        put("model.qk_norm", m.block.qk_norm.to_string());
-        put("model.head_dim", m.attn_shape().head_dim().to_string());
+        put("model.vocab_size", self.model.vocab_size.to_string());
         put("data.sha256", self.data_sha256.clone());
         put("data.val_fraction", self.config.data.val_fraction.to_string());
         put("experiment.seed", self.seed.to_string());
-        put("train.batch_size", t.batch_size.to_string());
-        put("train.beta1", t.beta1.to_string());
-        put("train.beta2", t.beta2.to_string());
-        put("train.eps", t.eps.to_string());
-        put("train.weight_decay", t.weight_decay.to_string());
-        put("train.grad_clip", t.grad_clip.to_string());
         put("init_from", self.init_from.clone().unwrap_or_default());
         for p in self.schedule.phases.iter().filter(|p| p.first_step <= step) {
             let done = p.steps.min(step + 1 - p.first_step);
@@ -184,8 +200,49 @@ impl RunPlan {
         let m = &self.model;
         let tokens = (self.train.batch_size * self.schedule.max_seq_len()) as f64;
         16.0 * self.num_params() as f64
-            + tokens * (m.n_layer * m.n_embd) as f64 * 48.0 * 4.0
+            + tokens * (m.arch.n_layer * m.arch.n_embd) as f64 * 48.0 * 4.0
             + tokens * m.vocab_size as f64 * 16.0
+    }
+
+    /// What `gptlab plan` prints for the run: what sets it apart, sizes, parameters, phases,
+    /// tokens and the output folder.
+    pub fn describe(&self) -> String {
+        let m = &self.model;
+        let a = &m.arch;
+        let mut out = format!("run `{}`\n", self.name);
+        if !self.varies.is_empty() {
+            out += &format!("  differs:   {}\n", self.label());
+        }
+        out += &format!(
+            "  model:     n_layer={} n_embd={} n_head={} n_kv_head={} position={} dropout={} vocab={} block={}\n",
+            a.n_layer,
+            a.n_embd,
+            a.n_head,
+            m.n_kv_head(),
+            a.position,
+            a.dropout,
+            m.vocab_size,
+            m.block_size
+        );
+        out += &format!("  params:    {}\n", self.num_params());
+        for ph in &self.schedule.phases {
+            out += &format!(
+                "  phase {}:   steps {}..={} seq_len {} lr {}\n",
+                ph.index,
+                ph.first_step,
+                ph.last_step(),
+                ph.seq_len,
+                ph.lr
+            );
+        }
+        out += &format!("  batch:     {}\n", self.train.batch_size);
+        out += &format!(
+            "  tokens:    {} ({} in the training split)\n",
+            self.tokens_seen(),
+            self.train_tokens
+        );
+        out += &format!("  output:    {}", self.dir.display());
+        out
     }
 
     /// The run's name followed by what sets it apart, for humans.
@@ -225,7 +282,7 @@ fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
 
 /// Checks the data-dependent parts of each run and lays out its plan.
 pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
-    let mut corpora: HashMap<(PathBuf, u64), Result<(Corpus, String), String>> = HashMap::new();
+    let mut corpora: HashMap<(PathBuf, u64), Result<(Arc<Corpus>, String), String>> = HashMap::new();
     let mut errors = vec![];
     let mut plans = vec![];
     for spec in specs {
@@ -248,10 +305,10 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect();
-                Ok((Corpus::from_text(&text, c.data.val_fraction), sha))
+                Ok((Arc::new(Corpus::from_text(&text, c.data.val_fraction)), sha))
             });
         let (corpus, data_sha256) = match loaded {
-            Ok((corpus, sha)) => (&*corpus, sha.clone()),
+            Ok((corpus, sha)) => (corpus.clone(), sha.clone()),
             Err(msg) => {
                 errors.push(spec.error("data.path", msg.clone()));
                 continue;
@@ -294,15 +351,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
         let model = ModelConfig {
             vocab_size: corpus.vocab.len(),
             block_size: schedule.max_seq_len(),
-            n_layer: c.model.n_layer,
-            n_embd: c.model.n_embd,
-            n_head: c.model.n_head,
-            n_kv_head: c.model.kv_heads(),
-            position: c.model.position,
-            dropout: c.model.dropout,
-            rope_base: c.model.rope_base,
-            attention: c.model.attention,
-            block: c.model.block_style(),
+            arch: c.model.clone(),
         };
         plans.push(RunPlan {
             experiment: spec.experiment.clone(),
@@ -319,6 +368,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             config: c.clone(),
             train_tokens: corpus.train.len(),
             data_sha256,
+            corpus,
         });
     }
     if errors.is_empty() {

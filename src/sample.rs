@@ -8,7 +8,7 @@ use rand::Rng;
 
 use crate::checkpoint;
 use crate::data::Vocab;
-use crate::model::{Backend, Dropout, Float, Gpt};
+use crate::model::{Backend, Dropout, Float, Gpt, KvCache};
 use crate::seed::{Stream, stream};
 
 /// How to continue a prompt.
@@ -81,7 +81,8 @@ pub fn generate_timed<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &Sampl
     let mut tokens = prompt.to_vec();
     // The cache holds tokens[cache_start..]; `logits` follow its last token.
     let mut cache_start = tokens.len().saturating_sub(block);
-    let (mut cache, mut logits) = model.prefill(&tokens[cache_start..]);
+    let mut cache = KvCache::new(model.config.arch.n_layer);
+    let mut logits = extend(model, &tokens[cache_start..], &mut cache);
     let (mut cached_steps, mut cached_s) = (0usize, 0.0f64);
     for _ in 0..opts.max_new_tokens {
         let next = pick(&logits, opts.temperature, opts.top_k, &mut rng);
@@ -89,14 +90,15 @@ pub fn generate_timed<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &Sampl
         let window_start = tokens.len().saturating_sub(block);
         if window_start == cache_start {
             let t0 = std::time::Instant::now();
-            logits = model.forward_cached(next, &mut cache);
+            logits = extend(model, &[next], &mut cache);
             cached_s += t0.elapsed().as_secs_f64();
             cached_steps += 1;
         } else {
             // Past the block size the window slides and every position shifts, exactly as the
             // uncached model sees it: one batched pass refills the cache from the new window.
             cache_start = window_start;
-            (cache, logits) = model.prefill(&tokens[cache_start..]);
+            cache = KvCache::new(model.config.arch.n_layer);
+            logits = extend(model, &tokens[cache_start..], &mut cache);
         }
     }
     let speed = if cached_steps > 0 {
@@ -105,6 +107,14 @@ pub fn generate_timed<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &Sampl
         0.0
     };
     (tokens.split_off(prompt.len()), speed)
+}
+
+/// Runs `tokens` through `model` after the positions `cache` holds, extending it; returns the
+/// logits of the last of them.
+fn extend<D: Backend>(model: &Gpt<D>, tokens: &[usize], cache: &mut KvCache) -> Vec<Float> {
+    let (t, v) = (tokens.len(), model.config.vocab_size);
+    let logits = model.forward(tokens, 1, t, NoneTape, &mut Dropout::eval(), Some(cache));
+    logits.as_vec().split_off((t - 1) * v)
 }
 
 /// Generation that recomputes the whole context for every token: the reference for the cache.
@@ -116,7 +126,9 @@ pub fn generate_uncached<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &Sa
     for _ in 0..opts.max_new_tokens {
         let context = &tokens[tokens.len().saturating_sub(block)..];
         let t = context.len();
-        let logits = model.forward(context, 1, t, NoneTape, &mut Dropout::eval()).as_vec();
+        let logits = model
+            .forward(context, 1, t, NoneTape, &mut Dropout::eval(), None)
+            .as_vec();
         let last = &logits[(t - 1) * v..t * v];
         tokens.push(pick(last, opts.temperature, opts.top_k, &mut rng));
     }

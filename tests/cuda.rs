@@ -6,7 +6,9 @@
 
 use dfdx::prelude::*;
 use gptlab::data::Batch;
-use gptlab::model::{AttentionKind, BlockStyle, Dropout, Gpt, HasParams, MlpKind, ModelConfig, NormKind, Position};
+mod common;
+
+use gptlab::model::{AttentionKind, Dropout, Gpt, HasParams, ModelConfig, ModelOptions, Position};
 use gptlab::sample::{SampleOptions, generate, generate_uncached};
 use gptlab::train::{AdamW, loss_and_grads};
 
@@ -16,19 +18,14 @@ fn cuda() -> Cuda {
 
 /// Every variant of the study and of the block options, small.
 fn variants() -> Vec<(String, ModelConfig)> {
-    let base = ModelConfig {
-        vocab_size: 65,
-        block_size: 48,
-        n_layer: 2,
-        n_embd: 48,
-        n_head: 6,
-        n_kv_head: 6,
-        position: Position::Absolute,
-        dropout: 0.0,
-        rope_base: 10_000.0,
-        attention: AttentionKind::Standard,
-        block: BlockStyle::default(),
-    };
+    let base = common::config(
+        65,
+        48,
+        ModelOptions {
+            dropout: 0.0,
+            ..common::small(48, 6, 6, Position::Absolute)
+        },
+    );
     let mut out = vec![];
     for position in [Position::Absolute, Position::Rope, Position::None] {
         for kv in [6, 3, 2, 1] {
@@ -36,27 +33,23 @@ fn variants() -> Vec<(String, ModelConfig)> {
                 if attention == AttentionKind::GroupedSum && kv == 6 {
                     continue; // identical to multi-head attention
                 }
-                let c = ModelConfig {
-                    position,
-                    n_kv_head: kv,
-                    attention,
-                    ..base.clone()
-                };
+                let c = base.with(|a| {
+                    a.position = position;
+                    a.n_kv_head = Some(kv);
+                    a.attention = attention;
+                });
                 out.push((format!("{position:?} kv={kv} {attention:?}"), c));
             }
         }
     }
-    let mut llama = ModelConfig {
-        position: Position::Rope,
-        n_kv_head: 2,
-        ..base
-    };
-    llama.block.norm = NormKind::RmsNorm;
-    llama.block.mlp = MlpKind::Swiglu;
-    llama.block.bias = false;
-    llama.block.tie_embeddings = true;
-    llama.block.qk_norm = true;
-    llama.block.head_dim = Some(16);
+    let llama = base.with(|a| {
+        *a = ModelOptions {
+            mlp_multiple_of: 256,
+            ..common::llama_style(a.clone(), 16)
+        };
+        a.position = Position::Rope;
+        a.n_kv_head = Some(2);
+    });
     out.push(("llama-style".into(), llama));
     out
 }
@@ -98,10 +91,10 @@ fn every_variant_has_the_same_loss_and_gradients_on_cpu_and_cuda() {
             assert!(err < 1e-4, "{name}: gradient of {param} differs by {err}");
         }
         let logits_c = on_cpu
-            .forward(&batch.inputs, 4, 40, NoneTape, &mut Dropout::eval())
+            .forward(&batch.inputs, 4, 40, NoneTape, &mut Dropout::eval(), None)
             .as_vec();
         let logits_g = on_gpu
-            .forward(&batch.inputs, 4, 40, NoneTape, &mut Dropout::eval())
+            .forward(&batch.inputs, 4, 40, NoneTape, &mut Dropout::eval(), None)
             .as_vec();
         assert!(rel_err(&logits_g, &logits_c) < 1e-4, "{name}: logits differ");
     }
@@ -151,19 +144,19 @@ fn checkpoints_move_between_cpu_and_cuda() {
     let mut model = Gpt::new(&gpu, &config, 5);
     let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
     gptlab::train::train_step(&mut model, &mut opt, &batch(2, 16), 1e-3, 1.0, &mut Dropout::eval());
-    let saved = gptlab::checkpoint::save(dir.path(), &model, &opt, meta(&config)).unwrap();
+    let saved = gptlab::checkpoint::save(dir.path(), &model, &opt.state, meta(&config)).unwrap();
     let mut on_cpu = Gpt::new(&cpu, &config, 99);
     let mut opt_cpu = AdamW::new(&on_cpu, 0.9, 0.95, 1e-8, 0.1);
     gptlab::checkpoint::read(&saved)
         .unwrap()
-        .load_all(&mut on_cpu, &mut opt_cpu)
+        .load_all(&mut on_cpu, &mut opt_cpu.state)
         .unwrap();
     let (mut a, mut b) = (vec![], vec![]);
     model.visit(&mut |p| a.push(p.value.as_vec()));
     on_cpu.visit(&mut |p| b.push(p.value.as_vec()));
     assert_eq!(a, b, "weights after GPU → CPU");
     // And back: CPU → GPU.
-    let saved = gptlab::checkpoint::save(&dir.path().join("back"), &on_cpu, &opt_cpu, meta(&config)).unwrap();
+    let saved = gptlab::checkpoint::save(&dir.path().join("back"), &on_cpu, &opt_cpu.state, meta(&config)).unwrap();
     let mut again = Gpt::new(&gpu, &config, 98);
     gptlab::checkpoint::read(&saved)
         .unwrap()

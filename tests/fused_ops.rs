@@ -4,7 +4,7 @@
 //! gradients with dropout against finite differences.
 
 use dfdx::prelude::*;
-use gptlab::model::{Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention};
+use gptlab::model::{Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention, reference_rotary};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -237,7 +237,6 @@ fn fused_layer_norm_and_bias_equal_the_composition() {
 
 #[test]
 fn fused_rotary_equals_the_composition_in_values_and_gradients() {
-    use gptlab::model::Rope;
     let dev = Cpu::default();
     let mut r = ChaCha8Rng::seed_from_u64(9);
     for (b, t, nh, hd, offset) in [(2, 5, 3, 4, 0), (1, 7, 1, 2, 3), (3, 16, 6, 32, 10)] {
@@ -257,7 +256,7 @@ fn fused_rotary_equals_the_composition_in_values_and_gradients() {
             let y = if fused {
                 Cpu::rotary(xt, &cos, &sin)
             } else {
-                Rope::reference(xt, &cos, &sin)
+                reference_rotary(xt, &cos, &sin)
             };
             let values = y.retaped::<NoneTape>().as_vec();
             let g = (y * w.clone()).sum().backward();

@@ -1,24 +1,19 @@
 //! KV-cached generation equals full recomputation token for token, and the cache shrinks
 //! with the number of key/value heads.
 
+mod common;
+
+use common::{config as model_config, gpt_mini, llama_style};
 use dfdx::prelude::*;
-use gptlab::model::{BlockStyle, Dropout, Gpt, KvCache, MlpKind, ModelConfig, NormKind, Position};
+use gptlab::model::{AttentionKind, Dropout, Gpt, KvCache, ModelConfig, ModelOptions, Position};
 use gptlab::sample::{SampleOptions, generate, generate_uncached};
 
 fn config(position: Position, n_kv_head: usize) -> ModelConfig {
-    ModelConfig {
-        vocab_size: 13,
-        block_size: 10,
-        n_layer: 2,
-        n_embd: 24,
-        n_head: 6,
-        n_kv_head,
-        position,
+    let arch = ModelOptions {
         dropout: 0.1,
-        rope_base: 10_000.0,
-        attention: Default::default(),
-        block: Default::default(),
-    }
+        ..common::small(24, 6, n_kv_head, position)
+    };
+    model_config(13, 10, arch)
 }
 
 #[test]
@@ -28,19 +23,10 @@ fn cached_generation_equals_recomputation_token_for_token() {
         for kv in [6, 3, 1] {
             let mut cfg = config(position, kv);
             if kv == 3 {
-                cfg.attention = gptlab::model::AttentionKind::GroupedSum;
+                cfg.arch.attention = AttentionKind::GroupedSum;
             }
             if kv == 1 {
-                cfg.block = BlockStyle {
-                    norm: NormKind::RmsNorm,
-                    mlp: MlpKind::Swiglu,
-                    mlp_hidden: None,
-                    mlp_multiple_of: 8,
-                    bias: false,
-                    tie_embeddings: true,
-                    qk_norm: true,
-                    head_dim: Some(6),
-                };
+                cfg.arch = llama_style(cfg.arch, 6);
             }
             let model = Gpt::new(&dev, &cfg, 17);
             for (prompt, top_k) in [(vec![1usize, 4, 2], 0), (vec![5], 3), (vec![0; 12], 1)] {
@@ -65,36 +51,20 @@ fn cached_logits_match_the_full_forward_and_the_cache_shrinks_with_kv_heads() {
     let model = Gpt::new(&dev, &config(Position::Rope, 2), 3);
     let tokens = [3usize, 1, 4, 1, 5, 9, 2, 6];
     let full = model
-        .forward(&tokens, 1, tokens.len(), NoneTape, &mut Dropout::eval())
+        .forward(&tokens, 1, tokens.len(), NoneTape, &mut Dropout::eval(), None)
         .as_vec();
     let mut cache = KvCache::new(2);
     for (i, &tok) in tokens.iter().enumerate() {
-        let logits = model.forward_cached(tok, &mut cache);
+        let logits = model
+            .forward(&[tok], 1, 1, NoneTape, &mut Dropout::eval(), Some(&mut cache))
+            .as_vec();
         for (a, b) in logits.iter().zip(&full[i * 13..(i + 1) * 13]) {
             assert!((a - b).abs() < 1e-5, "position {i}: {a} vs {b}");
         }
     }
     assert_eq!(cache.bytes(), tokens.len() * model.kv_bytes_per_token());
     // gpt-mini: MHA keeps 6 key/value heads per layer, MQA one.
-    let mini = |kv| {
-        Gpt::new(
-            &dev,
-            &ModelConfig {
-                vocab_size: 65,
-                block_size: 128,
-                n_layer: 6,
-                n_embd: 192,
-                n_head: 6,
-                n_kv_head: kv,
-                position: Position::Rope,
-                dropout: 0.1,
-                rope_base: 10_000.0,
-                attention: Default::default(),
-                block: Default::default(),
-            },
-            0,
-        )
-    };
+    let mini = |kv| Gpt::new(&dev, &gpt_mini(Position::Rope, 128).with(|a| a.n_kv_head = Some(kv)), 0);
     assert_eq!(mini(6).kv_bytes_per_token(), 2 * 6 * 192 * 4);
     assert_eq!(mini(6).kv_bytes_per_token(), 6 * mini(1).kv_bytes_per_token());
 }

@@ -6,9 +6,12 @@
 #![allow(clippy::needless_range_loop)]
 use dfdx::prelude::*;
 use gptlab::data::{Batch, Corpus};
+mod common;
+
 use gptlab::model::{
-    AttnShape, BlockStyle, CausalSelfAttention, Dropout, Gpt, HasParams, MlpKind, ModelConfig, NormKind, Position, Rope,
+    AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, ModelOptions, Position, Rope,
 };
+use gptlab::params::Arch;
 use gptlab::seed::{Stream, stream};
 use gptlab::train::loss_and_grads;
 use rand::{Rng, SeedableRng};
@@ -17,16 +20,17 @@ use rand_chacha::ChaCha8Rng;
 fn gpt_mini(position: Position, block_size: usize) -> ModelConfig {
     ModelConfig {
         vocab_size: 65,
-        block_size,
-        n_layer: 6,
-        n_embd: 192,
-        n_head: 6,
-        n_kv_head: 6,
-        position,
-        dropout: 0.1,
-        rope_base: 10_000.0,
-        attention: Default::default(),
-        block: Default::default(),
+        block_size: block_size,
+        arch: ModelOptions {
+            n_layer: 6,
+            n_embd: 192,
+            n_head: 6,
+            n_kv_head: Some(6),
+            position: position,
+            dropout: 0.1,
+            rope_base: 10_000.0,
+            ..ModelOptions::default()
+        },
     }
 }
 
@@ -34,15 +38,16 @@ fn tiny(position: Position, n_head: usize, n_kv_head: usize) -> ModelConfig {
     ModelConfig {
         vocab_size: 7,
         block_size: 8,
-        n_layer: 2,
-        n_embd: 8,
-        n_head,
-        n_kv_head,
-        position,
-        dropout: 0.0,
-        rope_base: 10_000.0,
-        attention: Default::default(),
-        block: Default::default(),
+        arch: ModelOptions {
+            n_layer: 2,
+            n_embd: 8,
+            n_head: n_head,
+            n_kv_head: Some(n_kv_head),
+            position: position,
+            dropout: 0.0,
+            rope_base: 10_000.0,
+            ..ModelOptions::default()
+        },
     }
 }
 
@@ -56,7 +61,7 @@ fn gpt_mini_has_2_719_104_parameters_with_absolute_positions_at_block_128() {
     let config = gpt_mini(Position::Absolute, 128);
     let model = Gpt::new(&dev, &config, 0);
     assert_eq!(model.num_params(), 2_719_104);
-    assert_eq!(config.num_params(), 2_719_104);
+    assert_eq!(Arch::from_model(&config).breakdown().total, 2_719_104);
 }
 
 #[test]
@@ -78,13 +83,12 @@ fn analytic_count_matches_instantiated_for_gqa_and_mqa() {
         (6, 1, Position::Absolute),
         (4, 2, Position::None),
     ] {
-        let config = ModelConfig {
-            n_head: h,
-            n_kv_head: kv,
-            position: pos,
-            ..gpt_mini(pos, 64)
-        };
-        assert_eq!(Gpt::new(&dev, &config, 1).num_params(), config.num_params(), "{h}/{kv}");
+        let config = gpt_mini(pos, 64).with(|a| {
+            a.n_head = h;
+            a.n_kv_head = Some(kv);
+        });
+        let counted = Arch::from_model(&config).breakdown().total as usize;
+        assert_eq!(Gpt::new(&dev, &config, 1).num_params(), counted, "{h}/{kv}");
     }
 }
 
@@ -100,7 +104,7 @@ fn loss_at_initialisation_is_close_to_ln_vocab() {
     for position in [Position::Absolute, Position::Rope] {
         let model = Gpt::new(&dev, &gpt_mini(position, 128), 3407);
         let batch = gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));
-        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval());
+        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval(), None);
         let loss = model.loss(logits, &batch.targets).as_vec()[0];
         assert!(
             (loss - 65f32.ln()).abs() < 0.1,
@@ -258,6 +262,7 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
                     t,
                     rope.as_ref(),
                     &mut Dropout::eval(),
+                    None,
                 )
                 .as_vec();
             let want = attention_by_hand(&attn, &x, b, t, rope.as_ref());
@@ -296,8 +301,8 @@ fn changing_a_later_token_never_changes_an_earlier_output() {
         let a: Vec<usize> = vec![1, 2, 3, 4, 5, 6, 0, 1, 2, 3];
         let mut b = a.clone();
         b[6] = 5;
-        let la = model.forward(&a, 1, 10, NoneTape, &mut Dropout::eval()).as_vec();
-        let lb = model.forward(&b, 1, 10, NoneTape, &mut Dropout::eval()).as_vec();
+        let la = model.forward(&a, 1, 10, NoneTape, &mut Dropout::eval(), None).as_vec();
+        let lb = model.forward(&b, 1, 10, NoneTape, &mut Dropout::eval(), None).as_vec();
         let v = 7;
         assert_eq!(la[..6 * v], lb[..6 * v], "{position}: positions before 6 changed");
         assert_ne!(
@@ -321,29 +326,15 @@ fn gradients_agree_with_finite_differences() {
     ] {
         // The last case is a LLaMA-style block: RMSNorm, SwiGLU, no biases, GQA, RoPE.
         let llama = h == 4 && kind == Standard && position == Position::Rope;
-        let block = if llama {
-            BlockStyle {
-                norm: NormKind::RmsNorm,
-                mlp: MlpKind::Swiglu,
-                mlp_hidden: None,
+        let mut config = tiny(position, h, hkv);
+        config.arch.attention = kind;
+        if llama {
+            config.arch = ModelOptions {
                 mlp_multiple_of: 4,
-                bias: false,
-                tie_embeddings: true,
-                qk_norm: true,
-                head_dim: Some(4),
-            }
-        } else {
-            Default::default()
-        };
-        let mut model = Gpt::new(
-            &dev,
-            &ModelConfig {
-                attention: kind,
-                block,
-                ..tiny(position, h, hkv)
-            },
-            9,
-        );
+                ..common::llama_style(config.arch, 4)
+            };
+        }
+        let mut model = Gpt::new(&dev, &config, 9);
         // Move away from the symmetric initial point so every gradient is sizeable.
         let mut r = rng(10);
         model.visit_mut(&mut |p| {
@@ -356,7 +347,7 @@ fn gradients_agree_with_finite_differences() {
         let batch = Batch { b, t, inputs, targets };
         let (_, grads) = loss_and_grads(&model, &batch, &mut Dropout::eval());
         let loss_at = |m: &Gpt<Cpu>| -> f64 {
-            let logits = m.forward(&batch.inputs, b, t, NoneTape, &mut Dropout::eval());
+            let logits = m.forward(&batch.inputs, b, t, NoneTape, &mut Dropout::eval(), None);
             m.loss(logits, &batch.targets).as_vec()[0] as f64
         };
         let n_params = grads.len();
@@ -427,6 +418,7 @@ fn grouped_sum_is_multi_head_attention_at_g_1_and_sums_the_group_queries_otherwi
                 t,
                 Some(&rope),
                 &mut Dropout::eval(),
+                None,
             )
             .as_vec()
         };

@@ -3,7 +3,9 @@
 
 use dfdx::prelude::*;
 use gptlab::data::Batch;
-use gptlab::model::{Dropout, Gpt, ModelConfig, Position, reference_attention, timed_reference_attention};
+use gptlab::model::{
+    Dropout, Gpt, ModelConfig, ModelOptions, Position, reference_attention, timed_reference_attention,
+};
 use gptlab::probe::{CountingAlloc, enable_attention_probe, live_bytes, take_attention};
 use gptlab::train::loss_and_grads;
 
@@ -34,15 +36,16 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
         let config = ModelConfig {
             vocab_size: 11,
             block_size: t,
-            n_layer: 2,
-            n_embd: 48,
-            n_head: 6,
-            n_kv_head: kv,
-            position: Position::Rope,
-            dropout: 0.1,
-            rope_base: 10_000.0,
-            attention: Default::default(),
-            block: Default::default(),
+            arch: ModelOptions {
+                n_layer: 2,
+                n_embd: 48,
+                n_head: 6,
+                n_kv_head: Some(kv),
+                position: Position::Rope,
+                dropout: 0.1,
+                rope_base: 10_000.0,
+                ..ModelOptions::default()
+            },
         };
         let model = Gpt::new(&dev, &config, 1);
         take_attention();
@@ -53,7 +56,7 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
         );
         let (ms, bytes) = take_attention();
         let bytes = bytes.expect("bytes are counted") as f64;
-        let analytic = (config.n_layer * config.attn_shape().saved_bytes(b, t)) as f64;
+        let analytic = (config.arch.n_layer * config.attn_shape().saved_bytes(b, t)) as f64;
         assert!(
             (bytes - analytic).abs() <= 0.1 * analytic,
             "n_kv_head={kv}: measured {bytes} B vs analytic {analytic} B"
@@ -87,15 +90,16 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
     let config = ModelConfig {
         vocab_size: 11,
         block_size: t,
-        n_layer: 1,
-        n_embd: 48,
-        n_head: 6,
-        n_kv_head: 6,
-        position: Position::Absolute,
-        dropout: 0.0,
-        rope_base: 10_000.0,
-        attention: Default::default(),
-        block: Default::default(),
+        arch: ModelOptions {
+            n_layer: 1,
+            n_embd: 48,
+            n_head: 6,
+            n_kv_head: Some(6),
+            position: Position::Absolute,
+            dropout: 0.0,
+            rope_base: 10_000.0,
+            ..ModelOptions::default()
+        },
     };
     let model = Gpt::new(&dev, &config, 1);
     take_attention();

@@ -4,12 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+mod common;
+
 use assert_cmd::Command;
+use common::dump_dom;
 use dfdx::prelude::*;
-use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
+use gptlab::model::{Dropout, Gpt, ModelConfig, ModelOptions, Position};
 use gptlab::report::{Boundary, Curve, LAST_N, PALETTE, ema, loss_chart, summarise};
+use gptlab::run_dir::MetricsRow;
 use gptlab::sample::{SampleOptions, generate};
-use gptlab::train::MetricsRow;
 use predicates::prelude::*;
 
 fn hex(c: &plotters::style::RGBColor) -> String {
@@ -195,15 +198,16 @@ fn tiny_model() -> Gpt<Cpu> {
     let config = ModelConfig {
         vocab_size: 11,
         block_size: 12,
-        n_layer: 1,
-        n_embd: 16,
-        n_head: 2,
-        n_kv_head: 1,
-        position: Position::Rope,
-        dropout: 0.1,
-        rope_base: 10_000.0,
-        attention: Default::default(),
-        block: Default::default(),
+        arch: ModelOptions {
+            n_layer: 1,
+            n_embd: 16,
+            n_head: 2,
+            n_kv_head: Some(1),
+            position: Position::Rope,
+            dropout: 0.1,
+            rope_base: 10_000.0,
+            ..ModelOptions::default()
+        },
     };
     Gpt::new(&Cpu::default(), &config, 21)
 }
@@ -244,48 +248,13 @@ fn sampling_is_seeded_and_top_k_1_is_the_argmax_continuation() {
     for _ in 0..20 {
         let ctx = &tokens[tokens.len().saturating_sub(12)..];
         let logits = model
-            .forward(ctx, 1, ctx.len(), NoneTape, &mut Dropout::eval())
+            .forward(ctx, 1, ctx.len(), NoneTape, &mut Dropout::eval(), None)
             .as_vec();
         let last = &logits[(ctx.len() - 1) * 11..];
         let best = (0..11).fold(0, |b, i| if last[i] > last[b] { i } else { b });
         tokens.push(best);
     }
     assert_eq!(greedy, tokens[3..].to_vec());
-}
-
-fn chromium() -> String {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if std::process::Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return c.to_string();
-        }
-    }
-    panic!("this test renders the report in a real browser: install Debian's chromium (apt-get install chromium)");
-}
-
-/// The page's DOM after it loaded in headless Chromium (flags as the machine's notes advise:
-/// no sandbox as root, no background networking on a closed network).
-fn dump_dom(page: &Path, profile: &Path) -> String {
-    let out = std::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=5000", "--dump-dom"])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

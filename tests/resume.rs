@@ -9,9 +9,10 @@ use assert_cmd::Command;
 use dfdx::prelude::*;
 use gptlab::checkpoint;
 use gptlab::data::{Corpus, sample_batch};
-use gptlab::model::{Dropout, Gpt, HasParams, ModelConfig, Position};
+use gptlab::model::{Dropout, Gpt, HasParams, ModelConfig, ModelOptions, Position};
+use gptlab::run_dir::read_metrics;
 use gptlab::seed::{Stream, stream};
-use gptlab::train::{AdamW, read_metrics, train_step};
+use gptlab::train::{AdamW, train_step};
 use predicates::prelude::*;
 
 fn corpus_path() -> String {
@@ -236,15 +237,16 @@ fn save_then_load_reproduces_the_next_step_exactly() {
     let config = ModelConfig {
         vocab_size: 65,
         block_size: 16,
-        n_layer: 2,
-        n_embd: 16,
-        n_head: 4,
-        n_kv_head: 2,
-        position: Position::Rope,
-        dropout: 0.1,
-        rope_base: 10_000.0,
-        attention: Default::default(),
-        block: Default::default(),
+        arch: ModelOptions {
+            n_layer: 2,
+            n_embd: 16,
+            n_head: 4,
+            n_kv_head: Some(2),
+            position: Position::Rope,
+            dropout: 0.1,
+            rope_base: 10_000.0,
+            ..ModelOptions::default()
+        },
     };
     let mut model = Gpt::new(&dev, &config, 3);
     let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
@@ -277,12 +279,12 @@ fn save_then_load_reproduces_the_next_step_exactly() {
         model_sha256: String::new(),
         optimizer_sha256: String::new(),
     };
-    let saved = checkpoint::save(dir.path(), &model, &opt, meta).unwrap();
+    let saved = checkpoint::save(dir.path(), &model, &opt.state, meta).unwrap();
     let mut restored = Gpt::new(&dev, &config, 99);
     let mut restored_opt = AdamW::new(&restored, 0.9, 0.95, 1e-8, 0.1);
     checkpoint::read(&saved)
         .unwrap()
-        .load_all(&mut restored, &mut restored_opt)
+        .load_all(&mut restored, &mut restored_opt.state)
         .unwrap();
     assert_eq!(restored_opt, opt);
     let a = step(&mut model, &mut opt, 6);

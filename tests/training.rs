@@ -3,11 +3,14 @@
 
 use dfdx::prelude::*;
 use gptlab::data::{Corpus, sample_batch};
-use gptlab::model::{BlockStyle, Dropout, Gpt, MlpKind, ModelConfig, NormKind, Position};
+mod common;
+
+use gptlab::model::{Dropout, Gpt, MlpKind, ModelOptions, NormKind, Position};
 use gptlab::plan::plan;
+use gptlab::run_dir::{RunDir, RunStatus};
 use gptlab::seed::{Stream, stream};
 use gptlab::spec::SpecFile;
-use gptlab::train::{AdamW, RunOptions, RunStatus, read_metrics, read_status, train_run, train_step};
+use gptlab::train::{AdamW, RunOptions, train_run, train_step};
 
 fn corpus() -> Corpus {
     Corpus::load(
@@ -26,31 +29,23 @@ fn a_tiny_model_overfits_a_single_batch() {
         (Position::Rope, false),
         (Position::Rope, true),
     ] {
-        let config = ModelConfig {
-            vocab_size: 65,
-            block_size: 32,
-            n_layer: 2,
+        let mut arch = ModelOptions {
             n_embd: 48,
             n_head: 4,
-            n_kv_head: 2,
-            position,
             dropout: 0.0,
-            rope_base: 10_000.0,
-            attention: Default::default(),
-            // A LLaMA-style block too: RMSNorm, SwiGLU, no biases.
-            block: if llama {
-                BlockStyle {
-                    norm: NormKind::RmsNorm,
-                    mlp: MlpKind::Swiglu,
-                    mlp_hidden: None,
-                    mlp_multiple_of: 16,
-                    bias: false,
-                    ..Default::default()
-                }
-            } else {
-                Default::default()
-            },
+            ..common::small(48, 4, 2, position)
         };
+        if llama {
+            // A LLaMA-style block too: RMSNorm, SwiGLU, no biases.
+            arch = ModelOptions {
+                norm: NormKind::RmsNorm,
+                mlp: MlpKind::Swiglu,
+                mlp_multiple_of: 16,
+                bias: false,
+                ..arch
+            };
+        }
+        let config = common::config(65, 32, arch);
         let mut model = Gpt::new(&dev, &config, 1);
         let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.0);
         let batch = sample_batch(&corpus.train, 4, 32, &mut stream(1, Stream::Batch, 0));
@@ -102,7 +97,6 @@ fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
     let text = SPEC.replace("DATA", concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt"));
     let spec = SpecFile::parse(&tmp.path().join("det.toml"), &text).unwrap();
     let runs = spec.expand(&[]).unwrap();
-    let corpus = corpus();
     let dev = Cpu::default();
     let mut losses = vec![];
     for out in ["a", "b"] {
@@ -112,7 +106,6 @@ fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
             let outcome = train_run(
                 &dev,
                 p,
-                &corpus,
                 &RunOptions {
                     quiet: true,
                     ..Default::default()
@@ -120,8 +113,9 @@ fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
             )
             .unwrap();
             assert_eq!(outcome.status, RunStatus::Complete { step: 15 });
-            assert_eq!(read_status(&p.dir), Some(RunStatus::Complete { step: 15 }));
-            let rows = read_metrics(&p.dir.join("metrics.csv")).unwrap();
+            let run_dir = RunDir::new(&p.dir);
+            assert_eq!(run_dir.read_status(), Some(RunStatus::Complete { step: 15 }));
+            let rows = run_dir.read_metrics().unwrap();
             assert_eq!(rows.len(), 15);
             assert_eq!(
                 rows.iter().map(|r| r.step).collect::<Vec<_>>(),

@@ -8,54 +8,12 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
-use super::backend::Backend;
+use super::config::{AttentionKind, AttnShape, Float, NormKind};
 use super::kv_cache::LayerCache;
-use super::layers::{Act, Dropout, Linear, Norm};
-use super::param::{Float, HasParams, Param};
+use super::layers::{Act, Linear, Norm};
+use super::ops::{Backend, Dropout, Heads, dot};
+use super::param::{HasParams, Param};
 use super::rope::Rope;
-use super::{AttentionKind, NormKind};
-
-/// `(B, T, heads, hd)` activations on tape `T`.
-pub type Act4<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
-
-/// The sizes attention needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnShape {
-    /// Model width C.
-    pub n_embd: usize,
-    /// Query heads H.
-    pub n_head: usize,
-    /// Key/value heads; divides `n_head`.
-    pub n_kv_head: usize,
-    /// Width of one head; `None` is `n_embd / n_head`.
-    pub head_dim: Option<usize>,
-}
-
-impl AttnShape {
-    /// Per-head width `C / H`.
-    pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.n_embd / self.n_head)
-    }
-    /// Width of all query heads together, `n_head · head_dim` (the input of the output projection).
-    pub fn q_dim(&self) -> usize {
-        self.n_head * self.head_dim()
-    }
-    /// Query heads per key/value head.
-    pub fn group(&self) -> usize {
-        self.n_head / self.n_kv_head
-    }
-    /// Bytes the fused CPU attention keeps for backward in one layer, from the shapes: copies
-    /// of q, k and v, one log-sum-exp per score row, and the output (f32).
-    pub fn saved_bytes(&self, b: usize, t: usize) -> usize {
-        let hd = self.head_dim();
-        4 * (2 * b * t * self.n_head * hd + 2 * b * t * self.n_kv_head * hd + b * self.n_head * t)
-    }
-
-    /// Width of the key (and value) projection.
-    pub fn kv_dim(&self) -> usize {
-        self.n_kv_head * self.head_dim()
-    }
-}
 
 /// Projections of one attention layer.
 #[derive(Clone, Debug)]
@@ -109,7 +67,7 @@ impl<D: Backend> CausalSelfAttention<D> {
     }
 
     /// Normalises every head vector of `x (B, T, nh, hd)` with `norm`.
-    pub fn norm_heads<T: Tape<Float, D> + Merge<T>>(norm: &Norm<D>, x: Act4<D, T>) -> Act4<D, T> {
+    pub fn norm_heads<T: Tape<Float, D> + Merge<T>>(norm: &Norm<D>, x: Heads<D, T>) -> Heads<D, T> {
         let shape = *x.shape();
         let (b, t, nh, hd) = shape;
         norm.forward(x.reshape_like(&(b * t * nh, hd))).reshape_like(&shape)
@@ -121,7 +79,14 @@ impl<D: Backend> CausalSelfAttention<D> {
         self
     }
 
-    /// `x: (B·T, C) -> (B·T, C)` for a batch of `b` sequences of length `t`.
+    /// `x: (B·T, C) -> (B·T, C)` for a batch of `b` sequences of `t` new positions.
+    ///
+    /// Without a cache the positions are `0..t` (training, evaluation). With one (a single
+    /// sequence, `b = 1`), they continue after the positions it holds: their keys (after RoPE)
+    /// and values are appended to it, and the queries attend over all of it. An empty cache
+    /// is filled in the same pass as uncached attention (prefill); a cache that holds positions
+    /// already is read on the host (decoding, never on a gradient tape).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
         x: Act<D, T>,
@@ -129,28 +94,15 @@ impl<D: Backend> CausalSelfAttention<D> {
         t: usize,
         rope: Option<&Rope>,
         drop: &mut Dropout,
-    ) -> Act<D, T> {
-        self.forward_capturing(x, b, t, rope, drop, None)
-    }
-
-    /// [`CausalSelfAttention::forward`], also storing the keys (after RoPE) and values of a
-    /// single sequence (`b = 1`) in `capture`, to start a key/value cache in one pass.
-    pub fn forward_capturing<T: Tape<Float, D> + Merge<T>>(
-        &self,
-        x: Act<D, T>,
-        b: usize,
-        t: usize,
-        rope: Option<&Rope>,
-        drop: &mut Dropout,
-        capture: Option<&mut LayerCache>,
+        cache: Option<&mut LayerCache>,
     ) -> Act<D, T> {
         let AttnShape {
             n_head: h,
             n_kv_head: hkv,
             ..
         } = self.shape;
-        let q_dim = self.shape.q_dim();
-        let hd = self.shape.head_dim();
+        let (q_dim, hd, g) = (self.shape.q_dim(), self.shape.head_dim(), self.shape.group());
+        let pos = cache.as_ref().map_or(0, |c| c.k.len() / self.shape.kv_dim());
 
         let xk = x.retaped::<T>();
         let xv = x.retaped::<T>();
@@ -162,38 +114,83 @@ impl<D: Backend> CausalSelfAttention<D> {
             k = Self::norm_heads(kn, k);
         }
         if let Some(rope) = rope {
-            q = rope.apply(q, 0);
-            k = rope.apply(k, 0);
+            q = rope.apply(q, pos);
+            k = rope.apply(k, pos);
         }
-
-        if let Some(cache) = capture {
-            debug_assert_eq!(b, 1, "a cache holds one sequence");
-            // (1, T, Hkv, hd) row-major is the cache's position-major layout.
-            cache.k = k.retaped::<NoneTape>().as_vec();
-            cache.v = v.retaped::<NoneTape>().as_vec();
-        }
-        let y = match self.kind {
-            AttentionKind::Standard => D::causal_attention(q, k, v, drop), // (B, T, H, hd)
-            AttentionKind::GroupedSum => {
-                // Σ_j Q_ij K_iᵀ = (Σ_j Q_ij) K_iᵀ: attention with one summed query per group,
-                // whose output every query head of the group receives.
-                let g = h / hkv;
-                let q_sum = q
-                    .reshape_like(&(b, t, hkv, g, hd))
-                    .sum::<(usize, usize, usize, usize), Axis<3>>(); // (B, T, Hkv, hd)
-                let y = D::causal_attention(q_sum, k, v, drop); // (B, T, Hkv, hd)
-                y.broadcast_like::<_, Axis<3>>(&(b, t, hkv, g, hd))
-                    .reshape_like(&(b, t, h, hd))
-            }
+        // Σ_j Q_ij K_iᵀ = (Σ_j Q_ij) K_iᵀ: grouped_sum is attention with one summed query per
+        // group, whose output every query head of the group receives.
+        let q = match self.kind {
+            AttentionKind::Standard => q,
+            AttentionKind::GroupedSum => q
+                .reshape_like(&(b, t, hkv, g, hd))
+                .sum::<(usize, usize, usize, usize), Axis<3>>(), // (B, T, Hkv, hd)
         };
-        let y = y.reshape_like(&(b * t, q_dim)); // (B·T, H·hd)
-        self.wo.forward(y)
+        let y = match cache {
+            None => D::causal_attention(q, k, v, drop),
+            Some(cache) => {
+                assert_eq!(b, 1, "a key/value cache holds one sequence");
+                // (1, T, Hkv, hd) row-major is the cache's position-major layout.
+                cache.k.extend(k.retaped::<NoneTape>().as_vec());
+                cache.v.extend(v.retaped::<NoneTape>().as_vec());
+                if pos == 0 {
+                    D::causal_attention(q, k, v, drop)
+                } else {
+                    assert!(!T::OWNS_TAPE, "attention over a filled cache has no backward pass");
+                    attend_cached(q, cache, hkv, pos)
+                }
+            }
+        }; // (B, T, H or Hkv, hd)
+        let y = match self.kind {
+            AttentionKind::Standard => y,
+            AttentionKind::GroupedSum => y
+                .broadcast_like::<_, Axis<3>>(&(b, t, hkv, g, hd))
+                .reshape_like(&(b, t, h, hd)),
+        };
+        self.wo.forward(y.reshape_like(&(b * t, q_dim))) // (B·T, C)
     }
 }
 
-/// `(T, T)` additive mask: 0 on and below the diagonal, -∞ above it.
-pub fn causal_mask<D: Device<Float>>(dev: &D, t: usize) -> Tensor<(usize, usize), Float, D> {
-    dev.upper_tri_like(&(t, t), Float::NEG_INFINITY, 1)
+/// Causal attention of the `t` new positions `pos..pos + t` of `q (1, t, Hq, hd)` over every
+/// position in `cache` (which already holds their keys and values), on the host: query `i`
+/// sees positions `..=pos + i`, query head `h` reads key/value head `h / (Hq / hkv)`.
+fn attend_cached<D: Backend, T: Tape<Float, D>>(
+    q: Heads<D, T>,
+    cache: &LayerCache,
+    hkv: usize,
+    pos: usize,
+) -> Heads<D, T> {
+    let shape = *q.shape();
+    let (_, t, hq, hd) = shape;
+    let g = hq / hkv;
+    let (q, tape) = q.split_tape();
+    let qv = q.as_vec();
+    let scale = 1.0 / (hd as Float).sqrt();
+    let mut y = vec![0.0; t * hq * hd];
+    let mut scores = vec![0.0; pos + t];
+    for i in 0..t {
+        let scores = &mut scores[..pos + i + 1];
+        for head in 0..hq {
+            let j = head / g;
+            let qh = &qv[(i * hq + head) * hd..][..hd];
+            for (s, score) in scores.iter_mut().enumerate() {
+                *score = dot(qh, &cache.k[(s * hkv + j) * hd..][..hd]) * scale;
+            }
+            let max = scores.iter().cloned().fold(Float::NEG_INFINITY, Float::max);
+            let total: Float = scores
+                .iter_mut()
+                .map(|s| {
+                    *s = (*s - max).exp();
+                    *s
+                })
+                .sum();
+            let out = &mut y[(i * hq + head) * hd..][..hd];
+            for (s, p) in scores.iter().enumerate() {
+                let vs = &cache.v[(s * hkv + j) * hd..][..hd];
+                out.iter_mut().zip(vs).for_each(|(o, v)| *o += p / total * v);
+            }
+        }
+    }
+    q.device().tensor_from_vec(y, shape).put_tape(tape)
 }
 
 impl<D: Device<Float>> HasParams<D> for CausalSelfAttention<D> {

@@ -3,12 +3,12 @@
 use dfdx::prelude::*;
 
 use super::attention::CausalSelfAttention;
-use super::backend::Backend;
+use super::config::{Float, ModelConfig, Position};
 use super::kv_cache::{KvCache, LayerCache};
-use super::layers::{Act, Dropout, Linear, Mlp, Norm, normal_values};
-use super::param::{Float, HasParams, Param};
+use super::layers::{Act, Linear, Mlp, Norm, normal_values};
+use super::ops::{Backend, Dropout};
+use super::param::{HasParams, Param};
 use super::rope::Rope;
-use super::{ModelConfig, Position};
 
 /// One pre-norm block: `x + dropout(attn(ln1(x)))`, then `x + dropout(mlp(ln2(x)))`.
 #[derive(Clone, Debug)]
@@ -24,7 +24,7 @@ pub struct Block<D: Device<Float>> {
 }
 
 impl<D: Backend> Block<D> {
-    /// `(B·T, C) -> (B·T, C)`.
+    /// `(B·T, C) -> (B·T, C)`; `cache` as in [`CausalSelfAttention::forward`].
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
         x: Act<D, T>,
@@ -32,25 +32,10 @@ impl<D: Backend> Block<D> {
         t: usize,
         rope: Option<&Rope>,
         drop: &mut Dropout,
-    ) -> Act<D, T> {
-        self.forward_capturing(x, b, t, rope, drop, None)
-    }
-
-    /// [`Block::forward`], storing the attention's keys and values in `capture` (see
-    /// [`CausalSelfAttention::forward_capturing`]).
-    pub fn forward_capturing<T: Tape<Float, D> + Merge<T>>(
-        &self,
-        x: Act<D, T>,
-        b: usize,
-        t: usize,
-        rope: Option<&Rope>,
-        drop: &mut Dropout,
-        capture: Option<&mut LayerCache>,
+        cache: Option<&mut LayerCache>,
     ) -> Act<D, T> {
         let skip = x.retaped::<T>();
-        let branch = self
-            .attn
-            .forward_capturing(self.ln1.forward(x), b, t, rope, drop, capture);
+        let branch = self.attn.forward(self.ln1.forward(x), b, t, rope, drop, cache);
         let x = D::residual(skip, branch, drop);
         let skip = x.retaped::<T>();
         let branch = self.mlp.forward(self.ln2.forward(x));
@@ -101,8 +86,8 @@ impl<D: Backend> Gpt<D> {
     /// table are the same at any block size, which lets a schedule grow after the fact.
     pub fn new(dev: &D, config: &ModelConfig, seed: u64) -> Self {
         let rng = |name: &str| crate::seed::named_stream(seed, crate::seed::Stream::Init, name);
-        let (v, c) = (config.vocab_size, config.n_embd);
-        let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+        let (v, c) = (config.vocab_size, config.arch.n_embd);
+        let proj_std = 0.02 / (2.0 * config.arch.n_layer as f64).sqrt();
         let wte = Param::from_vec(
             dev,
             "wte.weight".into(),
@@ -110,7 +95,7 @@ impl<D: Backend> Gpt<D> {
             false,
             normal_values(&mut rng("wte"), v * c, 0.02),
         );
-        let wpe = (config.position == Position::Absolute).then(|| {
+        let wpe = (config.arch.position == Position::Absolute).then(|| {
             let n = config.block_size * c;
             Param::from_vec(
                 dev,
@@ -120,20 +105,20 @@ impl<D: Backend> Gpt<D> {
                 normal_values(&mut rng("wpe"), n, 0.02),
             )
         });
-        let blocks = (0..config.n_layer)
+        let blocks = (0..config.arch.n_layer)
             .map(|i| Block {
-                ln1: Norm::new(dev, &format!("h.{i}.ln1"), c, config.block.norm),
+                ln1: Norm::new(dev, &format!("h.{i}.ln1"), c, config.arch.norm),
                 attn: CausalSelfAttention::new_with_bias(
                     dev,
                     &mut rng(&format!("h.{i}.attn")),
                     &format!("h.{i}.attn"),
                     config.attn_shape(),
                     proj_std,
-                    config.block.bias,
+                    config.arch.bias,
                 )
-                .with_kind(config.attention)
-                .with_qk_norm(dev, &format!("h.{i}.attn"), config.block.qk_norm),
-                ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.block.norm),
+                .with_kind(config.arch.attention)
+                .with_qk_norm(dev, &format!("h.{i}.attn"), config.arch.qk_norm),
+                ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.arch.norm),
                 mlp: Mlp::new(
                     dev,
                     &mut rng(&format!("h.{i}.mlp")),
@@ -141,20 +126,20 @@ impl<D: Backend> Gpt<D> {
                     c,
                     config.mlp_hidden(),
                     proj_std,
-                    config.block.mlp,
-                    config.block.bias,
+                    config.arch.mlp,
+                    config.arch.bias,
                 ),
             })
             .collect();
-        let rope = (config.position == Position::Rope)
-            .then(|| Rope::new(config.attn_shape().head_dim(), config.block_size, config.rope_base));
+        let rope = (config.arch.position == Position::Rope)
+            .then(|| Rope::new(config.attn_shape().head_dim(), config.block_size, config.arch.rope_base));
         Self {
             config: config.clone(),
             wte,
             wpe,
             blocks,
-            ln_f: Norm::new(dev, "ln_f", c, config.block.norm),
-            head: (!config.block.tie_embeddings).then(|| Linear::new(dev, &mut rng("head"), "head", c, v, false, 0.02)),
+            ln_f: Norm::new(dev, "ln_f", c, config.arch.norm),
+            head: (!config.arch.tie_embeddings).then(|| Linear::new(dev, &mut rng("head"), "head", c, v, false, 0.02)),
             rope,
             dev: dev.clone(),
         }
@@ -172,7 +157,10 @@ impl<D: Backend> Gpt<D> {
 
     /// Logits `(B·T, V)` for `tokens` (row-major `(B, T)`), recording on `tape`.
     ///
-    /// Pass `NoneTape` for evaluation, or an `OwnedTape` holding pre-allocated gradients to train.
+    /// Pass `NoneTape` for evaluation, or an `OwnedTape` holding pre-allocated gradients to
+    /// train. With a `cache` (one sequence, `b = 1`) the tokens are the positions after those
+    /// it holds, and it is extended by them: an empty cache is filled in one pass (prefill),
+    /// then one token at a time decodes. Positions must stay within `block_size`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
         tokens: &[usize],
@@ -180,53 +168,38 @@ impl<D: Backend> Gpt<D> {
         t: usize,
         tape: T,
         drop: &mut Dropout,
-    ) -> Act<D, T> {
-        self.forward_inner(tokens, b, t, tape, drop, None)
-    }
-
-    /// Runs `tokens` (one sequence, at most `block_size`) in one pass and returns a key/value
-    /// cache holding all of them, with the logits of the last position.
-    pub fn prefill(&self, tokens: &[usize]) -> (KvCache, Vec<Float>) {
-        let t = tokens.len();
-        let mut cache = KvCache::new(self.config.n_layer);
-        let logits = self
-            .forward_inner(tokens, 1, t, NoneTape, &mut Dropout::eval(), Some(&mut cache))
-            .as_vec();
-        cache.len = t;
-        let v = self.config.vocab_size;
-        (cache, logits[(t - 1) * v..].to_vec())
-    }
-
-    fn forward_inner<T: Tape<Float, D> + Merge<T>>(
-        &self,
-        tokens: &[usize],
-        b: usize,
-        t: usize,
-        tape: T,
-        drop: &mut Dropout,
-        capture: Option<&mut KvCache>,
+        mut cache: Option<&mut KvCache>,
     ) -> Act<D, T> {
         assert_eq!(tokens.len(), b * t, "tokens must be B·T long");
+        let pos = cache.as_ref().map_or(0, |c| c.len);
         assert!(
-            t <= self.config.block_size,
-            "sequence length {t} exceeds block size {}",
+            pos + t <= self.config.block_size,
+            "positions up to {} exceed the block size {}",
+            pos + t,
             self.config.block_size
         );
-        let c = self.config.n_embd;
         let idx = self.dev.tensor_from_vec(tokens.to_vec(), (b * t,));
         let mut x = self.wte.matrix::<NoneTape>().put_tape(tape).gather(idx); // (B·T, C)
         if let Some(wpe) = &self.wpe {
-            let positions = self.dev.tensor_from_vec((0..b * t).map(|i| i % t).collect(), (b * t,));
+            let positions = self
+                .dev
+                .tensor_from_vec((0..b * t).map(|i| pos + i % t).collect(), (b * t,));
             x = x + wpe.matrix::<T>().gather(positions); // (B·T, C)
         }
-        debug_assert_eq!(x.shape().1, c);
         let mut x = drop.apply(x);
-        let mut layers = capture.map(|c| c.layers.iter_mut());
-        for block in &self.blocks {
-            let layer = layers.as_mut().and_then(|l| l.next());
-            x = block.forward_capturing(x, b, t, self.rope.as_ref(), drop, layer);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, b, t, self.rope.as_ref(), drop, layer);
+        }
+        if let Some(cache) = cache {
+            cache.len += t;
         }
         self.logits(self.ln_f.forward(x)) // (B·T, V)
+    }
+
+    /// Bytes of key/value cache per position (see [`ModelConfig::kv_bytes_per_token`]).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config.kv_bytes_per_token()
     }
 
     /// `x (N, C) -> (N, V)`: the head, or the transposed token embedding when tied.

@@ -7,8 +7,9 @@ use dfdx::prelude::*;
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::param::{Float, HasParams, Param};
-use super::{MlpKind, NormKind};
+use super::config::{Float, MlpKind, NormKind};
+use super::ops::Backend;
+use super::param::{HasParams, Param};
 
 /// `(rows, cols)` activation on tape `T`.
 pub type Act<D, T> = Tensor<(usize, usize), Float, D, T>;
@@ -28,7 +29,7 @@ pub struct Linear<D: Device<Float>> {
     pub bias: Option<Param<D>>,
 }
 
-impl<D: super::backend::Backend> Linear<D> {
+impl<D: Backend> Linear<D> {
     /// Weight ~ N(0, std²), zero bias.
     pub fn new(dev: &D, rng: &mut impl Rng, name: &str, d_in: usize, d_out: usize, bias: bool, std: f64) -> Self {
         let weight = Param::from_vec(
@@ -76,7 +77,7 @@ pub struct Norm<D: Device<Float>> {
     pub bias: Option<Param<D>>,
 }
 
-impl<D: super::backend::Backend> Norm<D> {
+impl<D: Backend> Norm<D> {
     /// PyTorch's default epsilon.
     pub const EPS: f64 = 1e-5;
 
@@ -125,7 +126,7 @@ pub struct Mlp<D: Device<Float>> {
     pub proj: Linear<D>,
 }
 
-impl<D: super::backend::Backend> Mlp<D> {
+impl<D: Backend> Mlp<D> {
     /// `proj_std` is the residual-scaled std of the output projection.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -182,57 +183,5 @@ impl<D: Device<Float>> HasParams<D> for Mlp<D> {
             g.visit_mut(f);
         }
         self.proj.visit_mut(f);
-    }
-}
-
-/// Inverted dropout driven by the caller's RNG, so a training step's masks are a pure
-/// function of the seed the step was given (exact resume needs no hidden device RNG state).
-pub struct Dropout {
-    p: f32,
-    rng: Option<rand_chacha::ChaCha8Rng>,
-}
-
-impl Dropout {
-    /// Dropout with probability `p`, drawing masks from `rng`.
-    pub fn train(p: f32, rng: rand_chacha::ChaCha8Rng) -> Self {
-        Self { p, rng: Some(rng) }
-    }
-
-    /// The dropout probability (0 when evaluating).
-    pub fn p(&self) -> f32 {
-        if self.rng.is_some() { self.p } else { 0.0 }
-    }
-
-    /// A seed from this dropout's stream, for kernels that draw their own masks.
-    pub fn next_seed(&mut self) -> u64 {
-        self.rng.as_mut().map(|r| r.r#gen::<u64>()).unwrap_or(0)
-    }
-
-    /// The identity: evaluation and sampling.
-    pub fn eval() -> Self {
-        Self { p: 0.0, rng: None }
-    }
-
-    /// Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
-    pub fn apply<S: Shape, D: Device<Float>, T: Tape<Float, D>>(
-        &mut self,
-        x: Tensor<S, Float, D, T>,
-    ) -> Tensor<S, Float, D, T> {
-        let Some(rng) = self.rng.as_mut() else {
-            return x;
-        };
-        if self.p <= 0.0 {
-            return x;
-        }
-        let shape = *x.shape();
-        let n = shape.num_elements();
-        // Compare raw u32 draws against a threshold: one draw per element, no float maths.
-        let threshold = (self.p as f64 * u32::MAX as f64) as u32;
-        let keep = 1.0 / (1.0 - self.p);
-        let mask: Vec<Float> = (0..n)
-            .map(|_| if rng.r#gen::<u32>() < threshold { 0.0 } else { keep })
-            .collect();
-        let mask = x.device().tensor_from_vec(mask, shape);
-        x * mask
     }
 }

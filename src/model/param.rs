@@ -7,8 +7,7 @@
 
 use dfdx::prelude::*;
 
-/// The element type of every parameter and activation.
-pub type Float = f32;
+use super::config::Float;
 
 /// A trainable tensor with a stable name (e.g. `h.0.attn.wq.weight`).
 #[derive(Clone, Debug)]

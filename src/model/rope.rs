@@ -7,8 +7,8 @@
 
 use dfdx::prelude::*;
 
-use super::backend::Backend;
-use super::param::Float;
+use super::config::Float;
+use super::ops::Backend;
 
 /// Precomputed cos/sin tables for every position up to `max_len`.
 #[derive(Clone, Debug)]
@@ -67,42 +67,4 @@ impl Rope {
         let rows = offset * hd..(offset + t) * hd;
         D::rotary(x, &self.cos[rows.clone()], &self.sin[rows])
     }
-
-    /// The composition of dfdx operations for [`Rope::apply`], given the `(T, hd)` tables of
-    /// the positions `x (B, T, nh, hd)` holds: the reference the fused CPU kernel is tested against.
-    pub fn reference<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
-        x: Tensor<(usize, usize, usize, usize), Float, D, T>,
-        cos: &[Float],
-        sin: &[Float],
-    ) -> Tensor<(usize, usize, usize, usize), Float, D, T> {
-        let shape = *x.shape();
-        let (b, t, nh, hd) = shape;
-        let dev = x.device().clone();
-        let cos = dev
-            .tensor_from_vec(cos.to_vec(), (t, hd))
-            .broadcast_like::<_, Axes2<0, 2>>(&shape);
-        let sin = dev
-            .tensor_from_vec(sin.to_vec(), (t, hd))
-            .broadcast_like::<_, Axes2<0, 2>>(&shape);
-        // rotate_half(x) = [-x2, x1] as one product with a fixed signed permutation matrix,
-        // which keeps the whole rotation inside dfdx's autodiff without slicing. The second
-        // use of `x` is re-taped (same id), so both branches' gradients add into `x`.
-        let rotated = x
-            .retaped::<T>()
-            .reshape_like(&(b * t * nh, hd))
-            .matmul(dev.tensor_from_vec(rotate_half_matrix(hd), (hd, hd)))
-            .reshape_like(&shape);
-        x * cos + rotated * sin
-    }
-}
-
-/// `R` with `x R = [-x2, x1]`: column `j < d/2` takes `-x[j + d/2]`, column `j ≥ d/2` takes `x[j - d/2]`.
-fn rotate_half_matrix(d: usize) -> Vec<Float> {
-    let half = d / 2;
-    let mut r = vec![0.0; d * d];
-    for j in 0..half {
-        r[(j + half) * d + j] = -1.0;
-        r[j * d + j + half] = 1.0;
-    }
-    r
 }

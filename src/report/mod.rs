@@ -14,9 +14,10 @@ use anyhow::{Context, Result};
 pub use plot::{Boundary, Curve, PALETTE, SweepChart, ema, loss_chart, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 
+use crate::fsio::write_atomic;
 use crate::model::Backend;
 use crate::plan::RunPlan;
-use crate::train::{MetricsRow, read_metrics, read_status, write_atomic};
+use crate::run_dir::{MetricsRow, RunDir};
 
 /// What the report of one experiment produced.
 #[derive(Debug)]
@@ -166,14 +167,10 @@ pub fn write_report<D: Backend>(
     let mut curves = vec![];
     let mut unfinished = vec![];
     for p in plans {
-        let metrics = p.dir.join("metrics.csv");
-        let rows = if metrics.exists() {
-            read_metrics(&metrics)?
-        } else {
-            vec![]
-        };
+        let run_dir = RunDir::new(&p.dir);
+        let rows = run_dir.read_metrics()?;
         let total = p.schedule.total_steps();
-        let status = summary::status_word(read_status(&p.dir).as_ref(), rows.len(), total);
+        let status = summary::status_word(run_dir.read_status().as_ref(), rows.len(), total);
         if status != "complete" {
             unfinished.push(format!("{} ({status})", p.name));
         }

@@ -48,7 +48,7 @@ pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<Checkpoint
     if s.prompts.is_empty() {
         return Ok(out);
     }
-    let mut ckpts = checkpoint::list(&plan.dir.join("checkpoints"));
+    let mut ckpts = crate::run_dir::RunDir::new(&plan.dir).checkpoints();
     ckpts.reverse();
     for (step, dir) in ckpts {
         let Some(meta) = checkpoint::read_meta(&dir) else {
@@ -104,7 +104,7 @@ pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<Checkpoint
                     decode_tokens_per_s,
                 });
             }
-            crate::train::write_atomic(&cache, serde_json::to_string_pretty(&fresh)?.as_bytes())?;
+            crate::fsio::write_atomic(&cache, serde_json::to_string_pretty(&fresh)?.as_bytes())?;
             fresh
         };
         out.push(CheckpointSamples {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::train::{MetricsRow, RunStatus};
+use crate::run_dir::{MetricsRow, RunStatus};
 
 /// Steps averaged for the "mean of the last steps" figure.
 pub const LAST_N: usize = 50;

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use error::{Origin, SpecError, SpecErrors};
-pub use overrides::SetArg;
+pub use overrides::{SetArg, flatten};
 pub use sections::{
     DataSection, ExperimentSection, MeasureSection, ModelSection, PhaseSection, ReportSection, RunConfig,
     SampleSection, TrainSection,
 };
 
-use overrides::{flatten, set_dotted, value_label};
+use overrides::{set_dotted, value_label};
 use source::{SourceMap, segments};
 
 /// The shape of the file itself, checked before any expansion.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttentionKind, BlockStyle, MlpKind, NormKind, Position};
+use crate::model::ModelOptions;
 
 /// `[experiment]`: the name (its output folder), the seed every run starts from, the device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,92 +50,8 @@ impl Default for DataSection {
     }
 }
 
-/// `[model]`: the architecture. Defaults are gpt-mini.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelSection {
-    /// Transformer blocks.
-    pub n_layer: usize,
-    /// Residual width.
-    pub n_embd: usize,
-    /// Query heads.
-    pub n_head: usize,
-    /// Key/value heads; defaults to `n_head` (multi-head attention).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub n_kv_head: Option<usize>,
-    /// `absolute`, `rope` or `none`.
-    pub position: Position,
-    /// Dropout probability.
-    pub dropout: f64,
-    /// RoPE base frequency.
-    pub rope_base: f64,
-    /// `standard` or `grouped_sum` (the HW1 handout's summed-score grouping).
-    pub attention: AttentionKind,
-    /// `layernorm` or `rmsnorm`.
-    pub norm: NormKind,
-    /// `gelu` or `swiglu`.
-    pub mlp: MlpKind,
-    /// MLP width; default 4·n_embd (gelu) or the LLaMA rule (swiglu).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mlp_hidden: Option<usize>,
-    /// Rounding of the default SwiGLU width.
-    pub mlp_multiple_of: usize,
-    /// Biases in attention and MLP projections.
-    pub bias: bool,
-    /// The output head is the transposed token embedding.
-    pub tie_embeddings: bool,
-    /// RMSNorm of each head's queries and keys (Qwen3).
-    pub qk_norm: bool,
-    /// Width of one attention head; default n_embd / n_head.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub head_dim: Option<usize>,
-}
-
-impl Default for ModelSection {
-    fn default() -> Self {
-        // The block defaults live with the model, in one place.
-        let block = BlockStyle::default();
-        Self {
-            n_layer: 6,
-            n_embd: 192,
-            n_head: 6,
-            n_kv_head: None,
-            position: Position::Absolute,
-            dropout: 0.1,
-            rope_base: 10_000.0,
-            attention: AttentionKind::Standard,
-            norm: block.norm,
-            mlp: block.mlp,
-            mlp_hidden: block.mlp_hidden,
-            mlp_multiple_of: block.mlp_multiple_of,
-            bias: block.bias,
-            tie_embeddings: block.tie_embeddings,
-            qk_norm: block.qk_norm,
-            head_dim: block.head_dim,
-        }
-    }
-}
-
-impl ModelSection {
-    /// The block options as the model takes them.
-    pub fn block_style(&self) -> BlockStyle {
-        BlockStyle {
-            norm: self.norm,
-            mlp: self.mlp,
-            mlp_hidden: self.mlp_hidden,
-            mlp_multiple_of: self.mlp_multiple_of,
-            bias: self.bias,
-            tie_embeddings: self.tie_embeddings,
-            qk_norm: self.qk_norm,
-            head_dim: self.head_dim,
-        }
-    }
-
-    /// `n_kv_head`, defaulting to `n_head`.
-    pub fn kv_heads(&self) -> usize {
-        self.n_kv_head.unwrap_or(self.n_head)
-    }
-}
+/// `[model]`: the architecture, exactly the model's own options (defaults are gpt-mini).
+pub type ModelSection = ModelOptions;
 
 /// `[train]`: optimisation and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

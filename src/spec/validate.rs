@@ -1,7 +1,6 @@
 //! Checks of a resolved run that need no data: sizes that cannot build, values out of range.
 
 use super::RunConfig;
-use crate::model::Position;
 
 /// A problem and the keys involved; the error is placed on whichever of them was set last
 /// (a `--set` beats the run, the run beats the file), since that is the one the user changed.
@@ -24,76 +23,9 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             message,
         })
     };
-    let m = &c.model;
-
-    for (key, v) in [
-        ("model.n_layer", m.n_layer),
-        ("model.n_embd", m.n_embd),
-        ("model.n_head", m.n_head),
-    ] {
-        if v == 0 {
-            bad(&[key], "must be at least 1".into());
-        }
-    }
-    let kv = m.kv_heads();
-    if kv == 0 {
-        bad(&["model.n_kv_head"], "must be at least 1".into());
-    }
-    // With an explicit head_dim the heads need not tile n_embd.
-    if m.head_dim.is_none() && m.n_head > 0 && !m.n_embd.is_multiple_of(m.n_head) {
-        bad(
-            &["model.n_head", "model.n_embd"],
-            format!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head),
-        );
-    }
-    if m.head_dim == Some(0) {
-        bad(&["model.head_dim"], "must be at least 1".into());
-    }
-    if m.head_dim.is_some_and(|hd| hd > 65_536) {
-        bad(&["model.head_dim"], "is beyond the 65536 gptlab supports".into());
-    }
-    if kv > 0 && m.n_head > 0 && !m.n_head.is_multiple_of(kv) {
-        bad(
-            &["model.n_kv_head", "model.n_head"],
-            format!("n_head ({}) must be divisible by n_kv_head ({kv})", m.n_head),
-        );
-    }
-    let head_dim = m
-        .head_dim
-        .or((m.n_head > 0 && m.n_embd.is_multiple_of(m.n_head)).then(|| m.n_embd / m.n_head));
-    if let Some(hd) = head_dim.filter(|hd| m.position == Position::Rope && !hd.is_multiple_of(2)) {
-        let why = match m.head_dim {
-            Some(_) => format!("head_dim is {hd}"),
-            None => format!("n_embd / n_head = {} / {} = {hd}", m.n_embd, m.n_head),
-        };
-        bad(
-            &["model.position", "model.head_dim", "model.n_head", "model.n_embd"],
-            format!("RoPE needs an even head dimension, but {why}"),
-        );
-    }
-    if m.mlp_hidden == Some(0) {
-        bad(&["model.mlp_hidden"], "must be at least 1".into());
-    }
-    if m.mlp_multiple_of == 0 {
-        bad(&["model.mlp_multiple_of"], "must be at least 1".into());
-    }
-    if !(0.0..1.0).contains(&m.dropout) {
-        bad(&["model.dropout"], format!("must be in [0, 1), not {}", m.dropout));
-    }
-    if !(m.rope_base.is_finite() && m.rope_base > 1.0) {
-        bad(
-            &["model.rope_base"],
-            format!("must be a finite number above 1, not {}", m.rope_base),
-        );
-    }
-    // Guard against configurations that cannot fit in memory, which would abort rather than error.
-    let width = (m.n_embd.max(1) as f64).max((m.n_head as f64) * m.head_dim.unwrap_or(0) as f64);
-    let weights = m.n_layer as f64 * 12.0 * width * width;
-    if weights > 4e9 {
-        bad(
-            &["model.n_embd"],
-            format!("n_layer × 12 × n_embd² = {weights:.3e} weights is beyond what gptlab trains (4e9)"),
-        );
+    for p in c.model.problems() {
+        let keys: Vec<String> = p.keys.iter().map(|k| format!("model.{k}")).collect();
+        bad(&keys.iter().map(String::as_str).collect::<Vec<_>>(), p.message);
     }
 
     let t = &c.train;

@@ -5,6 +5,7 @@ use dfdx::prelude::*;
 
 use rayon::prelude::*;
 
+use crate::checkpoint::OptimizerState;
 use crate::model::{Float, HasParams, host_vec};
 
 /// AdamW hyper-parameters and state: one first and second moment per parameter.
@@ -18,12 +19,8 @@ pub struct AdamW {
     pub eps: f64,
     /// Decoupled decay, applied only to parameters marked `decay`.
     pub weight_decay: f64,
-    /// Updates applied so far (bias correction uses it).
-    pub t: u64,
-    /// First moments, by parameter in visit order.
-    pub m: Vec<Vec<Float>>,
-    /// Second moments.
-    pub v: Vec<Vec<Float>>,
+    /// The moments and update count, as a checkpoint stores them.
+    pub state: OptimizerState,
 }
 
 impl AdamW {
@@ -42,24 +39,26 @@ impl AdamW {
             beta2,
             eps,
             weight_decay,
-            t: 0,
-            m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            state: OptimizerState {
+                m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+                v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+                t: 0,
+            },
         }
     }
 
     /// One update with learning rate `lr`, as `torch.optim.AdamW`:
     /// `θ ← θ - lr·λ·θ`, then `θ ← θ - lr · m̂ / (√v̂ + ε)`.
     pub fn update<D: Device<Float>>(&mut self, model: &mut impl HasParams<D>, grads: &[Vec<Float>], lr: f64) {
-        self.t += 1;
+        self.state.t += 1;
         let (b1, b2) = (self.beta1 as Float, self.beta2 as Float);
-        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        let bc1 = 1.0 - self.beta1.powi(self.state.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.state.t as i32);
         let step = (lr / bc1) as Float;
         let bc2_sqrt = bc2.sqrt() as Float;
         let eps = self.eps as Float;
         let mut i = 0;
-        let (ms, vs, wd) = (&mut self.m, &mut self.v, self.weight_decay);
+        let (ms, vs, wd) = (&mut self.state.m, &mut self.state.v, self.weight_decay);
         model.visit_mut(&mut |p| {
             let (m, v, g) = (&mut ms[i], &mut vs[i], &grads[i]);
             let decay = if p.decay { (1.0 - lr * wd) as Float } else { 1.0 };

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{Context, Result};
 
 use super::{RunOptions, RunOutcome, train_run};
-use crate::data::Corpus;
 use crate::model::Backend;
 use crate::plan::RunPlan;
 
@@ -40,16 +39,16 @@ impl JobLayout {
 /// ends; stops starting new runs once `opts.stop` is set. For devices that are not shared
 /// between threads (CUDA).
 pub fn train_in_turn<'a, D: Backend>(
-    runs: &[(&'a RunPlan, &'a Corpus)],
+    runs: &[&'a RunPlan],
     dev: &D,
     opts: &RunOptions,
     done: impl Fn(&'a RunPlan, Result<RunOutcome>),
 ) {
-    for &(plan, corpus) in runs {
+    for &plan in runs {
         if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
             break;
         }
-        done(plan, train_run(dev, plan, corpus, opts));
+        done(plan, train_run(dev, plan, opts));
     }
 }
 
@@ -58,7 +57,7 @@ pub fn train_in_turn<'a, D: Backend>(
 /// thread that trained it. Stops starting new runs once `opts.stop` is set; runs under way
 /// stop themselves with a checkpoint.
 pub fn train_runs<'a>(
-    runs: &[(&'a RunPlan, &'a Corpus)],
+    runs: &[&'a RunPlan],
     layout: JobLayout,
     opts: &RunOptions,
     done: impl Fn(&'a RunPlan, Result<RunOutcome>) + Sync,
@@ -82,10 +81,10 @@ pub fn train_runs<'a>(
                 };
                 let dev = dfdx::tensor::Cpu::default();
                 while !stopped() {
-                    let Some(&(plan, corpus)) = runs.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                    let Some(&plan) = runs.get(next.fetch_add(1, Ordering::SeqCst)) else {
                         break;
                     };
-                    done(plan, pool.install(|| train_run(&dev, plan, corpus, opts)));
+                    done(plan, pool.install(|| train_run(&dev, plan, opts)));
                 }
             });
         }

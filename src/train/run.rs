@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::{AdamW, MetricsRow, MetricsWriter, Progress, RunOutcome, RunStatus, eval_loss, train_step, write_status};
+use super::{AdamW, Progress, RunOutcome, eval_loss, train_step};
 use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
 use crate::plan::{Phase, RunPlan};
+use crate::run_dir::{MetricsRow, RunDir, RunStatus};
 use crate::seed::{Stream, stream};
 
 /// How to train.
@@ -65,8 +66,8 @@ fn identity_diff(
 
 /// Restores the newest checkpoint that verifies; corrupt ones are reported and skipped.
 /// Returns the step it resumes after (0 for none).
-fn resume<D: Backend>(plan: &RunPlan, ckpt_root: &Path, model: &mut Gpt<D>, opt: &mut AdamW) -> Result<usize> {
-    let found = checkpoint::list(ckpt_root);
+fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt: &mut AdamW) -> Result<usize> {
+    let found = run_dir.checkpoints();
     let n_found = found.len();
     for (step, dir) in found {
         let loaded = match checkpoint::read(&dir) {
@@ -94,7 +95,7 @@ fn resume<D: Backend>(plan: &RunPlan, ckpt_root: &Path, model: &mut Gpt<D>, opt:
             );
         }
         loaded
-            .load_all(model, opt)
+            .load_all(model, &mut opt.state)
             .with_context(|| format!("loading {}", dir.display()))?;
         // Said even with --quiet: which checkpoint a run continued from is part of its record.
         eprintln!("[{}] resuming after step {step} from {}", plan.name, dir.display());
@@ -104,7 +105,7 @@ fn resume<D: Backend>(plan: &RunPlan, ckpt_root: &Path, model: &mut Gpt<D>, opt:
         bail!(
             "run `{}` has {n_found} checkpoints under {} and none is usable (see the warnings above); run with --fresh to start it over",
             plan.name,
-            ckpt_root.display()
+            run_dir.checkpoints_path().display()
         );
     }
     Ok(0)
@@ -115,31 +116,20 @@ fn resume<D: Backend>(plan: &RunPlan, ckpt_root: &Path, model: &mut Gpt<D>, opt:
 /// Writes `run.toml`, `vocab.json`, `metrics.csv`, `status.json` and `checkpoints/` into
 /// the run's folder. Every random draw of step `s` comes from streams keyed by `s`, so a
 /// resumed run repeats an uninterrupted one bit for bit.
-pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &RunOptions) -> Result<RunOutcome> {
-    let dir = &plan.dir;
-    let ckpt_root = dir.join("checkpoints");
-    let metrics_path = dir.join("metrics.csv");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating run folder {}", dir.display()))?;
+pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Result<RunOutcome> {
+    let corpus: &Corpus = &plan.corpus;
+    let run_dir = RunDir::new(&plan.dir);
+    run_dir.create()?;
     if opts.fresh {
-        for stale in [&ckpt_root, &metrics_path, &dir.join("status.json")] {
-            if stale.is_dir() {
-                std::fs::remove_dir_all(stale).with_context(|| format!("removing {}", stale.display()))?;
-            } else if stale.exists() {
-                std::fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
-            }
-        }
+        run_dir.clear()?;
     }
-    let resolved = toml::to_string_pretty(&plan.config).context("serialising the resolved spec")?;
-    super::write_atomic(&dir.join("run.toml"), resolved.as_bytes())?;
-    super::write_atomic(
-        &dir.join("vocab.json"),
-        serde_json::to_string(corpus.vocab.chars())?.as_bytes(),
-    )?;
+    run_dir.write_config(&plan.config)?;
+    run_dir.write_vocab(corpus.vocab.chars())?;
 
     let t = &plan.train;
     let mut model = Gpt::new(dev, &plan.model, plan.seed);
     let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
-    let done = resume(plan, &ckpt_root, &mut model, &mut opt)?;
+    let done = resume(plan, &run_dir, &mut model, &mut opt)?;
     if done == 0
         && let Some(from) = &plan.init_from
     {
@@ -152,8 +142,8 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
             .load_weights(&mut model)
             .with_context(|| format!("loading weights from {from}"))?;
     }
-    let mut metrics = MetricsWriter::resume(&metrics_path, done)?;
-    write_status(dir, &RunStatus::Running { step: done })?;
+    let mut metrics = run_dir.metrics_writer(done)?;
+    run_dir.write_status(&RunStatus::Running { step: done })?;
 
     let total = plan.schedule.total_steps();
     let measure = plan.config.measure.attention;
@@ -177,11 +167,8 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
             model_sha256: String::new(),
             optimizer_sha256: String::new(),
         };
-        checkpoint::save(&ckpt_root, model, opt, meta)?;
-        if kind == Kind::Periodic {
-            checkpoint::prune(&ckpt_root, t.keep_checkpoints)?;
-        }
-        write_status(dir, &RunStatus::Running { step })
+        run_dir.save_checkpoint(model, &opt.state, meta, t.keep_checkpoints)?;
+        run_dir.write_status(&RunStatus::Running { step })
     };
 
     for phase in plan.schedule.phases.iter().filter(|p| p.last_step() > done) {
@@ -194,7 +181,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
                 &mut stream(plan.seed, Stream::Batch, step as u64),
             );
             let mut drop = Dropout::train(
-                plan.model.dropout as f32,
+                plan.model.arch.dropout as f32,
                 stream(plan.seed, Stream::Dropout, step as u64),
             );
             crate::probe::take_attention(); // drop what evaluation recorded
@@ -204,7 +191,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
             let (attn_ms, attn_bytes) = crate::probe::take_attention();
             if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
                 let status = RunStatus::Diverged { step };
-                write_status(dir, &status)?;
+                run_dir.write_status(&status)?;
                 progress.finish(&format!(
                     "diverged: loss {} at step {step}; its last good checkpoint is kept",
                     stats.loss
@@ -232,8 +219,9 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
                 tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
                 attn_ms: measure.then_some(attn_ms),
                 attn_mem_mb: measure.then_some(attn_bytes).flatten().map(|b| b as f64 / 1e6),
-                attn_mem_mb_analytic: measure
-                    .then(|| (plan.model.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6),
+                attn_mem_mb_analytic: measure.then(|| {
+                    (plan.model.arch.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6
+                }),
                 peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
             })?;
             fault_point("step-end", step);
@@ -255,7 +243,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
             }
             if stop && step < total {
                 let status = RunStatus::Interrupted { step };
-                write_status(dir, &status)?;
+                run_dir.write_status(&status)?;
                 progress.finish(&format!(
                     "interrupted after step {step}; checkpoint written, run the same command again to resume"
                 ));
@@ -269,7 +257,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, corpus: &Corpus, opts: &Ru
         }
     }
     let status = RunStatus::Complete { step: total };
-    write_status(dir, &status)?;
+    run_dir.write_status(&status)?;
     let wall_s = started.elapsed().as_secs_f64();
     progress.finish(&format!(
         "complete: {total} steps ({} this session) in {wall_s:.1} s, train loss {}, val loss {}",

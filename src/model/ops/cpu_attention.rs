@@ -2,12 +2,12 @@
 //! (batch row, key/value head), on gemm tiles, recomputing probabilities in the backward pass
 //! instead of storing them.
 
-use rand::Rng;
 use rayon::prelude::*;
 
 use super::cpu_kernels::{View, exp, gemm_block, max, sum};
-use super::param::Float;
+use super::dropout::DropRule;
 use super::simd::simd_kernel;
+use crate::model::config::Float;
 
 /// Sizes and dropout settings of one fused attention call.
 #[derive(Clone, Copy, Debug)]
@@ -38,9 +38,6 @@ impl Dims {
     /// The mask generator of query head `h` in batch row `b`: rows drawn in order t, then j ≤ t.
     fn mask_rng(&self, b: usize, h: usize) -> rand_chacha::ChaCha8Rng {
         crate::seed::stream(self.seed, crate::seed::Stream::Dropout, (b * self.h + h) as u64)
-    }
-    fn keep_threshold(&self) -> u32 {
-        (self.p as f64 * u32::MAX as f64) as u32
     }
 }
 
@@ -119,10 +116,10 @@ simd_kernel! {
 /// The dropout factor of each kept weight (`1 / (1 - p)` or 0), drawn row by row in the order
 /// `t`, then `s ≤ t`, as the forward and backward passes both read it.
 fn dropout_factors(d: &Dims, rng: &mut rand_chacha::ChaCha8Rng, out: &mut [Float]) {
-    let (keep, threshold) = (1.0 / (1.0 - d.p), d.keep_threshold());
+    let rule = DropRule::new(d.p);
     for (r, row) in out.chunks_mut(d.t).enumerate() {
         for x in &mut row[..=r] {
-            *x = if rng.r#gen::<u32>() < threshold { 0.0 } else { keep };
+            *x = rule.factor(rng);
         }
     }
 }

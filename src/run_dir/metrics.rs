@@ -98,7 +98,7 @@ impl MetricsWriter {
             buf.write_record(HEADER)?;
         }
         let bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-        super::write_atomic(path, &bytes)?;
+        crate::fsio::write_atomic(path, &bytes)?;
         let file = OpenOptions::new()
             .append(true)
             .open(path)

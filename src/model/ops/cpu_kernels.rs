@@ -1,12 +1,12 @@
-//! Plain-slice CPU kernels behind the fused operations of [`super::backend`]: matrix products
+//! Plain-slice CPU kernels behind the fused operations of [`super::cpu`]: matrix products
 //! on strided views, GELU, rotary embedding. Each one is a pure function of its slices, so it
 //! can be tested and profiled without dfdx around it.
 
-use rand::Rng;
 use rayon::prelude::*;
 
-use super::param::Float;
+use super::dropout::DropRule;
 use super::simd::simd_kernel;
+use crate::model::config::Float;
 
 const SQRT_2_OVER_PI: Float = 0.797_884_6;
 const GELU_C: Float = 0.044_715;
@@ -361,13 +361,11 @@ pub(crate) fn add_column_sums(m: &[Float], cols: usize, acc: &mut [Float]) {
 /// chunk `i` of [`CHUNK`] elements draws from its own stream `(seed, i)`, so the mask does not
 /// depend on the number of threads.
 pub fn dropout_keep_mask(seed: u64, n: usize, p: f32) -> Vec<u8> {
-    let threshold = (p as f64 * u32::MAX as f64) as u32;
+    let rule = DropRule::new(p);
     let mut mask = vec![0u8; n];
     mask.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
         let mut rng = crate::seed::stream(seed, crate::seed::Stream::Dropout, i as u64);
-        chunk
-            .iter_mut()
-            .for_each(|m| *m = u8::from(rng.r#gen::<u32>() >= threshold));
+        chunk.iter_mut().for_each(|m| *m = u8::from(rule.keeps(&mut rng)));
     });
     mask
 }

@@ -26,7 +26,7 @@ macro_rules! simd_kernel {
                 fn wide($($arg: $ty),*) {
                     generic($($arg),*)
                 }
-                if $crate::model::simd::has_avx2_fma() {
+                if $crate::model::ops::simd::has_avx2_fma() {
                     // SAFETY: the CPU supports AVX2 and FMA, checked just above.
                     return unsafe { wide($($arg),*) };
                 }

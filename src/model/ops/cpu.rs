@@ -1,0 +1,263 @@
+//! The CPU's [`Backend`]: each operation as one fused kernel on plain slices with its own
+//! backward pass, glued to dfdx's tape by [`fused`].
+//!
+//! A fused op takes its inputs off their tapes ([`untape`]), computes on host copies, makes one
+//! output tensor and records one backward closure that reads the output's gradient and adds
+//! into the inputs' gradients.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
+use super::cpu_kernels::{
+    CHUNK, View, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
+    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, gemm_par,
+};
+use super::{Backend, Dropout, Heads};
+use crate::model::config::Float;
+
+type Grads = Gradients<Float, Cpu>;
+type CpuResult = Result<(), <Cpu as HasErr>::Err>;
+type Mat<T> = Tensor<(usize, usize), Float, Cpu, T>;
+type Vector<T> = Tensor<(usize,), Float, Cpu, T>;
+
+/// The elements of `t` in row-major order, copied with one `memcpy` (dfdx's `as_vec` walks
+/// them one at a time). A tensor whose storage is not already in that order (a permuted or
+/// broadcast view) is first made contiguous by the same-shape reshape.
+fn host_data<S: Shape, T>(t: &Tensor<S, Float, Cpu, T>) -> Vec<Float> {
+    let contiguous = t.retaped::<NoneTape>().reshape_like(t.shape());
+    let mut v = vec![0.0; t.shape().num_elements()];
+    contiguous.copy_into(&mut v);
+    v
+}
+
+/// Takes `x` off its tape, merging that tape into `tape`.
+fn untape<S: Shape, T: Tape<Float, Cpu> + Merge<T>>(
+    x: Tensor<S, Float, Cpu, T>,
+    tape: &mut T,
+) -> Tensor<S, Float, Cpu> {
+    let (x, t) = x.split_tape();
+    *tape = std::mem::take(tape).merge(t);
+    x
+}
+
+/// The output of a fused op: `values` as a tensor of `shape` on `tape`, with `backward` recorded
+/// when the tape owns gradients. `backward` receives the gradients and the output's gradient,
+/// lent out of them (moved, not copied) so it can write the inputs' gradients while reading it.
+fn fused<S: Shape, T: Tape<Float, Cpu>>(
+    dev: &Cpu,
+    values: Vec<Float>,
+    shape: S,
+    mut tape: T,
+    backward: impl FnOnce(&mut Grads, &[Float]) -> CpuResult + 'static,
+) -> Tensor<S, Float, Cpu, T> {
+    let out = dev.tensor_from_vec(values, shape);
+    if T::OWNS_TAPE {
+        let out_ref = out.clone();
+        tape.add_backward_op(move |grads| {
+            let gy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ref)?);
+            let result = backward(grads, &gy);
+            **grads.get_or_alloc_mut(&out_ref)? = gy;
+            result
+        });
+    }
+    out.put_tape(tape)
+}
+
+/// `acc += x`, in parallel.
+fn add_into(acc: &mut [Float], x: &[Float]) {
+    add_masked(acc, x, None, 0.0);
+}
+
+impl Backend for Cpu {
+    /// One op for the whole MLP: the `(N, H)` hidden activations (4× the residual stream)
+    /// stay in this op's own buffers instead of being copied in and out of dfdx tensors.
+    fn mlp_gelu<T: Tape<Float, Self> + Merge<T>>(
+        x: Mat<T>,
+        w1: Mat<T>,
+        b1: Option<Vector<T>>,
+        w2: Mat<T>,
+        b2: Option<Vector<T>>,
+    ) -> Mat<T> {
+        let (n, c) = *x.shape();
+        let hidden = w1.shape().1;
+        assert_eq!(*w1.shape(), (c, hidden), "mlp: W1 must be (C, H)");
+        assert_eq!(*w2.shape(), (hidden, c), "mlp: W2 must be (H, C)");
+        let mut tape = T::default();
+        let (x, w1, w2) = (untape(x, &mut tape), untape(w1, &mut tape), untape(w2, &mut tape));
+        let (b1, b2) = (b1.map(|b| untape(b, &mut tape)), b2.map(|b| untape(b, &mut tape)));
+        let (xv, w1v, w2v) = (host_data(&x), host_data(&w1), host_data(&w2));
+        let (b1v, b2v) = (b1.as_ref().map(host_data), b2.as_ref().map(host_data));
+        let h = cpu_linear(&xv, &w1v, b1v.as_deref(), n, c, hidden); // (N, H)
+        let a = cpu_gelu(&h); // (N, H)
+        let y = cpu_linear(&a, &w2v, b2v.as_deref(), n, hidden, c); // (N, C)
+        fused(&x.device().clone(), y, (n, c), tape, move |grads, gy| {
+            let gy_view = View::rows(gy, c);
+            let a_t = View::rows(&a, hidden).t();
+            gemm_par(hidden, c, n, grads.get_or_alloc_mut(&w2)?, true, a_t, gy_view, 1.0);
+            if let Some(b2) = &b2 {
+                add_column_sums(gy, c, grads.get_or_alloc_mut(b2)?);
+            }
+            // dh = (gy W₂ᵀ) ⊙ gelu'(h)
+            let mut dh = vec![0.0; n * hidden];
+            gemm_par(n, hidden, c, &mut dh, false, gy_view, View::rows(&w2v, c).t(), 1.0);
+            cpu_gelu_backward_in_place(&h, &mut dh);
+            let dh_view = View::rows(&dh, hidden);
+            let x_t = View::rows(&xv, c).t();
+            gemm_par(c, hidden, n, grads.get_or_alloc_mut(&w1)?, true, x_t, dh_view, 1.0);
+            if let Some(b1) = &b1 {
+                add_column_sums(&dh, hidden, grads.get_or_alloc_mut(b1)?);
+            }
+            let w1_t = View::rows(&w1v, hidden).t();
+            gemm_par(n, c, hidden, grads.get_or_alloc_mut(&x)?, true, dh_view, w1_t, 1.0);
+            Ok(())
+        })
+    }
+
+    fn residual<T: Tape<Float, Self> + Merge<T>>(skip: Mat<T>, x: Mat<T>, drop: &mut Dropout) -> Mat<T> {
+        let shape = *x.shape();
+        assert_eq!(*skip.shape(), shape, "residual: skip and branch shapes differ");
+        let p = drop.p();
+        let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), shape.0 * shape.1, p));
+        let mut tape = T::default();
+        let (skip, x) = (untape(skip, &mut tape), untape(x, &mut tape));
+        let y = cpu_residual(&host_data(&skip), &host_data(&x), mask.as_deref(), p);
+        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+            add_into(grads.get_or_alloc_mut(&skip)?, gy);
+            add_masked(grads.get_or_alloc_mut(&x)?, gy, mask.as_deref(), p);
+            Ok(())
+        })
+    }
+
+    fn linear<T: Tape<Float, Self> + Merge<T>>(x: Mat<T>, w: Mat<T>, b: Option<Vector<T>>) -> Mat<T> {
+        let (n, d_in) = *x.shape();
+        let d_out = w.shape().1;
+        assert_eq!(w.shape().0, d_in, "linear: x is (N, {d_in}) but w is {:?}", w.shape());
+        let mut tape = T::default();
+        let (x, w) = (untape(x, &mut tape), untape(w, &mut tape));
+        let b = b.map(|b| untape(b, &mut tape));
+        let (xv, wv) = (host_data(&x), host_data(&w));
+        let bv = b.as_ref().map(host_data);
+        let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
+        fused(&x.device().clone(), y, (n, d_out), tape, move |grads, gy| {
+            let gy_view = View::rows(gy, d_out);
+            let dx = grads.get_or_alloc_mut(&x)?;
+            gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_out).t(), 1.0);
+            let dw = grads.get_or_alloc_mut(&w)?;
+            gemm_par(d_in, d_out, n, dw, true, View::rows(&xv, d_in).t(), gy_view, 1.0);
+            if let Some(b) = &b {
+                add_column_sums(gy, d_out, grads.get_or_alloc_mut(b)?);
+            }
+            Ok(())
+        })
+    }
+
+    fn rotary<T: Tape<Float, Self> + Merge<T>>(x: Heads<Self, T>, cos: &[Float], sin: &[Float]) -> Heads<Self, T> {
+        let shape = *x.shape();
+        let (_, t, nh, hd) = shape;
+        let (x, tape) = x.split_tape();
+        let y = cpu_rotary(&host_data(&x), cos, sin, t, nh, hd);
+        let (cos, sin) = (cos.to_vec(), sin.to_vec());
+        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+            cpu_rotary_backward(gy, &cos, &sin, t, nh, hd, grads.get_or_alloc_mut(&x)?);
+            Ok(())
+        })
+    }
+
+    fn add_bias<T: Tape<Float, Self> + Merge<T>>(x: Mat<T>, b: Vector<T>) -> Mat<T> {
+        let shape = *x.shape();
+        let c = shape.1;
+        let mut tape = T::default();
+        let (x, b) = (untape(x, &mut tape), untape(b, &mut tape));
+        let bv = host_data(&b);
+        let mut y = host_data(&x);
+        y.par_chunks_mut(c * 64).for_each(|rows| {
+            rows.chunks_mut(c)
+                .for_each(|r| r.iter_mut().zip(&bv).for_each(|(v, b)| *v += b))
+        });
+        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+            let gx = grads.get_or_alloc_mut(&x)?;
+            gx.par_chunks_mut(CHUNK)
+                .zip(gy.par_chunks(CHUNK))
+                .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g));
+            let gb = grads.get_or_alloc_mut(&b)?;
+            for row in gy.chunks(c) {
+                gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+            }
+            Ok(())
+        })
+    }
+
+    fn layer_norm<T: Tape<Float, Self> + Merge<T>>(x: Mat<T>, g: Vector<T>, b: Vector<T>, eps: f64) -> Mat<T> {
+        let shape = *x.shape();
+        let c = shape.1;
+        let mut tape = T::default();
+        let (x, g, b) = (untape(x, &mut tape), untape(g, &mut tape), untape(b, &mut tape));
+        let (xv, gv, bv) = (host_data(&x), host_data(&g), host_data(&b));
+        let [y, xhat, inv_std] = cpu_layer_norm(&xv, &gv, &bv, c, eps as Float);
+        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+            let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+            let dx = grads.get_or_alloc_mut(&x)?;
+            cpu_layer_norm_backward(gy, &xhat, &inv_std, &gv, c, dx, &mut dg, &mut db);
+            add_into(grads.get_or_alloc_mut(&g)?, &dg);
+            add_into(grads.get_or_alloc_mut(&b)?, &db);
+            Ok(())
+        })
+    }
+
+    fn gelu<S: Shape, T: Tape<Float, Self>>(x: Tensor<S, Float, Self, T>) -> Tensor<S, Float, Self, T> {
+        let shape = *x.shape();
+        let (x, tape) = x.split_tape();
+        let xv = host_data(&x);
+        let y = cpu_gelu(&xv);
+        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+            cpu_gelu_backward(&xv, gy, grads.get_or_alloc_mut(&x)?);
+            Ok(())
+        })
+    }
+
+    fn causal_attention<T: Tape<Float, Self> + Merge<T>>(
+        q: Heads<Self, T>,
+        k: Heads<Self, T>,
+        v: Heads<Self, T>,
+        drop: &mut Dropout,
+    ) -> Heads<Self, T> {
+        let shape = *q.shape();
+        let (b, t, h, hd) = shape;
+        let hkv = k.shape().2;
+        let dims = Dims {
+            b,
+            t,
+            h,
+            hkv,
+            hd,
+            p: drop.p(),
+            seed: drop.next_seed(),
+        };
+        let timer = crate::probe::Timer::start();
+        let live_before = crate::probe::live_bytes();
+        let mut tape = T::default();
+        let (q, k, v) = (untape(q, &mut tape), untape(k, &mut tape), untape(v, &mut tape));
+        let (qv, kv, vv) = (host_data(&q), host_data(&k), host_data(&v));
+        let (y, lse) = cpu_forward(&dims, &qv, &kv, &vv);
+        let out = fused(&q.device().clone(), y, shape, tape, move |grads, gy| {
+            let timer = crate::probe::Timer::start();
+            let (dq, dk, dv) = cpu_backward(&dims, &qv, &kv, &vv, &lse, gy);
+            for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
+                let g = grads.get_or_alloc_mut(t)?;
+                g.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+            }
+            timer.stop();
+            Ok(())
+        });
+        if T::OWNS_TAPE {
+            // What stays allocated until backward: the copies of q, k and v, the row
+            // log-sum-exps, the output and the closure that holds them.
+            if let (Some(before), Some(after)) = (live_before, crate::probe::live_bytes()) {
+                crate::probe::add_saved_bytes(after.saturating_sub(before));
+            }
+        }
+        timer.stop();
+        out
+    }
+}

@@ -1,0 +1,88 @@
+//! Inverted dropout and the one rule every dropout mask is drawn by.
+//!
+//! The dfdx composition ([`Dropout::apply`]), the fused residual's byte mask and the fused
+//! attention's weight factors all draw one `u32` per element and compare it with the same
+//! threshold ([`DropRule`]), so a mask is a pure function of its seed stream.
+
+use dfdx::prelude::*;
+use rand::Rng;
+
+use crate::model::config::Float;
+
+/// Drops an element when a raw `u32` draw falls below `p · u32::MAX`: one draw per element,
+/// no float maths, and kept elements are scaled by `1 / (1 - p)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DropRule {
+    threshold: u32,
+    /// The factor of a kept element, `1 / (1 - p)`.
+    pub keep: Float,
+}
+
+impl DropRule {
+    /// The rule for dropout probability `p`.
+    pub fn new(p: f32) -> Self {
+        Self {
+            threshold: (p as f64 * u32::MAX as f64) as u32,
+            keep: 1.0 / (1.0 - p),
+        }
+    }
+
+    /// Draws one element's fate from `rng`: `true` to keep it.
+    #[inline]
+    pub fn keeps(&self, rng: &mut impl Rng) -> bool {
+        rng.r#gen::<u32>() >= self.threshold
+    }
+
+    /// Draws one element's factor from `rng`: `keep` or 0.
+    #[inline]
+    pub fn factor(&self, rng: &mut impl Rng) -> Float {
+        if self.keeps(rng) { self.keep } else { 0.0 }
+    }
+}
+
+/// Inverted dropout driven by the caller's RNG, so a training step's masks are a pure
+/// function of the seed the step was given (exact resume needs no hidden device RNG state).
+pub struct Dropout {
+    p: f32,
+    rng: Option<rand_chacha::ChaCha8Rng>,
+}
+
+impl Dropout {
+    /// Dropout with probability `p`, drawing masks from `rng`.
+    pub fn train(p: f32, rng: rand_chacha::ChaCha8Rng) -> Self {
+        Self { p, rng: Some(rng) }
+    }
+
+    /// The identity: evaluation and sampling.
+    pub fn eval() -> Self {
+        Self { p: 0.0, rng: None }
+    }
+
+    /// The dropout probability (0 when evaluating).
+    pub fn p(&self) -> f32 {
+        if self.rng.is_some() { self.p } else { 0.0 }
+    }
+
+    /// A seed from this dropout's stream, for kernels that draw their own masks.
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.as_mut().map(|r| r.r#gen::<u64>()).unwrap_or(0)
+    }
+
+    /// Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
+    pub fn apply<S: Shape, D: Device<Float>, T: Tape<Float, D>>(
+        &mut self,
+        x: Tensor<S, Float, D, T>,
+    ) -> Tensor<S, Float, D, T> {
+        let Some(rng) = self.rng.as_mut() else {
+            return x;
+        };
+        if self.p <= 0.0 {
+            return x;
+        }
+        let shape = *x.shape();
+        let rule = DropRule::new(self.p);
+        let mask: Vec<Float> = (0..shape.num_elements()).map(|_| rule.factor(rng)).collect();
+        let mask = x.device().tensor_from_vec(mask, shape);
+        x * mask
+    }
+}

@@ -1,0 +1,155 @@
+//! The run folder `runs/<experiment>/<run>/` and everything in it. [`RunDir`] is its one
+//! owner: training, resuming, the report and sampling read and write it only through here.
+//!
+//! - `run.toml`: the resolved spec of the run.
+//! - `vocab.json`: the character vocabulary, token id → character.
+//! - `metrics.csv`: one row per step ([`MetricsRow`]).
+//! - `status.json`: how the run stands ([`RunStatus`]).
+//! - `checkpoints/step_NNNNNNNN/`: see [`crate::checkpoint`].
+
+mod metrics;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub use metrics::{HEADER as METRICS_HEADER, MetricsRow, MetricsWriter, read_metrics};
+
+use crate::checkpoint::{self, Meta, OptimizerState};
+use crate::fsio::write_atomic;
+use crate::model::{Float, HasParams};
+
+/// How a run stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Training is under way (or was interrupted).
+    Running {
+        /// Last step written to metrics.
+        step: usize,
+    },
+    /// Every phase finished.
+    Complete {
+        /// Total steps.
+        step: usize,
+    },
+    /// The loss became non-finite at `step`; the weights before it are the last good ones.
+    Diverged {
+        /// The step whose loss was not finite.
+        step: usize,
+    },
+    /// Stopped on request (Ctrl-C) after `step`, with a checkpoint there.
+    Interrupted {
+        /// Last step completed and checkpointed.
+        step: usize,
+    },
+}
+
+/// A run's folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The folder at `root` (nothing is created until something is written).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The folder itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// `metrics.csv`.
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.csv")
+    }
+
+    /// `checkpoints/`.
+    pub fn checkpoints_path(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    fn status_path(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
+    /// Creates the folder.
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.root).with_context(|| format!("creating run folder {}", self.root.display()))
+    }
+
+    /// Removes what training wrote (checkpoints, metrics, status), to start the run over.
+    pub fn clear(&self) -> Result<()> {
+        for stale in [self.checkpoints_path(), self.metrics_path(), self.status_path()] {
+            if stale.is_dir() {
+                std::fs::remove_dir_all(&stale).with_context(|| format!("removing {}", stale.display()))?;
+            } else if stale.exists() {
+                std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `run.toml`, the resolved spec of the run.
+    pub fn write_config(&self, config: &crate::spec::RunConfig) -> Result<()> {
+        let resolved = toml::to_string_pretty(config).context("serialising the resolved spec")?;
+        write_atomic(&self.root.join("run.toml"), resolved.as_bytes())
+    }
+
+    /// Writes `vocab.json`.
+    pub fn write_vocab(&self, chars: &[char]) -> Result<()> {
+        write_atomic(&self.root.join("vocab.json"), serde_json::to_string(chars)?.as_bytes())
+    }
+
+    /// `status.json`, if there is a readable one.
+    pub fn read_status(&self) -> Option<RunStatus> {
+        let text = std::fs::read_to_string(self.status_path()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Replaces `status.json`.
+    pub fn write_status(&self, status: &RunStatus) -> Result<()> {
+        write_atomic(&self.status_path(), serde_json::to_string_pretty(status)?.as_bytes())
+    }
+
+    /// Every row of `metrics.csv` (none when there is no file).
+    pub fn read_metrics(&self) -> Result<Vec<MetricsRow>> {
+        let path = self.metrics_path();
+        if path.exists() { read_metrics(&path) } else { Ok(vec![]) }
+    }
+
+    /// `metrics.csv` for appending after step `step` (rows past it are cut; a new file at 0).
+    pub fn metrics_writer(&self, step: usize) -> Result<MetricsWriter> {
+        MetricsWriter::resume(&self.metrics_path(), step)
+    }
+
+    /// Checkpoint folders, newest first.
+    pub fn checkpoints(&self) -> Vec<(usize, PathBuf)> {
+        checkpoint::list(&self.checkpoints_path())
+    }
+
+    /// The newest checkpoint folder, if any.
+    pub fn newest_checkpoint(&self) -> Option<PathBuf> {
+        self.checkpoints().into_iter().next().map(|(_, dir)| dir)
+    }
+
+    /// Writes a checkpoint; periodic ones beyond the newest `keep` are pruned.
+    pub fn save_checkpoint<D: dfdx::prelude::Device<Float>>(
+        &self,
+        model: &impl HasParams<D>,
+        opt: &OptimizerState,
+        meta: Meta,
+        keep: usize,
+    ) -> Result<PathBuf> {
+        let periodic = meta.kind == checkpoint::Kind::Periodic;
+        let dir = checkpoint::save(&self.checkpoints_path(), model, opt, meta)?;
+        if periodic {
+            checkpoint::prune(&self.checkpoints_path(), keep)?;
+        }
+        Ok(dir)
+    }
+}

@@ -1,0 +1,311 @@
+//! A training session: the workflow of `gptlab run` and `gptlab sweep`, from a planned
+//! experiment to outcomes and a report.
+//!
+//! [`Experiment::load`] reads, expands and plans a spec (the corpus is read once there and
+//! shared by the runs). [`train`] then picks the device, refuses runs that cannot fit in
+//! memory, takes the experiment's lock, skips finished runs, trains the rest (`--jobs` at a
+//! time) and writes the report. The command line only parses arguments into
+//! [`SessionOptions`] and maps the [`SessionOutcome`] to an exit code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::anyhow;
+
+use crate::device::{Chosen, DeviceRequest};
+use crate::error::Error;
+use crate::lock::ExperimentLock;
+use crate::plan::{RunPlan, plan};
+use crate::report::write_report;
+use crate::run_dir::{RunDir, RunStatus};
+use crate::spec::{SetArg, SpecFile};
+use crate::train::{JobLayout, RunOptions, RunOutcome, train_runs};
+
+/// A spec, expanded and planned.
+pub struct Experiment {
+    /// The parsed file.
+    pub spec: SpecFile,
+    /// Every run of the experiment (the report covers them all).
+    pub plans: Vec<RunPlan>,
+    /// The runs named by `--only` (empty: all).
+    pub only: Vec<String>,
+}
+
+impl Experiment {
+    /// Loads `file`, applies `sets` to every run and plans the runs under `runs_dir`; `only`
+    /// must name runs of the experiment.
+    pub fn load(file: &Path, sets: &[SetArg], only: &[String], runs_dir: &Path) -> Result<Self, Error> {
+        let spec = SpecFile::load(file)?;
+        let runs = spec.expand(sets)?;
+        let unknown: Vec<&String> = only.iter().filter(|o| !runs.iter().any(|r| &r.name == *o)).collect();
+        if !unknown.is_empty() {
+            let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+            return Err(Error::Runtime(anyhow!(
+                "{}: no run named {:?}; its runs are {:?}",
+                file.display(),
+                unknown,
+                names
+            )));
+        }
+        let plans = plan(&runs, runs_dir)?;
+        Ok(Self {
+            spec,
+            plans,
+            only: only.to_vec(),
+        })
+    }
+
+    /// The experiment's name (its output folders).
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The runs selected with `--only` (all of them when none was named).
+    pub fn selected(&self) -> Vec<&RunPlan> {
+        self.plans
+            .iter()
+            .filter(|p| self.only.is_empty() || self.only.contains(&p.name))
+            .collect()
+    }
+}
+
+/// How to train a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Start every selected run over.
+    pub fresh: bool,
+    /// No progress output.
+    pub quiet: bool,
+    /// Threads in all (`None`: every core).
+    pub threads: Option<usize>,
+    /// Runs trained at once.
+    pub jobs: usize,
+    /// `--device`; `None` defers to the runs' `[experiment] device`.
+    pub device: Option<DeviceRequest>,
+    /// Where `reports/<experiment>/` goes; `None` writes no report.
+    pub reports_dir: Option<PathBuf>,
+    /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How a session ended.
+#[derive(Debug, Default)]
+pub struct SessionOutcome {
+    /// Runs selected.
+    pub runs: usize,
+    /// Runs that failed or diverged (now or before), and `(report)` if the report failed.
+    pub failed: Vec<String>,
+    /// Stopped on request; the same command resumes.
+    pub interrupted: bool,
+    /// The report page written.
+    pub report: Option<PathBuf>,
+}
+
+impl SessionOutcome {
+    /// The closing line: where the metrics are, or which runs failed.
+    pub fn summary(&self, experiment: &str, runs_dir: &Path) -> String {
+        if self.failed.is_empty() {
+            let dir = runs_dir.join(experiment);
+            format!("{experiment}: {} runs done; metrics under {}", self.runs, dir.display())
+        } else {
+            let (n, failed) = (self.failed.len(), self.failed.join(", "));
+            format!("{experiment}: {n} of {} runs failed: {failed}", self.runs)
+        }
+    }
+}
+
+/// The device for `plans`: `request`, else the runs' `[experiment] device`, which must agree.
+fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan]) -> Result<Chosen, Error> {
+    let request = match request {
+        Some(d) => d,
+        None => {
+            let mut asked: Vec<DeviceRequest> = plans.iter().map(|p| p.config.experiment.device).collect();
+            asked.dedup();
+            match asked.as_slice() {
+                [] => DeviceRequest::Auto,
+                [one] => *one,
+                _ => {
+                    return Err(Error::Runtime(anyhow!(
+                        "the runs ask for different devices ({}); train them separately with --only, or pass --device",
+                        asked.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let (chosen, why) = crate::device::choose(request).map_err(|e| Error::Runtime(anyhow!(e)))?;
+    eprintln!("{why}");
+    Ok(chosen)
+}
+
+/// Refuses runs that could not fit in memory (they would be killed mid-way); runs trained
+/// side by side need their memory at the same time.
+fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
+    let Some(available) = crate::probe::available_memory_bytes() else {
+        return Ok(());
+    };
+    let mut needs: Vec<(f64, &str)> = plans
+        .iter()
+        .map(|p| (p.train_memory_bytes(), p.name.as_str()))
+        .collect();
+    needs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let need: f64 = needs.iter().take(jobs).map(|n| n.0).sum();
+    if need > 1.5 * available {
+        let what = if jobs > 1 {
+            format!("{jobs} runs at once (--jobs {jobs})")
+        } else {
+            format!("run `{}`", needs[0].1)
+        };
+        return Err(Error::Runtime(anyhow!(
+            "{what} needs about {:.1} GB to train but {:.1} GB is available; lower --jobs, train.batch_size, the \
+             longest seq_len or the model size",
+            need / 1e9,
+            available / 1e9
+        )));
+    }
+    Ok(())
+}
+
+/// Trains the selected runs of `exp` and writes its report (unless interrupted).
+pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, Error> {
+    let selected = exp.selected();
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut layout = JobLayout::new(opts.jobs, threads, selected.len());
+    if layout.jobs > 1 && selected.iter().any(|p| p.config.measure.attention) {
+        // The probes count time and bytes process-wide; runs side by side would mix them.
+        eprintln!("note: [measure] attention is on, so the runs train one at a time (--jobs 1)");
+        layout = JobLayout::new(1, threads, selected.len());
+    }
+    let chosen = choose_device(opts.device, &selected)?;
+    check_memory(&selected, layout.jobs)?;
+    let runs_root = selected.first().and_then(|p| p.dir.parent()).map(Path::to_path_buf);
+    let _lock = match &runs_root {
+        Some(root) => Some(ExperimentLock::acquire(root)?),
+        None => None,
+    };
+
+    let mut outcome = SessionOutcome {
+        runs: selected.len(),
+        ..Default::default()
+    };
+    let mut to_train = vec![];
+    for p in selected {
+        if !opts.fresh {
+            match RunDir::new(&p.dir).read_status() {
+                Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
+                    eprintln!("[{}] already complete ({step} steps); --fresh retrains it", p.name);
+                    continue;
+                }
+                Some(RunStatus::Diverged { step }) => {
+                    eprintln!(
+                        "error: run `{}` diverged at step {step} before; --fresh retrains it",
+                        p.name
+                    );
+                    outcome.failed.push(p.name.clone());
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        to_train.push(p);
+    }
+    if layout.jobs > 1 && !opts.quiet {
+        eprintln!(
+            "training {} runs, {} at a time with {} threads each",
+            to_train.len(),
+            layout.jobs,
+            layout.threads_per_run
+        );
+    }
+
+    let run_opts = RunOptions {
+        fresh: opts.fresh,
+        quiet: opts.quiet,
+        lines_only: layout.jobs > 1,
+        stop: Some(opts.stop.clone()),
+    };
+    let ended = Mutex::new((vec![], false));
+    let done = |p: &RunPlan, result: anyhow::Result<RunOutcome>| {
+        let mut ended = ended.lock().expect("not poisoned");
+        match result {
+            Ok(run) => match run.status {
+                RunStatus::Diverged { step } => {
+                    eprintln!(
+                        "error: run `{}` diverged at step {step} (non-finite loss); the other runs carry on",
+                        p.name
+                    );
+                    ended.0.push(p.name.clone());
+                }
+                RunStatus::Interrupted { step } => {
+                    eprintln!(
+                        "interrupted: run `{}` stopped after step {step} with a checkpoint",
+                        p.name
+                    );
+                    ended.1 = true;
+                }
+                _ => {}
+            },
+            Err(e) => {
+                eprintln!("error: run `{}` failed: {e:#}", p.name);
+                ended.0.push(p.name.clone());
+            }
+        }
+    };
+    match chosen {
+        Chosen::Cpu => train_runs(&to_train, layout, &run_opts, done)?,
+        #[cfg(feature = "cuda")]
+        Chosen::Cuda => {
+            if layout.jobs > 1 {
+                eprintln!("note: --jobs applies to the CPU; on the GPU the runs train one after another");
+            }
+            crate::train::train_in_turn(&to_train, &crate::device::open_cuda()?, &run_opts, done)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Chosen::Cuda => unreachable!("choose() never picks CUDA in a build without it"),
+    }
+    let (run_failures, interrupted) = ended.into_inner().expect("not poisoned");
+    outcome.failed.extend(run_failures);
+    outcome.interrupted = interrupted || opts.stop.load(Ordering::SeqCst);
+    if outcome.interrupted {
+        return Ok(outcome);
+    }
+    if let Some(reports_dir) = &opts.reports_dir {
+        // The report covers the whole experiment, not only the runs trained now (--only).
+        match report(exp, reports_dir, true, true) {
+            Ok(page) => outcome.report = Some(page),
+            Err(e) => {
+                eprintln!("error: writing the report failed: {e:#}");
+                outcome.failed.push("(report)".into());
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Writes `reports/<experiment>/` for every run of `exp` (`all_runs`) or those `--only`
+/// selected, with samples when `with_samples`; returns the path of its `index.html`.
+pub fn report(exp: &Experiment, reports_dir: &Path, all_runs: bool, with_samples: bool) -> anyhow::Result<PathBuf> {
+    let dev = dfdx::tensor::Cpu::default();
+    let spec = &exp.spec;
+    let plans: Vec<RunPlan> = match all_runs {
+        true => exp.plans.clone(),
+        false => exp.selected().into_iter().cloned().collect(),
+    };
+    let written = write_report(
+        &dev,
+        &spec.name,
+        &plans,
+        spec.path(),
+        spec.has_sweep(),
+        &reports_dir.join(&spec.name),
+        with_samples,
+    )?;
+    if !written.unfinished.is_empty() {
+        eprintln!("note: not finished: {}", written.unfinished.join(", "));
+    }
+    Ok(written.dir.join("index.html"))
+}

@@ -1,0 +1,138 @@
+//! Helpers the integration tests share: model presets, the tiny spec, the binary, a browser.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+
+use gptlab::model::{MlpKind, ModelConfig, ModelOptions, NormKind, Position};
+
+/// The committed corpus (tiny-shakespeare).
+pub fn corpus_path() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
+}
+
+/// The `gptlab` binary of this build.
+pub fn gptlab() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("gptlab").unwrap()
+}
+
+/// Writes `text` to `dir/name`, with `CORPUS` replaced by the corpus path.
+pub fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text.replace("CORPUS", &corpus_path())).unwrap();
+    path
+}
+
+/// A spec that trains in a second: one layer of width 16, two heads, batch 4, two phases
+/// (10 steps at length 8, then 6 at 16), an evaluation every 5 steps on one batch.
+/// `CORPUS` stands for the data path (see [`write_spec`]); append `[[run]]`s or overrides.
+pub const TINY_SPEC: &str = r#"
+[experiment]
+seed = 5
+[data]
+path = "CORPUS"
+[model]
+n_layer = 1
+n_embd = 16
+n_head = 2
+dropout = 0.1
+[train]
+batch_size = 4
+eval_every = 5
+eval_batches = 1
+checkpoint_every = 4
+keep_checkpoints = 2
+[[phase]]
+seq_len = 8
+steps = 10
+[[phase]]
+seq_len = 16
+steps = 6
+"#;
+
+/// A config of `vocab` tokens at block size `block` with the options `arch`.
+pub fn config(vocab: usize, block: usize, arch: ModelOptions) -> ModelConfig {
+    ModelConfig {
+        vocab_size: vocab,
+        block_size: block,
+        arch,
+    }
+}
+
+/// gpt-mini (6 layers, width 192, 6 heads) on the 65 characters at block size `block`.
+pub fn gpt_mini(position: Position, block: usize) -> ModelConfig {
+    config(
+        65,
+        block,
+        ModelOptions {
+            position,
+            ..ModelOptions::default()
+        },
+    )
+}
+
+/// Two layers of width `n_embd` with `n_head` query and `n_kv_head` key/value heads.
+pub fn small(n_embd: usize, n_head: usize, n_kv_head: usize, position: Position) -> ModelOptions {
+    ModelOptions {
+        n_layer: 2,
+        n_embd,
+        n_head,
+        n_kv_head: Some(n_kv_head),
+        position,
+        ..ModelOptions::default()
+    }
+}
+
+/// `arch` with a LLaMA/Qwen3-style block: RMSNorm, SwiGLU, no biases, tied embeddings, q/k
+/// norms and an explicit head width.
+pub fn llama_style(arch: ModelOptions, head_dim: usize) -> ModelOptions {
+    ModelOptions {
+        norm: NormKind::RmsNorm,
+        mlp: MlpKind::Swiglu,
+        mlp_multiple_of: 8,
+        bias: false,
+        tie_embeddings: true,
+        qk_norm: true,
+        head_dim: Some(head_dim),
+        ..arch
+    }
+}
+
+/// The headless browser, or a failure saying how to install it (`.ci/run` does).
+pub fn chromium() -> String {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c.to_string();
+        }
+    }
+    panic!(
+        "no headless browser found (tried chromium, chromium-browser, google-chrome): this test renders \
+         the report page in a real browser. Install Debian's chromium (`apt-get install chromium`); \
+         `.ci/run` and `just test` do it."
+    );
+}
+
+/// The page's DOM after it loaded in headless Chromium (flags as the machine's notes advise:
+/// no sandbox as root, no background networking on a closed network).
+pub fn dump_dom(page: &Path, profile: &Path) -> String {
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
