@@ -70,9 +70,13 @@ test-cuda: build-cuda
     GPTLAB_BIN=cuda-tests "$(ls -d dist/gptlab-cuda-*/run.sh | head -1)" --test-threads 1
 
 # The test suite CI runs: fmt, clippy, every test (report page in headless Chromium), CUDA type-check.
+# Installs what it needs first (scripts/test-deps.sh: rustfmt, clippy, chromium). The tests are
+# built with the test-only `fault-injection` feature, which the resume tests use to kill gptlab
+# at chosen points.
 test:
+    bash scripts/test-deps.sh
     cargo fmt --check
-    cargo clippy --locked --all-targets -- -D warnings
-    cargo test --locked
+    cargo clippy --locked --all-targets --features fault-injection -- -D warnings
+    cargo test --locked --features fault-injection
     # The CUDA code path must keep compiling although CI has no GPU or toolkit.
     cargo check --locked --features cuda,ci-check --all-targets

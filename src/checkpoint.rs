@@ -68,6 +68,33 @@ pub struct OptimizerState {
     pub t: u64,
 }
 
+impl Meta {
+    /// The metadata of a checkpoint at `step`; the checksums and AdamW's count are filled in
+    /// by [`save`].
+    pub fn new(
+        step: usize,
+        phase: usize,
+        kind: Kind,
+        vocab: Vec<char>,
+        model: crate::model::ModelConfig,
+        identity: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            format: FORMAT,
+            step,
+            phase,
+            kind,
+            vocab,
+            model,
+            identity_sha256: identity_hash(&identity),
+            identity,
+            adam_t: 0,
+            model_sha256: String::new(),
+            optimizer_sha256: String::new(),
+        }
+    }
+}
+
 /// Current layout version.
 pub const FORMAT: u32 = 1;
 

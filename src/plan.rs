@@ -282,7 +282,9 @@ fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
 
 /// Checks the data-dependent parts of each run and lays out its plan.
 pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
-    let mut corpora: HashMap<(PathBuf, u64), Result<(Arc<Corpus>, String), String>> = HashMap::new();
+    // One read per (file, validation split): the corpus and its SHA-256, or why it cannot be read.
+    type Loaded = Result<(Arc<Corpus>, String), String>;
+    let mut corpora: HashMap<(PathBuf, u64), Loaded> = HashMap::new();
     let mut errors = vec![];
     let mut plans = vec![];
     for spec in specs {

@@ -120,19 +120,14 @@ fn cached_sampling_on_cuda_picks_the_tokens_the_cpu_picks() {
 }
 
 fn meta(config: &ModelConfig) -> gptlab::checkpoint::Meta {
-    gptlab::checkpoint::Meta {
-        format: gptlab::checkpoint::FORMAT,
-        step: 1,
-        phase: 0,
-        kind: gptlab::checkpoint::Kind::Periodic,
-        vocab: (0..65u8).map(|i| (b' ' + i) as char).collect(),
-        model: config.clone(),
-        identity: Default::default(),
-        identity_sha256: String::new(),
-        adam_t: 0,
-        model_sha256: String::new(),
-        optimizer_sha256: String::new(),
-    }
+    gptlab::checkpoint::Meta::new(
+        1,
+        0,
+        gptlab::checkpoint::Kind::Periodic,
+        (0..65u8).map(|i| (b' ' + i) as char).collect(),
+        config.clone(),
+        Default::default(),
+    )
 }
 
 #[test]

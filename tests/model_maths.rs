@@ -20,13 +20,13 @@ use rand_chacha::ChaCha8Rng;
 fn gpt_mini(position: Position, block_size: usize) -> ModelConfig {
     ModelConfig {
         vocab_size: 65,
-        block_size: block_size,
+        block_size,
         arch: ModelOptions {
             n_layer: 6,
             n_embd: 192,
             n_head: 6,
             n_kv_head: Some(6),
-            position: position,
+            position,
             dropout: 0.1,
             rope_base: 10_000.0,
             ..ModelOptions::default()
@@ -41,9 +41,9 @@ fn tiny(position: Position, n_head: usize, n_kv_head: usize) -> ModelConfig {
         arch: ModelOptions {
             n_layer: 2,
             n_embd: 8,
-            n_head: n_head,
+            n_head,
             n_kv_head: Some(n_kv_head),
-            position: position,
+            position,
             dropout: 0.0,
             rope_base: 10_000.0,
             ..ModelOptions::default()

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use assert_cmd::Command;
 use dfdx::prelude::*;
 use gptlab::checkpoint;
@@ -15,42 +17,10 @@ use gptlab::seed::{Stream, stream};
 use gptlab::train::{AdamW, train_step};
 use predicates::prelude::*;
 
-fn corpus_path() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
-}
-
-/// 16 steps in two phases (8 → 16), checkpoints every 4 steps, phase ends at 10 and 16.
+/// 16 steps in two phases (8 → 16), checkpoints every 4 steps, phase ends at 10 and 16
+/// (`common::TINY_SPEC`), as experiment `res`.
 fn spec(dir: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        r#"
-[experiment]
-name = "res"
-seed = 5
-[data]
-path = "{}"
-[model]
-n_layer = 1
-n_embd = 16
-n_head = 2
-dropout = 0.1
-[train]
-batch_size = 4
-eval_every = 5
-eval_batches = 1
-checkpoint_every = 4
-keep_checkpoints = 2
-[[phase]]
-seq_len = 8
-steps = 10
-[[phase]]
-seq_len = 16
-steps = 6
-{extra}"#,
-        corpus_path()
-    );
-    let path = dir.join("res.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::write_spec(dir, "res.toml", &format!("{}{extra}", common::TINY_SPEC))
 }
 
 fn gptlab(spec: &Path, runs: &Path) -> Command {
@@ -82,6 +52,11 @@ fn reference(dir: &Path) -> Vec<(usize, u32, Option<u32>)> {
 
 #[test]
 fn killed_anywhere_then_resumed_equals_the_uninterrupted_run() {
+    #[cfg(not(feature = "fault-injection"))]
+    panic!(
+        "this test kills gptlab at chosen points through the test-only `fault-injection` feature: \
+         run `cargo test --features fault-injection` (`just test` does)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let want = reference(dir.path());
     assert_eq!(want.len(), 16);
@@ -233,7 +208,7 @@ fn a_completed_run_is_not_retrained_and_an_extended_schedule_continues() {
 #[test]
 fn save_then_load_reproduces_the_next_step_exactly() {
     let dev = Cpu::default();
-    let corpus = Corpus::load(corpus_path().as_ref(), 0.1).unwrap();
+    let corpus = Corpus::load(common::corpus_path().as_ref(), 0.1).unwrap();
     let config = ModelConfig {
         vocab_size: 65,
         block_size: 16,
@@ -266,19 +241,14 @@ fn save_then_load_reproduces_the_next_step_exactly() {
         step(&mut model, &mut opt, s);
     }
     let dir = tempfile::tempdir().unwrap();
-    let meta = checkpoint::Meta {
-        format: checkpoint::FORMAT,
-        step: 5,
-        phase: 0,
-        kind: checkpoint::Kind::Periodic,
-        vocab: corpus.vocab.chars().to_vec(),
-        model: config.clone(),
-        identity: Default::default(),
-        identity_sha256: String::new(),
-        adam_t: 0,
-        model_sha256: String::new(),
-        optimizer_sha256: String::new(),
-    };
+    let meta = checkpoint::Meta::new(
+        5,
+        0,
+        checkpoint::Kind::Periodic,
+        corpus.vocab.chars().to_vec(),
+        config.clone(),
+        Default::default(),
+    );
     let saved = checkpoint::save(dir.path(), &model, &opt.state, meta).unwrap();
     let mut restored = Gpt::new(&dev, &config, 99);
     let mut restored_opt = AdamW::new(&restored, 0.9, 0.95, 1e-8, 0.1);

@@ -53,20 +53,23 @@ impl<D: Backend> Linear<D> {
     }
 }
 
-impl<D: Device<Float>> HasParams<D> for Linear<D> {
-    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
-        f(&self.weight);
-        if let Some(b) = &self.bias {
-            f(b);
+/// Visits a weight and its optional bias, the parameters of [`Linear`] and [`Norm`].
+macro_rules! weight_and_bias_params {
+    ($t:ident) => {
+        impl<D: Device<Float>> HasParams<D> for $t<D> {
+            fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
+                f(&self.weight);
+                self.bias.iter().for_each(f);
+            }
+            fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
+                f(&mut self.weight);
+                self.bias.iter_mut().for_each(f);
+            }
         }
-    }
-    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
-        }
-    }
+    };
 }
+
+weight_and_bias_params!(Linear);
 
 /// LayerNorm (gain 1, bias 0) or RMSNorm (gain 1) over the channel axis.
 #[derive(Clone, Debug)]
@@ -99,20 +102,7 @@ impl<D: Backend> Norm<D> {
     }
 }
 
-impl<D: Device<Float>> HasParams<D> for Norm<D> {
-    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
-        f(&self.weight);
-        if let Some(b) = &self.bias {
-            f(b);
-        }
-    }
-    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
-        }
-    }
-}
+weight_and_bias_params!(Norm);
 
 /// The position-wise feed-forward network: `proj(GELU(fc(x)))`, or with a gate
 /// `proj(SiLU(gate(x)) ⊙ fc(x))` (SwiGLU). The block applies dropout to its output.

@@ -153,20 +153,8 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
     let started = Instant::now();
     let (mut last_train, mut last_val) = (None, None);
     let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {
-        let identity = plan.identity(step);
-        let meta = Meta {
-            format: checkpoint::FORMAT,
-            step,
-            phase,
-            kind,
-            vocab: corpus.vocab.chars().to_vec(),
-            model: plan.model.clone(),
-            identity_sha256: checkpoint::identity_hash(&identity),
-            identity,
-            adam_t: 0,
-            model_sha256: String::new(),
-            optimizer_sha256: String::new(),
-        };
+        let vocab = corpus.vocab.chars().to_vec();
+        let meta = Meta::new(step, phase, kind, vocab, plan.model.clone(), plan.identity(step));
         run_dir.save_checkpoint(model, &opt.state, meta, t.keep_checkpoints)?;
         run_dir.write_status(&RunStatus::Running { step })
     };

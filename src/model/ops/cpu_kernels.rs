@@ -1,4 +1,4 @@
-//! Plain-slice CPU kernels behind the fused operations of [`super::cpu`]: matrix products
+//! Plain-slice CPU kernels behind the fused CPU operations (`ops/cpu.rs`): matrix products
 //! on strided views, GELU, rotary embedding. Each one is a pure function of its slices, so it
 //! can be tested and profiled without dfdx around it.
 
