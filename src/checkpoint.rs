@@ -96,7 +96,9 @@ impl Meta {
 }
 
 /// Current layout version.
-pub const FORMAT: u32 = 1;
+/// 2: `model` holds the architecture as `ModelOptions` under `arch`, and the identity is
+/// derived from the config (gptlab 0.1 after the one-way architecture change).
+pub const FORMAT: u32 = 2;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -214,16 +216,21 @@ pub struct Loaded {
 /// Reads `dir` and checks both checksums; any mismatch or missing file is an error.
 pub fn read(dir: &Path) -> Result<Loaded> {
     let meta_path = dir.join("meta.json");
-    let meta: Meta = serde_json::from_str(
-        &fs::read_to_string(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?,
-    )
-    .with_context(|| format!("{} is not valid checkpoint metadata", meta_path.display()))?;
-    ensure!(
-        meta.format == FORMAT,
-        "{}: checkpoint format {} is not the supported {FORMAT}",
-        dir.display(),
-        meta.format
-    );
+    let text = fs::read_to_string(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?;
+    // The layout version first, so a checkpoint of another gptlab says so instead of failing
+    // to parse as if it were corrupt.
+    let format = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("format")?.as_u64());
+    if let Some(format) = format.filter(|&f| f != u64::from(FORMAT)) {
+        bail!(
+            "{}: checkpoint format {format} (written by another gptlab version) is not the supported {FORMAT}; \
+             --fresh starts the run over",
+            dir.display()
+        );
+    }
+    let meta: Meta = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid checkpoint metadata", meta_path.display()))?;
     let model_bytes = fs::read(dir.join("model.safetensors"))
         .with_context(|| format!("reading {}/model.safetensors", dir.display()))?;
     ensure!(
