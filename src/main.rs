@@ -6,155 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cli;
+
 use anyhow::{Context, anyhow};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select};
 use gptlab::Error;
-use gptlab::device::DeviceRequest;
 use gptlab::sample::{SampleOptions, Sampler};
 use gptlab::session::{Experiment, SessionOptions};
-use gptlab::spec::SetArg;
 
 /// Counts live bytes so attention memory can be measured (`[measure] attention = true`).
 #[global_allocator]
 static ALLOCATOR: gptlab::probe::CountingAlloc = gptlab::probe::CountingAlloc;
-
-#[derive(Parser)]
-#[command(
-    name = "gptlab",
-    version,
-    about = "Compare transformer variants by writing a TOML file"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// List every spec under a folder: name, runs, total steps (or its errors).
-    List {
-        /// Folder to search.
-        #[arg(default_value = "experiments")]
-        dir: PathBuf,
-    },
-    /// Parse and check spec files; exit 0 if all are valid.
-    Validate {
-        /// Spec files.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        #[command(flatten)]
-        select: Select,
-    },
-    /// Show the expanded runs: overrides, phases, parameters, tokens.
-    Plan {
-        /// Spec file.
-        file: PathBuf,
-        #[command(flatten)]
-        select: Select,
-    },
-    /// Train every run of a spec (or those named with --only), then write its report.
-    Run(RunArgs),
-    /// Train every point of a spec's [sweep] grid, then write its report.
-    Sweep(RunArgs),
-    /// Write reports/<experiment>/ from the runs' metrics and checkpoints.
-    Report {
-        /// Spec file.
-        file: PathBuf,
-        #[command(flatten)]
-        select: Select,
-        #[command(flatten)]
-        out: OutDirs,
-        /// Skip generating text samples.
-        #[arg(long)]
-        no_samples: bool,
-    },
-    /// Parameters per component and memory to train or serve, for a spec's runs or a
-    /// Hugging Face `config.json`.
-    Params {
-        /// A spec (`.toml`) or a model's `config.json`.
-        file: PathBuf,
-        #[command(flatten)]
-        select: Select,
-        /// Context length for the KV-cache figure.
-        #[arg(long, default_value_t = 4096)]
-        context: u64,
-        /// Batch size for the KV-cache figure.
-        #[arg(long, default_value_t = 1)]
-        batch: u64,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Generate text from a checkpoint folder (runs/<experiment>/<run>/checkpoints/step_N).
-    Sample {
-        /// Checkpoint folder.
-        checkpoint: PathBuf,
-        /// Text to continue.
-        #[arg(long)]
-        prompt: String,
-        /// Characters to generate.
-        #[arg(long, default_value_t = 500)]
-        tokens: usize,
-        /// Softmax temperature.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f64,
-        /// Keep only the K most likely characters (0: all).
-        #[arg(long, default_value_t = 10)]
-        top_k: usize,
-        /// Seed of the sampling stream.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
-}
-
-#[derive(Args, Clone)]
-struct OutDirs {
-    /// Folder that holds `<experiment>/<run>/`.
-    #[arg(long, default_value = "runs")]
-    runs_dir: PathBuf,
-    /// Folder that holds `<experiment>/` reports.
-    #[arg(long, default_value = "reports")]
-    reports_dir: PathBuf,
-}
-
-#[derive(Args, Clone)]
-struct Select {
-    /// Override a key for every run, e.g. --set train.batch_size=16 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<SetArg>,
-    /// Only these runs (repeatable).
-    #[arg(long = "only", value_name = "RUN")]
-    only: Vec<String>,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// Spec file.
-    file: PathBuf,
-    #[command(flatten)]
-    select: Select,
-    #[command(flatten)]
-    out: OutDirs,
-    /// Do not write the report at the end.
-    #[arg(long)]
-    no_report: bool,
-    /// Start every selected run over: discard its checkpoints and metrics.
-    #[arg(long)]
-    fresh: bool,
-    /// Worker threads in all (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Device: auto (GPU when this build has CUDA and one is present), cpu or cuda; overrides
-    /// `[experiment] device`.
-    #[arg(long, value_name = "auto|cpu|cuda")]
-    device: Option<DeviceRequest>,
-    /// Runs to train at the same time, dividing the threads between them (default 1).
-    #[arg(long, default_value_t = 1)]
-    jobs: usize,
-    /// No progress output.
-    #[arg(long, short)]
-    quiet: bool,
-}
 
 type Outcome = Result<ExitCode, Error>;
 
@@ -167,27 +30,9 @@ fn main() -> ExitCode {
         Command::Plan { file, select } => show_plan(&file, &select),
         Command::Run(args) => run(&args, false),
         Command::Sweep(args) => run(&args, true),
-        Command::Report {
-            file,
-            select,
-            out,
-            no_samples,
-        } => report(&file, &select, &out, !no_samples),
-        Command::Params {
-            file,
-            select,
-            context,
-            batch,
-            json,
-        } => params(&file, &select, context, batch, json),
-        Command::Sample {
-            checkpoint,
-            prompt,
-            tokens,
-            temperature,
-            top_k,
-            seed,
-        } => sample(&checkpoint, &prompt, tokens, temperature, top_k, seed),
+        Command::Report(args) => report(&args),
+        Command::Params(args) => params(&args),
+        Command::Sample(args) => sample(&args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("{e}");
@@ -278,43 +123,46 @@ fn run(args: &RunArgs, sweep: bool) -> Outcome {
     }
 }
 
-fn report(file: &Path, select: &Select, out: &OutDirs, with_samples: bool) -> Outcome {
-    let exp = load(file, select, &out.runs_dir)?;
-    let page = gptlab::session::report(&exp, &out.reports_dir, false, with_samples)?;
+fn report(args: &ReportArgs) -> Outcome {
+    let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
+    let page = gptlab::session::report(&exp, &args.out.reports_dir, false, !args.no_samples)?;
     println!("report: {}", page.display());
     Ok(ExitCode::SUCCESS)
 }
 
-fn sample(checkpoint: &Path, prompt: &str, tokens: usize, temperature: f64, top_k: usize, seed: u64) -> Outcome {
+fn sample(args: &SampleArgs) -> Outcome {
+    let temperature = args.temperature;
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(Error::Runtime(anyhow!(
-            "--temperature must be a positive number, not {temperature}"
-        )));
+        let why = format!("--temperature must be a positive number, not {temperature}");
+        return Err(Error::Runtime(anyhow!(why)));
     }
-    let dev = dfdx::tensor::Cpu::default();
-    let sampler =
-        Sampler::load(&dev, checkpoint).with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
+    let (dev, dir) = (dfdx::tensor::Cpu::default(), &args.checkpoint);
+    let sampler = Sampler::load(&dev, dir).with_context(|| format!("loading checkpoint {}", dir.display()))?;
     let opts = SampleOptions {
-        max_new_tokens: tokens,
+        max_new_tokens: args.tokens,
         temperature,
-        top_k,
-        seed,
+        top_k: args.top_k,
+        seed: args.seed,
     };
-    println!("{prompt}{}", sampler.generate(prompt, &opts)?);
+    println!("{}{}", args.prompt, sampler.generate(&args.prompt, &opts)?);
     Ok(ExitCode::SUCCESS)
 }
 
-fn params(file: &Path, select: &Select, context: u64, batch: u64, json: bool) -> Outcome {
+fn params(args: &ParamsArgs) -> Outcome {
     use gptlab::params::Arch;
+    let file = &args.file;
     let archs: Vec<(String, Arch)> = if file.extension().is_some_and(|e| e == "json") {
         vec![(file.display().to_string(), Arch::from_hf_config(file)?)]
     } else {
-        let exp = load(file, select, Path::new("runs"))?;
-        exp.selected()
-            .iter()
+        let exp = load(file, &args.select, Path::new("runs"))?;
+        let runs = exp.selected();
+        runs.iter()
             .map(|p| (p.name.clone(), Arch::from_model(&p.model)))
             .collect()
     };
-    println!("{}", gptlab::params::render(&archs, context, batch, json)?);
+    println!(
+        "{}",
+        gptlab::params::render(&archs, args.context, args.batch, args.json)?
+    );
     Ok(ExitCode::SUCCESS)
 }

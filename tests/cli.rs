@@ -1,24 +1,12 @@
 //! The `gptlab` binary as a user meets it: every kind of bad spec gives a clear error that
 //! names the file, the line and the key, with exit code 2; good specs list, plan and train.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use assert_cmd::Command;
+mod common;
+
+use common::{gptlab, write_spec as write};
 use predicates::prelude::*;
-
-fn corpus() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
-}
-
-fn gptlab() -> Command {
-    Command::cargo_bin("gptlab").unwrap()
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text.replace("CORPUS", &corpus())).unwrap();
-    path
-}
 
 const PHASE: &str = "[[phase]]\nseq_len = 8\nsteps = 2\n";
 

@@ -3,14 +3,13 @@
 //! values and gradients for MHA, GQA and MQA over several shapes (odd sizes, T = 1), and
 //! gradients with dropout against finite differences.
 
+mod common;
+
+use common::fused::{assert_close, random};
 use dfdx::prelude::*;
 use gptlab::model::{Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention, reference_rotary};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-fn random(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| r.gen_range(-1.0..1.0)).collect()
-}
 
 /// `Σ y ⊙ w` and its gradients with respect to q, k and v, through `attend`.
 fn grads_through(
@@ -70,18 +69,10 @@ fn fused_equals_the_composition_in_values_and_gradients() {
             &v,
             &w,
         );
-        let close = |a: &[f32], b: &[f32], what: &str| {
-            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-            assert!(
-                err < 1e-5,
-                "{what} (B={b:?} T={t} H={h} Hkv={hkv} hd={hd}): max error {err}",
-                b = a.len()
-            );
-        };
-        close(&fused_y, &ref_y, "output");
-        for (name, (f, rf)) in ["dq", "dk", "dv"].iter().zip(fused_g.iter().zip(&ref_g)) {
-            close(f, rf, name);
-        }
+        let case = format!("attention (B={b} T={t} H={h} Hkv={hkv} hd={hd})");
+        let got = [vec![fused_y], fused_g.to_vec()].concat();
+        let want = [vec![ref_y], ref_g.to_vec()].concat();
+        assert_close(&case, &["y", "dq", "dk", "dv"], &got, &want, 1e-5, 0.0);
     }
 }
 
@@ -157,11 +148,8 @@ fn fused_gelu_equals_dfdx_fast_gelu_in_values_and_gradients() {
             let g = (y * wt.clone()).sum().backward();
             (values, g.get(&xt).as_vec())
         };
-        let (fy, fg) = run(true);
-        let (ry, rg) = run(false);
-        for (a, b) in fy.iter().zip(&ry).chain(fg.iter().zip(&rg)) {
-            assert!((a - b).abs() <= 2e-6 + 2e-5 * b.abs(), "n={n}: {a} vs {b}");
-        }
+        let ((fy, fg), (ry, rg)) = (run(true), run(false));
+        assert_close(&format!("gelu (n={n})"), &["y", "dx"], &[fy, fg], &[ry, rg], 2e-6, 2e-5);
     }
 }
 
@@ -223,14 +211,8 @@ fn fused_layer_norm_and_bias_equal_the_composition() {
             ("layer_norm", (&fused, &reference)),
             ("add_bias", (&biased, &biased_ref)),
         ] {
-            for (part, (u, v)) in ["y", "dx", "da", "db"].iter().zip(f.iter().zip(rf.iter())) {
-                for (p, q) in u.iter().zip(v) {
-                    assert!(
-                        (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
-                        "{what} {part} (N={n}, C={c}): {p} vs {q}"
-                    );
-                }
-            }
+            let case = format!("{what} (N={n}, C={c})");
+            assert_close(&case, &["y", "dx", "da", "db"], f, rf, 1e-4, 1e-4);
         }
     }
 }
@@ -262,11 +244,9 @@ fn fused_rotary_equals_the_composition_in_values_and_gradients() {
             let g = (y * w.clone()).sum().backward();
             (values, g.get(&x).as_vec())
         };
-        let (fy, fg) = run(true);
-        let (ry, rg) = run(false);
-        for (a, b) in fy.iter().zip(&ry).chain(fg.iter().zip(&rg)) {
-            assert!((a - b).abs() < 1e-5, "B={b} T={t} nh={nh} hd={hd}: {a} vs {b}");
-        }
+        let ((fy, fg), (ry, rg)) = (run(true), run(false));
+        let case = format!("rotary (B={b} T={t} nh={nh} hd={hd})");
+        assert_close(&case, &["y", "dx"], &[fy, fg], &[ry, rg], 1e-5, 0.0);
     }
 }
 
@@ -303,16 +283,8 @@ fn fused_linear_equals_the_composition_in_values_and_gradients() {
             let db = if bias { g.get(&b).as_vec() } else { vec![] };
             [values, g.get(&x).as_vec(), g.get(&w).as_vec(), db]
         };
-        let (fused, reference) = (run(true), run(false));
-        for (part, (u, v)) in ["y", "dx", "dw", "db"].iter().zip(fused.iter().zip(&reference)) {
-            assert_eq!(u.len(), v.len());
-            for (p, q) in u.iter().zip(v) {
-                assert!(
-                    (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
-                    "linear {part} (N={n}, in={d_in}, out={d_out}, bias={bias}): {p} vs {q}"
-                );
-            }
-        }
+        let case = format!("linear (N={n}, in={d_in}, out={d_out}, bias={bias})");
+        assert_close(&case, &["y", "dx", "dw", "db"], &run(true), &run(false), 1e-4, 1e-4);
     }
 }
 
@@ -434,18 +406,8 @@ fn fused_gelu_mlp_equals_the_composition_in_values_and_gradients() {
                 biases[1].clone(),
             ]
         };
-        let (fused, reference) = (run(true), run(false));
-        for (part, (u, v)) in ["y", "dx", "dw1", "dw2", "db1", "db2"]
-            .iter()
-            .zip(fused.iter().zip(&reference))
-        {
-            assert_eq!(u.len(), v.len());
-            for (p, q) in u.iter().zip(v) {
-                assert!(
-                    (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
-                    "mlp {part} (N={n}, C={c}, H={hidden}, bias={bias}): {p} vs {q}"
-                );
-            }
-        }
+        let case = format!("mlp (N={n}, C={c}, H={hidden}, bias={bias})");
+        let parts = ["y", "dx", "dw1", "dw2", "db1", "db2"];
+        assert_close(&case, &parts, &run(true), &run(false), 1e-4, 1e-4);
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers the integration tests share: model presets, the tiny spec, the binary, a browser.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod fused;
+
 use std::path::{Path, PathBuf};
 
 use gptlab::model::{MlpKind, ModelConfig, ModelOptions, NormKind, Position};

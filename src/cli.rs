@@ -1,0 +1,154 @@
+//! The command line's arguments (clap definitions only; `main.rs` acts on them).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use gptlab::device::DeviceRequest;
+use gptlab::spec::SetArg;
+
+#[derive(Parser)]
+#[command(
+    name = "gptlab",
+    version,
+    about = "Compare transformer variants by writing a TOML file"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// List every spec under a folder: name, runs, total steps (or its errors).
+    List {
+        /// Folder to search.
+        #[arg(default_value = "experiments")]
+        dir: PathBuf,
+    },
+    /// Parse and check spec files; exit 0 if all are valid.
+    Validate {
+        /// Spec files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Show the expanded runs: overrides, phases, parameters, tokens.
+    Plan {
+        /// Spec file.
+        file: PathBuf,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Train every run of a spec (or those named with --only), then write its report.
+    Run(RunArgs),
+    /// Train every point of a spec's [sweep] grid, then write its report.
+    Sweep(RunArgs),
+    /// Write reports/<experiment>/ from the runs' metrics and checkpoints.
+    Report(ReportArgs),
+    /// Parameters per component and memory to train or serve, for a spec's runs or a
+    /// Hugging Face `config.json`.
+    Params(ParamsArgs),
+    /// Generate text from a checkpoint folder (runs/<experiment>/<run>/checkpoints/step_N).
+    Sample(SampleArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct OutDirs {
+    /// Folder that holds `<experiment>/<run>/`.
+    #[arg(long, default_value = "runs")]
+    pub(crate) runs_dir: PathBuf,
+    /// Folder that holds `<experiment>/` reports.
+    #[arg(long, default_value = "reports")]
+    pub(crate) reports_dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct Select {
+    /// Override a key for every run, e.g. --set train.batch_size=16 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) sets: Vec<SetArg>,
+    /// Only these runs (repeatable).
+    #[arg(long = "only", value_name = "RUN")]
+    pub(crate) only: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Spec file.
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) select: Select,
+    #[command(flatten)]
+    pub(crate) out: OutDirs,
+    /// Do not write the report at the end.
+    #[arg(long)]
+    pub(crate) no_report: bool,
+    /// Start every selected run over: discard its checkpoints and metrics.
+    #[arg(long)]
+    pub(crate) fresh: bool,
+    /// Worker threads in all (default: all cores).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+    /// Device: auto (GPU when this build has CUDA and one is present), cpu or cuda; overrides
+    /// `[experiment] device`.
+    #[arg(long, value_name = "auto|cpu|cuda")]
+    pub(crate) device: Option<DeviceRequest>,
+    /// Runs to train at the same time, dividing the threads between them (default 1).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) jobs: usize,
+    /// No progress output.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ReportArgs {
+    /// Spec file.
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) select: Select,
+    #[command(flatten)]
+    pub(crate) out: OutDirs,
+    /// Skip generating text samples.
+    #[arg(long)]
+    pub(crate) no_samples: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ParamsArgs {
+    /// A spec (`.toml`) or a model's `config.json`.
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) select: Select,
+    /// Context length for the KV-cache figure.
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) context: u64,
+    /// Batch size for the KV-cache figure.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) batch: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct SampleArgs {
+    /// Checkpoint folder.
+    pub(crate) checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long)]
+    pub(crate) prompt: String,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) tokens: usize,
+    /// Softmax temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) temperature: f64,
+    /// Keep only the K most likely characters (0: all).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) top_k: usize,
+    /// Seed of the sampling stream.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+}
