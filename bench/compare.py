@@ -60,6 +60,9 @@ def main():
         print(f"threads: gptlab {os.cpu_count()} (rayon default), torch default")
     else:
         print("device: cuda (GPU 0) for both")
+    # The reference moves between releases: say which one this table was measured against.
+    version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    print(f"pytorch: {version.stdout.strip() or 'unknown'}")
     print(f"worst ratio: {max(r[6] for r in rows):.2f}")
 
 
