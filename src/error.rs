@@ -7,7 +7,11 @@ use crate::spec::SpecErrors;
 pub enum Error {
     /// The spec (or a `--set`) is wrong: every problem, with file, line and key. Exit 2.
     Spec(SpecErrors),
-    /// Something else went wrong: I/O, a run that cannot resume, a device. Exit 1.
+    /// A bad command-line argument (a run that does not exist, a device this build lacks, a
+    /// value out of range): one line saying why. Exit 2.
+    Usage(String),
+    /// Something else went wrong: I/O, a run that cannot resume, a result that would be stale.
+    /// Exit 1.
     Runtime(anyhow::Error),
 }
 
@@ -15,7 +19,7 @@ impl Error {
     /// The process exit code for this failure (see the README's table).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Spec(_) => 2,
+            Error::Spec(_) | Error::Usage(_) => 2,
             Error::Runtime(_) => 1,
         }
     }
@@ -25,6 +29,7 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Spec(e) => write!(f, "{e}"),
+            Error::Usage(why) => write!(f, "error: {why}"),
             Error::Runtime(e) => write!(f, "error: {e:#}"),
         }
     }

@@ -1,10 +1,21 @@
-//! Ctrl-C: the first press asks training to stop after the current step with a checkpoint;
-//! the second exits at once (the last checkpoint is intact).
+//! Signals. Ctrl-C, SIGTERM and SIGHUP (what Slurm, systemd and `timeout` send): the first asks
+//! training to stop after the current step with a checkpoint; the second exits at once (the
+//! last checkpoint is intact). SIGPIPE: output to a closed pipe ends the process quietly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Installs the handler and returns the flag it sets. Installing fails only if another
+/// Restores the default action of SIGPIPE, so `gptlab plan … | head -1` ends quietly like any
+/// Unix tool instead of panicking on the failed write (Rust ignores SIGPIPE by default).
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) with SIG_DFL installs no handler of ours; it runs before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Installs the handler (Ctrl-C, SIGTERM, SIGHUP) and returns the flag it sets. Installing fails only if another
 /// handler was installed first; then Ctrl-C stops the process without a checkpoint, and a
 /// warning says so.
 pub fn install() -> Arc<AtomicBool> {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 mod cli;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select};
 use gptlab::Error;
@@ -23,6 +23,7 @@ type Outcome = Result<ExitCode, Error>;
 
 fn main() -> ExitCode {
     gptlab::alloc::keep_freed_memory();
+    gptlab::interrupt::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::List { dir } => list(&dir),
@@ -47,7 +48,7 @@ fn load(file: &Path, select: &Select, runs_dir: &Path) -> Result<Experiment, Err
 
 fn list(dir: &Path) -> Outcome {
     if !dir.is_dir() {
-        return Err(Error::Runtime(anyhow!("{} is not a folder", dir.display())));
+        return Err(Error::Usage(format!("{} is not a folder", dir.display())));
     }
     let (text, bad) = gptlab::discover::listing(dir, &gptlab::discover::discover(dir));
     println!("{text}");
@@ -86,11 +87,8 @@ fn show_plan(file: &Path, select: &Select) -> Outcome {
 
 fn run(args: &RunArgs, sweep: bool) -> Outcome {
     let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
-    if sweep && !exp.spec.has_sweep() {
-        return Err(Error::Runtime(anyhow!(
-            "{} has no [sweep] section; use `gptlab run`",
-            args.file.display()
-        )));
+    if args.threads == Some(0) || args.jobs == 0 {
+        return Err(Error::Usage("--threads and --jobs must be at least 1".into()));
     }
     let opts = SessionOptions {
         fresh: args.fresh,
@@ -132,12 +130,19 @@ fn report(args: &ReportArgs) -> Outcome {
 
 fn sample(args: &SampleArgs) -> Outcome {
     let temperature = args.temperature;
-    if !(temperature.is_finite() && temperature > 0.0) {
-        let why = format!("--temperature must be a positive number, not {temperature}");
-        return Err(Error::Runtime(anyhow!(why)));
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        let why = format!("--temperature must be 0 (greedy) or a positive number, not {temperature}");
+        return Err(Error::Usage(why));
+    }
+    if args.prompt.is_empty() {
+        return Err(Error::Usage(
+            "--prompt is empty: give at least one character to continue".into(),
+        ));
     }
     let (dev, dir) = (dfdx::tensor::Cpu::default(), &args.checkpoint);
     let sampler = Sampler::load(&dev, dir).with_context(|| format!("loading checkpoint {}", dir.display()))?;
+    let known = sampler.vocab.encode(&args.prompt);
+    known.map_err(|e| Error::Usage(format!("--prompt: {e:#}")))?;
     let opts = SampleOptions {
         max_new_tokens: args.tokens,
         temperature,

@@ -192,6 +192,41 @@ impl RunPlan {
         id
     }
 
+    /// What differs between a checkpoint's identity `saved` (written at `step`) and this plan,
+    /// one line per setting, in the spec's words: empty when the checkpoint can resume it.
+    pub fn identity_diff(&self, saved: &BTreeMap<String, String>, step: usize) -> Vec<String> {
+        let now = self.identity(step);
+        let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
+        let show = |v: Option<&String>| v.map_or_else(|| "(not set)".to_string(), |s| format!("`{s}`"));
+        let mut phase_length_said = false;
+        keys.into_iter()
+            .filter(|k| saved.get(*k) != now.get(*k))
+            .filter_map(|k| {
+                let (was, is) = (saved.get(k), now.get(k));
+                let phase = k.strip_prefix("phase.").and_then(|rest| rest.split_once('.'));
+                let line = match (phase, is) {
+                    // Once one phase changed length the later ones shift too: say it once.
+                    (Some(_), Some(_)) if k.ends_with(".steps_done") && phase_length_said => return None,
+                    (Some((i, "steps_done")), Some(_)) => {
+                        phase_length_said = true;
+                        let steps = i.parse::<usize>().ok().and_then(|i| self.schedule.phases.get(i)).map(|p| p.steps);
+                        format!(
+                            "phase {i} had run {} steps at the checkpoint (step {step}), but the spec now makes it \
+                             {} steps long: a phase that has run cannot change length; add a [[phase]] at the end instead",
+                            was.map_or("no", |s| s.as_str()),
+                            steps.map_or_else(|| "?".to_string(), |s| s.to_string())
+                        )
+                    }
+                    (Some((i, _)), None) => {
+                        format!("phase {i} ran with {k} = {}, the spec no longer has a phase {i}", show(was))
+                    }
+                    _ => format!("{k}: was {} when trained, the spec now says {}", show(was), show(is)),
+                };
+                Some(line)
+            })
+            .collect()
+    }
+
     /// A rough upper estimate of the memory training needs, in bytes: weights, gradients and
     /// two AdamW moments (16 bytes a parameter) plus activations kept for backward, about 48
     /// floats per token, channel and layer (calibrated on gpt-mini: 1.75 GB measured at B=64,

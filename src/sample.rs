@@ -33,8 +33,17 @@ pub struct Sampler<D: Backend> {
 }
 
 impl<D: Backend> Sampler<D> {
-    /// Loads a verified checkpoint folder (`.../checkpoints/step_N`).
+    /// Loads a verified checkpoint folder (`.../checkpoints/step_N`), or the newest
+    /// checkpoint of a run folder (`runs/<experiment>/<run>`).
     pub fn load(dev: &D, dir: &Path) -> Result<Self> {
+        let run_dir = crate::run_dir::RunDir::new(dir);
+        let newest = run_dir.checkpoints_path().is_dir().then(|| run_dir.newest_checkpoint());
+        let dir = match newest {
+            None => dir.to_path_buf(),
+            Some(Some(newest)) => newest,
+            Some(None) => anyhow::bail!("run folder {} has no checkpoint", dir.display()),
+        };
+        let dir = dir.as_path();
         let loaded = checkpoint::read(dir)?;
         let mut model = Gpt::new(dev, &loaded.meta.model, 0);
         loaded
@@ -140,6 +149,9 @@ pub fn pick(logits: &[Float], temperature: f64, top_k: usize, rng: &mut impl Rng
     let mut order: Vec<usize> = (0..logits.len()).collect();
     // Ties go to the lower id, so top-k 1 is the argmax with a fixed rule.
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if temperature == 0.0 {
+        return order[0]; // greedy
+    }
     let k = if top_k == 0 {
         logits.len()
     } else {

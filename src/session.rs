@@ -31,6 +31,8 @@ pub struct Experiment {
     pub plans: Vec<RunPlan>,
     /// The runs named by `--only` (empty: all).
     pub only: Vec<String>,
+    /// The experiment's name: the spec's, or the one `--set experiment.name` gives.
+    name: String,
 }
 
 impl Experiment {
@@ -38,20 +40,27 @@ impl Experiment {
     /// must name runs of the experiment.
     pub fn load(file: &Path, sets: &[SetArg], only: &[String], runs_dir: &Path) -> Result<Self, Error> {
         let spec = SpecFile::load(file)?;
-        let runs = spec.expand(sets)?;
+        let runs = match spec.expand(sets) {
+            Ok(runs) => runs,
+            // The runs `--only` leaves out need not take the `--set`s (one may set a key itself).
+            Err(_) if !only.is_empty() => spec.expand_selected(sets, only)?,
+            Err(e) => return Err(e.into()),
+        };
         let unknown: Vec<&String> = only.iter().filter(|o| !runs.iter().any(|r| &r.name == *o)).collect();
         if !unknown.is_empty() {
             let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
-            return Err(Error::Runtime(anyhow!(
-                "{}: no run named {:?}; its runs are {:?}",
+            return Err(Error::Usage(format!(
+                "{}: --only names no run {:?}; its runs are {:?}",
                 file.display(),
                 unknown,
                 names
             )));
         }
+        let name = runs.first().map_or_else(|| spec.name.clone(), |r| r.experiment.clone());
         let plans = plan(&runs, runs_dir)?;
         Ok(Self {
             spec,
+            name,
             plans,
             only: only.to_vec(),
         })
@@ -59,7 +68,7 @@ impl Experiment {
 
     /// The experiment's name (its output folders).
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.name
     }
 
     /// The runs selected with `--only` (all of them when none was named).
@@ -127,7 +136,7 @@ fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan]) -> Result<C
                 [] => DeviceRequest::Auto,
                 [one] => *one,
                 _ => {
-                    return Err(Error::Runtime(anyhow!(
+                    return Err(Error::Usage(format!(
                         "the runs ask for different devices ({}); train them separately with --only, or pass --device",
                         asked.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
                     )));
@@ -135,7 +144,7 @@ fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan]) -> Result<C
             }
         }
     };
-    let (chosen, why) = crate::device::choose(request).map_err(|e| Error::Runtime(anyhow!(e)))?;
+    let (chosen, why) = crate::device::choose(request).map_err(Error::Usage)?;
     eprintln!("{why}");
     Ok(chosen)
 }
@@ -168,6 +177,37 @@ fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Refuses runs whose newest checkpoint was trained with other settings than the spec now
+/// gives them (a completed one too: its results would be reported as this configuration's),
+/// listing every differing setting of every such run and the ways out.
+fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
+    let mut refused = vec![];
+    for p in plans {
+        let newest = RunDir::new(&p.dir)
+            .checkpoints()
+            .into_iter()
+            .find_map(|(step, dir)| Some((step, crate::checkpoint::read_meta(&dir)?)));
+        let Some((step, meta)) = newest else { continue };
+        let diff = p.identity_diff(&meta.identity, step.min(p.schedule.total_steps()));
+        if !diff.is_empty() {
+            refused.push(format!(
+                "run `{}` ({}) was trained with other settings:\n  {}",
+                p.name,
+                p.dir.display(),
+                diff.join("\n  ")
+            ));
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{}\n--fresh retrains these runs from scratch (their results are replaced), or \
+         --set experiment.name=<new name> trains this configuration beside `{experiment}`",
+        refused.join("\n")
+    )))
+}
+
 /// Trains the selected runs of `exp` and writes its report (unless interrupted).
 pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, Error> {
     let selected = exp.selected();
@@ -187,6 +227,10 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         Some(root) => Some(ExperimentLock::acquire(root)?),
         None => None,
     };
+
+    if !opts.fresh {
+        check_identities(&selected, exp.name())?;
+    }
 
     let mut outcome = SessionOutcome {
         runs: selected.len(),
@@ -295,13 +339,25 @@ pub fn report(exp: &Experiment, reports_dir: &Path, all_runs: bool, with_samples
         true => exp.plans.clone(),
         false => exp.selected().into_iter().cloned().collect(),
     };
+    let trained = plans.iter().any(|p| RunDir::new(&p.dir).metrics_path().is_file());
+    if !trained {
+        let runs_dir = plans
+            .first()
+            .and_then(|p| p.dir.parent())
+            .map(|d| d.display().to_string());
+        anyhow::bail!(
+            "nothing to report for `{}`: no run has trained yet (no metrics under {}); train it with `gptlab run`",
+            exp.name(),
+            runs_dir.unwrap_or_default()
+        );
+    }
     let written = write_report(
         &dev,
-        &spec.name,
+        exp.name(),
         &plans,
         spec.path(),
         spec.has_sweep(),
-        &reports_dir.join(&spec.name),
+        &reports_dir.join(exp.name()),
         with_samples,
     )?;
     if !written.unfinished.is_empty() {

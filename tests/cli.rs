@@ -30,10 +30,10 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
         ("nophase.toml", "[data]\npath = \"CORPUS\"\n".into(), 0, "phase", "at least one [[phase]]"),
         (
             "long.toml",
-            "[data]\npath = \"tiny.txt\"\nval_fraction = 0.0\n[[phase]]\nseq_len = 8\nsteps = 2\n[[phase]]\nseq_len = 300\nsteps = 2\n".into(),
+            "[data]\npath = \"tiny.txt\"\nval_fraction = 0.4\n[[phase]]\nseq_len = 8\nsteps = 2\n[[phase]]\nseq_len = 300\nsteps = 2\n".into(),
             8,
             "phase.1.seq_len",
-            "has only 27",
+            "training split of",
         ),
         ("missing.toml", format!("[data]\npath = \"nope/none.txt\"\n{PHASE}"), 2, "data.path", "not found"),
         (
@@ -265,14 +265,16 @@ fn smoke_trains_end_to_end_and_a_second_run_skips_completed_runs() {
         .current_dir(root)
         .args(["run", "experiments/smoke.toml", "--only", "nope"])
         .assert()
-        .code(1)
-        .stderr(predicate::str::contains("no run named"));
+        .code(2)
+        .stderr(predicate::str::contains("--only names no run"));
+    // A spec is a spec: `sweep` and `run` are interchangeable.
     gptlab()
         .current_dir(root)
         .args(["sweep", "experiments/smoke.toml"])
+        .args(&args[2..])
         .assert()
-        .code(1)
-        .stderr(predicate::str::contains("no [sweep]"));
+        .success()
+        .stderr(predicate::str::contains("already complete"));
 }
 
 #[test]
@@ -336,7 +338,7 @@ fn asking_a_cpu_build_for_cuda_is_a_clear_error() {
         .args(["run", "experiments/smoke.toml", "--device", "cuda", "--runs-dir"])
         .arg(runs.path())
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("built without CUDA").and(predicate::str::contains("just build-cuda")));
     assert!(!runs.path().join("smoke").exists(), "nothing trained");
 }

@@ -334,7 +334,7 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
         .unwrap()
         .args(["sample", ckpt.to_str().unwrap(), "--prompt", "naïve ☃"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(
             predicate::str::contains("not in the vocabulary")
                 .and(predicate::str::contains("'ï'"))

@@ -168,9 +168,13 @@ fn a_changed_spec_is_refused_with_the_differing_keys_unless_fresh() {
     gptlab(&spec, &runs)
         .args(["--set", "model.n_embd=32", "--set", "train.batch_size=8"])
         .assert()
-        .code(1)
-        .stderr(predicate::str::contains("model.n_embd: checkpoint `16` → spec `32`"))
-        .stderr(predicate::str::contains("train.batch_size: checkpoint `4` → spec `8`"))
+        .code(2)
+        .stderr(predicate::str::contains(
+            "model.n_embd: was `16` when trained, the spec now says `32`",
+        ))
+        .stderr(predicate::str::contains(
+            "train.batch_size: was `4` when trained, the spec now says `8`",
+        ))
         .stderr(predicate::str::contains("--fresh"));
     // Bookkeeping settings do not change the trajectory: resuming with them changed is fine.
     gptlab(&spec, &runs)

@@ -308,7 +308,44 @@ impl SpecFile {
     /// Expands into runs: `[[run]]` entries × `[sweep]` grid points, each with `sets` applied
     /// last, then validated. All problems are reported together.
     pub fn expand(&self, sets: &[SetArg]) -> Result<Vec<RunSpec>, SpecErrors> {
+        self.expand_selected(sets, &[])
+    }
+
+    /// [`SpecFile::expand`], keeping only the runs named in `only` (all when it is empty); the
+    /// other runs are neither resolved nor checked.
+    ///
+    /// A `--set` may not change a key that a `[[run]]` or the `[sweep]` sets: the run would
+    /// train one thing under a name that says another. `--set experiment.name=...` renames the
+    /// experiment's output folders (a way to try a variant beside the old results).
+    pub fn expand_selected(&self, sets: &[SetArg], only: &[String]) -> Result<Vec<RunSpec>, SpecErrors> {
         let src = &self.source;
+        let experiment = match sets.iter().rev().find(|s| s.key == "experiment.name") {
+            None => self.name.clone(),
+            Some(s) => match s.value.as_str().map(|n| (n, check_folder_name(n))) {
+                Some((n, Ok(()))) => n.to_string(),
+                Some((_, Err(msg))) => {
+                    return Err(src
+                        .error(
+                            Origin::Cli(format!("--set {}", s.raw)),
+                            Some("experiment.name"),
+                            None,
+                            msg,
+                        )
+                        .into());
+                }
+                None => {
+                    let msg = "expected a name (a string)".to_string();
+                    return Err(src
+                        .error(
+                            Origin::Cli(format!("--set {}", s.raw)),
+                            Some("experiment.name"),
+                            None,
+                            msg,
+                        )
+                        .into());
+                }
+            },
+        };
         let mut errors = vec![];
 
         let mut entries: Vec<RunEntry> = vec![];
@@ -364,6 +401,9 @@ impl SpecFile {
                     (false, true) => run_name.clone(),
                     (false, false) => format!("{run_name},{point_name}"),
                 };
+                if !only.is_empty() && !only.contains(&name) {
+                    continue;
+                }
                 let layers = Layers {
                     run_index: *run_index,
                     run_keys: overrides.iter().map(|(k, _)| k.clone()).collect(),
@@ -371,9 +411,12 @@ impl SpecFile {
                     sets: sets.to_vec(),
                 };
                 match self.resolve(&name, &layers, overrides, point, sets) {
-                    Ok(config) => specs.push(RunSpec {
+                    Ok(mut config) => specs.push(RunSpec {
+                        experiment: {
+                            config.experiment.name = Some(experiment.clone());
+                            experiment.clone()
+                        },
                         name,
-                        experiment: self.name.clone(),
                         varies: vec![],
                         init_from: init_from.clone(),
                         config,
@@ -428,8 +471,25 @@ impl SpecFile {
             .cloned()
             .chain(point.iter().cloned())
             .chain(sets.iter().map(|s| (s.key.clone(), s.value.clone())));
+        for s in sets {
+            let set_by =
+                |keys: &[(String, toml::Value)]| keys.iter().find(|(k, _)| related(&s.key, k)).map(|(k, _)| k.clone());
+            let conflict = match (set_by(overrides), set_by(point)) {
+                (Some(k), _) => Some(format!(
+                    "run `{name}` sets `{k}` itself; drop the --set or use --only to leave that run out"
+                )),
+                (None, Some(k)) => Some(format!(
+                    "the [sweep] varies `{k}` (run `{name}`); drop the --set or change the sweep"
+                )),
+                (None, None) => None,
+            };
+            if let Some(msg) = conflict {
+                return Err(vec![err(&s.key, msg)]);
+            }
+        }
         for (key, value) in all {
-            if key == "experiment.name" || related(&key, "run") || related(&key, "sweep") {
+            let from_set = sets.iter().any(|s| s.key == key);
+            if (key == "experiment.name" && !from_set) || related(&key, "run") || related(&key, "sweep") {
                 return Err(vec![err(&key, "cannot be overridden per run".into())]);
             }
             if let Err(msg) = set_dotted(&mut table, &key, value) {

@@ -97,10 +97,14 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     }
 
     let d = &c.data;
-    if !(0.0..1.0).contains(&d.val_fraction) {
+    if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+        // Without a held-out split, "validation" losses would be measured on training text.
         bad(
             &["data.val_fraction"],
-            format!("must be in [0, 1), not {}", d.val_fraction),
+            format!(
+                "must be above 0 and below 1, not {}: validation losses are measured on the held-out end of the text",
+                d.val_fraction
+            ),
         );
     }
 

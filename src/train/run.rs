@@ -49,21 +49,6 @@ fn eval_batches(plan: &RunPlan, corpus: &Corpus, phase: &Phase) -> Vec<Batch> {
         .collect()
 }
 
-/// `key: checkpoint → spec` for every setting that differs.
-fn identity_diff(
-    saved: &std::collections::BTreeMap<String, String>,
-    now: &std::collections::BTreeMap<String, String>,
-) -> Vec<String> {
-    let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
-    keys.into_iter()
-        .filter(|k| saved.get(*k) != now.get(*k))
-        .map(|k| {
-            let show = |v: Option<&String>| v.map(|s| format!("`{s}`")).unwrap_or_else(|| "(absent)".into());
-            format!("{k}: checkpoint {} → spec {}", show(saved.get(k)), show(now.get(k)))
-        })
-        .collect()
-}
-
 /// Restores the newest checkpoint that verifies; corrupt ones are reported and skipped.
 /// Returns the step it resumes after (0 for none).
 fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt: &mut AdamW) -> Result<usize> {
@@ -77,8 +62,7 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
                 continue;
             }
         };
-        let now = plan.identity(step);
-        let diff = identity_diff(&loaded.meta.identity, &now);
+        let diff = plan.identity_diff(&loaded.meta.identity, step);
         if !diff.is_empty() {
             bail!(
                 "the spec changed since run `{}` was checkpointed at step {step} ({}):\n  {}\nrun with --fresh to start it over",

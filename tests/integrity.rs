@@ -1,0 +1,299 @@
+//! Results that cannot lie (issue 14): no run is trained under a name that does not describe
+//! it, no result of another configuration passes as current, and every bad argument is exit 2
+//! with one line saying why.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{TINY_SPEC, gptlab, write_spec};
+use predicates::prelude::*;
+
+/// The tiny spec as a two-run comparison, `cmp.toml` in `dir`.
+fn two_runs(dir: &Path) -> PathBuf {
+    let text =
+        format!("{TINY_SPEC}\n[[run]]\nname = \"absolute\"\n[[run]]\nname = \"rope\"\nmodel.position = \"rope\"\n");
+    write_spec(dir, "cmp.toml", &text)
+}
+
+/// `gptlab run SPEC --runs-dir DIR/runs --reports-dir DIR/reports -q` plus `extra`.
+fn run(spec: &Path, dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    gptlab()
+        .arg("run")
+        .arg(spec)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .arg("--reports-dir")
+        .arg(dir.join("reports"))
+        .arg("-q")
+        .args(extra)
+        .assert()
+}
+
+#[test]
+fn a_set_of_a_key_a_run_or_the_sweep_sets_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = two_runs(tmp.path());
+    run(&spec, tmp.path(), &["--set", "model.position=rope"])
+        .code(2)
+        .stderr(predicate::str::contains("--set model.position=rope"))
+        .stderr(predicate::str::contains("run `rope` sets `model.position` itself"));
+    assert!(
+        !tmp.path().join("runs").exists(),
+        "nothing may train under a wrong name"
+    );
+    // Leaving the run that sets the key out is fine.
+    gptlab()
+        .arg("plan")
+        .arg(&spec)
+        .args(["--set", "model.position=rope", "--only", "absolute"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("position=rope"));
+    let sweep = write_spec(
+        tmp.path(),
+        "sw.toml",
+        &format!("{TINY_SPEC}\n[sweep]\n\"model.n_kv_head\" = [1, 2]\n"),
+    );
+    gptlab()
+        .arg("plan")
+        .arg(&sweep)
+        .args(["--set", "model.n_kv_head=2"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("the [sweep] varies `model.n_kv_head`"));
+}
+
+#[test]
+fn a_completed_run_of_other_settings_is_refused_and_a_new_name_keeps_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = two_runs(tmp.path());
+    run(&spec, tmp.path(), &["--only", "absolute", "--no-report"]).success();
+    let metrics = tmp.path().join("runs/cmp/absolute/metrics.csv");
+    let before = std::fs::read(&metrics).unwrap();
+    run(
+        &spec,
+        tmp.path(),
+        &[
+            "--only",
+            "absolute",
+            "--set",
+            "model.n_embd=32",
+            "--set",
+            "experiment.seed=99",
+        ],
+    )
+    .code(2)
+    .stderr(predicate::str::contains("run `absolute`"))
+    .stderr(predicate::str::contains(
+        "model.n_embd: was `16` when trained, the spec now says `32`",
+    ))
+    .stderr(predicate::str::contains(
+        "experiment.seed: was `5` when trained, the spec now says `99`",
+    ))
+    .stderr(predicate::str::contains("--fresh").and(predicate::str::contains("--set experiment.name=")))
+    .stderr(predicate::str::contains("already complete").not());
+    assert_eq!(
+        std::fs::read(&metrics).unwrap(),
+        before,
+        "the old results are untouched"
+    );
+    // Renaming the experiment trains the variant beside the old results.
+    run(
+        &spec,
+        tmp.path(),
+        &[
+            "--only",
+            "absolute",
+            "--set",
+            "model.n_embd=32",
+            "--set",
+            "experiment.name=wide",
+            "--no-report",
+        ],
+    )
+    .success();
+    assert!(tmp.path().join("runs/wide/absolute/metrics.csv").is_file());
+    let saved = std::fs::read_to_string(tmp.path().join("runs/wide/absolute/run.toml")).unwrap();
+    assert!(
+        saved.contains("n_embd = 32") && saved.contains("name = \"wide\""),
+        "{saved}"
+    );
+    assert_eq!(std::fs::read(&metrics).unwrap(), before);
+}
+
+#[test]
+fn a_grown_phase_is_explained_in_the_spec_s_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "grow.toml", TINY_SPEC);
+    run(&spec, tmp.path(), &["--no-report"]).success();
+    run(&spec, tmp.path(), &["--set", "phase.0.steps=12"])
+        .code(2)
+        .stderr(predicate::str::contains(
+            "phase 0 had run 10 steps at the checkpoint (step 16), but the spec now makes it 12 steps long",
+        ))
+        .stderr(predicate::str::contains("add a [[phase]]"))
+        .stderr(predicate::str::contains("steps_done").not());
+}
+
+#[test]
+fn no_validation_split_is_a_spec_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "noval.toml",
+        &TINY_SPEC.replace("[data]\n", "[data]\nval_fraction = 0\n"),
+    );
+    gptlab()
+        .arg("validate")
+        .arg(&spec)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("noval.toml:"))
+        .stderr(predicate::str::contains("data.val_fraction"))
+        .stderr(predicate::str::contains("held-out"));
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "args.toml", TINY_SPEC);
+    for (extra, words) in [
+        (&["--only", "nope"][..], "--only names no run"),
+        (&["--threads", "0"], "at least 1"),
+        (&["--jobs", "0"], "at least 1"),
+    ] {
+        run(&spec, tmp.path(), extra)
+            .code(2)
+            .stderr(predicate::str::contains(words));
+    }
+    gptlab()
+        .args(["list", "no_such_dir"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no_such_dir is not a folder"));
+    assert!(!tmp.path().join("runs").exists());
+}
+
+#[test]
+fn sampling_takes_a_run_folder_greedy_decoding_and_refuses_bad_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "samp.toml", TINY_SPEC);
+    run(&spec, tmp.path(), &["--no-report"]).success();
+    let run_dir = tmp.path().join("runs/samp/default");
+    let sample = |from: &Path, extra: &[&str]| {
+        let out = gptlab()
+            .arg("sample")
+            .arg(from)
+            .args(["--prompt", "ROMEO:", "--tokens", "20"])
+            .args(extra)
+            .assert()
+            .success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    };
+    // The run folder means its newest checkpoint (the final one, step 16).
+    let newest = run_dir.join("checkpoints/step_00000016");
+    assert_eq!(sample(&run_dir, &["--seed", "3"]), sample(&newest, &["--seed", "3"]));
+    // Temperature 0 is greedy: the same text whatever the seed, and top-k 1's text.
+    let greedy = sample(&run_dir, &["--temperature", "0", "--seed", "1"]);
+    assert_eq!(greedy, sample(&run_dir, &["--temperature", "0", "--seed", "2"]));
+    assert_eq!(greedy, sample(&run_dir, &["--top-k", "1"]));
+    for (prompt, words) in [("", "--prompt is empty"), ("€uro", "€")] {
+        gptlab()
+            .arg("sample")
+            .arg(&run_dir)
+            .args(["--prompt", prompt])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(words));
+    }
+}
+
+#[test]
+fn a_report_of_an_experiment_that_never_ran_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "never.toml", TINY_SPEC);
+    gptlab()
+        .arg("report")
+        .arg(&spec)
+        .arg("--runs-dir")
+        .arg(tmp.path().join("runs"))
+        .arg("--reports-dir")
+        .arg(tmp.path().join("reports"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("nothing to report"));
+    assert!(!tmp.path().join("reports/never/index.html").exists());
+}
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Many runs, so `plan` writes more than the pipe holds after `head` has gone.
+    let spec = write_spec(
+        tmp.path(),
+        "many.toml",
+        &format!(
+            "{TINY_SPEC}\n[sweep]\n\"experiment.seed\" = [{}]\n",
+            (1..400).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    let bin = assert_cmd::cargo::cargo_bin("gptlab");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "'{}' plan '{}' | head -1 >/dev/null; echo \"status=${{PIPESTATUS[0]}}\"",
+            bin.display(),
+            spec.display()
+        ))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // 141 = killed by SIGPIPE, as `cat` or `grep` end; 0 if it finished first. Never 101.
+    assert!(
+        stdout.contains("status=141") || stdout.contains("status=0"),
+        "{stdout} {stderr}"
+    );
+}
+
+#[test]
+fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Long enough to be mid-run when the signal comes.
+    let spec = write_spec(
+        tmp.path(),
+        "term.toml",
+        &TINY_SPEC
+            .replace("steps = 10", "steps = 3000")
+            .replace("checkpoint_every = 4", "checkpoint_every = 0"),
+    );
+    let bin = assert_cmd::cargo::cargo_bin("gptlab");
+    let child = std::process::Command::new(&bin)
+        .arg("run")
+        .arg(&spec)
+        .arg("--runs-dir")
+        .arg(tmp.path().join("runs"))
+        .args(["--no-report", "-q"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = tmp.path().join("runs/term/default/metrics.csv");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 20 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on the child's pid sends SIGTERM and touches no memory.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = std::fs::read_to_string(tmp.path().join("runs/term/default/status.json")).unwrap();
+    assert!(status.contains("interrupted"), "{status}");
+    let rows = std::fs::read_to_string(&metrics).unwrap().lines().count() - 1;
+    let ckpt = tmp.path().join(format!("runs/term/default/checkpoints/step_{rows:08}"));
+    assert!(ckpt.is_dir(), "a checkpoint at the last step written ({rows})");
+}
