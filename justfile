@@ -69,10 +69,11 @@ build-cuda:
 test-cuda: build-cuda
     GPTLAB_BIN=cuda-tests "$(ls -d dist/gptlab-cuda-*/run.sh | head -1)" --test-threads 1
 
+# `test` installs what it needs first (scripts/test-deps.sh: rustfmt, clippy, chromium). The tests
+# are built with the test-only `fault-injection` feature, which the resume tests use to kill
+# gptlab at chosen points.
+
 # The test suite CI runs: fmt, clippy, every test (report page in headless Chromium), CUDA type-check.
-# Installs what it needs first (scripts/test-deps.sh: rustfmt, clippy, chromium). The tests are
-# built with the test-only `fault-injection` feature, which the resume tests use to kill gptlab
-# at chosen points.
 test:
     bash scripts/test-deps.sh
     cargo fmt --check
