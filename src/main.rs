@@ -29,8 +29,7 @@ fn main() -> ExitCode {
         Command::List { dir } => list(&dir),
         Command::Validate { files, select } => validate(&files, &select),
         Command::Plan { file, select } => show_plan(&file, &select),
-        Command::Run(args) => run(&args, false),
-        Command::Sweep(args) => run(&args, true),
+        Command::Run(args) | Command::Sweep(args) => run(&args),
         Command::Report(args) => report(&args),
         Command::Params(args) => params(&args),
         Command::Sample(args) => sample(&args),
@@ -85,7 +84,7 @@ fn show_plan(file: &Path, select: &Select) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: &RunArgs, sweep: bool) -> Outcome {
+fn run(args: &RunArgs) -> Outcome {
     let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
     if args.threads == Some(0) || args.jobs == 0 {
         return Err(Error::Usage("--threads and --jobs must be at least 1".into()));
@@ -101,10 +100,11 @@ fn run(args: &RunArgs, sweep: bool) -> Outcome {
     };
     let outcome = gptlab::session::train(&exp, &opts)?;
     if outcome.interrupted {
+        // The command as typed, flags included: copying it resumes the same thing.
+        let typed: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
         eprintln!(
-            "interrupted: run `gptlab {} {}` again to resume",
-            if sweep { "sweep" } else { "run" },
-            args.file.display()
+            "interrupted: a checkpoint was written; to resume, run again: {}",
+            typed.join(" ")
         );
         return Ok(ExitCode::from(130));
     }
@@ -118,6 +118,16 @@ fn run(args: &RunArgs, sweep: bool) -> Outcome {
     } else {
         eprintln!("{line}");
         Ok(ExitCode::from(1))
+    }
+}
+
+/// `arg` as a shell would need it typed.
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
     }
 }
 

@@ -300,6 +300,11 @@ fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
     if path.is_absolute() || path.exists() || beside == path {
         return if path.is_file() {
             Ok(path.to_path_buf())
+        } else if path.is_dir() {
+            Err(format!(
+                "data path `{}` is a folder; give the text file in it",
+                path.display()
+            ))
         } else {
             Err(format!("data file `{}` not found", path.display()))
         };
@@ -380,6 +385,13 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 ));
                 ok = false;
             }
+        }
+        if let Some(from) = &spec.init_from
+            && !Path::new(from).join("meta.json").is_file()
+        {
+            let msg = format!("`{from}` is not a checkpoint folder (it has no meta.json)");
+            errors.push(spec.error("init_from", msg));
+            ok = false;
         }
         if !ok {
             continue;

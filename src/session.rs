@@ -126,7 +126,7 @@ impl SessionOutcome {
 }
 
 /// The device for `plans`: `request`, else the runs' `[experiment] device`, which must agree.
-fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan]) -> Result<Chosen, Error> {
+fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan], quiet: bool) -> Result<Chosen, Error> {
     let request = match request {
         Some(d) => d,
         None => {
@@ -145,7 +145,9 @@ fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan]) -> Result<C
         }
     };
     let (chosen, why) = crate::device::choose(request).map_err(Error::Usage)?;
-    eprintln!("{why}");
+    if !quiet {
+        eprintln!("{why}");
+    }
     Ok(chosen)
 }
 
@@ -208,6 +210,15 @@ fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
     )))
 }
 
+/// Creates `dir` and proves a file can be written in it.
+fn check_writable(dir: &Path) -> Result<(), Error> {
+    let probe = dir.join(".gptlab-write-check");
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b"ok"))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| Error::Runtime(anyhow!("the report folder {} cannot be written: {e}", dir.display())))
+}
+
 /// Trains the selected runs of `exp` and writes its report (unless interrupted).
 pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, Error> {
     let selected = exp.selected();
@@ -220,7 +231,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         eprintln!("note: [measure] attention is on, so the runs train one at a time (--jobs 1)");
         layout = JobLayout::new(1, threads, selected.len());
     }
-    let chosen = choose_device(opts.device, &selected)?;
+    let chosen = choose_device(opts.device, &selected, opts.quiet)?;
     check_memory(&selected, layout.jobs)?;
     let runs_root = selected.first().and_then(|p| p.dir.parent()).map(Path::to_path_buf);
     let _lock = match &runs_root {
@@ -228,8 +239,23 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         None => None,
     };
 
+    // Holding the lock, nothing else writes these folders: what a dead process left is stale.
+    for p in &exp.plans {
+        let cleaned = RunDir::new(&p.dir).recover_leftovers()?;
+        if !cleaned.is_empty() {
+            eprintln!(
+                "[{}] note: the last gptlab on it stopped abruptly: {}",
+                p.name,
+                cleaned.join("; ")
+            );
+        }
+    }
     if !opts.fresh {
         check_identities(&selected, exp.name())?;
+    }
+    // Hours of training must not end in an unwritable report folder.
+    if let Some(reports) = &opts.reports_dir {
+        check_writable(&reports.join(exp.name()))?;
     }
 
     let mut outcome = SessionOutcome {
@@ -284,13 +310,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
                     );
                     ended.0.push(p.name.clone());
                 }
-                RunStatus::Interrupted { step } => {
-                    eprintln!(
-                        "interrupted: run `{}` stopped after step {step} with a checkpoint",
-                        p.name
-                    );
-                    ended.1 = true;
-                }
+                RunStatus::Interrupted { .. } => ended.1 = true,
                 _ => {}
             },
             Err(e) => {

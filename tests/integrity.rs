@@ -297,3 +297,54 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
     let ckpt = tmp.path().join(format!("runs/term/default/checkpoints/step_{rows:08}"));
     assert!(ckpt.is_dir(), "a checkpoint at the last step written ({rows})");
 }
+
+#[test]
+fn what_a_run_will_need_is_checked_before_it_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let blank = write_spec(dir, "blank.toml", &format!("{TINY_SPEC}\n[[run]]\nname = \" \"\n"));
+    let init = write_spec(
+        dir,
+        "init.toml",
+        &format!("{TINY_SPEC}\n[[run]]\nname = \"warm\"\ninit_from = \"no/such/checkpoint\"\n"),
+    );
+    let folder = write_spec(dir, "folder.toml", &TINY_SPEC.replace("CORPUS", dir.to_str().unwrap()));
+    for (spec, key, words) in [
+        (&blank, "name", "blank"),
+        (&init, "init_from", "not a checkpoint folder"),
+        (&folder, "data.path", "is a folder"),
+    ] {
+        gptlab()
+            .arg("validate")
+            .arg(spec)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(key))
+            .stderr(predicate::str::contains(words));
+    }
+    // A report folder that cannot be written fails before the first step, not after hours.
+    let spec = write_spec(dir, "rep.toml", TINY_SPEC);
+    std::fs::write(dir.join("reports"), "a file where the folder should be").unwrap();
+    run(&spec, dir, &[])
+        .code(1)
+        .stderr(predicate::str::contains("cannot be written"));
+    assert!(!dir.join("runs/rep/default/metrics.csv").exists(), "nothing trained");
+}
+
+#[test]
+fn quiet_is_quiet_and_too_many_runs_are_blamed_on_what_makes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "q.toml", TINY_SPEC);
+    let out = run(&spec, tmp.path(), &["--no-report"]).success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(!stderr.contains("device:"), "-q printed: {stderr}");
+    let runs: String = (0..50_000).map(|i| format!("[[run]]\nname = \"r{i}\"\n")).collect();
+    let many = write_spec(tmp.path(), "many.toml", &format!("{TINY_SPEC}\n{runs}"));
+    gptlab()
+        .arg("validate")
+        .arg(&many)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("50000 [[run]] entries"))
+        .stderr(predicate::str::contains("`sweep`").not());
+}

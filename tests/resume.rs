@@ -326,6 +326,38 @@ fn a_second_writer_is_refused_and_a_dead_ones_lock_taken_over() {
     assert!(!runs.join("res/.lock").exists(), "the lock is released");
 }
 
+#[cfg(feature = "fault-injection")]
+#[test]
+fn what_a_killed_process_left_is_cleaned_up_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    gptlab(&spec, &runs)
+        .env("GPTLAB_FAULT", "checkpoint-write@8")
+        .assert()
+        .failure();
+    let run = runs.join("res/default");
+    assert!(
+        run.join("checkpoints/step_00000008.tmp").is_dir(),
+        "the kill left a .tmp folder"
+    );
+    let status = std::fs::read_to_string(run.join("status.json")).unwrap();
+    assert!(status.contains("running"), "{status}");
+    // The next start cleans up before it trains (it is killed again at step 9 here).
+    gptlab(&spec, &runs)
+        .env("GPTLAB_FAULT", "step-end@9")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("stopped abruptly"))
+        .stderr(predicate::str::contains(
+            "removed the unfinished checkpoint step_00000008.tmp",
+        ))
+        .stderr(predicate::str::contains("now interrupted"));
+    assert!(!run.join("checkpoints/step_00000008.tmp").exists());
+    gptlab(&spec, &runs).assert().success();
+    assert_eq!(losses(&runs, "default"), reference(dir.path()));
+}
+
 #[test]
 fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,7 +387,13 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("again to resume"), "{stderr}");
+    // One line naming the command as typed, flags included.
+    assert_eq!(stderr.matches("to resume, run again:").count(), 1, "{stderr}");
+    let hint = stderr.lines().find(|l| l.contains("to resume, run again:")).unwrap();
+    assert!(
+        hint.contains(&long) && hint.contains("--runs-dir") && hint.contains("--no-report"),
+        "{hint}"
+    );
     let status = std::fs::read_to_string(runs.join("res/default/status.json")).unwrap();
     assert!(status.contains("interrupted"), "{status}");
     let stopped = read_metrics(&metrics).unwrap().len();

@@ -127,6 +127,28 @@ impl RunDir {
         MetricsWriter::resume(&self.metrics_path(), step)
     }
 
+    /// Cleans up after a gptlab that died without doing so (`kill -9`, a second Ctrl-C, a lost
+    /// node): unfinished `checkpoints/*.tmp` folders are removed and a status still saying
+    /// `running` becomes `interrupted`. Call only while holding the experiment's lock (no
+    /// other process can be writing). Returns what it did, for a note.
+    pub fn recover_leftovers(&self) -> Result<Vec<String>> {
+        let mut done = vec![];
+        if let Ok(entries) = std::fs::read_dir(self.checkpoints_path()) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") && e.path().is_dir() {
+                    std::fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                    done.push(format!("removed the unfinished checkpoint {name}"));
+                }
+            }
+        }
+        if let Some(RunStatus::Running { step }) = self.read_status() {
+            self.write_status(&RunStatus::Interrupted { step })?;
+            done.push(format!("its status said running at step {step}; now interrupted"));
+        }
+        Ok(done)
+    }
+
     /// Checkpoint folders, newest first.
     pub fn checkpoints(&self) -> Vec<(usize, PathBuf)> {
         checkpoint::list(&self.checkpoints_path())

@@ -369,12 +369,18 @@ impl SpecFile {
         let n_points = self.sweep.iter().fold(1usize, |n, (_, v)| n.saturating_mul(v.len()));
         let n_runs = n_points.saturating_mul(entries.len());
         if n_runs > MAX_RUNS {
+            // Blame what there is too much of: the grid, or the [[run]] entries.
+            let key = if self.sweep.is_empty() { "run" } else { "sweep" };
+            let what = match self.sweep.is_empty() {
+                true => format!("{} [[run]] entries", entries.len()),
+                false => format!("{} [[run]] entries × {n_points} sweep points", entries.len()),
+            };
             return Err(src
                 .error(
-                    src.line(&[], "sweep"),
-                    Some("sweep"),
+                    src.line(&[], key),
+                    Some(key),
                     None,
-                    format!("expands to {n_runs} runs; at most {MAX_RUNS} are allowed in one experiment"),
+                    format!("{what} make {n_runs} runs; at most {MAX_RUNS} are allowed in one experiment"),
                 )
                 .into());
         }
@@ -631,8 +637,13 @@ fn set_varies(specs: &mut [RunSpec]) {
 
 /// Run and experiment names become folder names.
 fn check_folder_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("a name may not be empty".into());
+    if name.trim().is_empty() {
+        return Err("a name may not be empty or blank".into());
+    }
+    if name.trim() != name {
+        return Err(format!(
+            "`{name}` starts or ends with white space, which a folder name should not"
+        ));
     }
     if name == "." || name == ".." || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
         return Err(format!(

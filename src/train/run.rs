@@ -216,9 +216,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
             if stop && step < total {
                 let status = RunStatus::Interrupted { step };
                 run_dir.write_status(&status)?;
-                progress.finish(&format!(
-                    "interrupted after step {step}; checkpoint written, run the same command again to resume"
-                ));
+                progress.finish(&format!("interrupted after step {step}; checkpoint written"));
                 return Ok(RunOutcome {
                     status,
                     last_train_loss: last_train,
