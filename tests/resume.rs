@@ -450,7 +450,7 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
         "warm start {} vs source's last {source_last}",
         first("tuned")
     );
-    // A missing checkpoint folder is a clear error naming it.
+    // A missing checkpoint folder is a spec error naming it, before anything trains.
     std::fs::write(
         &warm,
         format!(
@@ -461,7 +461,7 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
     .unwrap();
     gptlab(&warm, &runs)
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("init_from").and(predicate::str::contains("nope")));
 }
 
