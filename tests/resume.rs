@@ -358,6 +358,50 @@ fn what_a_killed_process_left_is_cleaned_up_at_the_next_start() {
     assert_eq!(losses(&runs, "default"), reference(dir.path()));
 }
 
+#[cfg(feature = "fault-injection")]
+#[test]
+fn resume_keeps_every_readable_metrics_row_and_sets_aside_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path());
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    let metrics = runs.join("res/default/metrics.csv");
+    // Killed after step 10 (checkpoint at 10): rows 1..=10 are the record.
+    gptlab(&spec, &runs)
+        .env("GPTLAB_FAULT", "after-checkpoint@10")
+        .assert()
+        .failure();
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 11);
+    lines[0] = lines[0].replace("train_loss", "loss"); // an edited header
+    lines.insert(4, "this is not a row".into()); // garbage between rows 3 and 4
+    lines.remove(6); // the row of step 5 is gone
+    let torn = lines.pop().unwrap(); // the row of step 10, torn by the kill
+    lines.push(torn[..torn.len() / 2].to_string());
+    std::fs::write(&metrics, lines.join("\n") + "\n").unwrap();
+    let out = gptlab(&spec, &runs).assert().success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("line 1 is not the metrics header"), "{stderr}");
+    assert!(stderr.contains("line 5, 11 cannot be read"), "{stderr}");
+    assert!(
+        stderr.contains("no row for 2 of the steps before the checkpoint at 10 (5, 10)"),
+        "{stderr}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(runs.join("res/default"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("metrics.csv.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    let set_aside = std::fs::read_to_string(aside[0].path()).unwrap();
+    assert!(set_aside.contains("5: this is not a row"), "{set_aside}");
+    // Every readable row survives with its exact values; only the two lost ones are missing.
+    let got = losses(&runs, "default");
+    let expected: Vec<_> = want.iter().filter(|(s, _, _)| *s != 5 && *s != 10).cloned().collect();
+    assert_eq!(got, expected);
+}
+
 #[test]
 fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_completes() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,28 +76,92 @@ impl MetricsWriter {
         })
     }
 
-    /// Keeps the rows up to `step` (dropping any later or torn ones, e.g. from a kill) and
-    /// appends after them; `step = 0` starts a new file.
+    /// Appends after step `step` (`0` starts a new file), keeping every row of an earlier step.
+    ///
+    /// Rows are the record of the experiment, so nothing readable is dropped silently: rows
+    /// past `step` are cut (training repeats them, bit for bit); a line that cannot be read (a
+    /// torn last row, a garbage line) is set aside in `metrics.csv.corrupt-<unix time>` with a
+    /// warning naming it; an edited header is restored (rows are read by position); steps
+    /// before `step` with no row are reported.
     pub fn resume(path: &Path, step: usize) -> Result<Self> {
-        if step == 0 || !path.exists() {
+        if step == 0 {
             return Self::create(path);
         }
-        let mut kept = vec![];
-        let mut reader = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
-        for row in reader.deserialize::<MetricsRow>() {
+        let text = match std::fs::read(path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!(
+                    "warning: {} is missing: the rows of steps 1..={step} are lost (training goes on from step {})",
+                    path.display(),
+                    step + 1
+                );
+                return Self::create(path);
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let header = csv::StringRecord::from(HEADER.to_vec());
+        let mut kept: Vec<MetricsRow> = vec![];
+        let mut bad: Vec<(usize, String)> = vec![];
+        for (i, line) in text.lines().enumerate() {
+            if i == 0 {
+                if line != HEADER.join(",") {
+                    eprintln!(
+                        "warning: {}: line 1 is not the metrics header; restored",
+                        path.display()
+                    );
+                }
+                continue;
+            }
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(line.as_bytes());
+            let row = reader
+                .records()
+                .next()
+                .and_then(|r| r.ok())
+                .and_then(|r| r.deserialize::<MetricsRow>(Some(&header)).ok());
             match row {
-                Ok(r) if r.step <= step => kept.push(r),
-                _ => break,
+                Some(r) if r.step <= step => kept.push(r),
+                Some(_) => {} // past the checkpoint: trained again
+                None if line.trim().is_empty() => {}
+                None => bad.push((i + 1, line.to_string())),
             }
         }
+        if !bad.is_empty() {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = path.with_extension(format!("csv.corrupt-{stamp}"));
+            let lines: Vec<String> = bad.iter().map(|(n, l)| format!("{n}: {l}")).collect();
+            crate::fsio::write_atomic(&aside, (lines.join("\n") + "\n").as_bytes())?;
+            let numbers: Vec<String> = bad.iter().map(|(n, _)| n.to_string()).collect();
+            eprintln!(
+                "warning: {}: line {} cannot be read as a metrics row; set aside in {}",
+                path.display(),
+                numbers.join(", "),
+                aside.display()
+            );
+        }
+        let have: std::collections::BTreeSet<usize> = kept.iter().map(|r| r.step).collect();
+        let missing: Vec<usize> = (1..=step).filter(|s| !have.contains(s)).collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(10).map(|s| s.to_string()).collect();
+            eprintln!(
+                "warning: {}: no row for {} of the steps before the checkpoint at {step} ({}{}); training goes on",
+                path.display(),
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > 10 { ", …" } else { "" }
+            );
+        }
         let mut buf = csv::Writer::from_writer(vec![]);
+        buf.write_record(HEADER)?;
+        let mut body = csv::WriterBuilder::new().has_headers(false).from_writer(vec![]);
         for r in &kept {
-            buf.serialize(r)?;
+            body.serialize(r)?;
         }
-        if kept.is_empty() {
-            buf.write_record(HEADER)?;
-        }
-        let bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        bytes.extend(body.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
         crate::fsio::write_atomic(path, &bytes)?;
         let file = OpenOptions::new()
             .append(true)
@@ -108,7 +172,7 @@ impl MetricsWriter {
         })
     }
 
-    /// Writes one row and flushes it, so a crash loses at most the row being written.
+    /// Appends one row and flushes it, so a kill loses at most the row being written.
     pub fn append(&mut self, row: &MetricsRow) -> Result<()> {
         self.writer.serialize(row).context("writing metrics row")?;
         self.writer.flush().context("flushing metrics")?;
