@@ -18,6 +18,7 @@ pub mod model;
 pub mod params;
 pub mod plan;
 pub mod probe;
+pub mod provenance;
 pub mod report;
 pub mod run_dir;
 pub mod sample;

@@ -292,11 +292,16 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         );
     }
 
+    let device = match chosen {
+        Chosen::Cpu => "cpu",
+        Chosen::Cuda => "cuda",
+    };
     let run_opts = RunOptions {
         fresh: opts.fresh,
         quiet: opts.quiet,
         lines_only: layout.jobs > 1,
         stop: Some(opts.stop.clone()),
+        session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
     };
     let ended = Mutex::new((vec![], false));
     let done = |p: &RunPlan, result: anyhow::Result<RunOutcome>| {

@@ -348,3 +348,100 @@ fn quiet_is_quiet_and_too_many_runs_are_blamed_on_what_makes_them() {
         .stderr(predicate::str::contains("50000 [[run]] entries"))
         .stderr(predicate::str::contains("`sweep`").not());
 }
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn every_run_records_what_produced_it_and_the_report_shows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Phase 0 only first; the second phase is added later, so the run trains in two sessions.
+    let cut = TINY_SPEC.find("[[phase]]\nseq_len = 16").unwrap();
+    let spec = write_spec(dir, "prov.toml", &TINY_SPEC[..cut]);
+    run(&spec, dir, &["--set", "train.lr=0.002", "--no-report"]).success();
+    let run_dir = dir.join("runs/prov/default");
+    let saved = std::fs::read_to_string(run_dir.join("run.toml")).unwrap();
+    assert!(saved.contains("lr = 0.002"), "run.toml is the spec as trained: {saved}");
+    write_spec(dir, "prov.toml", TINY_SPEC);
+    run(&spec, dir, &["--set", "train.lr=0.002"]).success();
+
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("provenance.json")).unwrap()).unwrap();
+    let sessions = p["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{p:#}");
+    let (first, last) = (&sessions[0], &sessions[1]);
+    assert_eq!(
+        (first["first_step"].as_u64(), first["last_step"].as_u64()),
+        (Some(1), Some(10))
+    );
+    assert_eq!(
+        (last["first_step"].as_u64(), last["last_step"].as_u64()),
+        (Some(11), Some(16))
+    );
+    assert_eq!(last["outcome"], "complete");
+    let commit = last["git_commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown" || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit}"
+    );
+    assert_eq!(last["gptlab_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(last["spec_sha256"].as_str().unwrap(), sha256_file(&spec));
+    assert_ne!(
+        first["spec_sha256"], last["spec_sha256"],
+        "the spec changed between the sessions"
+    );
+    assert_eq!(
+        last["data_sha256"].as_str().unwrap(),
+        sha256_file(Path::new(&common::corpus_path()))
+    );
+    let command: Vec<&str> = last["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        command.contains(&"train.lr=0.002") && command.contains(&"--runs-dir"),
+        "{command:?}"
+    );
+    assert_eq!(last["device"], "cpu");
+    assert!(last["threads"].as_u64().unwrap() >= 1);
+    assert!(!last["host"].as_str().unwrap().is_empty() && !last["cpu"].as_str().unwrap().is_empty());
+    for key in ["started_utc", "ended_utc"] {
+        let t = last[key].as_str().unwrap();
+        assert!(t.len() == 20 && t.ends_with('Z') && &t[10..11] == "T", "{key}: {t}");
+    }
+    let page = std::fs::read_to_string(dir.join("reports/prov/index.html")).unwrap();
+    assert!(
+        page.contains("id=\"provenance\"") && page.contains(&commit[..commit.len().min(12)]),
+        "no provenance on the page"
+    );
+    assert!(!page.contains("different gptlab builds"));
+
+    // A run trained by another build is called out.
+    let edited = std::fs::read_to_string(run_dir.join("provenance.json"))
+        .unwrap()
+        .replacen(commit, "0123456789abcdef0123456789abcdef01234567", 1);
+    std::fs::write(run_dir.join("provenance.json"), edited).unwrap();
+    gptlab()
+        .arg("report")
+        .arg(&spec)
+        .args(["--no-samples", "--set", "train.lr=0.002", "--runs-dir"])
+        .arg(dir.join("runs"))
+        .arg("--reports-dir")
+        .arg(dir.join("reports"))
+        .assert()
+        .success();
+    let page = std::fs::read_to_string(dir.join("reports/prov/index.html")).unwrap();
+    assert!(
+        page.contains("different gptlab builds") && page.contains("0123456789ab"),
+        "mixed builds not said"
+    );
+}

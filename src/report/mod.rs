@@ -296,20 +296,44 @@ pub fn write_report<D: Backend>(
     write_atomic(&dir.join("samples.md"), samples_md.as_bytes())?;
 
     let spec_text = std::fs::read_to_string(spec_path).unwrap_or_default();
-    let notes: Vec<String> = if unfinished.is_empty() {
+    let mut notes: Vec<String> = if unfinished.is_empty() {
         vec![]
     } else {
         vec![format!("Not finished: {}.", unfinished.join(", "))]
     };
-    let page = html::page(
+    let provenance: Vec<(String, crate::provenance::Provenance)> = plans
+        .iter()
+        .map(|p| (p.name.clone(), RunDir::new(&p.dir).read_provenance()))
+        .collect();
+    let mut builds: Vec<(String, Vec<&str>)> = vec![];
+    for (run, p) in &provenance {
+        for b in p.builds() {
+            match builds.iter_mut().find(|(known, _)| *known == b) {
+                Some((_, runs)) => runs.push(run),
+                None => builds.push((b, vec![run])),
+            }
+        }
+    }
+    if builds.len() > 1 {
+        let each: Vec<String> = builds
+            .iter()
+            .map(|(b, runs)| format!("{b}: {}", runs.join(", ")))
+            .collect();
+        notes.push(format!(
+            "These runs were trained by different gptlab builds, so their numbers may not compare: {}.",
+            each.join("; ")
+        ));
+    }
+    let spec_name = spec_path.display().to_string();
+    let page = html::page(&html::Page {
         experiment,
-        &figures,
-        &summaries,
-        &samples_md,
-        &spec_path.display().to_string(),
-        &spec_text,
-        &notes,
-    );
+        figures: &figures,
+        summary: &summaries,
+        samples_md: &samples_md,
+        spec: (&spec_name, &spec_text),
+        notes: &notes,
+        provenance: &provenance,
+    });
     write_atomic(&dir.join("index.html"), page.as_bytes())?;
     Ok(Report {
         dir: dir.to_path_buf(),

@@ -5,6 +5,7 @@
 //! - `vocab.json`: the character vocabulary, token id → character.
 //! - `metrics.csv`: one row per step ([`MetricsRow`]).
 //! - `status.json`: how the run stands ([`RunStatus`]).
+//! - `provenance.json`: what produced the results ([`crate::provenance`]).
 //! - `checkpoints/step_NNNNNNNN/`: see [`crate::checkpoint`].
 
 mod metrics;
@@ -84,7 +85,12 @@ impl RunDir {
 
     /// Removes what training wrote (checkpoints, metrics, status), to start the run over.
     pub fn clear(&self) -> Result<()> {
-        for stale in [self.checkpoints_path(), self.metrics_path(), self.status_path()] {
+        for stale in [
+            self.checkpoints_path(),
+            self.metrics_path(),
+            self.status_path(),
+            self.root.join("provenance.json"),
+        ] {
             if stale.is_dir() {
                 std::fs::remove_dir_all(&stale).with_context(|| format!("removing {}", stale.display()))?;
             } else if stale.exists() {
@@ -114,6 +120,22 @@ impl RunDir {
     /// Replaces `status.json`.
     pub fn write_status(&self, status: &RunStatus) -> Result<()> {
         write_atomic(&self.status_path(), serde_json::to_string_pretty(status)?.as_bytes())
+    }
+
+    /// `provenance.json` (empty when there is none or it cannot be read).
+    pub fn read_provenance(&self) -> crate::provenance::Provenance {
+        std::fs::read_to_string(self.root.join("provenance.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces `provenance.json`.
+    pub fn write_provenance(&self, p: &crate::provenance::Provenance) -> Result<()> {
+        write_atomic(
+            &self.root.join("provenance.json"),
+            serde_json::to_string_pretty(p)?.as_bytes(),
+        )
     }
 
     /// Every row of `metrics.csv` (none when there is no file).

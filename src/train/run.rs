@@ -13,6 +13,7 @@ use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
 use crate::plan::{Phase, RunPlan};
+use crate::provenance::{RunSession, utc_now};
 use crate::run_dir::{MetricsRow, RunDir, RunStatus};
 use crate::seed::{Stream, stream};
 
@@ -27,6 +28,8 @@ pub struct RunOptions {
     pub lines_only: bool,
     /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The command, spec and device, for the run's `provenance.json`.
+    pub session: crate::provenance::SessionInfo,
 }
 
 /// The validation batches of a phase: the same windows at every evaluation, so the losses
@@ -128,6 +131,19 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
     }
     let mut metrics = run_dir.metrics_writer(done)?;
     run_dir.write_status(&RunStatus::Running { step: done })?;
+    // This session's entry in provenance.json, closed with how it ended.
+    let mut provenance = run_dir.read_provenance();
+    let data = (&plan.data_path, &plan.data_sha256);
+    provenance
+        .sessions
+        .push(RunSession::start(&opts.session, data.0, data.1, done + 1));
+    run_dir.write_provenance(&provenance)?;
+    let mut end_session = |outcome: &str, last_step: usize| -> Result<()> {
+        if let Some(s) = provenance.sessions.last_mut() {
+            (s.outcome, s.last_step, s.ended_utc) = (Some(outcome.into()), Some(last_step), Some(utc_now()));
+        }
+        run_dir.write_provenance(&provenance)
+    };
 
     let total = plan.schedule.total_steps();
     let measure = plan.config.measure.attention;
@@ -164,6 +180,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
             if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
                 let status = RunStatus::Diverged { step };
                 run_dir.write_status(&status)?;
+                end_session("diverged", step)?;
                 progress.finish(&format!(
                     "diverged: loss {} at step {step}; its last good checkpoint is kept",
                     stats.loss
@@ -216,6 +233,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
             if stop && step < total {
                 let status = RunStatus::Interrupted { step };
                 run_dir.write_status(&status)?;
+                end_session("interrupted", step)?;
                 progress.finish(&format!("interrupted after step {step}; checkpoint written"));
                 return Ok(RunOutcome {
                     status,
@@ -228,6 +246,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
     }
     let status = RunStatus::Complete { step: total };
     run_dir.write_status(&status)?;
+    end_session("complete", total)?;
     let wall_s = started.elapsed().as_secs_f64();
     progress.finish(&format!(
         "complete: {total} steps ({} this session) in {wall_s:.1} s, train loss {}, val loss {}",

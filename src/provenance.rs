@@ -1,0 +1,204 @@
+//! What produced a run's results: `provenance.json` in the run folder, one entry per session
+//! that trained it (a resumed run has several): the gptlab version and the git commit it was
+//! built from (and whether that tree had changes), the command line as typed, the spec file
+//! and its SHA-256, the data file and its SHA-256, the host, its CPU, the threads, the device,
+//! the steps trained and the start and end times in UTC.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// gptlab's version (Cargo.toml).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this binary was built from, or `unknown` (no git at build time).
+pub const GIT_COMMIT: &str = env!("GPTLAB_GIT_COMMIT");
+/// Whether that tree had uncommitted changes to tracked files: `true`, `false` or `unknown`.
+pub const GIT_DIRTY: &str = env!("GPTLAB_GIT_DIRTY");
+
+/// This build in one phrase: `0.1.0 (abc1234)`, `0.1.0 (abc1234, with uncommitted changes)`.
+pub fn build() -> String {
+    let short = &GIT_COMMIT[..GIT_COMMIT.len().min(12)];
+    match GIT_DIRTY {
+        "true" => format!("{VERSION} ({short}, with uncommitted changes)"),
+        _ => format!("{VERSION} ({short})"),
+    }
+}
+
+/// What the session knows before any run trains: the command and the spec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The command line as given (`std::env::args`).
+    pub command: Vec<String>,
+    /// The spec file.
+    pub spec_file: String,
+    /// SHA-256 of the spec file's bytes.
+    pub spec_sha256: String,
+    /// The device that trains, e.g. `cpu`.
+    pub device: String,
+}
+
+impl SessionInfo {
+    /// This process's command line, and the spec at `spec` (hashed now).
+    pub fn new(spec: &Path, device: &str) -> Self {
+        let bytes = std::fs::read(spec).unwrap_or_default();
+        Self {
+            command: std::env::args().collect(),
+            spec_file: spec.display().to_string(),
+            spec_sha256: sha256_hex(&bytes),
+            device: device.to_string(),
+        }
+    }
+}
+
+/// One session of training a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSession {
+    /// gptlab's version.
+    pub gptlab_version: String,
+    /// The git commit it was built from (`unknown` without git).
+    pub git_commit: String,
+    /// Whether that tree had uncommitted changes (`true`, `false`, `unknown`).
+    pub git_dirty: String,
+    /// The command and the spec.
+    #[serde(flatten)]
+    pub session: SessionInfo,
+    /// The data file, as resolved.
+    pub data_file: String,
+    /// SHA-256 of the data.
+    pub data_sha256: String,
+    /// The machine's host name.
+    pub host: String,
+    /// The CPU model.
+    pub cpu: String,
+    /// Threads this run trained with.
+    pub threads: usize,
+    /// The first step this session trained (the step after the checkpoint it resumed from).
+    pub first_step: usize,
+    /// The last step it trained, once it ended.
+    pub last_step: Option<usize>,
+    /// How it ended: `complete`, `interrupted`, `diverged`; absent while running (or if the
+    /// process died).
+    pub outcome: Option<String>,
+    /// When it started, UTC (ISO 8601).
+    pub started_utc: String,
+    /// When it ended, UTC.
+    pub ended_utc: Option<String>,
+}
+
+impl RunSession {
+    /// A session starting now at `first_step`.
+    pub fn start(session: &SessionInfo, data_file: &Path, data_sha256: &str, first_step: usize) -> Self {
+        Self {
+            gptlab_version: VERSION.into(),
+            git_commit: GIT_COMMIT.into(),
+            git_dirty: GIT_DIRTY.into(),
+            session: session.clone(),
+            data_file: data_file.display().to_string(),
+            data_sha256: data_sha256.into(),
+            host: host(),
+            cpu: cpu_model(),
+            threads: rayon::current_num_threads(),
+            first_step,
+            last_step: None,
+            outcome: None,
+            started_utc: utc_now(),
+            ended_utc: None,
+        }
+    }
+}
+
+/// `provenance.json`: every session that trained the run, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The sessions.
+    pub sessions: Vec<RunSession>,
+}
+
+impl Provenance {
+    /// The distinct builds (`version (commit…)`) that trained the run.
+    pub fn builds(&self) -> Vec<String> {
+        let mut out: Vec<String> = vec![];
+        for s in &self.sessions {
+            let short = &s.git_commit[..s.git_commit.len().min(12)];
+            let b = match s.git_dirty.as_str() {
+                "true" => format!("{} ({short}, with uncommitted changes)", s.gptlab_version),
+                _ => format!("{} ({short})", s.gptlab_version),
+            };
+            if !out.contains(&b) {
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The host name (`unknown` if it cannot be read).
+pub fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The CPU model (`unknown` if it cannot be read).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Now, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+/// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian calendar; Howard
+/// Hinnant's `civil_from_days`).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_matches_known_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z"); // a leap day of a century year
+        assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+}
