@@ -13,10 +13,10 @@ const PHASE: &str = "[[phase]]\nseq_len = 8\nsteps = 2\n";
 /// `(file name, spec text, line, key, words the message must contain)`.
 fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)> {
     vec![
-        ("unknown.toml", format!("[model]\nn_layer = 2\nn_hed = 3\n{PHASE}"), 3, "model.n_hed", "unknown field"),
-        ("type.toml", format!("[model]\nn_layer = \"two\"\n{PHASE}"), 2, "model.n_layer", "invalid type"),
+        ("unknown.toml", format!("[model]\nn_layer = 2\nn_hed = 3\n{PHASE}"), 3, "model.n_hed", "unknown key"),
+        ("type.toml", format!("[model]\nn_layer = \"two\"\n{PHASE}"), 2, "model.n_layer", "wrong type"),
         ("device.toml", format!("[experiment]\ndevice = \"gpu\"\n{PHASE}"), 2, "experiment.device", "unknown variant"),
-        ("negative.toml", format!("[train]\nbatch_size = -4\n{PHASE}"), 2, "train.batch_size", "invalid value"),
+        ("negative.toml", format!("[train]\nbatch_size = -4\n{PHASE}"), 2, "train.batch_size", "got integer `-4`, expected a whole number"),
         ("embd.toml", format!("[data]\npath = \"CORPUS\"\n[model]\nn_embd = 190\nn_head = 6\n{PHASE}"), 5, "model.n_head", "divisible"),
         ("kv.toml", format!("[data]\npath = \"CORPUS\"\n[model]\nn_head = 6\nn_kv_head = 4\n{PHASE}"), 5, "model.n_kv_head", "divisible"),
         (
@@ -44,7 +44,7 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
             "duplicate run name",
         ),
         ("sweep.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 4]\n"), 7, "model.n_kv_head", "n_kv_head=4"),
-        ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown field"),
+        ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown key"),
         ("position.toml", format!("[model]\nposition = \"alibi\"\n{PHASE}"), 2, "model.position", "unknown variant"),
         ("syntax.toml", "[model\nn_layer = 2\n".into(), 1, "", "invalid TOML"),
     ]
@@ -88,7 +88,7 @@ fn set_overrides_are_checked_like_the_file_and_named() {
     let path = write(dir.path(), "s.toml", &format!("[data]\npath = \"CORPUS\"\n{PHASE}"));
     for (arg, key, words) in [
         ("model.n_head=5", "model.n_head", "divisible"),
-        ("model.bogus=1", "model.bogus", "unknown field"),
+        ("model.bogus=1", "model.bogus", "unknown key"),
         ("phase.3.steps=1", "phase.3.steps", "has 1 entry,"),
         ("train.lr=-1", "train.lr", "positive"),
     ] {

@@ -445,3 +445,32 @@ fn every_run_records_what_produced_it_and_the_report_shows_it() {
         "mixed builds not said"
     );
 }
+
+#[test]
+fn every_misspelling_and_wrong_type_is_reported_in_one_pass_with_a_suggestion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = TINY_SPEC
+        .replace("n_head = 2", "n_heads = 2\npostion = \"rope\"")
+        .replace("n_layer = 1", "n_layer = \"one\"")
+        .replace("batch_size = 4", "batch_size = 4\nlearning_rate = 1e-3");
+    let spec = write_spec(tmp.path(), "typos.toml", &text);
+    let out = gptlab().arg("validate").arg(&spec).assert().code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    for want in [
+        "key `model.n_heads`: unknown key `n_heads`; did you mean `n_head`?",
+        "key `model.postion`: unknown key `postion`; did you mean `position`?",
+        "key `model.n_layer`: wrong type: got string \"one\", expected a whole number",
+        "key `train.learning_rate`: unknown key `learning_rate`; did you mean `lr`?",
+    ] {
+        assert!(stderr.contains(want), "missing `{want}` in:\n{stderr}");
+    }
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        4,
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("usize") && !stderr.contains("struct "),
+        "Rust words: {stderr}"
+    );
+}

@@ -104,3 +104,119 @@ impl From<SpecError> for SpecErrors {
         SpecErrors(vec![e])
     }
 }
+
+/// Other tools' names for gptlab's keys, for "did you mean".
+const ALIASES: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("n_heads", "n_head"),
+    ("num_heads", "n_head"),
+    ("num_attention_heads", "n_head"),
+    ("n_layers", "n_layer"),
+    ("num_layers", "n_layer"),
+    ("num_hidden_layers", "n_layer"),
+    ("n_embed", "n_embd"),
+    ("d_model", "n_embd"),
+    ("hidden_size", "n_embd"),
+    ("n_kv_heads", "n_kv_head"),
+    ("num_kv_heads", "n_kv_head"),
+    ("num_key_value_heads", "n_kv_head"),
+    ("batch", "batch_size"),
+    ("max_steps", "steps"),
+    ("iters", "steps"),
+    ("block_size", "seq_len"),
+    ("context_length", "seq_len"),
+    ("pos_encoding", "position"),
+    ("position_encoding", "position"),
+    ("seeds", "seed"),
+];
+
+/// Levenshtein distance between two short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The key of `known` that `unknown` most likely means: another tool's name for it, or a
+/// spelling within a third of its length.
+pub fn did_you_mean<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
+    if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == unknown)
+        && let Some(k) = known.iter().find(|k| *k == to)
+    {
+        return Some(k);
+    }
+    known
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .filter(|(d, k)| *d <= (k.len().max(unknown.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// serde's message in the spec's words: Rust type names become what to write, and an
+/// unknown key gets a did-you-mean.
+pub fn humanize(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (unknown, rest) = rest.split_once('`').unwrap_or((rest, ""));
+        let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+        return match did_you_mean(unknown, &known) {
+            Some(k) => format!("unknown key `{unknown}`; did you mean `{k}`?"),
+            None if known.is_empty() => format!("unknown key `{unknown}`"),
+            None => format!("unknown key `{unknown}`; the keys here are {}", known.join(", ")),
+        };
+    }
+    let words = [
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected an array, e.g. [1, 2]"),
+        ("expected a string", "expected a string in quotes"),
+    ];
+    let mut out = message.to_string();
+    for (rust, spec) in words {
+        out = out.replace(rust, spec);
+    }
+    if let Some(i) = out.find("expected struct ") {
+        out.replace_range(i.., "expected a table (a [section] or { key = value })");
+    }
+    out.replace("invalid type: ", "wrong type: got ")
+        .replace("invalid value: ", "got ")
+}
+
+#[cfg(test)]
+mod humanize_tests {
+    use super::*;
+
+    #[test]
+    fn misspellings_and_other_tools_names_find_the_key() {
+        let model = ["n_layer", "n_embd", "n_head", "n_kv_head", "position", "dropout"];
+        assert_eq!(did_you_mean("n_heads", &model), Some("n_head"));
+        assert_eq!(did_you_mean("postion", &model), Some("position"));
+        assert_eq!(did_you_mean("hidden_size", &model), Some("n_embd"));
+        assert_eq!(
+            did_you_mean("learning_rate", &["batch_size", "lr", "beta1"]),
+            Some("lr")
+        );
+        assert_eq!(did_you_mean("colour", &model), None);
+    }
+
+    #[test]
+    fn rust_words_become_spec_words() {
+        let m = humanize("unknown field `n_heads`, expected one of `n_layer`, `n_head`");
+        assert_eq!(m, "unknown key `n_heads`; did you mean `n_head`?");
+        let m = humanize("invalid type: string \"six\", expected usize");
+        assert_eq!(m, "wrong type: got string \"six\", expected a whole number (0 or more)");
+        let m = humanize("invalid type: integer `3`, expected struct PhaseSection");
+        assert!(m.contains("expected a table") && !m.contains("PhaseSection"), "{m}");
+    }
+}

@@ -183,6 +183,27 @@ impl Source {
     }
 }
 
+/// Deserialises `table` as `T`, collecting every error: on each, the offending key is taken out
+/// and the rest tried again, so every misspelling and wrong type is found in one pass. Returns
+/// the value only when there was no error, and `(dotted key, message in the spec's words)`.
+fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> (Option<T>, Vec<(String, String)>) {
+    let mut table = table.clone();
+    let mut found = vec![];
+    for _ in 0..200 {
+        match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
+            Ok(value) => return (found.is_empty().then_some(value), found),
+            Err(e) => {
+                let key = serde_key(e.path()).unwrap_or_default();
+                found.push((key.clone(), error::humanize(e.inner().message())));
+                if key.is_empty() || !overrides::remove_dotted(&mut table, &key) {
+                    break;
+                }
+            }
+        }
+    }
+    (None, found)
+}
+
 /// Turns a serde error on `path` into a key for the message.
 fn serde_key(path: &serde_path_to_error::Path) -> Option<String> {
     let s = path.to_string();
@@ -226,17 +247,35 @@ impl SpecFile {
             map,
         });
 
-        let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-            let key = serde_key(e.path());
+        let mut base: toml::Table = toml::from_str(text).map_err(|e| {
             let origin = e
-                .inner()
                 .span()
                 .map(|s| Origin::Line(source.map.line_of_offset(s.start)))
                 .unwrap_or(Origin::File);
-            source.error(origin, key.as_deref(), None, e.inner().message().to_string())
+            source.error(origin, None, None, e.message().to_string())
         })?;
-        let mut base: toml::Table =
-            toml::from_str(text).map_err(|e| source.error(Origin::File, None, None, e.message().to_string()))?;
+        // Every unknown key and wrong type of the file at once, each on its line.
+        let (raw, problems) = deserialize_all::<RawFile>(&base);
+        let raw = raw.ok_or_else(|| {
+            SpecErrors(
+                problems
+                    .into_iter()
+                    .map(|(key, msg)| {
+                        let origin = if key.is_empty() {
+                            Origin::File
+                        } else {
+                            source.line(&[], &key)
+                        };
+                        source.error(
+                            origin,
+                            Some(&key).filter(|k| !k.is_empty()).map(|k| k.as_str()),
+                            None,
+                            msg,
+                        )
+                    })
+                    .collect(),
+            )
+        })?;
         base.remove("run");
         base.remove("sweep");
 
@@ -502,10 +541,10 @@ impl SpecFile {
                 return Err(vec![err(&key, msg)]);
             }
         }
-        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = serde_key(e.path()).unwrap_or_default();
-            vec![err(&key, e.inner().message().to_string())]
-        })?;
+        let (config, problems) = deserialize_all::<RunConfig>(&table);
+        let Some(config) = config else {
+            return Err(problems.into_iter().map(|(key, msg)| err(&key, msg)).collect());
+        };
         let problems = validate::check(&config);
         if problems.is_empty() {
             Ok(config)

@@ -95,6 +95,45 @@ pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: toml::Value) -> 
     Ok(())
 }
 
+/// Removes the leaf at `dotted` (numeric segments index arrays); whether it was there.
+pub fn remove_dotted(table: &mut toml::Table, dotted: &str) -> bool {
+    let segs: Vec<&str> = dotted.split('.').collect();
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let Some((first, rest)) = parents.split_first() else {
+        return table.remove(*last).is_some();
+    };
+    let mut cur = match table.get_mut(*first) {
+        Some(v) => v,
+        None => return false,
+    };
+    for seg in rest {
+        cur = match cur {
+            toml::Value::Table(t) => match t.get_mut(*seg) {
+                Some(v) => v,
+                None => return false,
+            },
+            toml::Value::Array(a) => match seg.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match cur {
+        toml::Value::Table(t) => t.remove(*last).is_some(),
+        toml::Value::Array(a) => match last.parse::<usize>() {
+            Ok(i) if i < a.len() => {
+                a.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 fn table_entry<'a>(t: &'a mut toml::Table, key: &str) -> &'a mut toml::Value {
     t.entry(key.to_string())
         .or_insert_with(|| toml::Value::Table(toml::Table::new()))
