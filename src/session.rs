@@ -210,6 +210,22 @@ fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
     )))
 }
 
+/// For each run, the work of the runs queued after it, shared by `jobs` workers: what the
+/// progress display adds to the run's own time left for the whole session's.
+fn later_work(runs: &[&RunPlan], jobs: usize) -> std::collections::HashMap<String, f64> {
+    let left: Vec<f64> = runs
+        .iter()
+        .map(|p| {
+            let done = RunDir::new(&p.dir).checkpoints().first().map_or(0, |c| c.0);
+            p.schedule.cost_after(done)
+        })
+        .collect();
+    runs.iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), left[i + 1..].iter().sum::<f64>() / jobs.max(1) as f64))
+        .collect()
+}
+
 /// Creates `dir` and proves a file can be written in it.
 fn check_writable(dir: &Path) -> Result<(), Error> {
     let probe = dir.join(".gptlab-write-check");
@@ -302,6 +318,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         lines_only: layout.jobs > 1,
         stop: Some(opts.stop.clone()),
         session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
+        later_work: later_work(&to_train, layout.jobs),
     };
     let ended = Mutex::new((vec![], false));
     let done = |p: &RunPlan, result: anyhow::Result<RunOutcome>| {

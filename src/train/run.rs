@@ -30,6 +30,9 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// The command, spec and device, for the run's `provenance.json`.
     pub session: crate::provenance::SessionInfo,
+    /// For each run of the session, the work of the runs queued after it (step-cost units,
+    /// see `PhaseSchedule::cost_after`), for the time left of the whole session.
+    pub later_work: std::collections::HashMap<String, f64>,
 }
 
 /// The validation batches of a phase: the same windows at every evaluation, so the losses
@@ -149,7 +152,8 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
     let measure = plan.config.measure.attention;
     crate::probe::enable_attention_probe(measure);
     crate::probe::reset_peak_rss();
-    let mut progress = Progress::start(&plan.name, total, done, opts.quiet, opts.lines_only);
+    let later = opts.later_work.get(&plan.name).copied().unwrap_or(0.0);
+    let mut progress = Progress::start(&plan.name, &plan.schedule, done, later, opts.quiet, opts.lines_only);
     let started = Instant::now();
     let (mut last_train, mut last_val) = (None, None);
     let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {
