@@ -167,7 +167,8 @@ fn params(args: &ParamsArgs) -> Outcome {
     use gptlab::params::Arch;
     let file = &args.file;
     let archs: Vec<(String, Arch)> = if file.extension().is_some_and(|e| e == "json") {
-        vec![(file.display().to_string(), Arch::from_hf_config(file)?)]
+        let arch = Arch::from_hf_config(file).map_err(|e| Error::Usage(format!("{e:#}")))?;
+        vec![(file.display().to_string(), arch)]
     } else {
         let exp = load(file, &args.select, Path::new("runs"))?;
         let runs = exp.selected();
@@ -175,9 +176,7 @@ fn params(args: &ParamsArgs) -> Outcome {
             .map(|p| (p.name.clone(), Arch::from_model(&p.model)))
             .collect()
     };
-    println!(
-        "{}",
-        gptlab::params::render(&archs, args.context, args.batch, args.json)?
-    );
+    let table = gptlab::params::render(&archs, args.context, args.batch, args.json);
+    println!("{}", table.map_err(|e| Error::Usage(format!("{e:#}")))?);
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,21 @@ use serde_json::Value;
 
 use crate::model::{MlpKind, ModelConfig, NormKind, Position};
 
+/// The `model_type`s whose implicit choices gptlab knows.
+pub const FAMILIES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"];
+
+/// Mixture-of-Experts families, refused by name (a dense count would be wrong).
+const MOE_FAMILIES: &[&str] = &[
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "dbrx",
+    "olmoe",
+    "jamba",
+];
+
 /// The normalisation layers of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,84 +142,149 @@ impl Arch {
     }
 
     /// Reads a Hugging Face `config.json` of a decoder-only model. The family (`model_type`)
-    /// decides what the file leaves implicit: norms, biases, gating, tying.
+    /// decides what the file leaves implicit: norms, biases, gating, tying. A family gptlab
+    /// does not know, a Mixture-of-Experts model, a missing or mistyped field and a shape
+    /// that cannot exist are errors naming the field, never a number.
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        let get = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|k| v.get(*k).and_then(Value::as_u64))
-                .map(|x| x as usize)
+        let file = path.display();
+        // The first key present must be a whole number; absent is None.
+        let get = |keys: &[&str]| -> Result<Option<usize>> {
+            match keys.iter().find_map(|k| v.get(*k).map(|x| (*k, x))) {
+                None => Ok(None),
+                Some((k, x)) => match x.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                    Some(n) => Ok(Some(n)),
+                    None => bail!("{file}: `{k}` must be a whole number, not {x}"),
+                },
+            }
         };
-        let need = |keys: &[&str]| get(keys).with_context(|| format!("{}: missing `{}`", path.display(), keys[0]));
+        let need = |keys: &[&str]| get(keys)?.with_context(|| format!("{file}: `{}` is missing", keys[0]));
         let flag = |k: &str| v.get(k).and_then(Value::as_bool);
-        let family = v
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("llama")
-            .to_string();
+        let Some(family) = v.get("model_type").and_then(Value::as_str) else {
+            bail!(
+                "{file}: `model_type` is missing: the family says what the file leaves implicit (norms, biases, \
+                 gating); supported: {}",
+                FAMILIES.join(", ")
+            );
+        };
+        let experts = ["num_local_experts", "num_experts", "n_routed_experts"]
+            .iter()
+            .find(|k| v.get(**k).and_then(Value::as_u64).is_some_and(|n| n > 1));
+        if MOE_FAMILIES.contains(&family) || experts.is_some() {
+            bail!(
+                "{file}: `{family}` is a Mixture-of-Experts model{}; gptlab counts dense models only, so its \
+                 total and active parameters would be wrong",
+                experts.map(|k| format!(" (`{k}`)")).unwrap_or_default()
+            );
+        }
+        if !FAMILIES.contains(&family) {
+            bail!(
+                "{file}: model_type `{family}` is not a family gptlab knows (encoders such as BERT are not \
+                 decoder-only GPTs); supported: {}",
+                FAMILIES.join(", ")
+            );
+        }
         let hidden = need(&["hidden_size", "n_embd"])?;
         let heads = need(&["num_attention_heads", "n_head"])?;
-        if heads == 0 {
-            bail!("{}: num_attention_heads is 0", path.display());
+        let kv_heads = get(&["num_key_value_heads"])?.unwrap_or(heads);
+        let head_dim = get(&["head_dim"])?;
+        let at_least_one = [
+            ("hidden_size", hidden),
+            ("num_attention_heads", heads),
+            ("num_key_value_heads", kv_heads),
+        ];
+        if let Some((k, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
+            bail!("{file}: `{k}` must be at least 1");
+        }
+        if !heads.is_multiple_of(kv_heads) {
+            bail!("{file}: `num_attention_heads` ({heads}) must be a multiple of `num_key_value_heads` ({kv_heads})");
+        }
+        if head_dim.is_none() && !hidden.is_multiple_of(heads) {
+            bail!(
+                "{file}: `hidden_size` ({hidden}) must be divisible by `num_attention_heads` ({heads}) when `head_dim` is not given"
+            );
         }
         let gpt2 = family == "gpt2";
-        let gated = !gpt2;
         let arch = Self {
-            name: family.clone(),
+            name: family.to_string(),
             vocab: need(&["vocab_size"])?,
             hidden,
-            intermediate: get(&["intermediate_size", "n_inner"]).unwrap_or(4 * hidden),
+            intermediate: get(&["intermediate_size", "n_inner"])?.unwrap_or(hidden.saturating_mul(4)),
             layers: need(&["num_hidden_layers", "n_layer"])?,
             heads,
-            kv_heads: get(&["num_key_value_heads"]).unwrap_or(heads),
-            head_dim: get(&["head_dim"]).unwrap_or(hidden / heads),
+            kv_heads,
+            head_dim: head_dim.unwrap_or(hidden / heads),
             learned_positions: if gpt2 {
-                get(&["n_positions", "max_position_embeddings"]).unwrap_or(1024)
+                get(&["n_positions", "max_position_embeddings"])?.unwrap_or(1024)
             } else {
                 0
             },
             norm: if gpt2 { Norm::LayerNorm } else { Norm::RmsNorm },
-            mlp: if gated { Mlp::Gated } else { Mlp::Plain },
+            mlp: if gpt2 { Mlp::Plain } else { Mlp::Gated },
             qkv_bias: gpt2 || family == "qwen2" || flag("attention_bias").unwrap_or(false),
             o_bias: gpt2 || flag("attention_bias").unwrap_or(false),
             mlp_bias: gpt2 || flag("mlp_bias").unwrap_or(false),
             qk_norm: family == "qwen3",
             tie_embeddings: flag("tie_word_embeddings").unwrap_or(gpt2 || family.starts_with("gemma")),
         };
+        arch.try_breakdown().with_context(|| format!("{file}"))?;
         Ok(arch)
     }
 
-    /// Parameters by component.
+    /// Parameters by component. Panics if a count overflows 64 bits, which no validated
+    /// gptlab config and no config [`Arch::from_hf_config`] accepts can do.
     pub fn breakdown(&self) -> Breakdown {
+        self.try_breakdown().expect("the parameter count fits in 64 bits")
+    }
+
+    /// Parameters by component, or an error if a count would overflow 64 bits.
+    pub fn try_breakdown(&self) -> Result<Breakdown> {
+        let too_big = || anyhow::anyhow!("the sizes are too large to count (a parameter count overflows 64 bits)");
         let u = |x: usize| x as u64;
+        let mul = |a: u64, b: u64| a.checked_mul(b).ok_or_else(too_big);
+        let add = |a: u64, b: u64| a.checked_add(b).ok_or_else(too_big);
         let (c, l) = (u(self.hidden), u(self.layers));
-        let (q_out, kv_out) = (u(self.heads * self.head_dim), u(self.kv_heads * self.head_dim));
-        let proj = |d_in: u64, d_out: u64, bias: bool| d_in * d_out + if bias { d_out } else { 0 };
+        let q_out = mul(u(self.heads), u(self.head_dim))?;
+        let kv_out = mul(u(self.kv_heads), u(self.head_dim))?;
+        let proj = |d_in: u64, d_out: u64, bias: bool| add(mul(d_in, d_out)?, if bias { d_out } else { 0 });
         let norm = |width: u64| match self.norm {
-            Norm::LayerNorm => 2 * width,
-            Norm::RmsNorm => width,
+            Norm::LayerNorm => mul(2, width),
+            Norm::RmsNorm => Ok(width),
         };
         let f = u(self.intermediate);
+        let up = proj(c, f, self.mlp_bias)?;
         let mlp_one = match self.mlp {
-            Mlp::Plain => proj(c, f, self.mlp_bias) + proj(f, c, self.mlp_bias),
-            Mlp::Gated => 2 * proj(c, f, self.mlp_bias) + proj(f, c, self.mlp_bias),
+            Mlp::Plain => add(up, proj(f, c, self.mlp_bias)?)?,
+            Mlp::Gated => add(mul(2, up)?, proj(f, c, self.mlp_bias)?)?,
         };
-        let qk_norms = if self.qk_norm { 2 * u(self.head_dim) } else { 0 };
+        let qk_norms = if self.qk_norm { mul(2, u(self.head_dim))? } else { 0 };
+        let embeddings = mul(u(self.vocab), c)?;
         let b = Breakdown {
-            embeddings: u(self.vocab) * c,
-            positions: u(self.learned_positions) * c,
-            attn_q: l * proj(c, q_out, self.qkv_bias),
-            attn_k: l * proj(c, kv_out, self.qkv_bias),
-            attn_v: l * proj(c, kv_out, self.qkv_bias),
-            attn_o: l * proj(q_out, c, self.o_bias),
-            mlp: l * mlp_one,
-            norms: l * (2 * norm(c) + qk_norms) + norm(c),
-            head: if self.tie_embeddings { 0 } else { u(self.vocab) * c },
+            embeddings,
+            positions: mul(u(self.learned_positions), c)?,
+            attn_q: mul(l, proj(c, q_out, self.qkv_bias)?)?,
+            attn_k: mul(l, proj(c, kv_out, self.qkv_bias)?)?,
+            attn_v: mul(l, proj(c, kv_out, self.qkv_bias)?)?,
+            attn_o: mul(l, proj(q_out, c, self.o_bias)?)?,
+            mlp: mul(l, mlp_one)?,
+            norms: add(mul(l, add(mul(2, norm(c)?)?, qk_norms)?)?, norm(c)?)?,
+            head: if self.tie_embeddings { 0 } else { embeddings },
             total: 0,
         };
-        let total = b.embeddings + b.positions + b.attn_q + b.attn_k + b.attn_v + b.attn_o + b.mlp + b.norms + b.head;
-        Breakdown { total, ..b }
+        let parts = [
+            b.embeddings,
+            b.positions,
+            b.attn_q,
+            b.attn_k,
+            b.attn_v,
+            b.attn_o,
+            b.mlp,
+            b.norms,
+            b.head,
+        ];
+        let total = parts.iter().try_fold(0u64, |acc, &x| add(acc, x))?;
+        Ok(Breakdown { total, ..b })
     }
 
     /// Key/value cache per token, in bytes, at `bytes_per_value` (2 for fp16/bf16).
@@ -238,19 +318,24 @@ pub struct Memory {
 }
 
 /// Memory for `params` parameters of `arch`, with a KV cache of `context` × `batch`.
-pub fn memory(arch: &Arch, params: u64, context: u64, batch: u64) -> Memory {
-    let per_token = arch.kv_bytes_per_token(2);
-    Memory {
-        weights_fp32: 4 * params,
-        weights_bf16: 2 * params,
+pub fn memory(arch: &Arch, params: u64, context: u64, batch: u64) -> Result<Memory> {
+    let too_big = || anyhow::anyhow!("the memory figures overflow 64 bits (is --context or --batch that large?)");
+    let mul = |a: u64, b: u64| a.checked_mul(b).ok_or_else(too_big);
+    let per_token = mul(
+        mul(mul(arch.layers as u64, arch.kv_heads as u64)?, arch.head_dim as u64)?,
+        4, // keys and values, 2 bytes each (bf16)
+    )?;
+    Ok(Memory {
+        weights_fp32: mul(4, params)?,
+        weights_bf16: mul(2, params)?,
         weights_int8: params,
-        train_adamw_fp32: 16 * params,
-        train_adamw_mixed: 16 * params,
+        train_adamw_fp32: mul(16, params)?,
+        train_adamw_mixed: mul(16, params)?,
         kv_cache_per_token_bf16: per_token,
-        kv_cache_bf16: per_token * context * batch,
+        kv_cache_bf16: mul(mul(per_token, context)?, batch)?,
         context,
         batch,
-    }
+    })
 }
 
 /// What `gptlab params` prints: for each named architecture its parameters per component
@@ -260,19 +345,19 @@ pub fn render(archs: &[(String, Arch)], context: u64, batch: u64, json: bool) ->
         let rows: Vec<serde_json::Value> = archs
             .iter()
             .map(|(name, arch)| {
-                let b = arch.breakdown();
-                let m = memory(arch, b.total, context, batch);
-                serde_json::json!({ "name": name, "arch": arch, "params": b, "memory_bytes": m })
+                let b = arch.try_breakdown()?;
+                let m = memory(arch, b.total, context, batch)?;
+                Ok(serde_json::json!({ "name": name, "arch": arch, "params": b, "memory_bytes": m }))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         return serde_json::to_string_pretty(&rows).context("serialising");
     }
     let gb = |x: u64| format!("{:.3} GB", x as f64 / 1e9);
     let row = |what: &str, value: String| format!("  {what:<28} {value:>16}\n");
     let mut out = String::new();
     for (name, arch) in archs {
-        let b = arch.breakdown();
-        let m = memory(arch, b.total, context, batch);
+        let b = arch.try_breakdown()?;
+        let m = memory(arch, b.total, context, batch)?;
         out += &format!("{name}\n");
         for (what, n) in [
             ("embeddings", b.embeddings),

@@ -111,5 +111,74 @@ fn the_cli_prints_tables_and_json_for_specs_and_hf_configs() {
         .current_dir(root)
         .args(["params", "Cargo.json"])
         .assert()
-        .code(1);
+        .code(2);
+}
+
+/// `gptlab params` on a config.json with `json` as its text, from a temporary folder.
+fn params_of(json: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, json).unwrap();
+    Command::cargo_bin("gptlab")
+        .unwrap()
+        .arg("params")
+        .arg(&path)
+        .args(extra)
+        .assert()
+}
+
+#[test]
+fn configs_gptlab_cannot_count_are_refused_naming_why() {
+    let llama = |fields: &str| {
+        format!(
+            r#"{{"model_type": "llama", "vocab_size": 32000, "num_hidden_layers": 2, "intermediate_size": 11008, {fields}}}"#
+        )
+    };
+    let bert = r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072}"#;
+    let mixtral = r#"{"model_type": "mixtral", "vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336, "num_local_experts": 8}"#;
+    let no_family = r#"{"vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32}"#;
+    let cases: Vec<(String, &str)> = vec![
+        (bert.into(), "`bert` is not a family gptlab knows"),
+        (mixtral.into(), "Mixture-of-Experts"),
+        (no_family.into(), "`model_type` is missing"),
+        (
+            llama(r#""hidden_size": 768, "num_attention_heads": 12, "num_key_value_heads": 0"#),
+            "`num_key_value_heads` must be at least 1",
+        ),
+        (
+            llama(r#""hidden_size": 768, "num_attention_heads": 12, "num_key_value_heads": 5"#),
+            "must be a multiple of `num_key_value_heads`",
+        ),
+        (
+            llama(r#""hidden_size": 770, "num_attention_heads": 12"#),
+            "must be divisible by `num_attention_heads`",
+        ),
+        (
+            llama(r#""hidden_size": -768, "num_attention_heads": 12"#),
+            "`hidden_size` must be a whole number, not -768",
+        ),
+        (
+            llama(r#""hidden_size": "768", "num_attention_heads": 12"#),
+            "`hidden_size` must be a whole number",
+        ),
+        (
+            llama(r#""hidden_size": 4294967296, "num_attention_heads": 1"#),
+            "too large to count",
+        ),
+        (
+            llama(r#""hidden_size": 18446744073709551615, "num_attention_heads": 1"#),
+            "too large to count",
+        ),
+    ];
+    for (json, words) in cases {
+        params_of(&json, &[]).code(2).stderr(predicates::str::contains(words));
+    }
+    // A context × batch that overflows is an error, not "0.000 GB".
+    let fine = llama(r#""hidden_size": 768, "num_attention_heads": 12"#);
+    params_of(&fine, &[]).success();
+    params_of(&fine, &["--context", "18446744073709551615", "--batch", "2"])
+        .code(2)
+        .stderr(predicates::str::contains("overflow"));
 }
