@@ -299,13 +299,14 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         }
         to_train.push(p);
     }
+    // Only the runs left to train share the threads (finished ones were skipped above).
+    let layout = JobLayout::new(layout.jobs, threads, to_train.len());
     if layout.jobs > 1 && !opts.quiet {
-        eprintln!(
-            "training {} runs, {} at a time with {} threads each",
-            to_train.len(),
-            layout.jobs,
-            layout.threads_per_run
-        );
+        let each = match layout.threads_per_run {
+            1 => "1 thread".to_string(),
+            n => format!("{n} threads"),
+        };
+        eprintln!("training {} runs, {} at a time with {each} each", to_train.len(), layout.jobs);
     }
 
     let device = match chosen {
@@ -356,12 +357,10 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     let (run_failures, interrupted) = ended.into_inner().expect("not poisoned");
     outcome.failed.extend(run_failures);
     outcome.interrupted = interrupted || opts.stop.load(Ordering::SeqCst);
-    if outcome.interrupted {
-        return Ok(outcome);
-    }
     if let Some(reports_dir) = &opts.reports_dir {
         // The report covers the whole experiment, not only the runs trained now (--only).
-        match report(exp, reports_dir, true, true) {
+        // Interrupted, it shows what exists, without generating samples (the user is leaving).
+        match report(exp, reports_dir, true, !outcome.interrupted) {
             Ok(page) => outcome.report = Some(page),
             Err(e) => {
                 eprintln!("error: writing the report failed: {e:#}");

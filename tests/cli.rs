@@ -299,7 +299,7 @@ fn runs_side_by_side_learn_exactly_what_they_learn_one_at_a_time() {
             .assert()
             .success()
             .stderr(predicate::str::contains(if jobs == "3" {
-                "3 at a time with 1 threads each"
+                "3 at a time with 1 thread each"
             } else {
                 "device: cpu"
             }));

@@ -301,6 +301,15 @@ pub fn write_report<D: Backend>(
     } else {
         vec![format!("Not finished: {}.", unfinished.join(", "))]
     };
+    for p in plans {
+        let run_dir = RunDir::new(&p.dir);
+        if run_dir.metrics_path().is_file() && run_dir.checkpoints().is_empty() {
+            notes.push(format!(
+                "Run {} has metrics but no checkpoint (deleted?): it has no samples and cannot be resumed.",
+                p.name
+            ));
+        }
+    }
     let provenance: Vec<(String, crate::provenance::Provenance)> = plans
         .iter()
         .map(|p| (p.name.clone(), RunDir::new(&p.dir).read_provenance()))

@@ -132,6 +132,9 @@ pub fn markdown(
     }
     for (label, ckpts) in runs {
         md.push_str(&format!("## {label}\n\n"));
+        if ckpts.is_empty() {
+            md.push_str("No checkpoint to sample from: the run has not finished a phase yet, or its checkpoints were deleted.\n\n");
+        }
         for c in ckpts {
             let seq = seq_len_of_phase(label, c.phase)
                 .map(|s| format!(", seq_len {s}"))
