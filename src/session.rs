@@ -306,7 +306,11 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
             1 => "1 thread".to_string(),
             n => format!("{n} threads"),
         };
-        eprintln!("training {} runs, {} at a time with {each} each", to_train.len(), layout.jobs);
+        eprintln!(
+            "training {} runs, {} at a time with {each} each",
+            to_train.len(),
+            layout.jobs
+        );
     }
 
     let device = match chosen {
