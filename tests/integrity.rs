@@ -277,7 +277,9 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
         .arg(&spec)
         .arg("--runs-dir")
         .arg(tmp.path().join("runs"))
-        .args(["--no-report", "-q"])
+        .arg("--reports-dir")
+        .arg(tmp.path().join("reports"))
+        .arg("-q")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -288,6 +290,7 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // SAFETY: kill(2) on the child's pid sends SIGTERM and touches no memory.
+    // (The report of what exists is written on the way out.)
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
@@ -296,6 +299,11 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
     let rows = std::fs::read_to_string(&metrics).unwrap().lines().count() - 1;
     let ckpt = tmp.path().join(format!("runs/term/default/checkpoints/step_{rows:08}"));
     assert!(ckpt.is_dir(), "a checkpoint at the last step written ({rows})");
+    let page = std::fs::read_to_string(tmp.path().join("reports/term/index.html")).unwrap();
+    assert!(
+        page.contains("Not finished: default (interrupted)"),
+        "the report of what exists"
+    );
 }
 
 #[test]
@@ -473,4 +481,27 @@ fn every_misspelling_and_wrong_type_is_reported_in_one_pass_with_a_suggestion() 
         !stderr.contains("usize") && !stderr.contains("struct "),
         "Rust words: {stderr}"
     );
+}
+
+#[test]
+fn a_run_whose_checkpoints_were_deleted_is_marked_on_the_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = two_runs(tmp.path());
+    let with_prompts = std::fs::read_to_string(&spec).unwrap() + "[sample]\nprompts = [\"RO\"]\nmax_new_tokens = 5\n";
+    std::fs::write(&spec, with_prompts).unwrap();
+    run(&spec, tmp.path(), &[]).success();
+    std::fs::remove_dir_all(tmp.path().join("runs/cmp/rope/checkpoints")).unwrap();
+    gptlab()
+        .arg("report")
+        .arg(&spec)
+        .arg("--runs-dir")
+        .arg(tmp.path().join("runs"))
+        .arg("--reports-dir")
+        .arg(tmp.path().join("reports"))
+        .assert()
+        .success();
+    let page = std::fs::read_to_string(tmp.path().join("reports/cmp/index.html")).unwrap();
+    assert!(page.contains("Run rope has metrics but no checkpoint"), "not marked");
+    let md = std::fs::read_to_string(tmp.path().join("reports/cmp/samples.md")).unwrap();
+    assert!(md.contains("checkpoints were deleted"), "{md}");
 }
