@@ -303,6 +303,21 @@ pub fn write_report<D: Backend>(
     };
     for p in plans {
         let run_dir = RunDir::new(&p.dir);
+        // Results of other settings than the spec now gives must not pass as its results.
+        let newest = run_dir
+            .checkpoints()
+            .into_iter()
+            .find_map(|(step, dir)| Some((step, crate::checkpoint::read_meta(&dir)?)));
+        if let Some((step, meta)) = newest {
+            let diff = p.identity_diff(&meta.identity, step.min(p.schedule.total_steps()));
+            if !diff.is_empty() {
+                notes.push(format!(
+                    "Run {} was trained with other settings than this spec gives: {}.",
+                    p.name,
+                    diff.join("; ")
+                ));
+            }
+        }
         if run_dir.metrics_path().is_file() && run_dir.checkpoints().is_empty() {
             notes.push(format!(
                 "Run {} has metrics but no checkpoint (deleted?): it has no samples and cannot be resumed.",
