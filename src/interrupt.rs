@@ -3,7 +3,11 @@
 //! last checkpoint is intact). SIGPIPE: output to a closed pipe ends the process quietly.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Signals closer together than this are one event delivered twice.
+const DUPLICATE_WINDOW: Duration = Duration::from_millis(500);
 
 /// Restores the default action of SIGPIPE, so `gptlab plan … | head -1` ends quietly like any
 /// Unix tool instead of panicking on the failed write (Rust ignores SIGPIPE by default).
@@ -21,16 +25,24 @@ pub fn default_sigpipe() {
 pub fn install() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let presses = AtomicUsize::new(0);
+    let first: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
     let installed = ctrlc::set_handler(move || {
-        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-            flag.store(true, Ordering::SeqCst);
-            eprintln!(
-                "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to stop at once)"
-            );
-        } else {
-            eprintln!("\ninterrupt: stopping now; the last checkpoint is intact");
-            std::process::exit(130);
+        let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
+        match *first {
+            None => {
+                *first = Some(std::time::Instant::now());
+                flag.store(true, Ordering::SeqCst);
+                eprintln!(
+                    "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to stop at once)"
+                );
+            }
+            // One event often arrives twice: `timeout` or Slurm signal the whole process group
+            // and `just` forwards the same signal to its recipe. Only a later one means "now".
+            Some(t) if t.elapsed() < DUPLICATE_WINDOW => {}
+            Some(_) => {
+                eprintln!("\ninterrupt: stopping now; the last checkpoint is intact");
+                std::process::exit(130);
+            }
         }
     });
     if let Err(e) = installed {

@@ -291,6 +291,11 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
     }
     // SAFETY: kill(2) on the child's pid sends SIGTERM and touches no memory.
     // (The report of what exists is written on the way out.)
+    // Twice at once, as when `timeout` or Slurm signal the process group and `just` forwards
+    // the same signal: one event, still a clean stop.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // SAFETY: as above.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
