@@ -10,16 +10,18 @@ build:
 
 # Train every run of a spec: just run experiments/rope_vs_abs.toml [--set key=value ...]
 run FILE *ARGS: build
-    {{bin}} run {{FILE}} {{ARGS}}
+    GPTLAB_RESUME="just run {{FILE}} {{ARGS}}" {{bin}} run {{FILE}} {{ARGS}}
 
 # Train every point of a spec's [sweep] grid: just sweep experiments/gqa_heads.toml
 sweep FILE *ARGS: build
-    {{bin}} sweep {{FILE}} {{ARGS}}
+    GPTLAB_RESUME="just sweep {{FILE}} {{ARGS}}" {{bin}} sweep {{FILE}} {{ARGS}}
+
+# GPTLAB_RESUME in the recipes below is the command gptlab names when interrupted: the one typed.
 
 # The whole reference study: RoPE vs absolute (800 steps each), then the GQA sweep (4 × 600 steps).
 study *ARGS: build
-    {{bin}} run experiments/rope_vs_abs.toml {{ARGS}}
-    {{bin}} sweep experiments/gqa_heads.toml {{ARGS}}
+    GPTLAB_RESUME="just study {{ARGS}}" {{bin}} run experiments/rope_vs_abs.toml {{ARGS}}
+    GPTLAB_RESUME="just study {{ARGS}}" {{bin}} sweep experiments/gqa_heads.toml {{ARGS}}
 
 # Redraw reports/<experiment>/ from the runs' metrics and checkpoints.
 report FILE *ARGS: build
@@ -31,7 +33,7 @@ sample CHECKPOINT *ARGS: build
 
 # Seconds-long end-to-end run of the tiny smoke experiment.
 smoke *ARGS: build
-    {{bin}} run experiments/smoke.toml {{ARGS}}
+    GPTLAB_RESUME="just smoke {{ARGS}}" {{bin}} run experiments/smoke.toml {{ARGS}}
 
 # List the specs under experiments/ (or DIR).
 list DIR="experiments": build

@@ -100,11 +100,13 @@ fn run(args: &RunArgs) -> Outcome {
     };
     let outcome = gptlab::session::train(&exp, &opts)?;
     if outcome.interrupted {
-        // The command as typed, flags included: copying it resumes the same thing.
-        let typed: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
+        // The command as typed, flags included: copying it resumes the same thing. A wrapper
+        // (the justfile's recipes) names itself in GPTLAB_RESUME, since gptlab cannot see it.
+        let typed = std::env::var("GPTLAB_RESUME").ok().filter(|c| !c.trim().is_empty());
+        let typed = typed.unwrap_or_else(|| std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" "));
         eprintln!(
             "interrupted: a checkpoint was written; to resume, run again: {}",
-            typed.join(" ")
+            typed.trim()
         );
         return Ok(ExitCode::from(130));
     }

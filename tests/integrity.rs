@@ -273,6 +273,7 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
     );
     let bin = assert_cmd::cargo::cargo_bin("gptlab");
     let child = std::process::Command::new(&bin)
+        .env("GPTLAB_RESUME", "just study")
         .arg("run")
         .arg(&spec)
         .arg("--runs-dir")
@@ -298,7 +299,10 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    // A wrapper's own command is named (the justfile sets it for `just study`).
+    assert!(stderr.contains("to resume, run again: just study"), "{stderr}");
     let status = std::fs::read_to_string(tmp.path().join("runs/term/default/status.json")).unwrap();
     assert!(status.contains("interrupted"), "{status}");
     let rows = std::fs::read_to_string(&metrics).unwrap().lines().count() - 1;
