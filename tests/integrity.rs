@@ -30,6 +30,19 @@ fn run(spec: &Path, dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
         .assert()
 }
 
+/// `gptlab report SPEC --runs-dir DIR/runs --reports-dir DIR/reports` plus `extra`.
+fn report(spec: &Path, dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    gptlab()
+        .arg("report")
+        .arg(spec)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .arg("--reports-dir")
+        .arg(dir.join("reports"))
+        .args(extra)
+        .assert()
+}
+
 #[test]
 fn a_set_of_a_key_a_run_or_the_sweep_sets_is_refused_naming_both() {
     let tmp = tempfile::tempdir().unwrap();
@@ -213,14 +226,7 @@ fn sampling_takes_a_run_folder_greedy_decoding_and_refuses_bad_prompts() {
 fn a_report_of_an_experiment_that_never_ran_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = write_spec(tmp.path(), "never.toml", TINY_SPEC);
-    gptlab()
-        .arg("report")
-        .arg(&spec)
-        .arg("--runs-dir")
-        .arg(tmp.path().join("runs"))
-        .arg("--reports-dir")
-        .arg(tmp.path().join("reports"))
-        .assert()
+    report(&spec, tmp.path(), &[])
         .code(1)
         .stderr(predicate::str::contains("nothing to report"));
     assert!(!tmp.path().join("reports/never/index.html").exists());
@@ -447,15 +453,7 @@ fn every_run_records_what_produced_it_and_the_report_shows_it() {
         .unwrap()
         .replacen(commit, "0123456789abcdef0123456789abcdef01234567", 1);
     std::fs::write(run_dir.join("provenance.json"), edited).unwrap();
-    gptlab()
-        .arg("report")
-        .arg(&spec)
-        .args(["--no-samples", "--set", "train.lr=0.002", "--runs-dir"])
-        .arg(dir.join("runs"))
-        .arg("--reports-dir")
-        .arg(dir.join("reports"))
-        .assert()
-        .success();
+    report(&spec, dir, &["--no-samples", "--set", "train.lr=0.002"]).success();
     let page = std::fs::read_to_string(dir.join("reports/prov/index.html")).unwrap();
     assert!(
         page.contains("different gptlab builds") && page.contains("0123456789ab"),
@@ -500,15 +498,7 @@ fn a_run_whose_checkpoints_were_deleted_is_marked_on_the_page() {
     std::fs::write(&spec, with_prompts).unwrap();
     run(&spec, tmp.path(), &[]).success();
     std::fs::remove_dir_all(tmp.path().join("runs/cmp/rope/checkpoints")).unwrap();
-    gptlab()
-        .arg("report")
-        .arg(&spec)
-        .arg("--runs-dir")
-        .arg(tmp.path().join("runs"))
-        .arg("--reports-dir")
-        .arg(tmp.path().join("reports"))
-        .assert()
-        .success();
+    report(&spec, tmp.path(), &[]).success();
     let page = std::fs::read_to_string(tmp.path().join("reports/cmp/index.html")).unwrap();
     assert!(page.contains("Run rope has metrics but no checkpoint"), "not marked");
     let md = std::fs::read_to_string(tmp.path().join("reports/cmp/samples.md")).unwrap();

@@ -360,30 +360,14 @@ impl SpecFile {
         let src = &self.source;
         let experiment = match sets.iter().rev().find(|s| s.key == "experiment.name") {
             None => self.name.clone(),
-            Some(s) => match s.value.as_str().map(|n| (n, check_folder_name(n))) {
-                Some((n, Ok(()))) => n.to_string(),
-                Some((_, Err(msg))) => {
-                    return Err(src
-                        .error(
-                            Origin::Cli(format!("--set {}", s.raw)),
-                            Some("experiment.name"),
-                            None,
-                            msg,
-                        )
-                        .into());
-                }
-                None => {
-                    let msg = "expected a name (a string)".to_string();
-                    return Err(src
-                        .error(
-                            Origin::Cli(format!("--set {}", s.raw)),
-                            Some("experiment.name"),
-                            None,
-                            msg,
-                        )
-                        .into());
-                }
-            },
+            Some(s) => {
+                let checked = match s.value.as_str() {
+                    Some(n) => check_folder_name(n).map(|()| n.to_string()),
+                    None => Err("expected a name (a string)".to_string()),
+                };
+                let origin = Origin::Cli(format!("--set {}", s.raw));
+                checked.map_err(|msg| SpecErrors::from(src.error(origin, Some("experiment.name"), None, msg)))?
+            }
         };
         let mut errors = vec![];
 
