@@ -111,6 +111,16 @@ fn a_completed_run_of_other_settings_is_refused_and_a_new_name_keeps_both() {
         before,
         "the old results are untouched"
     );
+    // A report drawn with the changed spec says the run does not match it.
+    report(
+        &spec,
+        tmp.path(),
+        &["--only", "absolute", "--no-samples", "--set", "model.n_embd=32"],
+    )
+    .success();
+    let page = std::fs::read_to_string(tmp.path().join("reports/cmp/index.html")).unwrap();
+    let said = "Run absolute was trained with other settings than this spec gives";
+    assert!(page.contains(said) && page.contains("model.n_embd"), "not said");
     // Renaming the experiment trains the variant beside the old results.
     run(
         &spec,
