@@ -16,11 +16,12 @@ run FILE *ARGS: build
 sweep FILE *ARGS: build
     GPTLAB_RESUME="just sweep {{FILE}} {{ARGS}}" {{bin}} sweep {{FILE}} {{ARGS}}
 
-# GPTLAB_RESUME in the recipes below is the command gptlab names when interrupted: the one typed.
+# GPTLAB_RESUME in the recipes below is the command gptlab names when interrupted (the one typed);
+# GPTLAB_ETA_ALSO names specs trained after this command, so the time left covers the study.
 
 # The whole reference study: RoPE vs absolute (800 steps each), then the GQA sweep (4 × 600 steps).
 study *ARGS: build
-    GPTLAB_RESUME="just study {{ARGS}}" {{bin}} run experiments/rope_vs_abs.toml {{ARGS}}
+    GPTLAB_RESUME="just study {{ARGS}}" GPTLAB_ETA_ALSO=experiments/gqa_heads.toml {{bin}} run experiments/rope_vs_abs.toml {{ARGS}}
     GPTLAB_RESUME="just study {{ARGS}}" {{bin}} sweep experiments/gqa_heads.toml {{ARGS}}
 
 # Redraw reports/<experiment>/ from the runs' metrics and checkpoints.

@@ -210,9 +210,34 @@ fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
     )))
 }
 
-/// For each run, the work of the runs queued after it, shared by `jobs` workers: what the
-/// progress display adds to the run's own time left for the whole session's.
-fn later_work(runs: &[&RunPlan], jobs: usize) -> std::collections::HashMap<String, f64> {
+/// The folder holding `<experiment>/` of this experiment's runs.
+fn runs_dir_of(exp: &Experiment) -> PathBuf {
+    let dir = exp.plans.first().and_then(|p| p.dir.parent()).and_then(Path::parent);
+    dir.map_or_else(|| PathBuf::from("runs"), Path::to_path_buf)
+}
+
+/// The work left in the specs a wrapper will train after this command (`GPTLAB_ETA_ALSO`, a
+/// `:`-separated list of spec files; `just study` names its second half), so the time left
+/// covers the whole study. A spec that cannot be planned counts nothing.
+fn queued_after(runs_dir: &Path) -> f64 {
+    let Ok(list) = std::env::var("GPTLAB_ETA_ALSO") else {
+        return 0.0;
+    };
+    list.split(':')
+        .filter(|f| !f.is_empty())
+        .filter_map(|f| Experiment::load(Path::new(f), &[], &[], runs_dir).ok())
+        .flat_map(|e| e.plans)
+        .map(|p| {
+            let done = RunDir::new(&p.dir).checkpoints().first().map_or(0, |c| c.0);
+            p.schedule.cost_after(done)
+        })
+        .sum()
+}
+
+/// For each run, the work of the runs queued after it (and `also`, queued after this
+/// command), shared by `jobs` workers: what the progress display adds to the run's own time
+/// left for the whole session's.
+fn later_work(runs: &[&RunPlan], jobs: usize, also: f64) -> std::collections::HashMap<String, f64> {
     let left: Vec<f64> = runs
         .iter()
         .map(|p| {
@@ -222,7 +247,12 @@ fn later_work(runs: &[&RunPlan], jobs: usize) -> std::collections::HashMap<Strin
         .collect();
     runs.iter()
         .enumerate()
-        .map(|(i, p)| (p.name.clone(), left[i + 1..].iter().sum::<f64>() / jobs.max(1) as f64))
+        .map(|(i, p)| {
+            (
+                p.name.clone(),
+                (left[i + 1..].iter().sum::<f64>() + also) / jobs.max(1) as f64,
+            )
+        })
         .collect()
 }
 
@@ -323,7 +353,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         lines_only: layout.jobs > 1,
         stop: Some(opts.stop.clone()),
         session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
-        later_work: later_work(&to_train, layout.jobs),
+        later_work: later_work(&to_train, layout.jobs, queued_after(&runs_dir_of(exp))),
     };
     let ended = Mutex::new((vec![], false));
     let done = |p: &RunPlan, result: anyhow::Result<RunOutcome>| {

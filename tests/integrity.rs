@@ -514,3 +514,34 @@ fn a_run_whose_checkpoints_were_deleted_is_marked_on_the_page() {
     let md = std::fs::read_to_string(tmp.path().join("reports/cmp/samples.md")).unwrap();
     assert!(md.contains("checkpoints were deleted"), "{md}");
 }
+
+#[test]
+fn the_time_left_covers_the_specs_a_wrapper_trains_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = write_spec(tmp.path(), "first.toml", TINY_SPEC);
+    let next = write_spec(
+        tmp.path(),
+        "next.toml",
+        &TINY_SPEC.replace("steps = 10", "steps = 5000"),
+    );
+    let train = |name: &str, also: Option<&Path>| {
+        let mut cmd = gptlab();
+        cmd.arg("run")
+            .arg(&first)
+            .args(["--set", &format!("experiment.name={name}"), "--no-report", "--runs-dir"])
+            .arg(tmp.path().join("runs"));
+        if let Some(also) = also {
+            cmd.env("GPTLAB_ETA_ALSO", also);
+        }
+        let out = cmd.assert().success();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    let alone = train("alone", None);
+    assert!(alone.contains("steps/s, eta") && !alone.contains("all runs"), "{alone}");
+    let study = train("study", Some(&next));
+    let line = study
+        .lines()
+        .find(|l| l.contains("step 5/16"))
+        .expect("a progress line at step 5");
+    assert!(line.contains(", all runs "), "{line}");
+}

@@ -69,14 +69,20 @@ impl Progress {
         }
     }
 
-    /// `steps/s (this session), time left for the run [and for all queued runs]`.
-    fn pace(&self, step: usize) -> String {
+    /// Steps per second in this session, seconds left for the run and for all queued runs.
+    fn pace_numbers(&self, step: usize) -> (f64, f64, f64) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let rate = (step - self.resumed_at) as f64 / secs;
         let per_unit = secs / self.work_done.max(1e-9);
         let left = self.schedule.cost_after(step) * per_unit;
+        (rate, left, left + self.later * per_unit)
+    }
+
+    /// `steps/s (this session), time left for the run [and for all queued runs]`.
+    fn pace(&self, step: usize) -> String {
+        let (rate, left, all) = self.pace_numbers(step);
         let all = match self.later > 0.0 {
-            true => format!(", all runs {}", duration(left + self.later * per_unit)),
+            true => format!(", all runs {}", duration(all)),
             false => String::new(),
         };
         format!("{rate:.2} steps/s, eta {}{all}", duration(left))
@@ -113,6 +119,47 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_run_counts_only_this_session_and_weights_what_is_left_by_length() {
+        let schedule = PhaseSchedule {
+            phases: vec![
+                crate::plan::Phase {
+                    index: 0,
+                    seq_len: 128,
+                    first_step: 1,
+                    steps: 150,
+                    lr: 1e-3,
+                },
+                crate::plan::Phase {
+                    index: 1,
+                    seq_len: 256,
+                    first_step: 151,
+                    steps: 100,
+                    lr: 1e-3,
+                },
+            ],
+        };
+        // Resumed after step 100, with a second run of the same work queued after it.
+        let mut p = Progress::start("r", &schedule, 100, schedule.cost_after(0), true, true);
+        std::thread::sleep(Duration::from_millis(100));
+        p.step(0, 101, 128, 1.0, None);
+        let (rate, left, all) = p.pace_numbers(101);
+        let secs = p.started.elapsed().as_secs_f64();
+        // One step in this session, not 101.
+        assert!(
+            (rate - 1.0 / secs).abs() < 0.5 / secs,
+            "{rate} steps/s after one step in {secs} s"
+        );
+        // 49 steps at 128 and 100 at 256 (each ≈ 2.46 of them), at this step's pace.
+        let want = (49.0 + 100.0 * step_cost(256) / step_cost(128)) * secs;
+        assert!(
+            (left / want - 1.0).abs() < 0.05,
+            "eta {left} s, expected about {want} s"
+        );
+        let queued = (150.0 + 100.0 * step_cost(256) / step_cost(128)) * secs;
+        assert!(((all - left) / queued - 1.0).abs() < 0.05, "the queued run's time");
+    }
 
     #[test]
     fn durations_read_like_a_clock() {
