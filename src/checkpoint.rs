@@ -14,9 +14,8 @@ use anyhow::{Context, Result, bail, ensure};
 use dfdx::prelude::*;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::fsio::{sync_dir, write_synced};
+use crate::fsio::{sha256_hex, sync_dir, write_synced};
 use crate::model::{Float, HasParams};
 
 /// Why a checkpoint was written; phase-end checkpoints are never pruned.
@@ -99,10 +98,6 @@ impl Meta {
 /// 2: `model` holds the architecture as `ModelOptions` under `arch`, and the identity is
 /// derived from the config (gptlab 0.1 after the one-way architecture change).
 pub const FORMAT: u32 = 2;
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// SHA-256 of an identity map, in key order.
 pub fn identity_hash(identity: &BTreeMap<String, String>) -> String {

@@ -1,4 +1,5 @@
-//! Durable file writes, the crate's one way to put bytes on disk that must survive a crash.
+//! Durable file writes, the crate's one way to put bytes on disk that must survive a crash,
+//! and the one content hash (SHA-256) that checkpoints, data and specs are identified by.
 
 use std::fs;
 use std::io::Write;
@@ -35,4 +36,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         sync_dir(dir);
     }
     Ok(())
+}
+
+/// SHA-256 of `bytes`, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -5,8 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::Digest;
-
 use crate::data::Corpus;
 use crate::model::ModelConfig;
 use crate::spec::{RunConfig, RunSpec, SampleSection, SpecErrors, TrainSection, flatten};
@@ -247,6 +245,21 @@ impl RunPlan {
             .collect()
     }
 
+    /// What differs between the settings of the run's newest checkpoint and this plan (see
+    /// [`RunPlan::identity_diff`]); empty when there is no checkpoint or nothing differs.
+    pub fn differs_from_checkpoint(&self) -> Vec<String> {
+        match crate::run_dir::RunDir::new(&self.dir).newest_meta() {
+            Some((step, meta)) => self.identity_diff(&meta.identity, step.min(self.schedule.total_steps())),
+            None => vec![],
+        }
+    }
+
+    /// The work left after the run's newest checkpoint (see [`PhaseSchedule::cost_after`]).
+    pub fn work_left(&self) -> f64 {
+        self.schedule
+            .cost_after(crate::run_dir::RunDir::new(&self.dir).newest_step())
+    }
+
     /// A rough upper estimate of the memory training needs, in bytes: weights, gradients and
     /// two AdamW moments (16 bytes a parameter) plus activations kept for backward, about 48
     /// floats per token, channel and layer (calibrated on gpt-mini: 1.75 GB measured at B=64,
@@ -363,10 +376,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                     std::fs::read(&data_path).map_err(|e| format!("cannot read {}: {e}", data_path.display()))?;
                 let text =
                     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", data_path.display()))?;
-                let sha = sha2::Sha256::digest(text.as_bytes())
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let sha = crate::fsio::sha256_hex(text.as_bytes());
                 Ok((Arc::new(Corpus::from_text(&text, c.data.val_fraction)), sha))
             });
         let (corpus, data_sha256) = match loaded {

@@ -15,12 +15,12 @@ pub const GIT_COMMIT: &str = env!("GPTLAB_GIT_COMMIT");
 /// Whether that tree had uncommitted changes to tracked files: `true`, `false` or `unknown`.
 pub const GIT_DIRTY: &str = env!("GPTLAB_GIT_DIRTY");
 
-/// This build in one phrase: `0.1.0 (abc1234)`, `0.1.0 (abc1234, with uncommitted changes)`.
-pub fn build() -> String {
-    let short = &GIT_COMMIT[..GIT_COMMIT.len().min(12)];
-    match GIT_DIRTY {
-        "true" => format!("{VERSION} ({short}, with uncommitted changes)"),
-        _ => format!("{VERSION} ({short})"),
+/// A build in one phrase: `0.1.0 (abc1234def01)`, or with `, with uncommitted changes`.
+fn build_label(version: &str, commit: &str, dirty: &str) -> String {
+    let short = &commit[..commit.len().min(12)];
+    match dirty {
+        "true" => format!("{version} ({short}, with uncommitted changes)"),
+        _ => format!("{version} ({short})"),
     }
 }
 
@@ -44,7 +44,7 @@ impl SessionInfo {
         Self {
             command: std::env::args().collect(),
             spec_file: spec.display().to_string(),
-            spec_sha256: sha256_hex(&bytes),
+            spec_sha256: crate::fsio::sha256_hex(&bytes),
             device: device.to_string(),
         }
     }
@@ -119,22 +119,13 @@ impl Provenance {
     pub fn builds(&self) -> Vec<String> {
         let mut out: Vec<String> = vec![];
         for s in &self.sessions {
-            let short = &s.git_commit[..s.git_commit.len().min(12)];
-            let b = match s.git_dirty.as_str() {
-                "true" => format!("{} ({short}, with uncommitted changes)", s.gptlab_version),
-                _ => format!("{} ({short})", s.gptlab_version),
-            };
+            let b = build_label(&s.gptlab_version, &s.git_commit, &s.git_dirty);
             if !out.contains(&b) {
                 out.push(b);
             }
         }
         out
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The host name (`unknown` if it cannot be read).

@@ -33,6 +33,8 @@ pub struct Experiment {
     pub only: Vec<String>,
     /// The experiment's name: the spec's, or the one `--set experiment.name` gives.
     name: String,
+    /// The folder that holds `<experiment>/<run>/`.
+    pub runs_dir: PathBuf,
 }
 
 impl Experiment {
@@ -63,6 +65,7 @@ impl Experiment {
             name,
             plans,
             only: only.to_vec(),
+            runs_dir: runs_dir.to_path_buf(),
         })
     }
 
@@ -185,12 +188,7 @@ fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
 fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
     let mut refused = vec![];
     for p in plans {
-        let newest = RunDir::new(&p.dir)
-            .checkpoints()
-            .into_iter()
-            .find_map(|(step, dir)| Some((step, crate::checkpoint::read_meta(&dir)?)));
-        let Some((step, meta)) = newest else { continue };
-        let diff = p.identity_diff(&meta.identity, step.min(p.schedule.total_steps()));
+        let diff = p.differs_from_checkpoint();
         if !diff.is_empty() {
             refused.push(format!(
                 "run `{}` ({}) was trained with other settings:\n  {}",
@@ -210,12 +208,6 @@ fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
     )))
 }
 
-/// The folder holding `<experiment>/` of this experiment's runs.
-fn runs_dir_of(exp: &Experiment) -> PathBuf {
-    let dir = exp.plans.first().and_then(|p| p.dir.parent()).and_then(Path::parent);
-    dir.map_or_else(|| PathBuf::from("runs"), Path::to_path_buf)
-}
-
 /// The work left in the specs a wrapper will train after this command (`GPTLAB_ETA_ALSO`, a
 /// `:`-separated list of spec files; `just study` names its second half), so the time left
 /// covers the whole study. A spec that cannot be planned counts nothing.
@@ -227,10 +219,7 @@ fn queued_after(runs_dir: &Path) -> f64 {
         .filter(|f| !f.is_empty())
         .filter_map(|f| Experiment::load(Path::new(f), &[], &[], runs_dir).ok())
         .flat_map(|e| e.plans)
-        .map(|p| {
-            let done = RunDir::new(&p.dir).checkpoints().first().map_or(0, |c| c.0);
-            p.schedule.cost_after(done)
-        })
+        .map(|p| p.work_left())
         .sum()
 }
 
@@ -238,13 +227,7 @@ fn queued_after(runs_dir: &Path) -> f64 {
 /// command), shared by `jobs` workers: what the progress display adds to the run's own time
 /// left for the whole session's.
 fn later_work(runs: &[&RunPlan], jobs: usize, also: f64) -> std::collections::HashMap<String, f64> {
-    let left: Vec<f64> = runs
-        .iter()
-        .map(|p| {
-            let done = RunDir::new(&p.dir).checkpoints().first().map_or(0, |c| c.0);
-            p.schedule.cost_after(done)
-        })
-        .collect();
+    let left: Vec<f64> = runs.iter().map(|p| p.work_left()).collect();
     runs.iter()
         .enumerate()
         .map(|(i, p)| {
@@ -279,11 +262,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     }
     let chosen = choose_device(opts.device, &selected, opts.quiet)?;
     check_memory(&selected, layout.jobs)?;
-    let runs_root = selected.first().and_then(|p| p.dir.parent()).map(Path::to_path_buf);
-    let _lock = match &runs_root {
-        Some(root) => Some(ExperimentLock::acquire(root)?),
-        None => None,
-    };
+    let _lock = ExperimentLock::acquire(&exp.runs_dir.join(exp.name()))?;
 
     // Holding the lock, nothing else writes these folders: what a dead process left is stale.
     for p in &exp.plans {
@@ -353,7 +332,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         lines_only: layout.jobs > 1,
         stop: Some(opts.stop.clone()),
         session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
-        later_work: later_work(&to_train, layout.jobs, queued_after(&runs_dir_of(exp))),
+        later_work: later_work(&to_train, layout.jobs, queued_after(&exp.runs_dir)),
     };
     let ended = Mutex::new((vec![], false));
     let done = |p: &RunPlan, result: anyhow::Result<RunOutcome>| {

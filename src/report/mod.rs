@@ -166,9 +166,25 @@ pub fn write_report<D: Backend>(
     let mut summaries = vec![];
     let mut curves = vec![];
     let mut unfinished = vec![];
+    let mut run_notes = vec![];
     for p in plans {
         let run_dir = RunDir::new(&p.dir);
         let rows = run_dir.read_metrics()?;
+        // Results of other settings than the spec now gives must not pass as its results.
+        let diff = p.differs_from_checkpoint();
+        if !diff.is_empty() {
+            run_notes.push(format!(
+                "Run {} was trained with other settings than this spec gives: {}.",
+                p.name,
+                diff.join("; ")
+            ));
+        }
+        if !rows.is_empty() && run_dir.checkpoints().is_empty() {
+            run_notes.push(format!(
+                "Run {} has metrics but no checkpoint (deleted?): it has no samples and cannot be resumed.",
+                p.name
+            ));
+        }
         let total = p.schedule.total_steps();
         let status = summary::status_word(run_dir.read_status().as_ref(), rows.len(), total);
         if status != "complete" {
@@ -301,30 +317,7 @@ pub fn write_report<D: Backend>(
     } else {
         vec![format!("Not finished: {}.", unfinished.join(", "))]
     };
-    for p in plans {
-        let run_dir = RunDir::new(&p.dir);
-        // Results of other settings than the spec now gives must not pass as its results.
-        let newest = run_dir
-            .checkpoints()
-            .into_iter()
-            .find_map(|(step, dir)| Some((step, crate::checkpoint::read_meta(&dir)?)));
-        if let Some((step, meta)) = newest {
-            let diff = p.identity_diff(&meta.identity, step.min(p.schedule.total_steps()));
-            if !diff.is_empty() {
-                notes.push(format!(
-                    "Run {} was trained with other settings than this spec gives: {}.",
-                    p.name,
-                    diff.join("; ")
-                ));
-            }
-        }
-        if run_dir.metrics_path().is_file() && run_dir.checkpoints().is_empty() {
-            notes.push(format!(
-                "Run {} has metrics but no checkpoint (deleted?): it has no samples and cannot be resumed.",
-                p.name
-            ));
-        }
-    }
+    notes.extend(run_notes);
     let provenance: Vec<(String, crate::provenance::Provenance)> = plans
         .iter()
         .map(|p| (p.name.clone(), RunDir::new(&p.dir).read_provenance()))

@@ -176,6 +176,19 @@ impl RunDir {
         checkpoint::list(&self.checkpoints_path())
     }
 
+    /// The newest checkpoint whose metadata reads (unverified: for comparing settings), with
+    /// its step.
+    pub fn newest_meta(&self) -> Option<(usize, Meta)> {
+        self.checkpoints()
+            .into_iter()
+            .find_map(|(step, dir)| Some((step, checkpoint::read_meta(&dir)?)))
+    }
+
+    /// The step of the newest checkpoint (0 for none).
+    pub fn newest_step(&self) -> usize {
+        self.checkpoints().first().map_or(0, |c| c.0)
+    }
+
     /// The newest checkpoint folder, if any.
     pub fn newest_checkpoint(&self) -> Option<PathBuf> {
         self.checkpoints().into_iter().next().map(|(_, dir)| dir)
