@@ -154,14 +154,13 @@ impl MetricsWriter {
                 if missing.len() > 10 { ", …" } else { "" }
             );
         }
-        let mut buf = csv::Writer::from_writer(vec![]);
-        buf.write_record(HEADER)?;
-        let mut body = csv::WriterBuilder::new().has_headers(false).from_writer(vec![]);
+        // The header is written by hand, so it is there even when no row is kept.
+        let mut out = csv::WriterBuilder::new().has_headers(false).from_writer(vec![]);
+        out.write_record(HEADER)?;
         for r in &kept {
-            body.serialize(r)?;
+            out.serialize(r)?;
         }
-        let mut bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-        bytes.extend(body.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
+        let bytes = out.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
         crate::fsio::write_atomic(path, &bytes)?;
         let file = OpenOptions::new()
             .append(true)
