@@ -68,9 +68,13 @@ pub(crate) struct Select {
     /// Override a key for every run, e.g. --set train.batch_size=16 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub(crate) sets: Vec<SetArg>,
-    /// Only these runs (repeatable).
+    /// Only these runs (repeatable): a run's name (all its seeds) or `RUN/seed=S`.
     #[arg(long = "only", value_name = "RUN")]
     pub(crate) only: Vec<String>,
+    /// Repeat every run over the first N seeds of 3407, 1, 2, 3, …
+    /// (`--set experiment.seeds=[...]` names them).
+    #[arg(long, value_name = "N")]
+    pub(crate) seeds: Option<usize>,
 }
 
 #[derive(Args)]

@@ -42,7 +42,15 @@ fn main() -> ExitCode {
 
 /// Loads and plans a spec with the command line's `--set`s and `--only`s.
 fn load(file: &Path, select: &Select, runs_dir: &Path) -> Result<Experiment, Error> {
-    Experiment::load(file, &select.sets, &select.only, runs_dir)
+    let mut sets = select.sets.clone();
+    if let Some(n) = select.seeds {
+        // `--seeds N` is `--set experiment.seeds=[...]` with the first N of a fixed list.
+        let seeds = gptlab::spec::first_seeds(n).map_err(Error::Usage)?;
+        let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+        let arg = format!("experiment.seeds=[{}]", list.join(","));
+        sets.push(arg.parse().map_err(Error::Usage)?);
+    }
+    Experiment::load(file, &sets, &select.only, runs_dir)
 }
 
 fn list(dir: &Path) -> Outcome {
@@ -58,12 +66,7 @@ fn validate(files: &[PathBuf], select: &Select) -> Outcome {
     let mut failed = false;
     for file in files {
         match load(file, select, Path::new("runs")) {
-            Ok(exp) => println!(
-                "{}: ok, experiment `{}`, {} runs",
-                file.display(),
-                exp.name(),
-                exp.selected().len()
-            ),
+            Ok(exp) => println!("{}: ok, experiment `{}`, {}", file.display(), exp.name(), exp.count()),
             Err(Error::Spec(e)) => {
                 eprintln!("{e}");
                 failed = true;
@@ -77,7 +80,7 @@ fn validate(files: &[PathBuf], select: &Select) -> Outcome {
 fn show_plan(file: &Path, select: &Select) -> Outcome {
     let exp = load(file, select, Path::new("runs"))?;
     let runs = exp.selected();
-    println!("experiment `{}` ({}): {} runs", exp.name(), file.display(), runs.len());
+    println!("experiment `{}` ({}): {}", exp.name(), file.display(), exp.count());
     for p in runs {
         println!("\n{}", p.describe());
     }
@@ -173,10 +176,14 @@ fn params(args: &ParamsArgs) -> Outcome {
         vec![(file.display().to_string(), arch)]
     } else {
         let exp = load(file, &args.select, Path::new("runs"))?;
-        let runs = exp.selected();
-        runs.iter()
-            .map(|p| (p.name.clone(), Arch::from_model(&p.model)))
-            .collect()
+        let mut archs: Vec<(String, Arch)> = vec![];
+        for p in exp.selected() {
+            // The seeds of a run share its architecture: one row per run.
+            if !archs.iter().any(|(name, _)| *name == p.name) {
+                archs.push((p.name.clone(), Arch::from_model(&p.model)));
+            }
+        }
+        archs
     };
     let table = gptlab::params::render(&archs, args.context, args.batch, args.json);
     println!("{}", table.map_err(|e| Error::Usage(format!("{e:#}")))?);

@@ -108,7 +108,7 @@ pub struct RunPlan {
     pub name: String,
     /// `(short key, value)` settings that set this run apart.
     pub varies: Vec<(String, String)>,
-    /// Output folder: `<runs_dir>/<experiment>/<run>`.
+    /// Output folder: `<runs_dir>/<experiment>/<run>`, or `.../<run>/seed=<seed>` when seeded.
     pub dir: PathBuf,
     /// The corpus file, resolved.
     pub data_path: PathBuf,
@@ -122,6 +122,9 @@ pub struct RunPlan {
     pub sample: SampleSection,
     /// Master seed.
     pub seed: u64,
+    /// One of the experiment's `seeds`: the folder is `<run>/seed=<seed>/` and the report
+    /// aggregates the run over its seeds.
+    pub seeded: bool,
     /// Weights to start from.
     pub init_from: Option<String>,
     /// The resolved spec, as saved beside the metrics.
@@ -277,7 +280,7 @@ impl RunPlan {
     pub fn describe(&self) -> String {
         let m = &self.model;
         let a = &m.arch;
-        let mut out = format!("run `{}`\n", self.name);
+        let mut out = format!("run `{}`\n", self.id());
         if !self.varies.is_empty() {
             out += &format!("  differs:   {}\n", self.label());
         }
@@ -293,6 +296,7 @@ impl RunPlan {
             m.block_size
         );
         out += &format!("  params:    {}\n", self.num_params());
+        out += &format!("  seed:      {}\n", self.seed);
         for ph in &self.schedule.phases {
             out += &format!(
                 "  phase {}:   steps {}..={} seq_len {} lr {}\n",
@@ -313,6 +317,16 @@ impl RunPlan {
         out
     }
 
+    /// The run's name as its folder path under the experiment: `rope`, or `rope/seed=1` for
+    /// one seed of a repeated run. `--only` takes either.
+    pub fn id(&self) -> String {
+        if self.seeded {
+            format!("{}/{}", self.name, seed_folder(self.seed))
+        } else {
+            self.name.clone()
+        }
+    }
+
     /// The run's name followed by what sets it apart, for humans.
     pub fn label(&self) -> String {
         if self.varies.is_empty() {
@@ -325,6 +339,11 @@ impl RunPlan {
                 .join(", ")
         }
     }
+}
+
+/// The folder of one seed of a run repeated over `[experiment] seeds`.
+pub fn seed_folder(seed: u64) -> String {
+    format!("seed={seed}")
 }
 
 /// Finds a relative data path in the working directory, else beside the spec file.
@@ -432,23 +451,34 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             block_size: schedule.max_seq_len(),
             arch: c.model.clone(),
         };
-        plans.push(RunPlan {
-            experiment: spec.experiment.clone(),
-            name: spec.name.clone(),
-            varies: spec.varies.clone(),
-            dir: runs_dir.join(&spec.experiment).join(&spec.name),
-            data_path,
-            model,
-            schedule,
-            train: c.train.clone(),
-            sample: c.sample.clone(),
-            seed: c.experiment.seed,
-            init_from: spec.init_from.clone(),
-            config: c.clone(),
-            train_tokens: corpus.train.len(),
-            data_sha256,
-            corpus,
-        });
+        let seeded = spec.seeded();
+        for seed in spec.seeds() {
+            let run_dir = runs_dir.join(&spec.experiment).join(&spec.name);
+            let mut config = c.clone();
+            config.experiment.seed = seed;
+            plans.push(RunPlan {
+                experiment: spec.experiment.clone(),
+                name: spec.name.clone(),
+                varies: spec.varies.clone(),
+                dir: if seeded {
+                    run_dir.join(seed_folder(seed))
+                } else {
+                    run_dir
+                },
+                data_path: data_path.clone(),
+                model: model.clone(),
+                schedule: schedule.clone(),
+                train: c.train.clone(),
+                sample: c.sample.clone(),
+                seed,
+                seeded,
+                init_from: spec.init_from.clone(),
+                config,
+                train_tokens: corpus.train.len(),
+                data_sha256: data_sha256.clone(),
+                corpus: corpus.clone(),
+            });
+        }
     }
     if errors.is_empty() {
         Ok(plans)

@@ -40,15 +40,21 @@ pub struct Experiment {
 impl Experiment {
     /// Loads `file`, applies `sets` to every run and plans the runs under `runs_dir`; `only`
     /// must name runs of the experiment.
+    /// `only` entries are run names (every seed of the run) or `run/seed=S` (one seed).
     pub fn load(file: &Path, sets: &[SetArg], only: &[String], runs_dir: &Path) -> Result<Self, Error> {
         let spec = SpecFile::load(file)?;
+        // `--only rope/seed=3` selects the run `rope` for expansion, and then one of its seeds.
+        let only_runs: Vec<String> = only.iter().map(|o| run_of(o).to_string()).collect();
         let runs = match spec.expand(sets) {
             Ok(runs) => runs,
             // The runs `--only` leaves out need not take the `--set`s (one may set a key itself).
-            Err(_) if !only.is_empty() => spec.expand_selected(sets, only)?,
+            Err(_) if !only.is_empty() => spec.expand_selected(sets, &only_runs)?,
             Err(e) => return Err(e.into()),
         };
-        let unknown: Vec<&String> = only.iter().filter(|o| !runs.iter().any(|r| &r.name == *o)).collect();
+        let unknown: Vec<&String> = only_runs
+            .iter()
+            .filter(|o| !runs.iter().any(|r| &r.name == *o))
+            .collect();
         if !unknown.is_empty() {
             let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
             return Err(Error::Usage(format!(
@@ -60,6 +66,19 @@ impl Experiment {
         }
         let name = runs.first().map_or_else(|| spec.name.clone(), |r| r.experiment.clone());
         let plans = plan(&runs, runs_dir)?;
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|o| !plans.iter().any(|p| p.name == **o || p.id() == **o))
+            .collect();
+        if !unknown.is_empty() {
+            let ids: Vec<String> = plans.iter().map(RunPlan::id).collect();
+            return Err(Error::Usage(format!(
+                "{}: --only names no run {:?}; its runs (with their seeds) are {:?}",
+                file.display(),
+                unknown,
+                ids
+            )));
+        }
         Ok(Self {
             spec,
             name,
@@ -74,12 +93,37 @@ impl Experiment {
         &self.name
     }
 
+    /// "3 runs" or "2 runs × 5 seeds": what the selection trains.
+    pub fn count(&self) -> String {
+        let selected = self.selected();
+        let mut names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
+        names.dedup();
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        match selected.iter().any(|p| p.seeded) {
+            true => format!(
+                "{} × {} ({} trainings)",
+                plural(names.len(), "run"),
+                plural(selected.len() / names.len().max(1), "seed"),
+                selected.len()
+            ),
+            false => plural(names.len(), "run"),
+        }
+    }
+
     /// The runs selected with `--only` (all of them when none was named).
     pub fn selected(&self) -> Vec<&RunPlan> {
         self.plans
             .iter()
-            .filter(|p| self.only.is_empty() || self.only.contains(&p.name))
+            .filter(|p| self.only.is_empty() || self.only.iter().any(|o| *o == p.name || *o == p.id()))
             .collect()
+    }
+}
+
+/// The run an `--only` entry names: `rope` of `rope/seed=3`.
+fn run_of(only: &str) -> &str {
+    match only.rsplit_once('/') {
+        Some((run, seed)) if seed.starts_with("seed=") => run,
+        _ => only,
     }
 }
 
@@ -160,10 +204,7 @@ fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
     let Some(available) = crate::probe::available_memory_bytes() else {
         return Ok(());
     };
-    let mut needs: Vec<(f64, &str)> = plans
-        .iter()
-        .map(|p| (p.train_memory_bytes(), p.name.as_str()))
-        .collect();
+    let mut needs: Vec<(f64, String)> = plans.iter().map(|p| (p.train_memory_bytes(), p.id())).collect();
     needs.sort_by(|a, b| b.0.total_cmp(&a.0));
     let need: f64 = needs.iter().take(jobs).map(|n| n.0).sum();
     if need > 1.5 * available {
@@ -192,7 +233,7 @@ fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
         if !diff.is_empty() {
             refused.push(format!(
                 "run `{}` ({}) was trained with other settings:\n  {}",
-                p.name,
+                p.id(),
                 p.dir.display(),
                 diff.join("\n  ")
             ));
@@ -230,12 +271,7 @@ fn later_work(runs: &[&RunPlan], jobs: usize, also: f64) -> std::collections::Ha
     let left: Vec<f64> = runs.iter().map(|p| p.work_left()).collect();
     runs.iter()
         .enumerate()
-        .map(|(i, p)| {
-            (
-                p.name.clone(),
-                (left[i + 1..].iter().sum::<f64>() + also) / jobs.max(1) as f64,
-            )
-        })
+        .map(|(i, p)| (p.id(), (left[i + 1..].iter().sum::<f64>() + also) / jobs.max(1) as f64))
         .collect()
 }
 
@@ -270,7 +306,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         if !cleaned.is_empty() {
             eprintln!(
                 "[{}] note: the last gptlab on it stopped abruptly: {}",
-                p.name,
+                p.id(),
                 cleaned.join("; ")
             );
         }
@@ -300,7 +336,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
                         "error: run `{}` diverged at step {step} before; --fresh retrains it",
                         p.name
                     );
-                    outcome.failed.push(p.name.clone());
+                    outcome.failed.push(p.id());
                     continue;
                 }
                 _ => {}
@@ -344,14 +380,14 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
                         "error: run `{}` diverged at step {step} (non-finite loss); the other runs carry on",
                         p.name
                     );
-                    ended.0.push(p.name.clone());
+                    ended.0.push(p.id());
                 }
                 RunStatus::Interrupted { .. } => ended.1 = true,
                 _ => {}
             },
             Err(e) => {
                 eprintln!("error: run `{}` failed: {e:#}", p.name);
-                ended.0.push(p.name.clone());
+                ended.0.push(p.id());
             }
         }
     };

@@ -42,10 +42,14 @@ pub struct MetricsRow {
     /// The process's peak resident memory since the run started (10⁶ bytes).
     #[serde(default)]
     pub peak_rss_mb: Option<f64>,
+    /// The run's seed (the column that tells the seeds of a repeated run apart in a report's
+    /// merged `metrics.csv`; empty in files written before it existed).
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// The columns of `metrics.csv`, in order.
-pub const HEADER: [&str; 14] = [
+pub const HEADER: [&str; 15] = [
     "run",
     "phase",
     "step",
@@ -60,6 +64,7 @@ pub const HEADER: [&str; 14] = [
     "attn_mem_mb",
     "attn_mem_mb_analytic",
     "peak_rss_mb",
+    "seed",
 ];
 
 /// Appends rows to a run's `metrics.csv`.

@@ -127,7 +127,6 @@ const ALIASES: &[(&str, &str)] = &[
     ("context_length", "seq_len"),
     ("pos_encoding", "position"),
     ("position_encoding", "position"),
-    ("seeds", "seed"),
 ];
 
 /// Levenshtein distance between two short keys.

@@ -475,11 +475,70 @@ impl SpecFile {
                 }
             }
         }
+        if let Some(first) = specs.first() {
+            let n_seeds = first.seeds().len();
+            if specs.len().saturating_mul(n_seeds) > MAX_RUNS {
+                let msg = format!(
+                    "{} runs × {n_seeds} seeds make {} trainings; at most {MAX_RUNS} are allowed in one experiment",
+                    specs.len(),
+                    specs.len() * n_seeds
+                );
+                errors.push(first.error("experiment.seeds", msg));
+            }
+            if let Some(base) = &first.config.report.baseline
+                && !specs.iter().any(|s| &s.name == base)
+                && only.is_empty()
+            {
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                errors.push(first.error(
+                    "report.baseline",
+                    format!("no run named `{base}`; the runs are {names:?}"),
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(SpecErrors(errors).merge_shared(entries.len() * points.len()));
         }
         set_varies(&mut specs);
         Ok(specs)
+    }
+
+    /// Where `seed` and `seeds` clash: `seeds` belongs to the experiment (every run repeats
+    /// over the same seeds, so runs pair seed by seed), and one `seed` beside it is ambiguous,
+    /// except a file's `seed` that `--set experiment.seeds` (or `--seeds`) replaces.
+    fn seed_conflict(
+        &self,
+        overrides: &[(String, toml::Value)],
+        point: &[(String, toml::Value)],
+        sets: &[SetArg],
+    ) -> Option<(String, String)> {
+        let file = |key: &str| {
+            let leaf = key.trim_start_matches("experiment.");
+            self.base.get("experiment").and_then(|e| e.get(leaf)).is_some()
+        };
+        let per_run = |key: &str| overrides.iter().chain(point).any(|(k, _)| related(k, key));
+        let set = |key: &str| sets.iter().any(|s| related(&s.key, key));
+        const SEEDS: &str = "experiment.seeds";
+        const SEED: &str = "experiment.seed";
+        if per_run(SEEDS) {
+            return Some((
+                SEEDS.into(),
+                "`seeds` is the experiment's, not a run's: every run repeats over the same seeds so that runs compare seed by seed".into(),
+            ));
+        }
+        let seeds_from_set = set(SEEDS);
+        let seeds = seeds_from_set || file(SEEDS);
+        let seed_clash = if seeds_from_set {
+            set(SEED) || per_run(SEED)
+        } else {
+            file(SEED) || per_run(SEED) || set(SEED)
+        };
+        (seeds && seed_clash).then(|| {
+            (
+                SEED.into(),
+                "give `seeds` (a list: every run once per seed) or `seed` (one), not both".into(),
+            )
+        })
     }
 
     fn resolve(
@@ -529,6 +588,9 @@ impl SpecFile {
         let Some(config) = config else {
             return Err(problems.into_iter().map(|(key, msg)| err(&key, msg)).collect());
         };
+        if let Some(msg) = self.seed_conflict(overrides, point, sets) {
+            return Err(vec![err(&msg.0, msg.1)]);
+        }
         let problems = validate::check(&config);
         if problems.is_empty() {
             Ok(config)
@@ -570,10 +632,36 @@ impl RunSpec {
         &self.source.path
     }
 
+    /// The seeds this run trains with: `[experiment] seeds`, or the one `seed`.
+    pub fn seeds(&self) -> Vec<u64> {
+        let e = &self.config.experiment;
+        if e.seeds.is_empty() {
+            vec![e.seed]
+        } else {
+            e.seeds.clone()
+        }
+    }
+
+    /// Whether the run repeats over `[experiment] seeds` (one folder per seed).
+    pub fn seeded(&self) -> bool {
+        !self.config.experiment.seeds.is_empty()
+    }
+
     /// Total optimizer steps over all phases.
     pub fn total_steps(&self) -> usize {
         self.config.phase.iter().map(|p| p.steps).sum()
     }
+}
+
+/// The first `n` seeds of the fixed list `--seeds N` takes: minGPT's 3407, then 1, 2, 3, …
+pub fn first_seeds(n: usize) -> Result<Vec<u64>, String> {
+    if n == 0 || n > validate::MAX_SEEDS {
+        return Err(format!(
+            "--seeds must be between 1 and {}, not {n}",
+            validate::MAX_SEEDS
+        ));
+    }
+    Ok(std::iter::once(3407).chain(1..n as u64).collect())
 }
 
 /// Runs one experiment may expand to: a grid of a few keys is far below it, a runaway one is not.

@@ -16,6 +16,11 @@ pub struct ExperimentSection {
     pub name: Option<String>,
     /// Seeds initialisation, batch sampling and dropout.
     pub seed: u64,
+    /// Repeat every run once per seed (instead of `seed`): folders `<run>/seed=<s>/`, and the
+    /// report compares runs seed by seed with intervals. The same for every run, so that
+    /// runs pair by seed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// `auto` (the GPU when the binary has CUDA and one is present), `cpu` or `cuda`;
     /// `--device` overrides it. Not part of a run's identity: a checkpoint resumes on any device.
     pub device: crate::device::DeviceRequest,
@@ -26,6 +31,7 @@ impl Default for ExperimentSection {
         Self {
             name: None,
             seed: 3407,
+            seeds: vec![],
             device: Default::default(),
         }
     }
@@ -154,6 +160,9 @@ pub struct ReportSection {
     pub smoothing: f64,
     /// Runs to compare on their own in `loss_focus.svg` (e.g. `["n_kv_head=2", "n_kv_head=6"]`).
     pub focus: Vec<String>,
+    /// The run the others are compared with (default: the first run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 impl Default for ReportSection {
@@ -161,6 +170,7 @@ impl Default for ReportSection {
         Self {
             smoothing: 0.9,
             focus: vec![],
+            baseline: None,
         }
     }
 }

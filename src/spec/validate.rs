@@ -14,6 +14,9 @@ pub struct Problem {
 /// Steps one phase may have; keeps step arithmetic far from overflow.
 pub const MAX_STEPS: usize = 1_000_000_000;
 
+/// Seeds one experiment may repeat its runs over.
+pub const MAX_SEEDS: usize = 1_000;
+
 /// Every problem found.
 pub fn check(c: &RunConfig) -> Vec<Problem> {
     let mut out = vec![];
@@ -105,6 +108,20 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
                 "must be above 0 and below 1, not {}: validation losses are measured on the held-out end of the text",
                 d.val_fraction
             ),
+        );
+    }
+
+    let seeds = &c.experiment.seeds;
+    if let Some(dup) = seeds.iter().enumerate().find(|(i, s)| seeds[..*i].contains(s)) {
+        bad(
+            &["experiment.seeds"],
+            format!("seed {} is listed twice: each seed is one repeat of every run", dup.1),
+        );
+    }
+    if seeds.len() > MAX_SEEDS {
+        bad(
+            &["experiment.seeds"],
+            format!("{} seeds; at most {MAX_SEEDS} are allowed", seeds.len()),
         );
     }
 

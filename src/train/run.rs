@@ -64,7 +64,7 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
         let loaded = match checkpoint::read(&dir) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("[{}] warning: skipping checkpoint {}: {e:#}", plan.name, dir.display());
+                eprintln!("[{}] warning: skipping checkpoint {}: {e:#}", plan.id(), dir.display());
                 continue;
             }
         };
@@ -72,7 +72,7 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
         if !diff.is_empty() {
             bail!(
                 "the spec changed since run `{}` was checkpointed at step {step} ({}):\n  {}\nrun with --fresh to start it over",
-                plan.name,
+                plan.id(),
                 dir.display(),
                 diff.join("\n  ")
             );
@@ -80,7 +80,7 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
         if step > plan.schedule.total_steps() {
             bail!(
                 "run `{}` has a checkpoint at step {step}, beyond the {} steps the spec now asks for; run with --fresh to start it over",
-                plan.name,
+                plan.id(),
                 plan.schedule.total_steps()
             );
         }
@@ -88,13 +88,13 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
             .load_all(model, &mut opt.state)
             .with_context(|| format!("loading {}", dir.display()))?;
         // Said even with --quiet: which checkpoint a run continued from is part of its record.
-        eprintln!("[{}] resuming after step {step} from {}", plan.name, dir.display());
+        eprintln!("[{}] resuming after step {step} from {}", plan.id(), dir.display());
         return Ok(step);
     }
     if n_found > 0 {
         bail!(
             "run `{}` has {n_found} checkpoints under {} and none is usable (see the warnings above); run with --fresh to start it over",
-            plan.name,
+            plan.id(),
             run_dir.checkpoints_path().display()
         );
     }
@@ -152,8 +152,8 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
     let measure = plan.config.measure.attention;
     crate::probe::enable_attention_probe(measure);
     crate::probe::reset_peak_rss();
-    let later = opts.later_work.get(&plan.name).copied().unwrap_or(0.0);
-    let mut progress = Progress::start(&plan.name, &plan.schedule, done, later, opts.quiet, opts.lines_only);
+    let later = opts.later_work.get(&plan.id()).copied().unwrap_or(0.0);
+    let mut progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
     let started = Instant::now();
     let (mut last_train, mut last_val) = (None, None);
     let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {
@@ -216,6 +216,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
                     (plan.model.arch.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6
                 }),
                 peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
+                seed: Some(plan.seed),
             })?;
             fault_point("step-end", step);
             last_train = Some(stats.loss);
