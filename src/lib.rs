@@ -25,6 +25,7 @@ pub mod sample;
 pub mod seed;
 pub mod session;
 pub mod spec;
+pub mod stats;
 pub mod train;
 
 pub use error::Error;
