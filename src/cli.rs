@@ -108,8 +108,9 @@ pub(crate) struct RunArgs {
 
 #[derive(Args)]
 pub(crate) struct ReportArgs {
-    /// Spec file.
-    pub(crate) file: PathBuf,
+    /// Spec file; several draw their runs on one page (reports/<a>+<b>/).
+    #[arg(required = true)]
+    pub(crate) files: Vec<PathBuf>,
     #[command(flatten)]
     pub(crate) select: Select,
     #[command(flatten)]

@@ -137,8 +137,13 @@ fn shell_quote(arg: &str) -> String {
 }
 
 fn report(args: &ReportArgs) -> Outcome {
-    let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
-    let page = gptlab::session::report(&exp, &args.out.reports_dir, false, !args.no_samples)?;
+    let exps: Vec<Experiment> = args
+        .files
+        .iter()
+        .map(|f| load(f, &args.select, &args.out.runs_dir))
+        .collect::<Result<_, _>>()?;
+    let exps: Vec<&Experiment> = exps.iter().collect();
+    let page = gptlab::session::report_all(&exps, &args.out.reports_dir, false, !args.no_samples)?;
     println!("report: {}", page.display());
     Ok(ExitCode::SUCCESS)
 }

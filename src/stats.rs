@@ -143,13 +143,27 @@ impl PairedDiff {
         if lo <= 0.0 && hi >= 0.0 {
             return format!(
                 "no difference detected at this number of seeds between {run} and {baseline} in {quantity}: \
-                 {run} − {baseline} = {:+.3} nats (95% t interval {lo:+.3} to {hi:+.3}, {seeds})",
-                self.mean
+                 {run} − {baseline} = {} nats (95% t interval {} to {}, {seeds})",
+                signed(self.mean),
+                signed(lo),
+                signed(hi)
             );
         }
         // The interval of the size of the gap, in the direction of the finding.
         let (a, b) = if self.mean < 0.0 { (-hi, -lo) } else { (lo, hi) };
-        format!("{run} has {direction} {quantity} than {baseline} by {size:.3} nats (95% t interval {a:.3}–{b:.3}, {seeds})")
+        format!(
+            "{run} has {direction} {quantity} than {baseline} by {size:.3} nats (95% t interval {a:.3}–{b:.3}, {seeds})"
+        )
+    }
+}
+
+/// `+0.123` or `−0.123` (a real minus sign), three decimals.
+fn signed(x: f64) -> String {
+    let s = format!("{x:+.3}");
+    if s == "-0.000" || s == "+0.000" {
+        "0.000".into()
+    } else {
+        s.replacen('-', "−", 1)
     }
 }
 

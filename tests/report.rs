@@ -10,7 +10,7 @@ use assert_cmd::Command;
 use common::dump_dom;
 use dfdx::prelude::*;
 use gptlab::model::{Dropout, Gpt, ModelConfig, ModelOptions, Position};
-use gptlab::report::{Boundary, Curve, LAST_N, PALETTE, ema, loss_chart, summarise};
+use gptlab::report::{Boundary, Curve, LAST_N, PALETTE, Series, ema, loss_chart, summarise};
 use gptlab::run_dir::MetricsRow;
 use gptlab::sample::{SampleOptions, generate};
 use predicates::prelude::*;
@@ -48,17 +48,19 @@ fn polylines(svg: &str, color: &str, width: &str) -> usize {
 fn fixed_curves() -> (Vec<Curve>, Vec<Boundary>) {
     let curve = |label: &str, offset: f64| Curve {
         label: label.into(),
-        train: (1..=80)
-            .map(|s| {
-                (
-                    s as f64,
-                    4.2 - 2.5 * (s as f64 / 80.0).sqrt() + offset + 0.05 * ((s * 7 % 5) as f64),
-                )
-            })
-            .collect(),
-        val: (1..=4)
-            .map(|i| ((i * 20) as f64, 4.0 - 0.5 * i as f64 + offset))
-            .collect(),
+        seeds: vec![Series {
+            train: (1..=80)
+                .map(|s| {
+                    (
+                        s as f64,
+                        4.2 - 2.5 * (s as f64 / 80.0).sqrt() + offset + 0.05 * ((s * 7 % 5) as f64),
+                    )
+                })
+                .collect(),
+            val: (1..=4)
+                .map(|i| ((i * 20) as f64, 4.0 - 0.5 * i as f64 + offset))
+                .collect(),
+        }],
     };
     (
         vec![
@@ -112,9 +114,9 @@ fn the_loss_figure_has_one_curve_per_run_validation_markers_and_the_phase_line()
 #[test]
 fn a_diverged_run_is_drawn_up_to_where_it_was_finite() {
     let (mut curves, boundaries) = fixed_curves();
-    curves[1].train[50].1 = f64::NAN;
-    curves[1].train.truncate(51);
-    curves[2].train[10].1 = f64::INFINITY;
+    curves[1].seeds[0].train[50].1 = f64::NAN;
+    curves[1].seeds[0].train.truncate(51);
+    curves[2].seeds[0].train[10].1 = f64::INFINITY;
     let svg = loss_chart("nan", &curves, &boundaries, 0.9).unwrap();
     roxmltree::Document::parse(&svg).unwrap();
     assert!(
@@ -125,10 +127,12 @@ fn a_diverged_run_is_drawn_up_to_where_it_was_finite() {
     let many: Vec<Curve> = (0..12)
         .map(|i| Curve {
             label: format!("run {i}"),
-            train: (1..=100_000)
-                .map(|s| (s as f64, 0.5 + 4.5 / (s as f64).sqrt() + i as f64 * 0.01))
-                .collect(),
-            val: vec![],
+            seeds: vec![Series {
+                train: (1..=100_000)
+                    .map(|s| (s as f64, 0.5 + 4.5 / (s as f64).sqrt() + i as f64 * 0.01))
+                    .collect(),
+                val: vec![],
+            }],
         })
         .collect();
     let svg = loss_chart("big", &many, &[], 0.9).unwrap();
@@ -169,9 +173,10 @@ fn summary_numbers_equal_an_independent_computation() {
             attn_mem_mb: Some(5.0),
             attn_mem_mb_analytic: Some(5.0),
             peak_rss_mb: Some(100.0 + s as f64),
+            seed: None,
         })
         .collect();
-    let s = summarise("r", "position=rope", "complete".into(), &rows, 120, 1234);
+    let s = summarise("r", None, "position=rope", "complete".into(), &rows, 120, 1234);
     let train: Vec<f64> = rows.iter().map(|r| r.train_loss as f64).collect();
     let last: f64 = train[120 - LAST_N..].iter().sum::<f64>() / LAST_N as f64;
     assert!((s.train_loss_last50.unwrap() - last).abs() < 1e-9);
@@ -192,6 +197,9 @@ fn summary_numbers_equal_an_independent_computation() {
     assert_eq!(s.tokens_per_s, Some((tps[59] + tps[60]) / 2.0));
     assert!((s.train_s - rows.iter().map(|r| r.step_ms).sum::<f64>() / 1e3).abs() < 1e-9);
     assert_eq!((s.steps, s.total_steps, s.params), (120, 120, 1234));
+    // A "last 50" figure needs 50 steps.
+    let short = summarise("r", None, "", "complete".into(), &rows[..49], 49, 1);
+    assert_eq!(short.train_loss_last50, None);
 }
 
 fn tiny_model() -> Gpt<Cpu> {
@@ -294,8 +302,10 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
     let index = reports.join("smoke_gqa/index.html");
     let html = std::fs::read_to_string(&index).unwrap();
     let figures = html.matches("<img ").count();
-    // Loss, then per swept value: four losses/speed, three probes, KV bytes (no prompts, so no decode speed).
-    assert_eq!(figures, 9);
+    // Loss, then per swept value: final and best validation loss and speed, three probes, KV
+    // bytes (20 steps: no "last 50" train loss; no prompts, so no decode speed).
+    assert_eq!(figures, 8);
+    assert!(!html.contains("final_train_loss.svg"), "a last-50 figure from 20 steps");
     let profile = tempfile::tempdir().unwrap();
     let dom = dump_dom(&index, profile.path());
     assert_eq!(

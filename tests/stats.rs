@@ -91,7 +91,10 @@ fn paired_differences_pair_by_seed() {
     let want = t_interval(&[-0.4, -0.1, -0.3]).unwrap();
     assert!(close(lo, want.0, 1e-12) && close(hi, want.1, 1e-12));
     let (lo, hi) = d.bootstrap.unwrap();
-    assert!(close(lo, -0.4, 1e-12) && close(hi, -0.1, 1e-12), "range of 3: ({lo}, {hi})");
+    assert!(
+        close(lo, -0.4, 1e-12) && close(hi, -0.1, 1e-12),
+        "range of 3: ({lo}, {hi})"
+    );
 }
 
 #[test]
@@ -110,13 +113,19 @@ fn the_verdict_says_what_the_interval_supports() {
     // A clear loss: higher everywhere.
     let loss = PairedDiff::of(&[(1, 3.0), (2, 3.1), (3, 3.05)], &[(1, 2.8), (2, 2.85), (3, 2.83)]).unwrap();
     let s = loss.sentence("nope", "absolute", "final validation loss");
-    assert!(s.starts_with("nope has higher final validation loss than absolute by 0.223 nats"), "{s}");
+    assert!(
+        s.starts_with("nope has higher final validation loss than absolute by 0.223 nats"),
+        "{s}"
+    );
     assert!(s.ends_with("better in 0/3)"), "{s}");
 
     // Noise: the interval contains 0.
     let tie = PairedDiff::of(&[(1, 2.9), (2, 2.7), (3, 2.85)], &[(1, 2.8), (2, 2.85), (3, 2.83)]).unwrap();
     let s = tie.sentence("rope", "absolute", "final validation loss");
-    assert!(s.starts_with("no difference detected at this number of seeds between rope and absolute"), "{s}");
+    assert!(
+        s.starts_with("no difference detected at this number of seeds between rope and absolute"),
+        "{s}"
+    );
     assert!(s.contains("better in 1/3"), "{s}");
 
     // One seed: no interval, and it says so.

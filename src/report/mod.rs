@@ -1,17 +1,24 @@
 //! Reports: the comparison a researcher opens after a run. Reads every run's metrics and
-//! checkpoints and writes `reports/<experiment>/`: `metrics.csv` (all runs), `loss.svg`,
-//! sweep charts, `summary.csv`, `summary.md`, `samples.md` and `index.html`.
+//! checkpoints and writes `reports/<experiment>/`: `metrics.csv` (all runs and seeds),
+//! `summary.csv` (a run over its seeds), `seeds.csv` (one row per run and seed),
+//! `comparison.csv` (each run against the baseline, paired by seed), `summary.md` (the verdict
+//! and the tables), `loss.svg`, sweep charts, `samples.md` and `index.html`.
 
+mod compare;
+mod format;
 mod html;
 mod plot;
 mod samples;
 mod summary;
+mod tables;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-pub use plot::{Boundary, Curve, PALETTE, SweepChart, ema, loss_chart, sweep_chart};
+pub use compare::{ComparisonRow, LOSSES, RunAggregate, aggregate, compare, verdict};
+pub use format::{int, num};
+pub use plot::{Boundary, Curve, PALETTE, Series, SweepChart, ema, loss_chart, scaled_smoothing, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 
 use crate::fsio::write_atomic;
@@ -151,68 +158,121 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
     out
 }
 
-/// Writes the report of `plans` (one experiment) into `dir`; `spec_path` is shown on the page.
-pub fn write_report<D: Backend>(
-    dev: &D,
-    experiment: &str,
-    plans: &[RunPlan],
-    spec_path: &Path,
-    has_sweep: bool,
-    dir: &Path,
-    with_samples: bool,
-) -> Result<Report> {
+/// What a report is drawn from.
+pub struct ReportInput<'a> {
+    /// The page's title: the experiment's name (or several, joined).
+    pub title: &'a str,
+    /// The runs, one plan per (run, seed); run names unique across the report.
+    pub plans: &'a [RunPlan],
+    /// The spec files, shown on the page.
+    pub specs: &'a [PathBuf],
+    /// Whether to draw the sweep charts.
+    pub has_sweep: bool,
+    /// The report folder.
+    pub dir: &'a Path,
+    /// Generate (or read cached) samples.
+    pub with_samples: bool,
+}
+
+/// Writes the report of `input.plans` into `input.dir`.
+pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
+    let ReportInput {
+        title: experiment,
+        plans,
+        specs,
+        has_sweep,
+        dir,
+        with_samples,
+    } = *input;
     std::fs::create_dir_all(dir).with_context(|| format!("creating report folder {}", dir.display()))?;
+    let seeded = plans.iter().any(|p| p.seeded);
     let mut all_rows: Vec<MetricsRow> = vec![];
     let mut summaries = vec![];
-    let mut curves = vec![];
+    let mut curves: Vec<Curve> = vec![];
+    let mut curve_runs: Vec<String> = vec![]; // the run of each curve
     let mut unfinished = vec![];
     let mut run_notes = vec![];
     for p in plans {
         let run_dir = RunDir::new(&p.dir);
-        let rows = run_dir.read_metrics()?;
+        let mut rows = run_dir.read_metrics()?;
         // Results of other settings than the spec now gives must not pass as its results.
         let diff = p.differs_from_checkpoint();
         if !diff.is_empty() {
             run_notes.push(format!(
                 "Run {} was trained with other settings than this spec gives: {}.",
-                p.name,
+                p.id(),
                 diff.join("; ")
             ));
         }
         if !rows.is_empty() && run_dir.checkpoints().is_empty() {
             run_notes.push(format!(
                 "Run {} has metrics but no checkpoint (deleted?): it has no samples and cannot be resumed.",
-                p.name
+                p.id()
             ));
         }
         let total = p.schedule.total_steps();
         let status = summary::status_word(run_dir.read_status().as_ref(), rows.len(), total);
         if status != "complete" {
-            unfinished.push(format!("{} ({status})", p.name));
+            unfinished.push(format!("{} ({status})", p.id()));
         }
-        let label = if status == "complete" {
-            p.label()
-        } else {
-            format!("{} [{status}]", p.label())
-        };
-        curves.push(Curve {
-            label,
+        let series = plot::Series {
             train: rows.iter().map(|r| (r.step as f64, r.train_loss as f64)).collect(),
             val: rows
                 .iter()
                 .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
                 .collect(),
-        });
-        summaries.push(summarise(&p.name, &p.label(), status, &rows, total, p.num_params()));
+        };
+        match curve_runs.iter().position(|r| *r == p.name) {
+            Some(i) => curves[i].seeds.push(series),
+            None => {
+                curve_runs.push(p.name.clone());
+                curves.push(Curve {
+                    label: p.label(),
+                    seeds: vec![series],
+                });
+            }
+        }
+        let seed = p.seeded.then_some(p.seed);
+        summaries.push(summarise(
+            &p.name,
+            seed,
+            &p.label(),
+            status,
+            &rows,
+            total,
+            p.num_params(),
+        ));
+        for r in &mut rows {
+            // The merged file names every row's run as the report does (several experiments:
+            // `experiment/run`) and its seed.
+            r.run = p.name.clone();
+            r.seed = Some(p.seed);
+        }
         all_rows.extend(rows);
+    }
+    // A run whose seeds did not all finish is labelled as such in the figures.
+    for (c, run) in curves.iter_mut().zip(&curve_runs) {
+        let states: Vec<&RunSummary> = summaries.iter().filter(|s| s.run == *run).collect();
+        let done = states.iter().filter(|s| s.status == "complete").count();
+        if done < states.len() {
+            c.label = match states.as_slice() {
+                [one] => format!("{} [{}]", c.label, one.status),
+                _ => format!("{} [{done}/{} seeds complete]", c.label, states.len()),
+            };
+        }
     }
 
     let mut run_samples = vec![];
     if with_samples {
         for p in plans {
+            let label = if p.seeded {
+                format!("{} (seed {})", p.label(), p.seed)
+            } else {
+                p.label()
+            };
             run_samples.push((
-                p.label(),
-                samples::run_samples(dev, p).with_context(|| format!("sampling run `{}`", p.name))?,
+                label,
+                samples::run_samples(dev, p).with_context(|| format!("sampling run `{}`", p.id()))?,
             ));
         }
     }
@@ -232,33 +292,43 @@ pub fn write_report<D: Backend>(
         });
     }
 
-    let mut csv = csv::Writer::from_writer(vec![]);
-    for r in &all_rows {
-        csv.serialize(r)?;
+    let aggregates = compare::aggregate(&summaries);
+    let report_cfg = plans.first().map(|p| p.config.report.clone()).unwrap_or_default();
+    let base = compare::baseline(&aggregates, report_cfg.baseline.as_deref()).map(|b| b.run.clone());
+    let comparison = base
+        .as_deref()
+        .map(|b| compare::compare(&summaries, b))
+        .unwrap_or_default();
+    let verdict = compare::verdict(&aggregates, &comparison, base.as_deref());
+
+    write_csv(&dir.join("metrics.csv"), &all_rows)?;
+    write_csv(&dir.join("summary.csv"), &aggregates)?;
+    write_csv(&dir.join("seeds.csv"), &summaries)?;
+    write_csv(&dir.join("comparison.csv"), &comparison)?;
+    let tables = tables::Tables {
+        aggregates: &aggregates,
+        comparison: &comparison,
+        summaries: &summaries,
+        baseline: base.as_deref(),
+    };
+    let mut md = format!("# {experiment}: summary\n\n## Verdict\n\n");
+    for v in &verdict {
+        md.push_str(&format!("- {v}\n"));
     }
-    write_atomic(
-        &dir.join("metrics.csv"),
-        &csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
-    )?;
-    let mut csv = csv::Writer::from_writer(vec![]);
-    for s in &summaries {
-        csv.serialize(s)?;
-    }
-    write_atomic(
-        &dir.join("summary.csv"),
-        &csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
-    )?;
-    let mut md = format!("# {experiment}: summary\n\n{}", summary::markdown(&summaries));
+    md.push_str(&tables.markdown());
     if !unfinished.is_empty() {
         md.push_str(&format!("\nNot finished: {}.\n", unfinished.join(", ")));
     }
     write_atomic(&dir.join("summary.md"), md.as_bytes())?;
 
-    let smoothing = plans.first().map(|p| p.config.report.smoothing).unwrap_or(0.9);
-    let mut figures = vec![(
-        "loss.svg".to_string(),
-        "Training loss (light: raw, bold: smoothed; dots: validation loss)".to_string(),
-    )];
+    let smoothing = report_cfg.smoothing;
+    let loss_caption = if seeded {
+        "Training loss: per run, the mean over its seeds of the smoothed loss (line) and the min–max \
+         across seeds (band); dots: mean validation loss"
+    } else {
+        "Training loss (light: raw, bold: smoothed; dots: validation loss)"
+    };
+    let mut figures = vec![("loss.svg".to_string(), loss_caption.to_string())];
     write_atomic(
         &dir.join("loss.svg"),
         loss_chart(
@@ -269,13 +339,13 @@ pub fn write_report<D: Backend>(
         )?
         .as_bytes(),
     )?;
-    let focus = plans.first().map(|p| p.config.report.focus.clone()).unwrap_or_default();
+    let focus = report_cfg.focus.clone();
     if !focus.is_empty() {
         // The study's side-by-side figures (e.g. GQA-2 vs MHA): only the named runs, in the
         // colours of their position in the list.
         let chosen: Vec<Curve> = focus
             .iter()
-            .filter_map(|name| plans.iter().position(|p| &p.name == name).map(|i| curves[i].clone()))
+            .filter_map(|name| Some(curves[curve_runs.iter().position(|r| r == name)?].clone()))
             .collect();
         let title = format!(
             "{experiment}: {}",
@@ -291,16 +361,32 @@ pub fn write_report<D: Backend>(
         ));
     }
     if has_sweep {
-        for (file, chart) in sweep_charts(plans, &summaries) {
+        // Seeds that did not finish would mix earlier losses into the points.
+        let done: Vec<(RunPlan, RunSummary)> = plans
+            .iter()
+            .zip(&summaries)
+            .filter(|(p, s)| !p.seeded || s.status == "complete")
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        let (done_plans, done_summaries): (Vec<RunPlan>, Vec<RunSummary>) = done.into_iter().unzip();
+        for (file, chart) in sweep_charts(&done_plans, &done_summaries) {
             write_atomic(&dir.join(&file), sweep_chart(&chart)?.as_bytes())?;
-            figures.push((file, chart.title.clone()));
+            let caption = if seeded {
+                format!(
+                    "{}: dots are seeds, the line joins their means, bars are 95% t intervals of the mean",
+                    chart.title
+                )
+            } else {
+                chart.title.clone()
+            };
+            figures.push((file, caption));
         }
     }
 
     let seq_len_of = |label: &str, phase: usize| {
         plans
             .iter()
-            .find(|p| p.label() == label)
+            .find(|p| label.starts_with(&p.label()))
             .and_then(|p| p.schedule.phases.get(phase))
             .map(|ph| ph.seq_len)
     };
@@ -311,7 +397,6 @@ pub fn write_report<D: Backend>(
     );
     write_atomic(&dir.join("samples.md"), samples_md.as_bytes())?;
 
-    let spec_text = std::fs::read_to_string(spec_path).unwrap_or_default();
     let mut notes: Vec<String> = if unfinished.is_empty() {
         vec![]
     } else {
@@ -320,7 +405,7 @@ pub fn write_report<D: Backend>(
     notes.extend(run_notes);
     let provenance: Vec<(String, crate::provenance::Provenance)> = plans
         .iter()
-        .map(|p| (p.name.clone(), RunDir::new(&p.dir).read_provenance()))
+        .map(|p| (p.id(), RunDir::new(&p.dir).read_provenance()))
         .collect();
     let mut builds: Vec<(String, Vec<&str>)> = vec![];
     for (run, p) in &provenance {
@@ -341,13 +426,18 @@ pub fn write_report<D: Backend>(
             each.join("; ")
         ));
     }
-    let spec_name = spec_path.display().to_string();
+    let specs: Vec<(String, String)> = specs
+        .iter()
+        .map(|s| (s.display().to_string(), std::fs::read_to_string(s).unwrap_or_default()))
+        .collect();
     let page = html::page(&html::Page {
         experiment,
+        verdict: &verdict,
         figures: &figures,
-        summary: &summaries,
-        samples_md: &samples_md,
-        spec: (&spec_name, &spec_text),
+        tables: &tables,
+        samples: &run_samples,
+        seq_len_of: &seq_len_of,
+        specs: &specs,
         notes: &notes,
         provenance: &provenance,
     });
@@ -356,4 +446,13 @@ pub fn write_report<D: Backend>(
         dir: dir.to_path_buf(),
         unfinished,
     })
+}
+
+/// Writes `rows` as CSV (header from the first row's fields), atomically.
+fn write_csv<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut csv = csv::Writer::from_writer(vec![]);
+    for r in rows {
+        csv.serialize(r)?;
+    }
+    write_atomic(path, &csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
 }

@@ -2,16 +2,24 @@
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// One run's curve.
-#[derive(Clone, Debug)]
-pub struct Curve {
-    /// Legend text.
-    pub label: String,
+/// One training's losses (one seed of a run).
+#[derive(Clone, Debug, Default)]
+pub struct Series {
     /// `(step, train loss)`, in step order.
     pub train: Vec<(f64, f64)>,
     /// `(step, validation loss)`.
     pub val: Vec<(f64, f64)>,
+}
+
+/// One run's curves: one [`Series`] per seed.
+#[derive(Clone, Debug)]
+pub struct Curve {
+    /// Legend text.
+    pub label: String,
+    /// One per seed (one for a run without `seeds`).
+    pub seeds: Vec<Series>,
 }
 
 /// A vertical marker where a phase changes.
@@ -59,6 +67,34 @@ pub fn ema(values: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The EMA factor that gives `alpha`'s smoothing at 1,000 points, scaled to `points`: the
+/// average's time constant, 1/(1 − α) points at 1,000, is kept at the same share of the run,
+/// so a short run is not smoothed into a curve that visibly lags its own points (0 below a
+/// time constant of one point). TensorBoard's fixed per-point factor lags a 40-step run by a
+/// quarter of its length at 0.9; here it is 1% of any run.
+pub fn scaled_smoothing(alpha: f64, points: usize) -> f64 {
+    let tau = points as f64 / 1000.0 / (1.0 - alpha).max(1e-9);
+    if tau <= 1.0 { 0.0 } else { 1.0 - 1.0 / tau }
+}
+
+/// Per step, the mean and the min–max over the series that have that step.
+fn across_seeds(series: &[Vec<(f64, f64)>]) -> Vec<(f64, f64, f64, f64)> {
+    let mut at: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for s in series {
+        for &(x, y) in s.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+            at.entry(x.round() as i64).or_default().push(y);
+        }
+    }
+    at.into_iter()
+        .map(|(x, ys)| {
+            let mean = ys.iter().sum::<f64>() / ys.len() as f64;
+            let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (x as f64, mean, lo, hi)
+        })
+        .collect()
+}
+
 fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let stride = points.len().div_ceil(MAX_POINTS).max(1);
     let mut out: Vec<(f64, f64)> = points.iter().step_by(stride).copied().collect();
@@ -88,7 +124,8 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smoothing: f64) -> Result<String> {
     let all: Vec<(f64, f64)> = curves
         .iter()
-        .flat_map(|c| finite(&c.train).chain(finite(&c.val)))
+        .flat_map(|c| &c.seeds)
+        .flat_map(|s| finite(&s.train).chain(finite(&s.val)))
         .copied()
         .collect();
     let max_step = all.iter().map(|p| p.0).fold(1.0, f64::max);
@@ -122,26 +159,56 @@ pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smooth
             chart
                 .draw_series(DashedLineSeries::new(vec![(b.step, lo), (b.step, hi)], 6, 4, style))
                 .map_err(err)?;
+            // A label in the right quarter is drawn leftwards of its line, so it is never cut
+            // off at the plot's edge.
+            let (text, anchor) = if b.step > 0.75 * max_step {
+                (format!("{} ", b.label), HPos::Right)
+            } else {
+                (format!(" {}", b.label), HPos::Left)
+            };
+            let font = ("sans-serif", 14)
+                .into_font()
+                .color(&BOUNDARY)
+                .pos(Pos::new(anchor, VPos::Top));
             chart
-                .draw_series(std::iter::once(Text::new(
-                    format!(" {}", b.label),
-                    (b.step, hi - 0.02 * (hi - lo)),
-                    ("sans-serif", 14).into_font().color(&BOUNDARY),
-                )))
+                .draw_series(std::iter::once(Text::new(text, (b.step, hi - 0.01 * (hi - lo)), font)))
                 .map_err(err)?;
         }
         for (i, c) in curves.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let raw: Vec<(f64, f64)> = finite(&c.train).copied().collect();
+            let raws: Vec<Vec<(f64, f64)>> = c.seeds.iter().map(|s| finite(&s.train).copied().collect()).collect();
+            let points = raws.iter().map(Vec::len).max().unwrap_or(0);
+            let alpha = scaled_smoothing(smoothing, points);
+            let smoothed: Vec<Vec<(f64, f64)>> = raws.iter().map(|r| ema(r, alpha)).collect();
+            let line: Vec<(f64, f64)> = if let [raw] = raws.as_slice() {
+                // One seed: the raw curve, light, under the smoothed one.
+                chart
+                    .draw_series(LineSeries::new(thin(raw), color.mix(0.25).stroke_width(1)))
+                    .map_err(err)?;
+                smoothed[0].clone()
+            } else {
+                // Several: the min–max band of the seeds' smoothed curves, and their mean.
+                let across = across_seeds(&smoothed);
+                let band = thin(&across.iter().map(|a| (a.0, a.3)).collect::<Vec<_>>())
+                    .into_iter()
+                    .chain(
+                        thin(&across.iter().map(|a| (a.0, a.2)).collect::<Vec<_>>())
+                            .into_iter()
+                            .rev(),
+                    )
+                    .collect::<Vec<_>>();
+                chart
+                    .draw_series(std::iter::once(Polygon::new(band, color.mix(0.2).filled())))
+                    .map_err(err)?;
+                across.iter().map(|a| (a.0, a.1)).collect()
+            };
             chart
-                .draw_series(LineSeries::new(thin(&raw), color.mix(0.25).stroke_width(1)))
-                .map_err(err)?;
-            chart
-                .draw_series(LineSeries::new(thin(&ema(&raw, smoothing)), color.stroke_width(2)))
+                .draw_series(LineSeries::new(thin(&line), color.stroke_width(2)))
                 .map_err(err)?
                 .label(c.label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
-            let val: Vec<(f64, f64)> = finite(&c.val).copied().collect();
+            let vals: Vec<Vec<(f64, f64)>> = c.seeds.iter().map(|s| s.val.clone()).collect();
+            let val: Vec<(f64, f64)> = across_seeds(&vals).iter().map(|a| (a.0, a.1)).collect();
             chart
                 .draw_series(val.into_iter().map(|p| Circle::new(p, 4, color.filled())))
                 .map_err(err)?;
@@ -160,8 +227,9 @@ pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smooth
     Ok(svg)
 }
 
-/// One quantity against a swept value: a point per run (several per x when seeds repeat)
-/// and a line through the per-x means of each series.
+/// One quantity against a swept value: a point per run (several per x when seeds repeat),
+/// a line through the per-x means of each series and, where there are several seeds, the
+/// 95% t interval of the mean as an error bar.
 pub struct SweepChart {
     /// Chart title.
     pub title: String,
@@ -177,12 +245,25 @@ pub struct SweepChart {
 
 /// Draws a [`SweepChart`].
 pub fn sweep_chart(c: &SweepChart) -> Result<String> {
-    let ys: Vec<f64> = c
+    // The axis covers the points and their error bars.
+    let mut ys: Vec<f64> = c
         .series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q.1))
         .filter(|y| y.is_finite())
         .collect();
+    for (_, points) in &c.series {
+        for x in 0..c.xs.len() {
+            let at: Vec<f64> = points
+                .iter()
+                .filter(|p| p.0 == x && p.1.is_finite())
+                .map(|p| p.1)
+                .collect();
+            if let Some((lo, hi)) = crate::stats::t_interval(&at) {
+                ys.extend([lo, hi]);
+            }
+        }
+    }
     let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &y| {
         (lo.min(y), hi.max(y))
     });
@@ -230,8 +311,21 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
             let mut means = vec![];
             for x in 0..n {
                 let at: Vec<f64> = finite.iter().filter(|p| p.0 == x).map(|p| p.1).collect();
-                if !at.is_empty() {
-                    means.push((x as f64, at.iter().sum::<f64>() / at.len() as f64));
+                let Some(m) = crate::stats::mean(&at) else { continue };
+                means.push((x as f64, m));
+                // Several seeds at this value: the 95% t interval of their mean, with caps.
+                if let Some((lo, hi)) = crate::stats::t_interval(&at) {
+                    let (x, w) = (x as f64, 0.06);
+                    let style = color.stroke_width(2);
+                    for segment in [
+                        vec![(x, lo), (x, hi)],
+                        vec![(x - w, lo), (x + w, lo)],
+                        vec![(x - w, hi), (x + w, hi)],
+                    ] {
+                        chart
+                            .draw_series(std::iter::once(PathElement::new(segment, style)))
+                            .map_err(err)?;
+                    }
                 }
             }
             let series = chart

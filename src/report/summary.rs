@@ -12,6 +12,8 @@ pub const LAST_N: usize = 50;
 pub struct RunSummary {
     /// Run name.
     pub run: String,
+    /// The seed, for a run repeated over `[experiment] seeds` (empty otherwise).
+    pub seed: Option<u64>,
     /// What sets it apart, e.g. `position=rope`.
     pub differs: String,
     /// `complete`, `running`, `interrupted`, `diverged` or `not started`.
@@ -24,7 +26,7 @@ pub struct RunSummary {
     pub params: usize,
     /// Train loss of the last recorded step.
     pub final_train_loss: Option<f64>,
-    /// Mean train loss over the last 50 recorded steps (fewer if the run is shorter).
+    /// Mean train loss over the last 50 recorded steps (none below 50 steps).
     pub train_loss_last50: Option<f64>,
     /// Lowest train loss.
     pub best_train_loss: Option<f64>,
@@ -85,6 +87,7 @@ pub fn status_word(status: Option<&RunStatus>, steps: usize, total: usize) -> St
 /// Summarises `rows` (one run's metrics, in step order).
 pub fn summarise(
     run: &str,
+    seed: Option<u64>,
     differs: &str,
     status: String,
     rows: &[MetricsRow],
@@ -102,8 +105,10 @@ pub fn summarise(
         .filter(|x| x.is_finite())
         .collect();
     let tail = &train[train.len().saturating_sub(LAST_N)..];
+    let tail = if train.len() >= LAST_N { tail } else { &[] };
     RunSummary {
         run: run.to_string(),
+        seed,
         differs: differs.to_string(),
         status,
         steps: rows.len(),
@@ -129,13 +134,12 @@ pub fn summarise(
     }
 }
 
-fn cell(x: Option<f64>, digits: usize) -> String {
-    x.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "–".into())
-}
+use super::format::{int, num};
 
-/// Column titles of the summary tables.
-pub const COLUMNS: [&str; 18] = [
+/// Column titles of the per-seed summary tables.
+pub const COLUMNS: [&str; 19] = [
     "run",
+    "seed",
     "differs",
     "status",
     "steps",
@@ -146,7 +150,7 @@ pub const COLUMNS: [&str; 18] = [
     "final val",
     "best val",
     "tokens/s",
-    "train s",
+    "train time",
     "attn ms",
     "attn MB (measured)",
     "attn MB (shapes)",
@@ -159,31 +163,45 @@ pub const COLUMNS: [&str; 18] = [
 pub fn cells(r: &RunSummary) -> Vec<String> {
     vec![
         r.run.clone(),
+        r.seed.map_or_else(|| "–".into(), |s| s.to_string()),
         r.differs.clone(),
         r.status.clone(),
-        format!("{}/{}", r.steps, r.total_steps),
-        r.params.to_string(),
-        cell(r.final_train_loss, 4),
-        cell(r.train_loss_last50, 4),
-        cell(r.best_train_loss, 4),
-        cell(r.final_val_loss, 4),
-        cell(r.best_val_loss, 4),
-        cell(r.tokens_per_s, 0),
-        format!("{:.1}", r.train_s),
-        cell(r.attn_ms, 1),
-        cell(r.attn_mem_mb, 1),
-        cell(r.attn_mem_mb_analytic, 1),
-        cell(r.peak_rss_mb, 0),
-        cell(r.kv_bytes_per_token, 0),
-        cell(r.decode_tokens_per_s, 0),
+        format!("{}/{}", int(r.steps as u64), int(r.total_steps as u64)),
+        int(r.params as u64),
+        num(r.final_train_loss, 4),
+        num(r.train_loss_last50, 4),
+        num(r.best_train_loss, 4),
+        num(r.final_val_loss, 4),
+        num(r.best_val_loss, 4),
+        num(r.tokens_per_s, 0),
+        super::format::duration(r.train_s),
+        num(r.attn_ms, 1),
+        num(r.attn_mem_mb, 1),
+        num(r.attn_mem_mb_analytic, 1),
+        num(r.peak_rss_mb, 0),
+        num(r.kv_bytes_per_token, 0),
+        num(r.decode_tokens_per_s, 0),
     ]
 }
 
-/// The summary as a Markdown table.
-pub fn markdown(rows: &[RunSummary]) -> String {
-    let mut s = format!("| {} |\n|{}\n", COLUMNS.join(" | "), "---|".repeat(COLUMNS.len()));
+/// A table's header and rows without the columns that are empty (`–`) in every row.
+pub fn drop_empty_columns(header: &[&str], rows: &[Vec<String>]) -> (Vec<String>, Vec<Vec<String>>) {
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&c| rows.is_empty() || rows.iter().any(|r| r.get(c).is_some_and(|v| v != "–")))
+        .collect();
+    (
+        keep.iter().map(|&c| header[c].to_string()).collect(),
+        rows.iter()
+            .map(|r| keep.iter().map(|&c| r[c].clone()).collect())
+            .collect(),
+    )
+}
+
+/// A Markdown table.
+pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut s = format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
     for r in rows {
-        s.push_str(&format!("| {} |\n", cells(r).join(" | ")));
+        s.push_str(&format!("| {} |\n", r.join(" | ")));
     }
     s
 }

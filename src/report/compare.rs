@@ -1,0 +1,266 @@
+//! Runs over their seeds, and the comparison with the baseline: one [`RunAggregate`] per run,
+//! one [`ComparisonRow`] per (other run, loss), and the verdict in words.
+//!
+//! Only a run's *complete* seeds enter its aggregate and the comparison: an unfinished seed's
+//! "final" loss is from an earlier step and would bias the mean (the per-seed table still
+//! shows it, with its status).
+
+use serde::Serialize;
+
+use super::summary::RunSummary;
+use crate::stats::{Estimate, PairedDiff};
+
+/// A loss the comparison covers: CSV key, words, accessor.
+pub struct Loss {
+    /// Column key (`final_val_loss`).
+    pub key: &'static str,
+    /// In a sentence ("final validation loss").
+    pub words: &'static str,
+    /// The per-seed value.
+    pub get: fn(&RunSummary) -> Option<f64>,
+}
+
+/// The losses compared, the headline (the verdict's) first.
+pub const LOSSES: [Loss; 3] = [
+    Loss {
+        key: "final_val_loss",
+        words: "final validation loss",
+        get: |s| s.final_val_loss,
+    },
+    Loss {
+        key: "best_val_loss",
+        words: "best validation loss",
+        get: |s| s.best_val_loss,
+    },
+    Loss {
+        key: "train_loss_last50",
+        words: "training loss over the last 50 steps",
+        get: |s| s.train_loss_last50,
+    },
+];
+
+/// One run over its seeds (a row of `summary.csv`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunAggregate {
+    /// Run name.
+    pub run: String,
+    /// What sets it apart.
+    pub differs: String,
+    /// Seeds the run has.
+    pub seeds: usize,
+    /// Seeds complete (the ones aggregated).
+    pub complete: usize,
+    /// Model parameters.
+    pub params: usize,
+    /// Final validation loss over the complete seeds: mean, sd, 95% t interval.
+    pub final_val_loss_mean: Option<f64>,
+    /// Standard deviation across seeds.
+    pub final_val_loss_sd: Option<f64>,
+    /// Lower end of the 95% t interval of the mean.
+    pub final_val_loss_lo: Option<f64>,
+    /// Upper end.
+    pub final_val_loss_hi: Option<f64>,
+    /// Best validation loss: mean over seeds.
+    pub best_val_loss_mean: Option<f64>,
+    /// Its sd.
+    pub best_val_loss_sd: Option<f64>,
+    /// Its interval's lower end.
+    pub best_val_loss_lo: Option<f64>,
+    /// Its interval's upper end.
+    pub best_val_loss_hi: Option<f64>,
+    /// Training loss over the last 50 steps: mean over seeds.
+    pub train_loss_last50_mean: Option<f64>,
+    /// Its sd.
+    pub train_loss_last50_sd: Option<f64>,
+    /// Its interval's lower end.
+    pub train_loss_last50_lo: Option<f64>,
+    /// Its interval's upper end.
+    pub train_loss_last50_hi: Option<f64>,
+    /// Median over seeds of each seed's median tokens per second.
+    pub tokens_per_s: Option<f64>,
+    /// Mean training time of a seed (s).
+    pub train_s: Option<f64>,
+}
+
+impl RunAggregate {
+    /// The estimate of loss `key` (one of [`LOSSES`]).
+    pub fn estimate(&self, key: &str) -> Option<(f64, Option<f64>, Option<(f64, f64)>)> {
+        let (m, sd, lo, hi) = match key {
+            "final_val_loss" => (
+                self.final_val_loss_mean,
+                self.final_val_loss_sd,
+                self.final_val_loss_lo,
+                self.final_val_loss_hi,
+            ),
+            "best_val_loss" => (
+                self.best_val_loss_mean,
+                self.best_val_loss_sd,
+                self.best_val_loss_lo,
+                self.best_val_loss_hi,
+            ),
+            _ => (
+                self.train_loss_last50_mean,
+                self.train_loss_last50_sd,
+                self.train_loss_last50_lo,
+                self.train_loss_last50_hi,
+            ),
+        };
+        Some((m?, sd, lo.zip(hi)))
+    }
+}
+
+/// The seeds of each run, in order of first appearance: `(run, [summary])`.
+pub fn by_run(summaries: &[RunSummary]) -> Vec<(String, Vec<&RunSummary>)> {
+    let mut out: Vec<(String, Vec<&RunSummary>)> = vec![];
+    for s in summaries {
+        match out.iter_mut().find(|(r, _)| *r == s.run) {
+            Some((_, seeds)) => seeds.push(s),
+            None => out.push((s.run.clone(), vec![s])),
+        }
+    }
+    out
+}
+
+fn complete<'a>(seeds: &[&'a RunSummary]) -> Vec<&'a RunSummary> {
+    seeds.iter().copied().filter(|s| s.status == "complete").collect()
+}
+
+/// Aggregates each run over its complete seeds.
+pub fn aggregate(summaries: &[RunSummary]) -> Vec<RunAggregate> {
+    by_run(summaries)
+        .into_iter()
+        .map(|(run, seeds)| {
+            let done = complete(&seeds);
+            let est = |get: fn(&RunSummary) -> Option<f64>| {
+                Estimate::of(&done.iter().filter_map(|s| get(s)).collect::<Vec<_>>())
+            };
+            let parts = |e: Option<Estimate>| match e {
+                Some(e) => (Some(e.mean), e.sd, e.interval.map(|i| i.0), e.interval.map(|i| i.1)),
+                None => (None, None, None, None),
+            };
+            let (fm, fs, fl, fh) = parts(est(LOSSES[0].get));
+            let (bm, bs, bl, bh) = parts(est(LOSSES[1].get));
+            let (tm, ts, tl, th) = parts(est(LOSSES[2].get));
+            RunAggregate {
+                differs: seeds[0].differs.clone(),
+                seeds: seeds.len(),
+                complete: done.len(),
+                params: seeds[0].params,
+                final_val_loss_mean: fm,
+                final_val_loss_sd: fs,
+                final_val_loss_lo: fl,
+                final_val_loss_hi: fh,
+                best_val_loss_mean: bm,
+                best_val_loss_sd: bs,
+                best_val_loss_lo: bl,
+                best_val_loss_hi: bh,
+                train_loss_last50_mean: tm,
+                train_loss_last50_sd: ts,
+                train_loss_last50_lo: tl,
+                train_loss_last50_hi: th,
+                tokens_per_s: super::summary::median(done.iter().filter_map(|s| s.tokens_per_s).collect()),
+                train_s: crate::stats::mean(&done.iter().map(|s| s.train_s).collect::<Vec<_>>()),
+                run,
+            }
+        })
+        .collect()
+}
+
+/// One run against the baseline on one loss (a row of `comparison.csv`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ComparisonRow {
+    /// The run.
+    pub run: String,
+    /// The baseline.
+    pub baseline: String,
+    /// The loss ([`Loss::key`]).
+    pub loss: String,
+    /// Seeds both have complete.
+    pub n: usize,
+    /// Mean of (run − baseline) over the paired seeds; negative: the run is better.
+    pub diff: f64,
+    /// 95% t interval of `diff` (n ≥ 2).
+    pub t_lo: Option<f64>,
+    /// Its upper end.
+    pub t_hi: Option<f64>,
+    /// 95% percentile-bootstrap interval of `diff` (n ≥ 2).
+    pub bootstrap_lo: Option<f64>,
+    /// Its upper end.
+    pub bootstrap_hi: Option<f64>,
+    /// Seeds where the run's loss is lower.
+    pub wins: usize,
+    /// The finding in words.
+    pub sentence: String,
+}
+
+/// The run the others are compared with: `[report] baseline` when it names a run here, else
+/// the first run.
+pub fn baseline<'a>(runs: &'a [RunAggregate], asked: Option<&str>) -> Option<&'a RunAggregate> {
+    asked
+        .and_then(|b| runs.iter().find(|r| r.run == b))
+        .or_else(|| runs.first())
+}
+
+/// Each other run against `base`, on each loss, paired by seed over complete seeds.
+pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
+    let groups = by_run(summaries);
+    let Some((_, base_seeds)) = groups.iter().find(|(r, _)| r == base) else {
+        return vec![];
+    };
+    let paired = |seeds: &[&RunSummary], get: fn(&RunSummary) -> Option<f64>| -> Vec<(u64, f64)> {
+        complete(seeds)
+            .iter()
+            .filter_map(|s| Some((s.seed.unwrap_or(0), get(s)?)))
+            .collect()
+    };
+    let mut rows = vec![];
+    for (run, seeds) in groups.iter().filter(|(r, _)| r != base) {
+        for loss in &LOSSES {
+            let Some(d) = PairedDiff::of(&paired(seeds, loss.get), &paired(base_seeds, loss.get)) else {
+                continue;
+            };
+            rows.push(ComparisonRow {
+                run: run.clone(),
+                baseline: base.to_string(),
+                loss: loss.key.to_string(),
+                n: d.n,
+                diff: d.mean,
+                t_lo: d.t_interval.map(|i| i.0),
+                t_hi: d.t_interval.map(|i| i.1),
+                bootstrap_lo: d.bootstrap.map(|i| i.0),
+                bootstrap_hi: d.bootstrap.map(|i| i.1),
+                wins: d.wins,
+                sentence: d.sentence(run, base, loss.words),
+            });
+        }
+    }
+    rows
+}
+
+/// The verdict: one sentence per other run on the headline loss (final validation loss),
+/// and what kept a run out of it.
+pub fn verdict(runs: &[RunAggregate], comparison: &[ComparisonRow], base: Option<&str>) -> Vec<String> {
+    let Some(base) = base else {
+        return vec!["No run has finished: nothing to compare yet.".into()];
+    };
+    if runs.len() < 2 {
+        return vec![format!("One run ({base}): nothing to compare it with.")];
+    }
+    let mut out = vec![];
+    for r in runs.iter().filter(|r| r.run != base) {
+        match comparison.iter().find(|c| c.run == r.run && c.loss == LOSSES[0].key) {
+            Some(c) => out.push(format!("{}.", c.sentence)),
+            None => out.push(format!(
+                "{} cannot be compared with {base} yet: they share no complete seed with a validation loss.",
+                r.run
+            )),
+        }
+    }
+    for r in runs.iter().filter(|r| r.complete < r.seeds) {
+        out.push(format!(
+            "{}: {} of {} seeds complete; the figures above use those.",
+            r.run, r.complete, r.seeds
+        ));
+    }
+    out
+}

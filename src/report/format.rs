@@ -1,0 +1,98 @@
+//! Numbers as people read them: thousands separators, a dash for what was not measured,
+//! never `-0.000`.
+
+/// `x` with `digits` decimals and thousands separators (`2,743,680`, `12,345.7`); `–` when
+/// there is no value or it is not finite. A value that rounds to zero is written unsigned.
+pub fn num(x: Option<f64>, digits: usize) -> String {
+    match x {
+        Some(v) if v.is_finite() => {
+            let s = format!("{v:.digits$}");
+            let s = match s.strip_prefix('-') {
+                Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+                _ => s,
+            };
+            group_thousands(&s)
+        }
+        _ => "–".into(),
+    }
+}
+
+/// An integer with thousands separators.
+pub fn int(x: impl Into<u128>) -> String {
+    group_thousands(&x.into().to_string())
+}
+
+/// A signed difference: `+0.123`, `−0.045` (a real minus sign), `0.000`.
+pub fn signed(x: f64, digits: usize) -> String {
+    let s = num(Some(x), digits);
+    if s.starts_with('-') {
+        s.replacen('-', "−", 1)
+    } else if s.chars().any(|c| c.is_ascii_digit() && c != '0') {
+        format!("+{s}")
+    } else {
+        s
+    }
+}
+
+/// An interval `lo–hi`, or `–` without one.
+pub fn interval(x: Option<(f64, f64)>, digits: usize) -> String {
+    match x {
+        Some((lo, hi)) => format!("{} to {}", signed_if_neg(lo, digits), signed_if_neg(hi, digits)),
+        None => "–".into(),
+    }
+}
+
+fn signed_if_neg(x: f64, digits: usize) -> String {
+    num(Some(x), digits).replacen('-', "−", 1)
+}
+
+/// Seconds as `42 s`, `12.5 min` or `2.3 h`.
+pub fn duration(s: f64) -> String {
+    if !s.is_finite() {
+        "–".into()
+    } else if s < 120.0 {
+        format!("{s:.0} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+fn group_thousands(s: &str) -> String {
+    let (sign, rest) = s.strip_prefix('-').map_or(("", s), |r| ("-", r));
+    let (int, frac) = rest.split_once('.').map_or((rest, None), |(i, f)| (i, Some(f)));
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_as_people_write_them() {
+        assert_eq!(int(2_743_680u32), "2,743,680");
+        assert_eq!(int(999u32), "999");
+        assert_eq!(num(Some(12345.678), 1), "12,345.7");
+        assert_eq!(num(Some(-0.0001), 3), "0.000");
+        assert_eq!(num(Some(-1234.5), 0), "-1,234"); // round-half-even of .5 to 1234
+        assert_eq!(num(None, 2), "–");
+        assert_eq!(num(Some(f64::NAN), 2), "–");
+        assert_eq!(signed(-0.2712, 3), "−0.271");
+        assert_eq!(signed(0.05, 2), "+0.05");
+        assert_eq!(signed(-0.0001, 3), "0.000");
+        assert_eq!(interval(Some((-0.3, -0.24)), 2), "−0.30 to −0.24");
+        assert_eq!(duration(30.2), "30 s");
+        assert_eq!(duration(600.0), "10.0 min");
+    }
+}
