@@ -210,6 +210,8 @@ fn shipped_experiments_validate_and_plan_as_the_study_needs() {
     for kv in [1, 2, 3, 6] {
         assert!(out.contains(&format!("run `n_kv_head={kv}`")), "{out}");
     }
+    // The handout's parts 4-6 assume learned absolute positions.
+    assert_eq!(out.matches("position=absolute").count(), 4, "{out}");
     let llama = gptlab()
         .current_dir(root)
         .args(["plan", "experiments/llama_style.toml"])

@@ -351,3 +351,54 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
                 .and(predicate::str::contains("'☃'")),
         );
 }
+
+#[test]
+fn several_experiments_report_on_one_page_with_their_runs_named_by_experiment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (runs, reports) = (tmp.path().join("runs"), tmp.path().join("reports"));
+    let dirs = [
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--reports-dir",
+        reports.to_str().unwrap(),
+    ];
+    let mut specs = vec![];
+    for (name, position) in [("first", "absolute"), ("second", "rope")] {
+        let text = common::TINY_SPEC
+            .replace("[experiment]\n", &format!("[experiment]\nname = \"{name}\"\n"))
+            .replace("dropout = 0.1", &format!("dropout = 0.1\nposition = \"{position}\""));
+        let spec = common::write_spec(tmp.path(), &format!("{name}.toml"), &text);
+        common::gptlab()
+            .arg("run")
+            .arg(&spec)
+            .args(dirs)
+            .args(["-q", "--no-report"])
+            .assert()
+            .success();
+        specs.push(spec);
+    }
+    common::gptlab()
+        .arg("report")
+        .args(&specs)
+        .args(dirs)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("first+second"));
+    let summary = std::fs::read_to_string(reports.join("first+second/summary.csv")).unwrap();
+    let runs: Vec<&str> = summary.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(runs, ["first/default", "second/default"]);
+    let page = std::fs::read_to_string(reports.join("first+second/index.html")).unwrap();
+    assert!(
+        page.contains("Spec: ") && page.matches("<h2>Spec: ").count() == 2,
+        "both specs shown"
+    );
+    let comparison = std::fs::read_to_string(reports.join("first+second/comparison.csv")).unwrap();
+    assert!(
+        comparison
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("second/default,first/default,final_val_loss,1,"),
+        "{comparison}"
+    );
+}
