@@ -268,15 +268,10 @@ fn sampling_is_seeded_and_top_k_1_is_the_argmax_continuation() {
 #[test]
 fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_are_clear() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let tmp = tempfile::tempdir().unwrap();
-    let (runs, reports) = (tmp.path().join("runs"), tmp.path().join("reports"));
-    let dirs = [
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--reports-dir",
-        reports.to_str().unwrap(),
-        "-q",
-    ];
+    let out = common::OutDirs::new();
+    let (runs, reports) = (&out.runs, &out.reports);
+    let [a, b, c, d] = out.args();
+    let dirs = [a, b, c, d, "-q"];
     Command::cargo_bin("gptlab")
         .unwrap()
         .current_dir(root)
@@ -354,14 +349,8 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
 
 #[test]
 fn several_experiments_report_on_one_page_with_their_runs_named_by_experiment() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (runs, reports) = (tmp.path().join("runs"), tmp.path().join("reports"));
-    let dirs = [
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--reports-dir",
-        reports.to_str().unwrap(),
-    ];
+    let out = common::OutDirs::new();
+    let (tmp, reports, dirs) = (&out.tmp, &out.reports, out.args());
     let mut specs = vec![];
     for (name, position) in [("first", "absolute"), ("second", "rope")] {
         let text = common::TINY_SPEC

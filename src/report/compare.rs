@@ -83,8 +83,8 @@ pub struct RunAggregate {
 }
 
 impl RunAggregate {
-    /// The estimate of loss `key` (one of [`LOSSES`]).
-    pub fn estimate(&self, key: &str) -> Option<(f64, Option<f64>, Option<(f64, f64)>)> {
+    /// The estimate of loss `key` (one of [`LOSSES`]) over the complete seeds.
+    pub fn estimate(&self, key: &str) -> Option<Estimate> {
         let (m, sd, lo, hi) = match key {
             "final_val_loss" => (
                 self.final_val_loss_mean,
@@ -105,7 +105,12 @@ impl RunAggregate {
                 self.train_loss_last50_hi,
             ),
         };
-        Some((m?, sd, lo.zip(hi)))
+        Some(Estimate {
+            n: self.complete,
+            mean: m?,
+            sd,
+            interval: lo.zip(hi),
+        })
     }
 }
 

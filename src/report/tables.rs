@@ -5,6 +5,7 @@
 use super::compare::{ComparisonRow, LOSSES, RunAggregate};
 use super::format::{duration, int, interval, num, signed};
 use super::summary::{self, RunSummary, drop_empty_columns, markdown_table};
+use crate::stats::Estimate;
 
 /// A table: title, header and formatted rows (empty columns already dropped).
 pub struct Table {
@@ -41,10 +42,14 @@ fn table(title: &str, id: &'static str, header: &[&str], rows: Vec<Vec<String>>)
 }
 
 /// `mean ± half-width` of a 95% interval, or the mean alone without one.
-fn mean_pm(e: Option<(f64, Option<f64>, Option<(f64, f64)>)>) -> String {
+fn mean_pm(e: Option<Estimate>) -> String {
     match e {
-        Some((m, _, Some((lo, hi)))) => format!("{} ± {}", num(Some(m), 3), num(Some((hi - lo) / 2.0), 3)),
-        Some((m, _, None)) => num(Some(m), 3),
+        Some(Estimate {
+            mean,
+            interval: Some((lo, hi)),
+            ..
+        }) => format!("{} ± {}", num(Some(mean), 3), num(Some((hi - lo) / 2.0), 3)),
+        Some(e) => num(Some(e.mean), 3),
         None => "–".into(),
     }
 }
@@ -171,9 +176,9 @@ impl Tables<'_> {
                 ];
                 for l in &LOSSES {
                     let e = a.estimate(l.key);
-                    row.push(num(e.map(|e| e.0), 4));
-                    row.push(num(e.and_then(|e| e.1), 4));
-                    row.push(interval(e.and_then(|e| e.2), 4));
+                    row.push(num(e.as_ref().map(|e| e.mean), 4));
+                    row.push(num(e.as_ref().and_then(|e| e.sd), 4));
+                    row.push(interval(e.and_then(|e| e.interval), 4));
                 }
                 row
             })

@@ -138,3 +138,32 @@ pub fn dump_dom(page: &Path, profile: &Path) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `runs/` and `reports/` folders under a temporary folder, as command-line arguments.
+pub struct OutDirs {
+    /// The temporary folder (removed on drop).
+    pub tmp: tempfile::TempDir,
+    /// `<tmp>/runs`.
+    pub runs: PathBuf,
+    /// `<tmp>/reports`.
+    pub reports: PathBuf,
+}
+
+impl OutDirs {
+    /// Fresh, empty folders.
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let (runs, reports) = (tmp.path().join("runs"), tmp.path().join("reports"));
+        Self { tmp, runs, reports }
+    }
+
+    /// `--runs-dir RUNS --reports-dir REPORTS`.
+    pub fn args(&self) -> [&str; 4] {
+        [
+            "--runs-dir",
+            self.runs.to_str().unwrap(),
+            "--reports-dir",
+            self.reports.to_str().unwrap(),
+        ]
+    }
+}
