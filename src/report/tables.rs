@@ -31,6 +31,17 @@ pub struct Tables<'a> {
     pub baseline: Option<&'a str>,
 }
 
+impl Table {
+    fn drop_column(&mut self, title: &str) {
+        if let Some(i) = self.header.iter().position(|h| h == title) {
+            self.header.remove(i);
+            for r in &mut self.rows {
+                r.remove(i);
+            }
+        }
+    }
+}
+
 fn table(title: &str, id: &'static str, header: &[&str], rows: Vec<Vec<String>>) -> Table {
     let (header, rows) = drop_empty_columns(header, &rows);
     Table {
@@ -107,14 +118,13 @@ impl Tables<'_> {
             "train time",
         ];
         let mut t = table("Comparison", "compact", &header, rows);
+        if self.aggregates.iter().all(|a| a.differs == a.run) {
+            // Sweep points are named by what differs: the column would repeat the name.
+            t.drop_column("differs");
+        }
         if !self.seeded() {
             // One seed: "1/1 seeds" says nothing.
-            if let Some(i) = t.header.iter().position(|h| h == "seeds complete") {
-                t.header.remove(i);
-                t.rows.iter_mut().for_each(|r| {
-                    r.remove(i);
-                });
-            }
+            t.drop_column("seeds complete");
         }
         t
     }
