@@ -43,13 +43,13 @@ fn main() -> ExitCode {
 /// Loads and plans a spec with the command line's `--set`s and `--only`s.
 fn load(file: &Path, select: &Select, runs_dir: &Path) -> Result<Experiment, Error> {
     let mut sets = select.sets.clone();
-    if let Some(n) = select.seeds {
-        // `--seeds N` is `--set experiment.seeds=[...]` with the first N of a fixed list.
-        let seeds = gptlab::spec::first_seeds(n).map_err(Error::Usage)?;
-        let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
-        let arg = format!("experiment.seeds=[{}]", list.join(","));
-        sets.push(arg.parse().map_err(Error::Usage)?);
-    }
+    sets.extend(
+        select
+            .seeds
+            .map(gptlab::spec::seeds_override)
+            .transpose()
+            .map_err(Error::Usage)?,
+    );
     Experiment::load(file, &sets, &select.only, runs_dir)
 }
 
@@ -181,14 +181,11 @@ fn params(args: &ParamsArgs) -> Outcome {
         vec![(file.display().to_string(), arch)]
     } else {
         let exp = load(file, &args.select, Path::new("runs"))?;
-        let mut archs: Vec<(String, Arch)> = vec![];
-        for p in exp.selected() {
-            // The seeds of a run share its architecture: one row per run.
-            if !archs.iter().any(|(name, _)| *name == p.name) {
-                archs.push((p.name.clone(), Arch::from_model(&p.model)));
-            }
-        }
-        archs
+        // The seeds of a run share its architecture: one row per run.
+        let runs = exp.selected_runs();
+        runs.iter()
+            .map(|p| (p.name.clone(), Arch::from_model(&p.model)))
+            .collect()
     };
     let table = gptlab::params::render(&archs, args.context, args.batch, args.json);
     println!("{}", table.map_err(|e| Error::Usage(format!("{e:#}")))?);

@@ -95,19 +95,28 @@ impl Experiment {
 
     /// "3 runs" or "2 runs × 5 seeds": what the selection trains.
     pub fn count(&self) -> String {
-        let selected = self.selected();
-        let mut names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
-        names.dedup();
+        let (trainings, runs) = (self.selected().len(), self.selected_runs().len());
         let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-        match selected.iter().any(|p| p.seeded) {
+        match self.selected().iter().any(|p| p.seeded) {
             true => format!(
-                "{} × {} ({} trainings)",
-                plural(names.len(), "run"),
-                plural(selected.len() / names.len().max(1), "seed"),
-                selected.len()
+                "{} × {} ({trainings} trainings)",
+                plural(runs, "run"),
+                plural(trainings / runs.max(1), "seed")
             ),
-            false => plural(names.len(), "run"),
+            false => plural(runs, "run"),
         }
+    }
+
+    /// The selected runs, one plan each (the first seed's): what the seeds of a run share,
+    /// its architecture and schedule.
+    pub fn selected_runs(&self) -> Vec<&RunPlan> {
+        let mut runs: Vec<&RunPlan> = vec![];
+        for p in self.selected() {
+            if !runs.iter().any(|r| r.name == p.name) {
+                runs.push(p);
+            }
+        }
+        runs
     }
 
     /// The runs selected with `--only` (all of them when none was named).

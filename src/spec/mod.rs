@@ -653,15 +653,22 @@ impl RunSpec {
     }
 }
 
-/// The first `n` seeds of the fixed list `--seeds N` takes: minGPT's 3407, then 1, 2, 3, …
-pub fn first_seeds(n: usize) -> Result<Vec<u64>, String> {
+/// What `--seeds N` stands for: `--set experiment.seeds=[...]` with the first `n` seeds of the
+/// fixed list minGPT's 3407, then 1, 2, 3, …
+pub fn seeds_override(n: usize) -> Result<SetArg, String> {
     if n == 0 || n > validate::MAX_SEEDS {
         return Err(format!(
             "--seeds must be between 1 and {}, not {n}",
             validate::MAX_SEEDS
         ));
     }
-    Ok(std::iter::once(3407).chain(1..n as u64).collect())
+    let seeds: Vec<u64> = std::iter::once(3407).chain(1..n as u64).collect();
+    let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+    Ok(SetArg {
+        key: "experiment.seeds".into(),
+        value: toml::Value::Array(seeds.iter().map(|&s| toml::Value::Integer(s as i64)).collect()),
+        raw: format!("experiment.seeds=[{}]", list.join(",")),
+    })
 }
 
 /// Runs one experiment may expand to: a grid of a few keys is far below it, a runaway one is not.
