@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod discover;
 pub mod error;
+pub mod format;
 pub mod fsio;
 pub mod interrupt;
 pub mod lock;

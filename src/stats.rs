@@ -9,6 +9,8 @@
 //! report is reproducible) is reported beside it, as a check that needs no normality.
 
 use rand::{Rng, SeedableRng};
+
+use crate::format::signed;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 /// Resamples drawn by [`bootstrap_interval`].
@@ -144,9 +146,9 @@ impl PairedDiff {
             return format!(
                 "no difference detected at this number of seeds between {run} and {baseline} in {quantity}: \
                  {run} − {baseline} = {} nats (95% t interval {} to {}, {seeds})",
-                signed(self.mean),
-                signed(lo),
-                signed(hi)
+                signed(self.mean, 3),
+                signed(lo, 3),
+                signed(hi, 3)
             );
         }
         // The interval of the size of the gap, in the direction of the finding.
@@ -154,16 +156,6 @@ impl PairedDiff {
         format!(
             "{run} has {direction} {quantity} than {baseline} by {size:.3} nats (95% t interval {a:.3}–{b:.3}, {seeds})"
         )
-    }
-}
-
-/// `+0.123` or `−0.123` (a real minus sign), three decimals.
-fn signed(x: f64) -> String {
-    let s = format!("{x:+.3}");
-    if s == "-0.000" || s == "+0.000" {
-        "0.000".into()
-    } else {
-        s.replacen('-', "−", 1)
     }
 }
 

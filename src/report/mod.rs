@@ -5,7 +5,6 @@
 //! and the tables), `loss.svg`, sweep charts, `samples.md` and `index.html`.
 
 mod compare;
-mod format;
 mod html;
 mod plot;
 mod samples;
@@ -17,7 +16,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use compare::{ComparisonRow, LOSSES, RunAggregate, aggregate, compare, verdict};
-pub use format::{int, num};
 pub use plot::{Boundary, Curve, PALETTE, Series, SweepChart, ema, loss_chart, scaled_smoothing, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 

@@ -134,7 +134,7 @@ pub fn summarise(
     }
 }
 
-use super::format::{int, num};
+use crate::format::{int, num};
 
 /// Column titles of the per-seed summary tables.
 pub const COLUMNS: [&str; 19] = [
@@ -174,7 +174,7 @@ pub fn cells(r: &RunSummary) -> Vec<String> {
         num(r.final_val_loss, 4),
         num(r.best_val_loss, 4),
         num(r.tokens_per_s, 0),
-        super::format::duration(r.train_s),
+        crate::format::duration(r.train_s),
         num(r.attn_ms, 1),
         num(r.attn_mem_mb, 1),
         num(r.attn_mem_mb_analytic, 1),

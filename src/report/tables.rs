@@ -3,8 +3,8 @@
 //! baseline on each loss, and the per-seed table.
 
 use super::compare::{ComparisonRow, LOSSES, RunAggregate};
-use super::format::{duration, int, interval, num, signed};
 use super::summary::{self, RunSummary, drop_empty_columns, markdown_table};
+use crate::format::{duration, int, interval, num, signed};
 use crate::stats::Estimate;
 
 /// A table: title, header and formatted rows (empty columns already dropped).

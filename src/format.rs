@@ -1,4 +1,4 @@
-//! Numbers as people read them: thousands separators, a dash for what was not measured,
+//! Numbers as people read them (the report's tables and the verdict's sentences): thousands separators, a dash for what was not measured,
 //! never `-0.000`.
 
 /// `x` with `digits` decimals and thousands separators (`2,743,680`, `12,345.7`); `–` when
