@@ -1,5 +1,5 @@
-//! Numbers as people read them (the report's tables and the verdict's sentences): thousands separators, a dash for what was not measured,
-//! never `-0.000`.
+//! Numbers as people read them, in the report's tables and the verdict's sentences:
+//! thousands separators, a dash for what was not measured, never `-0.000`.
 
 /// `x` with `digits` decimals and thousands separators (`2,743,680`, `12,345.7`); `–` when
 /// there is no value or it is not finite. A value that rounds to zero is written unsigned.

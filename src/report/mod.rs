@@ -57,10 +57,10 @@ fn boundaries(plans: &[RunPlan]) -> Vec<Boundary> {
 type Quantity = (&'static str, &'static str, fn(&RunSummary) -> Option<f64>);
 
 /// Sweep charts: for each setting that varies (but the seed), each quantity against it.
-fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, SweepChart)> {
-    let keys: Vec<String> = plans
+fn sweep_charts(points: &[(&RunPlan, &RunSummary)]) -> Vec<(String, SweepChart)> {
+    let keys: Vec<String> = points
         .first()
-        .map(|p| {
+        .map(|(p, _)| {
             p.varies
                 .iter()
                 .map(|(k, _)| k.clone())
@@ -107,7 +107,7 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
                 .unwrap_or_default()
         };
         let mut xs: Vec<String> = vec![];
-        for p in plans {
+        for (p, _) in points {
             let v = value(p, key);
             if !xs.contains(&v) {
                 xs.push(v);
@@ -122,7 +122,7 @@ fn sweep_charts(plans: &[RunPlan], summaries: &[RunSummary]) -> Vec<(String, Swe
         }
         for (name, y_label, get) in &quantities {
             let mut series: Vec<(String, Vec<(usize, f64)>)> = vec![];
-            for (p, s) in plans.iter().zip(summaries) {
+            for &(p, s) in points {
                 let Some(y) = get(s) else { continue };
                 let others: Vec<String> = p
                     .varies
@@ -360,14 +360,12 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
     }
     if has_sweep {
         // Seeds that did not finish would mix earlier losses into the points.
-        let done: Vec<(RunPlan, RunSummary)> = plans
+        let done: Vec<(&RunPlan, &RunSummary)> = plans
             .iter()
             .zip(&summaries)
             .filter(|(p, s)| !p.seeded || s.status == "complete")
-            .map(|(p, s)| (p.clone(), s.clone()))
             .collect();
-        let (done_plans, done_summaries): (Vec<RunPlan>, Vec<RunSummary>) = done.into_iter().unzip();
-        for (file, chart) in sweep_charts(&done_plans, &done_summaries) {
+        for (file, chart) in sweep_charts(&done) {
             write_atomic(&dir.join(&file), sweep_chart(&chart)?.as_bytes())?;
             let caption = if seeded {
                 format!(

@@ -245,6 +245,24 @@ pub struct SweepChart {
 
 /// Draws a [`SweepChart`].
 pub fn sweep_chart(c: &SweepChart) -> Result<String> {
+    // Per series, per x with values: the mean and (several seeds) the 95% t interval, computed
+    // once for the axis range and the drawing.
+    let per_x: Vec<Vec<(usize, crate::stats::Estimate)>> = c
+        .series
+        .iter()
+        .map(|(_, points)| {
+            (0..c.xs.len())
+                .filter_map(|x| {
+                    let at: Vec<f64> = points
+                        .iter()
+                        .filter(|p| p.0 == x && p.1.is_finite())
+                        .map(|p| p.1)
+                        .collect();
+                    Some((x, crate::stats::Estimate::of(&at)?))
+                })
+                .collect()
+        })
+        .collect();
     // The axis covers the points and their error bars.
     let mut ys: Vec<f64> = c
         .series
@@ -252,18 +270,13 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
         .flat_map(|(_, p)| p.iter().map(|q| q.1))
         .filter(|y| y.is_finite())
         .collect();
-    for (_, points) in &c.series {
-        for x in 0..c.xs.len() {
-            let at: Vec<f64> = points
-                .iter()
-                .filter(|p| p.0 == x && p.1.is_finite())
-                .map(|p| p.1)
-                .collect();
-            if let Some((lo, hi)) = crate::stats::t_interval(&at) {
-                ys.extend([lo, hi]);
-            }
-        }
-    }
+    ys.extend(
+        per_x
+            .iter()
+            .flatten()
+            .filter_map(|(_, e)| e.interval)
+            .flat_map(|(lo, hi)| [lo, hi]),
+    );
     let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &y| {
         (lo.min(y), hi.max(y))
     });
@@ -309,13 +322,11 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
                 )
                 .map_err(err)?;
             let mut means = vec![];
-            for x in 0..n {
-                let at: Vec<f64> = finite.iter().filter(|p| p.0 == x).map(|p| p.1).collect();
-                let Some(m) = crate::stats::mean(&at) else { continue };
-                means.push((x as f64, m));
+            for (x, e) in &per_x[si] {
+                means.push((*x as f64, e.mean));
                 // Several seeds at this value: the 95% t interval of their mean, with caps.
-                if let Some((lo, hi)) = crate::stats::t_interval(&at) {
-                    let (x, w) = (x as f64, 0.06);
+                if let Some((lo, hi)) = e.interval {
+                    let (x, w) = (*x as f64, 0.06);
                     let style = color.stroke_width(2);
                     for segment in [
                         vec![(x, lo), (x, hi)],
