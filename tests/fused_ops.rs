@@ -55,40 +55,51 @@ fn fused_equals_the_composition_in_values_and_gradients() {
         let k = dev.tensor_from_vec(random(&mut r, b * t * hkv * hd), (b, t, hkv, hd));
         let v = dev.tensor_from_vec(random(&mut r, b * t * hkv * hd), (b, t, hkv, hd));
         let w = dev.tensor_from_vec(random(&mut r, b * t * h * hd), (b, t, h, hd));
-        let (fused_y, fused_g) = grads_through(
-            |q, k, v| Cpu::causal_attention(q, k, v, &mut Dropout::eval()),
-            &q,
-            &k,
-            &v,
-            &w,
-        );
-        let (ref_y, ref_g) = grads_through(
-            |q, k, v| reference_attention(q, k, v, &mut Dropout::eval()),
-            &q,
-            &k,
-            &v,
-            &w,
-        );
-        let case = format!("attention (B={b} T={t} H={h} Hkv={hkv} hd={hd})");
-        let got = [vec![fused_y], fused_g.to_vec()].concat();
-        let want = [vec![ref_y], ref_g.to_vec()].concat();
-        assert_close(&case, &["y", "dq", "dk", "dv"], &got, &want, 1e-5, 0.0);
+        for alibi in [false, true] {
+            let (fused_y, fused_g) = grads_through(
+                |q, k, v| Cpu::causal_attention(q, k, v, alibi, &mut Dropout::eval()),
+                &q,
+                &k,
+                &v,
+                &w,
+            );
+            let (ref_y, ref_g) = grads_through(
+                |q, k, v| reference_attention(q, k, v, alibi, &mut Dropout::eval()),
+                &q,
+                &k,
+                &v,
+                &w,
+            );
+            let case = format!("attention (B={b} T={t} H={h} Hkv={hkv} hd={hd} alibi={alibi})");
+            let got = [vec![fused_y], fused_g.to_vec()].concat();
+            let want = [vec![ref_y], ref_g.to_vec()].concat();
+            assert_close(&case, &["y", "dq", "dk", "dv"], &got, &want, 1e-5, 0.0);
+        }
     }
 }
 
 #[test]
 fn fused_gradients_with_dropout_agree_with_finite_differences() {
+    // T = 70 crosses the 64-row block boundary of the causal tiling; with and without ALiBi.
+    for alibi in [false, true] {
+        let d = Dims {
+            b: 2,
+            t: 70,
+            h: 4,
+            hkv: 2,
+            hd: 4,
+            alibi,
+            p: 0.3,
+            seed: 11,
+        };
+        check_fused_gradients(&d);
+    }
+}
+
+/// The fused attention's gradients of `Σ y ⊙ w` against central finite differences, at `d`.
+fn check_fused_gradients(d: &Dims) {
     let mut r = ChaCha8Rng::seed_from_u64(3);
-    // T = 70 crosses the 64-row block boundary of the causal tiling.
-    let d = Dims {
-        b: 2,
-        t: 70,
-        h: 4,
-        hkv: 2,
-        hd: 4,
-        p: 0.3,
-        seed: 11,
-    };
+    let d = *d;
     let q = random(&mut r, d.b * d.t * d.h * d.hd);
     let k = random(&mut r, d.b * d.t * d.hkv * d.hd);
     let v = random(&mut r, d.b * d.t * d.hkv * d.hd);
@@ -115,7 +126,8 @@ fn fused_gradients_with_dropout_agree_with_finite_differences() {
             let analytic = grad[idx] as f64;
             assert!(
                 (numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
-                "input {which}[{idx}]: {numeric} vs {analytic}"
+                "alibi={} input {which}[{idx}]: {numeric} vs {analytic}",
+                d.alibi
             );
         }
     }

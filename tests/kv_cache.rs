@@ -19,7 +19,7 @@ fn config(position: Position, n_kv_head: usize) -> ModelConfig {
 #[test]
 fn cached_generation_equals_recomputation_token_for_token() {
     let dev = Cpu::default();
-    for position in [Position::Absolute, Position::Rope, Position::None] {
+    for position in [Position::Absolute, Position::Rope, Position::None, Position::Alibi] {
         for kv in [6, 3, 1] {
             let mut cfg = config(position, kv);
             if kv == 3 {

@@ -170,8 +170,31 @@ fn rope_keeps_norms_matches_the_formula_and_depends_only_on_offsets() {
     assert!((dot(&qs[3], &ks[0]) - dot(&qs[0], &ks[0])).abs() > 1e-3);
 }
 
-/// Causal attention with explicit loops: query head h reads key/value head h / (H / Hkv).
-fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: usize, rope: Option<&Rope>) -> Vec<f32> {
+/// ALiBi slopes written out by hand from Press et al. (2022): 4 heads start at 2^(-8/4) = 1/4
+/// with ratio 1/4; 6 heads take the 4-head slopes, then slopes 1 and 3 of the 8-head sequence
+/// (1/2, 1/4, …, 1/256), i.e. 1/2 and 1/8.
+fn alibi_slopes_by_hand(h: usize) -> Vec<f32> {
+    match h {
+        1 => vec![1.0 / 256.0],
+        2 => vec![1.0 / 16.0, 1.0 / 256.0],
+        // The 2-head slopes, then slope 0 of the 4-head sequence.
+        3 => vec![1.0 / 16.0, 1.0 / 256.0, 0.25],
+        4 => vec![0.25, 0.0625, 0.015625, 0.00390625],
+        6 => vec![0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125],
+        _ => panic!("no hand-computed slopes for {h} heads"),
+    }
+}
+
+/// Causal attention with explicit loops: query head h reads key/value head h / (H / Hkv); with
+/// `alibi`, score (i, s) gets −m_h·(i − s) with the hand-computed slopes.
+fn attention_by_hand(
+    attn: &CausalSelfAttention<Cpu>,
+    x: &[f32],
+    b: usize,
+    t: usize,
+    rope: Option<&Rope>,
+    alibi: bool,
+) -> Vec<f32> {
     let grouped_sum = attn.kind == gptlab::model::AttentionKind::GroupedSum;
     let AttnShape {
         n_embd: c,
@@ -216,8 +239,14 @@ fn attention_by_hand(attn: &CausalSelfAttention<Cpu>, x: &[f32], b: usize, t: us
                 } else {
                     head(&q, c, bi, ti, hi)
                 };
+                // grouped_sum has one score matrix per key/value head, each with its own slope.
+                let slope = match (alibi, grouped_sum) {
+                    (false, _) => 0.0,
+                    (true, false) => alibi_slopes_by_hand(h)[hi],
+                    (true, true) => alibi_slopes_by_hand(hkv)[kvh],
+                };
                 let scores: Vec<f32> = (0..=ti)
-                    .map(|s| dot(&qv, &head(&k, hkv * hd, bi, s, kvh)) / (hd as f32).sqrt())
+                    .map(|s| dot(&qv, &head(&k, hkv * hd, bi, s, kvh)) / (hd as f32).sqrt() - slope * (ti - s) as f32)
                     .collect();
                 let max = scores.iter().cloned().fold(f32::MIN, f32::max);
                 let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -239,7 +268,7 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
     let dev = Cpu::default();
     let (b, t, c) = (2, 5, 24);
     for (h, hkv) in [(4, 4), (4, 2), (4, 1), (6, 3)] {
-        for with_rope in [false, true] {
+        for (with_rope, alibi) in [(false, false), (true, false), (false, true)] {
             let shape = AttnShape {
                 n_embd: c,
                 n_head: h,
@@ -247,7 +276,7 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
                 head_dim: None,
             };
             let mut r = rng(11);
-            let mut attn = CausalSelfAttention::new(&dev, &mut r, "a", shape, 0.02);
+            let mut attn = CausalSelfAttention::new(&dev, &mut r, "a", shape, 0.02).with_alibi(alibi);
             // Larger weights and biases than at init, so the softmax is far from uniform.
             attn.visit_mut(&mut |p| {
                 let vals: Vec<f32> = (0..p.numel()).map(|_| r.gen_range(-0.5..0.5)).collect();
@@ -265,9 +294,12 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
                     None,
                 )
                 .as_vec();
-            let want = attention_by_hand(&attn, &x, b, t, rope.as_ref());
+            let want = attention_by_hand(&attn, &x, b, t, rope.as_ref(), alibi);
             let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
-            assert!(err < 1e-4, "H={h} Hkv={hkv} rope={with_rope}: max error {err}");
+            assert!(
+                err < 1e-4,
+                "H={h} Hkv={hkv} rope={with_rope} alibi={alibi}: max error {err}"
+            );
         }
     }
 }
@@ -289,7 +321,7 @@ fn multi_query_shares_one_key_value_head() {
 #[test]
 fn changing_a_later_token_never_changes_an_earlier_output() {
     let dev = Cpu::default();
-    for position in [Position::Absolute, Position::Rope, Position::None] {
+    for position in [Position::Absolute, Position::Rope, Position::None, Position::Alibi] {
         let model = Gpt::new(
             &dev,
             &ModelConfig {
@@ -322,6 +354,8 @@ fn gradients_agree_with_finite_differences() {
         (Position::Rope, 2, 1, Standard),
         (Position::None, 4, 2, Standard),
         (Position::Rope, 4, 2, GroupedSum),
+        (Position::Alibi, 4, 2, Standard),
+        (Position::Alibi, 4, 2, GroupedSum),
         (Position::Rope, 4, 2, Standard),
     ] {
         // The last case is a LLaMA-style block: RMSNorm, SwiGLU, no biases, GQA, RoPE.
@@ -423,9 +457,20 @@ fn grouped_sum_is_multi_head_attention_at_g_1_and_sums_the_group_queries_otherwi
             .as_vec()
         };
         let got = run(&grouped);
-        let want = attention_by_hand(&grouped, &x, b, t, Some(&rope));
+        let want = attention_by_hand(&grouped, &x, b, t, Some(&rope), false);
         let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
         assert!(err < 1e-4, "H={h} Hkv={hkv}: grouped_sum vs reference, max error {err}");
+        let with_alibi = grouped.clone().with_alibi(true);
+        let want = attention_by_hand(&with_alibi, &x, b, t, Some(&rope), true);
+        let err = run(&with_alibi)
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            err < 1e-4,
+            "H={h} Hkv={hkv}: grouped_sum with ALiBi vs reference, max error {err}"
+        );
         let diff = got
             .iter()
             .zip(run(&standard))
@@ -441,6 +486,38 @@ fn grouped_sum_is_multi_head_attention_at_g_1_and_sums_the_group_queries_otherwi
                 diff > 1e-4,
                 "H={h} Hkv={hkv}: grouped_sum should differ from standard GQA"
             );
+        }
+    }
+}
+
+#[test]
+fn alibi_slopes_follow_the_paper_for_powers_of_two_and_other_head_counts() {
+    let eight = gptlab::model::alibi_slopes(8);
+    let want: Vec<f64> = (1..=8).map(|i| 1.0 / f64::from(1u32 << i)).collect(); // 1/2, 1/4, …, 1/256
+    assert_eq!(eight, want);
+    for h in [1, 2, 3, 4, 6] {
+        let got: Vec<f32> = gptlab::model::alibi_slopes(h).iter().map(|&m| m as f32).collect();
+        assert_eq!(got, alibi_slopes_by_hand(h), "{h} heads");
+    }
+}
+
+#[test]
+fn alibi_bias_matrix_equals_a_scalar_loop() {
+    let dev = Cpu::default();
+    let (h, t) = (6, 9);
+    let mask = gptlab::model::alibi_mask(&dev, h, t).as_vec();
+    let slopes = alibi_slopes_by_hand(h);
+    for hi in 0..h {
+        for i in 0..t {
+            for j in 0..t {
+                let got = mask[(hi * t + i) * t + j];
+                if j > i {
+                    assert_eq!(got, f32::NEG_INFINITY, "head {hi} ({i}, {j}) must be masked");
+                } else {
+                    let want = -slopes[hi] * (i - j) as f32;
+                    assert!((got - want).abs() < 1e-6, "head {hi} ({i}, {j}): {got} vs {want}");
+                }
+            }
         }
     }
 }

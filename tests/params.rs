@@ -38,7 +38,7 @@ fn analytic_counts_equal_instantiated_models_for_random_configs() {
                 n_embd: n_head * head_dim,
                 n_head,
                 n_kv_head: Some(n_kv_head),
-                position: [Position::Absolute, Position::Rope, Position::None][r.gen_range(0..3)],
+                position: [Position::Absolute, Position::Rope, Position::None, Position::Alibi][r.gen_range(0..4)],
                 dropout: 0.0,
                 rope_base: 10_000.0,
                 attention: [AttentionKind::Standard, AttentionKind::GroupedSum][r.gen_range(0..2)],
@@ -72,6 +72,10 @@ fn analytic_counts_equal_instantiated_models_for_random_configs() {
         },
     };
     assert_eq!(Arch::from_model(&mini).breakdown().total, 2_719_104);
+    // ALiBi has no parameters: gpt-mini without its 128 × 192 position table.
+    let alibi = mini.with(|a| a.position = Position::Alibi);
+    assert_eq!(Arch::from_model(&alibi).breakdown().total, 2_719_104 - 128 * 192);
+    assert_eq!(Gpt::new(&Cpu::default(), &alibi, 0).num_params(), 2_719_104 - 128 * 192);
 }
 
 #[test]

@@ -81,10 +81,10 @@ fn the_probes_measure_allocations_attention_memory_and_time() {
     let k = dev.tensor_from_vec((0..n).map(|i| ((i * 5) % 11) as f32 / 11.0).collect(), shape);
     let v = dev.tensor_from_vec((0..n).map(|i| ((i * 3) % 7) as f32 / 7.0).collect(), shape);
     take_attention();
-    let y = timed_reference_attention(q.leaky_trace(), k.retaped(), v.retaped(), &mut Dropout::eval());
+    let y = timed_reference_attention(q.leaky_trace(), k.retaped(), v.retaped(), false, &mut Dropout::eval());
     let (forward_ms, _) = take_attention();
     assert!(forward_ms > 0.0, "forward pass timed");
-    let reference = reference_attention(q.clone(), k.clone(), v.clone(), &mut Dropout::eval());
+    let reference = reference_attention(q.clone(), k.clone(), v.clone(), false, &mut Dropout::eval());
     assert_eq!(y.retaped::<NoneTape>().as_vec(), reference.as_vec());
     let _ = y.sum().backward();
     let (backward_ms, _) = take_attention();

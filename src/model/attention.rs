@@ -8,6 +8,7 @@
 use dfdx::prelude::*;
 use rand::Rng;
 
+use super::alibi::{alibi_bias, alibi_slopes};
 use super::config::{AttentionKind, AttnShape, Float, NormKind};
 use super::kv_cache::LayerCache;
 use super::layers::{Act, Linear, Norm};
@@ -32,6 +33,8 @@ pub struct CausalSelfAttention<D: Device<Float>> {
     pub kind: AttentionKind,
     /// RMSNorms of each head's queries and keys (gain over the head width), if used.
     pub qk_norm: Option<(Norm<D>, Norm<D>)>,
+    /// ALiBi biases on the scores (`position = "alibi"`).
+    pub alibi: bool,
 }
 
 impl<D: Backend> CausalSelfAttention<D> {
@@ -51,7 +54,14 @@ impl<D: Backend> CausalSelfAttention<D> {
             wo: Linear::new(dev, rng, &format!("{name}.wo"), shape.q_dim(), c, bias, proj_std),
             kind: AttentionKind::Standard,
             qk_norm: None,
+            alibi: false,
         }
+    }
+
+    /// The same layer with or without ALiBi biases on its scores.
+    pub fn with_alibi(mut self, on: bool) -> Self {
+        self.alibi = on;
+        self
     }
 
     /// Adds RMSNorms of each head's queries and keys (Qwen3) when `on`.
@@ -126,17 +136,17 @@ impl<D: Backend> CausalSelfAttention<D> {
                 .sum::<(usize, usize, usize, usize), Axis<3>>(), // (B, T, Hkv, hd)
         };
         let y = match cache {
-            None => D::causal_attention(q, k, v, drop),
+            None => D::causal_attention(q, k, v, self.alibi, drop),
             Some(cache) => {
                 assert_eq!(b, 1, "a key/value cache holds one sequence");
                 // (1, T, Hkv, hd) row-major is the cache's position-major layout.
                 cache.k.extend(k.retaped::<NoneTape>().as_vec());
                 cache.v.extend(v.retaped::<NoneTape>().as_vec());
                 if pos == 0 {
-                    D::causal_attention(q, k, v, drop)
+                    D::causal_attention(q, k, v, self.alibi, drop)
                 } else {
                     assert!(!T::OWNS_TAPE, "attention over a filled cache has no backward pass");
-                    attend_cached(q, cache, hkv, pos)
+                    attend_cached(q, cache, hkv, pos, self.alibi)
                 }
             }
         }; // (B, T, H or Hkv, hd)
@@ -152,16 +162,22 @@ impl<D: Backend> CausalSelfAttention<D> {
 
 /// Causal attention of the `t` new positions `pos..pos + t` of `q (1, t, Hq, hd)` over every
 /// position in `cache` (which already holds their keys and values), on the host: query `i`
-/// sees positions `..=pos + i`, query head `h` reads key/value head `h / (Hq / hkv)`.
+/// sees positions `..=pos + i`, query head `h` reads key/value head `h / (Hq / hkv)`, and with
+/// `alibi` adds `−m_h·(pos + i − s)` to its score for position `s`.
 fn attend_cached<D: Backend, T: Tape<Float, D>>(
     q: Heads<D, T>,
     cache: &LayerCache,
     hkv: usize,
     pos: usize,
+    alibi: bool,
 ) -> Heads<D, T> {
     let shape = *q.shape();
     let (_, t, hq, hd) = shape;
     let g = hq / hkv;
+    let slopes: Vec<Float> = match alibi {
+        true => alibi_slopes(hq).into_iter().map(|m| m as Float).collect(),
+        false => vec![0.0; hq],
+    };
     let (q, tape) = q.split_tape();
     let qv = q.as_vec();
     let scale = 1.0 / (hd as Float).sqrt();
@@ -174,6 +190,9 @@ fn attend_cached<D: Backend, T: Tape<Float, D>>(
             let qh = &qv[(i * hq + head) * hd..][..hd];
             for (s, score) in scores.iter_mut().enumerate() {
                 *score = dot(qh, &cache.k[(s * hkv + j) * hd..][..hd]) * scale;
+                if alibi {
+                    *score += alibi_bias(slopes[head], pos + i, s);
+                }
             }
             let max = scores.iter().cloned().fold(Float::NEG_INFINITY, Float::max);
             let total: Float = scores

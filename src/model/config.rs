@@ -21,8 +21,10 @@ pub enum Position {
     Absolute,
     /// Rotary embedding of queries and keys in every layer (RoFormer).
     Rope,
-    /// No position information beyond the causal mask.
+    /// No position information beyond the causal mask (NoPE, Kazemnejad et al. 2023).
     None,
+    /// Linear biases `−m_h·(i−j)` on the attention scores, no embedding (ALiBi, Press et al. 2022).
+    Alibi,
 }
 
 impl std::fmt::Display for Position {
@@ -31,6 +33,7 @@ impl std::fmt::Display for Position {
             Position::Absolute => "absolute",
             Position::Rope => "rope",
             Position::None => "none",
+            Position::Alibi => "alibi",
         })
     }
 }

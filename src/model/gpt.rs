@@ -117,6 +117,7 @@ impl<D: Backend> Gpt<D> {
                     config.arch.bias,
                 )
                 .with_kind(config.arch.attention)
+                .with_alibi(config.arch.position == Position::Alibi)
                 .with_qk_norm(dev, &format!("h.{i}.attn"), config.arch.qk_norm),
                 ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.arch.norm),
                 mlp: Mlp::new(

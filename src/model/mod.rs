@@ -2,10 +2,11 @@
 //!
 //! Only plain data comes in ([`ModelConfig`]); the spec module decides what the config is.
 //!
-//! Imports point one way, down this list, never up: `config` (options, sizes; with `param`
-//! and `kv_cache`, plain data) → `ops` (the operation trait, its dfdx compositions, the CPU
+//! Imports point one way, down this list, never up: `config` (options, sizes; with `param`,
+//! `alibi` and `kv_cache`, plain data) → `ops` (the operation trait, its dfdx compositions, the CPU
 //! kernels under it, CUDA beside it) → `layers` and `rope` → `attention` → `gpt`.
 
+mod alibi;
 mod attention;
 mod config;
 mod gpt;
@@ -15,6 +16,7 @@ pub mod ops;
 mod param;
 mod rope;
 
+pub use alibi::{alibi_bias, alibi_slopes};
 pub use attention::CausalSelfAttention;
 pub use config::{
     AttentionKind, AttnShape, Float, MlpKind, ModelConfig, ModelOptions, NormKind, OptionProblem, Position,
@@ -23,7 +25,7 @@ pub use gpt::{Block, Gpt};
 pub use kv_cache::{KvCache, LayerCache};
 pub use layers::{Act, Linear, Mlp, Norm};
 pub use ops::{
-    Backend, Dims, Dropout, Heads, causal_mask, cpu_backward, cpu_forward, cpu_gelu, cpu_gelu_backward,
+    Backend, Dims, Dropout, Heads, alibi_mask, causal_mask, cpu_backward, cpu_forward, cpu_gelu, cpu_gelu_backward,
     reference_attention, reference_rotary, timed_reference_attention,
 };
 pub use param::{HasParams, Param, host_vec};

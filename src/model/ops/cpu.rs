@@ -220,6 +220,7 @@ impl Backend for Cpu {
         q: Heads<Self, T>,
         k: Heads<Self, T>,
         v: Heads<Self, T>,
+        alibi: bool,
         drop: &mut Dropout,
     ) -> Heads<Self, T> {
         let shape = *q.shape();
@@ -231,6 +232,7 @@ impl Backend for Cpu {
             h,
             hkv,
             hd,
+            alibi,
             p: drop.p(),
             seed: drop.next_seed(),
         };

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::cpu_kernels::{View, exp, gemm_block, max, sum};
 use super::dropout::DropRule;
 use super::simd::simd_kernel;
+use crate::model::alibi::{alibi_bias, alibi_slope};
 use crate::model::config::Float;
 
 /// Sizes and dropout settings of one fused attention call.
@@ -22,6 +23,8 @@ pub struct Dims {
     pub hkv: usize,
     /// Head width.
     pub hd: usize,
+    /// ALiBi biases on the scores (slopes for `h` heads).
+    pub alibi: bool,
     /// Dropout probability on attention weights (0 in evaluation).
     pub p: f32,
     /// Seed of the dropout masks; the backward pass regenerates the same masks from it.
@@ -34,6 +37,10 @@ impl Dims {
     }
     fn kv_at(&self, b: usize, t: usize, j: usize) -> usize {
         ((b * self.t + t) * self.hkv + j) * self.hd
+    }
+    /// The ALiBi slope of query head `h`, when used.
+    fn slope(&self, h: usize) -> Option<Float> {
+        self.alibi.then(|| alibi_slope(h, self.h))
     }
     /// The mask generator of query head `h` in batch row `b`: rows drawn in order t, then j ≤ t.
     fn mask_rng(&self, b: usize, h: usize) -> rand_chacha::ChaCha8Rng {
@@ -69,9 +76,19 @@ fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t).step_by(BLOCK).map(move |r0| (r0, (r0 + BLOCK).min(t)))
 }
 
-/// Fills `s (T×T)` with `scale · q_h k_jᵀ` and turns each row `t` into the causal softmax over
-/// `s ≤ t` (zeros above the diagonal), given the row's log-sum-exp in `lse` or computing it.
-fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [Float], known_lse: bool) {
+/// Fills `s (T×T)` with `scale · q_h k_jᵀ` (plus ALiBi's `−m·(t−s)` with a `slope`) and turns
+/// each row `t` into the causal softmax over `s ≤ t` (zeros above the diagonal), given the
+/// row's log-sum-exp in `lse` or computing it.
+#[allow(clippy::too_many_arguments)]
+fn causal_probs(
+    d: &Dims,
+    s: &mut [Float],
+    q: View<'_>,
+    k: View<'_>,
+    slope: Option<Float>,
+    lse: &mut [Float],
+    known_lse: bool,
+) {
     let (t, scale) = (d.t, 1.0 / (d.hd as Float).sqrt());
     for (r0, r1) in row_blocks(t) {
         // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ; the blocks right of it are all masked.
@@ -86,6 +103,14 @@ fn causal_probs(d: &Dims, s: &mut [Float], q: View<'_>, k: View<'_>, lse: &mut [
             k.t(),
             scale,
         );
+    }
+    if let Some(slope) = slope {
+        for (i, row) in s.chunks_mut(t).enumerate() {
+            row[..=i]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, x)| *x += alibi_bias(slope, i, j));
+        }
     }
     causal_softmax_rows(s, t, lse, known_lse);
 }
@@ -146,6 +171,7 @@ pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Floa
                     &mut s,
                     d.q_view(q, b, h),
                     d.kv_view(k, b, j),
+                    d.slope(h),
                     &mut lse[i * d.t..][..d.t],
                     false,
                 );
@@ -218,7 +244,7 @@ pub fn cpu_backward(
             for i in 0..g {
                 let h = j * g + i;
                 row_lse.copy_from_slice(&lse[(b * d.h + h) * d.t..][..d.t]);
-                causal_probs(d, &mut p, d.q_view(q, b, h), kj, &mut row_lse, true);
+                causal_probs(d, &mut p, d.q_view(q, b, h), kj, d.slope(h), &mut row_lse, true);
                 if d.p > 0.0 {
                     dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
                 }

@@ -23,6 +23,7 @@ pub use cpu_kernels::{cpu_gelu, cpu_gelu_backward};
 pub use dropout::Dropout;
 pub use timed::timed_reference_attention;
 
+use super::alibi::{alibi_bias, alibi_slopes};
 use super::config::Float;
 
 /// `(B, T, heads, hd)`.
@@ -32,13 +33,16 @@ pub type Heads<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
 pub trait Backend: Device<Float> {
     /// Causal attention: `q (B, T, H, hd)`, `k, v (B, T, Hkv, hd)` → `(B, T, H, hd)`, with query
     /// head `h` reading key/value head `h / (H / Hkv)` and dropout on the attention weights.
+    /// With `alibi`, head `h` adds `−m_h·(i−j)` to its scores (slopes for `H` heads, see
+    /// [`alibi_slopes`](crate::model::alibi_slopes)).
     fn causal_attention<T: Tape<Float, Self> + Merge<T>>(
         q: Heads<Self, T>,
         k: Heads<Self, T>,
         v: Heads<Self, T>,
+        alibi: bool,
         drop: &mut Dropout,
     ) -> Heads<Self, T> {
-        reference_attention(q, k, v, drop)
+        reference_attention(q, k, v, alibi, drop)
     }
 
     /// `x (N, in) · w (in, out) + b (out,)`.
@@ -123,6 +127,7 @@ pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
     q: Heads<D, T>,
     k: Heads<D, T>,
     v: Heads<D, T>,
+    alibi: bool,
     drop: &mut Dropout,
 ) -> Heads<D, T> {
     let (b, t, h, hd) = *q.shape();
@@ -133,7 +138,11 @@ pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
     let k_t = k.permute::<_, Axes4<0, 2, 3, 1>>(); // (B, Hkv, hd, T)
     let v = v.permute::<_, Axes4<0, 2, 1, 3>>(); // (B, Hkv, T, hd)
     let scores = (q.matmul(k_t) * (1.0 / (hd as Float).sqrt())).reshape_like(&(b, h, t, t)); // (B, H, T, T)
-    let mask = causal_mask(scores.device(), t).broadcast_like::<_, Axes2<0, 1>>(&(b, h, t, t));
+    let mask = if alibi {
+        alibi_mask(scores.device(), h, t).broadcast_like::<_, Axis<0>>(&(b, h, t, t))
+    } else {
+        causal_mask(scores.device(), t).broadcast_like::<_, Axes2<0, 1>>(&(b, h, t, t))
+    };
     let att = drop.apply((scores + mask).softmax::<Axis<3>>()); // (B, H, T, T)
     let y = att.reshape_like(&(b, hkv, g * t, t)).matmul(v); // (B, Hkv, g·T, hd)
     y.reshape_like(&(b, h, t, hd))
@@ -144,6 +153,24 @@ pub fn reference_attention<D: Device<Float>, T: Tape<Float, D> + Merge<T>>(
 /// `(T, T)` additive mask: 0 on and below the diagonal, -∞ above it.
 pub fn causal_mask<D: Device<Float>>(dev: &D, t: usize) -> Tensor<(usize, usize), Float, D> {
     dev.upper_tri_like(&(t, t), Float::NEG_INFINITY, 1)
+}
+
+/// `(H, T, T)` additive mask of ALiBi: `−m_h·(i−j)` on and below the diagonal, -∞ above it.
+pub fn alibi_mask<D: Device<Float>>(dev: &D, h: usize, t: usize) -> Tensor<(usize, usize, usize), Float, D> {
+    let slopes = alibi_slopes(h);
+    let mut m = Vec::with_capacity(h * t * t);
+    for slope in slopes {
+        for i in 0..t {
+            m.extend((0..t).map(|j| {
+                if j <= i {
+                    alibi_bias(slope as Float, i, j)
+                } else {
+                    Float::NEG_INFINITY
+                }
+            }));
+        }
+    }
+    dev.tensor_from_vec(m, (h, t, t))
 }
 
 /// The composition of dfdx operations for the rotary embedding of `x (B, T, nh, hd)`, given

@@ -14,10 +14,11 @@ pub fn timed_reference_attention<D: Device<Float> + Synchronize, T: Tape<Float, 
     q: Heads<D, T>,
     k: Heads<D, T>,
     v: Heads<D, T>,
+    alibi: bool,
     drop: &mut Dropout,
 ) -> Heads<D, T> {
     if !crate::probe::attention_probe_enabled() {
-        return reference_attention(q, k, v, drop);
+        return reference_attention(q, k, v, alibi, drop);
     }
     let dev = q.device().clone();
     let started = std::sync::Arc::new(std::sync::Mutex::new(None::<crate::probe::Timer>));
@@ -34,7 +35,7 @@ pub fn timed_reference_attention<D: Device<Float> + Synchronize, T: Tape<Float, 
     }
     dev.synchronize();
     let timer = crate::probe::Timer::start();
-    let y = reference_attention(q.put_tape(tape_q), k, v, drop);
+    let y = reference_attention(q.put_tape(tape_q), k, v, alibi, drop);
     dev.synchronize();
     timer.stop();
     let (y, mut tape) = y.split_tape();
@@ -55,8 +56,9 @@ impl super::Backend for dfdx::tensor::Cuda {
         q: Heads<Self, T>,
         k: Heads<Self, T>,
         v: Heads<Self, T>,
+        alibi: bool,
         drop: &mut Dropout,
     ) -> Heads<Self, T> {
-        timed_reference_attention(q, k, v, drop)
+        timed_reference_attention(q, k, v, alibi, drop)
     }
 }
