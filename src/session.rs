@@ -337,8 +337,15 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         if !opts.fresh {
             match RunDir::new(&p.dir).read_status() {
                 Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
-                    eprintln!("[{}] already complete ({step} steps); --fresh retrains it", p.name);
-                    continue;
+                    let have = RunDir::new(&p.dir).read_eval().unwrap_or_default();
+                    if crate::train::lengths::missing_phase_ends(p, &have, step).is_empty() {
+                        eprintln!("[{}] already complete ({step} steps); --fresh retrains it", p.id());
+                        continue;
+                    }
+                    eprintln!(
+                        "[{}] already complete ({step} steps); evaluating the [eval] lengths it lacks from its phase-end checkpoints",
+                        p.id()
+                    );
                 }
                 Some(RunStatus::Diverged { step }) => {
                     eprintln!(

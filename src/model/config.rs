@@ -38,6 +38,56 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// How RoPE's angles are stretched to read sequences longer than the training length, at
+/// evaluation only (the weights are unchanged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeScalingKind {
+    /// Position interpolation (Chen et al. 2023): positions divided by the factor.
+    Linear,
+    /// NTK-aware scaling: the base multiplied by `factor^(d/(d−2))`, which stretches the
+    /// slow frequencies most and leaves the fastest nearly as trained.
+    Ntk,
+}
+
+/// A RoPE scaling rule and its factor, e.g. `{ kind = "ntk", factor = 2.0 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScaling {
+    /// Linear interpolation or NTK-aware base scaling.
+    pub kind: RopeScalingKind,
+    /// How much longer than the training length the positions should reach (≥ 1).
+    pub factor: f64,
+}
+
+impl RopeScaling {
+    /// The base and the position divisor of RoPE's angles `(m / divisor) · base^(−2i/d)` for
+    /// heads of width `head_dim` under `scaling` (none: `base` and 1).
+    pub fn angle_rule(scaling: Option<&Self>, base: f64, head_dim: usize) -> (f64, f64) {
+        match scaling {
+            None => (base, 1.0),
+            Some(s) => match s.kind {
+                RopeScalingKind::Linear => (base, s.factor),
+                RopeScalingKind::Ntk => {
+                    let d = head_dim as f64;
+                    (base * s.factor.powf(d / (d - 2.0)), 1.0)
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RopeScaling {
+    /// `ntk ×2`, `linear ×1.5`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            RopeScalingKind::Linear => "linear",
+            RopeScalingKind::Ntk => "ntk",
+        };
+        write!(f, "{kind} ×{}", self.factor)
+    }
+}
+
 /// How query heads share key/value heads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

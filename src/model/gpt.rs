@@ -3,7 +3,7 @@
 use dfdx::prelude::*;
 
 use super::attention::CausalSelfAttention;
-use super::config::{Float, ModelConfig, Position};
+use super::config::{Float, ModelConfig, Position, RopeScaling};
 use super::kv_cache::{KvCache, LayerCache};
 use super::layers::{Act, Linear, Mlp, Norm, normal_values};
 use super::ops::{Backend, Dropout};
@@ -151,6 +151,45 @@ impl<D: Backend> Gpt<D> {
         self.rope.as_ref()
     }
 
+    /// The longest sequence the model can read: the rows of its position table (learned
+    /// absolute positions) or of its RoPE tables; `None` when nothing bounds it (ALiBi, none).
+    pub fn max_len(&self) -> Option<usize> {
+        match (&self.wpe, &self.rope) {
+            (Some(wpe), _) => Some(wpe.shape[0]),
+            (None, Some(rope)) => Some(rope.max_len()),
+            (None, None) => None,
+        }
+    }
+
+    /// The same weights, able to read sequences of `len`: RoPE tables rebuilt for `len`
+    /// positions with `scaling` applied to their angles. Learned absolute positions cannot be
+    /// extended: past the table it is an error that says so, and so is `scaling` without RoPE.
+    pub fn for_length(&self, len: usize, scaling: Option<&RopeScaling>) -> Result<Self, String> {
+        if let Some(wpe) = &self.wpe
+            && len > wpe.shape[0]
+        {
+            return Err(format!(
+                "learned absolute positions end at {}: the model has no position {len}",
+                wpe.shape[0]
+            ));
+        }
+        if scaling.is_some() && self.rope.is_none() {
+            return Err("RoPE scaling needs rotary positions".into());
+        }
+        let mut model = self.clone();
+        if self.rope.is_some() {
+            let arch = &self.config.arch;
+            let len = len.max(self.config.block_size);
+            model.rope = Some(Rope::scaled(
+                self.config.attn_shape().head_dim(),
+                len,
+                arch.rope_base,
+                scaling,
+            ));
+        }
+        Ok(model)
+    }
+
     /// The device the parameters live on.
     pub fn device(&self) -> &D {
         &self.dev
@@ -161,7 +200,7 @@ impl<D: Backend> Gpt<D> {
     /// Pass `NoneTape` for evaluation, or an `OwnedTape` holding pre-allocated gradients to
     /// train. With a `cache` (one sequence, `b = 1`) the tokens are the positions after those
     /// it holds, and it is extended by them: an empty cache is filled in one pass (prefill),
-    /// then one token at a time decodes. Positions must stay within `block_size`.
+    /// then one token at a time decodes. Positions must stay within [`Gpt::max_len`].
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
         tokens: &[usize],
@@ -173,12 +212,13 @@ impl<D: Backend> Gpt<D> {
     ) -> Act<D, T> {
         assert_eq!(tokens.len(), b * t, "tokens must be B·T long");
         let pos = cache.as_ref().map_or(0, |c| c.len);
-        assert!(
-            pos + t <= self.config.block_size,
-            "positions up to {} exceed the block size {}",
-            pos + t,
-            self.config.block_size
-        );
+        if let Some(max) = self.max_len() {
+            assert!(
+                pos + t <= max,
+                "positions up to {} exceed the {max} the model has",
+                pos + t
+            );
+        }
         let idx = self.dev.tensor_from_vec(tokens.to_vec(), (b * t,));
         let mut x = self.wte.matrix::<NoneTape>().put_tape(tape).gather(idx); // (B·T, C)
         if let Some(wpe) = &self.wpe {

@@ -20,6 +20,7 @@ pub use alibi::{alibi_bias, alibi_slopes};
 pub use attention::CausalSelfAttention;
 pub use config::{
     AttentionKind, AttnShape, Float, MlpKind, ModelConfig, ModelOptions, NormKind, OptionProblem, Position,
+    RopeScaling, RopeScalingKind,
 };
 pub use gpt::{Block, Gpt};
 pub use kv_cache::{KvCache, LayerCache};

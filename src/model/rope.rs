@@ -4,10 +4,14 @@
 //! GPT-NeoX and LLaMA), and pair `i` at position `m` is rotated by the angle `m · θ_i` with
 //! `θ_i = base^(-2i/d)`. Rotating queries and keys this way makes `q_m · k_n` depend on the
 //! positions only through `m - n`.
+//!
+//! At evaluation the angles can be stretched to reach past the training length
+//! ([`RopeScaling`]): linear interpolation uses `(m / s) · θ_i`, NTK-aware scaling the base
+//! `base · s^(d/(d−2))`.
 
 use dfdx::prelude::*;
 
-use super::config::Float;
+use super::config::{Float, RopeScaling};
 use super::ops::Backend;
 
 /// Precomputed cos/sin tables for every position up to `max_len`.
@@ -24,7 +28,13 @@ pub struct Rope {
 impl Rope {
     /// Tables for positions `0..max_len`; `head_dim` must be even (checked by the spec).
     pub fn new(head_dim: usize, max_len: usize, base: f64) -> Self {
+        Self::scaled(head_dim, max_len, base, None)
+    }
+
+    /// [`Rope::new`] with the angles stretched by `scaling`.
+    pub fn scaled(head_dim: usize, max_len: usize, base: f64, scaling: Option<&RopeScaling>) -> Self {
         assert!(head_dim.is_multiple_of(2), "RoPE needs an even head dimension");
+        let (base, divisor) = RopeScaling::angle_rule(scaling, base, head_dim);
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_len * head_dim);
         let mut sin = Vec::with_capacity(max_len * head_dim);
@@ -32,7 +42,7 @@ impl Rope {
             for j in 0..head_dim {
                 let i = j % half;
                 let theta = base.powf(-2.0 * i as f64 / head_dim as f64);
-                let angle = m as f64 * theta;
+                let angle = m as f64 / divisor * theta;
                 cos.push(angle.cos() as Float);
                 sin.push(angle.sin() as Float);
             }

@@ -4,10 +4,12 @@
 //! - `run.toml`: the resolved spec of the run.
 //! - `vocab.json`: the character vocabulary, token id → character.
 //! - `metrics.csv`: one row per step ([`MetricsRow`]).
+//! - `eval.csv`, `position_loss.csv`: the loss at several lengths ([`EvalRow`], [`PositionRow`]).
 //! - `status.json`: how the run stands ([`RunStatus`]).
 //! - `provenance.json`: what produced the results ([`crate::provenance`]).
 //! - `checkpoints/step_NNNNNNNN/`: see [`crate::checkpoint`].
 
+mod eval;
 mod metrics;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use eval::{EvalRow, PositionRow};
 pub use metrics::{HEADER as METRICS_HEADER, MetricsRow, MetricsWriter, read_metrics};
 
 use crate::checkpoint::{self, Meta, OptimizerState};
@@ -88,6 +91,8 @@ impl RunDir {
         for stale in [
             self.checkpoints_path(),
             self.metrics_path(),
+            self.eval_path(),
+            self.position_loss_path(),
             self.status_path(),
             self.root.join("provenance.json"),
         ] {
@@ -142,6 +147,57 @@ impl RunDir {
     pub fn read_metrics(&self) -> Result<Vec<MetricsRow>> {
         let path = self.metrics_path();
         if path.exists() { read_metrics(&path) } else { Ok(vec![]) }
+    }
+
+    /// `eval.csv`.
+    pub fn eval_path(&self) -> PathBuf {
+        self.root.join("eval.csv")
+    }
+
+    /// `position_loss.csv`.
+    pub fn position_loss_path(&self) -> PathBuf {
+        self.root.join("position_loss.csv")
+    }
+
+    /// Every row of `eval.csv` (none when there is no file).
+    pub fn read_eval(&self) -> Result<Vec<EvalRow>> {
+        eval::read_rows(&self.eval_path())
+    }
+
+    /// Every row of `position_loss.csv` (none when there is no file).
+    pub fn read_position_loss(&self) -> Result<Vec<PositionRow>> {
+        eval::read_rows(&self.position_loss_path())
+    }
+
+    /// Adds an evaluation's rows, replacing those of the same evaluation (same step and
+    /// setting; for positions, the same step, length and scaling).
+    pub fn record_eval(&self, rows: &[EvalRow], positions: &[PositionRow]) -> Result<()> {
+        let mut all = self.read_eval()?;
+        all.retain(|old| !rows.iter().any(|new| new.same_evaluation(old)));
+        all.extend_from_slice(rows);
+        all.sort_by_key(|r| r.step);
+        eval::write_rows(&self.eval_path(), &all)?;
+        let mut all = self.read_position_loss()?;
+        let key = |r: &PositionRow| (r.step, r.length, r.scaling.clone());
+        all.retain(|old| !positions.iter().any(|new| key(new) == key(old)));
+        all.extend_from_slice(positions);
+        all.sort_by_key(|r| r.step);
+        eval::write_rows(&self.position_loss_path(), &all)
+    }
+
+    /// Drops the evaluations of steps after `step` (a resumed run evaluates them again).
+    pub fn truncate_eval(&self, step: usize) -> Result<()> {
+        let rows = self.read_eval()?;
+        if rows.iter().any(|r| r.step > step) {
+            let kept: Vec<EvalRow> = rows.into_iter().filter(|r| r.step <= step).collect();
+            eval::write_rows(&self.eval_path(), &kept)?;
+        }
+        let rows = self.read_position_loss()?;
+        if rows.iter().any(|r| r.step > step) {
+            let kept: Vec<PositionRow> = rows.into_iter().filter(|r| r.step <= step).collect();
+            eval::write_rows(&self.position_loss_path(), &kept)?;
+        }
+        Ok(())
     }
 
     /// `metrics.csv` for appending after step `step` (rows past it are cut; a new file at 0).

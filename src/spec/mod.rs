@@ -20,8 +20,8 @@ use serde::Deserialize;
 pub use error::{Origin, SpecError, SpecErrors};
 pub use overrides::{SetArg, flatten};
 pub use sections::{
-    DataSection, ExperimentSection, MeasureSection, ModelSection, PhaseSection, ReportSection, RunConfig,
-    SampleSection, TrainSection,
+    DataSection, EvalMode, EvalSection, ExperimentSection, MeasureSection, ModelSection, PhaseSection, ReportSection,
+    RunConfig, SampleSection, TrainSection,
 };
 
 use overrides::{set_dotted, value_label};
@@ -55,6 +55,9 @@ struct RawFile {
     #[serde(default)]
     #[allow(dead_code)]
     measure: MeasureSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    eval: EvalSection,
     #[serde(default)]
     run: Vec<RawRun>,
     #[serde(default)]
@@ -520,6 +523,12 @@ impl SpecFile {
         let set = |key: &str| sets.iter().any(|s| related(&s.key, key));
         const SEEDS: &str = "experiment.seeds";
         const SEED: &str = "experiment.seed";
+        if let Some((key, _)) = overrides.iter().chain(point).find(|(k, _)| related(k, "eval")) {
+            return Some((
+                key.clone(),
+                "`[eval]` is the experiment's, not a run's: every run is evaluated on the same windows so that their losses compare".into(),
+            ));
+        }
         if per_run(SEEDS) {
             return Some((
                 SEEDS.into(),

@@ -152,6 +152,83 @@ pub struct MeasureSection {
     pub attention: bool,
 }
 
+/// `[eval]`: validation loss at several sequence lengths, to see how a model reads sequences
+/// longer (or shorter) than it was trained on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Lengths to evaluate at; empty: the `seq_len` of every phase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lengths: Vec<usize>,
+    /// `windows`: non-overlapping windows, every position scored; `sliding`: windows `stride`
+    /// apart, each scoring only its last `stride` positions (so every scored token but those
+    /// of the first window has `length − stride` tokens or more of context).
+    pub mode: EvalMode,
+    /// Step between sliding windows; `sliding` only; default half the length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stride: Option<usize>,
+    /// Validation tokens scored at each length (the same text at every length, from the start
+    /// of the validation split; fewer when the split is shorter).
+    pub tokens: usize,
+    /// Also evaluate every this many steps; 0: at phase ends only.
+    pub every: usize,
+    /// RoPE scalings to evaluate RoPE runs with past their training length, as extra curves,
+    /// e.g. `[{ kind = "ntk", factor = 2.0 }]` (a single table is accepted too).
+    #[serde(deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub rope_scaling: Vec<crate::model::RopeScaling>,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            lengths: vec![],
+            mode: EvalMode::Windows,
+            stride: None,
+            tokens: 32_768,
+            every: 0,
+            rope_scaling: vec![],
+        }
+    }
+}
+
+/// How the validation text is cut into windows at one length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalMode {
+    /// Non-overlapping windows; every position of each is scored.
+    #[default]
+    Windows,
+    /// Overlapping windows `stride` apart; each scores only the tokens the previous did not.
+    Sliding,
+}
+
+impl std::fmt::Display for EvalMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EvalMode::Windows => "windows",
+            EvalMode::Sliding => "sliding",
+        })
+    }
+}
+
+/// A table or an array of tables.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(x) => vec![x],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// `[report]`: how the comparison is drawn.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,4 +280,7 @@ pub struct RunConfig {
     /// `[measure]`.
     #[serde(default)]
     pub measure: MeasureSection,
+    /// `[eval]`.
+    #[serde(default)]
+    pub eval: EvalSection,
 }

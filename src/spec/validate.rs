@@ -76,10 +76,10 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         if p.seq_len == 0 {
             bad(&[&format!("phase.{i}.seq_len")], "must be at least 1".into());
         }
-        if p.seq_len > 65_536 {
+        if p.seq_len > MAX_SEQ_LEN {
             bad(
                 &[&format!("phase.{i}.seq_len")],
-                format!("{} is beyond the 65536 gptlab supports", p.seq_len),
+                format!("{} is beyond the {MAX_SEQ_LEN} gptlab supports", p.seq_len),
             );
         }
         if let Some(lr) = p.lr
@@ -125,6 +125,8 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
 
+    check_eval(&c.eval, &mut bad);
+
     if !(0.0..1.0).contains(&c.report.smoothing) {
         bad(
             &["report.smoothing"],
@@ -140,4 +142,55 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
     out
+}
+
+/// Longest sequence a phase or an evaluation may have.
+pub const MAX_SEQ_LEN: usize = 65_536;
+
+/// The `[eval]` section's problems.
+fn check_eval(e: &super::EvalSection, bad: &mut impl FnMut(&[&str], String)) {
+    for &l in &e.lengths {
+        if l == 0 || l > MAX_SEQ_LEN {
+            bad(
+                &["eval.lengths"],
+                format!("{l} is not a length between 1 and {MAX_SEQ_LEN}"),
+            );
+        }
+    }
+    if let Some(dup) = e.lengths.iter().enumerate().find(|(i, l)| e.lengths[..*i].contains(l)) {
+        bad(&["eval.lengths"], format!("length {} is listed twice", dup.1));
+    }
+    match (e.mode, e.stride) {
+        (super::EvalMode::Windows, Some(_)) => bad(
+            &["eval.stride", "eval.mode"],
+            "a stride is for mode = \"sliding\"; mode = \"windows\" cuts the text into non-overlapping windows".into(),
+        ),
+        (super::EvalMode::Sliding, Some(stride)) => {
+            let shortest = e.lengths.iter().copied().filter(|&l| l > 0).min();
+            if stride == 0 || shortest.is_some_and(|l| stride > l) {
+                bad(
+                    &["eval.stride"],
+                    format!(
+                        "must be between 1 and the shortest length ({}), not {stride}",
+                        shortest.map_or_else(|| "each phase's seq_len".to_string(), |l| l.to_string())
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+    if e.tokens == 0 || e.tokens > 100_000_000 {
+        bad(
+            &["eval.tokens"],
+            format!("must be between 1 and 100000000, not {}", e.tokens),
+        );
+    }
+    for s in &e.rope_scaling {
+        if !(s.factor.is_finite() && s.factor >= 1.0) {
+            bad(
+                &["eval.rope_scaling"],
+                format!("factor must be a finite number of at least 1, not {}", s.factor),
+            );
+        }
+    }
 }

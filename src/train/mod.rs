@@ -2,6 +2,7 @@
 
 mod adamw;
 mod jobs;
+pub mod lengths;
 mod progress;
 mod run;
 mod step;

@@ -105,6 +105,15 @@ impl Progress {
         }
     }
 
+    /// Prints a line about the run (above the bar on a terminal), unless quiet.
+    pub fn note(&self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("[{}] {msg}", self.run)),
+            None if !self.quiet => eprintln!("[{}] {msg}", self.run),
+            None => {}
+        }
+    }
+
     /// Ends the display with a closing message.
     pub fn finish(&mut self, msg: &str) {
         if let Some(bar) = self.bar.take() {

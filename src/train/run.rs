@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::{AdamW, Progress, RunOutcome, eval_loss, train_step};
+use super::{AdamW, Progress, RunOutcome, eval_loss, lengths, train_step};
 use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
@@ -53,6 +53,61 @@ fn eval_batches(plan: &RunPlan, corpus: &Corpus, phase: &Phase) -> Vec<Batch> {
             )
         })
         .collect()
+}
+
+/// Evaluates the weights after `step` at every `[eval]` length and records the rows.
+fn evaluate_lengths<D: Backend>(
+    model: &Gpt<D>,
+    plan: &RunPlan,
+    run_dir: &RunDir,
+    phase: &Phase,
+    step: usize,
+    progress: &Progress,
+) -> Result<()> {
+    let (rows, positions) = lengths::evaluate(model, plan, &plan.corpus, phase, step);
+    run_dir.record_eval(&rows, &positions)?;
+    let shown: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let scaling = if r.scaling.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.scaling)
+            };
+            let loss = r.loss.map_or_else(|| "n/a".to_string(), |l| format!("{l:.4}"));
+            format!("{}{scaling} {loss}", r.length)
+        })
+        .collect();
+    progress.note(&format!("step {step}: loss by length {}", shown.join(" · ")));
+    Ok(())
+}
+
+/// Evaluates the phase ends up to `done` that `eval.csv` lacks under the current `[eval]`
+/// settings (added after training, or changed), from their phase-end checkpoints.
+fn evaluate_missing<D: Backend>(
+    dev: &D,
+    plan: &RunPlan,
+    run_dir: &RunDir,
+    done: usize,
+    progress: &Progress,
+) -> Result<()> {
+    let have = run_dir.read_eval()?;
+    for step in lengths::missing_phase_ends(plan, &have, done) {
+        let phase = plan.schedule.phase_of(step).expect("a phase end is in the schedule");
+        let Some((_, dir)) = run_dir.checkpoints().into_iter().find(|(s, _)| *s == step) else {
+            progress.note(&format!(
+                "warning: step {step} (end of phase {}) has no checkpoint left, so its [eval] lengths cannot be evaluated",
+                phase.index
+            ));
+            continue;
+        };
+        let mut model = Gpt::new(dev, &plan.model, plan.seed);
+        checkpoint::read(&dir)
+            .and_then(|c| c.load_weights(&mut model))
+            .with_context(|| format!("loading {} to evaluate it", dir.display()))?;
+        evaluate_lengths(&model, plan, run_dir, phase, step, progress)?;
+    }
+    Ok(())
 }
 
 /// Restores the newest checkpoint that verifies; corrupt ones are reported and skipped.
@@ -154,6 +209,8 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
     crate::probe::reset_peak_rss();
     let later = opts.later_work.get(&plan.id()).copied().unwrap_or(0.0);
     let mut progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
+    run_dir.truncate_eval(done)?;
+    evaluate_missing(dev, plan, &run_dir, done, &progress)?;
     let started = Instant::now();
     let (mut last_train, mut last_val) = (None, None);
     let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {
@@ -218,6 +275,10 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
                 peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
                 seed: Some(plan.seed),
             })?;
+            let eval_every = plan.config.eval.every;
+            if phase_end || (eval_every > 0 && step % eval_every == 0) {
+                evaluate_lengths(&model, plan, &run_dir, phase, step, &progress)?;
+            }
             fault_point("step-end", step);
             last_train = Some(stats.loss);
             last_val = val_loss.or(last_val);
