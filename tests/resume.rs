@@ -84,6 +84,13 @@ fn killed_anywhere_then_resumed_equals_the_uninterrupted_run() {
         }
         gptlab(&spec, &runs).assert().success();
         assert_eq!(losses(&runs, "default"), want, "after kills {chain:?}");
+        // The evaluations at the [eval] lengths (phase ends 10 and 16) too, byte for byte.
+        for file in ["eval.csv", "position_loss.csv"] {
+            let read = |root: &Path| std::fs::read_to_string(root.join("res/default").join(file)).unwrap();
+            let reference = read(&dir.path().join("reference"));
+            assert!(reference.lines().count() > 1, "{file} has rows");
+            assert_eq!(read(&runs), reference, "{file} after kills {chain:?}");
+        }
         let ckpts: Vec<usize> = checkpoint::list(&runs.join("res/default/checkpoints"))
             .into_iter()
             .map(|(s, _)| s)

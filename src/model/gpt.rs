@@ -169,7 +169,7 @@ impl<D: Backend> Gpt<D> {
             && len > wpe.shape[0]
         {
             return Err(format!(
-                "learned absolute positions end at {}: the model has no position {len}",
+                "learned absolute positions: the table has {} rows, a length of {len} needs {len}",
                 wpe.shape[0]
             ));
         }

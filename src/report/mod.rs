@@ -2,10 +2,13 @@
 //! checkpoints and writes `reports/<experiment>/`: `metrics.csv` (all runs and seeds),
 //! `summary.csv` (a run over its seeds), `seeds.csv` (one row per run and seed),
 //! `comparison.csv` (each run against the baseline, paired by seed), `summary.md` (the verdict
-//! and the tables), `loss.svg`, sweep charts, `samples.md` and `index.html`.
+//! and the tables), `loss.svg`, sweep charts, the loss by evaluation length (`eval.csv`,
+//! `position_loss.csv`, `length.svg`, `position_loss.svg`), `samples.md` and `index.html`.
 
 mod compare;
 mod html;
+mod length_plot;
+pub mod lengths;
 mod plot;
 mod samples;
 mod summary;
@@ -297,7 +300,9 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
         .as_deref()
         .map(|b| compare::compare(&summaries, b))
         .unwrap_or_default();
-    let verdict = compare::verdict(&aggregates, &comparison, base.as_deref());
+    let mut verdict = compare::verdict(&aggregates, &comparison, base.as_deref());
+    let by_length = lengths::write(dir, experiment, plans)?;
+    verdict.extend(by_length.sentences.iter().cloned());
 
     write_csv(&dir.join("metrics.csv"), &all_rows)?;
     write_csv(&dir.join("summary.csv"), &aggregates)?;
@@ -379,6 +384,8 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
         }
     }
 
+    figures.extend(by_length.figures.iter().cloned());
+
     let seq_len_of = |label: &str, phase: usize| {
         plans
             .iter()
@@ -399,6 +406,7 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
         vec![format!("Not finished: {}.", unfinished.join(", "))]
     };
     notes.extend(run_notes);
+    notes.extend(by_length.notes.iter().cloned());
     let provenance: Vec<(String, crate::provenance::Provenance)> = plans
         .iter()
         .map(|p| (p.id(), RunDir::new(&p.dir).read_provenance()))
@@ -445,7 +453,7 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
 }
 
 /// Writes `rows` as CSV (header from the first row's fields), atomically.
-fn write_csv<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+pub(crate) fn write_csv<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut csv = csv::Writer::from_writer(vec![]);
     for r in rows {
         csv.serialize(r)?;

@@ -110,12 +110,12 @@ fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = &(f64, f64)> {
     points.iter().filter(|(x, y)| x.is_finite() && y.is_finite())
 }
 
-fn padded(lo: f64, hi: f64) -> (f64, f64) {
+pub(super) fn padded(lo: f64, hi: f64) -> (f64, f64) {
     let span = (hi - lo).max(1e-3);
     (lo - 0.05 * span, hi + 0.05 * span)
 }
 
-fn err(e: impl std::fmt::Display) -> anyhow::Error {
+pub(super) fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing: {e}")
 }
 

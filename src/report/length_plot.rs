@@ -1,0 +1,227 @@
+//! The length-generalisation figures: loss against evaluation length (`length.svg`) and loss
+//! by position in the window (`position_loss.svg`), with the training lengths marked.
+
+use anyhow::Result;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::lengths::{LengthCurve, PositionCurve};
+use super::plot::{BOUNDARY, PALETTE, err, padded};
+
+/// The top of a y axis whose data reach `hi`, leaving the upper part of a 520-pixel chart
+/// free for a legend of `entries` lines.
+fn legend_room(lo: f64, hi: f64, entries: usize) -> f64 {
+    let share = ((entries as f64 * 17.0 + 24.0) / 400.0).min(0.6);
+    hi + (hi - lo) * share / (1.0 - share)
+}
+
+/// A run's colour; earlier phases lighter, so the final model stands out.
+fn style(run_index: usize, last_phase: bool) -> (RGBAColor, u32) {
+    let c = PALETTE[run_index % PALETTE.len()];
+    if last_phase { (c.mix(1.0), 2) } else { (c.mix(0.45), 2) }
+}
+
+/// Dashed labelled vertical lines at `xs` (axis coordinates) between `lo` and `hi`.
+fn markers<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    xs: &[(f64, String)],
+    (lo, hi): (f64, f64),
+) -> Result<()> {
+    for (x, label) in xs {
+        let line = ShapeStyle::from(&BOUNDARY).stroke_width(1);
+        chart
+            .draw_series(DashedLineSeries::new(vec![(*x, lo), (*x, hi)], 6, 4, line))
+            .map_err(err)?;
+        // Labelled at the foot of the line: the legend takes the top of the plot.
+        let font = ("sans-serif", 13)
+            .into_font()
+            .color(&BOUNDARY)
+            .pos(Pos::new(HPos::Left, VPos::Bottom));
+        chart
+            .draw_series(std::iter::once(Text::new(format!(" {label}"), (*x, lo), font)))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Loss against evaluation length on a log₂ axis: one line per run and phase end (RoPE
+/// scalings dashed), the training lengths marked, and an × at the top for a length a model
+/// cannot read.
+pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
+    let ys: Vec<f64> = curves
+        .iter()
+        .flat_map(|c| c.points.iter().filter_map(|p| p.1))
+        .collect();
+    let xs: Vec<f64> = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| (p.0 as f64).log2()))
+        .collect();
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    let (lo, hi) = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
+    let data_hi = hi;
+    // Head room for the "not defined" marks, then for the legend.
+    let hi = legend_room(lo, hi + 0.08 * (hi - lo), curves.len());
+    let (x0, x1) = xs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (x0, x1) = if x0.is_finite() {
+        (x0 - 0.3, x1 + 0.3)
+    } else {
+        (0.0, 1.0)
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, lo..hi)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("evaluation length (tokens, log₂ scale)")
+            .y_desc("validation loss (nats per character)")
+            .x_labels(((x1 - x0).ceil() as usize + 1).max(2))
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 {
+                    format!("{}", 2f64.powf(i) as u64)
+                } else {
+                    String::new()
+                }
+            })
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        let mut trained: Vec<usize> = curves.iter().map(|c| c.train_len).collect();
+        trained.sort_unstable();
+        trained.dedup();
+        let marks: Vec<(f64, String)> = trained
+            .iter()
+            .map(|&t| ((t as f64).log2(), format!("trained to {t}")))
+            .collect();
+        markers(&mut chart, &marks, (lo, hi))?;
+        for c in curves {
+            let (color, width) = style(c.run_index, c.last_phase);
+            let defined: Vec<(f64, f64)> = c
+                .points
+                .iter()
+                .filter_map(|&(l, y)| Some(((l as f64).log2(), y?)))
+                .collect();
+            let line = color.stroke_width(width);
+            let label = match c.points.iter().find(|p| p.1.is_none()) {
+                Some((l, _)) => format!("{} — n/a from {l}", c.label()),
+                None => c.label(),
+            };
+            let drawn = if c.scaling.is_empty() {
+                chart.draw_series(LineSeries::new(defined.clone(), line)).map_err(err)?
+            } else {
+                chart
+                    .draw_series(DashedLineSeries::new(defined.clone(), 8, 5, line))
+                    .map_err(err)?
+            };
+            drawn
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
+            chart
+                .draw_series(defined.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+            // Not defined: an × above the data, never a made-up value.
+            let top = data_hi + 0.04 * (data_hi - lo);
+            chart
+                .draw_series(
+                    c.points
+                        .iter()
+                        .filter(|p| p.1.is_none())
+                        .map(|&(l, _)| Cross::new(((l as f64).log2(), top), 6, color.stroke_width(2))),
+                )
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK.mix(0.4))
+            .background_style(WHITE.mix(0.9))
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// Mean loss by position in the window at the longest evaluated length, one line per run and
+/// phase end, with a dashed line at each training length.
+pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize]) -> Result<String> {
+    let ys: Vec<f64> = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .filter(|y| y.is_finite())
+        .collect();
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    let (lo, hi) = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
+    let hi = legend_room(lo, hi, curves.len());
+    let x1 = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .fold(1.0, f64::max)
+        + 1.0;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..x1, lo..hi)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("position in the window")
+            .y_desc("mean loss at the position (nats per character)")
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        let marks: Vec<(f64, String)> = train_lens
+            .iter()
+            .filter(|&&t| (t as f64) < x1)
+            .map(|&t| (t as f64, format!("trained to {t}")))
+            .collect();
+        markers(&mut chart, &marks, (lo, hi))?;
+        for c in curves {
+            let (color, width) = style(c.run_index, c.last_phase);
+            let line = color.stroke_width(width);
+            chart
+                .draw_series(LineSeries::new(c.points.clone(), line))
+                .map_err(err)?
+                .label(c.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK.mix(0.4))
+            .background_style(WHITE.mix(0.9))
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}

@@ -1,0 +1,373 @@
+//! The length-generalisation part of a report: every run's `eval.csv` rows under the spec's
+//! current `[eval]` settings, the loss by length and by position averaged over seeds, and the
+//! sentences that answer "what happens past the training length?".
+
+use anyhow::Result;
+
+use crate::plan::RunPlan;
+use crate::run_dir::{EvalRow, PositionRow, RunDir};
+use crate::train::lengths::expected_rows;
+
+/// The length evaluations of a report's runs.
+#[derive(Debug, Default)]
+pub struct LengthResults {
+    /// The rows that match the spec's `[eval]` settings, run named as in the report.
+    pub rows: Vec<EvalRow>,
+    /// Loss by position at the longest length of the unscaled curves.
+    pub positions: Vec<PositionRow>,
+    /// Phase ends reached but not evaluated under the current settings, e.g. `rope step 600`.
+    pub missing: Vec<String>,
+    /// Lengths at which runs were scored on different windows (another corpus or split).
+    pub mismatched_windows: Vec<usize>,
+}
+
+/// One line of `length.svg`: a run after one phase, with or without a RoPE scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LengthCurve {
+    /// Run name.
+    pub run: String,
+    /// Index of the run among the report's runs (its colour).
+    pub run_index: usize,
+    /// The phase whose end was evaluated.
+    pub phase: usize,
+    /// Whether it is the run's last phase.
+    pub last_phase: bool,
+    /// The longest length trained on by then.
+    pub train_len: usize,
+    /// RoPE scaling, empty for none.
+    pub scaling: String,
+    /// `(length, mean loss over seeds)`, or `None` when some seed cannot read the length.
+    pub points: Vec<(usize, Option<f64>)>,
+    /// Why a length is not defined (the first reason met).
+    pub note: String,
+}
+
+impl LengthCurve {
+    /// Legend text: `rope, ntk ×2, after phase 1 (trained to 256)`.
+    pub fn label(&self) -> String {
+        let scaling = if self.scaling.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", self.scaling)
+        };
+        format!(
+            "{}{scaling}, after phase {} (trained to {})",
+            self.run, self.phase, self.train_len
+        )
+    }
+}
+
+/// Reads every run's evaluations and keeps those the spec asks for now.
+pub fn collect(plans: &[RunPlan]) -> Result<LengthResults> {
+    let mut out = LengthResults::default();
+    for p in plans {
+        let run_dir = RunDir::new(&p.dir);
+        let have = run_dir.read_eval()?;
+        let reached = run_dir.read_metrics()?.last().map_or(0, |r| r.step);
+        let mut found_steps = vec![];
+        for phase in p.schedule.phases.iter().filter(|ph| ph.last_step() <= reached) {
+            let step = phase.last_step();
+            for want in expected_rows(p, phase, step) {
+                match have.iter().find(|h| h.same_evaluation(&want)) {
+                    Some(h) => {
+                        out.rows.push(EvalRow {
+                            run: p.name.clone(),
+                            seed: Some(p.seed),
+                            ..h.clone()
+                        });
+                        found_steps.push(step);
+                    }
+                    None => {
+                        let what = format!("{} step {step}", p.id());
+                        if !out.missing.contains(&what) {
+                            out.missing.push(what);
+                        }
+                    }
+                }
+            }
+        }
+        let positions = run_dir.read_position_loss()?;
+        out.positions.extend(
+            positions
+                .into_iter()
+                .filter(|r| r.scaling.is_empty() && found_steps.contains(&r.step))
+                .map(|r| PositionRow {
+                    run: p.name.clone(),
+                    seed: Some(p.seed),
+                    ..r
+                }),
+        );
+    }
+    let mut lengths: Vec<usize> = out.rows.iter().map(|r| r.length).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    for l in lengths {
+        let mut ids: Vec<&str> = out
+            .rows
+            .iter()
+            .filter(|r| r.length == l && !r.windows_id.is_empty())
+            .map(|r| r.windows_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            out.mismatched_windows.push(l);
+        }
+    }
+    Ok(out)
+}
+
+/// The runs' curves in report order: one per (run, phase end, scaling). A scaled curve reads
+/// the unscaled losses up to its training length (the scaling applies only past it).
+pub fn curves(plans: &[RunPlan], rows: &[EvalRow]) -> Vec<LengthCurve> {
+    let mut runs: Vec<&RunPlan> = vec![];
+    for p in plans {
+        if !runs.iter().any(|r| r.name == p.name) {
+            runs.push(p);
+        }
+    }
+    let mut out = vec![];
+    for (run_index, p) in runs.iter().enumerate() {
+        let of_run: Vec<&EvalRow> = rows.iter().filter(|r| r.run == p.name).collect();
+        let mut keys: Vec<(usize, String)> = vec![];
+        for r in &of_run {
+            if !keys.contains(&(r.phase, r.scaling.clone())) {
+                keys.push((r.phase, r.scaling.clone()));
+            }
+        }
+        keys.sort();
+        for (phase, scaling) in keys {
+            let at_phase: Vec<&&EvalRow> = of_run.iter().filter(|r| r.phase == phase).collect();
+            let train_len = at_phase.first().map_or(0, |r| r.train_len);
+            let mut lengths: Vec<usize> = at_phase.iter().map(|r| r.length).collect();
+            lengths.sort_unstable();
+            lengths.dedup();
+            let mut note = String::new();
+            let points = lengths
+                .into_iter()
+                .filter_map(|l| {
+                    let want = if scaling.is_empty() || l <= train_len {
+                        ""
+                    } else {
+                        scaling.as_str()
+                    };
+                    let seeds: Vec<&&&EvalRow> =
+                        at_phase.iter().filter(|r| r.length == l && r.scaling == want).collect();
+                    if seeds.is_empty() {
+                        return None;
+                    }
+                    let losses: Option<Vec<f64>> = seeds.iter().map(|r| r.loss).collect();
+                    if losses.is_none() && note.is_empty() {
+                        note = seeds
+                            .iter()
+                            .find(|r| r.loss.is_none())
+                            .map(|r| r.note.clone())
+                            .unwrap_or_default();
+                    }
+                    Some((l, losses.and_then(|v| crate::stats::mean(&v))))
+                })
+                .collect();
+            out.push(LengthCurve {
+                run: p.name.clone(),
+                run_index,
+                phase,
+                last_phase: phase + 1 == p.schedule.phases.len(),
+                train_len,
+                scaling,
+                points,
+                note,
+            });
+        }
+    }
+    out
+}
+
+/// One sentence per phase end and multiple of the training length that was evaluated, e.g.
+/// "At 2× the training length, after phase 1 (512 vs 256): absolute n/a, rope +0.410 nats,
+/// alibi +0.020 nats" — the change of the loss from the training length to `k×` it, per run
+/// (mean over seeds).
+pub fn sentences(curves: &[LengthCurve]) -> Vec<String> {
+    let mut groups: Vec<(usize, usize, usize)> = vec![]; // (phase, train_len, length)
+    for c in curves.iter().filter(|c| c.scaling.is_empty()) {
+        for &(l, _) in &c.points {
+            if l > c.train_len && l % c.train_len == 0 && !groups.contains(&(c.phase, c.train_len, l)) {
+                groups.push((c.phase, c.train_len, l));
+            }
+        }
+    }
+    groups.sort();
+    let mut out = vec![];
+    for (phase, train_len, length) in groups {
+        let entries: Vec<String> = curves
+            .iter()
+            .filter(|c| c.phase == phase && c.train_len == train_len)
+            .filter_map(|c| {
+                let at = |l: usize| c.points.iter().find(|p| p.0 == l).map(|p| p.1);
+                let name = if c.scaling.is_empty() {
+                    c.run.clone()
+                } else {
+                    format!("{} {}", c.run, c.scaling)
+                };
+                match (at(train_len)?, at(length)?) {
+                    (Some(base), Some(long)) => Some(format!("{name} {} nats", crate::format::signed(long - base, 3))),
+                    (Some(_), None) => Some(format!("{name} n/a ({})", c.note)),
+                    (None, _) => None,
+                }
+            })
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        out.push(format!(
+            "At {}× the training length after phase {phase} (loss at {length} minus loss at {train_len}): {}.",
+            length / train_len,
+            entries.join(", ")
+        ));
+    }
+    out
+}
+
+/// One line of `position_loss.svg`: a run's mean loss by position after one phase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PositionCurve {
+    /// Legend text.
+    pub label: String,
+    /// Index of the run among the report's runs (its colour).
+    pub run_index: usize,
+    /// Whether it is the run's last phase.
+    pub last_phase: bool,
+    /// `(position, mean loss)` in bins of `bin` positions (the bin's centre), mean over seeds.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Positions per bin of `position_loss.svg`: single positions are noisy (one token per window),
+/// so the figure draws means over about 64 bins.
+pub fn position_bin(length: usize) -> usize {
+    (length / 64).max(1)
+}
+
+/// The runs' loss-by-position curves, one per (run, phase end), averaged over seeds and binned.
+pub fn position_curves(plans: &[RunPlan], positions: &[PositionRow]) -> Vec<PositionCurve> {
+    let mut names: Vec<&str> = vec![];
+    for p in plans {
+        if !names.contains(&p.name.as_str()) {
+            names.push(&p.name);
+        }
+    }
+    let mut out = vec![];
+    for (run_index, name) in names.iter().enumerate() {
+        let plan = plans.iter().find(|p| p.name == *name).expect("a name of the plans");
+        let of_run: Vec<&PositionRow> = positions.iter().filter(|r| r.run == *name).collect();
+        let mut steps: Vec<(usize, usize)> = of_run.iter().map(|r| (r.step, r.phase)).collect();
+        steps.sort_unstable();
+        steps.dedup();
+        for (step, phase) in steps {
+            let rows: Vec<&&PositionRow> = of_run.iter().filter(|r| r.step == step).collect();
+            let length = rows.iter().map(|r| r.length).max().unwrap_or(0);
+            let bin = position_bin(length);
+            let mut sums = vec![(0.0, 0usize); length.div_ceil(bin)];
+            for r in rows.iter().filter(|r| r.length == length) {
+                let s = &mut sums[r.position / bin];
+                (s.0, s.1) = (s.0 + r.loss, s.1 + 1);
+            }
+            let points = sums
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.1 > 0)
+                .map(|(i, s)| ((i * bin) as f64 + (bin as f64 - 1.0) / 2.0, s.0 / s.1 as f64))
+                .collect();
+            let trained = crate::train::lengths::train_len(
+                plan,
+                &plan.schedule.phases[phase.min(plan.schedule.phases.len() - 1)],
+            );
+            out.push(PositionCurve {
+                label: format!("{name}, after phase {phase} (trained to {trained})"),
+                run_index,
+                last_phase: phase + 1 == plan.schedule.phases.len(),
+                points,
+            });
+        }
+    }
+    out
+}
+
+/// What the length evaluations add to a report.
+#[derive(Debug, Default)]
+pub struct LengthSection {
+    /// `(file, caption)` of the figures written.
+    pub figures: Vec<(String, String)>,
+    /// Verdict sentences (see [`sentences`]).
+    pub sentences: Vec<String>,
+    /// Notes for the page: evaluations missing, windows that differ.
+    pub notes: Vec<String>,
+}
+
+/// Writes `eval.csv`, `position_loss.csv`, `length.svg` and `position_loss.svg` into `dir`.
+pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<LengthSection> {
+    use crate::fsio::write_atomic;
+    let found = collect(plans)?;
+    super::write_csv(&dir.join("eval.csv"), &found.rows)?;
+    super::write_csv(&dir.join("position_loss.csv"), &found.positions)?;
+    let mut out = LengthSection::default();
+    if !found.missing.is_empty() {
+        out.notes.push(format!(
+            "Not evaluated at the [eval] lengths with the spec's current settings: {} (`gptlab run` on the spec evaluates them from the phase-end checkpoints).",
+            found.missing.join(", ")
+        ));
+    }
+    if !found.mismatched_windows.is_empty() {
+        out.notes.push(format!(
+            "At length {} the runs were scored on different validation windows (another corpus or split), so their losses by length do not compare.",
+            found.mismatched_windows.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let curves = curves(plans, &found.rows);
+    if curves.iter().all(|c| c.points.iter().all(|p| p.1.is_none())) {
+        return Ok(out);
+    }
+    let eval = &plans[0].config.eval;
+    let how = match eval.mode {
+        crate::spec::EvalMode::Windows => "non-overlapping windows, every position scored".to_string(),
+        crate::spec::EvalMode::Sliding => match eval.stride {
+            Some(s) => format!("sliding windows {s} tokens apart, each scoring the tokens the previous did not"),
+            None => "sliding windows half a length apart, each scoring the tokens the previous did not".to_string(),
+        },
+    };
+    write_atomic(
+        &dir.join("length.svg"),
+        super::length_plot::length_chart(&format!("{title}: loss by evaluation length"), &curves)?.as_bytes(),
+    )?;
+    out.figures.push((
+        "length.svg".into(),
+        format!(
+            "Validation loss at each evaluation length, on the same {} validation tokens at every length ({how}); \
+             one line per run and phase end (lighter: earlier phases; dashed: RoPE scaled past the training length); \
+             × marks a length the model cannot read",
+            crate::format::int(eval.tokens as u64)
+        ),
+    ));
+    let positions = position_curves(plans, &found.positions);
+    if !positions.is_empty() {
+        let mut trained: Vec<usize> = plans
+            .iter()
+            .flat_map(|p| p.schedule.phases.iter().map(|ph| ph.seq_len))
+            .collect();
+        trained.sort_unstable();
+        trained.dedup();
+        let length = found.positions.iter().map(|r| r.length).max().unwrap_or(0);
+        write_atomic(
+            &dir.join("position_loss.svg"),
+            super::length_plot::position_chart(&format!("{title}: loss by position"), &positions, &trained)?.as_bytes(),
+        )?;
+        out.figures.push((
+            "position_loss.svg".into(),
+            format!(
+                "Mean validation loss at each position of the window, at the longest length each model can read (up to {length}), \
+                 in bins of {} positions; dashed lines at the training lengths",
+                position_bin(length)
+            ),
+        ));
+    }
+    out.sentences = sentences(&curves);
+    Ok(out)
+}
