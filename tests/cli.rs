@@ -45,7 +45,7 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
         ),
         ("sweep.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 4]\n"), 7, "model.n_kv_head", "n_kv_head=4"),
         ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown key"),
-        ("position.toml", format!("[model]\nposition = \"alibi\"\n{PHASE}"), 2, "model.position", "unknown variant"),
+        ("position.toml", format!("[model]\nposition = \"xpos\"\n{PHASE}"), 2, "model.position", "unknown variant"),
         ("syntax.toml", "[model\nn_layer = 2\n".into(), 1, "", "invalid TOML"),
     ]
 }

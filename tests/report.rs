@@ -298,8 +298,10 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
     let html = std::fs::read_to_string(&index).unwrap();
     let figures = html.matches("<img ").count();
     // Loss, then per swept value: final and best validation loss and speed, three probes, KV
-    // bytes (20 steps: no "last 50" train loss; no prompts, so no decode speed).
-    assert_eq!(figures, 8);
+    // bytes (20 steps: no "last 50" train loss; no prompts, so no decode speed); the loss by
+    // position (one phase: evaluated at its one length, so no loss-by-length figure).
+    assert_eq!(figures, 9);
+    assert!(html.contains("position_loss.svg") && !html.contains("length.svg"));
     assert!(!html.contains("final_train_loss.svg"), "a last-50 figure from 20 steps");
     let profile = tempfile::tempdir().unwrap();
     let dom = dump_dom(&index, profile.path());

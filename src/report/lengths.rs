@@ -326,6 +326,7 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
         return Ok(out);
     }
     let eval = &plans[0].config.eval;
+    out.sentences = sentences(&curves);
     let how = match eval.mode {
         crate::spec::EvalMode::Windows => "non-overlapping windows, every position scored".to_string(),
         crate::spec::EvalMode::Sliding => match eval.stride {
@@ -333,19 +334,25 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
             None => "sliding windows half a length apart, each scoring the tokens the previous did not".to_string(),
         },
     };
-    write_atomic(
-        &dir.join("length.svg"),
-        super::length_plot::length_chart(&format!("{title}: loss by evaluation length"), &curves)?.as_bytes(),
-    )?;
-    out.figures.push((
-        "length.svg".into(),
-        format!(
-            "Validation loss at each evaluation length, on the same {} validation tokens at every length ({how}); \
+    // One length is no curve: the loss by position below says more.
+    let several = curves.iter().any(|c| c.points.len() > 1);
+    if several {
+        write_atomic(
+            &dir.join("length.svg"),
+            super::length_plot::length_chart(&format!("{title}: loss by evaluation length"), &curves)?.as_bytes(),
+        )?;
+    }
+    out.figures.extend(several.then(|| {
+        (
+            "length.svg".into(),
+            format!(
+                "Validation loss at each evaluation length, on the same {} validation tokens at every length ({how}); \
              one line per run and phase end (lighter: earlier phases; dashed: RoPE scaled past the training length); \
              × marks a length the model cannot read",
-            crate::format::int(eval.tokens as u64)
-        ),
-    ));
+                crate::format::int(eval.tokens as u64)
+            ),
+        )
+    }));
     let positions = position_curves(plans, &found.positions);
     if !positions.is_empty() {
         let mut trained: Vec<usize> = plans
@@ -368,6 +375,5 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
             ),
         ));
     }
-    out.sentences = sentences(&curves);
     Ok(out)
 }
