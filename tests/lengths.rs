@@ -36,7 +36,7 @@ fn rows(dirs: &OutDirs, exp: &str, run: &str) -> (Vec<EvalRow>, Vec<PositionRow>
 #[test]
 fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
     let dirs = OutDirs::new();
-    let spec = write_spec(&dirs.tmp.path(), "len.toml", &format!("{}{LENGTHS}", common::TINY_SPEC));
+    let spec = write_spec(dirs.tmp.path(), "len.toml", &format!("{}{LENGTHS}", common::TINY_SPEC));
     gptlab()
         .arg("run")
         .arg(&spec)
@@ -157,7 +157,7 @@ fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
 fn changed_eval_settings_are_evaluated_from_the_phase_end_checkpoints_without_retraining() {
     let dirs = OutDirs::new();
     let text = format!("{}{LENGTHS}", common::TINY_SPEC);
-    let spec = write_spec(&dirs.tmp.path(), "len.toml", &text);
+    let spec = write_spec(dirs.tmp.path(), "len.toml", &text);
     gptlab()
         .arg("run")
         .arg(&spec)
@@ -170,7 +170,7 @@ fn changed_eval_settings_are_evaluated_from_the_phase_end_checkpoints_without_re
 
     // Sliding windows now: the run is complete, so only the evaluations are added.
     let sliding = text.replace("tokens = 512", "tokens = 512\nmode = \"sliding\"\nstride = 4");
-    let spec = write_spec(&dirs.tmp.path(), "len.toml", &sliding);
+    let spec = write_spec(dirs.tmp.path(), "len.toml", &sliding);
     gptlab()
         .arg("run")
         .arg(&spec)
@@ -223,7 +223,7 @@ fn eval_settings_are_checked_and_shared_by_every_run() {
             "the experiment's, not a run's",
         ),
     ] {
-        let spec = write_spec(&dirs.tmp.path(), "bad.toml", &format!("{}{extra}", common::TINY_SPEC));
+        let spec = write_spec(dirs.tmp.path(), "bad.toml", &format!("{}{extra}", common::TINY_SPEC));
         gptlab()
             .arg("validate")
             .arg(&spec)
