@@ -28,6 +28,18 @@ model.position = "rope"
 experiment.seed = 9
 "#;
 
+/// Writes `text` as experiment `len` and trains it (with its report).
+fn train(dirs: &OutDirs, text: &str) {
+    let spec = write_spec(dirs.tmp.path(), "len.toml", text);
+    gptlab()
+        .arg("run")
+        .arg(&spec)
+        .args(dirs.args())
+        .arg("-q")
+        .assert()
+        .success();
+}
+
 fn rows(dirs: &OutDirs, exp: &str, run: &str) -> (Vec<EvalRow>, Vec<PositionRow>) {
     let dir = RunDir::new(dirs.runs.join(exp).join(run));
     (dir.read_eval().unwrap(), dir.read_position_loss().unwrap())
@@ -36,14 +48,7 @@ fn rows(dirs: &OutDirs, exp: &str, run: &str) -> (Vec<EvalRow>, Vec<PositionRow>
 #[test]
 fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
     let dirs = OutDirs::new();
-    let spec = write_spec(dirs.tmp.path(), "len.toml", &format!("{}{LENGTHS}", common::TINY_SPEC));
-    gptlab()
-        .arg("run")
-        .arg(&spec)
-        .args(dirs.args())
-        .arg("-q")
-        .assert()
-        .success();
+    train(&dirs, &format!("{}{LENGTHS}", common::TINY_SPEC));
 
     let (abs, abs_pos) = rows(&dirs, "len", "absolute");
     let (rope, rope_pos) = rows(&dirs, "len", "rope");
@@ -157,14 +162,7 @@ fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
 fn changed_eval_settings_are_evaluated_from_the_phase_end_checkpoints_without_retraining() {
     let dirs = OutDirs::new();
     let text = format!("{}{LENGTHS}", common::TINY_SPEC);
-    let spec = write_spec(dirs.tmp.path(), "len.toml", &text);
-    gptlab()
-        .arg("run")
-        .arg(&spec)
-        .args(dirs.args())
-        .arg("-q")
-        .assert()
-        .success();
+    train(&dirs, &text);
     let metrics = std::fs::read(dirs.runs.join("len/rope/metrics.csv")).unwrap();
     let before = rows(&dirs, "len", "rope").0;
 

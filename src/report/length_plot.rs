@@ -5,7 +5,6 @@ use anyhow::Result;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::lengths::{LengthCurve, PositionCurve};
 use super::plot::{BOUNDARY, PALETTE, err, padded};
 
 /// The top of a y axis whose data reach `hi`, leaving the upper part of a 520-pixel chart
@@ -14,6 +13,59 @@ fn legend_room(lo: f64, hi: f64, entries: usize) -> f64 {
     let share = ((entries as f64 * 17.0 + 24.0) / 400.0).min(0.6);
     hi + (hi - lo) * share / (1.0 - share)
 }
+
+/// One line of `length.svg`: a run after one phase, with or without a RoPE scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LengthCurve {
+    /// Run name.
+    pub run: String,
+    /// Index of the run among the report's runs (its colour).
+    pub run_index: usize,
+    /// The phase whose end was evaluated.
+    pub phase: usize,
+    /// Whether it is the run's last phase.
+    pub last_phase: bool,
+    /// The longest length trained on by then.
+    pub train_len: usize,
+    /// RoPE scaling, empty for none.
+    pub scaling: String,
+    /// `(length, mean loss over seeds)`, or `None` when some seed cannot read the length.
+    pub points: Vec<(usize, Option<f64>)>,
+    /// Why a length is not defined (the first reason met).
+    pub note: String,
+}
+
+impl LengthCurve {
+    /// Legend text: `rope, ntk ×2, after phase 1 (trained to 256)`.
+    pub fn label(&self) -> String {
+        let scaling = if self.scaling.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", self.scaling)
+        };
+        format!(
+            "{}{scaling}, after phase {} (trained to {})",
+            self.run, self.phase, self.train_len
+        )
+    }
+}
+
+/// One line of `position_loss.svg`: a run's mean loss by position after one phase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PositionCurve {
+    /// Legend text.
+    pub label: String,
+    /// Index of the run among the report's runs (its colour).
+    pub run_index: usize,
+    /// Whether it is the run's last phase.
+    pub last_phase: bool,
+    /// `(position, mean loss)` in bins of `bin` positions (the bin's centre), mean over seeds.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A chart with two numeric axes.
+type Chart<'a, DB> =
+    ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
 
 /// A run's colour; earlier phases lighter, so the final model stands out.
 fn style(run_index: usize, last_phase: bool) -> (RGBAColor, u32) {
@@ -48,6 +100,44 @@ fn markers<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The legend, in the upper left (the space [`legend_room`] keeps free).
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK.mix(0.4))
+        .background_style(WHITE.mix(0.9))
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)
+}
+
+/// A 900×520 SVG figure titled `title` over the axes `x` × `y`, drawn by `body`, with the
+/// legend in the upper left.
+fn figure(
+    title: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    body: impl FnOnce(&mut Chart<'_, SVGBackend<'_>>) -> Result<()>,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x, y)
+            .map_err(err)?;
+        body(&mut chart)?;
+        legend(&mut chart)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
 /// Loss against evaluation length on a log₂ axis: one line per run and phase end (RoPE
 /// scalings dashed), the training lengths marked, and an × at the top for a length a model
 /// cannot read.
@@ -75,17 +165,7 @@ pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
     } else {
         (0.0, 1.0)
     };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, lo..hi)
-            .map_err(err)?;
+    figure(title, x0..x1, lo..hi, |chart| {
         chart
             .configure_mesh()
             .x_desc("evaluation length (tokens, log₂ scale)")
@@ -110,7 +190,7 @@ pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
             .iter()
             .map(|&t| ((t as f64).log2(), format!("trained to {t}")))
             .collect();
-        markers(&mut chart, &marks, (lo, hi))?;
+        markers(chart, &marks, (lo, hi))?;
         for c in curves {
             let (color, width) = style(c.run_index, c.last_phase);
             let defined: Vec<(f64, f64)> = c
@@ -147,17 +227,8 @@ pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
                 )
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK.mix(0.4))
-            .background_style(WHITE.mix(0.9))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// Mean loss by position in the window at the longest evaluated length, one line per run and
@@ -178,17 +249,7 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
         .flat_map(|c| c.points.iter().map(|p| p.0))
         .fold(1.0, f64::max)
         + 1.0;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0.0..x1, lo..hi)
-            .map_err(err)?;
+    figure(title, 0.0..x1, lo..hi, |chart| {
         chart
             .configure_mesh()
             .x_desc("position in the window")
@@ -203,7 +264,7 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
             .filter(|&&t| (t as f64) < x1)
             .map(|&t| (t as f64, format!("trained to {t}")))
             .collect();
-        markers(&mut chart, &marks, (lo, hi))?;
+        markers(chart, &marks, (lo, hi))?;
         for c in curves {
             let (color, width) = style(c.run_index, c.last_phase);
             let line = color.stroke_width(width);
@@ -213,15 +274,6 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
                 .label(c.label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK.mix(0.4))
-            .background_style(WHITE.mix(0.9))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }

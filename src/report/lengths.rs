@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 
+pub use super::length_plot::{LengthCurve, PositionCurve};
 use crate::plan::RunPlan;
 use crate::run_dir::{EvalRow, PositionRow, RunDir};
 use crate::train::lengths::expected_rows;
@@ -19,42 +20,6 @@ pub struct LengthResults {
     pub missing: Vec<String>,
     /// Lengths at which runs were scored on different windows (another corpus or split).
     pub mismatched_windows: Vec<usize>,
-}
-
-/// One line of `length.svg`: a run after one phase, with or without a RoPE scaling.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LengthCurve {
-    /// Run name.
-    pub run: String,
-    /// Index of the run among the report's runs (its colour).
-    pub run_index: usize,
-    /// The phase whose end was evaluated.
-    pub phase: usize,
-    /// Whether it is the run's last phase.
-    pub last_phase: bool,
-    /// The longest length trained on by then.
-    pub train_len: usize,
-    /// RoPE scaling, empty for none.
-    pub scaling: String,
-    /// `(length, mean loss over seeds)`, or `None` when some seed cannot read the length.
-    pub points: Vec<(usize, Option<f64>)>,
-    /// Why a length is not defined (the first reason met).
-    pub note: String,
-}
-
-impl LengthCurve {
-    /// Legend text: `rope, ntk ×2, after phase 1 (trained to 256)`.
-    pub fn label(&self) -> String {
-        let scaling = if self.scaling.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", self.scaling)
-        };
-        format!(
-            "{}{scaling}, after phase {} (trained to {})",
-            self.run, self.phase, self.train_len
-        )
-    }
 }
 
 /// Reads every run's evaluations and keeps those the spec asks for now.
@@ -225,19 +190,6 @@ pub fn sentences(curves: &[LengthCurve]) -> Vec<String> {
         ));
     }
     out
-}
-
-/// One line of `position_loss.svg`: a run's mean loss by position after one phase.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PositionCurve {
-    /// Legend text.
-    pub label: String,
-    /// Index of the run among the report's runs (its colour).
-    pub run_index: usize,
-    /// Whether it is the run's last phase.
-    pub last_phase: bool,
-    /// `(position, mean loss)` in bins of `bin` positions (the bin's centre), mean over seeds.
-    pub points: Vec<(f64, f64)>,
 }
 
 /// Positions per bin of `position_loss.svg`: single positions are noisy (one token per window),
