@@ -454,9 +454,5 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
 
 /// Writes `rows` as CSV (header from the first row's fields), atomically.
 pub(crate) fn write_csv<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut csv = csv::Writer::from_writer(vec![]);
-    for r in rows {
-        csv.serialize(r)?;
-    }
-    write_atomic(path, &csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+    crate::run_dir::write_rows(path, rows)
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use eval::{EvalRow, PositionRow};
+pub use eval::{EvalRow, PositionRow, write_rows};
 pub use metrics::{HEADER as METRICS_HEADER, MetricsRow, MetricsWriter, read_metrics};
 
 use crate::checkpoint::{self, Meta, OptimizerState};
