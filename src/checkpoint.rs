@@ -127,9 +127,16 @@ fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<Vec<u8>> {
 
 /// Test hook, compiled only with the `fault-injection` feature (the test suite's): with
 /// `GPTLAB_FAULT=<point>@<step>` in the environment, the process kills itself with SIGKILL at
-/// that point, to prove that an interruption there loses nothing.
+/// that point, to prove that an interruption there loses nothing. With
+/// `GPTLAB_SLOW_STEPS_MS=<ms>`, every `step-end` point sleeps that long, so tests can catch a
+/// run mid-way (a second process, a signal from Slurm) without depending on the machine's speed.
 #[cfg(feature = "fault-injection")]
 pub fn fault_point(point: &str, step: usize) {
+    if point == "step-end"
+        && let Some(ms) = std::env::var("GPTLAB_SLOW_STEPS_MS").ok().and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     if let Ok(spec) = std::env::var("GPTLAB_FAULT")
         && spec == format!("{point}@{step}")
     {

@@ -104,6 +104,13 @@ pub(crate) struct RunArgs {
     /// No progress output.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+    /// Wait for runs another gptlab is training (default: skip them and exit 1 at the end).
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Seconds a run's lock may go without a heartbeat before another gptlab takes it over
+    /// (this process refreshes its own every quarter of that).
+    #[arg(long, value_name = "SECONDS", default_value_t = gptlab::lock::DEFAULT_TIMEOUT.as_secs())]
+    pub(crate) lock_timeout: u64,
 }
 
 #[derive(Args)]

@@ -1,6 +1,7 @@
 //! The `gptlab` command line: parses arguments, calls the library, maps errors to exit codes.
 //!
-//! Exit codes: 0 success; 1 a run failed or diverged, or an I/O error; 2 a bad spec or usage;
+//! Exit codes: 0 success; 1 a run failed or diverged, another gptlab was training a selected
+//! run (skipped without `--wait`), or an I/O error; 2 a bad spec or usage;
 //! 130 interrupted (a checkpoint was written; the same command resumes).
 
 use std::path::{Path, PathBuf};
@@ -89,8 +90,10 @@ fn show_plan(file: &Path, select: &Select) -> Outcome {
 
 fn run(args: &RunArgs) -> Outcome {
     let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
-    if args.threads == Some(0) || args.jobs == 0 {
-        return Err(Error::Usage("--threads and --jobs must be at least 1".into()));
+    if args.threads == Some(0) || args.jobs == 0 || args.lock_timeout == 0 {
+        return Err(Error::Usage(
+            "--threads, --jobs and --lock-timeout must be at least 1".into(),
+        ));
     }
     let opts = SessionOptions {
         fresh: args.fresh,
@@ -100,6 +103,8 @@ fn run(args: &RunArgs) -> Outcome {
         device: args.device,
         reports_dir: (!args.no_report).then(|| args.out.reports_dir.clone()),
         stop: gptlab::interrupt::install(),
+        wait: args.wait,
+        lock_timeout: std::time::Duration::from_secs(args.lock_timeout),
     };
     let outcome = gptlab::session::train(&exp, &opts)?;
     if outcome.interrupted {
@@ -117,7 +122,7 @@ fn run(args: &RunArgs) -> Outcome {
         println!("report: {}", page.display());
     }
     let line = outcome.summary(exp.name(), &args.out.runs_dir);
-    if outcome.failed.is_empty() {
+    if outcome.failed.is_empty() && outcome.busy.is_empty() {
         println!("{line}");
         Ok(ExitCode::SUCCESS)
     } else {

@@ -68,6 +68,9 @@ pub struct RunSession {
     pub data_sha256: String,
     /// The machine's host name.
     pub host: String,
+    /// The Slurm job that trained it (`123_4` for a task of an array), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// The CPU model.
     pub cpu: String,
     /// Threads this run trained with.
@@ -96,6 +99,7 @@ impl RunSession {
             data_file: data_file.display().to_string(),
             data_sha256: data_sha256.into(),
             host: host(),
+            job: job_id(),
             cpu: cpu_model(),
             threads: rayon::current_num_threads(),
             first_step,
@@ -136,6 +140,16 @@ pub fn host() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The Slurm job this process runs in: `<array job>_<task>` for a task of a job array, else
+/// the job id; `None` outside Slurm.
+pub fn job_id() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        (Some(array), Some(task)) => Some(format!("{array}_{task}")),
+        _ => var("SLURM_JOB_ID"),
+    }
 }
 
 /// The CPU model (`unknown` if it cannot be read).

@@ -3,8 +3,9 @@
 //!
 //! [`Experiment::load`] reads, expands and plans a spec (the corpus is read once there and
 //! shared by the runs). [`train`] then picks the device, refuses runs that cannot fit in
-//! memory, takes the experiment's lock, skips finished runs, trains the rest (`--jobs` at a
-//! time) and writes the report. The command line only parses arguments into
+//! memory, skips finished runs, trains the rest (`--jobs` at a time, each under its run's
+//! lock, so other processes and hosts can train other runs of the same experiment) and writes
+//! the report. The command line only parses arguments into
 //! [`SessionOptions`] and maps the [`SessionOutcome`] to an exit code.
 
 use std::path::{Path, PathBuf};
@@ -16,12 +17,12 @@ use anyhow::anyhow;
 
 use crate::device::{Chosen, DeviceRequest};
 use crate::error::Error;
-use crate::lock::ExperimentLock;
+use crate::lock::{Claim, RunLock};
 use crate::plan::{RunPlan, plan};
 use crate::report::write_report;
 use crate::run_dir::{RunDir, RunStatus};
 use crate::spec::{SetArg, SpecFile};
-use crate::train::{JobLayout, RunOptions, RunOutcome, train_runs};
+use crate::train::{JobLayout, RunOptions, train_run, train_runs};
 
 /// A spec, expanded and planned.
 pub struct Experiment {
@@ -153,6 +154,11 @@ pub struct SessionOptions {
     pub reports_dir: Option<PathBuf>,
     /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// Wait for runs another process is training (else they are skipped and listed as busy).
+    pub wait: bool,
+    /// How stale a run lock's heartbeat may grow before others take it over; this process's
+    /// locks promise it ([`crate::lock`]).
+    pub lock_timeout: std::time::Duration,
 }
 
 /// How a session ended.
@@ -162,6 +168,8 @@ pub struct SessionOutcome {
     pub runs: usize,
     /// Runs that failed or diverged (now or before), and `(report)` if the report failed.
     pub failed: Vec<String>,
+    /// Runs skipped because another process is training them.
+    pub busy: Vec<String>,
     /// Stopped on request; the same command resumes.
     pub interrupted: bool,
     /// The report page written.
@@ -171,9 +179,15 @@ pub struct SessionOutcome {
 impl SessionOutcome {
     /// The closing line: where the metrics are, or which runs failed.
     pub fn summary(&self, experiment: &str, runs_dir: &Path) -> String {
-        if self.failed.is_empty() {
+        if self.failed.is_empty() && self.busy.is_empty() {
             let dir = runs_dir.join(experiment);
             format!("{experiment}: {} runs done; metrics under {}", self.runs, dir.display())
+        } else if self.failed.is_empty() {
+            let (n, busy) = (self.busy.len(), self.busy.join(", "));
+            format!(
+                "{experiment}: {n} of {} runs not done here: another gptlab is training {busy}",
+                self.runs
+            )
         } else {
             let (n, failed) = (self.failed.len(), self.failed.join(", "));
             format!("{experiment}: {n} of {} runs failed: {failed}", self.runs)
@@ -307,19 +321,6 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     }
     let chosen = choose_device(opts.device, &selected, opts.quiet)?;
     check_memory(&selected, layout.jobs)?;
-    let _lock = ExperimentLock::acquire(&exp.runs_dir.join(exp.name()))?;
-
-    // Holding the lock, nothing else writes these folders: what a dead process left is stale.
-    for p in &exp.plans {
-        let cleaned = RunDir::new(&p.dir).recover_leftovers()?;
-        if !cleaned.is_empty() {
-            eprintln!(
-                "[{}] note: the last gptlab on it stopped abruptly: {}",
-                p.id(),
-                cleaned.join("; ")
-            );
-        }
-    }
     if !opts.fresh {
         check_identities(&selected, exp.name())?;
     }
@@ -334,31 +335,19 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     };
     let mut to_train = vec![];
     for p in selected {
-        if !opts.fresh {
-            match RunDir::new(&p.dir).read_status() {
-                Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
-                    let have = RunDir::new(&p.dir).read_eval().unwrap_or_default();
-                    if crate::train::lengths::missing_phase_ends(p, &have, step).is_empty() {
-                        eprintln!("[{}] already complete ({step} steps); --fresh retrains it", p.id());
-                        continue;
-                    }
-                    eprintln!(
-                        "[{}] already complete ({step} steps); evaluating the [eval] lengths it lacks from its phase-end checkpoints",
-                        p.id()
-                    );
+        match readiness(p, opts.fresh) {
+            Readiness::Train(note) => {
+                if let Some(note) = note {
+                    eprintln!("{note}");
                 }
-                Some(RunStatus::Diverged { step }) => {
-                    eprintln!(
-                        "error: run `{}` diverged at step {step} before; --fresh retrains it",
-                        p.name
-                    );
-                    outcome.failed.push(p.id());
-                    continue;
-                }
-                _ => {}
+                to_train.push(p);
+            }
+            Readiness::Done(note) => eprintln!("{note}"),
+            Readiness::Failed(why) => {
+                eprintln!("{why}");
+                outcome.failed.push(p.id());
             }
         }
-        to_train.push(p);
     }
     // Only the runs left to train share the threads (finished ones were skipped above).
     let layout = JobLayout::new(layout.jobs, threads, to_train.len());
@@ -383,45 +372,32 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         quiet: opts.quiet,
         lines_only: layout.jobs > 1,
         stop: Some(opts.stop.clone()),
+        lost: None,
         session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
         later_work: later_work(&to_train, layout.jobs, queued_after(&exp.runs_dir)),
     };
-    let ended = Mutex::new((vec![], false));
-    let done = |p: &RunPlan, result: anyhow::Result<RunOutcome>| {
-        let mut ended = ended.lock().expect("not poisoned");
-        match result {
-            Ok(run) => match run.status {
-                RunStatus::Diverged { step } => {
-                    eprintln!(
-                        "error: run `{}` diverged at step {step} (non-finite loss); the other runs carry on",
-                        p.name
-                    );
-                    ended.0.push(p.id());
-                }
-                RunStatus::Interrupted { .. } => ended.1 = true,
-                _ => {}
-            },
-            Err(e) => {
-                eprintln!("error: run `{}` failed: {e:#}", p.name);
-                ended.0.push(p.id());
-            }
-        }
+    let trainer = Trainer {
+        opts,
+        run_opts: &run_opts,
+        ended: Mutex::default(),
     };
     match chosen {
-        Chosen::Cpu => train_runs(&to_train, layout, &run_opts, done)?,
+        Chosen::Cpu => train_runs(&to_train, layout, &opts.stop, |dev, p| trainer.train(dev, p))?,
         #[cfg(feature = "cuda")]
         Chosen::Cuda => {
             if layout.jobs > 1 {
                 eprintln!("note: --jobs applies to the CPU; on the GPU the runs train one after another");
             }
-            crate::train::train_in_turn(&to_train, &crate::device::open_cuda()?, &run_opts, done)
+            let dev = crate::device::open_cuda()?;
+            crate::train::train_in_turn(&to_train, &dev, &opts.stop, |dev, p| trainer.train(dev, p))
         }
         #[cfg(not(feature = "cuda"))]
         Chosen::Cuda => unreachable!("choose() never picks CUDA in a build without it"),
     }
-    let (run_failures, interrupted) = ended.into_inner().expect("not poisoned");
-    outcome.failed.extend(run_failures);
-    outcome.interrupted = interrupted || opts.stop.load(Ordering::SeqCst);
+    let ended = trainer.ended.into_inner().expect("not poisoned");
+    outcome.failed.extend(ended.failed);
+    outcome.busy = ended.busy;
+    outcome.interrupted = ended.interrupted || opts.stop.load(Ordering::SeqCst);
     if let Some(reports_dir) = &opts.reports_dir {
         // The report covers the whole experiment, not only the runs trained now (--only).
         // Interrupted, it shows what exists, without generating samples (the user is leaving).
@@ -434,6 +410,158 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         }
     }
     Ok(outcome)
+}
+
+/// Whether a run needs training, judged from its folder.
+enum Readiness {
+    /// It does (with a note to print, if any).
+    Train(Option<String>),
+    /// It is complete; why it is skipped.
+    Done(String),
+    /// It cannot be trained as it stands (it diverged); why.
+    Failed(String),
+}
+
+/// What `plan`'s folder says is left to do (with `fresh`, everything).
+fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
+    if fresh {
+        return Readiness::Train(None);
+    }
+    let run_dir = RunDir::new(&p.dir);
+    match run_dir.read_status() {
+        Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
+            let have = run_dir.read_eval().unwrap_or_default();
+            if crate::train::lengths::missing_phase_ends(p, &have, step).is_empty() {
+                return Readiness::Done(format!(
+                    "[{}] already complete ({step} steps); --fresh retrains it",
+                    p.id()
+                ));
+            }
+            Readiness::Train(Some(format!(
+                "[{}] already complete ({step} steps); evaluating the [eval] lengths it lacks from its phase-end checkpoints",
+                p.id()
+            )))
+        }
+        Some(RunStatus::Diverged { step }) => Readiness::Failed(format!(
+            "error: run `{}` diverged at step {step} before; --fresh retrains it",
+            p.id()
+        )),
+        _ => Readiness::Train(None),
+    }
+}
+
+/// How the runs of a session ended, gathered from the workers.
+#[derive(Default)]
+struct Ended {
+    failed: Vec<String>,
+    busy: Vec<String>,
+    interrupted: bool,
+}
+
+/// Trains one run at a time for a worker: takes the run's lock, cleans what a dead process
+/// left, checks again that the run needs training (another process may have finished it),
+/// trains it and records how it ended.
+struct Trainer<'a> {
+    opts: &'a SessionOptions,
+    run_opts: &'a RunOptions,
+    ended: Mutex<Ended>,
+}
+
+impl Trainer<'_> {
+    fn train<D: crate::model::Backend>(&self, dev: &D, p: &RunPlan) {
+        let id = p.id();
+        let fail = |why: String| {
+            eprintln!("error: run `{id}` failed: {why}");
+            self.ended.lock().expect("not poisoned").failed.push(id.clone());
+        };
+        let run_dir = RunDir::new(&p.dir);
+        if let Err(e) = run_dir.create() {
+            return fail(format!("{e:#}"));
+        }
+        let Some(lock) = self.lock(p, &run_dir).unwrap_or_else(|e| {
+            fail(format!("{e:#}"));
+            None
+        }) else {
+            return;
+        };
+        match run_dir.recover_leftovers() {
+            Ok(cleaned) if !cleaned.is_empty() => eprintln!(
+                "[{id}] note: the last gptlab on it stopped abruptly: {}",
+                cleaned.join("; ")
+            ),
+            Ok(_) => {}
+            Err(e) => return fail(format!("{e:#}")),
+        }
+        // Judged again under the lock: another process may have trained it meanwhile.
+        match readiness(p, self.opts.fresh) {
+            Readiness::Train(_) => {}
+            Readiness::Done(note) => return eprintln!("{note}"),
+            Readiness::Failed(why) => {
+                eprintln!("{why}");
+                return self.ended.lock().expect("not poisoned").failed.push(id);
+            }
+        }
+        let run_opts = RunOptions {
+            lost: Some(lock.lost()),
+            ..self.run_opts.clone()
+        };
+        match train_run(dev, p, &run_opts) {
+            Ok(run) => match run.status {
+                RunStatus::Diverged { step } => {
+                    eprintln!("error: run `{id}` diverged at step {step} (non-finite loss); the other runs carry on");
+                    self.ended.lock().expect("not poisoned").failed.push(id);
+                }
+                RunStatus::Interrupted { .. } => self.ended.lock().expect("not poisoned").interrupted = true,
+                _ => {}
+            },
+            Err(e) => {
+                // A run taken over by another process is no longer this one's to mark.
+                if !lock.lost().load(Ordering::SeqCst) {
+                    let status = RunStatus::Failed {
+                        step: run_dir.newest_step(),
+                        error: format!("{e:#}"),
+                    };
+                    if let Err(w) = run_dir.write_status(&status) {
+                        eprintln!(
+                            "warning: could not record the failure in {}: {w:#}",
+                            run_dir.path().display()
+                        );
+                    }
+                }
+                fail(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Takes `p`'s lock: waiting for another holder with `--wait`, else skipping the run.
+    /// `None` when the run is skipped (recorded as busy) or the wait was interrupted.
+    fn lock(&self, p: &RunPlan, run_dir: &RunDir) -> anyhow::Result<Option<RunLock>> {
+        let (id, path, timeout) = (p.id(), run_dir.lock_path(), self.opts.lock_timeout);
+        let what = format!("run `{id}`");
+        if self.opts.wait {
+            let lock = RunLock::acquire_waiting(&path, timeout, &what, &self.opts.stop, |holder| {
+                eprintln!(
+                    "[{id}] waiting: another gptlab trains it ({})",
+                    holder.map_or_else(|| "its lock is being written".into(), |h| h.describe())
+                )
+            })?;
+            if lock.is_none() {
+                self.ended.lock().expect("not poisoned").interrupted = true;
+            }
+            return Ok(lock);
+        }
+        match RunLock::try_acquire(&path, timeout, &what)? {
+            Claim::Held(lock) => Ok(Some(lock)),
+            Claim::Busy(holder) => {
+                eprintln!(
+                    "[{id}] skipped: another gptlab trains it ({}); `gptlab status` shows its progress, --wait waits for it",
+                    holder.map_or_else(|| "its lock is being written".into(), |h| h.describe())
+                );
+                self.ended.lock().expect("not poisoned").busy.push(id);
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Writes `reports/<experiment>/` for every run of `exp` (`all_runs`) or those `--only`

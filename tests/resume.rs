@@ -315,24 +315,6 @@ fn a_diverged_run_stops_keeps_its_checkpoints_and_the_others_carry_on() {
         .stderr(predicate::str::contains("diverged at step"));
 }
 
-#[test]
-fn a_second_writer_is_refused_and_a_dead_ones_lock_taken_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = spec(dir.path(), "");
-    let runs = dir.path().join("runs");
-    std::fs::create_dir_all(runs.join("res")).unwrap();
-    let mut holder = StdCommand::new("sleep").arg("30").spawn().unwrap();
-    std::fs::write(runs.join("res/.lock"), holder.id().to_string()).unwrap();
-    gptlab(&spec, &runs)
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(format!("pid {}", holder.id())));
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    gptlab(&spec, &runs).assert().success();
-    assert!(!runs.join("res/.lock").exists(), "the lock is released");
-}
-
 #[cfg(feature = "fault-injection")]
 #[test]
 fn what_a_killed_process_left_is_cleaned_up_at_the_next_start() {

@@ -43,10 +43,17 @@ pub enum RunStatus {
         /// The step whose loss was not finite.
         step: usize,
     },
-    /// Stopped on request (Ctrl-C) after `step`, with a checkpoint there.
+    /// Stopped on request (Ctrl-C, SIGTERM from Slurm) after `step`, with a checkpoint there.
     Interrupted {
         /// Last step completed and checkpointed.
         step: usize,
+    },
+    /// Training stopped with an error (it resumes from its newest checkpoint when run again).
+    Failed {
+        /// The newest checkpoint's step when it failed.
+        step: usize,
+        /// The error.
+        error: String,
     },
 }
 
@@ -75,6 +82,11 @@ impl RunDir {
     /// `checkpoints/`.
     pub fn checkpoints_path(&self) -> PathBuf {
         self.root.join("checkpoints")
+    }
+
+    /// `.lock`: who trains the run now ([`crate::lock`]).
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join(".lock")
     }
 
     fn status_path(&self) -> PathBuf {
@@ -207,8 +219,8 @@ impl RunDir {
 
     /// Cleans up after a gptlab that died without doing so (`kill -9`, a second Ctrl-C, a lost
     /// node): unfinished `checkpoints/*.tmp` folders are removed and a status still saying
-    /// `running` becomes `interrupted`. Call only while holding the experiment's lock (no
-    /// other process can be writing). Returns what it did, for a note.
+    /// `running` becomes `interrupted`. Call only while holding the run's lock (no other
+    /// process can be writing). Returns what it did, for a note.
     pub fn recover_leftovers(&self) -> Result<Vec<String>> {
         let mut done = vec![];
         if let Ok(entries) = std::fs::read_dir(self.checkpoints_path()) {
@@ -217,6 +229,17 @@ impl RunDir {
                 if name.ends_with(".tmp") && e.path().is_dir() {
                     std::fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
                     done.push(format!("removed the unfinished checkpoint {name}"));
+                }
+            }
+        }
+        // A file `write_atomic` was writing when the process died (`status.json.tmp`, …); lock
+        // files are the lock's own business (another process may be creating one).
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") && !name.starts_with(".lock") && e.path().is_file() {
+                    std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                    done.push(format!("removed the unfinished file {name}"));
                 }
             }
         }

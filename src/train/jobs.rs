@@ -6,11 +6,11 @@
 //! never compete for the same workers.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
+use dfdx::tensor::Cpu;
 
-use super::{RunOptions, RunOutcome, train_run};
 use crate::model::Backend;
 use crate::plan::RunPlan;
 
@@ -35,34 +35,26 @@ impl JobLayout {
     }
 }
 
-/// Trains `runs` (plan and its corpus) one after the other on `dev`, calling `done` as each
-/// ends; stops starting new runs once `opts.stop` is set. For devices that are not shared
-/// between threads (CUDA).
-pub fn train_in_turn<'a, D: Backend>(
-    runs: &[&'a RunPlan],
-    dev: &D,
-    opts: &RunOptions,
-    done: impl Fn(&'a RunPlan, Result<RunOutcome>),
-) {
+/// Calls `work` for each of `runs` in turn on `dev`; stops starting new runs once `stop` is
+/// set. For devices that are not shared between threads (CUDA).
+pub fn train_in_turn<'a, D: Backend>(runs: &[&'a RunPlan], dev: &D, stop: &AtomicBool, work: impl Fn(&D, &'a RunPlan)) {
     for &plan in runs {
-        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+        if stop.load(Ordering::SeqCst) {
             break;
         }
-        done(plan, train_run(dev, plan, opts));
+        work(dev, plan);
     }
 }
 
-/// Trains `runs` (plan and its corpus) on the CPU, `layout.jobs` at a time, each worker with
-/// its own pool of `layout.threads_per_run` threads, calling `done` as each run ends, from the
-/// thread that trained it. Stops starting new runs once `opts.stop` is set; runs under way
-/// stop themselves with a checkpoint.
+/// Calls `work` for each of `runs` on the CPU, `layout.jobs` at a time, each worker with its
+/// own pool of `layout.threads_per_run` threads (`work` runs inside it). Stops starting new
+/// runs once `stop` is set; runs under way stop themselves with a checkpoint.
 pub fn train_runs<'a>(
     runs: &[&'a RunPlan],
     layout: JobLayout,
-    opts: &RunOptions,
-    done: impl Fn(&'a RunPlan, Result<RunOutcome>) + Sync,
+    stop: &AtomicBool,
+    work: impl Fn(&Cpu, &'a RunPlan) + Sync,
 ) -> Result<()> {
-    let stopped = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     let next = AtomicUsize::new(0);
     let first_error = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -79,12 +71,12 @@ pub fn train_runs<'a>(
                         return;
                     }
                 };
-                let dev = dfdx::tensor::Cpu::default();
-                while !stopped() {
+                let dev = Cpu::default();
+                while !stop.load(Ordering::SeqCst) {
                     let Some(&plan) = runs.get(next.fetch_add(1, Ordering::SeqCst)) else {
                         break;
                     };
-                    done(plan, pool.install(|| train_run(&dev, plan, opts)));
+                    pool.install(|| work(&dev, plan));
                 }
             });
         }

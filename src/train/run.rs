@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub lines_only: bool,
     /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Set when another process has taken over the run's lock ([`crate::lock::RunLock::lost`]):
+    /// training stops at once without writing anything more.
+    pub lost: Option<Arc<AtomicBool>>,
     /// The command, spec and device, for the run's `provenance.json`.
     pub session: crate::provenance::SessionInfo,
     /// For each run of the session, the work of the runs queued after it (step-cost units,
@@ -220,9 +223,20 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
         run_dir.write_status(&RunStatus::Running { step })
     };
 
+    let still_ours = || -> Result<()> {
+        if opts.lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst)) {
+            bail!(
+                "another process took over run `{}` (this one's lock heartbeat went stale); stopped without writing more",
+                plan.id()
+            );
+        }
+        Ok(())
+    };
+
     for phase in plan.schedule.phases.iter().filter(|p| p.last_step() > done) {
         let evals = eval_batches(plan, corpus, phase);
         for step in phase.first_step.max(done + 1)..=phase.last_step() {
+            still_ours()?;
             let batch = sample_batch(
                 &corpus.train,
                 t.batch_size,
@@ -287,6 +301,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
             let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
             let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
             if phase_end || periodic || stop {
+                still_ours()?;
                 save(
                     &model,
                     &opt,

@@ -1,0 +1,181 @@
+//! One writer per run, across processes and hosts: a run being trained is skipped (or waited
+//! for with --wait), runs of one experiment train in parallel processes, and a lock whose
+//! holder is gone is taken over with a warning.
+#![cfg(feature = "fault-injection")] // GPTLAB_SLOW_STEPS_MS holds a run mid-way
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gptlab::lock::LockHolder;
+use predicates::prelude::*;
+
+/// The tiny spec as experiment `locks`, with `extra` appended.
+fn spec(dir: &Path, extra: &str) -> PathBuf {
+    let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"locks\"\n");
+    common::write_spec(dir, "locks.toml", &format!("{text}{extra}"))
+}
+
+/// `gptlab run SPEC --runs-dir RUNS -q --no-report ARGS…`.
+fn run(spec: &Path, runs: &Path, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = common::gptlab();
+    cmd.args([
+        "run",
+        spec.to_str().unwrap(),
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "-q",
+        "--no-report",
+    ])
+    .args(args);
+    cmd
+}
+
+/// The same, started in the background with every step slowed to `ms`.
+fn spawn_slow(spec: &Path, runs: &Path, args: &[&str], ms: u64) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("gptlab"))
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "-q",
+            "--no-report",
+        ])
+        .args(args)
+        .env("GPTLAB_SLOW_STEPS_MS", ms.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `path` exists (a lock taken, a file written).
+fn wait_for(path: &Path) {
+    let t0 = Instant::now();
+    while !path.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sessions(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("provenance.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["sessions"].as_array().unwrap().clone()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn a_run_being_trained_is_skipped_or_waited_for_never_trained_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    let run_dir = runs.join("locks/default");
+    let mut first = spawn_slow(&spec, &runs, &[], 150);
+    wait_for(&run_dir.join(".lock"));
+    // Without --wait: skipped, named, and not a success.
+    run(&spec, &runs, &[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("skipped: another gptlab trains it"))
+        .stderr(predicate::str::contains(format!("pid {}", first.id())))
+        .stderr(predicate::str::contains("another gptlab is training default"));
+    // With --wait: it waits for the holder, then finds the run complete.
+    run(&spec, &runs, &["--wait"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("waiting: another gptlab trains it"))
+        .stderr(predicate::str::contains("already complete (16 steps)"));
+    assert!(first.wait().unwrap().success());
+    let sessions = sessions(&run_dir);
+    assert_eq!(sessions.len(), 1, "one process trained it: {sessions:?}");
+    assert_eq!(sessions[0]["outcome"], "complete");
+    assert!(!run_dir.join(".lock").exists(), "released");
+}
+
+#[test]
+fn runs_of_one_experiment_train_in_parallel_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        "[[run]]\nname = \"a\"\n[[run]]\nname = \"b\"\nmodel.n_head = 4\n",
+    );
+    let runs = dir.path().join("runs");
+    let mut first = spawn_slow(&spec, &runs, &["--only", "a"], 100);
+    wait_for(&runs.join("locks/a/.lock"));
+    // Another process on another run of the same experiment is not refused.
+    run(&spec, &runs, &["--only", "b"]).assert().success();
+    assert!(first.wait().unwrap().success());
+    for r in ["a", "b"] {
+        let status = std::fs::read_to_string(runs.join(format!("locks/{r}/status.json"))).unwrap();
+        assert!(status.contains("complete"), "{r}: {status}");
+    }
+}
+
+#[test]
+fn a_lock_from_another_host_holds_until_its_heartbeat_goes_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    let run_dir = runs.join("locks/default");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let lock = |heartbeat_age: u64| {
+        let holder = LockHolder {
+            host: "node-elsewhere".into(),
+            pid: 4242,
+            start_time: Some(1),
+            job: Some("77_3".into()),
+            acquired: now() - heartbeat_age,
+            heartbeat: now() - heartbeat_age,
+            timeout_s: 60,
+        };
+        std::fs::write(run_dir.join(".lock"), serde_json::to_vec(&holder).unwrap()).unwrap();
+    };
+    // A live holder elsewhere (its pid means nothing here): skipped.
+    lock(5);
+    run(&spec, &runs, &[]).assert().code(1).stderr(predicate::str::contains(
+        "host node-elsewhere, pid 4242 (Slurm job 77_3)",
+    ));
+    assert!(!run_dir.join("metrics.csv").exists(), "nothing trained");
+    // Its heartbeat older than its 60 s timeout: taken over, with a warning.
+    lock(61);
+    run(&spec, &runs, &[])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: taking over the lock of run `default`",
+        ))
+        .stderr(predicate::str::contains(
+            "has not refreshed its heartbeat for 61 s, past its 60 s timeout",
+        ));
+    assert!(!run_dir.join(".lock").exists());
+}
+
+#[test]
+fn a_lock_left_by_a_dead_process_on_this_host_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    let run_dir = runs.join("locks/default");
+    let mut first = spawn_slow(&spec, &runs, &[], 200);
+    wait_for(&run_dir.join("checkpoints/step_00000004"));
+    first.kill().unwrap(); // SIGKILL: no handler runs, the lock stays
+    first.wait().unwrap();
+    assert!(run_dir.join(".lock").exists());
+    run(&spec, &runs, &[])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("is gone"))
+        .stderr(predicate::str::contains("stopped abruptly"))
+        .stderr(predicate::str::contains("resuming after step"));
+}
