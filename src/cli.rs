@@ -46,6 +46,20 @@ pub(crate) enum Command {
     Sweep(RunArgs),
     /// Write reports/<experiment>/ from the runs' metrics and checkpoints.
     Report(ReportArgs),
+    /// One line per run: state, step of total, host, last update, Slurm job (from the run
+    /// folders; works while runs train, here or on a cluster).
+    Status {
+        /// Spec file.
+        file: PathBuf,
+        #[command(flatten)]
+        select: Select,
+        /// Folder that holds `<experiment>/<run>/`.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+    },
+    /// Send the runs to Slurm: a job array, one task per run not yet complete, and a report job
+    /// that runs after it. Resources come from the spec's [slurm] section (or --set slurm.KEY=…).
+    Submit(SubmitArgs),
     /// Parameters per component and memory to train or serve, for a spec's runs or a
     /// Hugging Face `config.json`.
     Params(ParamsArgs),
@@ -109,6 +123,23 @@ pub(crate) struct RunArgs {
     pub(crate) wait: bool,
     /// Seconds a run's lock may go without a heartbeat before another gptlab takes it over
     /// (this process refreshes its own every quarter of that).
+    #[arg(long, value_name = "SECONDS", default_value_t = gptlab::lock::DEFAULT_TIMEOUT.as_secs())]
+    pub(crate) lock_timeout: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct SubmitArgs {
+    /// Spec file.
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) select: Select,
+    #[command(flatten)]
+    pub(crate) out: OutDirs,
+    /// Print the scripts and the runs they would train; submit nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Seconds a task's run lock may go without a heartbeat before another task takes it over
+    /// (a node that died).
     #[arg(long, value_name = "SECONDS", default_value_t = gptlab::lock::DEFAULT_TIMEOUT.as_secs())]
     pub(crate) lock_timeout: u64,
 }

@@ -25,8 +25,10 @@ pub mod run_dir;
 pub mod sample;
 pub mod seed;
 pub mod session;
+pub mod slurm;
 pub mod spec;
 pub mod stats;
+pub mod status;
 pub mod train;
 
 pub use error::Error;

@@ -11,7 +11,7 @@ mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select};
+use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select, SubmitArgs};
 use gptlab::Error;
 use gptlab::sample::{SampleOptions, Sampler};
 use gptlab::session::{Experiment, SessionOptions};
@@ -32,6 +32,8 @@ fn main() -> ExitCode {
         Command::Plan { file, select } => show_plan(&file, &select),
         Command::Run(args) | Command::Sweep(args) => run(&args),
         Command::Report(args) => report(&args),
+        Command::Status { file, select, runs_dir } => status(&file, &select, &runs_dir),
+        Command::Submit(args) => submit(&args),
         Command::Params(args) => params(&args),
         Command::Sample(args) => sample(&args),
     };
@@ -111,7 +113,12 @@ fn run(args: &RunArgs) -> Outcome {
         // The command as typed, flags included: copying it resumes the same thing. A wrapper
         // (the justfile's recipes) names itself in GPTLAB_RESUME, since gptlab cannot see it.
         let typed = std::env::var("GPTLAB_RESUME").ok().filter(|c| !c.trim().is_empty());
-        let typed = typed.unwrap_or_else(|| std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" "));
+        let typed = typed.unwrap_or_else(|| {
+            std::env::args()
+                .map(|a| gptlab::format::shell_quote(&a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         eprintln!(
             "interrupted: a checkpoint was written; to resume, run again: {}",
             typed.trim()
@@ -131,14 +138,70 @@ fn run(args: &RunArgs) -> Outcome {
     }
 }
 
-/// `arg` as a shell would need it typed.
-fn shell_quote(arg: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
-    if !arg.is_empty() && arg.chars().all(plain) {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
+fn status(file: &Path, select: &Select, runs_dir: &Path) -> Outcome {
+    let exp = load(file, select, runs_dir)?;
+    println!("{}", gptlab::status::table(&exp));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn submit(args: &SubmitArgs) -> Outcome {
+    if args.lock_timeout == 0 {
+        return Err(Error::Usage("--lock-timeout must be at least 1".into()));
     }
+    let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+    let invocation = gptlab::slurm::Invocation {
+        gptlab: std::env::current_exe().context("finding the gptlab binary")?,
+        workdir: std::env::current_dir().context("reading the current folder")?,
+        spec: absolute(&args.file)?,
+        sets: args.select.sets.iter().map(|s| s.raw.clone()).collect(),
+        seeds: args.select.seeds,
+        runs_dir: absolute(&args.out.runs_dir)?,
+        reports_dir: absolute(&args.out.reports_dir)?,
+        lock_timeout: args.lock_timeout,
+    };
+    let sub = gptlab::slurm::prepare(&exp, &invocation)?;
+    for note in &sub.skipped {
+        eprintln!("not submitted: {note}");
+    }
+    if sub.tasks.is_empty() {
+        println!(
+            "{}: nothing to submit ({} runs selected, none left to train); `gptlab report {}` writes the report",
+            sub.experiment,
+            exp.selected().len(),
+            args.file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.dry_run {
+        println!("# {} tasks: {}", sub.tasks.len(), sub.tasks.join(", "));
+        println!("# --- job array (sbatch {}/array-<time>.sbatch)", sub.dir.display());
+        print!("{}", sub.array_script);
+        println!(
+            "# --- report job (sbatch --dependency=afterany:<array job id> {}/report-<time>.sbatch)",
+            sub.dir.display()
+        );
+        print!("{}", sub.report_script);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = gptlab::slurm::submit(&sub)?;
+    let n = sub.tasks.len();
+    println!(
+        "submitted job array {} ({n} task{}: {}) and report job {} (after the array ends)",
+        done.array,
+        if n == 1 { "" } else { "s" },
+        sub.tasks.join(", "),
+        done.report
+    );
+    println!(
+        "watch: {} (or squeue -j {},{}); logs: {}/{}_*.out",
+        invocation.command("status"),
+        done.array,
+        done.report,
+        sub.dir.display(),
+        done.array
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(args: &ReportArgs) -> Outcome {

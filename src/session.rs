@@ -249,7 +249,7 @@ fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
 /// Refuses runs whose newest checkpoint was trained with other settings than the spec now
 /// gives them (a completed one too: its results would be reported as this configuration's),
 /// listing every differing setting of every such run and the ways out.
-fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
+pub(crate) fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
     let mut refused = vec![];
     for p in plans {
         let diff = p.differs_from_checkpoint();
@@ -413,7 +413,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
 }
 
 /// Whether a run needs training, judged from its folder.
-enum Readiness {
+pub(crate) enum Readiness {
     /// It does (with a note to print, if any).
     Train(Option<String>),
     /// It is complete; why it is skipped.
@@ -423,7 +423,7 @@ enum Readiness {
 }
 
 /// What `plan`'s folder says is left to do (with `fresh`, everything).
-fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
+pub(crate) fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
     if fresh {
         return Readiness::Train(None);
     }

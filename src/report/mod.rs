@@ -212,7 +212,7 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
             ));
         }
         let total = p.schedule.total_steps();
-        let status = summary::status_word(run_dir.read_status().as_ref(), rows.len(), total);
+        let status = summary::status_word(&run_dir.state(total), rows.len(), total);
         if status != "complete" {
             unfinished.push(format!("{} ({status})", p.id()));
         }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::run_dir::{MetricsRow, RunStatus};
+use crate::run_dir::{MetricsRow, RunState, StateKind};
 
 /// Steps averaged for the "mean of the last steps" figure.
 pub const LAST_N: usize = 50;
@@ -72,15 +72,11 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// A status as a word.
-pub fn status_word(status: Option<&RunStatus>, steps: usize, total: usize) -> String {
-    match status {
-        Some(RunStatus::Complete { .. }) if steps >= total => "complete".into(),
-        Some(RunStatus::Diverged { step }) => format!("diverged at step {step}"),
-        Some(RunStatus::Interrupted { .. }) => "interrupted".into(),
-        Some(_) if steps > 0 => "incomplete".into(),
-        _ if steps == 0 => "not started".into(),
-        _ => "incomplete".into(),
+/// A run's state as the page says it: `complete` only when every step's row is there too.
+pub fn status_word(state: &RunState, rows: usize, total: usize) -> String {
+    match state.kind {
+        StateKind::Complete if rows < total => format!("incomplete ({rows} of {total} metrics rows)"),
+        _ => state.phrase(),
     }
 }
 

@@ -184,9 +184,13 @@ impl MetricsWriter {
     }
 }
 
-/// Reads every row of a `metrics.csv`.
+/// Reads every row of a `metrics.csv`. A last line without its newline is a row another
+/// process is appending right now (the report and `gptlab status` read runs under way): it is
+/// left out, not an error.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("opening {}", path.display()))?;
+    let whole = &bytes[..bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)];
+    let mut reader = csv::Reader::from_reader(whole);
     reader
         .deserialize()
         .enumerate()

@@ -5,12 +5,14 @@
 //! - `vocab.json`: the character vocabulary, token id → character.
 //! - `metrics.csv`: one row per step ([`MetricsRow`]).
 //! - `eval.csv`, `position_loss.csv`: the loss at several lengths ([`EvalRow`], [`PositionRow`]).
-//! - `status.json`: how the run stands ([`RunStatus`]).
+//! - `status.json`: how the run stands ([`RunStatus`]; with the lock, [`RunState`]).
+//! - `.lock`: who trains it now ([`crate::lock`]).
 //! - `provenance.json`: what produced the results ([`crate::provenance`]).
 //! - `checkpoints/step_NNNNNNNN/`: see [`crate::checkpoint`].
 
 mod eval;
 mod metrics;
+mod state;
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use eval::{EvalRow, PositionRow, write_rows};
 pub use metrics::{HEADER as METRICS_HEADER, MetricsRow, MetricsWriter, read_metrics};
+pub use state::{RunState, StateKind};
 
 use crate::checkpoint::{self, Meta, OptimizerState};
 use crate::fsio::write_atomic;

@@ -21,7 +21,7 @@ pub use error::{Origin, SpecError, SpecErrors};
 pub use overrides::{SetArg, flatten};
 pub use sections::{
     DataSection, EvalMode, EvalSection, ExperimentSection, MeasureSection, ModelSection, PhaseSection, ReportSection,
-    RunConfig, SampleSection, TrainSection,
+    RunConfig, SampleSection, SlurmSection, TrainSection,
 };
 
 use overrides::{set_dotted, value_label};
@@ -58,6 +58,9 @@ struct RawFile {
     #[serde(default)]
     #[allow(dead_code)]
     eval: EvalSection,
+    #[serde(default)]
+    #[allow(dead_code)]
+    slurm: SlurmSection,
     #[serde(default)]
     run: Vec<RawRun>,
     #[serde(default)]
@@ -523,11 +526,20 @@ impl SpecFile {
         let set = |key: &str| sets.iter().any(|s| related(&s.key, key));
         const SEEDS: &str = "experiment.seeds";
         const SEED: &str = "experiment.seed";
-        if let Some((key, _)) = overrides.iter().chain(point).find(|(k, _)| related(k, "eval")) {
-            return Some((
-                key.clone(),
-                "`[eval]` is the experiment's, not a run's: every run is evaluated on the same windows so that their losses compare".into(),
-            ));
+        const EXPERIMENT_ONLY: [(&str, &str); 2] = [
+            (
+                "eval",
+                "`[eval]` is the experiment's, not a run's: every run is evaluated on the same windows so that their losses compare",
+            ),
+            (
+                "slurm",
+                "`[slurm]` is the experiment's, not a run's: `gptlab submit` sends all its runs as one job array",
+            ),
+        ];
+        for (section, why) in EXPERIMENT_ONLY {
+            if let Some((key, _)) = overrides.iter().chain(point).find(|(k, _)| related(k, section)) {
+                return Some((key.clone(), why.into()));
+            }
         }
         if per_run(SEEDS) {
             return Some((

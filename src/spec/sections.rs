@@ -252,6 +252,62 @@ impl Default for ReportSection {
     }
 }
 
+/// `[slurm]`: what `gptlab submit` asks Slurm for, for each task (one run each). Not part of
+/// a run's identity: where a run trains does not change its results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmSection {
+    /// `--partition`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `--time`, the time limit of each task, in Slurm's forms: `MM`, `MM:SS`, `HH:MM:SS`,
+    /// `D-HH`, `D-HH:MM`, `D-HH:MM:SS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `--cpus-per-task`; gptlab trains with that many threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus_per_task: Option<usize>,
+    /// `--mem`, e.g. `16G`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// `--gpus` per task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<usize>,
+    /// `--account`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `--qos`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// At most this many tasks at once (the array's `%N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<usize>,
+    /// Seconds before the time limit at which Slurm warns a task (`--signal=B:USR1@N`): it
+    /// checkpoints and requeues itself. 0: no warning (a task at its limit is killed and its
+    /// run resumes from its last periodic checkpoint when submitted again).
+    pub requeue_before_s: u64,
+    /// More `#SBATCH` options, each as written after `#SBATCH`, e.g. `"--constraint=a100"`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<String>,
+}
+
+impl Default for SlurmSection {
+    fn default() -> Self {
+        Self {
+            partition: None,
+            time: None,
+            cpus_per_task: None,
+            mem: None,
+            gpus: None,
+            account: None,
+            qos: None,
+            max_parallel: None,
+            requeue_before_s: 300,
+            extra: vec![],
+        }
+    }
+}
+
 /// Every section that shapes one run, after defaults and overrides.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -283,4 +339,7 @@ pub struct RunConfig {
     /// `[eval]`.
     #[serde(default)]
     pub eval: EvalSection,
+    /// `[slurm]`.
+    #[serde(default)]
+    pub slurm: SlurmSection,
 }

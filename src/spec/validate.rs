@@ -126,6 +126,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     }
 
     check_eval(&c.eval, &mut bad);
+    check_slurm(&c.slurm, &mut bad);
 
     if !(0.0..1.0).contains(&c.report.smoothing) {
         bad(
@@ -146,6 +147,94 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
 
 /// Longest sequence a phase or an evaluation may have.
 pub const MAX_SEQ_LEN: usize = 65_536;
+
+/// A Slurm time limit in seconds, from any of the forms `sbatch --time` takes: `MM`, `MM:SS`,
+/// `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`; `None` if it is none of them.
+pub fn slurm_time_seconds(time: &str) -> Option<u64> {
+    let (days, rest) = match time.split_once('-') {
+        Some((d, rest)) => (Some(d), rest),
+        None => (None, time),
+    };
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    let parts: Vec<u64> = rest.split(':').map(num).collect::<Option<_>>()?;
+    Some(match (days.map(num), parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(Some(d)), [h]) => d * 86_400 + h * 3600,
+        (Some(Some(d)), [h, m]) => d * 86_400 + h * 3600 + m * 60,
+        (Some(Some(d)), [h, m, s]) => d * 86_400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    })
+}
+
+/// The `[slurm]` section's problems. Its values are written into a shell script, so each must
+/// be one plain word: no spaces, quotes or line breaks.
+fn check_slurm(s: &super::SlurmSection, bad: &mut impl FnMut(&[&str], String)) {
+    let plain = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_graphic() && !"'\"`$\\;&|<>".contains(c));
+    for (key, value) in [
+        ("slurm.partition", &s.partition),
+        ("slurm.account", &s.account),
+        ("slurm.qos", &s.qos),
+        ("slurm.mem", &s.mem),
+        ("slurm.time", &s.time),
+    ] {
+        if let Some(v) = value
+            && !plain(v)
+        {
+            bad(
+                &[key],
+                format!("{v:?} is not one word (no spaces, quotes or shell characters)"),
+            );
+        }
+    }
+    let time = s.time.as_deref().map(|t| (t, slurm_time_seconds(t)));
+    if let Some((t, None)) = time {
+        bad(
+            &["slurm.time"],
+            format!("{t:?} is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)"),
+        );
+    }
+    if let Some((_, Some(limit))) = time
+        && s.requeue_before_s > 0
+        && s.requeue_before_s >= limit
+    {
+        bad(
+            &["slurm.requeue_before_s", "slurm.time"],
+            format!(
+                "the warning {} s before the time limit comes before the task starts ({limit} s): lower requeue_before_s or raise time",
+                s.requeue_before_s
+            ),
+        );
+    }
+    if let Some(mem) = &s.mem {
+        let digits = mem.trim_end_matches(['K', 'M', 'G', 'T']);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || mem.len() - digits.len() > 1 {
+            bad(
+                &["slurm.mem"],
+                format!("{mem:?} is not a memory size like 16G, 4000M or 4000"),
+            );
+        }
+    }
+    for (key, v) in [
+        ("slurm.cpus_per_task", s.cpus_per_task),
+        ("slurm.max_parallel", s.max_parallel),
+    ] {
+        if v == Some(0) {
+            bad(&[key], "must be at least 1".into());
+        }
+    }
+    for line in &s.extra {
+        if !line.starts_with("--") || line.contains(['\n', '\r']) || line.len() < 3 {
+            bad(
+                &["slurm.extra"],
+                format!("{line:?} is not one sbatch option (one line starting with --, e.g. \"--constraint=a100\")"),
+            );
+        }
+    }
+}
 
 /// The `[eval]` section's problems.
 fn check_eval(e: &super::EvalSection, bad: &mut impl FnMut(&[&str], String)) {

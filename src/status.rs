@@ -1,0 +1,59 @@
+//! `gptlab status`: one line per run of an experiment — state, step of total, host, last
+//! update and Slurm job — read from the run folders and their locks, so it works for local
+//! runs, for runs on a cluster, and while they train.
+
+use std::time::SystemTime;
+
+use crate::provenance::utc;
+use crate::run_dir::{RunDir, RunState};
+use crate::session::Experiment;
+
+/// The status table of the selected runs of `exp`.
+pub fn table(exp: &Experiment) -> String {
+    let now = SystemTime::now();
+    let mut rows: Vec<[String; 7]> = vec![[
+        "run".into(),
+        "state".into(),
+        "step".into(),
+        "host".into(),
+        "updated (UTC)".into(),
+        "job".into(),
+        "note".into(),
+    ]];
+    for p in exp.selected() {
+        let total = p.schedule.total_steps();
+        let state = RunDir::new(&p.dir).state(total);
+        rows.push(row(&p.id(), &state, total, now));
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn row(id: &str, s: &RunState, total: usize, now: SystemTime) -> [String; 7] {
+    let updated = s.updated.map_or_else(
+        || "-".to_string(),
+        |t| {
+            let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let ago = now.duration_since(t).map_or(0, |d| d.as_secs());
+            format!("{} ({} ago)", utc(secs), crate::format::duration(ago as f64))
+        },
+    );
+    let note = s.note.as_deref().and_then(|n| n.lines().next()).unwrap_or("");
+    [
+        id.to_string(),
+        s.kind.to_string(),
+        format!("{}/{total}", s.step),
+        s.host.clone().unwrap_or_else(|| "-".into()),
+        updated,
+        s.job.clone().unwrap_or_else(|| "-".into()),
+        note.chars().take(120).collect(),
+    ]
+}
