@@ -167,3 +167,35 @@ impl OutDirs {
         ]
     }
 }
+
+/// What a run's results are, to compare two trainings bit for bit: every step's losses, learning
+/// rate and gradient norm (as bits; the timing columns are left out), `eval.csv`,
+/// `position_loss.csv`, and the newest checkpoint's weights and optimizer state.
+pub fn results_fingerprint(run_dir: &Path) -> Vec<String> {
+    let rows = gptlab::run_dir::read_metrics(&run_dir.join("metrics.csv")).unwrap();
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {:?} {} {}",
+                r.step,
+                r.train_loss.to_bits(),
+                r.val_loss.map(f32::to_bits),
+                r.lr.to_bits(),
+                r.grad_norm.to_bits()
+            )
+        })
+        .collect();
+    for file in ["eval.csv", "position_loss.csv"] {
+        out.push(std::fs::read_to_string(run_dir.join(file)).unwrap_or_else(|_| format!("no {file}")));
+    }
+    let newest = gptlab::checkpoint::list(&run_dir.join("checkpoints"))
+        .into_iter()
+        .next();
+    let (step, dir) = newest.expect("a checkpoint");
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        out.push(format!("step {step} {file} {}", gptlab::fsio::sha256_hex(&bytes)));
+    }
+    out
+}

@@ -1,0 +1,376 @@
+//! gptlab on a real Slurm: a one-node cluster (munged, slurmctld, slurmd) started by
+//! `scripts/slurm-cluster.sh` in a temporary folder, stopped by its pids at the end.
+//!
+//! - `gptlab submit` sends the runs as a job array; every run ends bit-identical to a local
+//!   `gptlab run` of the same spec, and the dependent report job writes the report;
+//! - a task stopped with `scancel --signal=TERM` and requeued, twice, then warned of its time
+//!   limit (USR1, after which it requeues itself), ends bit-identical to an uninterrupted run, with
+//!   no `.tmp`, lock or `running` status left;
+//! - two tasks started for one run never train it at once: one waits, then finds it complete.
+//!
+//! The cluster needs root and Debian's slurm-wlm and munge (`.ci/run` installs them). If it
+//! cannot start, the test fails and says why: running on Slurm is part of what gptlab promises.
+#![cfg(feature = "fault-injection")] // GPTLAB_SLOW_STEPS_MS holds tasks mid-run
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Time one job may take before the test gives up and shows the logs.
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A running one-node cluster; stopped on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    /// Starts a cluster whose daemons listen on `port` and `port + 1` (each test its own, so
+    /// tests run side by side).
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm-cluster.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .arg(dir.path())
+            .env("GPTLAB_SLURMCTLD_PORT", port.to_string())
+            .env("GPTLAB_SLURMD_PORT", (port + 1).to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            out.status.success(),
+            "the Slurm cluster did not start, so gptlab's Slurm support cannot be checked:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.path().join("slurm.conf");
+        Self { dir, conf }
+    }
+
+    /// A Slurm client command (`sbatch`, `scontrol`, …) pointed at this cluster.
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+
+    /// Runs a client command; its stdout. Panics with its stderr if it fails.
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = self.cmd(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `gptlab ARGS` with this cluster's clients, slowed to `slow_ms` per step (the tasks
+    /// inherit the environment).
+    fn gptlab(&self, args: &[&str], slow_ms: u64) -> assert_cmd::Command {
+        let mut c = common::gptlab();
+        c.args(args)
+            .env("SLURM_CONF", &self.conf)
+            .env("GPTLAB_SLOW_STEPS_MS", slow_ms.to_string());
+        c
+    }
+
+    /// A job's state (`RUNNING`, `PENDING`, `COMPLETED`, `FAILED`, …).
+    fn state(&self, job: &str) -> String {
+        let text = self.run("scontrol", &["show", "job", job]);
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("JobState="))
+            .unwrap_or("?")
+            .to_string()
+    }
+
+    /// Waits until `done(state)` holds for `job`, or fails showing what the cluster logged.
+    fn wait_state(&self, job: &str, what: &str, done: impl Fn(&str) -> bool, logs: &Path) {
+        let t0 = Instant::now();
+        loop {
+            let state = self.state(job);
+            if done(&state) {
+                return;
+            }
+            if t0.elapsed() > JOB_TIMEOUT {
+                panic!(
+                    "job {job} did not become {what} in {JOB_TIMEOUT:?} (state {state})\n{}",
+                    self.logs(logs)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until none of `jobs` is queued or running.
+    fn wait_finished(&self, jobs: &[&str], logs: &Path) {
+        for job in jobs {
+            self.wait_state(
+                job,
+                "finished",
+                |s| !matches!(s, "PENDING" | "RUNNING" | "REQUEUED" | "CONFIGURING" | "COMPLETING"),
+                logs,
+            );
+        }
+    }
+
+    /// The tasks' logs under `dir` and the daemons' logs, for a failure message.
+    fn logs(&self, dir: &Path) -> String {
+        let mut out = String::new();
+        let daemons = self.dir.path().join("log");
+        for d in [dir, daemons.as_path()] {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if let Ok(text) = std::fs::read_to_string(e.path()) {
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    out.push_str(&format!("--- {}\n", e.path().display()));
+                    out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm-cluster.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The tiny spec as experiment `cluster`, with `extra` appended; one CPU per task.
+fn spec(dir: &Path, extra: &str) -> PathBuf {
+    let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"cluster\"\n");
+    let slurm = "[slurm]\ncpus_per_task = 1\ntime = \"10\"\n";
+    common::write_spec(dir, "cluster.toml", &format!("{text}{slurm}{extra}"))
+}
+
+/// Trains `spec` here, uninterrupted, under `dir/local`; its runs folder.
+fn local_run(spec: &Path, dir: &Path) -> PathBuf {
+    let runs = dir.join("local");
+    common::gptlab()
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "-q",
+            "--no-report",
+        ])
+        .assert()
+        .success();
+    runs
+}
+
+/// `(array job, report job)` from `gptlab submit`'s first line, "submitted job array 12 (…)
+/// and report job 13 (…)".
+fn job_ids(stdout: &str) -> (String, String) {
+    let words: Vec<&str> = stdout.lines().next().unwrap_or("").split_whitespace().collect();
+    let after = |w: &str| words.iter().position(|x| *x == w).map(|i| words[i + 1].to_string());
+    match (
+        after("array"),
+        after("report").and_then(|_| words.iter().rposition(|x| *x == "job")),
+    ) {
+        (Some(array), Some(i)) => (array, words[i + 1].to_string()),
+        _ => panic!("no job ids in {stdout:?}"),
+    }
+}
+
+fn metrics_rows(run: &Path) -> usize {
+    gptlab::run_dir::read_metrics(&run.join("metrics.csv")).map_or(0, |r| r.len())
+}
+
+fn wait_rows(run: &Path, rows: usize, cluster: &Cluster, logs: &Path) {
+    let t0 = Instant::now();
+    while metrics_rows(run) < rows {
+        assert!(
+            t0.elapsed() < JOB_TIMEOUT,
+            "the run never reached {rows} metrics rows\n{}",
+            cluster.logs(logs)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_array_trains_every_run_like_a_local_run_and_the_report_job_runs() {
+    let cluster = Cluster::start(16_900);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        "[[run]]\nname = \"abs\"\n[[run]]\nname = \"rope\"\nmodel.position = \"rope\"\n",
+    );
+    let local = local_run(&spec, dir.path());
+    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
+    let logs = runs.join("cluster/slurm");
+    let args = [
+        "submit",
+        spec.to_str().unwrap(),
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--reports-dir",
+        reports.to_str().unwrap(),
+    ];
+    let out = cluster.gptlab(&args, 0).assert().success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(stdout.contains("2 tasks: abs, rope"), "{stdout}");
+    let (array, report) = job_ids(&stdout);
+    cluster.wait_finished(&[&format!("{array}_0"), &format!("{array}_1"), &report], &logs);
+
+    for run in ["abs", "rope"] {
+        assert_eq!(
+            common::results_fingerprint(&runs.join("cluster").join(run)),
+            common::results_fingerprint(&local.join("cluster").join(run)),
+            "run {run} on Slurm differs from the local run"
+        );
+    }
+    assert_eq!(cluster.state(&report), "COMPLETED", "{}", cluster.logs(&logs));
+    let page = std::fs::read_to_string(reports.join("cluster/index.html")).unwrap();
+    assert!(!page.contains("Not finished"), "every run is on the page as complete");
+    let report_log = std::fs::read_to_string(logs.join(format!("report_{report}.out"))).unwrap();
+    assert!(report_log.contains("report:"), "{report_log}");
+
+    // Status reads the run folders: both complete, each with its task's job id.
+    let status = cluster
+        .gptlab(
+            &["status", spec.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()],
+            0,
+        )
+        .assert()
+        .success();
+    let status = String::from_utf8_lossy(&status.get_output().stdout).into_owned();
+    for (i, run) in ["abs", "rope"].iter().enumerate() {
+        let line = status.lines().find(|l| l.starts_with(run)).unwrap();
+        assert!(line.contains("complete") && line.contains("16/16"), "{status}");
+        assert!(line.contains(&format!("{array}_{i}")), "{status}");
+    }
+    // Nothing left to submit.
+    let again = cluster.gptlab(&args, 0).assert().success();
+    let again = String::from_utf8_lossy(&again.get_output().stdout).into_owned();
+    assert!(again.contains("nothing to submit"), "{again}");
+}
+
+#[test]
+fn a_task_preempted_and_requeued_again_and_again_ends_bit_identical() {
+    let cluster = Cluster::start(16_910);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let local = local_run(&spec, dir.path());
+    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
+    let (run, logs) = (runs.join("cluster/default"), runs.join("cluster/slurm"));
+    let args = [
+        "submit",
+        spec.to_str().unwrap(),
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--reports-dir",
+        reports.to_str().unwrap(),
+    ];
+    let out = cluster.gptlab(&args, 250).assert().success();
+    let (array, _) = job_ids(&String::from_utf8_lossy(&out.get_output().stdout));
+    let task = format!("{array}_0");
+
+    // Preempted twice at different steps: TERM to the job step, then requeued by hand.
+    for at in [3, 8] {
+        cluster.wait_state(&task, "running", |s| s == "RUNNING", &logs);
+        wait_rows(&run, at, &cluster, &logs);
+        cluster.run("scancel", &["--signal=TERM", &task]);
+        cluster.wait_state(&task, "stopped", |s| s != "RUNNING", &logs);
+        let status = std::fs::read_to_string(run.join("status.json")).unwrap();
+        assert!(status.contains("interrupted"), "TERM at {at} rows: {status}");
+        cluster.run("scontrol", &["requeue", &task]);
+    }
+    // Then the warning before the time limit (USR1 to the batch shell): it checkpoints and
+    // requeues itself.
+    cluster.wait_state(&task, "running", |s| s == "RUNNING", &logs);
+    wait_rows(&run, 12, &cluster, &logs);
+    cluster.run("scancel", &["--signal=USR1", "--batch", &task]);
+    cluster.wait_state(&task, "requeued and finished", |s| s == "COMPLETED", &logs);
+
+    let log = std::fs::read_to_string(logs.join(format!("{array}_0.out"))).unwrap();
+    assert_eq!(log.matches("interrupted after step").count(), 3, "{log}");
+    assert!(log.contains("requeueing this task"), "{log}");
+    assert!(log.contains("(restart 3)"), "{log}");
+    assert_eq!(
+        common::results_fingerprint(&run),
+        common::results_fingerprint(&local.join("cluster/default")),
+        "preempted and requeued, the run differs from the uninterrupted one\n{log}"
+    );
+    let status = std::fs::read_to_string(run.join("status.json")).unwrap();
+    assert!(status.contains("complete"), "{status}");
+    let leftovers: Vec<String> = walkdir::WalkDir::new(&run)
+        .into_iter()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") || n.starts_with(".lock"))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let provenance = std::fs::read_to_string(run.join("provenance.json")).unwrap();
+    assert_eq!(provenance.matches("\"interrupted\"").count(), 3, "{provenance}");
+    assert_eq!(provenance.matches("\"complete\"").count(), 1, "{provenance}");
+}
+
+#[test]
+fn two_tasks_for_one_run_never_train_it_at_once() {
+    let cluster = Cluster::start(16_920);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
+    let (run, logs) = (runs.join("cluster/default"), runs.join("cluster/slurm"));
+    let args = [
+        "submit",
+        spec.to_str().unwrap(),
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--reports-dir",
+        reports.to_str().unwrap(),
+    ];
+    let out = cluster.gptlab(&args, 200).assert().success();
+    let (first, _) = job_ids(&String::from_utf8_lossy(&out.get_output().stdout));
+    // The same array script again: a second task for the same run, side by side.
+    let script = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("array-"))
+        .unwrap();
+    let second = cluster.run("sbatch", &["--parsable", script.to_str().unwrap()]);
+    let second = second.trim().split(';').next().unwrap().to_string();
+    cluster.wait_finished(&[&format!("{first}_0"), &format!("{second}_0")], &logs);
+
+    for job in [&first, &second] {
+        assert_eq!(
+            cluster.state(&format!("{job}_0")),
+            "COMPLETED",
+            "{}",
+            cluster.logs(&logs)
+        );
+    }
+    let provenance = std::fs::read_to_string(run.join("provenance.json")).unwrap();
+    let sessions: serde_json::Value = serde_json::from_str(&provenance).unwrap();
+    assert_eq!(
+        sessions["sessions"].as_array().unwrap().len(),
+        1,
+        "one task trained it: {provenance}"
+    );
+    let read = |job: &str| std::fs::read_to_string(logs.join(format!("{job}_0.out"))).unwrap();
+    let (a, b) = (read(&first), read(&second));
+    let waited = [&a, &b]
+        .iter()
+        .filter(|l| l.contains("waiting: another gptlab trains it"))
+        .count();
+    let skipped = [&a, &b].iter().filter(|l| l.contains("already complete")).count();
+    assert_eq!(
+        (waited, skipped),
+        (1, 1),
+        "one task waited, then found the run complete:\n{a}\n---\n{b}"
+    );
+}
