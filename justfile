@@ -72,7 +72,8 @@ build-cuda:
 test-cuda: build-cuda
     GPTLAB_BIN=cuda-tests "$(ls -d dist/gptlab-cuda-*/run.sh | head -1)" --test-threads 1
 
-# `test` installs what it needs first (scripts/test-deps.sh: rustfmt, clippy, chromium). The tests
+# `test` installs what it needs first (scripts/test-deps.sh: rustfmt, clippy, chromium, slurm-wlm and
+# munge; tests/slurm.rs starts a one-node Slurm cluster of its own, as root). The tests
 # are built with the test-only `fault-injection` feature, which the resume tests use to kill
 # gptlab at chosen points.
 

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Installs what `just test` needs beyond a Rust toolchain on a fresh Debian machine:
-# rustfmt and clippy, and Chromium for the report test (it renders index.html headless).
+# Installs what `just test` needs beyond a Rust toolchain on a fresh Debian machine: rustfmt
+# and clippy; Chromium for the report test (it renders index.html headless); Slurm and munge
+# for the cluster test (tests/slurm.rs starts a one-node cluster of its own).
 set -euo pipefail
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+missing=()
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
-    echo "installing chromium (the report test renders the page in a headless browser)" >&2
+    missing+=(chromium)
+fi
+for tool in slurmctld slurmd sbatch; do
+    command -v "$tool" >/dev/null || { missing+=(slurm-wlm); break; }
+done
+command -v munged >/dev/null || missing+=(munge)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (the report test renders the page in a headless browser; the cluster test runs a real Slurm)" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -173,8 +173,10 @@ fn submit(args: &SubmitArgs) -> Outcome {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let n = sub.tasks.len();
+    let tasks = format!("{n} task{}: {}", if n == 1 { "" } else { "s" }, sub.tasks.join(", "));
     if args.dry_run {
-        println!("# {} tasks: {}", sub.tasks.len(), sub.tasks.join(", "));
+        println!("# {tasks}");
         println!("# --- job array (sbatch {}/array-<time>.sbatch)", sub.dir.display());
         print!("{}", sub.array_script);
         println!(
@@ -185,13 +187,9 @@ fn submit(args: &SubmitArgs) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     let done = gptlab::slurm::submit(&sub)?;
-    let n = sub.tasks.len();
     println!(
-        "submitted job array {} ({n} task{}: {}) and report job {} (after the array ends)",
-        done.array,
-        if n == 1 { "" } else { "s" },
-        sub.tasks.join(", "),
-        done.report
+        "submitted job array {} ({tasks}) and report job {} (after the array ends)",
+        done.array, done.report
     );
     println!(
         "watch: {} (or squeue -j {},{}); logs: {}/{}_*.out",

@@ -179,3 +179,56 @@ fn a_lock_left_by_a_dead_process_on_this_host_is_taken_over() {
         .stderr(predicate::str::contains("stopped abruptly"))
         .stderr(predicate::str::contains("resuming after step"));
 }
+
+#[test]
+fn status_says_how_every_run_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs_spec: String = ["done", "killed", "busy", "todo", "broken"]
+        .iter()
+        .map(|r| format!("[[run]]\nname = \"{r}\"\n"))
+        .collect();
+    let spec = spec(dir.path(), &runs_spec);
+    let runs = dir.path().join("runs");
+    run(&spec, &runs, &["--only", "done"]).assert().success();
+    // Killed without a chance to clean up: its status still says running.
+    run(&spec, &runs, &["--only", "killed"])
+        .env("GPTLAB_FAULT", "step-end@6")
+        .assert()
+        .failure();
+    // Its checkpoints corrupted: resuming fails, and says so in its status.
+    run(&spec, &runs, &["--only", "broken"])
+        .env("GPTLAB_FAULT", "step-end@9")
+        .assert()
+        .failure();
+    for (_, ckpt) in gptlab::checkpoint::list(&runs.join("locks/broken/checkpoints")) {
+        std::fs::write(ckpt.join("model.safetensors"), b"not weights").unwrap();
+    }
+    run(&spec, &runs, &["--only", "broken"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("none is usable"));
+    let mut busy = spawn_slow(&spec, &runs, &["--only", "busy"], 300);
+    wait_for(&runs.join("locks/busy/checkpoints/step_00000004"));
+
+    let out = common::gptlab()
+        .args(["status", spec.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()])
+        .assert()
+        .success();
+    let table = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+    let line = |run: &str| {
+        let found = table.lines().find(|l| l.split_whitespace().next() == Some(run));
+        found.unwrap_or_else(|| panic!("no line for {run}:\n{table}")).to_string()
+    };
+    let host = gptlab::provenance::host();
+    assert!(line("done").contains("complete") && line("done").contains("16/16"), "{table}");
+    assert!(line("killed").contains("interrupted") && line("killed").contains("6/16"), "{table}");
+    assert!(line("killed").contains("stopped without a checkpoint"), "{table}");
+    let busy_line = line("busy");
+    assert!(busy_line.contains("running") && busy_line.contains(&host), "{table}");
+    let step: usize = busy_line.split_whitespace().nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!((4..16).contains(&step), "{table}");
+    assert!(line("todo").contains("pending") && line("todo").contains("0/16"), "{table}");
+    assert!(line("broken").contains("failed") && line("broken").contains("none is usable"), "{table}");
+}

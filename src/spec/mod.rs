@@ -24,6 +24,8 @@ pub use sections::{
     RunConfig, SampleSection, SlurmSection, TrainSection,
 };
 
+pub use validate::slurm_time_seconds;
+
 use overrides::{set_dotted, value_label};
 use source::{SourceMap, segments};
 
