@@ -219,16 +219,38 @@ fn status_says_how_every_run_stands() {
     busy.wait().unwrap();
     let line = |run: &str| {
         let found = table.lines().find(|l| l.split_whitespace().next() == Some(run));
-        found.unwrap_or_else(|| panic!("no line for {run}:\n{table}")).to_string()
+        found
+            .unwrap_or_else(|| panic!("no line for {run}:\n{table}"))
+            .to_string()
     };
     let host = gptlab::provenance::host();
-    assert!(line("done").contains("complete") && line("done").contains("16/16"), "{table}");
-    assert!(line("killed").contains("interrupted") && line("killed").contains("6/16"), "{table}");
+    assert!(
+        line("done").contains("complete") && line("done").contains("16/16"),
+        "{table}"
+    );
+    assert!(
+        line("killed").contains("interrupted") && line("killed").contains("6/16"),
+        "{table}"
+    );
     assert!(line("killed").contains("stopped without a checkpoint"), "{table}");
     let busy_line = line("busy");
     assert!(busy_line.contains("running") && busy_line.contains(&host), "{table}");
-    let step: usize = busy_line.split_whitespace().nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    let step: usize = busy_line
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((4..16).contains(&step), "{table}");
-    assert!(line("todo").contains("pending") && line("todo").contains("0/16"), "{table}");
-    assert!(line("broken").contains("failed") && line("broken").contains("none is usable"), "{table}");
+    assert!(
+        line("todo").contains("pending") && line("todo").contains("0/16"),
+        "{table}"
+    );
+    assert!(
+        line("broken").contains("failed") && line("broken").contains("none is usable"),
+        "{table}"
+    );
 }
