@@ -326,7 +326,7 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
     assert!(ckpt.is_dir(), "a checkpoint at the last step written ({rows})");
     let page = std::fs::read_to_string(tmp.path().join("reports/term/index.html")).unwrap();
     assert!(
-        page.contains("Not finished: default (interrupted)"),
+        page.contains(&format!("Not finished: default (interrupted after step {rows})")),
         "the report of what exists"
     );
 }
