@@ -1,6 +1,8 @@
 //! Signals. Ctrl-C, SIGTERM and SIGHUP (what Slurm, systemd and `timeout` send): the first asks
 //! training to stop after the current step with a checkpoint; the second exits at once (the
-//! last checkpoint is intact). SIGPIPE: output to a closed pipe ends the process quietly.
+//! last checkpoint is intact). SIGUSR1 and SIGUSR2, the warnings Slurm sends before a time limit
+//! when a job asks for them (`--signal=USR1@120`), ask the same stop (their default action would
+//! kill the process with no checkpoint). SIGPIPE: output to a closed pipe ends the process quietly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +49,12 @@ pub fn install() -> Arc<AtomicBool> {
     });
     if let Err(e) = installed {
         eprintln!("warning: Ctrl-C will stop gptlab without a checkpoint ({e})");
+    }
+    #[cfg(unix)]
+    for signal in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("warning: signal {signal} will stop gptlab without a checkpoint ({e})");
+        }
     }
     stop
 }

@@ -279,9 +279,30 @@ fn output_to_a_closed_pipe_ends_quietly() {
 #[test]
 fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
+    // Twice at once, as when `timeout` or Slurm signal the process group and `just` forwards
+    // the same signal: one event, still a clean stop.
+    let stderr = stop_mid_run(tmp.path(), &[libc::SIGTERM, libc::SIGTERM]);
+    // A wrapper's own command is named (the justfile sets it for `just study`).
+    assert!(stderr.contains("to resume, run again: just study"), "{stderr}");
+}
+
+#[test]
+fn slurms_time_limit_warning_finishes_the_step_and_writes_a_checkpoint() {
+    // `sbatch --signal=USR1@120` (or USR2) sends it to the step: its default action would kill
+    // gptlab with no checkpoint.
+    for signal in [libc::SIGUSR1, libc::SIGUSR2] {
+        let tmp = tempfile::tempdir().unwrap();
+        stop_mid_run(tmp.path(), &[signal]);
+    }
+}
+
+/// Starts a long run under `dir`, sends `signals` mid-run, and checks it stopped cleanly: exit
+/// 130, status interrupted, a checkpoint at the last step written, the report of what exists.
+/// Returns its stderr.
+fn stop_mid_run(dir: &std::path::Path, signals: &[libc::c_int]) -> String {
     // Long enough to be mid-run when the signal comes.
     let spec = write_spec(
-        tmp.path(),
+        dir,
         "term.toml",
         &TINY_SPEC
             .replace("steps = 10", "steps = 3000")
@@ -293,42 +314,39 @@ fn sigterm_finishes_the_step_and_writes_a_checkpoint() {
         .arg("run")
         .arg(&spec)
         .arg("--runs-dir")
-        .arg(tmp.path().join("runs"))
+        .arg(dir.join("runs"))
         .arg("--reports-dir")
-        .arg(tmp.path().join("reports"))
+        .arg(dir.join("reports"))
         .arg("-q")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let metrics = tmp.path().join("runs/term/default/metrics.csv");
+    let metrics = dir.join("runs/term/default/metrics.csv");
     let started = std::time::Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 20 {
         assert!(started.elapsed().as_secs() < 120, "training did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // SAFETY: kill(2) on the child's pid sends SIGTERM and touches no memory.
-    // (The report of what exists is written on the way out.)
-    // Twice at once, as when `timeout` or Slurm signal the process group and `just` forwards
-    // the same signal: one event, still a clean stop.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    for &signal in signals {
+        // SAFETY: kill(2) on the child's pid sends a signal and touches no memory.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    // A wrapper's own command is named (the justfile sets it for `just study`).
-    assert!(stderr.contains("to resume, run again: just study"), "{stderr}");
-    let status = std::fs::read_to_string(tmp.path().join("runs/term/default/status.json")).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "signals {signals:?}: {stderr}");
+    let status = std::fs::read_to_string(dir.join("runs/term/default/status.json")).unwrap();
     assert!(status.contains("interrupted"), "{status}");
     let rows = std::fs::read_to_string(&metrics).unwrap().lines().count() - 1;
-    let ckpt = tmp.path().join(format!("runs/term/default/checkpoints/step_{rows:08}"));
+    let ckpt = dir.join(format!("runs/term/default/checkpoints/step_{rows:08}"));
     assert!(ckpt.is_dir(), "a checkpoint at the last step written ({rows})");
-    let page = std::fs::read_to_string(tmp.path().join("reports/term/index.html")).unwrap();
+    // (The report of what exists is written on the way out.)
+    let page = std::fs::read_to_string(dir.join("reports/term/index.html")).unwrap();
     assert!(
         page.contains(&format!("Not finished: default (interrupted after step {rows})")),
         "the report of what exists"
     );
+    stderr
 }
 
 #[test]
