@@ -121,10 +121,26 @@ pub(crate) struct RunArgs {
     /// Wait for runs another gptlab is training (default: skip them and exit 1 at the end).
     #[arg(long)]
     pub(crate) wait: bool,
-    /// Seconds a run's lock may go without a heartbeat before another gptlab takes it over
-    /// (this process refreshes its own every quarter of that).
+    #[command(flatten)]
+    pub(crate) lock: LockArgs,
+}
+
+#[derive(Args, Clone, Copy)]
+pub(crate) struct LockArgs {
+    /// Seconds a run's lock may go without a heartbeat before another gptlab takes it over (a
+    /// process or node that died); its holder refreshes it every quarter of that.
     #[arg(long, value_name = "SECONDS", default_value_t = gptlab::lock::DEFAULT_TIMEOUT.as_secs())]
     pub(crate) lock_timeout: u64,
+}
+
+impl LockArgs {
+    /// The timeout; zero is a usage error (every lock would be stale at once).
+    pub(crate) fn timeout(self) -> Result<std::time::Duration, gptlab::Error> {
+        match self.lock_timeout {
+            0 => Err(gptlab::Error::Usage("--lock-timeout must be at least 1".into())),
+            s => Ok(std::time::Duration::from_secs(s)),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -138,10 +154,9 @@ pub(crate) struct SubmitArgs {
     /// Print the scripts and the runs they would train; submit nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
-    /// Seconds a task's run lock may go without a heartbeat before another task takes it over
-    /// (a node that died).
-    #[arg(long, value_name = "SECONDS", default_value_t = gptlab::lock::DEFAULT_TIMEOUT.as_secs())]
-    pub(crate) lock_timeout: u64,
+    /// The tasks' lock timeout.
+    #[command(flatten)]
+    pub(crate) lock: LockArgs,
 }
 
 #[derive(Args)]

@@ -92,10 +92,8 @@ fn show_plan(file: &Path, select: &Select) -> Outcome {
 
 fn run(args: &RunArgs) -> Outcome {
     let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
-    if args.threads == Some(0) || args.jobs == 0 || args.lock_timeout == 0 {
-        return Err(Error::Usage(
-            "--threads, --jobs and --lock-timeout must be at least 1".into(),
-        ));
+    if args.threads == Some(0) || args.jobs == 0 {
+        return Err(Error::Usage("--threads and --jobs must be at least 1".into()));
     }
     let opts = SessionOptions {
         fresh: args.fresh,
@@ -106,7 +104,7 @@ fn run(args: &RunArgs) -> Outcome {
         reports_dir: (!args.no_report).then(|| args.out.reports_dir.clone()),
         stop: gptlab::interrupt::install(),
         wait: args.wait,
-        lock_timeout: std::time::Duration::from_secs(args.lock_timeout),
+        lock_timeout: args.lock.timeout()?,
     };
     let outcome = gptlab::session::train(&exp, &opts)?;
     if outcome.interrupted {
@@ -145,9 +143,6 @@ fn status(file: &Path, select: &Select, runs_dir: &Path) -> Outcome {
 }
 
 fn submit(args: &SubmitArgs) -> Outcome {
-    if args.lock_timeout == 0 {
-        return Err(Error::Usage("--lock-timeout must be at least 1".into()));
-    }
     let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
     let invocation = gptlab::slurm::Invocation {
@@ -158,7 +153,7 @@ fn submit(args: &SubmitArgs) -> Outcome {
         seeds: args.select.seeds,
         runs_dir: absolute(&args.out.runs_dir)?,
         reports_dir: absolute(&args.out.reports_dir)?,
-        lock_timeout: args.lock_timeout,
+        lock_timeout: args.lock.timeout()?.as_secs(),
     };
     let sub = gptlab::slurm::prepare(&exp, &invocation)?;
     for note in &sub.skipped {

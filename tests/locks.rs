@@ -14,36 +14,20 @@ use predicates::prelude::*;
 
 /// The tiny spec as experiment `locks`, with `extra` appended.
 fn spec(dir: &Path, extra: &str) -> PathBuf {
-    let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"locks\"\n");
-    common::write_spec(dir, "locks.toml", &format!("{text}{extra}"))
+    common::tiny_spec(dir, "locks", extra)
 }
 
 /// `gptlab run SPEC --runs-dir RUNS -q --no-report ARGS…`.
 fn run(spec: &Path, runs: &Path, args: &[&str]) -> assert_cmd::Command {
-    let mut cmd = common::gptlab();
-    cmd.args([
-        "run",
-        spec.to_str().unwrap(),
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "-q",
-        "--no-report",
-    ])
-    .args(args);
+    let mut cmd = common::quiet_run(spec, runs);
+    cmd.args(args);
     cmd
 }
 
 /// The same, started in the background with every step slowed to `ms`.
 fn spawn_slow(spec: &Path, runs: &Path, args: &[&str], ms: u64) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin("gptlab"))
-        .args([
-            "run",
-            spec.to_str().unwrap(),
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "-q",
-            "--no-report",
-        ])
+        .args(common::quiet_run_args(spec, runs))
         .args(args)
         .env("GPTLAB_SLOW_STEPS_MS", ms.to_string())
         .stdout(Stdio::null())

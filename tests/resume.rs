@@ -20,21 +20,11 @@ use predicates::prelude::*;
 /// 16 steps in two phases (8 → 16), checkpoints every 4 steps, phase ends at 10 and 16
 /// (`common::TINY_SPEC`), as experiment `res`.
 fn spec(dir: &Path, extra: &str) -> PathBuf {
-    let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"res\"\n");
-    common::write_spec(dir, "res.toml", &format!("{text}{extra}"))
+    common::tiny_spec(dir, "res", extra)
 }
 
 fn gptlab(spec: &Path, runs: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("gptlab").unwrap();
-    cmd.args([
-        "run",
-        spec.to_str().unwrap(),
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "-q",
-        "--no-report",
-    ]);
-    cmd
+    common::quiet_run(spec, runs)
 }
 
 fn losses(runs: &Path, run: &str) -> Vec<(usize, u32, Option<u32>)> {

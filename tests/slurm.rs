@@ -148,26 +148,59 @@ impl Drop for Cluster {
 
 /// The tiny spec as experiment `cluster`, with `extra` appended; one CPU per task.
 fn spec(dir: &Path, extra: &str) -> PathBuf {
-    let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"cluster\"\n");
-    let slurm = "[slurm]\ncpus_per_task = 1\ntime = \"10\"\n";
-    common::write_spec(dir, "cluster.toml", &format!("{text}{slurm}{extra}"))
+    common::tiny_spec(
+        dir,
+        "cluster",
+        &format!("[slurm]\ncpus_per_task = 1\ntime = \"10\"\n{extra}"),
+    )
 }
 
 /// Trains `spec` here, uninterrupted, under `dir/local`; its runs folder.
 fn local_run(spec: &Path, dir: &Path) -> PathBuf {
     let runs = dir.join("local");
-    common::gptlab()
-        .args([
-            "run",
-            spec.to_str().unwrap(),
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "-q",
-            "--no-report",
-        ])
-        .assert()
-        .success();
+    common::quiet_run(spec, &runs).assert().success();
     runs
+}
+
+/// A `gptlab submit` done: its folders, its jobs and what it printed.
+struct Submitted {
+    args: Vec<String>,
+    runs: PathBuf,
+    reports: PathBuf,
+    /// `runs/cluster/slurm/`: the scripts and the tasks' logs.
+    logs: PathBuf,
+    array: String,
+    report: String,
+    stdout: String,
+}
+
+/// `gptlab submit SPEC` into folders under `dir`, every step slowed to `slow_ms`.
+fn submit(cluster: &Cluster, spec: &Path, dir: &Path, slow_ms: u64) -> Submitted {
+    let (runs, reports) = (dir.join("runs"), dir.join("reports"));
+    let args: Vec<String> = [
+        "submit",
+        spec.to_str().unwrap(),
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--reports-dir",
+        reports.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.gptlab(&args_ref, slow_ms).assert().success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let (array, report) = job_ids(&stdout);
+    let logs = runs.join("cluster/slurm");
+    Submitted {
+        args,
+        runs,
+        reports,
+        logs,
+        array,
+        report,
+        stdout,
+    }
 }
 
 /// `(array job, report job)` from `gptlab submit`'s first line, "submitted job array 12 (…)
@@ -209,20 +242,16 @@ fn an_array_trains_every_run_like_a_local_run_and_the_report_job_runs() {
         "[[run]]\nname = \"abs\"\n[[run]]\nname = \"rope\"\nmodel.position = \"rope\"\n",
     );
     let local = local_run(&spec, dir.path());
-    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
-    let logs = runs.join("cluster/slurm");
-    let args = [
-        "submit",
-        spec.to_str().unwrap(),
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--reports-dir",
-        reports.to_str().unwrap(),
-    ];
-    let out = cluster.gptlab(&args, 0).assert().success();
-    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let Submitted {
+        args,
+        runs,
+        reports,
+        logs,
+        array,
+        report,
+        stdout,
+    } = submit(&cluster, &spec, dir.path(), 0);
     assert!(stdout.contains("2 tasks: abs, rope"), "{stdout}");
-    let (array, report) = job_ids(&stdout);
     cluster.wait_finished(&[&format!("{array}_0"), &format!("{array}_1"), &report], &logs);
 
     for run in ["abs", "rope"] {
@@ -253,6 +282,7 @@ fn an_array_trains_every_run_like_a_local_run_and_the_report_job_runs() {
         assert!(line.contains(&format!("{array}_{i}")), "{status}");
     }
     // Nothing left to submit.
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let again = cluster.gptlab(&args, 0).assert().success();
     let again = String::from_utf8_lossy(&again.get_output().stdout).into_owned();
     assert!(again.contains("nothing to submit"), "{again}");
@@ -264,18 +294,8 @@ fn a_task_preempted_and_requeued_again_and_again_ends_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), "");
     let local = local_run(&spec, dir.path());
-    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
-    let (run, logs) = (runs.join("cluster/default"), runs.join("cluster/slurm"));
-    let args = [
-        "submit",
-        spec.to_str().unwrap(),
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--reports-dir",
-        reports.to_str().unwrap(),
-    ];
-    let out = cluster.gptlab(&args, 250).assert().success();
-    let (array, _) = job_ids(&String::from_utf8_lossy(&out.get_output().stdout));
+    let Submitted { runs, logs, array, .. } = submit(&cluster, &spec, dir.path(), 250);
+    let run = runs.join("cluster/default");
     let task = format!("{array}_0");
 
     // Preempted twice at different steps: TERM to the job step, then requeued by hand.
@@ -323,18 +343,13 @@ fn two_tasks_for_one_run_never_train_it_at_once() {
     let cluster = Cluster::start(16_920);
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), "");
-    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
-    let (run, logs) = (runs.join("cluster/default"), runs.join("cluster/slurm"));
-    let args = [
-        "submit",
-        spec.to_str().unwrap(),
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--reports-dir",
-        reports.to_str().unwrap(),
-    ];
-    let out = cluster.gptlab(&args, 200).assert().success();
-    let (first, _) = job_ids(&String::from_utf8_lossy(&out.get_output().stdout));
+    let Submitted {
+        runs,
+        logs,
+        array: first,
+        ..
+    } = submit(&cluster, &spec, dir.path(), 200);
+    let run = runs.join("cluster/default");
     // The same array script again: a second task for the same run, side by side.
     let script = std::fs::read_dir(&logs)
         .unwrap()

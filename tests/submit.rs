@@ -11,9 +11,8 @@ use predicates::prelude::*;
 
 /// The tiny spec as experiment `sub` with runs `a` and `b`, and `slurm` as its `[slurm]` body.
 fn spec(dir: &Path, slurm: &str) -> PathBuf {
-    let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"sub\"\n");
     let runs = "[[run]]\nname = \"a\"\n[[run]]\nname = \"b\"\nmodel.position = \"rope\"\n";
-    common::write_spec(dir, "sub.toml", &format!("{text}[slurm]\n{slurm}{runs}"))
+    common::tiny_spec(dir, "sub", &format!("[slurm]\n{slurm}{runs}"))
 }
 
 fn dry_run(spec: &Path, out: &common::OutDirs, extra: &[&str]) -> String {

@@ -51,6 +51,27 @@ seq_len = 16
 steps = 6
 "#;
 
+/// [`TINY_SPEC`] as experiment `name` with `extra` appended, written to `dir/<name>.toml`.
+pub fn tiny_spec(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let text = TINY_SPEC.replace("[experiment]\n", &format!("[experiment]\nname = \"{name}\"\n"));
+    write_spec(dir, &format!("{name}.toml"), &format!("{text}{extra}"))
+}
+
+/// The arguments of a quiet training without a report: `run SPEC --runs-dir RUNS -q --no-report`.
+pub fn quiet_run_args(spec: &Path, runs: &Path) -> Vec<String> {
+    let (spec, runs) = (spec.display().to_string(), runs.display().to_string());
+    ["run", &spec, "--runs-dir", &runs, "-q", "--no-report"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `gptlab run SPEC --runs-dir RUNS -q --no-report`.
+pub fn quiet_run(spec: &Path, runs: &Path) -> assert_cmd::Command {
+    let mut cmd = gptlab();
+    cmd.args(quiet_run_args(spec, runs));
+    cmd
+}
+
 /// A config of `vocab` tokens at block size `block` with the options `arch`.
 pub fn config(vocab: usize, block: usize, arch: ModelOptions) -> ModelConfig {
     ModelConfig {
