@@ -468,11 +468,16 @@ struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
+    /// Notes how a run ended (workers call this from their own threads).
+    fn record(&self, note: impl FnOnce(&mut Ended)) {
+        note(&mut self.ended.lock().expect("not poisoned"));
+    }
+
     fn train<D: crate::model::Backend>(&self, dev: &D, p: &RunPlan) {
         let id = p.id();
         let fail = |why: String| {
             eprintln!("error: run `{id}` failed: {why}");
-            self.ended.lock().expect("not poisoned").failed.push(id.clone());
+            self.record(|e| e.failed.push(id.clone()));
         };
         let run_dir = RunDir::new(&p.dir);
         if let Err(e) = run_dir.create() {
@@ -498,7 +503,7 @@ impl Trainer<'_> {
             Readiness::Done(note) => return eprintln!("{note}"),
             Readiness::Failed(why) => {
                 eprintln!("{why}");
-                return self.ended.lock().expect("not poisoned").failed.push(id);
+                return self.record(|e| e.failed.push(id));
             }
         }
         let run_opts = RunOptions {
@@ -509,9 +514,9 @@ impl Trainer<'_> {
             Ok(run) => match run.status {
                 RunStatus::Diverged { step } => {
                     eprintln!("error: run `{id}` diverged at step {step} (non-finite loss); the other runs carry on");
-                    self.ended.lock().expect("not poisoned").failed.push(id);
+                    self.record(|e| e.failed.push(id));
                 }
-                RunStatus::Interrupted { .. } => self.ended.lock().expect("not poisoned").interrupted = true,
+                RunStatus::Interrupted { .. } => self.record(|e| e.interrupted = true),
                 _ => {}
             },
             Err(e) => {
@@ -546,7 +551,7 @@ impl Trainer<'_> {
                 )
             })?;
             if lock.is_none() {
-                self.ended.lock().expect("not poisoned").interrupted = true;
+                self.record(|e| e.interrupted = true);
             }
             return Ok(lock);
         }
@@ -557,7 +562,7 @@ impl Trainer<'_> {
                     "[{id}] skipped: another gptlab trains it ({}); `gptlab status` shows its progress, --wait waits for it",
                     holder.map_or_else(|| "its lock is being written".into(), |h| h.describe())
                 );
-                self.ended.lock().expect("not poisoned").busy.push(id);
+                self.record(|e| e.busy.push(id));
                 Ok(None)
             }
         }
