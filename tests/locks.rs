@@ -238,3 +238,41 @@ fn status_says_how_every_run_stands() {
         "{table}"
     );
 }
+
+#[test]
+fn a_process_whose_lock_was_taken_over_stops_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "");
+    let runs = dir.path().join("runs");
+    let run_dir = runs.join("locks/default");
+    let first = spawn_slow(&spec, &runs, &["--lock-timeout", "2"], 200);
+    wait_for(&run_dir.join("checkpoints/step_00000004"));
+    // As if this process had stalled past its timeout and another host had taken the run.
+    let usurper = LockHolder {
+        host: "node-elsewhere".into(),
+        pid: 4242,
+        start_time: None,
+        job: None,
+        acquired: now(),
+        heartbeat: now(),
+        timeout_s: 300,
+    };
+    std::fs::write(run_dir.join(".lock"), serde_json::to_vec(&usurper).unwrap()).unwrap();
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was taken over (now held by host node-elsewhere"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("stopped without writing more"), "{stderr}");
+    // The run is the new holder's: its lock stays, and no failure is written over its status.
+    let lock: LockHolder = serde_json::from_slice(&std::fs::read(run_dir.join(".lock")).unwrap()).unwrap();
+    assert_eq!(lock, usurper);
+    let status = std::fs::read_to_string(run_dir.join("status.json")).unwrap();
+    assert!(!status.contains("failed"), "{status}");
+    let rows = gptlab::run_dir::read_metrics(&run_dir.join("metrics.csv"))
+        .unwrap()
+        .len();
+    assert!(rows < 16, "it stopped part-way ({rows} rows)");
+}
