@@ -144,56 +144,26 @@ fn status(file: &Path, select: &Select, runs_dir: &Path) -> Outcome {
 
 fn submit(args: &SubmitArgs) -> Outcome {
     let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
-    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
-    let invocation = gptlab::slurm::Invocation {
-        gptlab: std::env::current_exe().context("finding the gptlab binary")?,
-        workdir: std::env::current_dir().context("reading the current folder")?,
-        spec: absolute(&args.file)?,
-        sets: args.select.sets.iter().map(|s| s.raw.clone()).collect(),
-        seeds: args.select.seeds,
-        runs_dir: absolute(&args.out.runs_dir)?,
-        reports_dir: absolute(&args.out.reports_dir)?,
-        lock_timeout: args.lock.timeout()?.as_secs(),
-    };
+    let sets: Vec<String> = args.select.sets.iter().map(|s| s.raw.clone()).collect();
+    let invocation = gptlab::slurm::Invocation::here(
+        &args.file,
+        sets,
+        args.select.seeds,
+        (&args.out.runs_dir, &args.out.reports_dir),
+        args.lock.timeout()?,
+    )?;
     let sub = gptlab::slurm::prepare(&exp, &invocation)?;
     for note in &sub.skipped {
         eprintln!("not submitted: {note}");
     }
     if sub.tasks.is_empty() {
-        println!(
-            "{}: nothing to submit ({} runs selected, none left to train); `gptlab report {}` writes the report",
-            sub.experiment,
-            exp.selected().len(),
-            args.file.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+        println!("{}", sub.nothing_to_submit(&args.file));
+    } else if args.dry_run {
+        print!("{}", sub.dry_run());
+    } else {
+        let done = gptlab::slurm::submit(&sub)?;
+        println!("{}", done.announce(&sub, &invocation));
     }
-    let n = sub.tasks.len();
-    let tasks = format!("{n} task{}: {}", if n == 1 { "" } else { "s" }, sub.tasks.join(", "));
-    if args.dry_run {
-        println!("# {tasks}");
-        println!("# --- job array (sbatch {}/array-<time>.sbatch)", sub.dir.display());
-        print!("{}", sub.array_script);
-        println!(
-            "# --- report job (sbatch --dependency=afterany:<array job id> {}/report-<time>.sbatch)",
-            sub.dir.display()
-        );
-        print!("{}", sub.report_script);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let done = gptlab::slurm::submit(&sub)?;
-    println!(
-        "submitted job array {} ({tasks}) and report job {} (after the array ends)",
-        done.array, done.report
-    );
-    println!(
-        "watch: {} (or squeue -j {},{}); logs: {}/{}_*.out",
-        invocation.command("status"),
-        done.array,
-        done.report,
-        sub.dir.display(),
-        done.array
-    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -81,6 +81,36 @@ pub fn prepare(exp: &Experiment, inv: &Invocation) -> Result<Submission, Error> 
     })
 }
 
+impl Submission {
+    /// "2 tasks: abs, rope".
+    fn tasks_phrase(&self) -> String {
+        let n = self.tasks.len();
+        format!("{n} task{}: {}", if n == 1 { "" } else { "s" }, self.tasks.join(", "))
+    }
+
+    /// What `--dry-run` prints: the tasks and both scripts, with where they would be written.
+    pub fn dry_run(&self) -> String {
+        let dir = self.dir.display();
+        format!(
+            "# {}\n# --- job array (sbatch {dir}/array-<time>.sbatch)\n{}\
+             # --- report job (sbatch --dependency=afterany:<array job id> {dir}/report-<time>.sbatch)\n{}",
+            self.tasks_phrase(),
+            self.array_script,
+            self.report_script
+        )
+    }
+
+    /// The line for a submission with no task left (`spec` as the user named it).
+    pub fn nothing_to_submit(&self, spec: &Path) -> String {
+        format!(
+            "{}: nothing to submit ({} runs selected, none left to train); `gptlab report {}` writes the report",
+            self.experiment,
+            self.tasks.len() + self.skipped.len(), // every selected run is one or the other
+            spec.display()
+        )
+    }
+}
+
 /// The jobs a submission became.
 #[derive(Clone, Debug)]
 pub struct Submitted {
@@ -90,6 +120,21 @@ pub struct Submitted {
     pub report: String,
     /// The scripts as submitted.
     pub scripts: [PathBuf; 2],
+}
+
+impl Submitted {
+    /// What `gptlab submit` says once submitted: the job ids, how to watch them, the logs.
+    pub fn announce(&self, sub: &Submission, inv: &Invocation) -> String {
+        format!(
+            "submitted job array {array} ({}) and report job {report} (after the array ends)\n\
+             watch: {} (or squeue -j {array},{report}); logs: {}/{array}_*.out",
+            sub.tasks_phrase(),
+            inv.command("status"),
+            sub.dir.display(),
+            array = self.array,
+            report = self.report,
+        )
+    }
 }
 
 /// Writes the scripts under `sub.dir` and submits them with `sbatch`: the array, then the

@@ -28,6 +28,30 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// Tasks that run this very binary, in the current folder, on `spec` with `sets` and
+    /// `seeds`, writing to `dirs` (runs, reports); every path made absolute, since tasks start
+    /// elsewhere.
+    pub fn here(
+        spec: &Path,
+        sets: Vec<String>,
+        seeds: Option<usize>,
+        dirs: (&Path, &Path),
+        lock_timeout: std::time::Duration,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+        Ok(Self {
+            gptlab: std::env::current_exe().context("finding the gptlab binary")?,
+            workdir: std::env::current_dir().context("reading the current folder")?,
+            spec: absolute(spec)?,
+            sets,
+            seeds,
+            runs_dir: absolute(dirs.0)?,
+            reports_dir: absolute(dirs.1)?,
+            lock_timeout: lock_timeout.as_secs(),
+        })
+    }
+
     /// `gptlab <command> SPEC --set … --seeds N --runs-dir …`, quoted for a shell.
     pub fn command(&self, command: &str) -> String {
         let mut args = vec![
