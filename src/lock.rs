@@ -80,6 +80,11 @@ impl LockHolder {
         unix_now().saturating_sub(self.heartbeat)
     }
 
+    /// [`LockHolder::describe`] of a lock's holder, or what an unreadable lock means.
+    pub fn describe_or_unknown(holder: Option<&Self>) -> String {
+        holder.map_or_else(|| "its lock is being written".into(), Self::describe)
+    }
+
     /// "host node7, pid 4242 (Slurm job 123_4), heartbeat 12 s ago".
     pub fn describe(&self) -> String {
         let job = self
@@ -143,11 +148,7 @@ pub fn inspect(path: &Path) -> LockState {
         },
         // An older gptlab's lock (a pid), or a file being replaced: judged by its age.
         Err(_) => {
-            let age = fs::metadata(path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .unwrap_or_default();
+            let age = age(path).unwrap_or_default();
             if age > DEFAULT_TIMEOUT {
                 LockState::Stale(format!("it is unreadable and {} s old", age.as_secs()))
             } else {
@@ -285,11 +286,7 @@ impl Drop for RunLock {
 fn take_over(path: &Path, what: &str) -> Result<()> {
     let guard = with_suffix(path, ".takeover");
     if !link_new(&guard, &LockHolder::me(TAKEOVER_GUARD_TIMEOUT))? {
-        let age = fs::metadata(&guard)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok());
-        if age.is_some_and(|a| a > TAKEOVER_GUARD_TIMEOUT) {
+        if age(&guard).is_some_and(|a| a > TAKEOVER_GUARD_TIMEOUT) {
             let _ = fs::remove_file(&guard);
         } else {
             std::thread::sleep(Duration::from_millis(50));
@@ -340,6 +337,12 @@ fn replace(path: &Path, holder: &LockHolder) -> Result<()> {
     let tmp = unique_tmp(path);
     crate::fsio::write_synced(&tmp, &serde_json::to_vec(holder)?)?;
     fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// How long ago `path` was last written (`None` if it cannot be read or is in the future).
+fn age(path: &Path) -> Option<Duration> {
+    let modified = fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    SystemTime::now().duration_since(modified).ok()
 }
 
 fn read_holder(path: &Path) -> Option<LockHolder> {

@@ -16,7 +16,8 @@ pub struct RunSummary {
     pub seed: Option<u64>,
     /// What sets it apart, e.g. `position=rope`.
     pub differs: String,
-    /// `complete`, `running`, `interrupted`, `diverged` or `not started`.
+    /// `complete`, or how far it got ([`status_word`]: `not started`, `running on …`,
+    /// `interrupted after step 8`, `diverged at step 8`, `failed after step 8: …`).
     pub status: String,
     /// Steps recorded.
     pub steps: usize,

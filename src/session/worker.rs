@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use super::SessionOptions;
-use crate::lock::{Claim, RunLock};
+use crate::lock::{Claim, LockHolder, RunLock};
 use crate::plan::RunPlan;
 use crate::run_dir::{RunDir, RunStatus};
 use crate::train::{RunOptions, train_run};
@@ -147,7 +147,7 @@ impl Trainer<'_> {
             let lock = RunLock::acquire_waiting(&path, timeout, &what, &self.opts.stop, |holder| {
                 eprintln!(
                     "[{id}] waiting: another gptlab trains it ({})",
-                    holder.map_or_else(|| "its lock is being written".into(), |h| h.describe())
+                    LockHolder::describe_or_unknown(holder)
                 )
             })?;
             if lock.is_none() {
@@ -160,7 +160,7 @@ impl Trainer<'_> {
             Claim::Busy(holder) => {
                 eprintln!(
                     "[{id}] skipped: another gptlab trains it ({}); `gptlab status` shows its progress, --wait waits for it",
-                    holder.map_or_else(|| "its lock is being written".into(), |h| h.describe())
+                    LockHolder::describe_or_unknown(holder.as_ref())
                 );
                 self.record(|e| e.busy.push(id));
                 Ok(None)
