@@ -218,7 +218,7 @@ pub struct Loaded {
 /// Reads `dir` and checks both checksums; any mismatch or missing file is an error.
 pub fn read(dir: &Path) -> Result<Loaded> {
     let meta_path = dir.join("meta.json");
-    let text = fs::read_to_string(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?;
+    let text = crate::fsio::read_text_capped(&meta_path, crate::fsio::MAX_META_BYTES, "checkpoint metadata")?;
     // The layout version first, so a checkpoint of another gptlab says so instead of failing
     // to parse as if it were corrupt.
     let format = serde_json::from_str::<serde_json::Value>(&text)
@@ -356,5 +356,9 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
 
 /// The metadata of a checkpoint folder, unverified (for listing and pruning).
 pub fn read_meta(dir: &Path) -> Option<Meta> {
-    serde_json::from_str(&fs::read_to_string(dir.join("meta.json")).ok()?).ok()
+    let path = dir.join("meta.json");
+    serde_json::from_str(
+        &crate::fsio::read_text_capped(&path, crate::fsio::MAX_META_BYTES, "checkpoint metadata").ok()?,
+    )
+    .ok()
 }

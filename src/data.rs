@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +85,7 @@ pub struct Corpus {
 impl Corpus {
     /// Reads a UTF-8 text file and splits it.
     pub fn load(path: &Path, val_fraction: f64) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading corpus {}", path.display()))?;
+        let text = crate::fsio::read_text_capped(path, u64::MAX, "the corpus")?;
         Ok(Self::from_text(&text, val_fraction))
     }
 

@@ -26,9 +26,12 @@ pub fn sync_dir(dir: &Path) {
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed, so a
 /// reader sees the old contents or the new, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // A name of this process's and this call's own: two processes (or threads) writing one
+    // file at once each rename a whole file into place instead of interleaving in one tmp.
     let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        "{}.{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        unique_suffix()
     ));
     write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
@@ -36,6 +39,193 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         sync_dir(dir);
     }
     Ok(())
+}
+
+/// A folder written as a set: files go into a staging folder beside `dir`, and
+/// [`StagedDir::publish`] swaps it in whole, so a reader (or a second writer) sees the old
+/// folder or the new one, never files of both. Two writers publishing at once each swap in a
+/// complete folder; the last swap wins.
+pub struct StagedDir {
+    dir: std::path::PathBuf,
+    staging: std::path::PathBuf,
+}
+
+impl StagedDir {
+    /// A new empty staging folder for `dir`.
+    pub fn new(dir: &Path) -> Result<Self> {
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = parent.join(format!(".{name}.staging-{}", unique_suffix()));
+        fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            staging,
+        })
+    }
+
+    /// Where to write the files.
+    pub fn path(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Puts the staged folder in place of `dir` (atomically where the file system can
+    /// exchange two names, as Linux's local file systems and NFS can) and removes the old one.
+    pub fn publish(self) -> Result<()> {
+        let old = self.staging.with_file_name(format!(
+            "{}.old",
+            self.staging.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        for _ in 0..100 {
+            match fs::rename(&self.staging, &self.dir) {
+                Ok(()) => {
+                    sync_dir(self.dir.parent().unwrap_or(Path::new(".")));
+                    return Ok(());
+                }
+                // `dir` exists (and is not empty): swap the two.
+                Err(_) if self.dir.is_dir() => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("renaming {} to {}", self.staging.display(), self.dir.display()));
+                }
+            }
+            if exchange(&self.staging, &self.dir).is_ok() {
+                // `staging` now holds the old folder.
+                fs::remove_dir_all(&self.staging)
+                    .with_context(|| format!("removing the old {}", self.staging.display()))?;
+                return Ok(());
+            }
+            // No exchange on this file system: move the old folder aside, then rename. A
+            // writer racing here finds `dir` gone or back and tries again.
+            if fs::rename(&self.dir, &old).is_ok() {
+                let _ = fs::remove_dir_all(&old);
+            }
+        }
+        anyhow::bail!(
+            "could not put {} in place of {} (another process kept replacing it)",
+            self.staging.display(),
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        // Not published (an error on the way): nothing half-written is left beside `dir`.
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Exchanges the names `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths that live across the call; AT_FDCWD makes
+    // them relative to the working directory, as the rest of gptlab's paths are.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// `<pid>-<n>`: unique among the temporary names this process makes.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The most a spec file may hold (a spec is a page of settings, not data).
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+/// The most a metadata file gptlab reads may hold (`meta.json`, `vocab.json`, `config.json`,
+/// `status.json`, `provenance.json`).
+pub const MAX_META_BYTES: u64 = 64 << 20;
+
+/// Reads `path` whole when it is a regular file (symbolic links followed) of at most `max`
+/// bytes; `what` names it in the error. A device (`/dev/zero`), a FIFO or a folder would be
+/// read without end or not at all, so they are refused before a byte is read; the cap is
+/// checked again while reading, for a file that grows.
+pub fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "{what} {} is not a regular file ({}); give the path of a file",
+            path.display(),
+            kind_of(&meta)
+        );
+    }
+    let too_big = || {
+        anyhow::anyhow!(
+            "{what} {} is larger than the {} bytes allowed for it",
+            path.display(),
+            max
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    fs::File::open(path)
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_text_capped(path: &Path, max: u64, what: &str) -> Result<String> {
+    let bytes = read_capped(path, max, what)?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} {} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// What a non-regular file is, in words.
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    }
 }
 
 /// SHA-256 of `bytes`, as lowercase hex.

@@ -138,7 +138,15 @@ fn run(args: &RunArgs) -> Outcome {
 
 fn status(file: &Path, select: &Select, runs_dir: &Path) -> Outcome {
     let exp = load(file, select, runs_dir)?;
-    println!("{}", gptlab::status::table(&exp));
+    let table = gptlab::status::table(&exp);
+    println!("{}", table.text);
+    if table.other_settings > 0 {
+        eprintln!(
+            "error: {} run(s) hold results trained with other settings than the spec gives (state other-settings);              `gptlab run --fresh` retrains them, or --set experiment.name=<new name> keeps both",
+            table.other_settings
+        );
+        return Ok(ExitCode::from(2));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,8 +182,17 @@ fn report(args: &ReportArgs) -> Outcome {
         .map(|f| load(f, &args.select, &args.out.runs_dir))
         .collect::<Result<_, _>>()?;
     let exps: Vec<&Experiment> = exps.iter().collect();
-    let page = gptlab::session::report_all(&exps, &args.out.reports_dir, false, !args.no_samples)?;
-    println!("report: {}", page.display());
+    let written = gptlab::session::report_all(&exps, &args.out.reports_dir, false, !args.no_samples)?;
+    println!("report: {}", written.page().display());
+    if !written.other_settings.is_empty() {
+        // The page is written, without them; the exit code says not all was reported, as `run`
+        // refuses such runs with exit 2.
+        eprintln!(
+            "error: {} run(s) were trained with other settings than the spec gives and are left out;              `gptlab run --fresh` retrains them, or --set experiment.name=<new name> keeps both",
+            written.other_settings.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -146,7 +146,7 @@ impl Arch {
     /// does not know, a Mixture-of-Experts model, a missing or mistyped field and a shape
     /// that cannot exist are errors naming the field, never a number.
     pub fn from_hf_config(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::fsio::read_text_capped(path, crate::fsio::MAX_META_BYTES, "the model config")?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         let file = path.display();
         // The first key present must be a whole number; absent is None.

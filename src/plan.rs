@@ -391,10 +391,10 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
         let loaded = corpora
             .entry((data_path.clone(), c.data.val_fraction.to_bits()))
             .or_insert_with(|| {
-                let bytes =
-                    std::fs::read(&data_path).map_err(|e| format!("cannot read {}: {e}", data_path.display()))?;
+                // No cap on a corpus's size, but it must be a regular file: `/dev/zero` would
+                // be read for ever.
                 let text =
-                    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", data_path.display()))?;
+                    crate::fsio::read_text_capped(&data_path, u64::MAX, "the corpus").map_err(|e| format!("{e:#}"))?;
                 let sha = crate::fsio::sha256_hex(text.as_bytes());
                 Ok((Arc::new(Corpus::from_text(&text, c.data.val_fraction)), sha))
             });

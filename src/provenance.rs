@@ -40,7 +40,7 @@ pub struct SessionInfo {
 impl SessionInfo {
     /// This process's command line, and the spec at `spec` (hashed now).
     pub fn new(spec: &Path, device: &str) -> Self {
-        let bytes = std::fs::read(spec).unwrap_or_default();
+        let bytes = crate::fsio::read_capped(spec, crate::fsio::MAX_SPEC_BYTES, "the spec").unwrap_or_default();
         Self {
             command: std::env::args().collect(),
             spec_file: spec.display().to_string(),

@@ -5,11 +5,20 @@
 use std::time::SystemTime;
 
 use crate::provenance::utc;
-use crate::run_dir::{RunDir, RunState};
+use crate::run_dir::{RunDir, RunState, StateKind};
 use crate::session::Experiment;
 
+/// What `gptlab status` shows.
+pub struct StatusTable {
+    /// The table, a line per run.
+    pub text: String,
+    /// Runs whose results were trained with other settings than the spec gives.
+    pub other_settings: usize,
+}
+
 /// The status table of the selected runs of `exp`.
-pub fn table(exp: &Experiment) -> String {
+pub fn table(exp: &Experiment) -> StatusTable {
+    let mut other_settings = 0;
     let now = SystemTime::now();
     let mut rows: Vec<[String; 7]> = vec![[
         "run".into(),
@@ -22,19 +31,26 @@ pub fn table(exp: &Experiment) -> String {
     ]];
     for p in exp.selected() {
         let total = p.schedule.total_steps();
-        let state = RunDir::new(&p.dir).state(total);
+        let mut state = RunDir::new(&p.dir).state(total);
+        let diff = p.differs_from_checkpoint();
+        if !diff.is_empty() && state.kind != StateKind::Running {
+            (state.kind, state.note) = (StateKind::OtherSettings, Some(diff.join("; ")));
+            other_settings += 1;
+        }
         rows.push(row(&p.id(), &state, total, now));
     }
     let widths: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
-    rows.iter()
+    let text = rows
+        .iter()
         .map(|r| {
             let cells: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
             cells.join("  ").trim_end().to_string()
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    StatusTable { text, other_settings }
 }
 
 fn row(id: &str, s: &RunState, total: usize, now: SystemTime) -> [String; 7] {

@@ -242,19 +242,49 @@ pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
     rows
 }
 
+/// Whether a seed that is not complete never will be by training on (it diverged, or its
+/// results are of other settings): then "yet" would be a false promise.
+fn final_state(status: &str) -> bool {
+    status.starts_with("diverged") || status.starts_with("trained with other settings")
+}
+
+/// A seed that is left out, and why: `seed 5: diverged at step 20 (validation loss NaN)`.
+fn left_out(s: &RunSummary) -> String {
+    match s.seed {
+        Some(seed) => format!("seed {seed}: {}", s.status),
+        None => s.status.clone(),
+    }
+}
+
 /// The verdict: one sentence per other run on the headline loss (final validation loss),
-/// and what kept a run out of it.
-pub fn verdict(runs: &[RunAggregate], comparison: &[ComparisonRow], base: Option<&str>) -> Vec<String> {
+/// and what kept a run or a seed out of it, named seed by seed.
+pub fn verdict(
+    runs: &[RunAggregate],
+    summaries: &[RunSummary],
+    comparison: &[ComparisonRow],
+    base: Option<&str>,
+) -> Vec<String> {
     let Some(base) = base else {
         return vec!["No run has finished: nothing to compare yet.".into()];
     };
     if runs.len() < 2 {
         return vec![format!("One run ({base}): nothing to compare it with.")];
     }
+    let groups = by_run(summaries);
+    let seeds_of = |run: &str| groups.iter().find(|(r, _)| r == run).map_or(&[][..], |(_, s)| &s[..]);
+    let never = |run: &str| {
+        let seeds = seeds_of(run);
+        !seeds.is_empty() && seeds.iter().all(|s| final_state(&s.status))
+    };
     let mut out = vec![];
     for r in runs.iter().filter(|r| r.run != base) {
         match comparison.iter().find(|c| c.run == r.run && c.loss == LOSSES[0].key) {
             Some(c) => out.push(format!("{}.", c.sentence)),
+            None if never(&r.run) || never(base) => out.push(format!(
+                "{} cannot be compared with {base}: no seed of {} completed, and none will by training on (below).",
+                r.run,
+                if never(&r.run) { &r.run } else { base },
+            )),
             None => out.push(format!(
                 "{} cannot be compared with {base} yet: they share no complete seed with a validation loss.",
                 r.run
@@ -262,9 +292,22 @@ pub fn verdict(runs: &[RunAggregate], comparison: &[ComparisonRow], base: Option
         }
     }
     for r in runs.iter().filter(|r| r.complete < r.seeds) {
+        let out_seeds: Vec<String> = seeds_of(&r.run)
+            .iter()
+            .filter(|s| s.status != "complete")
+            .map(|s| left_out(s))
+            .collect();
+        let used = match r.complete {
+            0 => "none is in the figures above".to_string(),
+            1 => "the figures above use the one complete".to_string(),
+            _ => "the figures above use those".to_string(),
+        };
         out.push(format!(
-            "{}: {} of {} seeds complete; the figures above use those.",
-            r.run, r.complete, r.seeds
+            "{}: {} of {} seeds complete; {used}. Left out: {}.",
+            r.run,
+            r.complete,
+            r.seeds,
+            out_seeds.join("; ")
         ));
     }
     out

@@ -170,6 +170,7 @@ pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
             .configure_mesh()
             .x_desc("evaluation length (tokens, log₂ scale)")
             .y_desc("validation loss (nats per character)")
+            .y_label_formatter(&|y| super::plot::tick(*y))
             .x_labels(((x1 - x0).ceil() as usize + 1).max(2))
             .x_label_formatter(&|x| {
                 let i = x.round();
@@ -254,6 +255,7 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
             .configure_mesh()
             .x_desc("position in the window")
             .y_desc("mean loss at the position (nats per character)")
+            .y_label_formatter(&|y| super::plot::tick(*y))
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(WHITE.mix(0.0))

@@ -25,7 +25,7 @@ pub use summary::{LAST_N, RunSummary, median, summarise};
 use crate::fsio::write_atomic;
 use crate::model::Backend;
 use crate::plan::RunPlan;
-use crate::run_dir::{MetricsRow, RunDir};
+use crate::run_dir::{MetricsRow, RunDir, StateKind};
 
 /// What the report of one experiment produced.
 #[derive(Debug)]
@@ -34,6 +34,16 @@ pub struct Report {
     pub dir: PathBuf,
     /// Runs that have not finished (incomplete, interrupted, diverged or not started).
     pub unfinished: Vec<String>,
+    /// Runs whose results were trained with other settings than the spec gives, and how they
+    /// differ: shown with their status, left out of every aggregate and of the verdict.
+    pub other_settings: Vec<String>,
+}
+
+impl Report {
+    /// The page, `index.html`.
+    pub fn page(&self) -> PathBuf {
+        self.dir.join("index.html")
+    }
 }
 
 /// Phase boundaries of the runs, labelled with the sequence-length change.
@@ -175,8 +185,25 @@ pub struct ReportInput<'a> {
     pub with_samples: bool,
 }
 
-/// Writes the report of `input.plans` into `input.dir`.
+/// Writes the report of `input.plans` into `input.dir`, as a set: it is drawn in a staging
+/// folder and swapped in whole, so two reports written at once (a Slurm report job and a
+/// manual one, two runs of one experiment ending together) leave one report, never a mix.
 pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
+    let staged = crate::fsio::StagedDir::new(input.dir)?;
+    let mut report = draw_report(
+        dev,
+        &ReportInput {
+            dir: staged.path(),
+            ..*input
+        },
+    )?;
+    staged.publish()?;
+    report.dir = input.dir.to_path_buf();
+    Ok(report)
+}
+
+/// Draws the report of `input.plans` into the (empty) folder `input.dir`.
+fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
     let ReportInput {
         title: experiment,
         plans,
@@ -193,27 +220,32 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
     let mut curve_runs: Vec<String> = vec![]; // the run of each curve
     let mut unfinished = vec![];
     let mut run_notes = vec![];
+    let mut other_settings = vec![];
     for p in plans {
         let run_dir = RunDir::new(&p.dir);
         let mut rows = run_dir.read_metrics()?;
-        // Results of other settings than the spec now gives must not pass as its results.
+        let total = p.schedule.total_steps();
+        let state = run_dir.state(total);
+        // Results of other settings than the spec now gives must not pass as its results: their
+        // status says so, which keeps them out of every aggregate and of the verdict.
         let diff = p.differs_from_checkpoint();
-        if !diff.is_empty() {
+        let status = if diff.is_empty() {
+            summary::status_word(&state, &rows, total)
+        } else {
+            let what = format!("{}: {}", p.id(), diff.join("; "));
             run_notes.push(format!(
-                "Run {} was trained with other settings than this spec gives: {}.",
-                p.id(),
-                diff.join("; ")
+                "Left out of the verdict and every aggregate: run {what} (it was trained with other settings than this spec gives)."
             ));
-        }
-        if !rows.is_empty() && run_dir.checkpoints().is_empty() {
+            other_settings.push(what);
+            format!("trained with other settings ({})", diff.join("; "))
+        };
+        if !rows.is_empty() && run_dir.checkpoints().is_empty() && state.kind != StateKind::Diverged {
             run_notes.push(format!(
                 "Run {} has metrics but no checkpoint (deleted?): it has no samples and cannot be resumed.",
                 p.id()
             ));
         }
-        let total = p.schedule.total_steps();
-        let status = summary::status_word(&run_dir.state(total), rows.len(), total);
-        if status != "complete" {
+        if status != "complete" && diff.is_empty() {
             unfinished.push(format!("{} ({status})", p.id()));
         }
         let series = plot::Series {
@@ -300,7 +332,7 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
         .as_deref()
         .map(|b| compare::compare(&summaries, b))
         .unwrap_or_default();
-    let mut verdict = compare::verdict(&aggregates, &comparison, base.as_deref());
+    let mut verdict = compare::verdict(&aggregates, &summaries, &comparison, base.as_deref());
     let by_length = lengths::write(dir, experiment, plans)?;
     verdict.extend(by_length.sentences.iter().cloned());
 
@@ -321,6 +353,12 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
     md.push_str(&tables.markdown());
     if !unfinished.is_empty() {
         md.push_str(&format!("\nNot finished: {}.\n", unfinished.join(", ")));
+    }
+    if !other_settings.is_empty() {
+        md.push_str(&format!(
+            "\nLeft out (trained with other settings than this spec gives): {}.\n",
+            other_settings.join(", ")
+        ));
     }
     write_atomic(&dir.join("summary.md"), md.as_bytes())?;
 
@@ -432,7 +470,12 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
     }
     let specs: Vec<(String, String)> = specs
         .iter()
-        .map(|s| (s.display().to_string(), std::fs::read_to_string(s).unwrap_or_default()))
+        .map(|s| {
+            (
+                s.display().to_string(),
+                crate::fsio::read_text_capped(s, crate::fsio::MAX_SPEC_BYTES, "the spec").unwrap_or_default(),
+            )
+        })
         .collect();
     let page = html::page(&html::Page {
         experiment,
@@ -449,6 +492,7 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
     Ok(Report {
         dir: dir.to_path_buf(),
         unfinished,
+        other_settings,
     })
 }
 

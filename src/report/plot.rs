@@ -115,6 +115,21 @@ pub(super) fn padded(lo: f64, hi: f64) -> (f64, f64) {
     (lo - 0.05 * span, hi + 0.05 * span)
 }
 
+/// A y tick label that fits its axis: plain for ordinary losses, scientific notation for a
+/// curve that ran off to 1e16 (a diverging run) or down to 1e-5.
+pub(super) fn tick(y: f64) -> String {
+    let a = y.abs();
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        format!("{y:.1e}")
+    } else if a >= 100.0 {
+        format!("{y:.0}")
+    } else {
+        let s = format!("{y:.3}");
+        let s = s.trim_end_matches('0');
+        s.trim_end_matches('.').to_string()
+    }
+}
+
 pub(super) fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing: {e}")
 }
@@ -150,6 +165,7 @@ pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smooth
             .x_desc("step")
             .y_desc("loss (nats per character)")
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .y_label_formatter(&|y| tick(*y))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(WHITE.mix(0.0))
             .draw()
@@ -298,6 +314,7 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
             .configure_mesh()
             .x_desc(c.x_label.as_str())
             .y_desc(c.y_label.as_str())
+            .y_label_formatter(&|y| tick(*y))
             .axis_desc_style(("sans-serif", 14))
             .x_labels(n)
             .x_label_formatter(&move |x| {

@@ -73,10 +73,11 @@ pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<Checkpoint
                 )
             })
             .collect();
-        let cached: Vec<Sample> = std::fs::read_to_string(&cache)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let cached: Vec<Sample> =
+            crate::fsio::read_text_capped(&cache, crate::fsio::MAX_META_BYTES, "the samples cache")
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
         let matches = |c: &Sample, (p, o): &(String, SampleOptions)| {
             &c.prompt == p
                 && c.max_new_tokens == o.max_new_tokens

@@ -73,10 +73,13 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// A run's state as the page says it: `complete` only when every step's row is there too.
-pub fn status_word(state: &RunState, rows: usize, total: usize) -> String {
+/// A run's state as the page says it: `complete` only when every step's row is there too
+/// (a non-finite loss in the rows is already a divergence in [`RunState`]).
+pub fn status_word(state: &RunState, rows: &[MetricsRow], total: usize) -> String {
     match state.kind {
-        StateKind::Complete if rows < total => format!("incomplete ({rows} of {total} metrics rows)"),
+        StateKind::Complete if rows.len() < total => {
+            format!("incomplete ({} of {total} metrics rows)", rows.len())
+        }
         _ => state.phrase(),
     }
 }
@@ -91,6 +94,17 @@ pub fn summarise(
     total_steps: usize,
     params: usize,
 ) -> RunSummary {
+    // The final losses are the last rows' as they are: a non-finite one is no value (None),
+    // never the last finite one before it.
+    // A diverged run has no final loss: its last finite one is from before it broke.
+    let diverged = status.starts_with("diverged");
+    let finite = |x: f64| (x.is_finite() && !diverged).then_some(x);
+    let last_train = rows.last().and_then(|r| finite(r.train_loss as f64));
+    let last_val = rows
+        .iter()
+        .rev()
+        .find_map(|r| r.val_loss)
+        .and_then(|v| finite(v as f64));
     let train: Vec<f64> = rows
         .iter()
         .map(|r| r.train_loss as f64)
@@ -111,10 +125,10 @@ pub fn summarise(
         steps: rows.len(),
         total_steps,
         params,
-        final_train_loss: train.last().copied(),
+        final_train_loss: last_train,
         train_loss_last50: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
         best_train_loss: min(train.iter().copied()),
-        final_val_loss: val.last().copied(),
+        final_val_loss: last_val,
         best_val_loss: min(val.iter().copied()),
         tokens_per_s: median(rows.iter().map(|r| r.tokens_per_s).collect()),
         train_s: rows.iter().map(|r| r.step_ms).filter(|x| x.is_finite()).sum::<f64>() / 1e3,

@@ -197,3 +197,15 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         .map(|(i, r)| r.with_context(|| format!("{}: row {}", path.display(), i + 2)))
         .collect()
 }
+
+/// The first row whose training or validation loss is not finite: its step and which loss.
+pub fn first_non_finite(rows: &[MetricsRow]) -> Option<(usize, String)> {
+    rows.iter().find_map(|r| {
+        if !r.train_loss.is_finite() {
+            Some((r.step, format!("training loss {}", r.train_loss)))
+        } else {
+            let v = r.val_loss.filter(|v| !v.is_finite())?;
+            Some((r.step, format!("validation loss {v}")))
+        }
+    })
+}

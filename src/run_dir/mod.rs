@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use eval::{EvalRow, PositionRow, write_rows};
-pub use metrics::{HEADER as METRICS_HEADER, MetricsRow, MetricsWriter, read_metrics};
+pub use metrics::{HEADER as METRICS_HEADER, MetricsRow, MetricsWriter, first_non_finite, read_metrics};
 pub use state::{RunState, StateKind};
 
 use crate::checkpoint::{self, Meta, OptimizerState};
@@ -41,10 +41,15 @@ pub enum RunStatus {
         /// Total steps.
         step: usize,
     },
-    /// The loss became non-finite at `step`; the weights before it are the last good ones.
+    /// A loss became non-finite at `step` (the training loss, the validation loss or a loss of
+    /// an `[eval]` length); the weights before it are the last good ones.
     Diverged {
         /// The step whose loss was not finite.
         step: usize,
+        /// Which loss, e.g. `validation loss NaN` (absent in status files of older gptlab
+        /// versions, which only watched the training loss).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
     },
     /// Stopped on request (Ctrl-C, SIGTERM from Slurm) after `step`, with a checkpoint there.
     Interrupted {
@@ -133,7 +138,7 @@ impl RunDir {
 
     /// `status.json`, if there is a readable one.
     pub fn read_status(&self) -> Option<RunStatus> {
-        let text = std::fs::read_to_string(self.status_path()).ok()?;
+        let text = crate::fsio::read_text_capped(&self.status_path(), crate::fsio::MAX_META_BYTES, "status").ok()?;
         serde_json::from_str(&text).ok()
     }
 
@@ -144,10 +149,14 @@ impl RunDir {
 
     /// `provenance.json` (empty when there is none or it cannot be read).
     pub fn read_provenance(&self) -> crate::provenance::Provenance {
-        std::fs::read_to_string(self.root.join("provenance.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+        crate::fsio::read_text_capped(
+            &self.root.join("provenance.json"),
+            crate::fsio::MAX_META_BYTES,
+            "provenance",
+        )
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
     }
 
     /// Replaces `provenance.json`.

@@ -22,6 +22,9 @@ pub enum StateKind {
     Diverged,
     /// Training stopped with an error.
     Failed,
+    /// Its results were trained with other settings than the spec now gives (decided by the
+    /// caller, who knows the plan: see [`crate::plan::RunPlan::differs_from_checkpoint`]).
+    OtherSettings,
 }
 
 impl std::fmt::Display for StateKind {
@@ -33,6 +36,7 @@ impl std::fmt::Display for StateKind {
             StateKind::Interrupted => "interrupted",
             StateKind::Diverged => "diverged",
             StateKind::Failed => "failed",
+            StateKind::OtherSettings => "other-settings",
         })
     }
 }
@@ -73,7 +77,14 @@ impl RunState {
                 format!("running on {host}{job}, step {step}")
             }
             StateKind::Interrupted => format!("interrupted after step {step}"),
-            StateKind::Diverged => format!("diverged at step {step}"),
+            StateKind::Diverged => match &self.note {
+                Some(cause) => format!("diverged at step {step} ({cause})"),
+                None => format!("diverged at step {step}"),
+            },
+            StateKind::OtherSettings => format!(
+                "trained with other settings ({})",
+                self.note.as_deref().unwrap_or("see gptlab run")
+            ),
             StateKind::Failed => {
                 let why = self.note.as_deref().and_then(|n| n.lines().next()).unwrap_or("");
                 let short: String = why.chars().take(160).collect();
@@ -102,7 +113,7 @@ impl RunDir {
             Some(
                 RunStatus::Running { step }
                 | RunStatus::Complete { step }
-                | RunStatus::Diverged { step }
+                | RunStatus::Diverged { step, .. }
                 | RunStatus::Interrupted { step }
                 | RunStatus::Failed { step, .. },
             ) => *step,
@@ -140,13 +151,39 @@ impl RunDir {
                 StateKind::Interrupted
             }
             Some(RunStatus::Interrupted { .. }) => StateKind::Interrupted,
-            Some(RunStatus::Diverged { .. }) => StateKind::Diverged,
+            Some(RunStatus::Diverged { cause, .. }) => {
+                state.note = cause;
+                StateKind::Diverged
+            }
             Some(RunStatus::Failed { error, .. }) => {
                 state.note = Some(error);
                 StateKind::Failed
             }
         };
+        // A gptlab that watched only the training loss recorded runs whose validation or
+        // [eval] loss turned NaN as complete: they diverged there, whatever the status says.
+        if matches!(state.kind, StateKind::Complete | StateKind::Interrupted)
+            && let Some((step, cause)) = self.non_finite_loss()
+        {
+            (state.kind, state.step, state.note) = (StateKind::Diverged, step, Some(cause));
+        }
         state
+    }
+
+    /// The first step whose training, validation or `[eval]` loss in the run's files is not
+    /// finite, and which loss.
+    pub fn non_finite_loss(&self) -> Option<(usize, String)> {
+        let in_metrics = self.read_metrics().ok().and_then(|rows| super::first_non_finite(&rows));
+        let in_eval = self.read_eval().ok().and_then(|rows| {
+            rows.iter().find_map(|r| {
+                let l = r.loss.filter(|l| !l.is_finite())?;
+                Some((r.step, format!("loss {l} at evaluation length {}", r.length)))
+            })
+        });
+        match (in_metrics, in_eval) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The step of the last row of `metrics.csv` (0 for none).

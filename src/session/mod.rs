@@ -406,7 +406,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         // The report covers the whole experiment, not only the runs trained now (--only).
         // Interrupted, it shows what exists, without generating samples (the user is leaving).
         match report(exp, reports_dir, true, !outcome.interrupted) {
-            Ok(page) => outcome.report = Some(page),
+            Ok(written) => outcome.report = Some(written.page()),
             Err(e) => {
                 eprintln!("error: writing the report failed: {e:#}");
                 outcome.failed.push("(report)".into());
@@ -418,7 +418,12 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
 
 /// Writes `reports/<experiment>/` for every run of `exp` (`all_runs`) or those `--only`
 /// selected, with samples when `with_samples`; returns the path of its `index.html`.
-pub fn report(exp: &Experiment, reports_dir: &Path, all_runs: bool, with_samples: bool) -> anyhow::Result<PathBuf> {
+pub fn report(
+    exp: &Experiment,
+    reports_dir: &Path,
+    all_runs: bool,
+    with_samples: bool,
+) -> anyhow::Result<crate::report::Report> {
     report_all(&[exp], reports_dir, all_runs, with_samples)
 }
 
@@ -430,7 +435,7 @@ pub fn report_all(
     reports_dir: &Path,
     all_runs: bool,
     with_samples: bool,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<crate::report::Report> {
     let dev = dfdx::tensor::Cpu::default();
     let several = exps.len() > 1;
     let mut plans: Vec<RunPlan> = vec![];
@@ -480,5 +485,11 @@ pub fn report_all(
     if !written.unfinished.is_empty() {
         eprintln!("note: not finished: {}", written.unfinished.join(", "));
     }
-    Ok(written.dir.join("index.html"))
+    if !written.other_settings.is_empty() {
+        eprintln!(
+            "warning: left out of the verdict and every aggregate, trained with other settings than the spec gives: {}",
+            written.other_settings.join("; ")
+        );
+    }
+    Ok(written)
 }

@@ -28,6 +28,15 @@ pub(crate) fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
     }
     let run_dir = RunDir::new(&p.dir);
     match run_dir.read_status() {
+        Some(RunStatus::Complete { step })
+            if step == p.schedule.total_steps()
+                && let Some((at, cause)) = run_dir.non_finite_loss() =>
+        {
+            Readiness::Failed(format!(
+                "error: run `{}` diverged at step {at} ({cause}) though its status says complete; --fresh retrains it",
+                p.id()
+            ))
+        }
         Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
             let have = run_dir.read_eval().unwrap_or_default();
             if crate::train::lengths::missing_phase_ends(p, &have, step).is_empty() {
@@ -41,9 +50,10 @@ pub(crate) fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
                 p.id()
             )))
         }
-        Some(RunStatus::Diverged { step }) => Readiness::Failed(format!(
-            "error: run `{}` diverged at step {step} before; --fresh retrains it",
-            p.id()
+        Some(RunStatus::Diverged { step, cause }) => Readiness::Failed(format!(
+            "error: run `{}` diverged at step {step}{} before; --fresh retrains it",
+            p.id(),
+            cause.map(|c| format!(" ({c})")).unwrap_or_default()
         )),
         _ => Readiness::Train(None),
     }
@@ -112,8 +122,9 @@ impl Trainer<'_> {
         };
         match train_run(dev, p, &run_opts) {
             Ok(run) => match run.status {
-                RunStatus::Diverged { step } => {
-                    eprintln!("error: run `{id}` diverged at step {step} (non-finite loss); the other runs carry on");
+                RunStatus::Diverged { step, cause } => {
+                    let cause = cause.as_deref().unwrap_or("non-finite loss");
+                    eprintln!("error: run `{id}` diverged at step {step} ({cause}); the other runs carry on");
                     self.record(|e| e.failed.push(id));
                 }
                 RunStatus::Interrupted { .. } => self.record(|e| e.interrupted = true),

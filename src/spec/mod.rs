@@ -221,13 +221,14 @@ fn serde_key(path: &serde_path_to_error::Path) -> Option<String> {
 impl SpecFile {
     /// Reads and parses `path`, checking syntax, key names and value types of the whole file.
     pub fn load(path: &Path) -> Result<Self, SpecErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
-            file: path.to_path_buf(),
-            origin: Origin::File,
-            key: None,
-            run: None,
-            message: format!("cannot read the spec: {e}"),
-        })?;
+        let text =
+            crate::fsio::read_text_capped(path, crate::fsio::MAX_SPEC_BYTES, "the spec").map_err(|e| SpecError {
+                file: path.to_path_buf(),
+                origin: Origin::File,
+                key: None,
+                run: None,
+                message: format!("{e:#}"),
+            })?;
         Self::parse(path, &text)
     }
 

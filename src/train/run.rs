@@ -14,7 +14,7 @@ use crate::data::{Batch, Corpus, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
 use crate::plan::{Phase, RunPlan};
 use crate::provenance::{RunSession, utc_now};
-use crate::run_dir::{MetricsRow, RunDir, RunStatus};
+use crate::run_dir::{EvalRow, MetricsRow, RunDir, RunStatus};
 use crate::seed::{Stream, stream};
 
 /// How to train.
@@ -66,7 +66,7 @@ fn evaluate_lengths<D: Backend>(
     phase: &Phase,
     step: usize,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<Vec<EvalRow>> {
     let (rows, positions) = lengths::evaluate(model, plan, &plan.corpus, phase, step);
     run_dir.record_eval(&rows, &positions)?;
     let shown: Vec<String> = rows
@@ -82,7 +82,7 @@ fn evaluate_lengths<D: Backend>(
         })
         .collect();
     progress.note(&format!("step {step}: loss by length {}", shown.join(" · ")));
-    Ok(())
+    Ok(rows)
 }
 
 /// Evaluates the phase ends up to `done` that `eval.csv` lacks under the current `[eval]`
@@ -159,11 +159,88 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
     Ok(0)
 }
 
+/// What a session of one run has recorded so far, and its one way to end: the status, the
+/// provenance session's outcome and the progress line, written together.
+struct Ending<'a> {
+    run_dir: &'a RunDir,
+    provenance: crate::provenance::Provenance,
+    progress: Progress,
+    started: Instant,
+    last_train: Option<f32>,
+    last_val: Option<f32>,
+}
+
+impl Ending<'_> {
+    /// Ends the session with `status`, saying `message`.
+    fn end(mut self, status: RunStatus, message: &str) -> Result<RunOutcome> {
+        let (outcome, last_step) = match &status {
+            RunStatus::Complete { step } => ("complete", *step),
+            RunStatus::Diverged { step, .. } => ("diverged", *step),
+            RunStatus::Interrupted { step } => ("interrupted", *step),
+            RunStatus::Running { step } | RunStatus::Failed { step, .. } => ("failed", *step),
+        };
+        self.run_dir.write_status(&status)?;
+        if let Some(s) = self.provenance.sessions.last_mut() {
+            (s.outcome, s.last_step, s.ended_utc) = (Some(outcome.into()), Some(last_step), Some(utc_now()));
+        }
+        self.run_dir.write_provenance(&self.provenance)?;
+        self.progress.finish(message);
+        Ok(RunOutcome {
+            status,
+            last_train_loss: self.last_train,
+            last_val_loss: self.last_val,
+            wall_s: self.started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Ends the session as diverged at `step` because of `cause` (`validation loss NaN`).
+    fn diverge(self, step: usize, cause: String) -> Result<RunOutcome> {
+        // A run can diverge before its first checkpoint: then there is nothing to keep.
+        let kept = match self.run_dir.checkpoints().first() {
+            Some((s, _)) => format!("its last good checkpoint (step {s}) is kept"),
+            None => "it had no checkpoint yet; --fresh retrains it".to_string(),
+        };
+        let message = format!("diverged: {cause} at step {step}; {kept}");
+        self.end(
+            RunStatus::Diverged {
+                step,
+                cause: Some(cause),
+            },
+            &message,
+        )
+    }
+}
+
+/// The first non-finite loss among a step's: the training loss (or gradient norm), the
+/// validation loss, the loss at an `[eval]` length. `None`: all finite.
+fn non_finite_loss(train: f32, grad_norm: f64, val: Option<f32>, eval: &[EvalRow]) -> Option<String> {
+    if !train.is_finite() {
+        return Some(format!("training loss {train}"));
+    }
+    if !grad_norm.is_finite() {
+        return Some(format!("gradient norm {grad_norm}"));
+    }
+    if let Some(v) = val.filter(|v| !v.is_finite()) {
+        return Some(format!("validation loss {v}"));
+    }
+    eval.iter().find_map(|r| {
+        let l = r.loss.filter(|l| !l.is_finite())?;
+        let scaling = if r.scaling.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.scaling)
+        };
+        Some(format!("loss {l} at evaluation length {}{scaling}", r.length))
+    })
+}
+
 /// Trains `plan` on `dev`, resuming from its newest good checkpoint unless `opts.fresh`.
 ///
 /// Writes `run.toml`, `vocab.json`, `metrics.csv`, `status.json` and `checkpoints/` into
 /// the run's folder. Every random draw of step `s` comes from streams keyed by `s`, so a
-/// resumed run repeats an uninterrupted one bit for bit.
+/// resumed run repeats an uninterrupted one bit for bit. A run whose training, validation or
+/// `[eval]` loss turns non-finite ends as diverged at that step: a NaN is never passed over
+/// for an earlier number.
 pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Result<RunOutcome> {
     let corpus: &Corpus = &plan.corpus;
     let run_dir = RunDir::new(&plan.dir);
@@ -194,28 +271,30 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
     run_dir.write_status(&RunStatus::Running { step: done })?;
     // This session's entry in provenance.json, closed with how it ended.
     let mut provenance = run_dir.read_provenance();
-    let data = (&plan.data_path, &plan.data_sha256);
-    provenance
-        .sessions
-        .push(RunSession::start(&opts.session, data.0, data.1, done + 1));
+    provenance.sessions.push(RunSession::start(
+        &opts.session,
+        &plan.data_path,
+        &plan.data_sha256,
+        done + 1,
+    ));
     run_dir.write_provenance(&provenance)?;
-    let mut end_session = |outcome: &str, last_step: usize| -> Result<()> {
-        if let Some(s) = provenance.sessions.last_mut() {
-            (s.outcome, s.last_step, s.ended_utc) = (Some(outcome.into()), Some(last_step), Some(utc_now()));
-        }
-        run_dir.write_provenance(&provenance)
-    };
 
     let total = plan.schedule.total_steps();
     let measure = plan.config.measure.attention;
     crate::probe::enable_attention_probe(measure);
     crate::probe::reset_peak_rss();
     let later = opts.later_work.get(&plan.id()).copied().unwrap_or(0.0);
-    let mut progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
+    let progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
     run_dir.truncate_eval(done)?;
     evaluate_missing(dev, plan, &run_dir, done, &progress)?;
-    let started = Instant::now();
-    let (mut last_train, mut last_val) = (None, None);
+    let mut ending = Ending {
+        run_dir: &run_dir,
+        provenance,
+        progress,
+        started: Instant::now(),
+        last_train: None,
+        last_val: None,
+    };
     let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {
         let vocab = corpus.vocab.chars().to_vec();
         let meta = Meta::new(step, phase, kind, vocab, plan.model.clone(), plan.identity(step));
@@ -237,66 +316,31 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
         let evals = eval_batches(plan, corpus, phase);
         for step in phase.first_step.max(done + 1)..=phase.last_step() {
             still_ours()?;
-            let batch = sample_batch(
-                &corpus.train,
-                t.batch_size,
-                phase.seq_len,
-                &mut stream(plan.seed, Stream::Batch, step as u64),
-            );
-            let mut drop = Dropout::train(
-                plan.model.arch.dropout as f32,
-                stream(plan.seed, Stream::Dropout, step as u64),
-            );
-            crate::probe::take_attention(); // drop what evaluation recorded
-            let t0 = Instant::now();
-            let stats = train_step(&mut model, &mut opt, &batch, phase.lr, t.grad_clip, &mut drop);
-            let step_s = t0.elapsed().as_secs_f64();
-            let (attn_ms, attn_bytes) = crate::probe::take_attention();
-            if !(stats.loss.is_finite() && stats.grad_norm.is_finite()) {
-                let status = RunStatus::Diverged { step };
-                run_dir.write_status(&status)?;
-                end_session("diverged", step)?;
-                progress.finish(&format!(
-                    "diverged: loss {} at step {step}; its last good checkpoint is kept",
-                    stats.loss
-                ));
-                return Ok(RunOutcome {
-                    status,
-                    last_train_loss: last_train,
-                    last_val_loss: last_val,
-                    wall_s: started.elapsed().as_secs_f64(),
-                });
+            let (stats, row) = timed_step(&mut model, &mut opt, plan, phase, step);
+            if let Some(cause) = non_finite_loss(stats.loss, stats.grad_norm, None, &[]) {
+                return ending.diverge(step, cause);
             }
             let phase_end = step == phase.last_step();
             let evaluate = phase_end || (t.eval_every > 0 && step % t.eval_every == 0);
             let val_loss = evaluate.then(|| eval_loss(&model, &evals));
-            metrics.append(&MetricsRow {
-                run: plan.name.clone(),
-                phase: phase.index,
-                step,
-                seq_len: phase.seq_len,
-                train_loss: stats.loss,
-                val_loss,
-                lr: phase.lr,
-                grad_norm: stats.grad_norm,
-                step_ms: step_s * 1e3,
-                tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
-                attn_ms: measure.then_some(attn_ms),
-                attn_mem_mb: measure.then_some(attn_bytes).flatten().map(|b| b as f64 / 1e6),
-                attn_mem_mb_analytic: measure.then(|| {
-                    (plan.model.arch.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6
-                }),
-                peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
-                seed: Some(plan.seed),
-            })?;
+            // The row is written even when its validation loss is not finite, so the
+            // divergence is on record where it happened.
+            metrics.append(&MetricsRow { val_loss, ..row })?;
             let eval_every = plan.config.eval.every;
-            if phase_end || (eval_every > 0 && step % eval_every == 0) {
-                evaluate_lengths(&model, plan, &run_dir, phase, step, &progress)?;
+            let eval_rows = if phase_end || (eval_every > 0 && step % eval_every == 0) {
+                evaluate_lengths(&model, plan, &run_dir, phase, step, &ending.progress)?
+            } else {
+                vec![]
+            };
+            if let Some(cause) = non_finite_loss(stats.loss, stats.grad_norm, val_loss, &eval_rows) {
+                return ending.diverge(step, cause);
             }
             fault_point("step-end", step);
-            last_train = Some(stats.loss);
-            last_val = val_loss.or(last_val);
-            progress.step(phase.index, step, phase.seq_len, stats.loss, val_loss);
+            ending.last_train = Some(stats.loss);
+            ending.last_val = val_loss.or(ending.last_val);
+            ending
+                .progress
+                .step(phase.index, step, phase.seq_len, stats.loss, val_loss);
 
             let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
             let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
@@ -312,33 +356,69 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
                 fault_point("after-checkpoint", step);
             }
             if stop && step < total {
-                let status = RunStatus::Interrupted { step };
-                run_dir.write_status(&status)?;
-                end_session("interrupted", step)?;
-                progress.finish(&format!("interrupted after step {step}; checkpoint written"));
-                return Ok(RunOutcome {
-                    status,
-                    last_train_loss: last_train,
-                    last_val_loss: last_val,
-                    wall_s: started.elapsed().as_secs_f64(),
-                });
+                return ending.end(
+                    RunStatus::Interrupted { step },
+                    &format!("interrupted after step {step}; checkpoint written"),
+                );
             }
         }
     }
-    let status = RunStatus::Complete { step: total };
-    run_dir.write_status(&status)?;
-    end_session("complete", total)?;
-    let wall_s = started.elapsed().as_secs_f64();
-    progress.finish(&format!(
+    let wall_s = ending.started.elapsed().as_secs_f64();
+    let message = format!(
         "complete: {total} steps ({} this session) in {wall_s:.1} s, train loss {}, val loss {}",
         total - done,
-        last_train.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
-        last_val.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
-    ));
-    Ok(RunOutcome {
-        status,
-        last_train_loss: last_train,
-        last_val_loss: last_val,
-        wall_s,
-    })
+        ending
+            .last_train
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        ending.last_val.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+    );
+    ending.end(RunStatus::Complete { step: total }, &message)
+}
+
+/// One training step of `plan` at `step`: its batch and dropout masks from the step's
+/// streams, the update, and the metrics row it makes (without the validation loss).
+fn timed_step<D: Backend>(
+    model: &mut Gpt<D>,
+    opt: &mut AdamW,
+    plan: &RunPlan,
+    phase: &Phase,
+    step: usize,
+) -> (super::StepStats, MetricsRow) {
+    let t = &plan.train;
+    let batch = sample_batch(
+        &plan.corpus.train,
+        t.batch_size,
+        phase.seq_len,
+        &mut stream(plan.seed, Stream::Batch, step as u64),
+    );
+    let mut drop = Dropout::train(
+        plan.model.arch.dropout as f32,
+        stream(plan.seed, Stream::Dropout, step as u64),
+    );
+    crate::probe::take_attention(); // drop what evaluation recorded
+    let t0 = Instant::now();
+    let stats = train_step(model, opt, &batch, phase.lr, t.grad_clip, &mut drop);
+    let step_s = t0.elapsed().as_secs_f64();
+    let (attn_ms, attn_bytes) = crate::probe::take_attention();
+    let measure = plan.config.measure.attention;
+    let row = MetricsRow {
+        run: plan.name.clone(),
+        phase: phase.index,
+        step,
+        seq_len: phase.seq_len,
+        train_loss: stats.loss,
+        val_loss: None,
+        lr: phase.lr,
+        grad_norm: stats.grad_norm,
+        step_ms: step_s * 1e3,
+        tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
+        attn_ms: measure.then_some(attn_ms),
+        attn_mem_mb: measure.then_some(attn_bytes).flatten().map(|b| b as f64 / 1e6),
+        attn_mem_mb_analytic: measure
+            .then(|| (plan.model.arch.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6),
+        peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
+        seed: Some(plan.seed),
+    };
+    (stats, row)
 }
