@@ -13,7 +13,9 @@ pub struct SpecSummary {
     pub name: String,
     /// Number of runs.
     pub runs: usize,
-    /// Steps summed over all runs.
+    /// Seeds each run trains with (1 without `[experiment] seeds`).
+    pub seeds: usize,
+    /// Steps summed over every training (each run once per seed).
     pub total_steps: usize,
 }
 
@@ -35,7 +37,11 @@ pub fn discover(dir: &Path) -> Vec<(PathBuf, Result<SpecSummary, SpecErrors>)> {
                 Ok(SpecSummary {
                     name: spec.name.clone(),
                     runs: runs.len(),
-                    total_steps: runs.iter().map(|r| r.total_steps()).fold(0, usize::saturating_add),
+                    seeds: runs.first().map_or(1, |r| r.seeds().len()),
+                    total_steps: runs
+                        .iter()
+                        .map(|r| r.total_steps().saturating_mul(r.seeds().len()))
+                        .fold(0, usize::saturating_add),
                 })
             });
             (p, summary)
@@ -53,13 +59,19 @@ pub fn listing(dir: &Path, found: &[(PathBuf, Result<SpecSummary, SpecErrors>)])
     let mut bad = 0;
     for (path, summary) in found {
         match summary {
-            Ok(s) => out.push(format!(
-                "{:<40} {:<20} {:>3} runs {:>8} steps",
-                path.display(),
-                s.name,
-                s.runs,
-                s.total_steps
-            )),
+            Ok(s) => {
+                let runs = match s.seeds {
+                    1 => format!("{} runs", s.runs),
+                    n => format!("{} runs × {n} seeds = {} trainings", s.runs, s.runs * n),
+                };
+                out.push(format!(
+                    "{:<40} {:<20} {:>34} {:>8} steps",
+                    path.display(),
+                    s.name,
+                    runs,
+                    s.total_steps
+                ))
+            }
             Err(e) => {
                 bad += 1;
                 out.push(format!("{:<40} INVALID", path.display()));

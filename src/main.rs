@@ -45,6 +45,14 @@ fn main() -> ExitCode {
 
 /// Loads and plans a spec with the command line's `--set`s and `--only`s.
 fn load(file: &Path, select: &Select, runs_dir: &Path) -> Result<Experiment, Error> {
+    if let Some(n) = select.seeds
+        && let Some(set) = select.sets.iter().find(|s| s.key == "experiment.seeds")
+    {
+        return Err(Error::Usage(format!(
+            "--seeds {n} and --set {} both choose the seeds; give one of them",
+            set.raw
+        )));
+    }
     let mut sets = select.sets.clone();
     sets.extend(
         select

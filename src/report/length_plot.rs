@@ -31,8 +31,8 @@ pub struct LengthCurve {
     pub scaling: String,
     /// `(length, mean loss over seeds)`, or `None` when some seed cannot read the length.
     pub points: Vec<(usize, Option<f64>)>,
-    /// Why a length is not defined (the first reason met).
-    pub note: String,
+    /// Why a length is not defined, for each length that is not: `(length, reason)`.
+    pub notes: Vec<(usize, String)>,
 }
 
 impl LengthCurve {

@@ -20,6 +20,8 @@ pub struct LengthResults {
     pub missing: Vec<String>,
     /// Lengths at which runs were scored on different windows (another corpus or split).
     pub mismatched_windows: Vec<usize>,
+    /// Runs lacking evaluations that `[eval] every` asks for, and at which steps.
+    pub periodic_missing: Vec<String>,
 }
 
 /// Reads every run's evaluations and keeps those the spec asks for now.
@@ -50,6 +52,14 @@ pub fn collect(plans: &[RunPlan]) -> Result<LengthResults> {
                     }
                 }
             }
+        }
+        let periodic = crate::train::lengths::missing_periodic(p, &have, reached);
+        if !periodic.is_empty() {
+            out.periodic_missing.push(format!(
+                "{} at steps {}",
+                p.id(),
+                crate::train::lengths::steps_in_words(&periodic)
+            ));
         }
         let positions = run_dir.read_position_loss()?;
         out.positions.extend(
@@ -107,7 +117,7 @@ pub fn curves(plans: &[RunPlan], rows: &[EvalRow]) -> Vec<LengthCurve> {
             let mut lengths: Vec<usize> = at_phase.iter().map(|r| r.length).collect();
             lengths.sort_unstable();
             lengths.dedup();
-            let mut note = String::new();
+            let mut notes = vec![];
             let points = lengths
                 .into_iter()
                 .filter_map(|l| {
@@ -122,12 +132,10 @@ pub fn curves(plans: &[RunPlan], rows: &[EvalRow]) -> Vec<LengthCurve> {
                         return None;
                     }
                     let losses: Option<Vec<f64>> = seeds.iter().map(|r| r.loss).collect();
-                    if losses.is_none() && note.is_empty() {
-                        note = seeds
-                            .iter()
-                            .find(|r| r.loss.is_none())
-                            .map(|r| r.note.clone())
-                            .unwrap_or_default();
+                    if losses.is_none()
+                        && let Some(r) = seeds.iter().find(|r| r.loss.is_none())
+                    {
+                        notes.push((l, r.note.clone()));
                     }
                     Some((l, losses.and_then(|v| crate::stats::mean(&v))))
                 })
@@ -140,7 +148,7 @@ pub fn curves(plans: &[RunPlan], rows: &[EvalRow]) -> Vec<LengthCurve> {
                 train_len,
                 scaling,
                 points,
-                note,
+                notes,
             });
         }
     }
@@ -175,7 +183,15 @@ pub fn sentences(curves: &[LengthCurve]) -> Vec<String> {
                 };
                 match (at(train_len)?, at(length)?) {
                     (Some(base), Some(long)) => Some(format!("{name} {} nats", crate::format::signed(long - base, 3))),
-                    (Some(_), None) => Some(format!("{name} n/a ({})", c.note)),
+                    (Some(_), None) => {
+                        // The reason of this length, not of another the run cannot read.
+                        let why = c
+                            .notes
+                            .iter()
+                            .find(|(l, _)| *l == length)
+                            .map_or("", |(_, n)| n.as_str());
+                        Some(format!("{name} n/a ({why})"))
+                    }
                     (None, _) => None,
                 }
             })
@@ -190,6 +206,27 @@ pub fn sentences(curves: &[LengthCurve]) -> Vec<String> {
         ));
     }
     out
+}
+
+/// The tokens the rows scored, in words: what `eval.csv` says, not what `[eval] tokens`
+/// asked for (a validation split shorter than the budget scores fewer).
+fn scored_words(rows: &[EvalRow], asked: usize) -> String {
+    let scored = rows.iter().filter(|r| r.loss.is_some()).map(|r| r.tokens);
+    let (lo, hi) = scored.fold((usize::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let int = |n: usize| crate::format::int(n as u64);
+    let range = match (lo, hi) {
+        (usize::MAX, _) => return format!("{} tokens asked for, none scored", int(asked)),
+        (lo, hi) if lo == hi => format!("{} tokens scored", int(lo)),
+        (lo, hi) => format!("{}–{} tokens scored by length", int(lo), int(hi)),
+    };
+    if hi < asked {
+        format!(
+            "{range}, fewer than the {} asked for: the validation split is that short",
+            int(asked)
+        )
+    } else {
+        range
+    }
 }
 
 /// Positions per bin of `position_loss.svg`: single positions are noisy (one token per window),
@@ -267,6 +304,12 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
             found.missing.join(", ")
         ));
     }
+    if !found.periodic_missing.is_empty() {
+        out.notes.push(format!(
+            "Not evaluated at the steps [eval] every now asks for (it was set or changed after they trained, and their weights are gone): {}. `gptlab run --fresh` retrains with them.",
+            found.periodic_missing.join("; ")
+        ));
+    }
     if !found.mismatched_windows.is_empty() {
         out.notes.push(format!(
             "At length {} the runs were scored on different validation windows (another corpus or split), so their losses by length do not compare.",
@@ -298,10 +341,10 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
         (
             "length.svg".into(),
             format!(
-                "Validation loss at each evaluation length, on the same {} validation tokens at every length ({how}); \
+                "Validation loss at each evaluation length, on the same validation text at every length ({}; {how}); \
              one line per run and phase end (lighter: earlier phases; dashed: RoPE scaled past the training length); \
              × marks a length the model cannot read",
-                crate::format::int(eval.tokens as u64)
+                scored_words(&found.rows, eval.tokens)
             ),
         )
     }));

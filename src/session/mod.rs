@@ -317,6 +317,12 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if opts.jobs > threads {
+        eprintln!(
+            "note: --jobs {} is more than the {threads} threads in all (--threads is the total): at most {threads} runs train at once",
+            opts.jobs
+        );
+    }
     let mut layout = JobLayout::new(opts.jobs, threads, selected.len());
     if layout.jobs > 1 && selected.iter().any(|p| p.config.measure.attention) {
         // The probes count time and bytes process-wide; runs side by side would mix them.

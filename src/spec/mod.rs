@@ -300,7 +300,7 @@ impl SpecFile {
                 .unwrap_or_else(|| "experiment".into()),
         };
         let mut errors = vec![];
-        if let Err(msg) = check_folder_name(&name) {
+        if let Err(msg) = check_experiment_name(&name) {
             errors.push(source.error(source.line(&[], "experiment.name"), Some("experiment.name"), None, msg));
         }
 
@@ -371,8 +371,12 @@ impl SpecFile {
             None => self.name.clone(),
             Some(s) => {
                 let checked = match s.value.as_str() {
-                    Some(n) => check_folder_name(n).map(|()| n.to_string()),
-                    None => Err("expected a name (a string)".to_string()),
+                    Some(n) => check_experiment_name(n).map(|()| n.to_string()),
+                    None => Err(format!(
+                        "expected a name (a string), not `{}`; to use it as a name, quote it: --set 'experiment.name=\"{}\"'",
+                        s.value,
+                        s.value.to_string().trim_matches('"')
+                    )),
                 };
                 let origin = Origin::Cli(format!("--set {}", s.raw));
                 checked.map_err(|msg| SpecErrors::from(src.error(origin, Some("experiment.name"), None, msg)))?
@@ -659,16 +663,15 @@ impl RunSpec {
     /// The seeds this run trains with: `[experiment] seeds`, or the one `seed`.
     pub fn seeds(&self) -> Vec<u64> {
         let e = &self.config.experiment;
-        if e.seeds.is_empty() {
-            vec![e.seed]
-        } else {
-            e.seeds.clone()
+        match &e.seeds {
+            Some(seeds) if !seeds.is_empty() => seeds.clone(),
+            _ => vec![e.seed],
         }
     }
 
     /// Whether the run repeats over `[experiment] seeds` (one folder per seed).
     pub fn seeded(&self) -> bool {
-        !self.config.experiment.seeds.is_empty()
+        self.config.experiment.seeds.as_ref().is_some_and(|s| !s.is_empty())
     }
 
     /// Total optimizer steps over all phases.
@@ -775,6 +778,19 @@ fn set_varies(specs: &mut [RunSpec]) {
     for (spec, varies) in specs.iter_mut().zip(labels) {
         spec.varies = varies;
     }
+}
+
+/// An experiment name is a folder name under `runs/` and `reports/`, without `+`, which
+/// joins the names of a combined report (`reports/a+b/`): an experiment called `a+b` would
+/// overwrite it.
+fn check_experiment_name(name: &str) -> Result<(), String> {
+    check_folder_name(name)?;
+    if name.contains('+') {
+        return Err(format!(
+            "`{name}` contains `+`, which joins experiment names in a combined report's folder (reports/a+b/); choose a name without it"
+        ));
+    }
+    Ok(())
 }
 
 /// Run and experiment names become folder names.

@@ -19,8 +19,8 @@ pub struct ExperimentSection {
     /// Repeat every run once per seed (instead of `seed`): folders `<run>/seed=<s>/`, and the
     /// report compares runs seed by seed with intervals. The same for every run, so that
     /// runs pair by seed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub seeds: Vec<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<u64>>,
     /// `auto` (the GPU when the binary has CUDA and one is present), `cpu` or `cuda`;
     /// `--device` overrides it. Not part of a run's identity: a checkpoint resumes on any device.
     pub device: crate::device::DeviceRequest,
@@ -31,7 +31,7 @@ impl Default for ExperimentSection {
         Self {
             name: None,
             seed: 3407,
-            seeds: vec![],
+            seeds: None,
             device: Default::default(),
         }
     }
@@ -211,22 +211,30 @@ impl std::fmt::Display for EvalMode {
     }
 }
 
-/// A table or an array of tables.
+/// An error message on one line (toml puts the key on a line of its own).
+fn one_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().trim().replace('\n', " ")
+}
+
+/// A table or an array of tables. Each is read on its own, so an error says what is wrong
+/// with it (an unknown kind, a missing field) and which entry, where an untagged enum would
+/// only say that nothing matched.
 fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
+    T: serde::de::DeserializeOwned,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany<T> {
-        One(T),
-        Many(Vec<T>),
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| T::deserialize(x).map_err(|e| D::Error::custom(format!("entry {}: {}", i + 1, one_line(&e)))))
+            .collect(),
+        one => T::deserialize(one)
+            .map(|x| vec![x])
+            .map_err(|e| D::Error::custom(one_line(&e))),
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(x) => vec![x],
-        OneOrMany::Many(v) => v,
-    })
 }
 
 /// `[report]`: how the comparison is drawn.

@@ -17,6 +17,10 @@ pub const MAX_STEPS: usize = 1_000_000_000;
 /// Seeds one experiment may repeat its runs over.
 pub const MAX_SEEDS: usize = 1_000;
 
+/// The largest RoPE scaling factor `[eval] rope_scaling` takes: past it the stretched angles
+/// no longer tell positions apart in f32 (and a label would run to hundreds of digits).
+pub const MAX_ROPE_FACTOR: f64 = 1024.0;
+
 /// Every problem found.
 pub fn check(c: &RunConfig) -> Vec<Problem> {
     let mut out = vec![];
@@ -111,7 +115,13 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
 
-    let seeds = &c.experiment.seeds;
+    let seeds = c.experiment.seeds.as_deref().unwrap_or_default();
+    if c.experiment.seeds.as_ref().is_some_and(Vec::is_empty) {
+        bad(
+            &["experiment.seeds"],
+            "an empty list trains nothing: give at least one seed, or remove `seeds` to train once with `seed`".into(),
+        );
+    }
     if let Some(dup) = seeds.iter().enumerate().find(|(i, s)| seeds[..*i].contains(s)) {
         bad(
             &["experiment.seeds"],
@@ -274,11 +284,23 @@ fn check_eval(e: &super::EvalSection, bad: &mut impl FnMut(&[&str], String)) {
             format!("must be between 1 and 100000000, not {}", e.tokens),
         );
     }
-    for s in &e.rope_scaling {
-        if !(s.factor.is_finite() && s.factor >= 1.0) {
+    for (i, s) in e.rope_scaling.iter().enumerate() {
+        if !(s.factor.is_finite() && (1.0..=MAX_ROPE_FACTOR).contains(&s.factor)) {
             bad(
                 &["eval.rope_scaling"],
-                format!("factor must be a finite number of at least 1, not {}", s.factor),
+                format!(
+                    "factor must be a number from 1 to {MAX_ROPE_FACTOR}, not {}",
+                    if s.factor.abs() < 1e6 {
+                        s.factor.to_string()
+                    } else {
+                        format!("{:e}", s.factor)
+                    }
+                ),
+            );
+        } else if e.rope_scaling[..i].contains(s) {
+            bad(
+                &["eval.rope_scaling"],
+                format!("{s} is listed twice: each scaling is evaluated once"),
             );
         }
     }

@@ -24,10 +24,11 @@ pub struct JobLayout {
 }
 
 impl JobLayout {
-    /// `jobs` runs at once (at most `runs`, at least 1) dividing `threads` between them, each
-    /// getting at least one.
+    /// `jobs` runs at once (at most `runs` and at most `threads`, at least 1) dividing
+    /// `threads` between them, each getting at least one: `threads` is the total, never
+    /// exceeded.
     pub fn new(jobs: usize, threads: usize, runs: usize) -> Self {
-        let jobs = jobs.clamp(1, runs.max(1));
+        let jobs = jobs.min(threads).clamp(1, runs.max(1));
         Self {
             jobs,
             threads_per_run: (threads / jobs).max(1),
@@ -92,7 +93,7 @@ mod tests {
     use super::JobLayout;
 
     #[test]
-    fn layout_divides_threads_and_never_exceeds_the_runs() {
+    fn layout_divides_threads_and_never_exceeds_the_runs_or_the_threads() {
         assert_eq!(
             JobLayout::new(1, 16, 4),
             JobLayout {
@@ -114,10 +115,18 @@ mod tests {
                 threads_per_run: 5
             }
         );
+        // --threads is the total: 4 jobs on 2 threads train 2 runs at once, one thread each.
         assert_eq!(
             JobLayout::new(4, 2, 4),
             JobLayout {
-                jobs: 4,
+                jobs: 2,
+                threads_per_run: 1
+            }
+        );
+        assert_eq!(
+            JobLayout::new(3, 1, 3),
+            JobLayout {
+                jobs: 1,
                 threads_per_run: 1
             }
         );

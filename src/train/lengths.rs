@@ -266,6 +266,36 @@ pub fn missing_phase_ends(plan: &RunPlan, have: &[EvalRow], done: usize) -> Vec<
         .collect()
 }
 
+/// The steps up to `done`, other than phase ends, that `[eval] every` asks to be evaluated at
+/// and `eval.csv` (`have`) lacks under the current settings: `every` added or changed after
+/// those steps trained. They can be evaluated only from a checkpoint of that very step.
+pub fn missing_periodic(plan: &RunPlan, have: &[EvalRow], done: usize) -> Vec<usize> {
+    let every = plan.config.eval.every;
+    if every == 0 {
+        return vec![];
+    }
+    (every..=done)
+        .step_by(every)
+        .filter(|&s| plan.schedule.phases.iter().all(|p| p.last_step() != s))
+        .filter(|&s| {
+            let phase = plan.schedule.phase_of(s).expect("a trained step is in the schedule");
+            expected_rows(plan, phase, s)
+                .iter()
+                .any(|want| !have.iter().any(|h| h.same_evaluation(want)))
+        })
+        .collect()
+}
+
+/// `[a, b, c, … (n in all)]` for a note.
+pub fn steps_in_words(steps: &[usize]) -> String {
+    let shown: Vec<String> = steps.iter().take(6).map(usize::to_string).collect();
+    if steps.len() > shown.len() {
+        format!("{} … ({} in all)", shown.join(", "), steps.len())
+    } else {
+        shown.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
