@@ -48,6 +48,8 @@ fn signed_if_neg(x: f64, digits: usize) -> String {
 
 /// Seconds as `42 s`, `12.5 min` or `2.3 h`.
 pub fn duration(s: f64) -> String {
+    // An empty sum of f64 is -0.0, which would print as "-0 s".
+    let s = s + 0.0;
     if !s.is_finite() {
         "–".into()
     } else if s < 120.0 {

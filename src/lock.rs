@@ -30,6 +30,9 @@ use crate::provenance::{host, job_id};
 /// unless `--lock-timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long an unreadable lock file is respected before it is taken over.
+pub const UNREADABLE_GRACE: Duration = Duration::from_secs(10);
+
 /// A takeover guard older than this was left by a process that died taking over.
 const TAKEOVER_GUARD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -112,6 +115,15 @@ impl LockHolder {
                 return Some(format!("its holder (pid {} on this host) is gone", self.pid));
             }
         }
+        // A heartbeat from the future (a clock far off, or a forged file) would otherwise hold
+        // the run for ever.
+        let ahead = self.heartbeat.saturating_sub(unix_now());
+        if ahead > self.timeout_s {
+            return Some(format!(
+                "its heartbeat is {ahead} s in the future, past its {} s timeout (a clock far off, or not a gptlab lock)",
+                self.timeout_s
+            ));
+        }
         let age = self.heartbeat_age();
         (age > self.timeout_s).then(|| {
             format!(
@@ -146,10 +158,12 @@ pub fn inspect(path: &Path) -> LockState {
             Some(why) => LockState::Stale(why),
             None => LockState::Live(Some(holder)),
         },
-        // An older gptlab's lock (a pid), or a file being replaced: judged by its age.
+        // gptlab writes a lock whole (link(2) or rename of a complete file), so an unreadable
+        // one is junk or an older gptlab's: held for a short grace (a file system's attribute
+        // cache catching up), then taken over, instead of blocking the run for minutes.
         Err(_) => {
             let age = age(path).unwrap_or_default();
-            if age > DEFAULT_TIMEOUT {
+            if age > UNREADABLE_GRACE {
                 LockState::Stale(format!("it is unreadable and {} s old", age.as_secs()))
             } else {
                 LockState::Live(None)
@@ -471,7 +485,7 @@ mod tests {
         // An unreadable lock: recent means someone is writing it; old means left behind.
         fs::write(&path, "4242").unwrap();
         assert_eq!(inspect(&path), LockState::Live(None));
-        let old = SystemTime::now() - DEFAULT_TIMEOUT - Duration::from_secs(5);
+        let old = SystemTime::now() - UNREADABLE_GRACE - Duration::from_secs(2);
         fs::File::options()
             .write(true)
             .open(&path)

@@ -39,6 +39,33 @@ impl<D: Backend> Sampler<D> {
         let run_dir = crate::run_dir::RunDir::new(dir);
         let newest = run_dir.checkpoints_path().is_dir().then(|| run_dir.newest_checkpoint());
         let dir = match newest {
+            None if !dir.join("meta.json").exists() => {
+                let mut seeds: Vec<String> = std::fs::read_dir(dir)
+                    .map(|entries| {
+                        entries
+                            .filter_map(|e| e.ok())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n.starts_with("seed="))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                seeds.sort();
+                if seeds.is_empty() {
+                    anyhow::bail!(
+                        "{} is neither a checkpoint (no meta.json) nor a run folder (no checkpoints/)",
+                        dir.display()
+                    );
+                }
+                anyhow::bail!(
+                    "{} is a run trained over several seeds: name one of its seed folders ({})",
+                    dir.display(),
+                    seeds
+                        .iter()
+                        .map(|s| dir.join(s).display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             None => dir.to_path_buf(),
             Some(Some(newest)) => newest,
             Some(None) => anyhow::bail!("run folder {} has no checkpoint", dir.display()),

@@ -73,13 +73,18 @@ fn bad_slurm_settings_name_file_line_and_key_all_at_once() {
 
 #[test]
 fn slurm_time_limits_read_like_sbatch_reads_them() {
-    use gptlab::spec::slurm_time_seconds as t;
-    assert_eq!(t("90"), Some(90 * 60));
-    assert_eq!(t("10:30"), Some(10 * 60 + 30));
-    assert_eq!(t("2:00:00"), Some(7200));
-    assert_eq!(t("1-12"), Some(86_400 + 12 * 3600));
-    assert_eq!(t("1-0:30"), Some(86_400 + 1800));
-    assert_eq!(t("2-1:2:3"), Some(2 * 86_400 + 3600 + 120 + 3));
+    use gptlab::spec::{TimeLimit::*, slurm_time_limit as t};
+    assert_eq!(t("90"), Some(Seconds(90 * 60)));
+    assert_eq!(t("10:30"), Some(Seconds(10 * 60 + 30)));
+    assert_eq!(t("2:00:00"), Some(Seconds(7200)));
+    assert_eq!(t("1-12"), Some(Seconds(86_400 + 12 * 3600)));
+    assert_eq!(t("1-0:30"), Some(Seconds(86_400 + 1800)));
+    assert_eq!(t("2-1:2:3"), Some(Seconds(2 * 86_400 + 3600 + 120 + 3)));
+    // sbatch(1): "A time limit of zero requests that no time limit be imposed"; UNLIMITED,
+    // INFINITE and -1 are the named forms.
+    for unlimited in ["0", "00:00", "UNLIMITED", "unlimited", "INFINITE", "infinite", "-1"] {
+        assert_eq!(t(unlimited), Some(Unlimited), "{unlimited:?}");
+    }
     for bad in ["", "soon", "1:2:3:4", "-5", "1-", "1-2:3:4:5", "1.5", "1h"] {
         assert_eq!(t(bad), None, "{bad:?}");
     }

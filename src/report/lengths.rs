@@ -22,6 +22,8 @@ pub struct LengthResults {
     pub mismatched_windows: Vec<usize>,
     /// Runs lacking evaluations that `[eval] every` asks for, and at which steps.
     pub periodic_missing: Vec<String>,
+    /// Rows of `eval.csv` files that could not be read (left out), named.
+    pub unreadable: Vec<String>,
 }
 
 /// Reads every run's evaluations and keeps those the spec asks for now.
@@ -29,8 +31,9 @@ pub fn collect(plans: &[RunPlan]) -> Result<LengthResults> {
     let mut out = LengthResults::default();
     for p in plans {
         let run_dir = RunDir::new(&p.dir);
-        let have = run_dir.read_eval()?;
-        let reached = run_dir.read_metrics()?.last().map_or(0, |r| r.step);
+        let (have, unreadable) = run_dir.read_eval_lenient()?;
+        out.unreadable.extend(unreadable);
+        let reached = run_dir.read_metrics_lenient()?.0.last().map_or(0, |r| r.step);
         let mut found_steps = vec![];
         for phase in p.schedule.phases.iter().filter(|ph| ph.last_step() <= reached) {
             let step = phase.last_step();
@@ -302,6 +305,13 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
         out.notes.push(format!(
             "Not evaluated at the [eval] lengths with the spec's current settings: {} (`gptlab run` on the spec evaluates them from the phase-end checkpoints).",
             found.missing.join(", ")
+        ));
+    }
+    if !found.unreadable.is_empty() {
+        out.notes.push(format!(
+            "{} row(s) of the runs' eval.csv could not be read and are left out ({}).",
+            found.unreadable.len(),
+            found.unreadable.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
         ));
     }
     if !found.periodic_missing.is_empty() {

@@ -223,7 +223,8 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
     let mut other_settings = vec![];
     for p in plans {
         let run_dir = RunDir::new(&p.dir);
-        let mut rows = run_dir.read_metrics()?;
+        let (mut rows, unreadable) = run_dir.read_metrics_lenient()?;
+        run_notes.extend(suspect_rows(p, &rows, &unreadable));
         let total = p.schedule.total_steps();
         let state = run_dir.state(total);
         // Results of other settings than the spec now gives must not pass as its results: their
@@ -494,6 +495,39 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
         unfinished,
         other_settings,
     })
+}
+
+/// What the page says of a run's metrics rows that could not be read (left out) or that no
+/// training of this spec writes: steps past the schedule's end, negative losses.
+fn suspect_rows(p: &RunPlan, rows: &[MetricsRow], unreadable: &[String]) -> Vec<String> {
+    let mut notes = vec![];
+    if !unreadable.is_empty() {
+        notes.push(format!(
+            "Run {}: {} metrics row(s) could not be read and are left out ({}).",
+            p.id(),
+            unreadable.len(),
+            unreadable.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        ));
+    }
+    let total = p.schedule.total_steps();
+    let past = rows.iter().filter(|r| r.step > total || r.step == 0).count();
+    if past > 0 {
+        notes.push(format!(
+            "Run {}: {past} metrics row(s) have a step outside the schedule's 1..={total} (edited by hand, or of another spec).",
+            p.id()
+        ));
+    }
+    let negative = rows
+        .iter()
+        .filter(|r| r.train_loss < 0.0 || r.val_loss.is_some_and(|v| v < 0.0))
+        .count();
+    if negative > 0 {
+        notes.push(format!(
+            "Run {}: {negative} metrics row(s) have a negative loss, which a cross-entropy cannot be: the file was edited.",
+            p.id()
+        ));
+    }
+    notes
 }
 
 /// Writes `rows` as CSV (header from the first row's fields), atomically.

@@ -131,7 +131,8 @@ pub fn summarise(
         final_val_loss: last_val,
         best_val_loss: min(val.iter().copied()),
         tokens_per_s: median(rows.iter().map(|r| r.tokens_per_s).collect()),
-        train_s: rows.iter().map(|r| r.step_ms).filter(|x| x.is_finite()).sum::<f64>() / 1e3,
+        // + 0.0: an empty f64 sum is -0.0.
+        train_s: rows.iter().map(|r| r.step_ms).filter(|x| x.is_finite()).sum::<f64>() / 1e3 + 0.0,
         attn_ms: median(rows.iter().filter_map(|r| r.attn_ms).collect()),
         attn_mem_mb: median(rows.iter().filter_map(|r| r.attn_mem_mb).collect()),
         attn_mem_mb_analytic: median(rows.iter().filter_map(|r| r.attn_mem_mb_analytic).collect()),

@@ -88,15 +88,35 @@ pub struct PositionRow {
 
 /// Every row of a CSV file of `T` (none when there is no file).
 pub fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    if !path.exists() {
-        return Ok(vec![]);
+    let (rows, skipped) = read_rows_lenient(path)?;
+    match skipped.first() {
+        Some(first) => Err(anyhow::anyhow!("{first}")),
+        None => Ok(rows),
     }
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    reader
-        .deserialize()
-        .enumerate()
-        .map(|(i, r)| r.with_context(|| format!("{}: row {}", path.display(), i + 2)))
-        .collect()
+}
+
+/// [`read_rows`], with rows that cannot be read left out and named instead of failing the file.
+pub fn read_rows_lenient<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(Vec<T>, Vec<String>)> {
+    if !path.exists() {
+        return Ok((vec![], vec![]));
+    }
+    let reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(deserialize_lenient(reader, path))
+}
+
+/// Every row of `reader` that deserialises, and `<path>: row N: <why>` for each that does not.
+pub(super) fn deserialize_lenient<T: serde::de::DeserializeOwned, R: std::io::Read>(
+    mut reader: csv::Reader<R>,
+    path: &Path,
+) -> (Vec<T>, Vec<String>) {
+    let (mut rows, mut skipped) = (vec![], vec![]);
+    for (i, r) in reader.deserialize().enumerate() {
+        match r {
+            Ok(row) => rows.push(row),
+            Err(e) => skipped.push(format!("{}: row {}: {e}", path.display(), i + 2)),
+        }
+    }
+    (rows, skipped)
 }
 
 /// Writes `rows` as CSV to `path`, atomically.

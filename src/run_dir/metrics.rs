@@ -188,14 +188,20 @@ impl MetricsWriter {
 /// process is appending right now (the report and `gptlab status` read runs under way): it is
 /// left out, not an error.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
+    let (rows, skipped) = read_metrics_lenient(path)?;
+    match skipped.first() {
+        Some(first) => Err(anyhow::anyhow!("{first}")),
+        None => Ok(rows),
+    }
+}
+
+/// [`read_metrics`], with the rows that cannot be read left out and named (`metrics.csv: row
+/// 7: …`) instead of failing the whole file: what the report needs of a run with one torn
+/// row.
+pub fn read_metrics_lenient(path: &Path) -> Result<(Vec<MetricsRow>, Vec<String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("opening {}", path.display()))?;
     let whole = &bytes[..bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)];
-    let mut reader = csv::Reader::from_reader(whole);
-    reader
-        .deserialize()
-        .enumerate()
-        .map(|(i, r)| r.with_context(|| format!("{}: row {}", path.display(), i + 2)))
-        .collect()
+    Ok(super::eval::deserialize_lenient(csv::Reader::from_reader(whole), path))
 }
 
 /// The first row whose training or validation loss is not finite: its step and which loss.

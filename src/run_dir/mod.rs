@@ -173,6 +173,21 @@ impl RunDir {
         if path.exists() { read_metrics(&path) } else { Ok(vec![]) }
     }
 
+    /// The readable rows of `metrics.csv`, and the rows that are not, named.
+    pub fn read_metrics_lenient(&self) -> Result<(Vec<MetricsRow>, Vec<String>)> {
+        let path = self.metrics_path();
+        if path.exists() {
+            metrics::read_metrics_lenient(&path)
+        } else {
+            Ok((vec![], vec![]))
+        }
+    }
+
+    /// The readable rows of `eval.csv`, and the rows that are not, named.
+    pub fn read_eval_lenient(&self) -> Result<(Vec<EvalRow>, Vec<String>)> {
+        eval::read_rows_lenient(&self.eval_path())
+    }
+
     /// `eval.csv`.
     pub fn eval_path(&self) -> PathBuf {
         self.root.join("eval.csv")

@@ -173,8 +173,11 @@ impl RunDir {
     /// The first step whose training, validation or `[eval]` loss in the run's files is not
     /// finite, and which loss.
     pub fn non_finite_loss(&self) -> Option<(usize, String)> {
-        let in_metrics = self.read_metrics().ok().and_then(|rows| super::first_non_finite(&rows));
-        let in_eval = self.read_eval().ok().and_then(|rows| {
+        let in_metrics = self
+            .read_metrics_lenient()
+            .ok()
+            .and_then(|(rows, _)| super::first_non_finite(&rows));
+        let in_eval = self.read_eval_lenient().ok().and_then(|(rows, _)| {
             rows.iter().find_map(|r| {
                 let l = r.loss.filter(|l| !l.is_finite())?;
                 Some((r.step, format!("loss {l} at evaluation length {}", r.length)))
@@ -188,9 +191,9 @@ impl RunDir {
 
     /// The step of the last row of `metrics.csv` (0 for none).
     fn last_metrics_step(&self) -> usize {
-        self.read_metrics()
+        self.read_metrics_lenient()
             .ok()
-            .and_then(|rows| rows.last().map(|r| r.step))
+            .and_then(|(rows, _)| rows.last().map(|r| r.step))
             .unwrap_or(0)
     }
 }

@@ -24,7 +24,7 @@ use crate::device::{Chosen, DeviceRequest};
 use crate::error::Error;
 use crate::plan::{RunPlan, plan};
 use crate::report::write_report;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, RunStatus};
 use crate::spec::{SetArg, SpecFile};
 use crate::train::{JobLayout, RunOptions, train_runs};
 
@@ -407,7 +407,18 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     let ended = trainer.ended.into_inner().expect("not poisoned");
     outcome.failed.extend(ended.failed);
     outcome.busy = ended.busy;
-    outcome.interrupted = ended.interrupted || opts.stop.load(Ordering::SeqCst);
+    // A stop that came after the last step (during its phase-end evaluation or checkpoint)
+    // left every run finished: nothing to resume, so no "interrupted".
+    let left_unfinished = || {
+        to_train.iter().any(|p| {
+            let finished = matches!(
+                RunDir::new(&p.dir).read_status(),
+                Some(RunStatus::Complete { .. } | RunStatus::Diverged { .. } | RunStatus::Failed { .. })
+            );
+            !finished && !outcome.busy.contains(&p.id())
+        })
+    };
+    outcome.interrupted = ended.interrupted || (opts.stop.load(Ordering::SeqCst) && left_unfinished());
     if let Some(reports_dir) = &opts.reports_dir {
         // The report covers the whole experiment, not only the runs trained now (--only).
         // Interrupted, it shows what exists, without generating samples (the user is leaving).
@@ -433,6 +444,29 @@ pub fn report(
     report_all(&[exp], reports_dir, all_runs, with_samples)
 }
 
+/// When runs asked for with seeds were trained without, or the other way round: what to say.
+fn other_seed_layout(plans: &[RunPlan]) -> Option<String> {
+    let has_metrics = |d: &Path| d.join("metrics.csv").is_file();
+    let seeded = plans.iter().any(|p| p.seeded);
+    let found = plans.iter().any(|p| match seeded {
+        // <run>/seed=<s>/ asked for; <run>/ itself trained.
+        true => p.dir.parent().is_some_and(has_metrics),
+        // <run>/ asked for; <run>/seed=<s>/ trained.
+        false => std::fs::read_dir(&p.dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("seed=") && has_metrics(&e.path()))
+        }),
+    });
+    found.then(|| match seeded {
+        true => "; its runs were trained once, without seeds: report without --seeds (or experiment.seeds)".into(),
+        false => {
+            "; its runs were trained over seeds (folders seed=<s>): report with the same --seeds N or experiment.seeds"
+                .into()
+        }
+    })
+}
+
 /// [`report`] of several experiments on one page, `reports/<a>+<b>/`: each run is named
 /// `<experiment>/<run>`, and the first experiment's `[report]` settings (baseline, focus,
 /// smoothing) apply, their run names taken as runs of that experiment.
@@ -453,9 +487,10 @@ pub fn report_all(
         let trained = chosen.iter().any(|p| RunDir::new(&p.dir).metrics_path().is_file());
         if !trained {
             anyhow::bail!(
-                "nothing to report for `{}`: no run has trained yet (no metrics under {}); train it with `gptlab run`",
+                "nothing to report for `{}`: no run has trained yet (no metrics under {}){}",
                 exp.name(),
-                exp.runs_dir.join(exp.name()).display()
+                exp.runs_dir.join(exp.name()).display(),
+                other_seed_layout(&chosen).unwrap_or_else(|| "; train it with `gptlab run`".into())
             );
         }
         for mut p in chosen {

@@ -95,6 +95,12 @@ fn resources(s: &SlurmSection, training: bool) -> Vec<String> {
     lines
 }
 
+/// A folder as sbatch's `--output` pattern takes it: a `%` of the path itself is written `%%`,
+/// since sbatch replaces `%u`, `%j` and the like there.
+fn output_pattern(dir: &Path) -> String {
+    dir.display().to_string().replace('%', "%%")
+}
+
 /// The job array: task `i` trains `runs[i]` (a run id, as `--only` takes it).
 pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &Invocation, logs: &Path) -> String {
     let throttle = s.max_parallel.map(|n| format!("%{n}")).unwrap_or_default();
@@ -105,7 +111,7 @@ pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &I
         format!("#SBATCH --array=0-{}{throttle}", runs.len().saturating_sub(1)),
         format!("#SBATCH --chdir={}", inv.workdir.display()),
         // Requeued tasks append to the same log instead of replacing it.
-        format!("#SBATCH --output={}", logs.join("%A_%a.out").display()),
+        format!("#SBATCH --output={}/%A_%a.out", output_pattern(logs)),
         "#SBATCH --open-mode=append".into(),
         "#SBATCH --requeue".into(),
     ];
@@ -156,7 +162,7 @@ pub fn report_script(experiment: &str, s: &SlurmSection, inv: &Invocation, logs:
         format!("# gptlab: the report of experiment `{experiment}`, after its job array (written by `gptlab submit`)."),
         format!("#SBATCH --job-name=gptlab-{experiment}-report"),
         format!("#SBATCH --chdir={}", inv.workdir.display()),
-        format!("#SBATCH --output={}", logs.join("report_%j.out").display()),
+        format!("#SBATCH --output={}/report_%j.out", output_pattern(logs)),
     ];
     lines.extend(resources(s, false));
     lines.push(format!(

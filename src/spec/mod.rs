@@ -24,7 +24,7 @@ pub use sections::{
     RunConfig, SampleSection, SlurmSection, TrainSection,
 };
 
-pub use validate::slurm_time_seconds;
+pub use validate::{TimeLimit, slurm_time_limit};
 
 use overrides::{set_dotted, value_label};
 use source::{SourceMap, segments};
@@ -484,7 +484,10 @@ impl SpecFile {
             for name in &first.config.report.focus {
                 if !specs.iter().any(|s| &s.name == name) {
                     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                    errors.push(first.error("report.focus", format!("no run named `{name}`; the runs are {names:?}")));
+                    errors.push(
+                        first
+                            .experiment_error("report.focus", format!("no run named `{name}`; the runs are {names:?}")),
+                    );
                 }
             }
         }
@@ -496,14 +499,14 @@ impl SpecFile {
                     specs.len(),
                     specs.len() * n_seeds
                 );
-                errors.push(first.error("experiment.seeds", msg));
+                errors.push(first.experiment_error("experiment.seeds", msg));
             }
             if let Some(base) = &first.config.report.baseline
                 && !specs.iter().any(|s| &s.name == base)
                 && only.is_empty()
             {
                 let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                errors.push(first.error(
+                errors.push(first.experiment_error(
                     "report.baseline",
                     format!("no run named `{base}`; the runs are {names:?}"),
                 ));
@@ -643,6 +646,13 @@ impl RunSpec {
             Some(self.name.as_str()).filter(|_| self.named),
             message,
         )
+    }
+
+    /// An error about an experiment-wide `key` (`report.baseline`, `experiment.seeds`): placed
+    /// like [`RunSpec::error`], but not said to be of this run.
+    pub fn experiment_error(&self, key: &str, message: impl Into<String>) -> SpecError {
+        self.source
+            .error(self.source.origin(&self.layers, key), Some(key), None, message)
     }
 
     fn error_at_name(&self, message: String) -> SpecError {

@@ -158,9 +158,51 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
 /// Longest sequence a phase or an evaluation may have.
 pub const MAX_SEQ_LEN: usize = 65_536;
 
-/// A Slurm time limit in seconds, from any of the forms `sbatch --time` takes: `MM`, `MM:SS`,
-/// `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`; `None` if it is none of them.
-pub fn slurm_time_seconds(time: &str) -> Option<u64> {
+/// The sbatch options gptlab's scripts set themselves, which `[slurm] extra` may not repeat,
+/// and what each is for. Options with a key of their own (`--time`, `--partition`, …) are
+/// set through that key.
+const SET_BY_GPTLAB: [(&str, &str); 14] = [
+    ("--array", "one task per run"),
+    ("--signal", "the time-limit warning, from requeue_before_s"),
+    ("--chdir", "the folder the runs are found from"),
+    ("--output", "the task logs under runs/<experiment>/slurm/"),
+    ("--error", "the task logs under runs/<experiment>/slurm/"),
+    ("--open-mode", "logs that survive a requeue"),
+    ("--requeue", "preemption-safe tasks"),
+    ("--no-requeue", "preemption-safe tasks"),
+    ("--job-name", "the experiment's name"),
+    ("--dependency", "the report job after the array"),
+    ("--time", "set slurm.time"),
+    ("--partition", "set slurm.partition"),
+    ("--cpus-per-task", "set slurm.cpus_per_task"),
+    ("--mem", "set slurm.mem"),
+];
+
+/// A Slurm time limit as `sbatch --time` reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeLimit {
+    /// At most this many seconds.
+    Seconds(u64),
+    /// No limit: `UNLIMITED`, `INFINITE`, `-1`, or `0` ("a time limit of zero requests that
+    /// no time limit be imposed", sbatch(1)).
+    Unlimited,
+}
+
+/// A Slurm time limit, from any of the forms `sbatch --time` takes: `MM`, `MM:SS`,
+/// `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`, and the unlimited ones; `None` if it is none
+/// of them.
+pub fn slurm_time_limit(time: &str) -> Option<TimeLimit> {
+    if ["unlimited", "infinite", "-1"].contains(&time.to_ascii_lowercase().as_str()) {
+        return Some(TimeLimit::Unlimited);
+    }
+    match slurm_time_seconds(time)? {
+        0 => Some(TimeLimit::Unlimited),
+        s => Some(TimeLimit::Seconds(s)),
+    }
+}
+
+/// The seconds of a time limit in one of the numeric forms of [`slurm_time_limit`].
+fn slurm_time_seconds(time: &str) -> Option<u64> {
     let (days, rest) = match time.split_once('-') {
         Some((d, rest)) => (Some(d), rest),
         None => (None, time),
@@ -200,14 +242,14 @@ fn check_slurm(s: &super::SlurmSection, bad: &mut impl FnMut(&[&str], String)) {
             );
         }
     }
-    let time = s.time.as_deref().map(|t| (t, slurm_time_seconds(t)));
+    let time = s.time.as_deref().map(|t| (t, slurm_time_limit(t)));
     if let Some((t, None)) = time {
         bad(
             &["slurm.time"],
-            format!("{t:?} is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)"),
+            format!("{t:?} is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED)"),
         );
     }
-    if let Some((_, Some(limit))) = time
+    if let Some((_, Some(TimeLimit::Seconds(limit)))) = time
         && s.requeue_before_s > 0
         && s.requeue_before_s >= limit
     {
@@ -237,10 +279,16 @@ fn check_slurm(s: &super::SlurmSection, bad: &mut impl FnMut(&[&str], String)) {
         }
     }
     for line in &s.extra {
+        let option = line.split(['=', ' ']).next().unwrap_or_default();
         if !line.starts_with("--") || line.contains(['\n', '\r']) || line.len() < 3 {
             bad(
                 &["slurm.extra"],
                 format!("{line:?} is not one sbatch option (one line starting with --, e.g. \"--constraint=a100\")"),
+            );
+        } else if let Some((_, why)) = SET_BY_GPTLAB.iter().find(|(o, _)| *o == option) {
+            bad(
+                &["slurm.extra"],
+                format!("{option} is set by gptlab ({why}); a second one would change what the job does"),
             );
         }
     }
