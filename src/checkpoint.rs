@@ -127,7 +127,8 @@ fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>) -> Result<Vec<u8>> {
 
 /// Test hook, compiled only with the `fault-injection` feature (the test suite's): with
 /// `GPTLAB_FAULT=<point>@<step>` in the environment, the process kills itself with SIGKILL at
-/// that point, to prove that an interruption there loses nothing. With
+/// that point, to prove that an interruption there loses nothing; with
+/// `GPTLAB_FAULT=sigterm:<point>@<step>` it sends itself SIGTERM there (a stop request). With
 /// `GPTLAB_SLOW_STEPS_MS=<ms>`, every `step-end` point sleeps that long, so tests can catch a
 /// run mid-way (a second process, a signal from Slurm) without depending on the machine's speed.
 #[cfg(feature = "fault-injection")]
@@ -136,6 +137,17 @@ pub fn fault_point(point: &str, step: usize) {
         && let Some(ms) = std::env::var("GPTLAB_SLOW_STEPS_MS").ok().and_then(|v| v.parse().ok())
     {
         std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    if let Ok(spec) = std::env::var("GPTLAB_FAULT")
+        && spec == format!("sigterm:{point}@{step}")
+    {
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions; the handler
+        // gptlab installed turns SIGTERM into a stop request, as from Slurm or a user.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
+        // The handler runs on its own thread: give it time to set the flag.
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
     if let Ok(spec) = std::env::var("GPTLAB_FAULT")
         && spec == format!("{point}@{step}")
@@ -148,6 +160,21 @@ pub fn fault_point(point: &str, step: usize) {
         }
         std::process::abort();
     }
+}
+
+/// Test-only: whether `GPTLAB_POISON` names `<what>@<step>` (`train`, `val` or `eval`), in
+/// which case training takes that loss of that step to be NaN — a divergence of each kind on
+/// demand, at a chosen step, whatever the machine's rounding.
+#[cfg(feature = "fault-injection")]
+pub fn poisoned(what: &str, step: usize) -> bool {
+    std::env::var("GPTLAB_POISON").is_ok_and(|v| v.split(',').any(|p| p == format!("{what}@{step}")))
+}
+
+/// Without the `fault-injection` feature nothing is poisoned.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn poisoned(_what: &str, _step: usize) -> bool {
+    false
 }
 
 /// Without the `fault-injection` feature the hook is nothing.

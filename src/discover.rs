@@ -25,7 +25,9 @@ pub fn discover(dir: &Path) -> Vec<(PathBuf, Result<SpecSummary, SpecErrors>)> {
         .follow_links(true)
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "toml"))
+        // Anything named *.toml but a folder: a link to a device or a pipe is listed with its
+        // error rather than passed over in silence.
+        .filter(|e| !e.file_type().is_dir() && e.path().extension().is_some_and(|x| x == "toml"))
         .map(|e| e.into_path())
         .collect();
     paths.sort();

@@ -159,8 +159,9 @@ pub fn unique_suffix() -> String {
     format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The most a spec file may hold (a spec is a page of settings, not data).
-pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+/// The most a spec file may hold: a spec is settings, not data (a generated one with 50,000
+/// `[[run]]`s is about 1 MB).
+pub const MAX_SPEC_BYTES: u64 = 16 << 20;
 /// The most a metadata file gptlab reads may hold (`meta.json`, `vocab.json`, `config.json`,
 /// `status.json`, `provenance.json`).
 pub const MAX_META_BYTES: u64 = 64 << 20;
@@ -170,45 +171,46 @@ pub const MAX_META_BYTES: u64 = 64 << 20;
 /// read without end or not at all, so they are refused before a byte is read; the cap is
 /// checked again while reading, for a file that grows.
 pub fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    read_capped_or_why(path, max).map_err(|why| anyhow::anyhow!("{what} {}: {why}", path.display()))
+}
+
+/// [`read_capped`], with the reason alone as the error (for a caller that names the file).
+pub fn read_capped_or_why(path: &Path, max: u64) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
-    let meta = fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let meta = fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
     if !meta.is_file() {
-        anyhow::bail!(
-            "{what} {} is not a regular file ({}); give the path of a file",
-            path.display(),
+        return Err(format!(
+            "is not a regular file ({}); give the path of a file",
             kind_of(&meta)
-        );
+        ));
     }
-    let too_big = || {
-        anyhow::anyhow!(
-            "{what} {} is larger than the {} bytes allowed for it",
-            path.display(),
-            max
-        )
-    };
+    let too_big = || format!("is larger than the {max} bytes allowed");
     if meta.len() > max {
         return Err(too_big());
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     fs::File::open(path)
         .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut bytes))
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+        .map_err(|e| format!("cannot be read: {e}"))?;
     if bytes.len() as u64 > max {
         return Err(too_big());
     }
     Ok(bytes)
 }
 
-/// [`read_capped`] as UTF-8 text.
-pub fn read_text_capped(path: &Path, max: u64, what: &str) -> Result<String> {
-    let bytes = read_capped(path, max, what)?;
-    String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{what} {} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
+/// [`read_capped_or_why`] as UTF-8 text.
+pub fn read_text_capped_or_why(path: &Path, max: u64) -> std::result::Result<String, String> {
+    String::from_utf8(read_capped_or_why(path, max)?).map_err(|e| {
+        format!(
+            "is not UTF-8 text (invalid byte at offset {})",
             e.utf8_error().valid_up_to()
         )
     })
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_text_capped(path: &Path, max: u64, what: &str) -> Result<String> {
+    read_text_capped_or_why(path, max).map_err(|why| anyhow::anyhow!("{what} {}: {why}", path.display()))
 }
 
 /// What a non-regular file is, in words.

@@ -150,8 +150,8 @@ fn status(file: &Path, select: &Select, runs_dir: &Path) -> Outcome {
     println!("{}", table.text);
     if table.other_settings > 0 {
         eprintln!(
-            "error: {} run(s) hold results trained with other settings than the spec gives (state other-settings);              `gptlab run --fresh` retrains them, or --set experiment.name=<new name> keeps both",
-            table.other_settings
+            "{}",
+            other_settings_error(table.other_settings, "(state other-settings)")
         );
         return Ok(ExitCode::from(2));
     }
@@ -196,12 +196,20 @@ fn report(args: &ReportArgs) -> Outcome {
         // The page is written, without them; the exit code says not all was reported, as `run`
         // refuses such runs with exit 2.
         eprintln!(
-            "error: {} run(s) were trained with other settings than the spec gives and are left out;              `gptlab run --fresh` retrains them, or --set experiment.name=<new name> keeps both",
-            written.other_settings.len()
+            "{}",
+            other_settings_error(written.other_settings.len(), "(left out of the report)")
         );
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `report` and `status` say, exiting 2, when `n` runs hold results of other settings.
+fn other_settings_error(n: usize, what: &str) -> String {
+    format!(
+        "error: {n} run(s) hold results trained with other settings than the spec gives {what}; \
+         `gptlab run --fresh` retrains them, or --set experiment.name=<new name> keeps both"
+    )
 }
 
 fn sample(args: &SampleArgs) -> Outcome {

@@ -357,6 +357,11 @@ fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
                 "data path `{}` is a folder; give the text file in it",
                 path.display()
             ))
+        } else if path.exists() {
+            Err(format!(
+                "data file `{}` is not a regular file (a device, a pipe or a socket would be read without end)",
+                path.display()
+            ))
         } else {
             Err(format!("data file `{}` not found", path.display()))
         };

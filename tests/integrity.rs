@@ -111,15 +111,17 @@ fn a_completed_run_of_other_settings_is_refused_and_a_new_name_keeps_both() {
         before,
         "the old results are untouched"
     );
-    // A report drawn with the changed spec says the run does not match it.
+    // A report drawn with the changed spec says the run does not match it, leaves it out, and
+    // exits 2 as `run` does.
     report(
         &spec,
         tmp.path(),
         &["--only", "absolute", "--no-samples", "--set", "model.n_embd=32"],
     )
-    .success();
+    .code(2)
+    .stderr(predicate::str::contains("trained with other settings"));
     let page = std::fs::read_to_string(tmp.path().join("reports/cmp/index.html")).unwrap();
-    let said = "Run absolute was trained with other settings than this spec gives";
+    let said = "Left out of the verdict and every aggregate: run absolute";
     assert!(page.contains(said) && page.contains("model.n_embd"), "not said");
     // Renaming the experiment trains the variant beside the old results.
     run(

@@ -24,6 +24,8 @@ pub struct LengthResults {
     pub periodic_missing: Vec<String>,
     /// Rows of `eval.csv` files that could not be read (left out), named.
     pub unreadable: Vec<String>,
+    /// Runs left out because they diverged, with how.
+    pub diverged: Vec<String>,
 }
 
 /// Reads every run's evaluations and keeps those the spec asks for now.
@@ -31,6 +33,12 @@ pub fn collect(plans: &[RunPlan]) -> Result<LengthResults> {
     let mut out = LengthResults::default();
     for p in plans {
         let run_dir = RunDir::new(&p.dir);
+        let state = run_dir.state(p.schedule.total_steps());
+        if state.kind == crate::run_dir::StateKind::Diverged {
+            // Its evaluations end in a non-finite loss: none of them enters a mean.
+            out.diverged.push(format!("{} ({})", p.id(), state.phrase()));
+            continue;
+        }
         let (have, unreadable) = run_dir.read_eval_lenient()?;
         out.unreadable.extend(unreadable);
         let reached = run_dir.read_metrics_lenient()?.0.last().map_or(0, |r| r.step);
@@ -305,6 +313,12 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
         out.notes.push(format!(
             "Not evaluated at the [eval] lengths with the spec's current settings: {} (`gptlab run` on the spec evaluates them from the phase-end checkpoints).",
             found.missing.join(", ")
+        ));
+    }
+    if !found.diverged.is_empty() {
+        out.notes.push(format!(
+            "Left out of the loss by length: {}.",
+            found.diverged.join(", ")
         ));
     }
     if !found.unreadable.is_empty() {

@@ -118,15 +118,13 @@ pub(super) fn padded(lo: f64, hi: f64) -> (f64, f64) {
 /// A y tick label that fits its axis: plain for ordinary losses, scientific notation for a
 /// curve that ran off to 1e16 (a diverging run) or down to 1e-5.
 pub(super) fn tick(y: f64) -> String {
+    use plotters::coord::ranged1d::ValueFormatter;
     let a = y.abs();
     if a != 0.0 && !(1e-3..1e5).contains(&a) {
         format!("{y:.1e}")
-    } else if a >= 100.0 {
-        format!("{y:.0}")
     } else {
-        let s = format!("{y:.3}");
-        let s = s.trim_end_matches('0');
-        s.trim_end_matches('.').to_string()
+        // plotters' own label, as every ordinary figure had it.
+        plotters::coord::types::RangedCoordf64::format(&y)
     }
 }
 

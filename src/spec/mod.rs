@@ -222,12 +222,12 @@ impl SpecFile {
     /// Reads and parses `path`, checking syntax, key names and value types of the whole file.
     pub fn load(path: &Path) -> Result<Self, SpecErrors> {
         let text =
-            crate::fsio::read_text_capped(path, crate::fsio::MAX_SPEC_BYTES, "the spec").map_err(|e| SpecError {
+            crate::fsio::read_text_capped_or_why(path, crate::fsio::MAX_SPEC_BYTES).map_err(|why| SpecError {
                 file: path.to_path_buf(),
                 origin: Origin::File,
                 key: None,
                 run: None,
-                message: format!("{e:#}"),
+                message: format!("the spec {why}"),
             })?;
         Self::parse(path, &text)
     }

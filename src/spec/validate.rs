@@ -337,7 +337,7 @@ fn check_eval(e: &super::EvalSection, bad: &mut impl FnMut(&[&str], String)) {
             bad(
                 &["eval.rope_scaling"],
                 format!(
-                    "factor must be a number from 1 to {MAX_ROPE_FACTOR}, not {}",
+                    "factor must be a number of at least 1 and at most {MAX_ROPE_FACTOR}, not {}",
                     if s.factor.abs() < 1e6 {
                         s.factor.to_string()
                     } else {

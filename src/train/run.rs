@@ -67,7 +67,12 @@ fn evaluate_lengths<D: Backend>(
     step: usize,
     progress: &Progress,
 ) -> Result<Vec<EvalRow>> {
-    let (rows, positions) = lengths::evaluate(model, plan, &plan.corpus, phase, step);
+    let (mut rows, positions) = lengths::evaluate(model, plan, &plan.corpus, phase, step);
+    if checkpoint::poisoned("eval", step)
+        && let Some(last) = rows.iter_mut().rev().find(|r| r.loss.is_some())
+    {
+        last.loss = Some(f64::NAN);
+    }
     run_dir.record_eval(&rows, &positions)?;
     let shown: Vec<String> = rows
         .iter()
@@ -316,13 +321,18 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
         let evals = eval_batches(plan, corpus, phase);
         for step in phase.first_step.max(done + 1)..=phase.last_step() {
             still_ours()?;
-            let (stats, row) = timed_step(&mut model, &mut opt, plan, phase, step);
+            let (mut stats, row) = timed_step(&mut model, &mut opt, plan, phase, step);
+            if checkpoint::poisoned("train", step) {
+                stats.loss = f32::NAN;
+            }
             if let Some(cause) = non_finite_loss(stats.loss, stats.grad_norm, None, &[]) {
                 return ending.diverge(step, cause);
             }
             let phase_end = step == phase.last_step();
             let evaluate = phase_end || (t.eval_every > 0 && step % t.eval_every == 0);
-            let val_loss = evaluate.then(|| eval_loss(&model, &evals));
+            let val_loss = evaluate
+                .then(|| eval_loss(&model, &evals))
+                .map(|v| if checkpoint::poisoned("val", step) { f32::NAN } else { v });
             // The row is written even when its validation loss is not finite, so the
             // divergence is on record where it happened.
             metrics.append(&MetricsRow { val_loss, ..row })?;
@@ -332,6 +342,7 @@ pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Resu
             } else {
                 vec![]
             };
+            fault_point("evaluated", step);
             if let Some(cause) = non_finite_loss(stats.loss, stats.grad_norm, val_loss, &eval_rows) {
                 return ending.diverge(step, cause);
             }
