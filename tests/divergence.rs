@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{OutDirs, gptlab, tiny_spec};
+use common::{OutDirs, csv_rows, gptlab, tiny_spec};
 
 /// Two runs over two seeds of the tiny spec (checkpoints every 4 steps, 16 steps in all,
 /// validation every 5 and at phase ends 10 and 16), evaluated at lengths 8 and 16.
@@ -38,22 +38,6 @@ fn run(spec: &Path, out: &OutDirs, extra: &[&str], poison: Option<&str>) -> asse
 
 fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
-}
-
-/// The CSV rows of `file` as maps from column to value.
-fn csv_rows(file: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let mut r = csv::Reader::from_path(file).unwrap();
-    let header = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            header
-                .iter()
-                .map(String::from)
-                .zip(rec.iter().map(String::from))
-                .collect()
-        })
-        .collect()
 }
 
 /// Trains the pair, then retrains rope's seed 2 with `poison`, and checks every output.
@@ -87,16 +71,8 @@ fn one_seed_diverges(poison: &str, step: usize, cause: &str, before_first_checkp
     assert_eq!(status["state"], "diverged", "{status}");
     assert_eq!(status["step"], step as u64);
     assert!(status["cause"].as_str().unwrap().starts_with(cause), "{status}");
-    let shown = gptlab()
-        .args([
-            "status",
-            spec.to_str().unwrap(),
-            "--runs-dir",
-            out.runs.to_str().unwrap(),
-        ])
-        .assert()
-        .success();
-    let table = String::from_utf8_lossy(&shown.get_output().stdout).into_owned();
+    let shown = common::status(&spec, &out.runs).success();
+    let table = common::stdout_of(&shown);
     let line = table.lines().find(|l| l.starts_with("rope/seed=2")).unwrap();
     assert!(
         line.contains("diverged") && line.contains(&format!("{step}/16")) && line.contains(cause),
@@ -213,16 +189,8 @@ fn a_run_recorded_complete_with_a_nan_validation_loss_is_diverged_everywhere() {
     lines[last] = cells.join(",");
     std::fs::write(&metrics, lines.join("\n") + "\n").unwrap();
 
-    let shown = gptlab()
-        .args([
-            "status",
-            spec.to_str().unwrap(),
-            "--runs-dir",
-            out.runs.to_str().unwrap(),
-        ])
-        .assert()
-        .success();
-    let table = String::from_utf8_lossy(&shown.get_output().stdout).into_owned();
+    let shown = common::status(&spec, &out.runs).success();
+    let table = common::stdout_of(&shown);
     assert!(
         table
             .lines()

@@ -95,15 +95,7 @@ fn a_seed_trained_with_other_settings_is_left_out_everywhere() {
     for line in read(dir.join("comparison.csv")).lines().skip(1) {
         assert!(line.contains(",2,"), "paired over two seeds: {line}");
     }
-    let status = gptlab()
-        .args([
-            "status",
-            spec.to_str().unwrap(),
-            "--runs-dir",
-            out.runs.to_str().unwrap(),
-        ])
-        .assert()
-        .code(2);
+    let status = common::status(&spec, &out.runs).code(2);
     let table = stdout(&status);
     let line = table.lines().find(|l| l.starts_with("rope/seed=3")).unwrap();
     assert!(line.contains("other-settings") && line.contains("phase.0.lr"), "{line}");
@@ -267,7 +259,6 @@ fn eval_every_added_after_training_is_noted_where_it_cannot_be_done() {
 #[test]
 fn rope_scaling_errors_say_what_is_wrong() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = OutDirs::new();
     for (value, says) in [
         (
             r#"{ kind = "cubic", factor = 2.0 }"#,
@@ -384,10 +375,7 @@ fn a_junk_lock_does_not_block_a_run_for_long() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    let status = gptlab()
-        .args(["status", s.to_str().unwrap(), "--runs-dir", out.runs.to_str().unwrap()])
-        .assert()
-        .success();
+    let status = common::status(&s, &out.runs).success();
     assert!(!stdout(&status).contains("running"), "{}", stdout(&status));
     let done = cmd("run", &s, &out, &["-q", "--no-report", "--lock-timeout", "2"]).success();
     assert!(
@@ -449,7 +437,6 @@ fn seed_layouts_are_named_when_they_do_not_match() {
 #[test]
 fn an_experiment_wide_error_is_not_said_to_be_a_run_s() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = OutDirs::new();
     let s = spec(tmp.path(), "base", None, "[report]\nbaseline = \"nobody\"\n");
     let a = validate(&s, &[]).code(2);
     let err = stderr(&a);

@@ -28,6 +28,52 @@ pub struct LengthResults {
     pub diverged: Vec<String>,
 }
 
+impl LengthResults {
+    /// The page's notes on what the loss by length lacks, leaves out or cannot compare.
+    fn notes(&self) -> Vec<String> {
+        let first3 = |v: &[String]| v.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+        let lengths: Vec<String> = self.mismatched_windows.iter().map(usize::to_string).collect();
+        [
+            (
+                !self.missing.is_empty(),
+                format!(
+                    "Not evaluated at the [eval] lengths with the spec's current settings: {} (`gptlab run` on the spec evaluates them from the phase-end checkpoints).",
+                    self.missing.join(", ")
+                ),
+            ),
+            (
+                !self.diverged.is_empty(),
+                format!("Left out of the loss by length: {}.", self.diverged.join(", ")),
+            ),
+            (
+                !self.unreadable.is_empty(),
+                format!(
+                    "{} row(s) of the runs' eval.csv could not be read and are left out ({}).",
+                    self.unreadable.len(),
+                    first3(&self.unreadable)
+                ),
+            ),
+            (
+                !self.periodic_missing.is_empty(),
+                format!(
+                    "Not evaluated at the steps [eval] every now asks for (it was set or changed after they trained, and their weights are gone): {}. `gptlab run --fresh` retrains with them.",
+                    self.periodic_missing.join("; ")
+                ),
+            ),
+            (
+                !self.mismatched_windows.is_empty(),
+                format!(
+                    "At length {} the runs were scored on different validation windows (another corpus or split), so their losses by length do not compare.",
+                    lengths.join(", ")
+                ),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(said, note)| said.then_some(note))
+        .collect()
+    }
+}
+
 /// Reads every run's evaluations and keeps those the spec asks for now.
 pub fn collect(plans: &[RunPlan]) -> Result<LengthResults> {
     let mut out = LengthResults::default();
@@ -308,38 +354,10 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
     let found = collect(plans)?;
     super::write_csv(&dir.join("eval.csv"), &found.rows)?;
     super::write_csv(&dir.join("position_loss.csv"), &found.positions)?;
-    let mut out = LengthSection::default();
-    if !found.missing.is_empty() {
-        out.notes.push(format!(
-            "Not evaluated at the [eval] lengths with the spec's current settings: {} (`gptlab run` on the spec evaluates them from the phase-end checkpoints).",
-            found.missing.join(", ")
-        ));
-    }
-    if !found.diverged.is_empty() {
-        out.notes.push(format!(
-            "Left out of the loss by length: {}.",
-            found.diverged.join(", ")
-        ));
-    }
-    if !found.unreadable.is_empty() {
-        out.notes.push(format!(
-            "{} row(s) of the runs' eval.csv could not be read and are left out ({}).",
-            found.unreadable.len(),
-            found.unreadable.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-        ));
-    }
-    if !found.periodic_missing.is_empty() {
-        out.notes.push(format!(
-            "Not evaluated at the steps [eval] every now asks for (it was set or changed after they trained, and their weights are gone): {}. `gptlab run --fresh` retrains with them.",
-            found.periodic_missing.join("; ")
-        ));
-    }
-    if !found.mismatched_windows.is_empty() {
-        out.notes.push(format!(
-            "At length {} the runs were scored on different validation windows (another corpus or split), so their losses by length do not compare.",
-            found.mismatched_windows.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
-        ));
-    }
+    let mut out = LengthSection {
+        notes: found.notes(),
+        ..Default::default()
+    };
     let curves = curves(plans, &found.rows);
     if curves.iter().all(|c| c.points.iter().all(|p| p.1.is_none())) {
         return Ok(out);

@@ -160,6 +160,34 @@ pub fn dump_dom(page: &Path, profile: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `gptlab status SPEC --runs-dir RUNS`, run.
+pub fn status(spec: &Path, runs: &Path) -> assert_cmd::assert::Assert {
+    gptlab()
+        .args(["status", spec.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()])
+        .assert()
+}
+
+/// What a command printed on standard output.
+pub fn stdout_of(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stdout).into_owned()
+}
+
+/// The rows of a CSV file as maps from column to value.
+pub fn csv_rows(file: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let header = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            header
+                .iter()
+                .map(String::from)
+                .zip(rec.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
 /// `runs/` and `reports/` folders under a temporary folder, as command-line arguments.
 pub struct OutDirs {
     /// The temporary folder (removed on drop).
