@@ -91,6 +91,13 @@ impl PhaseSchedule {
             .sum()
     }
 
+    /// The learning rate of global step `step` (1-based): the one place a step's rate comes
+    /// from (the update, the metrics row), where a schedule would be computed. Today each
+    /// phase's rate is constant over the phase.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        self.phase_of(step).map_or(0.0, |p| p.lr)
+    }
+
     /// The phase a global step belongs to.
     pub fn phase_of(&self, step: usize) -> Option<&Phase> {
         self.phases

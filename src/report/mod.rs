@@ -6,6 +6,7 @@
 //! `position_loss.csv`, `length.svg`, `position_loss.svg`), `samples.md` and `index.html`.
 
 mod compare;
+mod gather;
 mod html;
 mod length_plot;
 pub mod lengths;
@@ -25,7 +26,7 @@ pub use summary::{LAST_N, RunSummary, median, summarise};
 use crate::fsio::write_atomic;
 use crate::model::Backend;
 use crate::plan::RunPlan;
-use crate::run_dir::{MetricsRow, RunDir, StateKind};
+use crate::run_dir::RunDir;
 
 /// What the report of one experiment produced.
 #[derive(Debug)]
@@ -204,227 +205,29 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
 
 /// Draws the report of `input.plans` into the (empty) folder `input.dir`.
 fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
-    let ReportInput {
-        title: experiment,
-        plans,
-        specs,
-        has_sweep,
-        dir,
-        with_samples,
-    } = *input;
+    let (plans, dir) = (input.plans, input.dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating report folder {}", dir.display()))?;
-    let seeded = plans.iter().any(|p| p.seeded);
-    let mut all_rows: Vec<MetricsRow> = vec![];
-    let mut summaries = vec![];
-    let mut curves: Vec<Curve> = vec![];
-    let mut curve_runs: Vec<String> = vec![]; // the run of each curve
-    let mut unfinished = vec![];
-    let mut run_notes = vec![];
-    let mut other_settings = vec![];
-    for p in plans {
-        let run_dir = RunDir::new(&p.dir);
-        let (mut rows, unreadable) = run_dir.read_metrics_lenient()?;
-        run_notes.extend(suspect_rows(p, &rows, &unreadable));
-        let total = p.schedule.total_steps();
-        let state = run_dir.state(total);
-        // Results of other settings than the spec now gives must not pass as its results: their
-        // status says so, which keeps them out of every aggregate and of the verdict.
-        let diff = p.differs_from_checkpoint();
-        let status = if diff.is_empty() {
-            summary::status_word(&state, &rows, total)
-        } else {
-            let what = format!("{}: {}", p.id(), diff.join("; "));
-            run_notes.push(format!(
-                "Left out of the verdict and every aggregate: run {what} (it was trained with other settings than this spec gives)."
-            ));
-            other_settings.push(what);
-            format!("trained with other settings ({})", diff.join("; "))
-        };
-        if !rows.is_empty() && run_dir.checkpoints().is_empty() && state.kind != StateKind::Diverged {
-            run_notes.push(format!(
-                "Run {} has metrics but no checkpoint (deleted?): it has no samples and cannot be resumed.",
-                p.id()
-            ));
-        }
-        if status != "complete" && diff.is_empty() {
-            unfinished.push(format!("{} ({status})", p.id()));
-        }
-        let series = plot::Series {
-            train: rows.iter().map(|r| (r.step as f64, r.train_loss as f64)).collect(),
-            val: rows
-                .iter()
-                .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
-                .collect(),
-        };
-        match curve_runs.iter().position(|r| *r == p.name) {
-            Some(i) => curves[i].seeds.push(series),
-            None => {
-                curve_runs.push(p.name.clone());
-                curves.push(Curve {
-                    label: p.label(),
-                    seeds: vec![series],
-                });
-            }
-        }
-        let seed = p.seeded.then_some(p.seed);
-        summaries.push(summarise(
-            &p.name,
-            seed,
-            &p.label(),
-            status,
-            &rows,
-            total,
-            p.num_params(),
-        ));
-        for r in &mut rows {
-            // The merged file names every row's run as the report does (several experiments:
-            // `experiment/run`) and its seed.
-            r.run = p.name.clone();
-            r.seed = Some(p.seed);
-        }
-        all_rows.extend(rows);
-    }
-    // A run whose seeds did not all finish is labelled as such in the figures.
-    for (c, run) in curves.iter_mut().zip(&curve_runs) {
-        let states: Vec<&RunSummary> = summaries.iter().filter(|s| s.run == *run).collect();
-        let done = states.iter().filter(|s| s.status == "complete").count();
-        if done < states.len() {
-            c.label = match states.as_slice() {
-                [one] => format!("{} [{}]", c.label, one.status),
-                _ => format!("{} [{done}/{} seeds complete]", c.label, states.len()),
-            };
-        }
-    }
-
-    let mut run_samples = vec![];
-    if with_samples {
-        for p in plans {
-            let label = if p.seeded {
-                format!("{} (seed {})", p.label(), p.seed)
-            } else {
-                p.label()
-            };
-            run_samples.push((
-                label,
-                samples::run_samples(dev, p).with_context(|| format!("sampling run `{}`", p.id()))?,
-            ));
-        }
-    }
-    for (i, (summary, plan)) in summaries.iter_mut().zip(plans).enumerate() {
-        summary.kv_bytes_per_token = Some(plan.model.kv_bytes_per_token() as f64);
-        let last = run_samples
-            .get(i)
-            .and_then(|(_, ckpts): &(String, Vec<samples::CheckpointSamples>)| ckpts.last());
-        summary.decode_tokens_per_s = last.and_then(|c| {
-            median(
-                c.samples
-                    .iter()
-                    .map(|s| s.decode_tokens_per_s)
-                    .filter(|v| *v > 0.0)
-                    .collect(),
-            )
-        });
-    }
-
-    let aggregates = compare::aggregate(&summaries);
+    let mut runs = gather::gather(plans)?;
+    let run_samples = attach_samples(dev, input, &mut runs.summaries)?;
+    let aggregates = compare::aggregate(&runs.summaries);
     let report_cfg = plans.first().map(|p| p.config.report.clone()).unwrap_or_default();
     let base = compare::baseline(&aggregates, report_cfg.baseline.as_deref()).map(|b| b.run.clone());
     let comparison = base
         .as_deref()
-        .map(|b| compare::compare(&summaries, b))
+        .map(|b| compare::compare(&runs.summaries, b))
         .unwrap_or_default();
-    let mut verdict = compare::verdict(&aggregates, &summaries, &comparison, base.as_deref());
-    let by_length = lengths::write(dir, experiment, plans)?;
+    let mut verdict = compare::verdict(&aggregates, &runs.summaries, &comparison, base.as_deref());
+    let by_length = lengths::write(dir, input.title, plans)?;
     verdict.extend(by_length.sentences.iter().cloned());
-
-    write_csv(&dir.join("metrics.csv"), &all_rows)?;
-    write_csv(&dir.join("summary.csv"), &aggregates)?;
-    write_csv(&dir.join("seeds.csv"), &summaries)?;
-    write_csv(&dir.join("comparison.csv"), &comparison)?;
     let tables = tables::Tables {
         aggregates: &aggregates,
         comparison: &comparison,
-        summaries: &summaries,
+        summaries: &runs.summaries,
         baseline: base.as_deref(),
     };
-    let mut md = format!("# {experiment}: summary\n\n## Verdict\n\n");
-    for v in &verdict {
-        md.push_str(&format!("- {v}\n"));
-    }
-    md.push_str(&tables.markdown());
-    if !unfinished.is_empty() {
-        md.push_str(&format!("\nNot finished: {}.\n", unfinished.join(", ")));
-    }
-    if !other_settings.is_empty() {
-        md.push_str(&format!(
-            "\nLeft out (trained with other settings than this spec gives): {}.\n",
-            other_settings.join(", ")
-        ));
-    }
-    write_atomic(&dir.join("summary.md"), md.as_bytes())?;
-
-    let smoothing = report_cfg.smoothing;
-    let loss_caption = if seeded {
-        "Training loss: per run, the mean over its seeds of the smoothed loss (line) and the min–max \
-         across seeds (band); dots: mean validation loss"
-    } else {
-        "Training loss (light: raw, bold: smoothed; dots: validation loss)"
-    };
-    let mut figures = vec![("loss.svg".to_string(), loss_caption.to_string())];
-    write_atomic(
-        &dir.join("loss.svg"),
-        loss_chart(
-            &format!("{experiment}: training loss"),
-            &curves,
-            &boundaries(plans),
-            smoothing,
-        )?
-        .as_bytes(),
-    )?;
-    let focus = report_cfg.focus.clone();
-    if !focus.is_empty() {
-        // The study's side-by-side figures (e.g. GQA-2 vs MHA): only the named runs, in the
-        // colours of their position in the list.
-        let chosen: Vec<Curve> = focus
-            .iter()
-            .filter_map(|name| Some(curves[curve_runs.iter().position(|r| r == name)?].clone()))
-            .collect();
-        let title = format!(
-            "{experiment}: {}",
-            chosen.iter().map(|c| c.label.as_str()).collect::<Vec<_>>().join(" vs ")
-        );
-        write_atomic(
-            &dir.join("loss_focus.svg"),
-            loss_chart(&title, &chosen, &boundaries(plans), smoothing)?.as_bytes(),
-        )?;
-        figures.push((
-            "loss_focus.svg".to_string(),
-            format!("Training loss: {}", focus.join(" vs ")),
-        ));
-    }
-    if has_sweep {
-        // Seeds that did not finish would mix earlier losses into the points.
-        let done: Vec<(&RunPlan, &RunSummary)> = plans
-            .iter()
-            .zip(&summaries)
-            .filter(|(p, s)| !p.seeded || s.status == "complete")
-            .collect();
-        for (file, chart) in sweep_charts(&done) {
-            write_atomic(&dir.join(&file), sweep_chart(&chart)?.as_bytes())?;
-            let caption = if seeded {
-                format!(
-                    "{}: dots are seeds, the line joins their means, bars are 95% t intervals of the mean",
-                    chart.title
-                )
-            } else {
-                chart.title.clone()
-            };
-            figures.push((file, caption));
-        }
-    }
-
+    write_tables(input, &runs, &tables, &verdict)?;
+    let mut figures = write_figures(input, &runs, &report_cfg)?;
     figures.extend(by_length.figures.iter().cloned());
-
     let seq_len_of = |label: &str, phase: usize| {
         plans
             .iter()
@@ -438,48 +241,23 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
         &plans.first().map(|p| p.dir.clone()).unwrap_or_default(),
     );
     write_atomic(&dir.join("samples.md"), samples_md.as_bytes())?;
-
-    let mut notes: Vec<String> = if unfinished.is_empty() {
-        vec![]
-    } else {
-        vec![format!("Not finished: {}.", unfinished.join(", "))]
-    };
-    notes.extend(run_notes);
-    notes.extend(by_length.notes.iter().cloned());
     let provenance: Vec<(String, crate::provenance::Provenance)> = plans
         .iter()
         .map(|p| (p.id(), RunDir::new(&p.dir).read_provenance()))
         .collect();
-    let mut builds: Vec<(String, Vec<&str>)> = vec![];
-    for (run, p) in &provenance {
-        for b in p.builds() {
-            match builds.iter_mut().find(|(known, _)| *known == b) {
-                Some((_, runs)) => runs.push(run),
-                None => builds.push((b, vec![run])),
-            }
-        }
-    }
-    if builds.len() > 1 {
-        let each: Vec<String> = builds
-            .iter()
-            .map(|(b, runs)| format!("{b}: {}", runs.join(", ")))
-            .collect();
-        notes.push(format!(
-            "These runs were trained by different gptlab builds, so their numbers may not compare: {}.",
-            each.join("; ")
-        ));
-    }
-    let specs: Vec<(String, String)> = specs
+    let mut notes = runs.notes();
+    notes.extend(by_length.notes.iter().cloned());
+    notes.extend(builds_note(&provenance));
+    let specs: Vec<(String, String)> = input
+        .specs
         .iter()
         .map(|s| {
-            (
-                s.display().to_string(),
-                crate::fsio::read_text_capped(s, crate::fsio::MAX_SPEC_BYTES, "the spec").unwrap_or_default(),
-            )
+            let text = crate::fsio::read_text_capped(s, crate::fsio::MAX_SPEC_BYTES, "the spec");
+            (s.display().to_string(), text.unwrap_or_default())
         })
         .collect();
     let page = html::page(&html::Page {
-        experiment,
+        experiment: input.title,
         verdict: &verdict,
         figures: &figures,
         tables: &tables,
@@ -492,42 +270,147 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
     write_atomic(&dir.join("index.html"), page.as_bytes())?;
     Ok(Report {
         dir: dir.to_path_buf(),
-        unfinished,
-        other_settings,
+        unfinished: runs.unfinished,
+        other_settings: runs.other_settings,
     })
 }
 
-/// What the page says of a run's metrics rows that could not be read (left out) or that no
-/// training of this spec writes: steps past the schedule's end, negative losses.
-fn suspect_rows(p: &RunPlan, rows: &[MetricsRow], unreadable: &[String]) -> Vec<String> {
-    let mut notes = vec![];
-    if !unreadable.is_empty() {
-        notes.push(format!(
-            "Run {}: {} metrics row(s) could not be read and are left out ({}).",
-            p.id(),
-            unreadable.len(),
-            unreadable.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+/// Each run's samples (generated, or read from the checkpoints' cache) when the report asks
+/// for them, and the decode speed and KV-cache size of each summary.
+fn attach_samples<D: Backend>(
+    dev: &D,
+    input: &ReportInput<'_>,
+    summaries: &mut [RunSummary],
+) -> Result<Vec<(String, Vec<samples::CheckpointSamples>)>> {
+    let mut run_samples = vec![];
+    if input.with_samples {
+        for p in input.plans {
+            let label = if p.seeded {
+                format!("{} (seed {})", p.label(), p.seed)
+            } else {
+                p.label()
+            };
+            let made = samples::run_samples(dev, p).with_context(|| format!("sampling run `{}`", p.id()))?;
+            run_samples.push((label, made));
+        }
+    }
+    for (i, (summary, plan)) in summaries.iter_mut().zip(input.plans).enumerate() {
+        summary.kv_bytes_per_token = Some(plan.model.kv_bytes_per_token() as f64);
+        let last = run_samples.get(i).and_then(|(_, ckpts)| ckpts.last());
+        summary.decode_tokens_per_s = last.and_then(|c| {
+            let speeds = c.samples.iter().map(|s| s.decode_tokens_per_s).filter(|v| *v > 0.0);
+            median(speeds.collect())
+        });
+    }
+    Ok(run_samples)
+}
+
+/// `metrics.csv`, `summary.csv`, `seeds.csv`, `comparison.csv` and `summary.md`.
+fn write_tables(
+    input: &ReportInput<'_>,
+    runs: &gather::Runs,
+    tables: &tables::Tables<'_>,
+    verdict: &[String],
+) -> Result<()> {
+    let dir = input.dir;
+    write_csv(&dir.join("metrics.csv"), &runs.rows)?;
+    write_csv(&dir.join("summary.csv"), tables.aggregates)?;
+    write_csv(&dir.join("seeds.csv"), tables.summaries)?;
+    write_csv(&dir.join("comparison.csv"), tables.comparison)?;
+    let mut md = format!("# {}: summary\n\n## Verdict\n\n", input.title);
+    for v in verdict {
+        md.push_str(&format!("- {v}\n"));
+    }
+    md.push_str(&tables.markdown());
+    if !runs.unfinished.is_empty() {
+        md.push_str(&format!("\nNot finished: {}.\n", runs.unfinished.join(", ")));
+    }
+    if !runs.other_settings.is_empty() {
+        md.push_str(&format!(
+            "\nLeft out (trained with other settings than this spec gives): {}.\n",
+            runs.other_settings.join(", ")
         ));
     }
-    let total = p.schedule.total_steps();
-    let past = rows.iter().filter(|r| r.step > total || r.step == 0).count();
-    if past > 0 {
-        notes.push(format!(
-            "Run {}: {past} metrics row(s) have a step outside the schedule's 1..={total} (edited by hand, or of another spec).",
-            p.id()
-        ));
+    write_atomic(&dir.join("summary.md"), md.as_bytes())
+}
+
+/// `loss.svg`, `loss_focus.svg` and the sweep charts; their `(file, caption)`.
+fn write_figures(
+    input: &ReportInput<'_>,
+    runs: &gather::Runs,
+    report_cfg: &crate::spec::ReportSection,
+) -> Result<Vec<(String, String)>> {
+    let (experiment, plans, dir) = (input.title, input.plans, input.dir);
+    let seeded = plans.iter().any(|p| p.seeded);
+    let smoothing = report_cfg.smoothing;
+    let loss_caption = if seeded {
+        "Training loss: per run, the mean over its seeds of the smoothed loss (line) and the min–max \
+         across seeds (band); dots: mean validation loss"
+    } else {
+        "Training loss (light: raw, bold: smoothed; dots: validation loss)"
+    };
+    let mut figures = vec![("loss.svg".to_string(), loss_caption.to_string())];
+    let title = format!("{experiment}: training loss");
+    let chart = loss_chart(&title, &runs.curves, &boundaries(plans), smoothing)?;
+    write_atomic(&dir.join("loss.svg"), chart.as_bytes())?;
+    if !report_cfg.focus.is_empty() {
+        // The study's side-by-side figures (e.g. GQA-2 vs MHA): only the named runs, in the
+        // colours of their position in the list.
+        let chosen: Vec<Curve> = report_cfg
+            .focus
+            .iter()
+            .filter_map(|name| Some(runs.curves[runs.curve_runs.iter().position(|r| r == name)?].clone()))
+            .collect();
+        let labels: Vec<&str> = chosen.iter().map(|c| c.label.as_str()).collect();
+        let title = format!("{experiment}: {}", labels.join(" vs "));
+        let chart = loss_chart(&title, &chosen, &boundaries(plans), smoothing)?;
+        write_atomic(&dir.join("loss_focus.svg"), chart.as_bytes())?;
+        let caption = format!("Training loss: {}", report_cfg.focus.join(" vs "));
+        figures.push(("loss_focus.svg".to_string(), caption));
     }
-    let negative = rows
-        .iter()
-        .filter(|r| r.train_loss < 0.0 || r.val_loss.is_some_and(|v| v < 0.0))
-        .count();
-    if negative > 0 {
-        notes.push(format!(
-            "Run {}: {negative} metrics row(s) have a negative loss, which a cross-entropy cannot be: the file was edited.",
-            p.id()
-        ));
+    if input.has_sweep {
+        // Seeds that did not finish would mix earlier losses into the points.
+        let done: Vec<(&RunPlan, &RunSummary)> = plans
+            .iter()
+            .zip(&runs.summaries)
+            .filter(|(p, s)| !p.seeded || s.status == "complete")
+            .collect();
+        for (file, chart) in sweep_charts(&done) {
+            write_atomic(&dir.join(&file), sweep_chart(&chart)?.as_bytes())?;
+            let caption = match seeded {
+                true => format!(
+                    "{}: dots are seeds, the line joins their means, bars are 95% t intervals of the mean",
+                    chart.title
+                ),
+                false => chart.title.clone(),
+            };
+            figures.push((file, caption));
+        }
     }
-    notes
+    Ok(figures)
+}
+
+/// A note when the runs were trained by different gptlab builds.
+fn builds_note(provenance: &[(String, crate::provenance::Provenance)]) -> Option<String> {
+    let mut builds: Vec<(String, Vec<&str>)> = vec![];
+    for (run, p) in provenance {
+        for b in p.builds() {
+            match builds.iter_mut().find(|(known, _)| *known == b) {
+                Some((_, runs)) => runs.push(run),
+                None => builds.push((b, vec![run])),
+            }
+        }
+    }
+    (builds.len() > 1).then(|| {
+        let each: Vec<String> = builds
+            .iter()
+            .map(|(b, runs)| format!("{b}: {}", runs.join(", ")))
+            .collect();
+        format!(
+            "These runs were trained by different gptlab builds, so their numbers may not compare: {}.",
+            each.join("; ")
+        )
+    })
 }
 
 /// Writes `rows` as CSV (header from the first row's fields), atomically.

@@ -13,8 +13,9 @@ use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
 use crate::plan::{Phase, RunPlan};
+use crate::provenance::Provenance;
 use crate::provenance::{RunSession, utc_now};
-use crate::run_dir::{EvalRow, MetricsRow, RunDir, RunStatus};
+use crate::run_dir::{EvalRow, MetricsRow, MetricsWriter, RunDir, RunStatus};
 use crate::seed::{Stream, stream};
 
 /// How to train.
@@ -164,20 +165,192 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
     Ok(0)
 }
 
-/// What a session of one run has recorded so far, and its one way to end: the status, the
-/// provenance session's outcome and the progress line, written together.
-struct Ending<'a> {
-    run_dir: &'a RunDir,
-    provenance: crate::provenance::Provenance,
+/// One run's training session, read top to bottom: [`RunLoop::open`] (the folder, resume or
+/// `init_from`, provenance, evaluations a changed `[eval]` lacks), [`RunLoop::run`] (every step
+/// left: [`RunLoop::step`] trains, [`RunLoop::record`] writes the row and evaluations,
+/// checkpoints follow), and one ending, [`RunLoop::finish`], for complete, interrupted and
+/// diverged alike.
+pub struct RunLoop<'a, D: Backend> {
+    plan: &'a RunPlan,
+    opts: &'a RunOptions,
+    run_dir: RunDir,
+    model: Gpt<D>,
+    opt: AdamW,
+    metrics: MetricsWriter,
+    /// The step the session resumed after (0: from the start).
+    done: usize,
+    provenance: Provenance,
     progress: Progress,
     started: Instant,
     last_train: Option<f32>,
     last_val: Option<f32>,
 }
 
-impl Ending<'_> {
-    /// Ends the session with `status`, saying `message`.
-    fn end(mut self, status: RunStatus, message: &str) -> Result<RunOutcome> {
+impl<'a, D: Backend> RunLoop<'a, D> {
+    /// Prepares `plan`'s folder and model on `dev`: resumes from its newest good checkpoint
+    /// (unless `opts.fresh`) or starts from `init_from`, opens this session in
+    /// `provenance.json`, and evaluates the phase ends `eval.csv` lacks.
+    pub fn open(dev: &D, plan: &'a RunPlan, opts: &'a RunOptions) -> Result<Self> {
+        let run_dir = RunDir::new(&plan.dir);
+        run_dir.create()?;
+        if opts.fresh {
+            run_dir.clear()?;
+        }
+        run_dir.write_config(&plan.config)?;
+        run_dir.write_vocab(plan.corpus.vocab.chars())?;
+        let t = &plan.train;
+        let mut model = Gpt::new(dev, &plan.model, plan.seed);
+        let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
+        let done = resume(plan, &run_dir, &mut model, &mut opt)?;
+        if done == 0 {
+            init_from(plan, &mut model)?;
+        }
+        let metrics = run_dir.metrics_writer(done)?;
+        run_dir.write_status(&RunStatus::Running { step: done })?;
+        let mut provenance = run_dir.read_provenance();
+        provenance.sessions.push(RunSession::start(
+            &opts.session,
+            &plan.data_path,
+            &plan.data_sha256,
+            done + 1,
+        ));
+        run_dir.write_provenance(&provenance)?;
+        crate::probe::enable_attention_probe(plan.config.measure.attention);
+        crate::probe::reset_peak_rss();
+        let later = opts.later_work.get(&plan.id()).copied().unwrap_or(0.0);
+        let progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
+        run_dir.truncate_eval(done)?;
+        evaluate_missing(dev, plan, &run_dir, done, &progress)?;
+        Ok(Self {
+            plan,
+            opts,
+            run_dir,
+            model,
+            opt,
+            metrics,
+            done,
+            provenance,
+            progress,
+            started: Instant::now(),
+            last_train: None,
+            last_val: None,
+        })
+    }
+
+    /// Trains every step left, phase by phase, and ends the session.
+    pub fn run(mut self) -> Result<RunOutcome> {
+        let (plan, done) = (self.plan, self.done);
+        for phase in plan.schedule.phases.iter().filter(|p| p.last_step() > done) {
+            let evals = eval_batches(plan, &plan.corpus, phase);
+            for step in phase.first_step.max(done + 1)..=phase.last_step() {
+                self.still_ours()?;
+                let row = self.step(phase, step);
+                if let Some(cause) = non_finite_loss(row.train_loss, row.grad_norm, None, &[]) {
+                    return self.diverge(step, cause);
+                }
+                if let Some(cause) = self.record(phase, row, &evals)? {
+                    return self.diverge(step, cause);
+                }
+                fault_point("step-end", step);
+                let stop = self.opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+                self.checkpoint_if_due(phase, step, stop)?;
+                if stop && step < plan.schedule.total_steps() {
+                    let message = format!("interrupted after step {step}; checkpoint written");
+                    return self.finish(RunStatus::Interrupted { step }, &message);
+                }
+            }
+        }
+        let total = plan.schedule.total_steps();
+        let message = format!(
+            "complete: {total} steps ({} this session) in {:.1} s, train loss {}, val loss {}",
+            total - self.done,
+            self.started.elapsed().as_secs_f64(),
+            self.last_train.map_or_else(|| "-".into(), |v| format!("{v:.4}")),
+            self.last_val.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+        );
+        self.finish(RunStatus::Complete { step: total }, &message)
+    }
+
+    /// One optimizer step at `step`; returns its metrics row (without the validation loss).
+    pub fn step(&mut self, phase: &Phase, step: usize) -> MetricsRow {
+        let mut row = timed_step(&mut self.model, &mut self.opt, self.plan, phase, step);
+        if checkpoint::poisoned("train", step) {
+            row.train_loss = f32::NAN;
+        }
+        row
+    }
+
+    /// Writes `row` with the validation loss when the step evaluates, and the `[eval]` lengths
+    /// when due. The row is written even when a loss is not finite, so the divergence is on
+    /// record where it happened; returns which loss was not finite, if one was.
+    pub fn record(&mut self, phase: &Phase, row: MetricsRow, evals: &[Batch]) -> Result<Option<String>> {
+        let (plan, step) = (self.plan, row.step);
+        let t = &plan.train;
+        let phase_end = step == phase.last_step();
+        let evaluate = phase_end || (t.eval_every > 0 && step % t.eval_every == 0);
+        let val_loss = evaluate
+            .then(|| eval_loss(&self.model, evals))
+            .map(|v| if checkpoint::poisoned("val", step) { f32::NAN } else { v });
+        let (train_loss, grad_norm) = (row.train_loss, row.grad_norm);
+        self.metrics.append(&MetricsRow { val_loss, ..row })?;
+        let every = plan.config.eval.every;
+        let eval_rows = if phase_end || (every > 0 && step % every == 0) {
+            evaluate_lengths(&self.model, plan, &self.run_dir, phase, step, &self.progress)?
+        } else {
+            vec![]
+        };
+        fault_point("evaluated", step);
+        if let Some(cause) = non_finite_loss(train_loss, grad_norm, val_loss, &eval_rows) {
+            return Ok(Some(cause));
+        }
+        self.last_train = Some(train_loss);
+        self.last_val = val_loss.or(self.last_val);
+        self.progress
+            .step(phase.index, step, phase.seq_len, train_loss, val_loss);
+        Ok(None)
+    }
+
+    /// Saves a checkpoint after `step` at a phase end, every `checkpoint_every` steps, and when
+    /// asked to stop.
+    fn checkpoint_if_due(&mut self, phase: &Phase, step: usize, stop: bool) -> Result<()> {
+        let t = &self.plan.train;
+        let phase_end = step == phase.last_step();
+        let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
+        if !(phase_end || periodic || stop) {
+            return Ok(());
+        }
+        self.still_ours()?;
+        let kind = if phase_end { Kind::PhaseEnd } else { Kind::Periodic };
+        let vocab = self.plan.corpus.vocab.chars().to_vec();
+        let meta = Meta::new(
+            step,
+            phase.index,
+            kind,
+            vocab,
+            self.plan.model.clone(),
+            self.plan.identity(step),
+        );
+        self.run_dir
+            .save_checkpoint(&self.model, &self.opt.state, meta, t.keep_checkpoints)?;
+        self.run_dir.write_status(&RunStatus::Running { step })?;
+        fault_point("after-checkpoint", step);
+        Ok(())
+    }
+
+    /// Stops when another process has taken the run over (its lock heartbeat went stale).
+    fn still_ours(&self) -> Result<()> {
+        if self.opts.lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst)) {
+            bail!(
+                "another process took over run `{}` (this one's lock heartbeat went stale); stopped without writing more",
+                self.plan.id()
+            );
+        }
+        Ok(())
+    }
+
+    /// Ends the session with `status`, saying `message`: the status, the provenance session's
+    /// outcome and the progress line, written together.
+    pub fn finish(mut self, status: RunStatus, message: &str) -> Result<RunOutcome> {
         let (outcome, last_step) = match &status {
             RunStatus::Complete { step } => ("complete", *step),
             RunStatus::Diverged { step, .. } => ("diverged", *step),
@@ -206,14 +379,26 @@ impl Ending<'_> {
             None => "it had no checkpoint yet; --fresh retrains it".to_string(),
         };
         let message = format!("diverged: {cause} at step {step}; {kept}");
-        self.end(
-            RunStatus::Diverged {
-                step,
-                cause: Some(cause),
-            },
-            &message,
-        )
+        let status = RunStatus::Diverged {
+            step,
+            cause: Some(cause),
+        };
+        self.finish(status, &message)
     }
+}
+
+/// Loads `init_from`'s weights into a run that starts from step 0.
+fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
+    let Some(from) = &plan.init_from else {
+        return Ok(());
+    };
+    let loaded = checkpoint::read(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
+    if loaded.meta.vocab != plan.corpus.vocab.chars() {
+        bail!("init_from checkpoint {from} was trained on another vocabulary");
+    }
+    loaded
+        .load_weights(model)
+        .with_context(|| format!("loading weights from {from}"))
 }
 
 /// The first non-finite loss among a step's: the training loss (or gradient norm), the
@@ -247,155 +432,19 @@ fn non_finite_loss(train: f32, grad_norm: f64, val: Option<f32>, eval: &[EvalRow
 /// `[eval]` loss turns non-finite ends as diverged at that step: a NaN is never passed over
 /// for an earlier number.
 pub fn train_run<D: Backend>(dev: &D, plan: &RunPlan, opts: &RunOptions) -> Result<RunOutcome> {
-    let corpus: &Corpus = &plan.corpus;
-    let run_dir = RunDir::new(&plan.dir);
-    run_dir.create()?;
-    if opts.fresh {
-        run_dir.clear()?;
-    }
-    run_dir.write_config(&plan.config)?;
-    run_dir.write_vocab(corpus.vocab.chars())?;
-
-    let t = &plan.train;
-    let mut model = Gpt::new(dev, &plan.model, plan.seed);
-    let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
-    let done = resume(plan, &run_dir, &mut model, &mut opt)?;
-    if done == 0
-        && let Some(from) = &plan.init_from
-    {
-        let loaded =
-            checkpoint::read(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
-        if loaded.meta.vocab != corpus.vocab.chars() {
-            bail!("init_from checkpoint {from} was trained on another vocabulary");
-        }
-        loaded
-            .load_weights(&mut model)
-            .with_context(|| format!("loading weights from {from}"))?;
-    }
-    let mut metrics = run_dir.metrics_writer(done)?;
-    run_dir.write_status(&RunStatus::Running { step: done })?;
-    // This session's entry in provenance.json, closed with how it ended.
-    let mut provenance = run_dir.read_provenance();
-    provenance.sessions.push(RunSession::start(
-        &opts.session,
-        &plan.data_path,
-        &plan.data_sha256,
-        done + 1,
-    ));
-    run_dir.write_provenance(&provenance)?;
-
-    let total = plan.schedule.total_steps();
-    let measure = plan.config.measure.attention;
-    crate::probe::enable_attention_probe(measure);
-    crate::probe::reset_peak_rss();
-    let later = opts.later_work.get(&plan.id()).copied().unwrap_or(0.0);
-    let progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
-    run_dir.truncate_eval(done)?;
-    evaluate_missing(dev, plan, &run_dir, done, &progress)?;
-    let mut ending = Ending {
-        run_dir: &run_dir,
-        provenance,
-        progress,
-        started: Instant::now(),
-        last_train: None,
-        last_val: None,
-    };
-    let save = |model: &Gpt<D>, opt: &AdamW, step: usize, phase: usize, kind: Kind| -> Result<()> {
-        let vocab = corpus.vocab.chars().to_vec();
-        let meta = Meta::new(step, phase, kind, vocab, plan.model.clone(), plan.identity(step));
-        run_dir.save_checkpoint(model, &opt.state, meta, t.keep_checkpoints)?;
-        run_dir.write_status(&RunStatus::Running { step })
-    };
-
-    let still_ours = || -> Result<()> {
-        if opts.lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst)) {
-            bail!(
-                "another process took over run `{}` (this one's lock heartbeat went stale); stopped without writing more",
-                plan.id()
-            );
-        }
-        Ok(())
-    };
-
-    for phase in plan.schedule.phases.iter().filter(|p| p.last_step() > done) {
-        let evals = eval_batches(plan, corpus, phase);
-        for step in phase.first_step.max(done + 1)..=phase.last_step() {
-            still_ours()?;
-            let (mut stats, row) = timed_step(&mut model, &mut opt, plan, phase, step);
-            if checkpoint::poisoned("train", step) {
-                stats.loss = f32::NAN;
-            }
-            if let Some(cause) = non_finite_loss(stats.loss, stats.grad_norm, None, &[]) {
-                return ending.diverge(step, cause);
-            }
-            let phase_end = step == phase.last_step();
-            let evaluate = phase_end || (t.eval_every > 0 && step % t.eval_every == 0);
-            let val_loss = evaluate
-                .then(|| eval_loss(&model, &evals))
-                .map(|v| if checkpoint::poisoned("val", step) { f32::NAN } else { v });
-            // The row is written even when its validation loss is not finite, so the
-            // divergence is on record where it happened.
-            metrics.append(&MetricsRow { val_loss, ..row })?;
-            let eval_every = plan.config.eval.every;
-            let eval_rows = if phase_end || (eval_every > 0 && step % eval_every == 0) {
-                evaluate_lengths(&model, plan, &run_dir, phase, step, &ending.progress)?
-            } else {
-                vec![]
-            };
-            fault_point("evaluated", step);
-            if let Some(cause) = non_finite_loss(stats.loss, stats.grad_norm, val_loss, &eval_rows) {
-                return ending.diverge(step, cause);
-            }
-            fault_point("step-end", step);
-            ending.last_train = Some(stats.loss);
-            ending.last_val = val_loss.or(ending.last_val);
-            ending
-                .progress
-                .step(phase.index, step, phase.seq_len, stats.loss, val_loss);
-
-            let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
-            let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-            if phase_end || periodic || stop {
-                still_ours()?;
-                save(
-                    &model,
-                    &opt,
-                    step,
-                    phase.index,
-                    if phase_end { Kind::PhaseEnd } else { Kind::Periodic },
-                )?;
-                fault_point("after-checkpoint", step);
-            }
-            if stop && step < total {
-                return ending.end(
-                    RunStatus::Interrupted { step },
-                    &format!("interrupted after step {step}; checkpoint written"),
-                );
-            }
-        }
-    }
-    let wall_s = ending.started.elapsed().as_secs_f64();
-    let message = format!(
-        "complete: {total} steps ({} this session) in {wall_s:.1} s, train loss {}, val loss {}",
-        total - done,
-        ending
-            .last_train
-            .map(|v| format!("{v:.4}"))
-            .unwrap_or_else(|| "-".into()),
-        ending.last_val.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
-    );
-    ending.end(RunStatus::Complete { step: total }, &message)
+    RunLoop::open(dev, plan, opts)?.run()
 }
 
 /// One training step of `plan` at `step`: its batch and dropout masks from the step's
-/// streams, the update, and the metrics row it makes (without the validation loss).
+/// streams, the update at the schedule's learning rate, and the metrics row it makes (without
+/// the validation loss).
 fn timed_step<D: Backend>(
     model: &mut Gpt<D>,
     opt: &mut AdamW,
     plan: &RunPlan,
     phase: &Phase,
     step: usize,
-) -> (super::StepStats, MetricsRow) {
+) -> MetricsRow {
     let t = &plan.train;
     let batch = sample_batch(
         &plan.corpus.train,
@@ -409,7 +458,8 @@ fn timed_step<D: Backend>(
     );
     crate::probe::take_attention(); // drop what evaluation recorded
     let t0 = Instant::now();
-    let stats = train_step(model, opt, &batch, phase.lr, t.grad_clip, &mut drop);
+    let lr = plan.schedule.lr_at(step);
+    let stats = train_step(model, opt, &batch, lr, t.grad_clip, &mut drop);
     let step_s = t0.elapsed().as_secs_f64();
     let (attn_ms, attn_bytes) = crate::probe::take_attention();
     let measure = plan.config.measure.attention;
@@ -420,7 +470,7 @@ fn timed_step<D: Backend>(
         seq_len: phase.seq_len,
         train_loss: stats.loss,
         val_loss: None,
-        lr: phase.lr,
+        lr,
         grad_norm: stats.grad_norm,
         step_ms: step_s * 1e3,
         tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
@@ -431,5 +481,5 @@ fn timed_step<D: Backend>(
         peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
         seed: Some(plan.seed),
     };
-    (stats, row)
+    row
 }
