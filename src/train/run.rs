@@ -315,7 +315,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
     fn checkpoint_if_due(&mut self, phase: &Phase, step: usize, stop: bool) -> Result<()> {
         let t = &self.plan.train;
         let phase_end = step == phase.last_step();
-        let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
+        let periodic = t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every);
         if !(phase_end || periodic || stop) {
             return Ok(());
         }
@@ -463,7 +463,7 @@ fn timed_step<D: Backend>(
     let step_s = t0.elapsed().as_secs_f64();
     let (attn_ms, attn_bytes) = crate::probe::take_attention();
     let measure = plan.config.measure.attention;
-    let row = MetricsRow {
+    MetricsRow {
         run: plan.name.clone(),
         phase: phase.index,
         step,
@@ -480,6 +480,5 @@ fn timed_step<D: Backend>(
             .then(|| (plan.model.arch.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6),
         peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
         seed: Some(plan.seed),
-    };
-    row
+    }
 }
