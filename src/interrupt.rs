@@ -34,26 +34,28 @@ pub fn install() -> Arc<AtomicBool> {
             None => {
                 *first = Some(std::time::Instant::now());
                 flag.store(true, Ordering::SeqCst);
-                eprintln!(
-                    "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to stop at once)"
+                crate::events::note(
+                    "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to stop at once)",
                 );
             }
             // One event often arrives twice: `timeout` or Slurm signal the whole process group
             // and `just` forwards the same signal to its recipe. Only a later one means "now".
             Some(t) if t.elapsed() < DUPLICATE_WINDOW => {}
             Some(_) => {
-                eprintln!("\ninterrupt: stopping now; the last checkpoint is intact");
+                crate::events::note("\ninterrupt: stopping now; the last checkpoint is intact");
                 std::process::exit(130);
             }
         }
     });
     if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will stop gptlab without a checkpoint ({e})");
+        crate::events::warning(format!("warning: Ctrl-C will stop gptlab without a checkpoint ({e})"));
     }
     #[cfg(unix)]
     for signal in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
-            eprintln!("warning: signal {signal} will stop gptlab without a checkpoint ({e})");
+            crate::events::warning(format!(
+                "warning: signal {signal} will stop gptlab without a checkpoint ({e})"
+            ));
         }
     }
     stop

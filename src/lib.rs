@@ -11,6 +11,8 @@ pub mod data;
 pub mod device;
 pub mod discover;
 pub mod error;
+pub mod events;
+pub mod experiment;
 pub mod format;
 pub mod fsio;
 pub mod interrupt;

@@ -252,15 +252,18 @@ impl RunLock {
                         Some(now) if now.same_holder(&holder) => {
                             holder.heartbeat = unix_now();
                             if let Err(e) = replace(&path, &holder) {
-                                eprintln!("warning: could not refresh the lock {}: {e:#}", path.display());
+                                crate::events::warning(format!(
+                                    "warning: could not refresh the lock {}: {e:#}",
+                                    path.display()
+                                ));
                             }
                         }
                         other => {
                             let by = other.map_or_else(|| "nobody".to_string(), |h| h.describe());
-                            eprintln!(
+                            crate::events::error(format!(
                                 "error: the lock {} was taken over (now held by {by}); this process stops training the run without writing to it",
                                 path.display()
-                            );
+                            ));
                             lost.store(true, Ordering::SeqCst);
                             return;
                         }
@@ -310,7 +313,7 @@ fn take_over(path: &Path, what: &str) -> Result<()> {
     // Under the guard, judge again: another process may have taken it over meanwhile.
     let result = match inspect(path) {
         LockState::Stale(why) => {
-            eprintln!("warning: taking over the lock of {what}: {why}");
+            crate::events::warning(format!("warning: taking over the lock of {what}: {why}"));
             fs::remove_file(path).or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),
                 _ => Err(e),

@@ -13,8 +13,9 @@ use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select, SubmitArgs};
 use gptlab::Error;
+use gptlab::experiment::Experiment;
 use gptlab::sample::{SampleOptions, Sampler};
-use gptlab::session::{Experiment, SessionOptions};
+use gptlab::session::SessionOptions;
 
 /// Counts live bytes so attention memory can be measured (`[measure] attention = true`).
 #[global_allocator]
@@ -23,6 +24,8 @@ static ALLOCATOR: gptlab::probe::CountingAlloc = gptlab::probe::CountingAlloc;
 type Outcome = Result<ExitCode, Error>;
 
 fn main() -> ExitCode {
+    // The library reports through a sink; the command line's prints each event on stderr.
+    gptlab::events::set_sink(std::sync::Arc::new(gptlab::events::Stderr));
     gptlab::alloc::keep_freed_memory();
     gptlab::interrupt::default_sigpipe();
     let cli = Cli::parse();
@@ -190,7 +193,7 @@ fn report(args: &ReportArgs) -> Outcome {
         .map(|f| load(f, &args.select, &args.out.runs_dir))
         .collect::<Result<_, _>>()?;
     let exps: Vec<&Experiment> = exps.iter().collect();
-    let written = gptlab::session::report_all(&exps, &args.out.reports_dir, false, !args.no_samples)?;
+    let written = gptlab::report::report_experiments(&exps, &args.out.reports_dir, false, !args.no_samples)?;
     println!("report: {}", written.page().display());
     if !written.other_settings.is_empty() {
         // The page is written, without them; the exit code says not all was reported, as `run`

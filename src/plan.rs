@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::data::Corpus;
 use crate::model::ModelConfig;
-use crate::spec::{RunConfig, RunSpec, SampleSection, SpecErrors, TrainSection, flatten};
+use crate::spec::{RunConfig, RunSpec, SpecErrors, flatten};
 
 /// The relative cost of one training step at sequence length `seq_len` (see
 /// [`PhaseSchedule::cost_after`]).
@@ -123,10 +123,6 @@ pub struct RunPlan {
     pub model: ModelConfig,
     /// The phases.
     pub schedule: PhaseSchedule,
-    /// Optimiser settings.
-    pub train: TrainSection,
-    /// Sampling settings.
-    pub sample: SampleSection,
     /// Master seed.
     pub seed: u64,
     /// One of the experiment's `seeds`: the folder is `<run>/seed=<seed>/` and the report
@@ -185,7 +181,7 @@ impl RunPlan {
         self.schedule
             .phases
             .iter()
-            .map(|p| (p.steps * p.seq_len * self.train.batch_size) as u64)
+            .map(|p| (p.steps * p.seq_len * self.config.train.batch_size) as u64)
             .sum()
     }
 
@@ -200,7 +196,7 @@ impl RunPlan {
     pub fn identity(&self, step: usize) -> BTreeMap<String, String> {
         let mut id: BTreeMap<String, String> = flat_strings("model", self.model.arch.resolved())
             .into_iter()
-            .chain(flat_strings("train", &self.train))
+            .chain(flat_strings("train", &self.config.train))
             .filter(|(k, _)| !NOT_IDENTITY.contains(&k.as_str()))
             .collect();
         let mut put = |k: &str, v: String| {
@@ -255,28 +251,13 @@ impl RunPlan {
             .collect()
     }
 
-    /// What differs between the settings of the run's newest checkpoint and this plan (see
-    /// [`RunPlan::identity_diff`]); empty when there is no checkpoint or nothing differs.
-    pub fn differs_from_checkpoint(&self) -> Vec<String> {
-        match crate::run_dir::RunDir::new(&self.dir).newest_meta() {
-            Some((step, meta)) => self.identity_diff(&meta.identity, step.min(self.schedule.total_steps())),
-            None => vec![],
-        }
-    }
-
-    /// The work left after the run's newest checkpoint (see [`PhaseSchedule::cost_after`]).
-    pub fn work_left(&self) -> f64 {
-        self.schedule
-            .cost_after(crate::run_dir::RunDir::new(&self.dir).newest_step())
-    }
-
     /// A rough upper estimate of the memory training needs, in bytes: weights, gradients and
     /// two AdamW moments (16 bytes a parameter) plus activations kept for backward, about 48
     /// floats per token, channel and layer (calibrated on gpt-mini: 1.75 GB measured at B=64,
     /// T=128) and the logits.
     pub fn train_memory_bytes(&self) -> f64 {
         let m = &self.model;
-        let tokens = (self.train.batch_size * self.schedule.max_seq_len()) as f64;
+        let tokens = (self.config.train.batch_size * self.schedule.max_seq_len()) as f64;
         16.0 * self.num_params() as f64
             + tokens * (m.arch.n_layer * m.arch.n_embd) as f64 * 48.0 * 4.0
             + tokens * m.vocab_size as f64 * 16.0
@@ -314,7 +295,7 @@ impl RunPlan {
                 ph.lr
             );
         }
-        out += &format!("  batch:     {}\n", self.train.batch_size);
+        out += &format!("  batch:     {}\n", self.config.train.batch_size);
         out += &format!(
             "  tokens:    {} ({} in the training split)\n",
             self.tokens_seen(),
@@ -480,8 +461,6 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 data_path: data_path.clone(),
                 model: model.clone(),
                 schedule: schedule.clone(),
-                train: c.train.clone(),
-                sample: c.sample.clone(),
                 seed,
                 seeded,
                 init_from: spec.init_from.clone(),

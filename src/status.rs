@@ -4,9 +4,9 @@
 
 use std::time::SystemTime;
 
+use crate::experiment::Experiment;
 use crate::provenance::utc;
 use crate::run_dir::{RunDir, RunState, StateKind};
-use crate::session::Experiment;
 
 /// What `gptlab status` shows.
 pub struct StatusTable {
@@ -32,7 +32,7 @@ pub fn table(exp: &Experiment) -> StatusTable {
     for p in exp.selected() {
         let total = p.schedule.total_steps();
         let mut state = RunDir::new(&p.dir).state(total);
-        let diff = p.differs_from_checkpoint();
+        let diff = crate::experiment::differs_from_checkpoint(p);
         if !diff.is_empty() && state.kind != StateKind::Running {
             (state.kind, state.note) = (StateKind::OtherSettings, Some(diff.join("; ")));
             other_settings += 1;

@@ -55,7 +55,7 @@ fn read_run(p: &RunPlan, runs: &mut Runs) -> Result<()> {
     let state = run_dir.state(total);
     // Results of other settings than the spec now gives must not pass as its results: their
     // status says so, which keeps them out of every aggregate and of the verdict.
-    let diff = p.differs_from_checkpoint();
+    let diff = crate::experiment::differs_from_checkpoint(p);
     let status = if diff.is_empty() {
         summary::status_word(&state, &rows, total)
     } else {

@@ -6,6 +6,7 @@
 //! `position_loss.csv`, `length.svg`, `position_loss.svg`), `samples.md` and `index.html`.
 
 mod compare;
+mod experiments;
 mod gather;
 mod html;
 mod length_plot;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use compare::{ComparisonRow, LOSSES, RunAggregate, aggregate, compare, verdict};
+pub use experiments::{report_experiment, report_experiments};
 pub use plot::{Boundary, Curve, PALETTE, Series, SweepChart, ema, loss_chart, scaled_smoothing, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 

@@ -43,7 +43,7 @@ pub struct CheckpointSamples {
 
 /// Generates (or reads from cache) the samples of each phase-end checkpoint of `plan`.
 pub fn run_samples<D: Backend>(dev: &D, plan: &RunPlan) -> Result<Vec<CheckpointSamples>> {
-    let s = &plan.sample;
+    let s = &plan.config.sample;
     let mut out = vec![];
     if s.prompts.is_empty() {
         return Ok(out);

@@ -95,11 +95,11 @@ impl MetricsWriter {
         let text = match std::fs::read(path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!(
+                crate::events::warning(format!(
                     "warning: {} is missing: the rows of steps 1..={step} are lost (training goes on from step {})",
                     path.display(),
                     step + 1
-                );
+                ));
                 return Self::create(path);
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -110,10 +110,10 @@ impl MetricsWriter {
         for (i, line) in text.lines().enumerate() {
             if i == 0 {
                 if line != HEADER.join(",") {
-                    eprintln!(
+                    crate::events::warning(format!(
                         "warning: {}: line 1 is not the metrics header; restored",
                         path.display()
-                    );
+                    ));
                 }
                 continue;
             }
@@ -140,24 +140,24 @@ impl MetricsWriter {
             let lines: Vec<String> = bad.iter().map(|(n, l)| format!("{n}: {l}")).collect();
             crate::fsio::write_atomic(&aside, (lines.join("\n") + "\n").as_bytes())?;
             let numbers: Vec<String> = bad.iter().map(|(n, _)| n.to_string()).collect();
-            eprintln!(
+            crate::events::warning(format!(
                 "warning: {}: line {} cannot be read as a metrics row; set aside in {}",
                 path.display(),
                 numbers.join(", "),
                 aside.display()
-            );
+            ));
         }
         let have: std::collections::BTreeSet<usize> = kept.iter().map(|r| r.step).collect();
         let missing: Vec<usize> = (1..=step).filter(|s| !have.contains(s)).collect();
         if !missing.is_empty() {
             let shown: Vec<String> = missing.iter().take(10).map(|s| s.to_string()).collect();
-            eprintln!(
+            crate::events::warning(format!(
                 "warning: {}: no row for {} of the steps before the checkpoint at {step} ({}{}); training goes on",
                 path.display(),
                 missing.len(),
                 shown.join(", "),
                 if missing.len() > 10 { ", …" } else { "" }
-            );
+            ));
         }
         // The header is written by hand, so it is there even when no row is kept.
         let mut out = csv::WriterBuilder::new().has_headers(false).from_writer(vec![]);

@@ -18,128 +18,13 @@ use anyhow::anyhow;
 mod worker;
 
 use worker::Trainer;
-pub(crate) use worker::{Readiness, readiness};
 
 use crate::device::{Chosen, DeviceRequest};
 use crate::error::Error;
-use crate::plan::{RunPlan, plan};
-use crate::report::write_report;
+use crate::experiment::{Experiment, Readiness, check_identities, readiness, work_left};
+use crate::plan::RunPlan;
 use crate::run_dir::{RunDir, RunStatus};
-use crate::spec::{SetArg, SpecFile};
 use crate::train::{JobLayout, RunOptions, train_runs};
-
-/// A spec, expanded and planned.
-pub struct Experiment {
-    /// The parsed file.
-    pub spec: SpecFile,
-    /// Every run of the experiment (the report covers them all).
-    pub plans: Vec<RunPlan>,
-    /// The runs named by `--only` (empty: all).
-    pub only: Vec<String>,
-    /// The experiment's name: the spec's, or the one `--set experiment.name` gives.
-    name: String,
-    /// The folder that holds `<experiment>/<run>/`.
-    pub runs_dir: PathBuf,
-}
-
-impl Experiment {
-    /// Loads `file`, applies `sets` to every run and plans the runs under `runs_dir`; `only`
-    /// must name runs of the experiment.
-    /// `only` entries are run names (every seed of the run) or `run/seed=S` (one seed).
-    pub fn load(file: &Path, sets: &[SetArg], only: &[String], runs_dir: &Path) -> Result<Self, Error> {
-        let spec = SpecFile::load(file)?;
-        // `--only rope/seed=3` selects the run `rope` for expansion, and then one of its seeds.
-        let only_runs: Vec<String> = only.iter().map(|o| run_of(o).to_string()).collect();
-        let runs = match spec.expand(sets) {
-            Ok(runs) => runs,
-            // The runs `--only` leaves out need not take the `--set`s (one may set a key itself).
-            Err(_) if !only.is_empty() => spec.expand_selected(sets, &only_runs)?,
-            Err(e) => return Err(e.into()),
-        };
-        let unknown: Vec<&String> = only_runs
-            .iter()
-            .filter(|o| !runs.iter().any(|r| &r.name == *o))
-            .collect();
-        if !unknown.is_empty() {
-            let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
-            return Err(Error::Usage(format!(
-                "{}: --only names no run {:?}; its runs are {:?}",
-                file.display(),
-                unknown,
-                names
-            )));
-        }
-        let name = runs.first().map_or_else(|| spec.name.clone(), |r| r.experiment.clone());
-        let plans = plan(&runs, runs_dir)?;
-        let unknown: Vec<&String> = only
-            .iter()
-            .filter(|o| !plans.iter().any(|p| p.name == **o || p.id() == **o))
-            .collect();
-        if !unknown.is_empty() {
-            let ids: Vec<String> = plans.iter().map(RunPlan::id).collect();
-            return Err(Error::Usage(format!(
-                "{}: --only names no run {:?}; its runs (with their seeds) are {:?}",
-                file.display(),
-                unknown,
-                ids
-            )));
-        }
-        Ok(Self {
-            spec,
-            name,
-            plans,
-            only: only.to_vec(),
-            runs_dir: runs_dir.to_path_buf(),
-        })
-    }
-
-    /// The experiment's name (its output folders).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// "3 runs" or "2 runs × 5 seeds": what the selection trains.
-    pub fn count(&self) -> String {
-        let (trainings, runs) = (self.selected().len(), self.selected_runs().len());
-        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-        match self.selected().iter().any(|p| p.seeded) {
-            true => format!(
-                "{} × {} ({trainings} trainings)",
-                plural(runs, "run"),
-                plural(trainings / runs.max(1), "seed")
-            ),
-            false => plural(runs, "run"),
-        }
-    }
-
-    /// The selected runs, one plan each (the first seed's): what the seeds of a run share,
-    /// its architecture and schedule.
-    pub fn selected_runs(&self) -> Vec<&RunPlan> {
-        let mut runs: Vec<&RunPlan> = vec![];
-        for p in self.selected() {
-            if !runs.iter().any(|r| r.name == p.name) {
-                runs.push(p);
-            }
-        }
-        runs
-    }
-
-    /// The runs selected with `--only` (all of them when none was named).
-    pub fn selected(&self) -> Vec<&RunPlan> {
-        self.plans
-            .iter()
-            .filter(|p| self.only.is_empty() || self.only.iter().any(|o| *o == p.name || *o == p.id()))
-            .collect()
-    }
-}
-
-/// The run an `--only` entry names: `rope` of `rope/seed=3`.
-fn run_of(only: &str) -> &str {
-    match only.rsplit_once('/') {
-        Some((run, seed)) if seed.starts_with("seed=") => run,
-        _ => only,
-    }
-}
 
 /// How to train a session.
 #[derive(Clone, Debug)]
@@ -220,7 +105,7 @@ fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan], quiet: bool
     };
     let (chosen, why) = crate::device::choose(request).map_err(Error::Usage)?;
     if !quiet {
-        eprintln!("{why}");
+        crate::events::note(why);
     }
     Ok(chosen)
 }
@@ -250,32 +135,6 @@ fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Refuses runs whose newest checkpoint was trained with other settings than the spec now
-/// gives them (a completed one too: its results would be reported as this configuration's),
-/// listing every differing setting of every such run and the ways out.
-pub(crate) fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
-    let mut refused = vec![];
-    for p in plans {
-        let diff = p.differs_from_checkpoint();
-        if !diff.is_empty() {
-            refused.push(format!(
-                "run `{}` ({}) was trained with other settings:\n  {}",
-                p.id(),
-                p.dir.display(),
-                diff.join("\n  ")
-            ));
-        }
-    }
-    if refused.is_empty() {
-        return Ok(());
-    }
-    Err(Error::Usage(format!(
-        "{}\n--fresh retrains these runs from scratch (their results are replaced), or \
-         --set experiment.name=<new name> trains this configuration beside `{experiment}`",
-        refused.join("\n")
-    )))
-}
-
 /// The work left in the specs a wrapper will train after this command (`GPTLAB_ETA_ALSO`, a
 /// `:`-separated list of spec files; `just study` names its second half), so the time left
 /// covers the whole study. A spec that cannot be planned counts nothing.
@@ -287,7 +146,7 @@ fn queued_after(runs_dir: &Path) -> f64 {
         .filter(|f| !f.is_empty())
         .filter_map(|f| Experiment::load(Path::new(f), &[], &[], runs_dir).ok())
         .flat_map(|e| e.plans)
-        .map(|p| p.work_left())
+        .map(|p| work_left(&p))
         .sum()
 }
 
@@ -295,7 +154,7 @@ fn queued_after(runs_dir: &Path) -> f64 {
 /// command), shared by `jobs` workers: what the progress display adds to the run's own time
 /// left for the whole session's.
 fn later_work(runs: &[&RunPlan], jobs: usize, also: f64) -> std::collections::HashMap<String, f64> {
-    let left: Vec<f64> = runs.iter().map(|p| p.work_left()).collect();
+    let left: Vec<f64> = runs.iter().map(|p| work_left(p)).collect();
     runs.iter()
         .enumerate()
         .map(|(i, p)| (p.id(), (left[i + 1..].iter().sum::<f64>() + also) / jobs.max(1) as f64))
@@ -318,15 +177,15 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if opts.jobs > threads {
-        eprintln!(
+        crate::events::note(format!(
             "note: --jobs {} is more than the {threads} threads in all (--threads is the total): at most {threads} runs train at once",
             opts.jobs
-        );
+        ));
     }
     let mut layout = JobLayout::new(opts.jobs, threads, selected.len());
     if layout.jobs > 1 && selected.iter().any(|p| p.config.measure.attention) {
         // The probes count time and bytes process-wide; runs side by side would mix them.
-        eprintln!("note: [measure] attention is on, so the runs train one at a time (--jobs 1)");
+        crate::events::note("note: [measure] attention is on, so the runs train one at a time (--jobs 1)");
         layout = JobLayout::new(1, threads, selected.len());
     }
     let chosen = choose_device(opts.device, &selected, opts.quiet)?;
@@ -348,13 +207,13 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         match readiness(p, opts.fresh) {
             Readiness::Train(note) => {
                 if let Some(note) = note {
-                    eprintln!("{note}");
+                    crate::events::note(note);
                 }
                 to_train.push(p);
             }
-            Readiness::Done(note) => eprintln!("{note}"),
+            Readiness::Done(note) => crate::events::note(note),
             Readiness::Failed(why) => {
-                eprintln!("{why}");
+                crate::events::error(why);
                 outcome.failed.push(p.id());
             }
         }
@@ -366,11 +225,11 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
             1 => "1 thread".to_string(),
             n => format!("{n} threads"),
         };
-        eprintln!(
+        crate::events::note(format!(
             "training {} runs, {} at a time with {each} each",
             to_train.len(),
             layout.jobs
-        );
+        ));
     }
 
     let device = match chosen {
@@ -396,7 +255,7 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         #[cfg(feature = "cuda")]
         Chosen::Cuda => {
             if layout.jobs > 1 {
-                eprintln!("note: --jobs applies to the CPU; on the GPU the runs train one after another");
+                crate::events::note("note: --jobs applies to the CPU; on the GPU the runs train one after another");
             }
             let dev = crate::device::open_cuda()?;
             crate::train::train_in_turn(&to_train, &dev, &opts.stop, |dev, p| trainer.train(dev, p))
@@ -422,115 +281,13 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     if let Some(reports_dir) = &opts.reports_dir {
         // The report covers the whole experiment, not only the runs trained now (--only).
         // Interrupted, it shows what exists, without generating samples (the user is leaving).
-        match report(exp, reports_dir, true, !outcome.interrupted) {
+        match crate::report::report_experiment(exp, reports_dir, true, !outcome.interrupted) {
             Ok(written) => outcome.report = Some(written.page()),
             Err(e) => {
-                eprintln!("error: writing the report failed: {e:#}");
+                crate::events::error(format!("error: writing the report failed: {e:#}"));
                 outcome.failed.push("(report)".into());
             }
         }
     }
     Ok(outcome)
-}
-
-/// Writes `reports/<experiment>/` for every run of `exp` (`all_runs`) or those `--only`
-/// selected, with samples when `with_samples`; returns the path of its `index.html`.
-pub fn report(
-    exp: &Experiment,
-    reports_dir: &Path,
-    all_runs: bool,
-    with_samples: bool,
-) -> anyhow::Result<crate::report::Report> {
-    report_all(&[exp], reports_dir, all_runs, with_samples)
-}
-
-/// When runs asked for with seeds were trained without, or the other way round: what to say.
-fn other_seed_layout(plans: &[RunPlan]) -> Option<String> {
-    let has_metrics = |d: &Path| d.join("metrics.csv").is_file();
-    let seeded = plans.iter().any(|p| p.seeded);
-    let found = plans.iter().any(|p| match seeded {
-        // <run>/seed=<s>/ asked for; <run>/ itself trained.
-        true => p.dir.parent().is_some_and(has_metrics),
-        // <run>/ asked for; <run>/seed=<s>/ trained.
-        false => std::fs::read_dir(&p.dir).is_ok_and(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().starts_with("seed=") && has_metrics(&e.path()))
-        }),
-    });
-    found.then(|| match seeded {
-        true => "; its runs were trained once, without seeds: report without --seeds (or experiment.seeds)".into(),
-        false => {
-            "; its runs were trained over seeds (folders seed=<s>): report with the same --seeds N or experiment.seeds"
-                .into()
-        }
-    })
-}
-
-/// [`report`] of several experiments on one page, `reports/<a>+<b>/`: each run is named
-/// `<experiment>/<run>`, and the first experiment's `[report]` settings (baseline, focus,
-/// smoothing) apply, their run names taken as runs of that experiment.
-pub fn report_all(
-    exps: &[&Experiment],
-    reports_dir: &Path,
-    all_runs: bool,
-    with_samples: bool,
-) -> anyhow::Result<crate::report::Report> {
-    let dev = dfdx::tensor::Cpu::default();
-    let several = exps.len() > 1;
-    let mut plans: Vec<RunPlan> = vec![];
-    for exp in exps {
-        let chosen: Vec<RunPlan> = match all_runs {
-            true => exp.plans.clone(),
-            false => exp.selected().into_iter().cloned().collect(),
-        };
-        let trained = chosen.iter().any(|p| RunDir::new(&p.dir).metrics_path().is_file());
-        if !trained {
-            anyhow::bail!(
-                "nothing to report for `{}`: no run has trained yet (no metrics under {}){}",
-                exp.name(),
-                exp.runs_dir.join(exp.name()).display(),
-                other_seed_layout(&chosen).unwrap_or_else(|| "; train it with `gptlab run`".into())
-            );
-        }
-        for mut p in chosen {
-            if several {
-                // Names unique across experiments; what sets runs apart is then the name.
-                let prefix = |run: &str| format!("{}/{run}", exp.name());
-                p.name = prefix(&p.name);
-                p.varies.clear();
-                let r = &mut p.config.report;
-                r.baseline = r.baseline.as_deref().map(prefix);
-                r.focus = r.focus.iter().map(|f| prefix(f)).collect();
-            }
-            plans.push(p);
-        }
-    }
-    if let Some(first) = plans.first().map(|p| p.config.report.clone()) {
-        // The first experiment's [report] settings hold for the page.
-        plans.iter_mut().for_each(|p| p.config.report = first.clone());
-    }
-    let title = exps.iter().map(|e| e.name()).collect::<Vec<_>>().join("+");
-    let specs: Vec<PathBuf> = exps.iter().map(|e| e.spec.path().to_path_buf()).collect();
-    let written = write_report(
-        &dev,
-        &crate::report::ReportInput {
-            title: &title,
-            plans: &plans,
-            specs: &specs,
-            has_sweep: !several && exps.iter().all(|e| e.spec.has_sweep()),
-            dir: &reports_dir.join(&title),
-            with_samples,
-        },
-    )?;
-    if !written.unfinished.is_empty() {
-        eprintln!("note: not finished: {}", written.unfinished.join(", "));
-    }
-    if !written.other_settings.is_empty() {
-        eprintln!(
-            "warning: left out of the verdict and every aggregate, trained with other settings than the spec gives: {}",
-            written.other_settings.join("; ")
-        );
-    }
-    Ok(written)
 }

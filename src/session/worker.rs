@@ -6,67 +6,11 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use super::SessionOptions;
+use crate::experiment::{Readiness, readiness};
 use crate::lock::{Claim, LockHolder, RunLock};
 use crate::plan::RunPlan;
 use crate::run_dir::{RunDir, RunStatus};
 use crate::train::{RunOptions, train_run};
-
-/// Whether a run needs training, judged from its folder.
-pub(crate) enum Readiness {
-    /// It does (with a note to print, if any).
-    Train(Option<String>),
-    /// It is complete; why it is skipped.
-    Done(String),
-    /// It cannot be trained as it stands (it diverged); why.
-    Failed(String),
-}
-
-/// What `plan`'s folder says is left to do (with `fresh`, everything).
-pub(crate) fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
-    if fresh {
-        return Readiness::Train(None);
-    }
-    let run_dir = RunDir::new(&p.dir);
-    match run_dir.read_status() {
-        Some(RunStatus::Complete { step })
-            if step == p.schedule.total_steps()
-                && let Some((at, cause)) = run_dir.non_finite_loss() =>
-        {
-            Readiness::Failed(format!(
-                "error: run `{}` diverged at step {at} ({cause}) though its status says complete; --fresh retrains it",
-                p.id()
-            ))
-        }
-        Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
-            let have = run_dir.read_eval().unwrap_or_default();
-            if crate::train::lengths::missing_phase_ends(p, &have, step).is_empty() {
-                let periodic = crate::train::lengths::missing_periodic(p, &have, step);
-                let lacking = match periodic.is_empty() {
-                    true => String::new(),
-                    false => format!(
-                        "; it lacks the evaluations [eval] every = {} asks for at steps {} (set after they trained; their weights are gone)",
-                        p.config.eval.every,
-                        crate::train::lengths::steps_in_words(&periodic)
-                    ),
-                };
-                return Readiness::Done(format!(
-                    "[{}] already complete ({step} steps){lacking}; --fresh retrains it",
-                    p.id()
-                ));
-            }
-            Readiness::Train(Some(format!(
-                "[{}] already complete ({step} steps); evaluating the [eval] lengths it lacks from its phase-end checkpoints",
-                p.id()
-            )))
-        }
-        Some(RunStatus::Diverged { step, cause }) => Readiness::Failed(format!(
-            "error: run `{}` diverged at step {step}{} before; --fresh retrains it",
-            p.id(),
-            cause.map(|c| format!(" ({c})")).unwrap_or_default()
-        )),
-        _ => Readiness::Train(None),
-    }
-}
 
 /// How the runs of a session ended, gathered from the workers.
 #[derive(Default)]
@@ -95,7 +39,7 @@ impl Trainer<'_> {
     pub(super) fn train<D: crate::model::Backend>(&self, dev: &D, p: &RunPlan) {
         let id = p.id();
         let fail = |why: String| {
-            eprintln!("error: run `{id}` failed: {why}");
+            crate::events::error(format!("error: run `{id}` failed: {why}"));
             self.record(|e| e.failed.push(id.clone()));
         };
         let run_dir = RunDir::new(&p.dir);
@@ -109,19 +53,19 @@ impl Trainer<'_> {
             return;
         };
         match run_dir.recover_leftovers() {
-            Ok(cleaned) if !cleaned.is_empty() => eprintln!(
+            Ok(cleaned) if !cleaned.is_empty() => crate::events::note(format!(
                 "[{id}] note: the last gptlab on it stopped abruptly: {}",
                 cleaned.join("; ")
-            ),
+            )),
             Ok(_) => {}
             Err(e) => return fail(format!("{e:#}")),
         }
         // Judged again under the lock: another process may have trained it meanwhile.
         match readiness(p, self.opts.fresh) {
             Readiness::Train(_) => {}
-            Readiness::Done(note) => return eprintln!("{note}"),
+            Readiness::Done(note) => return crate::events::note(note),
             Readiness::Failed(why) => {
-                eprintln!("{why}");
+                crate::events::error(why);
                 return self.record(|e| e.failed.push(id));
             }
         }
@@ -133,7 +77,9 @@ impl Trainer<'_> {
             Ok(run) => match run.status {
                 RunStatus::Diverged { step, cause } => {
                     let cause = cause.as_deref().unwrap_or("non-finite loss");
-                    eprintln!("error: run `{id}` diverged at step {step} ({cause}); the other runs carry on");
+                    crate::events::error(format!(
+                        "error: run `{id}` diverged at step {step} ({cause}); the other runs carry on"
+                    ));
                     self.record(|e| e.failed.push(id));
                 }
                 RunStatus::Interrupted { .. } => self.record(|e| e.interrupted = true),
@@ -147,10 +93,10 @@ impl Trainer<'_> {
                         error: format!("{e:#}"),
                     };
                     if let Err(w) = run_dir.write_status(&status) {
-                        eprintln!(
+                        crate::events::warning(format!(
                             "warning: could not record the failure in {}: {w:#}",
                             run_dir.path().display()
-                        );
+                        ));
                     }
                 }
                 fail(format!("{e:#}"));
@@ -165,10 +111,10 @@ impl Trainer<'_> {
         let what = format!("run `{id}`");
         if self.opts.wait {
             let lock = RunLock::acquire_waiting(&path, timeout, &what, &self.opts.stop, |holder| {
-                eprintln!(
+                crate::events::note(format!(
                     "[{id}] waiting: another gptlab trains it ({})",
                     LockHolder::describe_or_unknown(holder)
-                )
+                ))
             })?;
             if lock.is_none() {
                 self.record(|e| e.interrupted = true);
@@ -178,10 +124,10 @@ impl Trainer<'_> {
         match RunLock::try_acquire(&path, timeout, &what)? {
             Claim::Held(lock) => Ok(Some(lock)),
             Claim::Busy(holder) => {
-                eprintln!(
+                crate::events::note(format!(
                     "[{id}] skipped: another gptlab trains it ({}); `gptlab status` shows its progress, --wait waits for it",
                     LockHolder::describe_or_unknown(holder.as_ref())
-                );
+                ));
                 self.record(|e| e.busy.push(id));
                 Ok(None)
             }

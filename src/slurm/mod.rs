@@ -17,8 +17,8 @@ use anyhow::anyhow;
 pub use script::Invocation;
 
 use crate::error::Error;
+use crate::experiment::{Experiment, Readiness, check_identities, readiness};
 use crate::run_dir::{RunDir, StateKind};
-use crate::session::{Experiment, Readiness, check_identities, readiness};
 
 /// What `gptlab submit` sends, before it is sent.
 #[derive(Clone, Debug)]

@@ -189,7 +189,7 @@ pub fn evaluate<D: Backend>(
 ) -> (Vec<EvalRow>, Vec<PositionRow>) {
     let eval = &plan.config.eval;
     let mode = eval.mode;
-    let chunk_tokens = plan.train.batch_size * phase.seq_len;
+    let chunk_tokens = plan.config.train.batch_size * phase.seq_len;
     let val = &corpus.val;
     let mut rows = expected_rows(plan, phase, step);
     // Per curve (scaling), the longest length read so far and its losses by position.

@@ -100,7 +100,11 @@ impl Progress {
         } else if !self.quiet
             && (self.last_line.elapsed() >= Duration::from_secs(5) || step == total || !val.is_empty())
         {
-            eprintln!("[{}] step {step}/{total} {msg} ({})", self.run, self.pace(step));
+            crate::events::progress(format!(
+                "[{}] step {step}/{total} {msg} ({})",
+                self.run,
+                self.pace(step)
+            ));
             self.last_line = Instant::now();
         }
     }
@@ -109,7 +113,7 @@ impl Progress {
     pub fn note(&self, msg: &str) {
         match &self.bar {
             Some(bar) => bar.println(format!("[{}] {msg}", self.run)),
-            None if !self.quiet => eprintln!("[{}] {msg}", self.run),
+            None if !self.quiet => crate::events::progress(format!("[{}] {msg}", self.run)),
             None => {}
         }
     }
@@ -120,7 +124,7 @@ impl Progress {
             bar.finish_and_clear();
         }
         if !self.quiet {
-            eprintln!("[{}] {msg}", self.run);
+            crate::events::progress(format!("[{}] {msg}", self.run));
         }
     }
 }

@@ -47,11 +47,11 @@ fn eval_batches(plan: &RunPlan, corpus: &Corpus, phase: &Phase) -> Vec<Batch> {
     } else {
         &corpus.train
     };
-    (0..plan.train.eval_batches)
+    (0..plan.config.train.eval_batches)
         .map(|i| {
             sample_batch(
                 tokens,
-                plan.train.batch_size,
+                plan.config.train.batch_size,
                 phase.seq_len,
                 &mut stream(plan.seed, Stream::Eval, i as u64),
             )
@@ -128,7 +128,11 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
         let loaded = match checkpoint::read(&dir) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("[{}] warning: skipping checkpoint {}: {e:#}", plan.id(), dir.display());
+                crate::events::warning(format!(
+                    "[{}] warning: skipping checkpoint {}: {e:#}",
+                    plan.id(),
+                    dir.display()
+                ));
                 continue;
             }
         };
@@ -152,7 +156,11 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
             .load_all(model, &mut opt.state)
             .with_context(|| format!("loading {}", dir.display()))?;
         // Said even with --quiet: which checkpoint a run continued from is part of its record.
-        eprintln!("[{}] resuming after step {step} from {}", plan.id(), dir.display());
+        crate::events::note(format!(
+            "[{}] resuming after step {step} from {}",
+            plan.id(),
+            dir.display()
+        ));
         return Ok(step);
     }
     if n_found > 0 {
@@ -198,7 +206,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         }
         run_dir.write_config(&plan.config)?;
         run_dir.write_vocab(plan.corpus.vocab.chars())?;
-        let t = &plan.train;
+        let t = &plan.config.train;
         let mut model = Gpt::new(dev, &plan.model, plan.seed);
         let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
         let done = resume(plan, &run_dir, &mut model, &mut opt)?;
@@ -285,7 +293,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
     /// record where it happened; returns which loss was not finite, if one was.
     pub fn record(&mut self, phase: &Phase, row: MetricsRow, evals: &[Batch]) -> Result<Option<String>> {
         let (plan, step) = (self.plan, row.step);
-        let t = &plan.train;
+        let t = &plan.config.train;
         let phase_end = step == phase.last_step();
         let evaluate = phase_end || (t.eval_every > 0 && step % t.eval_every == 0);
         let val_loss = evaluate
@@ -313,7 +321,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
     /// Saves a checkpoint after `step` at a phase end, every `checkpoint_every` steps, and when
     /// asked to stop.
     fn checkpoint_if_due(&mut self, phase: &Phase, step: usize, stop: bool) -> Result<()> {
-        let t = &self.plan.train;
+        let t = &self.plan.config.train;
         let phase_end = step == phase.last_step();
         let periodic = t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every);
         if !(phase_end || periodic || stop) {
@@ -445,7 +453,7 @@ fn timed_step<D: Backend>(
     phase: &Phase,
     step: usize,
 ) -> MetricsRow {
-    let t = &plan.train;
+    let t = &plan.config.train;
     let batch = sample_batch(
         &plan.corpus.train,
         t.batch_size,

@@ -1,0 +1,246 @@
+//! The experiment layer: a spec loaded, expanded and planned ([`Experiment`]), and what its
+//! run folders say about each plan — whether the results there were trained with the plan's
+//! settings ([`differs_from_checkpoint`], [`check_identities`]), how much work is left
+//! ([`work_left`]), and whether a run needs training ([`readiness`]). The training session,
+//! `status`, `submit` and the report all ask here; plans themselves never read the disk.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::plan::{RunPlan, plan};
+use crate::run_dir::{RunDir, RunStatus};
+use crate::spec::{SetArg, SpecFile};
+
+/// A spec, expanded and planned.
+pub struct Experiment {
+    /// The parsed file.
+    pub spec: SpecFile,
+    /// Every run of the experiment (the report covers them all).
+    pub plans: Vec<RunPlan>,
+    /// The runs named by `--only` (empty: all).
+    pub only: Vec<String>,
+    /// The experiment's name: the spec's, or the one `--set experiment.name` gives.
+    name: String,
+    /// The folder that holds `<experiment>/<run>/`.
+    pub runs_dir: PathBuf,
+}
+
+impl Experiment {
+    /// Loads `file`, applies `sets` to every run and plans the runs under `runs_dir`; `only`
+    /// must name runs of the experiment.
+    /// `only` entries are run names (every seed of the run) or `run/seed=S` (one seed).
+    pub fn load(file: &Path, sets: &[SetArg], only: &[String], runs_dir: &Path) -> Result<Self, Error> {
+        let spec = SpecFile::load(file)?;
+        // `--only rope/seed=3` selects the run `rope` for expansion, and then one of its seeds.
+        let only_runs: Vec<String> = only.iter().map(|o| run_of(o).to_string()).collect();
+        let runs = match spec.expand(sets) {
+            Ok(runs) => runs,
+            // The runs `--only` leaves out need not take the `--set`s (one may set a key itself).
+            Err(_) if !only.is_empty() => spec.expand_selected(sets, &only_runs)?,
+            Err(e) => return Err(e.into()),
+        };
+        let unknown: Vec<&String> = only_runs
+            .iter()
+            .filter(|o| !runs.iter().any(|r| &r.name == *o))
+            .collect();
+        if !unknown.is_empty() {
+            let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "{}: --only names no run {:?}; its runs are {:?}",
+                file.display(),
+                unknown,
+                names
+            )));
+        }
+        let name = runs.first().map_or_else(|| spec.name.clone(), |r| r.experiment.clone());
+        let plans = plan(&runs, runs_dir)?;
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|o| !plans.iter().any(|p| p.name == **o || p.id() == **o))
+            .collect();
+        if !unknown.is_empty() {
+            let ids: Vec<String> = plans.iter().map(RunPlan::id).collect();
+            return Err(Error::Usage(format!(
+                "{}: --only names no run {:?}; its runs (with their seeds) are {:?}",
+                file.display(),
+                unknown,
+                ids
+            )));
+        }
+        Ok(Self {
+            spec,
+            name,
+            plans,
+            only: only.to_vec(),
+            runs_dir: runs_dir.to_path_buf(),
+        })
+    }
+
+    /// The experiment's name (its output folders).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// "3 runs" or "2 runs × 5 seeds": what the selection trains.
+    pub fn count(&self) -> String {
+        let (trainings, runs) = (self.selected().len(), self.selected_runs().len());
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        match self.selected().iter().any(|p| p.seeded) {
+            true => format!(
+                "{} × {} ({trainings} trainings)",
+                plural(runs, "run"),
+                plural(trainings / runs.max(1), "seed")
+            ),
+            false => plural(runs, "run"),
+        }
+    }
+
+    /// The selected runs, one plan each (the first seed's): what the seeds of a run share,
+    /// its architecture and schedule.
+    pub fn selected_runs(&self) -> Vec<&RunPlan> {
+        let mut runs: Vec<&RunPlan> = vec![];
+        for p in self.selected() {
+            if !runs.iter().any(|r| r.name == p.name) {
+                runs.push(p);
+            }
+        }
+        runs
+    }
+
+    /// The runs selected with `--only` (all of them when none was named).
+    pub fn selected(&self) -> Vec<&RunPlan> {
+        self.plans
+            .iter()
+            .filter(|p| self.only.is_empty() || self.only.iter().any(|o| *o == p.name || *o == p.id()))
+            .collect()
+    }
+}
+
+/// The run an `--only` entry names: `rope` of `rope/seed=3`.
+fn run_of(only: &str) -> &str {
+    match only.rsplit_once('/') {
+        Some((run, seed)) if seed.starts_with("seed=") => run,
+        _ => only,
+    }
+}
+
+/// What differs between the settings of the run's newest checkpoint and this plan (see
+/// [`RunPlan::identity_diff`]); empty when there is no checkpoint or nothing differs.
+pub fn differs_from_checkpoint(plan: &RunPlan) -> Vec<String> {
+    match crate::run_dir::RunDir::new(&plan.dir).newest_meta() {
+        Some((step, meta)) => plan.identity_diff(&meta.identity, step.min(plan.schedule.total_steps())),
+        None => vec![],
+    }
+}
+
+/// The work left after the run's newest checkpoint (see [`PhaseSchedule::cost_after`]).
+pub fn work_left(plan: &RunPlan) -> f64 {
+    plan.schedule
+        .cost_after(crate::run_dir::RunDir::new(&plan.dir).newest_step())
+}
+
+/// Refuses runs whose newest checkpoint was trained with other settings than the spec now
+/// gives them (a completed one too: its results would be reported as this configuration's),
+/// listing every differing setting of every such run and the ways out.
+pub fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Error> {
+    let mut refused = vec![];
+    for p in plans {
+        let diff = differs_from_checkpoint(p);
+        if !diff.is_empty() {
+            refused.push(format!(
+                "run `{}` ({}) was trained with other settings:\n  {}",
+                p.id(),
+                p.dir.display(),
+                diff.join("\n  ")
+            ));
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{}\n--fresh retrains these runs from scratch (their results are replaced), or \
+         --set experiment.name=<new name> trains this configuration beside `{experiment}`",
+        refused.join("\n")
+    )))
+}
+
+/// Whether a run needs training, judged from its folder.
+pub enum Readiness {
+    /// It does (with a note to print, if any).
+    Train(Option<String>),
+    /// It is complete; why it is skipped.
+    Done(String),
+    /// It cannot be trained as it stands (it diverged); why.
+    Failed(String),
+}
+
+/// What `plan`'s folder says is left to do (with `fresh`, everything).
+pub fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
+    if fresh {
+        return Readiness::Train(None);
+    }
+    let run_dir = RunDir::new(&p.dir);
+    match run_dir.read_status() {
+        Some(RunStatus::Complete { step })
+            if step == p.schedule.total_steps()
+                && let Some((at, cause)) = run_dir.non_finite_loss() =>
+        {
+            Readiness::Failed(format!(
+                "error: run `{}` diverged at step {at} ({cause}) though its status says complete; --fresh retrains it",
+                p.id()
+            ))
+        }
+        Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
+            let have = run_dir.read_eval().unwrap_or_default();
+            if crate::train::lengths::missing_phase_ends(p, &have, step).is_empty() {
+                let periodic = crate::train::lengths::missing_periodic(p, &have, step);
+                let lacking = match periodic.is_empty() {
+                    true => String::new(),
+                    false => format!(
+                        "; it lacks the evaluations [eval] every = {} asks for at steps {} (set after they trained; their weights are gone)",
+                        p.config.eval.every,
+                        crate::train::lengths::steps_in_words(&periodic)
+                    ),
+                };
+                return Readiness::Done(format!(
+                    "[{}] already complete ({step} steps){lacking}; --fresh retrains it",
+                    p.id()
+                ));
+            }
+            Readiness::Train(Some(format!(
+                "[{}] already complete ({step} steps); evaluating the [eval] lengths it lacks from its phase-end checkpoints",
+                p.id()
+            )))
+        }
+        Some(RunStatus::Diverged { step, cause }) => Readiness::Failed(format!(
+            "error: run `{}` diverged at step {step}{} before; --fresh retrains it",
+            p.id(),
+            cause.map(|c| format!(" ({c})")).unwrap_or_default()
+        )),
+        _ => Readiness::Train(None),
+    }
+}
+
+/// When runs asked for with seeds were trained without, or the other way round: what to say.
+pub fn other_seed_layout(plans: &[RunPlan]) -> Option<String> {
+    let has_metrics = |d: &Path| d.join("metrics.csv").is_file();
+    let seeded = plans.iter().any(|p| p.seeded);
+    let found = plans.iter().any(|p| match seeded {
+        // <run>/seed=<s>/ asked for; <run>/ itself trained.
+        true => p.dir.parent().is_some_and(has_metrics),
+        // <run>/ asked for; <run>/seed=<s>/ trained.
+        false => std::fs::read_dir(&p.dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("seed=") && has_metrics(&e.path()))
+        }),
+    });
+    found.then(|| match seeded {
+        true => "; its runs were trained once, without seeds: report without --seeds (or experiment.seeds)".into(),
+        false => {
+            "; its runs were trained over seeds (folders seed=<s>): report with the same --seeds N or experiment.seeds"
+                .into()
+        }
+    })
+}
