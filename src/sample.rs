@@ -8,7 +8,7 @@ use rand::Rng;
 
 use crate::checkpoint;
 use crate::data::Vocab;
-use crate::model::{Backend, Dropout, Float, Gpt, KvCache};
+use crate::model::{Backend, Float, Gpt, KvCache, Pass};
 use crate::seed::{Stream, stream};
 
 /// How to continue a prompt.
@@ -149,7 +149,7 @@ pub fn generate_timed<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &Sampl
 /// logits of the last of them.
 fn extend<D: Backend>(model: &Gpt<D>, tokens: &[usize], cache: &mut KvCache) -> Vec<Float> {
     let (t, v) = (tokens.len(), model.config.vocab_size);
-    let logits = model.forward(tokens, 1, t, NoneTape, &mut Dropout::eval(), Some(cache));
+    let logits = model.forward(tokens, 1, t, NoneTape, Pass::Decode(cache));
     logits.as_vec().split_off((t - 1) * v)
 }
 
@@ -162,9 +162,7 @@ pub fn generate_uncached<D: Backend>(model: &Gpt<D>, prompt: &[usize], opts: &Sa
     for _ in 0..opts.max_new_tokens {
         let context = &tokens[tokens.len().saturating_sub(block)..];
         let t = context.len();
-        let logits = model
-            .forward(context, 1, t, NoneTape, &mut Dropout::eval(), None)
-            .as_vec();
+        let logits = model.eval_logits(context, 1, t).as_vec();
         let last = &logits[(t - 1) * v..t * v];
         tokens.push(pick(last, opts.temperature, opts.top_k, &mut rng));
     }

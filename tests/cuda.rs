@@ -90,12 +90,8 @@ fn every_variant_has_the_same_loss_and_gradients_on_cpu_and_cuda() {
             let err = rel_err(g_g, g_c);
             assert!(err < 1e-4, "{name}: gradient of {param} differs by {err}");
         }
-        let logits_c = on_cpu
-            .forward(&batch.inputs, 4, 40, NoneTape, &mut Dropout::eval(), None)
-            .as_vec();
-        let logits_g = on_gpu
-            .forward(&batch.inputs, 4, 40, NoneTape, &mut Dropout::eval(), None)
-            .as_vec();
+        let logits_c = on_cpu.eval_logits(&batch.inputs, 4, 40).as_vec();
+        let logits_g = on_gpu.eval_logits(&batch.inputs, 4, 40).as_vec();
         assert!(rel_err(&logits_g, &logits_c) < 1e-4, "{name}: logits differ");
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{config as model_config, gpt_mini, llama_style};
 use dfdx::prelude::*;
-use gptlab::model::{AttentionKind, Dropout, Gpt, KvCache, ModelConfig, ModelOptions, Position};
+use gptlab::model::{AttentionKind, Gpt, KvCache, ModelConfig, ModelOptions, Pass, Position};
 use gptlab::sample::{SampleOptions, generate, generate_uncached};
 
 fn config(position: Position, n_kv_head: usize) -> ModelConfig {
@@ -50,14 +50,10 @@ fn cached_logits_match_the_full_forward_and_the_cache_shrinks_with_kv_heads() {
     let dev = Cpu::default();
     let model = Gpt::new(&dev, &config(Position::Rope, 2), 3);
     let tokens = [3usize, 1, 4, 1, 5, 9, 2, 6];
-    let full = model
-        .forward(&tokens, 1, tokens.len(), NoneTape, &mut Dropout::eval(), None)
-        .as_vec();
+    let full = model.eval_logits(&tokens, 1, tokens.len()).as_vec();
     let mut cache = KvCache::new(2);
     for (i, &tok) in tokens.iter().enumerate() {
-        let logits = model
-            .forward(&[tok], 1, 1, NoneTape, &mut Dropout::eval(), Some(&mut cache))
-            .as_vec();
+        let logits = model.forward(&[tok], 1, 1, NoneTape, Pass::Decode(&mut cache)).as_vec();
         for (a, b) in logits.iter().zip(&full[i * 13..(i + 1) * 13]) {
             assert!((a - b).abs() < 1e-5, "position {i}: {a} vs {b}");
         }

@@ -9,7 +9,7 @@ use common::{OutDirs, gptlab, write_spec};
 use dfdx::prelude::*;
 use gptlab::checkpoint;
 use gptlab::data::Corpus;
-use gptlab::model::{Dropout, Gpt, Rope, RopeScaling, RopeScalingKind};
+use gptlab::model::{Gpt, Rope, RopeScaling, RopeScalingKind};
 use gptlab::run_dir::{EvalRow, PositionRow, RunDir};
 use predicates::prelude::*;
 
@@ -132,7 +132,7 @@ fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
         let n = 512 / length;
         let inputs: Vec<usize> = corpus.val[..n * length].to_vec();
         let targets: Vec<usize> = corpus.val[1..n * length + 1].to_vec();
-        let logits = model.forward(&inputs, n, length, NoneTape, &mut Dropout::eval(), None);
+        let logits = model.eval_logits(&inputs, n, length);
         let want = model.loss(logits, &targets).as_vec()[0] as f64;
         let got = rope
             .iter()

@@ -104,7 +104,7 @@ fn loss_at_initialisation_is_close_to_ln_vocab() {
     for position in [Position::Absolute, Position::Rope] {
         let model = Gpt::new(&dev, &gpt_mini(position, 128), 3407);
         let batch = gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));
-        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval(), None);
+        let logits = model.eval_logits(&batch.inputs, batch.b, batch.t);
         let loss = model.loss(logits, &batch.targets).as_vec()[0];
         assert!(
             (loss - 65f32.ln()).abs() < 0.1,
@@ -333,8 +333,8 @@ fn changing_a_later_token_never_changes_an_earlier_output() {
         let a: Vec<usize> = vec![1, 2, 3, 4, 5, 6, 0, 1, 2, 3];
         let mut b = a.clone();
         b[6] = 5;
-        let la = model.forward(&a, 1, 10, NoneTape, &mut Dropout::eval(), None).as_vec();
-        let lb = model.forward(&b, 1, 10, NoneTape, &mut Dropout::eval(), None).as_vec();
+        let la = model.eval_logits(&a, 1, 10).as_vec();
+        let lb = model.eval_logits(&b, 1, 10).as_vec();
         let v = 7;
         assert_eq!(la[..6 * v], lb[..6 * v], "{position}: positions before 6 changed");
         assert_ne!(
@@ -381,7 +381,7 @@ fn gradients_agree_with_finite_differences() {
         let batch = Batch { b, t, inputs, targets };
         let (_, grads) = loss_and_grads(&model, &batch, &mut Dropout::eval());
         let loss_at = |m: &Gpt<Cpu>| -> f64 {
-            let logits = m.forward(&batch.inputs, b, t, NoneTape, &mut Dropout::eval(), None);
+            let logits = m.eval_logits(&batch.inputs, b, t);
             m.loss(logits, &batch.targets).as_vec()[0] as f64
         };
         let n_params = grads.len();

@@ -9,7 +9,7 @@ mod common;
 use assert_cmd::Command;
 use common::dump_dom;
 use dfdx::prelude::*;
-use gptlab::model::{Dropout, Gpt, ModelConfig, ModelOptions, Position};
+use gptlab::model::{Gpt, ModelConfig, ModelOptions, Position};
 use gptlab::report::{Boundary, Curve, LAST_N, PALETTE, Series, ema, loss_chart, summarise};
 use gptlab::run_dir::MetricsRow;
 use gptlab::sample::{SampleOptions, generate};
@@ -255,9 +255,7 @@ fn sampling_is_seeded_and_top_k_1_is_the_argmax_continuation() {
     let mut tokens = prompt.clone();
     for _ in 0..20 {
         let ctx = &tokens[tokens.len().saturating_sub(12)..];
-        let logits = model
-            .forward(ctx, 1, ctx.len(), NoneTape, &mut Dropout::eval(), None)
-            .as_vec();
+        let logits = model.eval_logits(ctx, 1, ctx.len()).as_vec();
         let last = &logits[(ctx.len() - 1) * 11..];
         let best = (0..11).fold(0, |b, i| if last[i] > last[b] { i } else { b });
         tokens.push(best);

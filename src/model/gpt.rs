@@ -24,6 +24,40 @@ pub struct Block<D: Device<Float>> {
 }
 
 impl<D: Backend> Block<D> {
+    /// Block `layer` of a model of `config`, initialised from `seed`'s named streams
+    /// (`h.<layer>.attn`, `h.<layer>.mlp`): attention and MLP output projections with the
+    /// residual scaling N(0, (0.02/√(2·n_layer))²).
+    pub fn new(dev: &D, config: &ModelConfig, layer: usize, seed: u64) -> Self {
+        let rng = |name: &str| crate::seed::named_stream(seed, crate::seed::Stream::Init, name);
+        let (c, i) = (config.arch.n_embd, layer);
+        let proj_std = 0.02 / (2.0 * config.arch.n_layer as f64).sqrt();
+        Block {
+            ln1: Norm::new(dev, &format!("h.{i}.ln1"), c, config.arch.norm),
+            attn: CausalSelfAttention::new_with_bias(
+                dev,
+                &mut rng(&format!("h.{i}.attn")),
+                &format!("h.{i}.attn"),
+                config.attn_shape(),
+                proj_std,
+                config.arch.bias,
+            )
+            .with_kind(config.arch.attention)
+            .with_alibi(config.arch.position == Position::Alibi)
+            .with_qk_norm(dev, &format!("h.{i}.attn"), config.arch.qk_norm),
+            ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.arch.norm),
+            mlp: Mlp::new(
+                dev,
+                &mut rng(&format!("h.{i}.mlp")),
+                &format!("h.{i}.mlp"),
+                c,
+                config.mlp_hidden(),
+                proj_std,
+                config.arch.mlp,
+                config.arch.bias,
+            ),
+        }
+    }
+
     /// `(B·T, C) -> (B·T, C)`; `cache` as in [`CausalSelfAttention::forward`].
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
@@ -58,6 +92,17 @@ impl<D: Device<Float>> HasParams<D> for Block<D> {
     }
 }
 
+/// What a forward pass is for: training (with its dropout masks), evaluation, or decoding
+/// one sequence with its key/value cache.
+pub enum Pass<'a> {
+    /// Training: dropout drawn from the step's stream.
+    Train(&'a mut Dropout),
+    /// Evaluation: no dropout, no cache.
+    Eval,
+    /// Decoding: no dropout; the cache holds the positions before the tokens.
+    Decode(&'a mut KvCache),
+}
+
 /// A GPT over a character vocabulary.
 #[derive(Clone, Debug)]
 pub struct Gpt<D: Device<Float>> {
@@ -87,7 +132,6 @@ impl<D: Backend> Gpt<D> {
     pub fn new(dev: &D, config: &ModelConfig, seed: u64) -> Self {
         let rng = |name: &str| crate::seed::named_stream(seed, crate::seed::Stream::Init, name);
         let (v, c) = (config.vocab_size, config.arch.n_embd);
-        let proj_std = 0.02 / (2.0 * config.arch.n_layer as f64).sqrt();
         let wte = Param::from_vec(
             dev,
             "wte.weight".into(),
@@ -106,31 +150,7 @@ impl<D: Backend> Gpt<D> {
             )
         });
         let blocks = (0..config.arch.n_layer)
-            .map(|i| Block {
-                ln1: Norm::new(dev, &format!("h.{i}.ln1"), c, config.arch.norm),
-                attn: CausalSelfAttention::new_with_bias(
-                    dev,
-                    &mut rng(&format!("h.{i}.attn")),
-                    &format!("h.{i}.attn"),
-                    config.attn_shape(),
-                    proj_std,
-                    config.arch.bias,
-                )
-                .with_kind(config.arch.attention)
-                .with_alibi(config.arch.position == Position::Alibi)
-                .with_qk_norm(dev, &format!("h.{i}.attn"), config.arch.qk_norm),
-                ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.arch.norm),
-                mlp: Mlp::new(
-                    dev,
-                    &mut rng(&format!("h.{i}.mlp")),
-                    &format!("h.{i}.mlp"),
-                    c,
-                    config.mlp_hidden(),
-                    proj_std,
-                    config.arch.mlp,
-                    config.arch.bias,
-                ),
-            })
+            .map(|layer| Block::new(dev, config, layer, seed))
             .collect();
         let rope = (config.arch.position == Position::Rope)
             .then(|| Rope::new(config.attn_shape().head_dim(), config.block_size, config.arch.rope_base));
@@ -195,21 +215,33 @@ impl<D: Backend> Gpt<D> {
         &self.dev
     }
 
-    /// Logits `(B·T, V)` for `tokens` (row-major `(B, T)`), recording on `tape`.
+    /// Logits `(B·T, V)` of `tokens` (row-major `(B, T)`) for evaluation: no tape, no
+    /// dropout, no cache. What every caller that only reads the model needs.
+    pub fn eval_logits(&self, tokens: &[usize], b: usize, t: usize) -> Act<D, NoneTape> {
+        self.forward(tokens, b, t, NoneTape, Pass::Eval)
+    }
+
+    /// Logits `(B·T, V)` for `tokens` (row-major `(B, T)`), recording on `tape`, for `pass`.
     ///
     /// Pass `NoneTape` for evaluation, or an `OwnedTape` holding pre-allocated gradients to
-    /// train. With a `cache` (one sequence, `b = 1`) the tokens are the positions after those
-    /// it holds, and it is extended by them: an empty cache is filled in one pass (prefill),
-    /// then one token at a time decodes. Positions must stay within [`Gpt::max_len`].
+    /// train ([`Pass::Train`], with its dropout). With [`Pass::Decode`] (one sequence, `b = 1`)
+    /// the tokens are the positions after those the cache holds, and it is extended by them:
+    /// an empty cache is filled in one pass (prefill), then one token at a time decodes.
+    /// Positions must stay within [`Gpt::max_len`].
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
         tokens: &[usize],
         b: usize,
         t: usize,
         tape: T,
-        drop: &mut Dropout,
-        mut cache: Option<&mut KvCache>,
+        pass: Pass<'_>,
     ) -> Act<D, T> {
+        let mut no_dropout = Dropout::eval();
+        let (drop, mut cache) = match pass {
+            Pass::Train(drop) => (drop, None),
+            Pass::Eval => (&mut no_dropout, None),
+            Pass::Decode(cache) => (&mut no_dropout, Some(cache)),
+        };
         assert_eq!(tokens.len(), b * t, "tokens must be B·T long");
         let pos = cache.as_ref().map_or(0, |c| c.len);
         if let Some(max) = self.max_len() {

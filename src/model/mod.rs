@@ -22,7 +22,7 @@ pub use config::{
     AttentionKind, AttnShape, Float, MlpKind, ModelConfig, ModelOptions, NormKind, OptionProblem, Position,
     RopeScaling, RopeScalingKind,
 };
-pub use gpt::{Block, Gpt};
+pub use gpt::{Block, Gpt, Pass};
 pub use kv_cache::{KvCache, LayerCache};
 pub use layers::{Act, Linear, Mlp, Norm};
 pub use ops::{

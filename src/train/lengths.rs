@@ -11,10 +11,8 @@
 //! A length the model cannot read (learned absolute positions past their table) is recorded
 //! as not defined, with the reason, never clamped.
 
-use dfdx::prelude::*;
-
 use crate::data::Corpus;
-use crate::model::{Backend, Dropout, Gpt, Position, RopeScaling};
+use crate::model::{Backend, Gpt, Position, RopeScaling};
 use crate::plan::{Phase, RunPlan};
 use crate::run_dir::{EvalRow, PositionRow};
 use crate::spec::{EvalMode, EvalSection};
@@ -164,9 +162,7 @@ pub fn token_losses<D: Backend>(
             .iter()
             .flat_map(|&s| tokens[s..s + length].iter().copied())
             .collect();
-        let logits = model
-            .forward(&inputs, chunk.len(), length, NoneTape, &mut Dropout::eval(), None)
-            .as_vec(); // (windows·length, V)
+        let logits = model.eval_logits(&inputs, chunk.len(), length).as_vec(); // (windows·length, V)
         for (i, row) in logits.chunks(vocab).enumerate() {
             let (w, pos) = (i / length, i % length);
             let target = tokens[chunk[w] + pos + 1];

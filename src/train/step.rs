@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 
 use super::adamw::{AdamW, clip_grad_norm};
 use crate::data::Batch;
-use crate::model::{Backend, Dropout, Float, Gpt, HasParams, host_vec};
+use crate::model::{Backend, Dropout, Float, Gpt, HasParams, Pass, host_vec};
 
 /// What a training step measured.
 #[derive(Clone, Copy, Debug)]
@@ -24,7 +24,7 @@ pub fn loss_and_grads<D: Backend>(model: &Gpt<D>, batch: &Batch, drop: &mut Drop
     model.visit(&mut |p| grads.try_alloc_for(&p.value).expect("allocating a gradient"));
     let (_, tape) = model.wte.value.clone().traced(grads).split_tape();
 
-    let logits = model.forward(&batch.inputs, batch.b, batch.t, tape, drop, None);
+    let logits = model.forward(&batch.inputs, batch.b, batch.t, tape, Pass::Train(drop));
     let loss = model.loss(logits, &batch.targets);
     let value = loss.as_vec()[0];
     let grads = loss.backward();
@@ -55,7 +55,7 @@ pub fn train_step<D: Backend>(
 pub fn eval_loss<D: Backend>(model: &Gpt<D>, batches: &[Batch]) -> f32 {
     let mut total = 0.0;
     for batch in batches {
-        let logits = model.forward(&batch.inputs, batch.b, batch.t, NoneTape, &mut Dropout::eval(), None);
+        let logits = model.eval_logits(&batch.inputs, batch.b, batch.t);
         total += model.loss(logits, &batch.targets).as_vec()[0];
     }
     total / batches.len().max(1) as f32
