@@ -193,14 +193,14 @@ pub fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
         }
         Some(RunStatus::Complete { step }) if step == p.schedule.total_steps() => {
             let have = run_dir.read_eval().unwrap_or_default();
-            if crate::train::lengths::missing_phase_ends(p, &have, step).is_empty() {
-                let periodic = crate::train::lengths::missing_periodic(p, &have, step);
+            if crate::train::length_eval::missing_phase_ends(p, &have, step).is_empty() {
+                let periodic = crate::train::length_eval::missing_periodic(p, &have, step);
                 let lacking = match periodic.is_empty() {
                     true => String::new(),
                     false => format!(
                         "; it lacks the evaluations [eval] every = {} asks for at steps {} (set after they trained; their weights are gone)",
                         p.config.eval.every,
-                        crate::train::lengths::steps_in_words(&periodic)
+                        crate::train::length_eval::steps_in_words(&periodic)
                     ),
                 };
                 return Readiness::Done(format!(

@@ -117,7 +117,7 @@ fn run(args: &RunArgs) -> Outcome {
         wait: args.wait,
         lock_timeout: args.lock.timeout()?,
     };
-    let outcome = gptlab::session::train(&exp, &opts)?;
+    let outcome = gptlab::session::train_all(&exp, &opts)?;
     if outcome.interrupted {
         // The command as typed, flags included: copying it resumes the same thing. A wrapper
         // (the justfile's recipes) names itself in GPTLAB_RESUME, since gptlab cannot see it.

@@ -115,7 +115,7 @@ impl Arch {
             name: "gptlab".into(),
             vocab: c.vocab_size,
             hidden: a.n_embd,
-            intermediate: c.mlp_hidden(),
+            intermediate: c.arch.mlp_width(),
             layers: a.n_layer,
             heads: a.n_head,
             kv_heads: a.kv_heads(),

@@ -277,7 +277,7 @@ impl RunPlan {
             a.n_layer,
             a.n_embd,
             a.n_head,
-            m.n_kv_head(),
+            m.arch.kv_heads(),
             a.position,
             a.dropout,
             m.vocab_size,

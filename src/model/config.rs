@@ -417,16 +417,6 @@ impl ModelConfig {
         self.arch.attn_shape()
     }
 
-    /// Key/value heads.
-    pub fn n_kv_head(&self) -> usize {
-        self.arch.kv_heads()
-    }
-
-    /// The MLP width.
-    pub fn mlp_hidden(&self) -> usize {
-        self.arch.mlp_width()
-    }
-
     /// Bytes of key/value cache per generated position: 2 · n_layer · n_kv_head · head_dim · 4.
     pub fn kv_bytes_per_token(&self) -> usize {
         2 * self.arch.n_layer * self.attn_shape().kv_dim() * std::mem::size_of::<Float>()

@@ -50,7 +50,7 @@ impl<D: Backend> Block<D> {
                 &mut rng(&format!("h.{i}.mlp")),
                 &format!("h.{i}.mlp"),
                 c,
-                config.mlp_hidden(),
+                config.arch.mlp_width(),
                 proj_std,
                 config.arch.mlp,
                 config.arch.bias,

@@ -5,12 +5,12 @@
 //! and the tables), `loss.svg`, sweep charts, the loss by evaluation length (`eval.csv`,
 //! `position_loss.csv`, `length.svg`, `position_loss.svg`), `samples.md` and `index.html`.
 
+pub mod by_length;
 mod compare;
 mod experiments;
 mod gather;
 mod html;
 mod length_plot;
-pub mod lengths;
 mod plot;
 mod samples;
 mod summary;
@@ -219,7 +219,7 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
         .map(|b| compare::compare(&runs.summaries, b))
         .unwrap_or_default();
     let mut verdict = compare::verdict(&aggregates, &runs.summaries, &comparison, base.as_deref());
-    let by_length = lengths::write(dir, input.title, plans)?;
+    let by_length = by_length::write(dir, input.title, plans)?;
     verdict.extend(by_length.sentences.iter().cloned());
     let tables = tables::Tables {
         aggregates: &aggregates,

@@ -1,5 +1,5 @@
 //! `eval.csv` and `position_loss.csv`: the validation loss of a run's model at several
-//! sequence lengths, and per position at the longest one (see [`crate::train::lengths`]).
+//! sequence lengths, and per position at the longest one (see [`crate::train::length_eval`]).
 //!
 //! Both are small (a few rows per evaluation), so each evaluation rewrites them whole and
 //! atomically: rows of the same evaluation are replaced, never duplicated.

@@ -2,7 +2,7 @@
 //! experiment to outcomes and a report.
 //!
 //! [`Experiment::load`] reads, expands and plans a spec (the corpus is read once there and
-//! shared by the runs). [`train`] then picks the device, refuses runs that cannot fit in
+//! shared by the runs). [`train_all`] then picks the device, refuses runs that cannot fit in
 //! memory, skips finished runs, trains the rest (`--jobs` at a time, each under its run's
 //! lock, so other processes and hosts can train other runs of the same experiment) and writes
 //! the report. The command line only parses arguments into
@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::experiment::{Experiment, Readiness, check_identities, readiness, work_left};
 use crate::plan::RunPlan;
 use crate::run_dir::{RunDir, RunStatus};
-use crate::train::{JobLayout, RunOptions, train_runs};
+use crate::train::{JobLayout, RunOptions, train_in_parallel};
 
 /// How to train a session.
 #[derive(Clone, Debug)]
@@ -171,23 +171,12 @@ fn check_writable(dir: &Path) -> Result<(), Error> {
 }
 
 /// Trains the selected runs of `exp` and writes its report (unless interrupted).
-pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, Error> {
+pub fn train_all(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, Error> {
     let selected = exp.selected();
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if opts.jobs > threads {
-        crate::events::note(format!(
-            "note: --jobs {} is more than the {threads} threads in all (--threads is the total): at most {threads} runs train at once",
-            opts.jobs
-        ));
-    }
-    let mut layout = JobLayout::new(opts.jobs, threads, selected.len());
-    if layout.jobs > 1 && selected.iter().any(|p| p.config.measure.attention) {
-        // The probes count time and bytes process-wide; runs side by side would mix them.
-        crate::events::note("note: [measure] attention is on, so the runs train one at a time (--jobs 1)");
-        layout = JobLayout::new(1, threads, selected.len());
-    }
+    let layout = layout(opts, &selected, threads);
     let chosen = choose_device(opts.device, &selected, opts.quiet)?;
     check_memory(&selected, layout.jobs)?;
     if !opts.fresh {
@@ -197,27 +186,11 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
     if let Some(reports) = &opts.reports_dir {
         check_writable(&reports.join(exp.name()))?;
     }
-
     let mut outcome = SessionOutcome {
         runs: selected.len(),
         ..Default::default()
     };
-    let mut to_train = vec![];
-    for p in selected {
-        match readiness(p, opts.fresh) {
-            Readiness::Train(note) => {
-                if let Some(note) = note {
-                    crate::events::note(note);
-                }
-                to_train.push(p);
-            }
-            Readiness::Done(note) => crate::events::note(note),
-            Readiness::Failed(why) => {
-                crate::events::error(why);
-                outcome.failed.push(p.id());
-            }
-        }
-    }
+    let to_train = left_to_train(&selected, opts.fresh, &mut outcome);
     // Only the runs left to train share the threads (finished ones were skipped above).
     let layout = JobLayout::new(layout.jobs, threads, to_train.len());
     if layout.jobs > 1 && !opts.quiet {
@@ -225,45 +198,10 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
             1 => "1 thread".to_string(),
             n => format!("{n} threads"),
         };
-        crate::events::note(format!(
-            "training {} runs, {} at a time with {each} each",
-            to_train.len(),
-            layout.jobs
-        ));
+        let n = to_train.len();
+        crate::events::note(format!("training {n} runs, {} at a time with {each} each", layout.jobs));
     }
-
-    let device = match chosen {
-        Chosen::Cpu => "cpu",
-        Chosen::Cuda => "cuda",
-    };
-    let run_opts = RunOptions {
-        fresh: opts.fresh,
-        quiet: opts.quiet,
-        lines_only: layout.jobs > 1,
-        stop: Some(opts.stop.clone()),
-        lost: None,
-        session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
-        later_work: later_work(&to_train, layout.jobs, queued_after(&exp.runs_dir)),
-    };
-    let trainer = Trainer {
-        opts,
-        run_opts: &run_opts,
-        ended: Mutex::default(),
-    };
-    match chosen {
-        Chosen::Cpu => train_runs(&to_train, layout, &opts.stop, |dev, p| trainer.train(dev, p))?,
-        #[cfg(feature = "cuda")]
-        Chosen::Cuda => {
-            if layout.jobs > 1 {
-                crate::events::note("note: --jobs applies to the CPU; on the GPU the runs train one after another");
-            }
-            let dev = crate::device::open_cuda()?;
-            crate::train::train_in_turn(&to_train, &dev, &opts.stop, |dev, p| trainer.train(dev, p))
-        }
-        #[cfg(not(feature = "cuda"))]
-        Chosen::Cuda => unreachable!("choose() never picks CUDA in a build without it"),
-    }
-    let ended = trainer.ended.into_inner().expect("not poisoned");
+    let ended = train_on(chosen, exp, opts, &to_train, layout)?;
     outcome.failed.extend(ended.failed);
     outcome.busy = ended.busy;
     // A stop that came after the last step (during its phase-end evaluation or checkpoint)
@@ -290,4 +228,87 @@ pub fn train(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, 
         }
     }
     Ok(outcome)
+}
+
+/// How many runs train at once and with how many threads each: `--threads` is the total, and
+/// attention probes (process-wide counters) need one run at a time.
+fn layout(opts: &SessionOptions, selected: &[&RunPlan], threads: usize) -> JobLayout {
+    if opts.jobs > threads {
+        crate::events::note(format!(
+            "note: --jobs {} is more than the {threads} threads in all (--threads is the total): at most {threads} runs train at once",
+            opts.jobs
+        ));
+    }
+    let layout = JobLayout::new(opts.jobs, threads, selected.len());
+    if layout.jobs > 1 && selected.iter().any(|p| p.config.measure.attention) {
+        // The probes count time and bytes process-wide; runs side by side would mix them.
+        crate::events::note("note: [measure] attention is on, so the runs train one at a time (--jobs 1)");
+        return JobLayout::new(1, threads, selected.len());
+    }
+    layout
+}
+
+/// The selected runs that need training; the others are said (complete) or recorded as
+/// failed (diverged) in `outcome`.
+fn left_to_train<'a>(selected: &[&'a RunPlan], fresh: bool, outcome: &mut SessionOutcome) -> Vec<&'a RunPlan> {
+    let mut to_train = vec![];
+    for &p in selected {
+        match readiness(p, fresh) {
+            Readiness::Train(note) => {
+                if let Some(note) = note {
+                    crate::events::note(note);
+                }
+                to_train.push(p);
+            }
+            Readiness::Done(note) => crate::events::note(note),
+            Readiness::Failed(why) => {
+                crate::events::error(why);
+                outcome.failed.push(p.id());
+            }
+        }
+    }
+    to_train
+}
+
+/// Trains `to_train` on the chosen device, `layout.jobs` at a time on the CPU (one after
+/// another on the GPU); returns how they ended.
+fn train_on(
+    chosen: Chosen,
+    exp: &Experiment,
+    opts: &SessionOptions,
+    to_train: &[&RunPlan],
+    layout: JobLayout,
+) -> Result<worker::Ended, Error> {
+    let device = match chosen {
+        Chosen::Cpu => "cpu",
+        Chosen::Cuda => "cuda",
+    };
+    let run_opts = RunOptions {
+        fresh: opts.fresh,
+        quiet: opts.quiet,
+        lines_only: layout.jobs > 1,
+        stop: Some(opts.stop.clone()),
+        lost: None,
+        session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
+        later_work: later_work(to_train, layout.jobs, queued_after(&exp.runs_dir)),
+    };
+    let trainer = Trainer {
+        opts,
+        run_opts: &run_opts,
+        ended: Mutex::default(),
+    };
+    match chosen {
+        Chosen::Cpu => train_in_parallel(to_train, layout, &opts.stop, |dev, p| trainer.train_one(dev, p))?,
+        #[cfg(feature = "cuda")]
+        Chosen::Cuda => {
+            if layout.jobs > 1 {
+                crate::events::note("note: --jobs applies to the CPU; on the GPU the runs train one after another");
+            }
+            let dev = crate::device::open_cuda()?;
+            crate::train::train_in_turn(to_train, &dev, &opts.stop, |dev, p| trainer.train_one(dev, p))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Chosen::Cuda => unreachable!("choose() never picks CUDA in a build without it"),
+    }
+    Ok(trainer.ended.into_inner().expect("not poisoned"))
 }

@@ -36,7 +36,7 @@ impl Trainer<'_> {
     }
 
     /// Trains `p` on `dev` if it is this worker's to train.
-    pub(super) fn train<D: crate::model::Backend>(&self, dev: &D, p: &RunPlan) {
+    pub(super) fn train_one<D: crate::model::Backend>(&self, dev: &D, p: &RunPlan) {
         let id = p.id();
         let fail = |why: String| {
             crate::events::error(format!("error: run `{id}` failed: {why}"));

@@ -519,10 +519,11 @@ impl SpecFile {
         Ok(specs)
     }
 
-    /// Where `seed` and `seeds` clash: `seeds` belongs to the experiment (every run repeats
-    /// over the same seeds, so runs pair seed by seed), and one `seed` beside it is ambiguous,
-    /// except a file's `seed` that `--set experiment.seeds` (or `--seeds`) replaces.
-    fn seed_conflict(
+    /// A setting given where it cannot apply: the experiment's own sections (`[eval]`,
+    /// `[slurm]`) or `seeds` set for one run (every run repeats over the same seeds, so runs
+    /// pair seed by seed), and `seed` beside `seeds` (ambiguous, except a file's `seed` that
+    /// `--set experiment.seeds` or `--seeds` replaces). The key and why.
+    fn misplaced_setting(
         &self,
         overrides: &[(String, toml::Value)],
         point: &[(String, toml::Value)],
@@ -619,7 +620,7 @@ impl SpecFile {
         let Some(config) = config else {
             return Err(problems.into_iter().map(|(key, msg)| err(&key, msg)).collect());
         };
-        if let Some(msg) = self.seed_conflict(overrides, point, sets) {
+        if let Some(msg) = self.misplaced_setting(overrides, point, sets) {
             return Err(vec![err(&msg.0, msg.1)]);
         }
         let problems = validate::check(&config);

@@ -50,7 +50,7 @@ pub fn train_in_turn<'a, D: Backend>(runs: &[&'a RunPlan], dev: &D, stop: &Atomi
 /// Calls `work` for each of `runs` on the CPU, `layout.jobs` at a time, each worker with its
 /// own pool of `layout.threads_per_run` threads (`work` runs inside it). Stops starting new
 /// runs once `stop` is set; runs under way stop themselves with a checkpoint.
-pub fn train_runs<'a>(
+pub fn train_in_parallel<'a>(
     runs: &[&'a RunPlan],
     layout: JobLayout,
     stop: &AtomicBool,

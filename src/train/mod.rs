@@ -2,7 +2,7 @@
 
 mod adamw;
 mod jobs;
-pub mod lengths;
+pub mod length_eval;
 mod progress;
 mod run;
 mod step;
@@ -10,7 +10,7 @@ mod step;
 use crate::run_dir::RunStatus;
 
 pub use adamw::{AdamW, clip_grad_norm, grad_norm};
-pub use jobs::{JobLayout, train_in_turn, train_runs};
+pub use jobs::{JobLayout, train_in_parallel, train_in_turn};
 pub use progress::Progress;
 pub use run::{RunOptions, train_run};
 pub use step::{StepStats, eval_loss, loss_and_grads, train_step};

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::{AdamW, Progress, RunOutcome, eval_loss, lengths, train_step};
+use super::{AdamW, Progress, RunOutcome, eval_loss, length_eval, train_step};
 use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
@@ -68,7 +68,7 @@ fn evaluate_lengths<D: Backend>(
     step: usize,
     progress: &Progress,
 ) -> Result<Vec<EvalRow>> {
-    let (mut rows, positions) = lengths::evaluate(model, plan, &plan.corpus, phase, step);
+    let (mut rows, positions) = length_eval::evaluate(model, plan, &plan.corpus, phase, step);
     if checkpoint::poisoned("eval", step)
         && let Some(last) = rows.iter_mut().rev().find(|r| r.loss.is_some())
     {
@@ -101,7 +101,7 @@ fn evaluate_missing<D: Backend>(
     progress: &Progress,
 ) -> Result<()> {
     let have = run_dir.read_eval()?;
-    for step in lengths::missing_phase_ends(plan, &have, done) {
+    for step in length_eval::missing_phase_ends(plan, &have, done) {
         let phase = plan.schedule.phase_of(step).expect("a phase end is in the schedule");
         let Some((_, dir)) = run_dir.checkpoints().into_iter().find(|(s, _)| *s == step) else {
             progress.note(&format!(

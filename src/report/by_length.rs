@@ -7,7 +7,7 @@ use anyhow::Result;
 pub use super::length_plot::{LengthCurve, PositionCurve};
 use crate::plan::RunPlan;
 use crate::run_dir::{EvalRow, PositionRow, RunDir};
-use crate::train::lengths::expected_rows;
+use crate::train::length_eval::expected_rows;
 
 /// The length evaluations of a report's runs.
 #[derive(Debug, Default)]
@@ -110,12 +110,12 @@ pub fn collect(plans: &[RunPlan]) -> Result<LengthResults> {
                 }
             }
         }
-        let periodic = crate::train::lengths::missing_periodic(p, &have, reached);
+        let periodic = crate::train::length_eval::missing_periodic(p, &have, reached);
         if !periodic.is_empty() {
             out.periodic_missing.push(format!(
                 "{} at steps {}",
                 p.id(),
-                crate::train::lengths::steps_in_words(&periodic)
+                crate::train::length_eval::steps_in_words(&periodic)
             ));
         }
         let positions = run_dir.read_position_loss()?;
@@ -322,7 +322,7 @@ pub fn position_curves(plans: &[RunPlan], positions: &[PositionRow]) -> Vec<Posi
                 .filter(|(_, s)| s.1 > 0)
                 .map(|(i, s)| ((i * bin) as f64 + (bin as f64 - 1.0) / 2.0, s.0 / s.1 as f64))
                 .collect();
-            let trained = crate::train::lengths::train_len(
+            let trained = crate::train::length_eval::train_len(
                 plan,
                 &plan.schedule.phases[phase.min(plan.schedule.phases.len() - 1)],
             );
