@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::data::Corpus;
 use crate::model::ModelConfig;
-use crate::spec::{RunConfig, RunSpec, SpecErrors, flatten};
+use crate::spec::{RunConfig, RunSpec, SpecError, SpecErrors, flatten};
 
 /// The relative cost of one training step at sequence length `seq_len` (see
 /// [`PhaseSchedule::cost_after`]).
@@ -365,11 +365,64 @@ fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
     ))
 }
 
+/// One read per (file, validation split): the corpus and its SHA-256, or why it cannot be read.
+type Corpora = HashMap<(PathBuf, u64), Result<(Arc<Corpus>, String), String>>;
+
+/// The corpus at `data_path` split at `val_fraction`, read once for every run that shares it.
+fn load_corpus(corpora: &mut Corpora, data_path: &Path, val_fraction: f64) -> Result<(Arc<Corpus>, String), String> {
+    corpora
+        .entry((data_path.to_path_buf(), val_fraction.to_bits()))
+        .or_insert_with(|| {
+            // No cap on a corpus's size, but it must be a regular file: `/dev/zero` would be
+            // read for ever.
+            let text =
+                crate::fsio::read_text_capped(data_path, u64::MAX, "the corpus").map_err(|e| format!("{e:#}"))?;
+            let sha = crate::fsio::sha256_hex(text.as_bytes());
+            Ok((Arc::new(Corpus::from_text(&text, val_fraction)), sha))
+        })
+        .clone()
+}
+
+/// What makes `spec` untrainable on `corpus`: too few symbols, splits shorter than a window,
+/// an `init_from` that is not a checkpoint.
+fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecError> {
+    let c = &spec.config;
+    let mut errors = vec![];
+    if corpus.vocab.len() < 2 {
+        let msg = format!(
+            "the corpus has {} distinct characters; at least 2 are needed",
+            corpus.vocab.len()
+        );
+        errors.push(spec.error("data.path", msg));
+    }
+    for (i, p) in c.phase.iter().enumerate() {
+        // Windows of seq_len + 1 characters are drawn from both splits (validation too, when it exists).
+        let mut splits = vec![("training", corpus.train.len())];
+        if c.data.val_fraction > 0.0 {
+            splits.push(("validation", corpus.val.len()));
+        }
+        if let Some((split, len)) = splits.into_iter().find(|&(_, len)| p.seq_len + 1 > len) {
+            let msg = format!(
+                "seq_len {} needs windows of {} characters, but the {split} split of {} has only {len}",
+                p.seq_len,
+                p.seq_len + 1,
+                data_path.display()
+            );
+            errors.push(spec.error(&format!("phase.{i}.seq_len"), msg));
+        }
+    }
+    if let Some(from) = &spec.init_from
+        && !Path::new(from).join("meta.json").is_file()
+    {
+        let msg = format!("`{from}` is not a checkpoint folder (it has no meta.json)");
+        errors.push(spec.error("init_from", msg));
+    }
+    errors
+}
+
 /// Checks the data-dependent parts of each run and lays out its plan.
 pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
-    // One read per (file, validation split): the corpus and its SHA-256, or why it cannot be read.
-    type Loaded = Result<(Arc<Corpus>, String), String>;
-    let mut corpora: HashMap<(PathBuf, u64), Loaded> = HashMap::new();
+    let mut corpora: Corpora = HashMap::new();
     let mut errors = vec![];
     let mut plans = vec![];
     for spec in specs {
@@ -381,61 +434,16 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 continue;
             }
         };
-        let loaded = corpora
-            .entry((data_path.clone(), c.data.val_fraction.to_bits()))
-            .or_insert_with(|| {
-                // No cap on a corpus's size, but it must be a regular file: `/dev/zero` would
-                // be read for ever.
-                let text =
-                    crate::fsio::read_text_capped(&data_path, u64::MAX, "the corpus").map_err(|e| format!("{e:#}"))?;
-                let sha = crate::fsio::sha256_hex(text.as_bytes());
-                Ok((Arc::new(Corpus::from_text(&text, c.data.val_fraction)), sha))
-            });
-        let (corpus, data_sha256) = match loaded {
-            Ok((corpus, sha)) => (corpus.clone(), sha.clone()),
+        let (corpus, data_sha256) = match load_corpus(&mut corpora, &data_path, c.data.val_fraction) {
+            Ok(loaded) => loaded,
             Err(msg) => {
-                errors.push(spec.error("data.path", msg.clone()));
+                errors.push(spec.error("data.path", msg));
                 continue;
             }
         };
-        let mut ok = true;
-        if corpus.vocab.len() < 2 {
-            errors.push(spec.error(
-                "data.path",
-                format!(
-                    "the corpus has {} distinct characters; at least 2 are needed",
-                    corpus.vocab.len()
-                ),
-            ));
-            ok = false;
-        }
-        for (i, p) in c.phase.iter().enumerate() {
-            // Windows of seq_len + 1 characters are drawn from both splits (validation too, when it exists).
-            let mut splits = vec![("training", corpus.train.len())];
-            if c.data.val_fraction > 0.0 {
-                splits.push(("validation", corpus.val.len()));
-            }
-            if let Some((split, len)) = splits.into_iter().find(|&(_, len)| p.seq_len + 1 > len) {
-                errors.push(spec.error(
-                    &format!("phase.{i}.seq_len"),
-                    format!(
-                        "seq_len {} needs windows of {} characters, but the {split} split of {} has only {len}",
-                        p.seq_len,
-                        p.seq_len + 1,
-                        data_path.display()
-                    ),
-                ));
-                ok = false;
-            }
-        }
-        if let Some(from) = &spec.init_from
-            && !Path::new(from).join("meta.json").is_file()
-        {
-            let msg = format!("`{from}` is not a checkpoint folder (it has no meta.json)");
-            errors.push(spec.error("init_from", msg));
-            ok = false;
-        }
-        if !ok {
+        let found = data_problems(spec, &corpus, &data_path);
+        if !found.is_empty() {
+            errors.extend(found);
             continue;
         }
         let schedule = PhaseSchedule::new(c);

@@ -116,11 +116,11 @@ pub(super) fn padded(lo: f64, hi: f64) -> (f64, f64) {
 }
 
 /// A y tick label that fits its axis: plain for ordinary losses, scientific notation for a
-/// curve that ran off to 1e16 (a diverging run) or down to 1e-5.
+/// curve that ran off to 1e16 (a diverging run) or down to 1e-5; tokens per second stay plain.
 pub(super) fn tick(y: f64) -> String {
     use plotters::coord::ranged1d::ValueFormatter;
     let a = y.abs();
-    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+    if a != 0.0 && !(1e-3..1e8).contains(&a) {
         format!("{y:.1e}")
     } else {
         // plotters' own label, as every ordinary figure had it.
@@ -168,64 +168,9 @@ pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smooth
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(err)?;
-        for b in boundaries {
-            let style = ShapeStyle::from(&BOUNDARY).stroke_width(1);
-            chart
-                .draw_series(DashedLineSeries::new(vec![(b.step, lo), (b.step, hi)], 6, 4, style))
-                .map_err(err)?;
-            // A label in the right quarter is drawn leftwards of its line, so it is never cut
-            // off at the plot's edge.
-            let (text, anchor) = if b.step > 0.75 * max_step {
-                (format!("{} ", b.label), HPos::Right)
-            } else {
-                (format!(" {}", b.label), HPos::Left)
-            };
-            let font = ("sans-serif", 14)
-                .into_font()
-                .color(&BOUNDARY)
-                .pos(Pos::new(anchor, VPos::Top));
-            chart
-                .draw_series(std::iter::once(Text::new(text, (b.step, hi - 0.01 * (hi - lo)), font)))
-                .map_err(err)?;
-        }
+        draw_boundaries(&mut chart, boundaries, (lo, hi), max_step)?;
         for (i, c) in curves.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let raws: Vec<Vec<(f64, f64)>> = c.seeds.iter().map(|s| finite(&s.train).copied().collect()).collect();
-            let points = raws.iter().map(Vec::len).max().unwrap_or(0);
-            let alpha = scaled_smoothing(smoothing, points);
-            let smoothed: Vec<Vec<(f64, f64)>> = raws.iter().map(|r| ema(r, alpha)).collect();
-            let line: Vec<(f64, f64)> = if let [raw] = raws.as_slice() {
-                // One seed: the raw curve, light, under the smoothed one.
-                chart
-                    .draw_series(LineSeries::new(thin(raw), color.mix(0.25).stroke_width(1)))
-                    .map_err(err)?;
-                smoothed[0].clone()
-            } else {
-                // Several: the min–max band of the seeds' smoothed curves, and their mean.
-                let across = across_seeds(&smoothed);
-                let band = thin(&across.iter().map(|a| (a.0, a.3)).collect::<Vec<_>>())
-                    .into_iter()
-                    .chain(
-                        thin(&across.iter().map(|a| (a.0, a.2)).collect::<Vec<_>>())
-                            .into_iter()
-                            .rev(),
-                    )
-                    .collect::<Vec<_>>();
-                chart
-                    .draw_series(std::iter::once(Polygon::new(band, color.mix(0.2).filled())))
-                    .map_err(err)?;
-                across.iter().map(|a| (a.0, a.1)).collect()
-            };
-            chart
-                .draw_series(LineSeries::new(thin(&line), color.stroke_width(2)))
-                .map_err(err)?
-                .label(c.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
-            let vals: Vec<Vec<(f64, f64)>> = c.seeds.iter().map(|s| s.val.clone()).collect();
-            let val: Vec<(f64, f64)> = across_seeds(&vals).iter().map(|a| (a.0, a.1)).collect();
-            chart
-                .draw_series(val.into_iter().map(|p| Circle::new(p, 4, color.filled())))
-                .map_err(err)?;
+            draw_curve(&mut chart, c, PALETTE[i % PALETTE.len()], smoothing)?;
         }
         chart
             .configure_series_labels()
@@ -255,6 +200,98 @@ pub struct SweepChart {
     pub xs: Vec<String>,
     /// `(series label, [(x index, y)])`.
     pub series: Vec<(String, Vec<(usize, f64)>)>,
+}
+
+/// The chart type every figure here draws on.
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Dashed labelled lines at the phase boundaries, over the y range `(lo, hi)`.
+fn draw_boundaries(
+    chart: &mut Chart<'_, '_>,
+    boundaries: &[Boundary],
+    (lo, hi): (f64, f64),
+    max_step: f64,
+) -> Result<()> {
+    for b in boundaries {
+        let style = ShapeStyle::from(&BOUNDARY).stroke_width(1);
+        chart
+            .draw_series(DashedLineSeries::new(vec![(b.step, lo), (b.step, hi)], 6, 4, style))
+            .map_err(err)?;
+        // A label in the right quarter is drawn leftwards of its line, so it is never cut
+        // off at the plot's edge.
+        let (text, anchor) = if b.step > 0.75 * max_step {
+            (format!("{} ", b.label), HPos::Right)
+        } else {
+            (format!(" {}", b.label), HPos::Left)
+        };
+        let font = ("sans-serif", 14)
+            .into_font()
+            .color(&BOUNDARY)
+            .pos(Pos::new(anchor, VPos::Top));
+        chart
+            .draw_series(std::iter::once(Text::new(text, (b.step, hi - 0.01 * (hi - lo)), font)))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// One run's training loss in `color`: with one seed the raw curve, light, under the smoothed
+/// one; with several the min–max band of the seeds' smoothed curves and their mean; and the
+/// mean validation losses as dots.
+fn draw_curve(chart: &mut Chart<'_, '_>, c: &Curve, color: RGBColor, smoothing: f64) -> Result<()> {
+    let raws: Vec<Vec<(f64, f64)>> = c.seeds.iter().map(|s| finite(&s.train).copied().collect()).collect();
+    let points = raws.iter().map(Vec::len).max().unwrap_or(0);
+    let alpha = scaled_smoothing(smoothing, points);
+    let smoothed: Vec<Vec<(f64, f64)>> = raws.iter().map(|r| ema(r, alpha)).collect();
+    let line: Vec<(f64, f64)> = if let [raw] = raws.as_slice() {
+        chart
+            .draw_series(LineSeries::new(thin(raw), color.mix(0.25).stroke_width(1)))
+            .map_err(err)?;
+        smoothed[0].clone()
+    } else {
+        let across = across_seeds(&smoothed);
+        let upper = thin(&across.iter().map(|a| (a.0, a.3)).collect::<Vec<_>>());
+        let lower = thin(&across.iter().map(|a| (a.0, a.2)).collect::<Vec<_>>());
+        let band: Vec<(f64, f64)> = upper.into_iter().chain(lower.into_iter().rev()).collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(band, color.mix(0.2).filled())))
+            .map_err(err)?;
+        across.iter().map(|a| (a.0, a.1)).collect()
+    };
+    chart
+        .draw_series(LineSeries::new(thin(&line), color.stroke_width(2)))
+        .map_err(err)?
+        .label(c.label.clone())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+    let vals: Vec<Vec<(f64, f64)>> = c.seeds.iter().map(|s| s.val.clone()).collect();
+    let val: Vec<(f64, f64)> = across_seeds(&vals).iter().map(|a| (a.0, a.1)).collect();
+    chart
+        .draw_series(val.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Where several seeds share a swept value: the 95% t interval of their mean, with caps.
+fn draw_intervals(chart: &mut Chart<'_, '_>, per_x: &[(usize, crate::stats::Estimate)], color: RGBColor) -> Result<()> {
+    for (x, e) in per_x {
+        let Some((lo, hi)) = e.interval else { continue };
+        let (x, w) = (*x as f64, 0.06);
+        let style = color.stroke_width(2);
+        for segment in [
+            vec![(x, lo), (x, hi)],
+            vec![(x - w, lo), (x + w, lo)],
+            vec![(x - w, hi), (x + w, hi)],
+        ] {
+            chart
+                .draw_series(std::iter::once(PathElement::new(segment, style)))
+                .map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Draws a [`SweepChart`].
@@ -336,24 +373,8 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
                         .map(|&(x, y)| Circle::new((x as f64, y), 4, color.filled())),
                 )
                 .map_err(err)?;
-            let mut means = vec![];
-            for (x, e) in &per_x[si] {
-                means.push((*x as f64, e.mean));
-                // Several seeds at this value: the 95% t interval of their mean, with caps.
-                if let Some((lo, hi)) = e.interval {
-                    let (x, w) = (*x as f64, 0.06);
-                    let style = color.stroke_width(2);
-                    for segment in [
-                        vec![(x, lo), (x, hi)],
-                        vec![(x - w, lo), (x + w, lo)],
-                        vec![(x - w, hi), (x + w, hi)],
-                    ] {
-                        chart
-                            .draw_series(std::iter::once(PathElement::new(segment, style)))
-                            .map_err(err)?;
-                    }
-                }
-            }
+            let means: Vec<(f64, f64)> = per_x[si].iter().map(|(x, e)| (*x as f64, e.mean)).collect();
+            draw_intervals(&mut chart, &per_x[si], color)?;
             let series = chart
                 .draw_series(LineSeries::new(means, color.stroke_width(2)))
                 .map_err(err)?;

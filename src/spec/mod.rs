@@ -304,33 +304,7 @@ impl SpecFile {
             errors.push(source.error(source.line(&[], "experiment.name"), Some("experiment.name"), None, msg));
         }
 
-        let mut sweep = vec![];
-        for (key, value) in flatten(&raw.sweep, "") {
-            let origin = source.origin(
-                &Layers {
-                    run_index: None,
-                    run_keys: vec![],
-                    sweep_keys: vec![key.clone()],
-                    sets: vec![],
-                },
-                &key,
-            );
-            match value {
-                toml::Value::Array(values) if !values.is_empty() => sweep.push((key, values)),
-                toml::Value::Array(_) => errors.push(source.error(
-                    origin,
-                    Some(&format!("sweep.{key}")),
-                    None,
-                    "a sweep needs at least one value",
-                )),
-                other => errors.push(source.error(
-                    origin,
-                    Some(&format!("sweep.{key}")),
-                    None,
-                    format!("a sweep takes an array of values, e.g. [1, 2], not `{other}`"),
-                )),
-            }
-        }
+        let sweep = sweep_axes(&source, &raw.sweep, &mut errors);
         if !errors.is_empty() {
             return Err(SpecErrors(errors));
         }
@@ -366,70 +340,14 @@ impl SpecFile {
     /// train one thing under a name that says another. `--set experiment.name=...` renames the
     /// experiment's output folders (a way to try a variant beside the old results).
     pub fn expand_selected(&self, sets: &[SetArg], only: &[String]) -> Result<Vec<RunSpec>, SpecErrors> {
-        let src = &self.source;
-        let experiment = match sets.iter().rev().find(|s| s.key == "experiment.name") {
-            None => self.name.clone(),
-            Some(s) => {
-                let checked = match s.value.as_str() {
-                    Some(n) => check_experiment_name(n).map(|()| n.to_string()),
-                    None => Err(format!(
-                        "expected a name (a string), not `{}`; to use it as a name, quote it: --set 'experiment.name=\"{}\"'",
-                        s.value,
-                        s.value.to_string().trim_matches('"')
-                    )),
-                };
-                let origin = Origin::Cli(format!("--set {}", s.raw));
-                checked.map_err(|msg| SpecErrors::from(src.error(origin, Some("experiment.name"), None, msg)))?
-            }
-        };
-        let mut errors = vec![];
-
-        let mut entries: Vec<RunEntry> = vec![];
-        if self.runs.is_empty() {
-            entries.push(RunEntry {
-                name: String::new(),
-                index: None,
-                overrides: vec![],
-                init_from: None,
-            });
-        }
-        for (i, run) in self.runs.iter().enumerate() {
-            entries.push(RunEntry {
-                name: run.name.clone(),
-                index: Some(i),
-                overrides: flatten(&run.overrides, ""),
-                init_from: run.init_from.clone(),
-            });
-        }
-
-        let n_points = self.sweep.iter().fold(1usize, |n, (_, v)| n.saturating_mul(v.len()));
-        let n_runs = n_points.saturating_mul(entries.len());
-        if n_runs > MAX_RUNS {
-            // Blame what there is too much of: the grid, or the [[run]] entries.
-            let key = if self.sweep.is_empty() { "run" } else { "sweep" };
-            let what = match self.sweep.is_empty() {
-                true => format!("{} [[run]] entries", entries.len()),
-                false => format!("{} [[run]] entries × {n_points} sweep points", entries.len()),
-            };
-            return Err(src
-                .error(
-                    src.line(&[], key),
-                    Some(key),
-                    None,
-                    format!("{what} make {n_runs} runs; at most {MAX_RUNS} are allowed in one experiment"),
-                )
-                .into());
-        }
+        let experiment = self.experiment_name(sets)?;
+        let entries = self.entries();
+        self.check_run_count(entries.len())?;
         let points = grid(&self.sweep);
         let short = short_names(self.sweep.iter().map(|(k, _)| k.as_str()));
         let mut specs = vec![];
-        for RunEntry {
-            name: run_name,
-            index: run_index,
-            overrides,
-            init_from,
-        } in &entries
-        {
+        let mut errors = vec![];
+        for entry in &entries {
             for point in &points {
                 let point_name = point
                     .iter()
@@ -437,86 +355,113 @@ impl SpecFile {
                     .map(|((_, v), s)| format!("{s}={}", value_label(v)))
                     .collect::<Vec<_>>()
                     .join(",");
-                let name = match (run_name.is_empty(), point_name.is_empty()) {
+                let name = match (entry.name.is_empty(), point_name.is_empty()) {
                     (true, true) => "default".to_string(),
                     (true, false) => point_name,
-                    (false, true) => run_name.clone(),
-                    (false, false) => format!("{run_name},{point_name}"),
+                    (false, true) => entry.name.clone(),
+                    (false, false) => format!("{},{point_name}", entry.name),
                 };
                 if !only.is_empty() && !only.contains(&name) {
                     continue;
                 }
-                let layers = Layers {
-                    run_index: *run_index,
-                    run_keys: overrides.iter().map(|(k, _)| k.clone()).collect(),
-                    sweep_keys: point.iter().map(|(k, _)| k.clone()).collect(),
-                    sets: sets.to_vec(),
-                };
-                match self.resolve(&name, &layers, overrides, point, sets) {
-                    Ok(mut config) => specs.push(RunSpec {
-                        experiment: {
-                            config.experiment.name = Some(experiment.clone());
-                            experiment.clone()
-                        },
-                        name,
-                        varies: vec![],
-                        init_from: init_from.clone(),
-                        config,
-                        source: src.clone(),
-                        layers,
-                        named: !(self.runs.is_empty() && self.sweep.is_empty()),
-                    }),
+                match self.run_spec(&experiment, name, entry, point, sets) {
+                    Ok(spec) => specs.push(spec),
                     Err(mut e) => errors.append(&mut e),
                 }
             }
         }
-
-        let mut seen = std::collections::HashSet::new();
-        for spec in &specs {
-            if let Err(msg) = check_folder_name(&spec.name) {
-                errors.push(spec.error_at_name(msg));
-            } else if !seen.insert(spec.name.clone()) {
-                errors
-                    .push(spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)));
-            }
-        }
-        if let Some(first) = specs.first() {
-            for name in &first.config.report.focus {
-                if !specs.iter().any(|s| &s.name == name) {
-                    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                    errors.push(
-                        first
-                            .experiment_error("report.focus", format!("no run named `{name}`; the runs are {names:?}")),
-                    );
-                }
-            }
-        }
-        if let Some(first) = specs.first() {
-            let n_seeds = first.seeds().len();
-            if specs.len().saturating_mul(n_seeds) > MAX_RUNS {
-                let msg = format!(
-                    "{} runs × {n_seeds} seeds make {} trainings; at most {MAX_RUNS} are allowed in one experiment",
-                    specs.len(),
-                    specs.len() * n_seeds
-                );
-                errors.push(first.experiment_error("experiment.seeds", msg));
-            }
-            if let Some(base) = &first.config.report.baseline
-                && !specs.iter().any(|s| &s.name == base)
-                && only.is_empty()
-            {
-                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                errors.push(first.experiment_error(
-                    "report.baseline",
-                    format!("no run named `{base}`; the runs are {names:?}"),
-                ));
-            }
-        }
+        errors.extend(check_names(&specs, only));
         if !errors.is_empty() {
             return Err(SpecErrors(errors).merge_shared(entries.len() * points.len()));
         }
         set_varies(&mut specs);
         Ok(specs)
+    }
+
+    /// The experiment's name: the spec's, or a `--set experiment.name`'s (checked).
+    fn experiment_name(&self, sets: &[SetArg]) -> Result<String, SpecErrors> {
+        let Some(s) = sets.iter().rev().find(|s| s.key == "experiment.name") else {
+            return Ok(self.name.clone());
+        };
+        let checked = match s.value.as_str() {
+            Some(n) => check_experiment_name(n).map(|()| n.to_string()),
+            None => Err(format!(
+                "expected a name (a string), not `{}`; to use it as a name, quote it: --set 'experiment.name=\"{}\"'",
+                s.value,
+                s.value.to_string().trim_matches('"')
+            )),
+        };
+        let origin = Origin::Cli(format!("--set {}", s.raw));
+        checked.map_err(|msg| SpecErrors::from(self.source.error(origin, Some("experiment.name"), None, msg)))
+    }
+
+    /// The `[[run]]` entries, or one unnamed entry when there are none.
+    fn entries(&self) -> Vec<RunEntry> {
+        if self.runs.is_empty() {
+            return vec![RunEntry {
+                name: String::new(),
+                index: None,
+                overrides: vec![],
+                init_from: None,
+            }];
+        }
+        self.runs
+            .iter()
+            .enumerate()
+            .map(|(i, run)| RunEntry {
+                name: run.name.clone(),
+                index: Some(i),
+                overrides: flatten(&run.overrides, ""),
+                init_from: run.init_from.clone(),
+            })
+            .collect()
+    }
+
+    /// Refuses more than [`MAX_RUNS`] runs, blaming what there is too much of: the grid or the
+    /// `[[run]]` entries.
+    fn check_run_count(&self, entries: usize) -> Result<(), SpecErrors> {
+        let n_points = self.sweep.iter().fold(1usize, |n, (_, v)| n.saturating_mul(v.len()));
+        let n_runs = n_points.saturating_mul(entries);
+        if n_runs <= MAX_RUNS {
+            return Ok(());
+        }
+        let key = if self.sweep.is_empty() { "run" } else { "sweep" };
+        let what = match self.sweep.is_empty() {
+            true => format!("{entries} [[run]] entries"),
+            false => format!("{entries} [[run]] entries × {n_points} sweep points"),
+        };
+        let src = &self.source;
+        let msg = format!("{what} make {n_runs} runs; at most {MAX_RUNS} are allowed in one experiment");
+        Err(src.error(src.line(&[], key), Some(key), None, msg).into())
+    }
+
+    /// The run `name` of `entry` at sweep `point`, resolved with `sets`.
+    fn run_spec(
+        &self,
+        experiment: &str,
+        name: String,
+        entry: &RunEntry,
+        point: &[(String, toml::Value)],
+        sets: &[SetArg],
+    ) -> Result<RunSpec, Vec<SpecError>> {
+        let layers = Layers {
+            run_index: entry.index,
+            run_keys: entry.overrides.iter().map(|(k, _)| k.clone()).collect(),
+            sweep_keys: point.iter().map(|(k, _)| k.clone()).collect(),
+            sets: sets.to_vec(),
+        };
+        let mut config = self.resolve(&name, &layers, &entry.overrides, point, sets)?;
+        config.experiment.name = Some(experiment.to_string());
+        Ok(RunSpec {
+            experiment: experiment.to_string(),
+            name,
+            varies: vec![],
+            init_from: entry.init_from.clone(),
+            config,
+            source: self.source.clone(),
+            layers,
+            named: !(self.runs.is_empty() && self.sweep.is_empty()),
+        })
     }
 
     /// A setting given where it cannot apply: the experiment's own sections (`[eval]`,
@@ -789,6 +734,76 @@ fn set_varies(specs: &mut [RunSpec]) {
     for (spec, varies) in specs.iter_mut().zip(labels) {
         spec.varies = varies;
     }
+}
+
+/// The `[sweep]` table's axes `(dotted key, values)`; a key whose value is not a non-empty
+/// array is an error on its line.
+fn sweep_axes(source: &Source, sweep: &toml::Table, errors: &mut Vec<SpecError>) -> Vec<(String, Vec<toml::Value>)> {
+    let mut axes = vec![];
+    for (key, value) in flatten(sweep, "") {
+        let layers = Layers {
+            run_index: None,
+            run_keys: vec![],
+            sweep_keys: vec![key.clone()],
+            sets: vec![],
+        };
+        let origin = source.origin(&layers, &key);
+        let full = format!("sweep.{key}");
+        match value {
+            toml::Value::Array(values) if !values.is_empty() => axes.push((key, values)),
+            toml::Value::Array(_) => {
+                errors.push(source.error(origin, Some(&full), None, "a sweep needs at least one value"));
+            }
+            other => errors.push(source.error(
+                origin,
+                Some(&full),
+                None,
+                format!("a sweep takes an array of values, e.g. [1, 2], not `{other}`"),
+            )),
+        }
+    }
+    axes
+}
+
+/// The run names' problems (folder names, duplicates) and those of the keys that name runs
+/// (`report.focus`, `report.baseline`), and too many trainings over the seeds.
+fn check_names(specs: &[RunSpec], only: &[String]) -> Vec<SpecError> {
+    let mut errors = vec![];
+    let mut seen = std::collections::HashSet::new();
+    for spec in specs {
+        if let Err(msg) = check_folder_name(&spec.name) {
+            errors.push(spec.error_at_name(msg));
+        } else if !seen.insert(spec.name.clone()) {
+            errors.push(spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)));
+        }
+    }
+    let Some(first) = specs.first() else {
+        return errors;
+    };
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    for name in &first.config.report.focus {
+        if !names.contains(&name.as_str()) {
+            let msg = format!("no run named `{name}`; the runs are {names:?}");
+            errors.push(first.experiment_error("report.focus", msg));
+        }
+    }
+    let n_seeds = first.seeds().len();
+    if specs.len().saturating_mul(n_seeds) > MAX_RUNS {
+        let msg = format!(
+            "{} runs × {n_seeds} seeds make {} trainings; at most {MAX_RUNS} are allowed in one experiment",
+            specs.len(),
+            specs.len() * n_seeds
+        );
+        errors.push(first.experiment_error("experiment.seeds", msg));
+    }
+    if let Some(base) = &first.config.report.baseline
+        && !names.contains(&base.as_str())
+        && only.is_empty()
+    {
+        let msg = format!("no run named `{base}`; the runs are {names:?}");
+        errors.push(first.experiment_error("report.baseline", msg));
+    }
+    errors
 }
 
 /// An experiment name is a folder name under `runs/` and `reports/`, without `+`, which

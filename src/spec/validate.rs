@@ -34,8 +34,40 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         let keys: Vec<String> = p.keys.iter().map(|k| format!("model.{k}")).collect();
         bad(&keys.iter().map(String::as_str).collect::<Vec<_>>(), p.message);
     }
+    check_train(&c.train, &mut bad);
+    check_phases(c, &mut bad);
+    let d = &c.data;
+    if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+        // Without a held-out split, "validation" losses would be measured on training text.
+        bad(
+            &["data.val_fraction"],
+            format!(
+                "must be above 0 and below 1, not {}: validation losses are measured on the held-out end of the text",
+                d.val_fraction
+            ),
+        );
+    }
+    check_seeds(c.experiment.seeds.as_deref(), &mut bad);
+    check_eval(&c.eval, &mut bad);
+    check_slurm(&c.slurm, &mut bad);
+    if !(0.0..1.0).contains(&c.report.smoothing) {
+        bad(
+            &["report.smoothing"],
+            format!("must be in [0, 1), not {}", c.report.smoothing),
+        );
+    }
+    let s = &c.sample;
+    if !(s.temperature.is_finite() && s.temperature > 0.0) {
+        bad(
+            &["sample.temperature"],
+            format!("must be a positive number, not {}", s.temperature),
+        );
+    }
+    out
+}
 
-    let t = &c.train;
+/// The `[train]` section's problems.
+fn check_train(t: &super::TrainSection, bad: &mut impl FnMut(&[&str], String)) {
     if t.batch_size == 0 {
         bad(&["train.batch_size"], "must be at least 1".into());
     }
@@ -63,26 +95,30 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     if t.keep_checkpoints == 0 {
         bad(&["train.keep_checkpoints"], "must be at least 1".into());
     }
+}
 
+/// The `[[phase]]` list's problems, and the tokens a step would hold.
+fn check_phases(c: &RunConfig, bad: &mut impl FnMut(&[&str], String)) {
     if c.phase.is_empty() {
         bad(&["phase"], "at least one [[phase]] (seq_len, steps) is needed".into());
     }
     for (i, p) in c.phase.iter().enumerate() {
+        let (steps, seq_len) = (format!("phase.{i}.steps"), format!("phase.{i}.seq_len"));
         if p.steps == 0 {
-            bad(&[&format!("phase.{i}.steps")], "must be at least 1".into());
+            bad(&[&steps], "must be at least 1".into());
         }
         if p.steps > MAX_STEPS {
             bad(
-                &[&format!("phase.{i}.steps")],
+                &[&steps],
                 format!("{} is beyond the {MAX_STEPS} steps a phase may have", p.steps),
             );
         }
         if p.seq_len == 0 {
-            bad(&[&format!("phase.{i}.seq_len")], "must be at least 1".into());
+            bad(&[&seq_len], "must be at least 1".into());
         }
         if p.seq_len > MAX_SEQ_LEN {
             bad(
-                &[&format!("phase.{i}.seq_len")],
+                &[&seq_len],
                 format!("{} is beyond the {MAX_SEQ_LEN} gptlab supports", p.seq_len),
             );
         }
@@ -95,33 +131,25 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             );
         }
     }
-    let tokens_per_step = t.batch_size as u128 * c.phase.iter().map(|p| p.seq_len).max().unwrap_or(0) as u128;
+    let longest = c.phase.iter().map(|p| p.seq_len).max().unwrap_or(0);
+    let tokens_per_step = c.train.batch_size as u128 * longest as u128;
     if tokens_per_step > 16_777_216 {
         bad(
             &["train.batch_size"],
             format!("batch_size × seq_len = {tokens_per_step} tokens per step is beyond what gptlab trains"),
         );
     }
+}
 
-    let d = &c.data;
-    if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
-        // Without a held-out split, "validation" losses would be measured on training text.
-        bad(
-            &["data.val_fraction"],
-            format!(
-                "must be above 0 and below 1, not {}: validation losses are measured on the held-out end of the text",
-                d.val_fraction
-            ),
-        );
-    }
-
-    let seeds = c.experiment.seeds.as_deref().unwrap_or_default();
-    if c.experiment.seeds.as_ref().is_some_and(Vec::is_empty) {
+/// `[experiment] seeds`' problems: empty, repeated, too many.
+fn check_seeds(seeds: Option<&[u64]>, bad: &mut impl FnMut(&[&str], String)) {
+    if seeds.is_some_and(<[u64]>::is_empty) {
         bad(
             &["experiment.seeds"],
             "an empty list trains nothing: give at least one seed, or remove `seeds` to train once with `seed`".into(),
         );
     }
+    let seeds = seeds.unwrap_or_default();
     if let Some(dup) = seeds.iter().enumerate().find(|(i, s)| seeds[..*i].contains(s)) {
         bad(
             &["experiment.seeds"],
@@ -134,25 +162,6 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             format!("{} seeds; at most {MAX_SEEDS} are allowed", seeds.len()),
         );
     }
-
-    check_eval(&c.eval, &mut bad);
-    check_slurm(&c.slurm, &mut bad);
-
-    if !(0.0..1.0).contains(&c.report.smoothing) {
-        bad(
-            &["report.smoothing"],
-            format!("must be in [0, 1), not {}", c.report.smoothing),
-        );
-    }
-
-    let s = &c.sample;
-    if !(s.temperature.is_finite() && s.temperature > 0.0) {
-        bad(
-            &["sample.temperature"],
-            format!("must be a positive number, not {}", s.temperature),
-        );
-    }
-    out
 }
 
 /// Longest sequence a phase or an evaluation may have.
