@@ -294,11 +294,13 @@ fn draw_intervals(chart: &mut Chart<'_, '_>, per_x: &[(usize, crate::stats::Esti
     Ok(())
 }
 
-/// Draws a [`SweepChart`].
-pub fn sweep_chart(c: &SweepChart) -> Result<String> {
-    // Per series, per x with values: the mean and (several seeds) the 95% t interval, computed
-    // once for the axis range and the drawing.
-    let per_x: Vec<Vec<(usize, crate::stats::Estimate)>> = c
+/// Each series' estimates at the x values that have points.
+type PerX = Vec<Vec<(usize, crate::stats::Estimate)>>;
+
+/// Per series, per x with values: the mean and (several seeds) the 95% t interval, computed
+/// once for the axis range and the drawing; and the y range covering points and error bars.
+fn sweep_estimates(c: &SweepChart) -> (PerX, (f64, f64)) {
+    let per_x: PerX = c
         .series
         .iter()
         .map(|(_, points)| {
@@ -332,6 +334,12 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
         (lo.min(y), hi.max(y))
     });
     let (lo, hi) = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
+    (per_x, (lo, hi))
+}
+
+/// Draws a [`SweepChart`].
+pub fn sweep_chart(c: &SweepChart) -> Result<String> {
+    let (per_x, (lo, hi)) = sweep_estimates(c);
     let n = c.xs.len().max(1);
     let mut svg = String::new();
     {
