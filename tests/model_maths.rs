@@ -9,7 +9,7 @@ use gptlab::data::{Batch, Corpus};
 mod common;
 
 use gptlab::model::{
-    AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, ModelOptions, Position, Rope,
+    AttnShape, CausalSelfAttention, Dropout, Gpt, HasParams, ModelConfig, ModelOptions, Position, Positions, Rope,
 };
 use gptlab::params::Arch;
 use gptlab::seed::{Stream, stream};
@@ -68,7 +68,7 @@ fn gpt_mini_has_2_719_104_parameters_with_absolute_positions_at_block_128() {
 fn rope_has_no_position_table() {
     let dev = Cpu::default();
     let model = Gpt::new(&dev, &gpt_mini(Position::Rope, 128), 0);
-    assert!(model.wpe.is_none());
+    assert!(model.positions.table().is_none());
     assert_eq!(model.num_params(), 2_719_104 - 128 * 192);
     let mut names = vec![];
     model.visit(&mut |p| names.push(p.name.clone()));
@@ -276,25 +276,29 @@ fn attention_equals_the_scalar_reference_for_mha_gqa_and_mqa() {
                 head_dim: None,
             };
             let mut r = rng(11);
-            let mut attn = CausalSelfAttention::new(&dev, &mut r, "a", shape, 0.02).with_alibi(alibi);
+            let mut attn = CausalSelfAttention::new(&dev, &mut r, "a", shape, 0.02);
             // Larger weights and biases than at init, so the softmax is far from uniform.
             attn.visit_mut(&mut |p| {
                 let vals: Vec<f32> = (0..p.numel()).map(|_| r.gen_range(-0.5..0.5)).collect();
                 p.value.copy_from(&vals);
             });
             let x: Vec<f32> = (0..b * t * c).map(|_| r.gen_range(-1.0..1.0)).collect();
-            let rope = with_rope.then(|| Rope::new(c / h, t, 10_000.0));
+            let positions = match (with_rope, alibi) {
+                (true, _) => Positions::Rope(Rope::new(c / h, t, 10_000.0)),
+                (false, true) => Positions::Alibi,
+                (false, false) => Positions::None,
+            };
             let got = attn
                 .forward(
                     dev.tensor_from_vec(x.clone(), (b * t, c)),
                     b,
                     t,
-                    rope.as_ref(),
+                    &positions,
                     &mut Dropout::eval(),
                     None,
                 )
                 .as_vec();
-            let want = attention_by_hand(&attn, &x, b, t, rope.as_ref(), alibi);
+            let want = attention_by_hand(&attn, &x, b, t, positions.rope(), alibi);
             let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
             assert!(
                 err < 1e-4,
@@ -445,24 +449,23 @@ fn grouped_sum_is_multi_head_attention_at_g_1_and_sums_the_group_queries_otherwi
         let mut r = rng(13);
         let x: Vec<f32> = (0..b * t * c).map(|_| r.gen_range(-1.0..1.0)).collect();
         let rope = Rope::new(c / h, t, 10_000.0);
-        let run = |a: &CausalSelfAttention<Cpu>| {
+        let run = |a: &CausalSelfAttention<Cpu>, positions: &Positions<Cpu>| {
             a.forward(
                 dev.tensor_from_vec(x.clone(), (b * t, c)),
                 b,
                 t,
-                Some(&rope),
+                positions,
                 &mut Dropout::eval(),
                 None,
             )
             .as_vec()
         };
-        let got = run(&grouped);
+        let got = run(&grouped, &Positions::Rope(rope.clone()));
         let want = attention_by_hand(&grouped, &x, b, t, Some(&rope), false);
         let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
         assert!(err < 1e-4, "H={h} Hkv={hkv}: grouped_sum vs reference, max error {err}");
-        let with_alibi = grouped.clone().with_alibi(true);
-        let want = attention_by_hand(&with_alibi, &x, b, t, Some(&rope), true);
-        let err = run(&with_alibi)
+        let want = attention_by_hand(&grouped, &x, b, t, None, true);
+        let err = run(&grouped, &Positions::Alibi)
             .iter()
             .zip(&want)
             .map(|(g, w)| (g - w).abs())
@@ -473,7 +476,7 @@ fn grouped_sum_is_multi_head_attention_at_g_1_and_sums_the_group_queries_otherwi
         );
         let diff = got
             .iter()
-            .zip(run(&standard))
+            .zip(run(&standard, &Positions::Rope(rope.clone())))
             .map(|(g, s)| (g - s).abs())
             .fold(0.0, f32::max);
         if h == hkv {

@@ -14,7 +14,7 @@ use super::kv_cache::LayerCache;
 use super::layers::{Act, Linear, Norm};
 use super::ops::{Backend, Dropout, Heads, dot};
 use super::param::{HasParams, Param};
-use super::rope::Rope;
+use super::positions::Positions;
 
 /// Projections of one attention layer.
 #[derive(Clone, Debug)]
@@ -33,8 +33,6 @@ pub struct CausalSelfAttention<D: Device<Float>> {
     pub kind: AttentionKind,
     /// RMSNorms of each head's queries and keys (gain over the head width), if used.
     pub qk_norm: Option<(Norm<D>, Norm<D>)>,
-    /// ALiBi biases on the scores (`position = "alibi"`).
-    pub alibi: bool,
 }
 
 impl<D: Backend> CausalSelfAttention<D> {
@@ -54,14 +52,7 @@ impl<D: Backend> CausalSelfAttention<D> {
             wo: Linear::new(dev, rng, &format!("{name}.wo"), shape.q_dim(), c, bias, proj_std),
             kind: AttentionKind::Standard,
             qk_norm: None,
-            alibi: false,
         }
-    }
-
-    /// The same layer with or without ALiBi biases on its scores.
-    pub fn with_alibi(mut self, on: bool) -> Self {
-        self.alibi = on;
-        self
     }
 
     /// Adds RMSNorms of each head's queries and keys (Qwen3) when `on`.
@@ -96,16 +87,16 @@ impl<D: Backend> CausalSelfAttention<D> {
     /// and values are appended to it, and the queries attend over all of it. An empty cache
     /// is filled in the same pass as uncached attention (prefill); a cache that holds positions
     /// already is read on the host (decoding, never on a gradient tape).
-    #[allow(clippy::too_many_arguments)]
     pub fn forward<T: Tape<Float, D> + Merge<T>>(
         &self,
         x: Act<D, T>,
         b: usize,
         t: usize,
-        rope: Option<&Rope>,
+        positions: &Positions<D>,
         drop: &mut Dropout,
         cache: Option<&mut LayerCache>,
     ) -> Act<D, T> {
+        let alibi = positions.alibi();
         let AttnShape {
             n_head: h,
             n_kv_head: hkv,
@@ -123,7 +114,7 @@ impl<D: Backend> CausalSelfAttention<D> {
             q = Self::norm_heads(qn, q);
             k = Self::norm_heads(kn, k);
         }
-        if let Some(rope) = rope {
+        if let Some(rope) = positions.rope() {
             q = rope.apply(q, pos);
             k = rope.apply(k, pos);
         }
@@ -136,17 +127,17 @@ impl<D: Backend> CausalSelfAttention<D> {
                 .sum::<(usize, usize, usize, usize), Axis<3>>(), // (B, T, Hkv, hd)
         };
         let y = match cache {
-            None => D::causal_attention(q, k, v, self.alibi, drop),
+            None => D::causal_attention(q, k, v, alibi, drop),
             Some(cache) => {
                 assert_eq!(b, 1, "a key/value cache holds one sequence");
                 // (1, T, Hkv, hd) row-major is the cache's position-major layout.
                 cache.k.extend(k.retaped::<NoneTape>().as_vec());
                 cache.v.extend(v.retaped::<NoneTape>().as_vec());
                 if pos == 0 {
-                    D::causal_attention(q, k, v, self.alibi, drop)
+                    D::causal_attention(q, k, v, alibi, drop)
                 } else {
                     assert!(!T::OWNS_TAPE, "attention over a filled cache has no backward pass");
-                    attend_cached(q, cache, hkv, pos, self.alibi)
+                    attend_cached(q, cache, hkv, pos, alibi)
                 }
             }
         }; // (B, T, H or Hkv, hd)

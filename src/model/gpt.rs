@@ -8,6 +8,7 @@ use super::kv_cache::{KvCache, LayerCache};
 use super::layers::{Act, Linear, Mlp, Norm, normal_values};
 use super::ops::{Backend, Dropout};
 use super::param::{HasParams, Param};
+use super::positions::Positions;
 use super::rope::Rope;
 
 /// One pre-norm block: `x + dropout(attn(ln1(x)))`, then `x + dropout(mlp(ln2(x)))`.
@@ -42,7 +43,6 @@ impl<D: Backend> Block<D> {
                 config.arch.bias,
             )
             .with_kind(config.arch.attention)
-            .with_alibi(config.arch.position == Position::Alibi)
             .with_qk_norm(dev, &format!("h.{i}.attn"), config.arch.qk_norm),
             ln2: Norm::new(dev, &format!("h.{i}.ln2"), c, config.arch.norm),
             mlp: Mlp::new(
@@ -64,12 +64,12 @@ impl<D: Backend> Block<D> {
         x: Act<D, T>,
         b: usize,
         t: usize,
-        rope: Option<&Rope>,
+        positions: &Positions<D>,
         drop: &mut Dropout,
         cache: Option<&mut LayerCache>,
     ) -> Act<D, T> {
         let skip = x.retaped::<T>();
-        let branch = self.attn.forward(self.ln1.forward(x), b, t, rope, drop, cache);
+        let branch = self.attn.forward(self.ln1.forward(x), b, t, positions, drop, cache);
         let x = D::residual(skip, branch, drop);
         let skip = x.retaped::<T>();
         let branch = self.mlp.forward(self.ln2.forward(x));
@@ -110,15 +110,14 @@ pub struct Gpt<D: Device<Float>> {
     pub config: ModelConfig,
     /// `(V, C)` token embedding.
     pub wte: Param<D>,
-    /// `(block_size, C)` learned positions, only for [`Position::Absolute`].
-    pub wpe: Option<Param<D>>,
+    /// Where tokens are: learned positions (`wpe`), RoPE, ALiBi or none.
+    pub positions: Positions<D>,
     /// The transformer blocks.
     pub blocks: Vec<Block<D>>,
     /// Final norm.
     pub ln_f: Norm<D>,
     /// `(C, V)` language-model head, no bias; absent when tied to the token embedding.
     pub head: Option<Linear<D>>,
-    rope: Option<Rope>,
     dev: D,
 }
 
@@ -139,53 +138,52 @@ impl<D: Backend> Gpt<D> {
             false,
             normal_values(&mut rng("wte"), v * c, 0.02),
         );
-        let wpe = (config.arch.position == Position::Absolute).then(|| {
-            let n = config.block_size * c;
-            Param::from_vec(
+        let positions = match config.arch.position {
+            Position::Absolute => Positions::Learned(Param::from_vec(
                 dev,
                 "wpe.weight".into(),
                 vec![config.block_size, c],
                 false,
-                normal_values(&mut rng("wpe"), n, 0.02),
-            )
-        });
+                normal_values(&mut rng("wpe"), config.block_size * c, 0.02),
+            )),
+            Position::Rope => Positions::Rope(Rope::new(
+                config.attn_shape().head_dim(),
+                config.block_size,
+                config.arch.rope_base,
+            )),
+            Position::Alibi => Positions::Alibi,
+            Position::None => Positions::None,
+        };
         let blocks = (0..config.arch.n_layer)
             .map(|layer| Block::new(dev, config, layer, seed))
             .collect();
-        let rope = (config.arch.position == Position::Rope)
-            .then(|| Rope::new(config.attn_shape().head_dim(), config.block_size, config.arch.rope_base));
         Self {
             config: config.clone(),
             wte,
-            wpe,
+            positions,
             blocks,
             ln_f: Norm::new(dev, "ln_f", c, config.arch.norm),
             head: (!config.arch.tie_embeddings).then(|| Linear::new(dev, &mut rng("head"), "head", c, v, false, 0.02)),
-            rope,
             dev: dev.clone(),
         }
     }
 
     /// The RoPE tables, when positions are rotary.
     pub fn rope(&self) -> Option<&Rope> {
-        self.rope.as_ref()
+        self.positions.rope()
     }
 
     /// The longest sequence the model can read: the rows of its position table (learned
     /// absolute positions) or of its RoPE tables; `None` when nothing bounds it (ALiBi, none).
     pub fn max_len(&self) -> Option<usize> {
-        match (&self.wpe, &self.rope) {
-            (Some(wpe), _) => Some(wpe.shape[0]),
-            (None, Some(rope)) => Some(rope.max_len()),
-            (None, None) => None,
-        }
+        self.positions.max_len()
     }
 
     /// The same weights, able to read sequences of `len`: RoPE tables rebuilt for `len`
     /// positions with `scaling` applied to their angles. Learned absolute positions cannot be
     /// extended: past the table it is an error that says so, and so is `scaling` without RoPE.
     pub fn for_length(&self, len: usize, scaling: Option<&RopeScaling>) -> Result<Self, String> {
-        if let Some(wpe) = &self.wpe
+        if let Some(wpe) = self.positions.table()
             && len > wpe.shape[0]
         {
             return Err(format!(
@@ -193,14 +191,14 @@ impl<D: Backend> Gpt<D> {
                 wpe.shape[0]
             ));
         }
-        if scaling.is_some() && self.rope.is_none() {
+        if scaling.is_some() && self.rope().is_none() {
             return Err("RoPE scaling needs rotary positions".into());
         }
         let mut model = self.clone();
-        if self.rope.is_some() {
+        if self.rope().is_some() {
             let arch = &self.config.arch;
             let len = len.max(self.config.block_size);
-            model.rope = Some(Rope::scaled(
+            model.positions = Positions::Rope(Rope::scaled(
                 self.config.attn_shape().head_dim(),
                 len,
                 arch.rope_base,
@@ -253,7 +251,7 @@ impl<D: Backend> Gpt<D> {
         }
         let idx = self.dev.tensor_from_vec(tokens.to_vec(), (b * t,));
         let mut x = self.wte.matrix::<NoneTape>().put_tape(tape).gather(idx); // (B·T, C)
-        if let Some(wpe) = &self.wpe {
+        if let Some(wpe) = self.positions.table() {
             let positions = self
                 .dev
                 .tensor_from_vec((0..b * t).map(|i| pos + i % t).collect(), (b * t,));
@@ -262,7 +260,7 @@ impl<D: Backend> Gpt<D> {
         let mut x = drop.apply(x);
         for (i, block) in self.blocks.iter().enumerate() {
             let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(x, b, t, self.rope.as_ref(), drop, layer);
+            x = block.forward(x, b, t, &self.positions, drop, layer);
         }
         if let Some(cache) = cache {
             cache.len += t;
@@ -294,7 +292,7 @@ impl<D: Backend> Gpt<D> {
 impl<D: Device<Float>> HasParams<D> for Gpt<D> {
     fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<D>)) {
         f(&self.wte);
-        if let Some(wpe) = &self.wpe {
+        if let Positions::Learned(wpe) = &self.positions {
             f(wpe);
         }
         for b in &self.blocks {
@@ -307,7 +305,7 @@ impl<D: Device<Float>> HasParams<D> for Gpt<D> {
     }
     fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<D>)) {
         f(&mut self.wte);
-        if let Some(wpe) = &mut self.wpe {
+        if let Positions::Learned(wpe) = &mut self.positions {
             f(wpe);
         }
         for b in &mut self.blocks {

@@ -4,7 +4,7 @@
 //!
 //! Imports point one way, down this list, never up: `config` (options, sizes; with `param`,
 //! `alibi` and `kv_cache`, plain data) → `ops` (the operation trait, its dfdx compositions, the CPU
-//! kernels under it, CUDA beside it) → `layers` and `rope` → `attention` → `gpt`.
+//! kernels under it, CUDA beside it) → `layers` and `rope` → `positions` → `attention` → `gpt`.
 
 mod alibi;
 mod attention;
@@ -14,6 +14,7 @@ mod kv_cache;
 mod layers;
 pub mod ops;
 mod param;
+mod positions;
 mod rope;
 
 pub use alibi::{alibi_bias, alibi_slopes};
@@ -30,4 +31,5 @@ pub use ops::{
     reference_attention, reference_rotary, timed_reference_attention,
 };
 pub use param::{HasParams, Param, host_vec};
+pub use positions::Positions;
 pub use rope::Rope;
