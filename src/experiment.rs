@@ -159,10 +159,27 @@ pub fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Erro
         return Ok(());
     }
     Err(Error::Usage(format!(
-        "{}\n--fresh retrains these runs from scratch (their results are replaced), or \
-         --set experiment.name=<new name> trains this configuration beside `{experiment}`",
-        refused.join("\n")
+        "{}\n{}",
+        refused.join("\n"),
+        ways_out(experiment)
     )))
+}
+
+/// The ways out for results of other settings than the spec gives.
+fn ways_out(experiment: &str) -> String {
+    format!(
+        "--fresh retrains these runs from scratch (their results are replaced), or \
+         --set experiment.name=<new name> trains this configuration beside `{experiment}`"
+    )
+}
+
+/// What `report` and `status` say (exiting 2) when `n` runs hold results of other settings
+/// than the spec gives; `what` says what became of them.
+pub fn other_settings_error(n: usize, what: &str, experiment: &str) -> String {
+    format!(
+        "error: {n} run(s) hold results trained with other settings than the spec gives {what}\n{}",
+        ways_out(experiment)
+    )
 }
 
 /// Whether a run needs training, judged from its folder.

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select, SubmitArgs};
 use gptlab::Error;
-use gptlab::experiment::Experiment;
+use gptlab::experiment::{Experiment, other_settings_error};
 use gptlab::sample::{SampleOptions, Sampler};
 use gptlab::session::SessionOptions;
 
@@ -48,22 +48,7 @@ fn main() -> ExitCode {
 
 /// Loads and plans a spec with the command line's `--set`s and `--only`s.
 fn load(file: &Path, select: &Select, runs_dir: &Path) -> Result<Experiment, Error> {
-    if let Some(n) = select.seeds
-        && let Some(set) = select.sets.iter().find(|s| s.key == "experiment.seeds")
-    {
-        return Err(Error::Usage(format!(
-            "--seeds {n} and --set {} both choose the seeds; give one of them",
-            set.raw
-        )));
-    }
-    let mut sets = select.sets.clone();
-    sets.extend(
-        select
-            .seeds
-            .map(gptlab::spec::seeds_override)
-            .transpose()
-            .map_err(Error::Usage)?,
-    );
+    let sets = gptlab::spec::with_seeds(&select.sets, select.seeds).map_err(Error::Usage)?;
     Experiment::load(file, &sets, &select.only, runs_dir)
 }
 
@@ -152,10 +137,8 @@ fn status(file: &Path, select: &Select, runs_dir: &Path) -> Outcome {
     let table = gptlab::status::table(&exp);
     println!("{}", table.text);
     if table.other_settings > 0 {
-        eprintln!(
-            "{}",
-            other_settings_error(table.other_settings, "(state other-settings)")
-        );
+        let n = table.other_settings;
+        eprintln!("{}", other_settings_error(n, "(state other-settings)", exp.name()));
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
@@ -198,21 +181,14 @@ fn report(args: &ReportArgs) -> Outcome {
     if !written.other_settings.is_empty() {
         // The page is written, without them; the exit code says not all was reported, as `run`
         // refuses such runs with exit 2.
+        let n = written.other_settings.len();
         eprintln!(
             "{}",
-            other_settings_error(written.other_settings.len(), "(left out of the report)")
+            other_settings_error(n, "(left out of the report)", exps[0].name())
         );
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What `report` and `status` say, exiting 2, when `n` runs hold results of other settings.
-fn other_settings_error(n: usize, what: &str) -> String {
-    format!(
-        "error: {n} run(s) hold results trained with other settings than the spec gives {what}; \
-         `gptlab run --fresh` retrains them, or --set experiment.name=<new name> keeps both"
-    )
 }
 
 fn sample(args: &SampleArgs) -> Outcome {

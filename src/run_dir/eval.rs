@@ -48,6 +48,17 @@ pub struct EvalRow {
 }
 
 impl EvalRow {
+    /// The row's loss in words when it is not finite: `loss NaN at evaluation length 256
+    /// (ntk ×2)`.
+    pub fn non_finite(&self) -> Option<String> {
+        let l = self.loss.filter(|l| !l.is_finite())?;
+        let scaling = match self.scaling.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", self.scaling),
+        };
+        Some(format!("loss {l} at evaluation length {}{scaling}", self.length))
+    }
+
     /// Whether `other` is the same evaluation (same step, length, scaling and setting), so
     /// that one replaces the other.
     pub fn same_evaluation(&self, other: &Self) -> bool {

@@ -204,14 +204,22 @@ pub fn read_metrics_lenient(path: &Path) -> Result<(Vec<MetricsRow>, Vec<String>
     Ok(super::eval::deserialize_lenient(csv::Reader::from_reader(whole), path))
 }
 
-/// The first row whose training or validation loss is not finite: its step and which loss.
-pub fn first_non_finite(rows: &[MetricsRow]) -> Option<(usize, String)> {
-    rows.iter().find_map(|r| {
-        if !r.train_loss.is_finite() {
-            Some((r.step, format!("training loss {}", r.train_loss)))
-        } else {
-            let v = r.val_loss.filter(|v| !v.is_finite())?;
-            Some((r.step, format!("validation loss {v}")))
+impl MetricsRow {
+    /// Which of the row's losses is not finite, in words (`validation loss NaN`): the
+    /// training loss, the gradient norm, the validation loss, in that order.
+    pub fn non_finite(&self) -> Option<String> {
+        if !self.train_loss.is_finite() {
+            return Some(format!("training loss {}", self.train_loss));
         }
-    })
+        if !self.grad_norm.is_finite() {
+            return Some(format!("gradient norm {}", self.grad_norm));
+        }
+        let v = self.val_loss.filter(|v| !v.is_finite())?;
+        Some(format!("validation loss {v}"))
+    }
+}
+
+/// The first row with a loss that is not finite: its step and which loss.
+pub fn first_non_finite(rows: &[MetricsRow]) -> Option<(usize, String)> {
+    rows.iter().find_map(|r| Some((r.step, r.non_finite()?)))
 }

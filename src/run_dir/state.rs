@@ -177,12 +177,10 @@ impl RunDir {
             .read_metrics_lenient()
             .ok()
             .and_then(|(rows, _)| super::first_non_finite(&rows));
-        let in_eval = self.read_eval_lenient().ok().and_then(|(rows, _)| {
-            rows.iter().find_map(|r| {
-                let l = r.loss.filter(|l| !l.is_finite())?;
-                Some((r.step, format!("loss {l} at evaluation length {}", r.length)))
-            })
-        });
+        let in_eval = self
+            .read_eval_lenient()
+            .ok()
+            .and_then(|(rows, _)| rows.iter().find_map(|r| Some((r.step, r.non_finite()?))));
         match (in_metrics, in_eval) {
             (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
             (a, b) => a.or(b),

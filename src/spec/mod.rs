@@ -636,6 +636,23 @@ impl RunSpec {
     }
 }
 
+/// The command line's `--set`s with what `--seeds N` stands for after them; `--seeds` beside a
+/// `--set experiment.seeds` is refused (one of them would be dropped without a word).
+pub fn with_seeds(sets: &[SetArg], seeds: Option<usize>) -> Result<Vec<SetArg>, String> {
+    let Some(n) = seeds else {
+        return Ok(sets.to_vec());
+    };
+    if let Some(set) = sets.iter().find(|s| s.key == "experiment.seeds") {
+        return Err(format!(
+            "--seeds {n} and --set {} both choose the seeds; give one of them",
+            set.raw
+        ));
+    }
+    let mut all = sets.to_vec();
+    all.push(seeds_override(n)?);
+    Ok(all)
+}
+
 /// What `--seeds N` stands for: `--set experiment.seeds=[...]` with the first `n` seeds of the
 /// fixed list minGPT's 3407, then 1, 2, 3, …
 pub fn seeds_override(n: usize) -> Result<SetArg, String> {

@@ -253,7 +253,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             for step in phase.first_step.max(done + 1)..=phase.last_step() {
                 self.still_ours()?;
                 let row = self.step(phase, step);
-                if let Some(cause) = non_finite_loss(row.train_loss, row.grad_norm, None, &[]) {
+                if let Some(cause) = row.non_finite() {
                     return self.diverge(step, cause);
                 }
                 if let Some(cause) = self.record(phase, row, &evals)? {
@@ -299,8 +299,8 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let val_loss = evaluate
             .then(|| eval_loss(&self.model, evals))
             .map(|v| if checkpoint::poisoned("val", step) { f32::NAN } else { v });
-        let (train_loss, grad_norm) = (row.train_loss, row.grad_norm);
-        self.metrics.append(&MetricsRow { val_loss, ..row })?;
+        let row = MetricsRow { val_loss, ..row };
+        self.metrics.append(&row)?;
         let every = plan.config.eval.every;
         let eval_rows = if phase_end || (every > 0 && step % every == 0) {
             evaluate_lengths(&self.model, plan, &self.run_dir, phase, step, &self.progress)?
@@ -308,9 +308,13 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             vec![]
         };
         fault_point("evaluated", step);
-        if let Some(cause) = non_finite_loss(train_loss, grad_norm, val_loss, &eval_rows) {
+        if let Some(cause) = row
+            .non_finite()
+            .or_else(|| eval_rows.iter().find_map(EvalRow::non_finite))
+        {
             return Ok(Some(cause));
         }
+        let train_loss = row.train_loss;
         self.last_train = Some(train_loss);
         self.last_val = val_loss.or(self.last_val);
         self.progress
@@ -407,29 +411,6 @@ fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
     loaded
         .load_weights(model)
         .with_context(|| format!("loading weights from {from}"))
-}
-
-/// The first non-finite loss among a step's: the training loss (or gradient norm), the
-/// validation loss, the loss at an `[eval]` length. `None`: all finite.
-fn non_finite_loss(train: f32, grad_norm: f64, val: Option<f32>, eval: &[EvalRow]) -> Option<String> {
-    if !train.is_finite() {
-        return Some(format!("training loss {train}"));
-    }
-    if !grad_norm.is_finite() {
-        return Some(format!("gradient norm {grad_norm}"));
-    }
-    if let Some(v) = val.filter(|v| !v.is_finite()) {
-        return Some(format!("validation loss {v}"));
-    }
-    eval.iter().find_map(|r| {
-        let l = r.loss.filter(|l| !l.is_finite())?;
-        let scaling = if r.scaling.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", r.scaling)
-        };
-        Some(format!("loss {l} at evaluation length {}{scaling}", r.length))
-    })
 }
 
 /// Trains `plan` on `dev`, resuming from its newest good checkpoint unless `opts.fresh`.
