@@ -39,8 +39,13 @@ pub struct Meta {
     pub phase: usize,
     /// Why it was written.
     pub kind: Kind,
-    /// The run's vocabulary, token id → character.
+    /// A character tokenizer's vocabulary, token id → character (empty for other tokenizers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vocab: Vec<char>,
+    /// The tokenizer the run trained with; absent in checkpoints written before tokenizers
+    /// existed, which are characters ([`Meta::tokenizer_record`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<crate::data::TokenizerRecord>,
     /// The architecture, so a checkpoint can be loaded on its own (e.g. to sample).
     pub model: crate::model::ModelConfig,
     /// The settings that determine the run's trajectory, flattened; see `RunPlan::identity`.
@@ -74,7 +79,7 @@ impl Meta {
         step: usize,
         phase: usize,
         kind: Kind,
-        vocab: Vec<char>,
+        tokenizer: &crate::data::Tokenizer,
         model: crate::model::ModelConfig,
         identity: BTreeMap<String, String>,
     ) -> Self {
@@ -83,7 +88,8 @@ impl Meta {
             step,
             phase,
             kind,
-            vocab,
+            vocab: tokenizer.char_vocab().map(<[char]>::to_vec).unwrap_or_default(),
+            tokenizer: Some(tokenizer.record().clone()),
             model,
             identity_sha256: identity_hash(&identity),
             identity,
@@ -91,6 +97,23 @@ impl Meta {
             model_sha256: String::new(),
             optimizer_sha256: String::new(),
         }
+    }
+}
+
+impl Meta {
+    /// The tokenizer the checkpoint was trained with.
+    pub fn tokenizer_record(&self) -> crate::data::TokenizerRecord {
+        self.tokenizer
+            .clone()
+            .unwrap_or_else(|| crate::data::TokenizerRecord::chars(self.vocab.len()))
+    }
+
+    /// Whether `tokenizer` is the one the checkpoint was trained with (a character vocabulary
+    /// must match character for character).
+    pub fn same_tokenizer(&self, tokenizer: &crate::data::Tokenizer) -> bool {
+        let (a, b) = (self.tokenizer_record(), tokenizer.record());
+        (a.name == b.name && a.sha256 == b.sha256 && a.vocab_size == b.vocab_size)
+            && tokenizer.char_vocab().unwrap_or_default() == self.vocab.as_slice()
     }
 }
 

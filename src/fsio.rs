@@ -23,16 +23,21 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed, so a
-/// reader sees the old contents or the new, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    // A name of this process's and this call's own: two processes (or threads) writing one
-    // file at once each rename a whole file into place instead of interleaving in one tmp.
-    let tmp = path.with_extension(format!(
+/// A temporary name beside `path` of this process's and this call's own: two processes (or
+/// threads) writing one file at once each rename a whole file into place instead of
+/// interleaving in one temporary file.
+pub fn temp_beside(path: &Path) -> std::path::PathBuf {
+    path.with_extension(format!(
         "{}.{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
         unique_suffix()
-    ));
+    ))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed, so a
+/// reader sees the old contents or the new, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_beside(path);
     write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     if let Some(dir) = path.parent() {
@@ -233,5 +238,28 @@ fn kind_of(meta: &fs::Metadata) -> &'static str {
 /// SHA-256 of `bytes`, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Lower-case hexadecimal of a digest.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a file, read in blocks (a corpus need not fit in memory).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(hex(&hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
 }

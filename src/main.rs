@@ -204,8 +204,8 @@ fn sample(args: &SampleArgs) -> Outcome {
     }
     let (dev, dir) = (dfdx::tensor::Cpu::default(), &args.checkpoint);
     let sampler = Sampler::load(&dev, dir).with_context(|| format!("loading checkpoint {}", dir.display()))?;
-    let known = sampler.vocab.encode(&args.prompt);
-    known.map_err(|e| Error::Usage(format!("--prompt: {e:#}")))?;
+    let known = sampler.tokenizer.encode(&args.prompt);
+    known.map_err(|e| Error::Usage(format!("--prompt: {e}")))?;
     let opts = SampleOptions {
         max_new_tokens: args.tokens,
         temperature,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::data::Corpus;
+use crate::data::{Corpus, CorpusRequest, TokenizerSpec};
 use crate::model::ModelConfig;
 use crate::spec::{RunConfig, RunSpec, SpecError, SpecErrors, flatten};
 
@@ -117,7 +117,7 @@ pub struct RunPlan {
     pub varies: Vec<(String, String)>,
     /// Output folder: `<runs_dir>/<experiment>/<run>`, or `.../<run>/seed=<seed>` when seeded.
     pub dir: PathBuf,
-    /// The corpus file, resolved.
+    /// The corpus (a file or a folder), resolved.
     pub data_path: PathBuf,
     /// The architecture.
     pub model: ModelConfig,
@@ -134,10 +134,8 @@ pub struct RunPlan {
     pub config: RunConfig,
     /// Tokens in the training split.
     pub train_tokens: usize,
-    /// SHA-256 of the corpus file: a run's data is its content, not its path.
-    pub data_sha256: String,
-    /// The corpus, read once when planning and shared by every run that reads the same file
-    /// with the same split.
+    /// The corpus, tokenised once when planning (or reused from the token cache) and shared
+    /// by every run that reads the same data with the same split and tokenizer.
     pub corpus: Arc<Corpus>,
 }
 
@@ -203,8 +201,9 @@ impl RunPlan {
             id.insert(k.to_string(), v);
         };
         put("model.vocab_size", self.model.vocab_size.to_string());
-        put("data.sha256", self.data_sha256.clone());
-        put("data.val_fraction", self.config.data.val_fraction.to_string());
+        for (k, v) in self.data_identity() {
+            put(k, v);
+        }
         put("experiment.seed", self.seed.to_string());
         put("init_from", self.init_from.clone().unwrap_or_default());
         for p in self.schedule.phases.iter().filter(|p| p.first_step <= step) {
@@ -216,10 +215,31 @@ impl RunPlan {
         id
     }
 
+    /// The data's part of the identity: a run's data is its content, not its path (the
+    /// SHA-256 of its file, or of a folder's files), the split, the format and the tokenizer.
+    fn data_identity(&self) -> Vec<(&'static str, String)> {
+        let (c, d) = (&self.corpus, &self.config.data);
+        let t = c.tokenizer.record();
+        let mut id = vec![
+            ("data.sha256", c.sha256.clone()),
+            ("data.format", format!("{:?}", d.format).to_lowercase()),
+            ("data.tokenizer", t.name.clone()),
+        ];
+        match &c.val_sha256 {
+            Some(val) => id.push(("data.val_sha256", val.clone())),
+            None => id.push(("data.val_fraction", d.val_fraction.to_string())),
+        }
+        if let Some(sha) = &t.sha256 {
+            id.push(("data.tokenizer_sha256", sha.clone()));
+        }
+        id
+    }
+
     /// What differs between a checkpoint's identity `saved` (written at `step`) and this plan,
     /// one line per setting, in the spec's words: empty when the checkpoint can resume it.
     pub fn identity_diff(&self, saved: &BTreeMap<String, String>, step: usize) -> Vec<String> {
         let now = self.identity(step);
+        let saved = &with_later_defaults(saved);
         let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
         let show = |v: Option<&String>| v.map_or_else(|| "(not set)".to_string(), |s| format!("`{s}`"));
         let mut phase_length_said = false;
@@ -329,57 +349,91 @@ impl RunPlan {
     }
 }
 
+/// Identity keys added after checkpoints were first written, with the value every earlier
+/// checkpoint had: such a checkpoint still resumes the run it was written for.
+const LATER_KEYS: [(&str, &str); 2] = [("data.tokenizer", "char"), ("data.format", "text")];
+
+/// `saved` with [`LATER_KEYS`] it lacks filled in.
+fn with_later_defaults(saved: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut filled = saved.clone();
+    for (k, v) in LATER_KEYS {
+        filled.entry(k.to_string()).or_insert_with(|| v.to_string());
+    }
+    filled
+}
+
 /// The folder of one seed of a run repeated over `[experiment] seeds`.
 pub fn seed_folder(seed: u64) -> String {
     format!("seed={seed}")
 }
 
-/// Finds a relative data path in the working directory, else beside the spec file.
-fn resolve_data_path(path: &Path, spec_path: &Path) -> Result<PathBuf, String> {
+/// Finds a relative path in the working directory, else beside the spec file. What it is (a
+/// file, a folder, something else) is the data layer's to judge.
+fn resolve_path(path: &Path, spec_path: &Path, what: &str) -> Result<PathBuf, String> {
     let beside = spec_path.parent().unwrap_or(Path::new(".")).join(path);
     if path.is_absolute() || path.exists() || beside == path {
-        return if path.is_file() {
-            Ok(path.to_path_buf())
-        } else if path.is_dir() {
-            Err(format!(
-                "data path `{}` is a folder; give the text file in it",
-                path.display()
-            ))
-        } else if path.exists() {
-            Err(format!(
-                "data file `{}` is not a regular file (a device, a pipe or a socket would be read without end)",
-                path.display()
-            ))
-        } else {
-            Err(format!("data file `{}` not found", path.display()))
+        return match path.exists() || path.is_symlink() {
+            true => Ok(path.to_path_buf()),
+            false => Err(format!("{what} `{}` not found", path.display())),
         };
     }
-    if beside.is_file() {
+    if beside.exists() {
         return Ok(beside);
     }
     Err(format!(
-        "data file `{}` not found (tried `{}` from the working directory and `{}` beside the spec)",
+        "{what} `{}` not found (tried `{}` from the working directory and `{}` beside the spec)",
         path.display(),
         path.display(),
         beside.display()
     ))
 }
 
-/// One read per (file, validation split): the corpus and its SHA-256, or why it cannot be read.
-type Corpora = HashMap<(PathBuf, u64), Result<(Arc<Corpus>, String), String>>;
+/// The data layer's request for a run's `[data]`, paths resolved; errors name their keys.
+fn corpus_request(spec: &RunSpec, runs_dir: &Path) -> Result<CorpusRequest, Vec<SpecError>> {
+    let d = &spec.config.data;
+    let mut errors = vec![];
+    let mut resolve = |path: &Path, key: &str, what: &str| {
+        resolve_path(path, spec.spec_path(), what)
+            .map_err(|msg| errors.push(spec.error(key, msg)))
+            .ok()
+    };
+    let path = resolve(&d.path, "data.path", "data path");
+    let val_path = d
+        .val_path
+        .as_ref()
+        .map(|p| resolve(p, "data.val_path", "validation data path"));
+    let tokenizer = match &d.tokenizer {
+        TokenizerSpec::File { file } => {
+            resolve(file, "data.tokenizer", "tokenizer file").map(|file| TokenizerSpec::File { file })
+        }
+        named => Some(named.clone()),
+    };
+    let (Some(path), Some(tokenizer), None | Some(Some(_))) = (path, tokenizer, &val_path) else {
+        return Err(errors);
+    };
+    Ok(CorpusRequest {
+        path,
+        val_path: val_path.flatten(),
+        val_fraction: d.val_fraction,
+        include: d.include.clone(),
+        tokenizer,
+        format: d.format,
+        dtype: d.dtype,
+        cache_dir: d
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| crate::data::default_cache_dir(runs_dir)),
+    })
+}
 
-/// The corpus at `data_path` split at `val_fraction`, read once for every run that shares it.
-fn load_corpus(corpora: &mut Corpora, data_path: &Path, val_fraction: f64) -> Result<(Arc<Corpus>, String), String> {
+/// One load per distinct `[data]` request: the corpus, or its problems.
+type Corpora = HashMap<String, Result<Arc<Corpus>, Vec<crate::data::DataError>>>;
+
+/// The corpus `req` describes, loaded once for every run that shares it.
+fn load_corpus(corpora: &mut Corpora, req: &CorpusRequest) -> Result<Arc<Corpus>, Vec<crate::data::DataError>> {
     corpora
-        .entry((data_path.to_path_buf(), val_fraction.to_bits()))
-        .or_insert_with(|| {
-            // No cap on a corpus's size, but it must be a regular file: `/dev/zero` would be
-            // read for ever.
-            let text =
-                crate::fsio::read_text_capped(data_path, u64::MAX, "the corpus").map_err(|e| format!("{e:#}"))?;
-            let sha = crate::fsio::sha256_hex(text.as_bytes());
-            Ok((Arc::new(Corpus::from_text(&text, val_fraction)), sha))
-        })
+        .entry(format!("{req:?}"))
+        .or_insert_with(|| Corpus::load(req).map(Arc::new))
         .clone()
 }
 
@@ -388,22 +442,19 @@ fn load_corpus(corpora: &mut Corpora, data_path: &Path, val_fraction: f64) -> Re
 fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecError> {
     let c = &spec.config;
     let mut errors = vec![];
-    if corpus.vocab.len() < 2 {
+    if corpus.tokenizer.vocab_size() < 2 {
         let msg = format!(
             "the corpus has {} distinct characters; at least 2 are needed",
-            corpus.vocab.len()
+            corpus.tokenizer.vocab_size()
         );
         errors.push(spec.error("data.path", msg));
     }
     for (i, p) in c.phase.iter().enumerate() {
-        // Windows of seq_len + 1 characters are drawn from both splits (validation too, when it exists).
-        let mut splits = vec![("training", corpus.train.len())];
-        if c.data.val_fraction > 0.0 {
-            splits.push(("validation", corpus.val.len()));
-        }
+        // Windows of seq_len + 1 tokens are drawn from both splits.
+        let splits = [("training", corpus.train.len()), ("validation", corpus.val.len())];
         if let Some((split, len)) = splits.into_iter().find(|&(_, len)| p.seq_len + 1 > len) {
             let msg = format!(
-                "seq_len {} needs windows of {} characters, but the {split} split of {} has only {len}",
+                "seq_len {} needs windows of {} tokens, but the {split} split of {} has only {len}",
                 p.seq_len,
                 p.seq_len + 1,
                 data_path.display()
@@ -427,17 +478,18 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
     let mut plans = vec![];
     for spec in specs {
         let c = &spec.config;
-        let data_path = match resolve_data_path(&c.data.path, spec.spec_path()) {
-            Ok(p) => p,
-            Err(msg) => {
-                errors.push(spec.error("data.path", msg));
+        let req = match corpus_request(spec, runs_dir) {
+            Ok(req) => req,
+            Err(found) => {
+                errors.extend(found);
                 continue;
             }
         };
-        let (corpus, data_sha256) = match load_corpus(&mut corpora, &data_path, c.data.val_fraction) {
+        let data_path = req.path.clone();
+        let corpus = match load_corpus(&mut corpora, &req) {
             Ok(loaded) => loaded,
-            Err(msg) => {
-                errors.push(spec.error("data.path", msg));
+            Err(found) => {
+                errors.extend(found.into_iter().map(|e| spec.error(e.key, e.message)));
                 continue;
             }
         };
@@ -448,7 +500,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
         }
         let schedule = PhaseSchedule::new(c);
         let model = ModelConfig {
-            vocab_size: corpus.vocab.len(),
+            vocab_size: corpus.tokenizer.vocab_size(),
             block_size: schedule.max_seq_len(),
             arch: c.model.clone(),
         };
@@ -474,7 +526,6 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 init_from: spec.init_from.clone(),
                 config,
                 train_tokens: corpus.train.len(),
-                data_sha256: data_sha256.clone(),
                 corpus: corpus.clone(),
             });
         }

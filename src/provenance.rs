@@ -64,8 +64,14 @@ pub struct RunSession {
     pub session: SessionInfo,
     /// The data file, as resolved.
     pub data_file: String,
-    /// SHA-256 of the data.
+    /// SHA-256 of the data (a folder's: of the list of its files' hashes).
     pub data_sha256: String,
+    /// Every file of the data (a folder's, and `val_path`'s), with its SHA-256 and size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_files: Vec<crate::data::DataFile>,
+    /// The tokenizer (absent in sessions written before tokenizers: characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<crate::data::TokenizerRecord>,
     /// The machine's host name.
     pub host: String,
     /// The Slurm job that trained it (`123_4` for a task of an array), if any.
@@ -90,14 +96,16 @@ pub struct RunSession {
 
 impl RunSession {
     /// A session starting now at `first_step`.
-    pub fn start(session: &SessionInfo, data_file: &Path, data_sha256: &str, first_step: usize) -> Self {
+    pub fn start(session: &SessionInfo, data_file: &Path, corpus: &crate::data::Corpus, first_step: usize) -> Self {
         Self {
             gptlab_version: VERSION.into(),
             git_commit: GIT_COMMIT.into(),
             git_dirty: GIT_DIRTY.into(),
             session: session.clone(),
             data_file: data_file.display().to_string(),
-            data_sha256: data_sha256.into(),
+            data_sha256: corpus.sha256.clone(),
+            data_files: corpus.files.iter().chain(&corpus.val_files).cloned().collect(),
+            tokenizer: Some(corpus.tokenizer.record().clone()),
             host: host(),
             job: job_id(),
             cpu: cpu_model(),

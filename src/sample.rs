@@ -7,7 +7,7 @@ use dfdx::prelude::*;
 use rand::Rng;
 
 use crate::checkpoint;
-use crate::data::Vocab;
+use crate::data::Tokenizer;
 use crate::model::{Backend, Float, Gpt, KvCache, Pass};
 use crate::seed::{Stream, stream};
 
@@ -28,8 +28,8 @@ pub struct SampleOptions {
 pub struct Sampler<D: Backend> {
     /// The model, in evaluation mode.
     pub model: Gpt<D>,
-    /// Its vocabulary.
-    pub vocab: Vocab,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
 }
 
 impl<D: Backend> Sampler<D> {
@@ -76,10 +76,11 @@ impl<D: Backend> Sampler<D> {
         loaded
             .load_weights(&mut model)
             .with_context(|| format!("loading {}", dir.display()))?;
-        Ok(Self {
-            model,
-            vocab: Vocab::from_chars(loaded.meta.vocab.clone()),
-        })
+        // A checkpoint lives in `<run>/checkpoints/step_N/`; the run folder keeps the
+        // tokenizer's file.
+        let run = dir.parent().and_then(Path::parent).unwrap_or(dir);
+        let tokenizer = crate::run_dir::RunDir::new(run).tokenizer_of(&loaded.meta)?;
+        Ok(Self { model, tokenizer })
     }
 
     /// Continues `prompt`; characters outside the vocabulary are an error naming them.
@@ -89,16 +90,19 @@ impl<D: Backend> Sampler<D> {
 
     /// [`Sampler::generate`], also returning the decode speed in tokens per second.
     pub fn generate_timed(&self, prompt: &str, opts: &SampleOptions) -> Result<(String, f64)> {
-        let ids = self
-            .vocab
+        let ids: Vec<usize> = self
+            .tokenizer
             .encode(prompt)
-            .with_context(|| "the prompt cannot be encoded".to_string())?;
+            .map_err(|why| anyhow::anyhow!("the prompt cannot be encoded: {why}"))?
+            .into_iter()
+            .map(|id| id as usize)
+            .collect();
         ensure!(
             !ids.is_empty(),
             "the prompt is empty: give at least one character to continue"
         );
         let (new, speed) = generate_timed(&self.model, &ids, opts);
-        Ok((self.vocab.decode(&new), speed))
+        Ok((self.tokenizer.decode_usize(&new), speed))
     }
 }
 

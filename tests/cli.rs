@@ -249,7 +249,7 @@ fn smoke_trains_end_to_end_and_a_second_run_skips_completed_runs() {
         let mut lines = metrics.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "run,phase,step,seq_len,train_loss,val_loss,lr,grad_norm,step_ms,tokens_per_s,attn_ms,attn_mem_mb,attn_mem_mb_analytic,peak_rss_mb,seed"
+            "run,phase,step,seq_len,train_loss,val_loss,lr,grad_norm,step_ms,tokens_per_s,attn_ms,attn_mem_mb,attn_mem_mb_analytic,peak_rss_mb,seed,train_bpb,val_bpb"
         );
         assert_eq!(lines.count(), 40);
         let resolved = std::fs::read_to_string(dir.join("run.toml")).unwrap();

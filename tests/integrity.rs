@@ -361,11 +361,17 @@ fn what_a_run_will_need_is_checked_before_it_starts() {
         "init.toml",
         &format!("{TINY_SPEC}\n[[run]]\nname = \"warm\"\ninit_from = \"no/such/checkpoint\"\n"),
     );
-    let folder = write_spec(dir, "folder.toml", &TINY_SPEC.replace("CORPUS", dir.to_str().unwrap()));
+    let empty = dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let folder = write_spec(
+        dir,
+        "folder.toml",
+        &TINY_SPEC.replace("CORPUS", empty.to_str().unwrap()),
+    );
     for (spec, key, words) in [
         (&blank, "name", "blank"),
         (&init, "init_from", "not a checkpoint folder"),
-        (&folder, "data.path", "is a folder"),
+        (&folder, "data.path", "has no file matching"),
     ] {
         gptlab()
             .arg("validate")

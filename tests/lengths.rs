@@ -122,7 +122,7 @@ fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
 
     // Independently: the model's own mean cross-entropy (dfdx's log-softmax) on the same
     // windows, from the phase-end checkpoint, equals the recorded loss at each length.
-    let corpus = Corpus::load(std::path::Path::new(&common::corpus_path()), 0.1).unwrap();
+    let corpus = Corpus::from_file(std::path::Path::new(&common::corpus_path()), 0.1).unwrap();
     let dev = Cpu::default();
     let loaded = checkpoint::read(&dirs.runs.join("len/rope/checkpoints/step_00000016")).unwrap();
     let mut model = Gpt::new(&dev, &loaded.meta.model, 0);
@@ -130,8 +130,9 @@ fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
     for length in [8, 16, 32] {
         let model = model.for_length(length, None).unwrap();
         let n = 512 / length;
-        let inputs: Vec<usize> = corpus.val[..n * length].to_vec();
-        let targets: Vec<usize> = corpus.val[1..n * length + 1].to_vec();
+        let val: Vec<usize> = corpus.val.to_vec().into_iter().map(|id| id as usize).collect();
+        let inputs: Vec<usize> = val[..n * length].to_vec();
+        let targets: Vec<usize> = val[1..n * length + 1].to_vec();
         let logits = model.eval_logits(&inputs, n, length);
         let want = model.loss(logits, &targets).as_vec()[0] as f64;
         let got = rope

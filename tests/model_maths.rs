@@ -95,12 +95,12 @@ fn analytic_count_matches_instantiated_for_gqa_and_mqa() {
 #[test]
 fn loss_at_initialisation_is_close_to_ln_vocab() {
     let dev = Cpu::default();
-    let corpus = Corpus::load(
+    let corpus = Corpus::from_file(
         concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").as_ref(),
         0.1,
     )
     .unwrap();
-    assert_eq!(corpus.vocab.len(), 65);
+    assert_eq!(corpus.tokenizer.vocab_size(), 65);
     for position in [Position::Absolute, Position::Rope] {
         let model = Gpt::new(&dev, &gpt_mini(position, 128), 3407);
         let batch = gptlab::data::sample_batch(&corpus.train, 4, 128, &mut stream(1, Stream::Batch, 1));

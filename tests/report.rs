@@ -78,7 +78,7 @@ fn fixed_curves() -> (Vec<Curve>, Vec<Boundary>) {
 #[test]
 fn the_loss_figure_has_one_curve_per_run_validation_markers_and_the_phase_line() {
     let (curves, boundaries) = fixed_curves();
-    let svg = loss_chart("study: training loss", &curves, &boundaries, 0.6).unwrap();
+    let svg = loss_chart("study: training loss", &curves, &boundaries, 0.6, "nats per character").unwrap();
     for (i, c) in curves.iter().enumerate() {
         let color = hex(&PALETTE[i]);
         // One smoothed curve per run, plus its legend swatch.
@@ -117,7 +117,7 @@ fn a_diverged_run_is_drawn_up_to_where_it_was_finite() {
     curves[1].seeds[0].train[50].1 = f64::NAN;
     curves[1].seeds[0].train.truncate(51);
     curves[2].seeds[0].train[10].1 = f64::INFINITY;
-    let svg = loss_chart("nan", &curves, &boundaries, 0.9).unwrap();
+    let svg = loss_chart("nan", &curves, &boundaries, 0.9, "nats per character").unwrap();
     roxmltree::Document::parse(&svg).unwrap();
     assert!(
         !svg.contains("NaN") && !svg.contains("inf"),
@@ -135,7 +135,7 @@ fn a_diverged_run_is_drawn_up_to_where_it_was_finite() {
             }],
         })
         .collect();
-    let svg = loss_chart("big", &many, &[], 0.9).unwrap();
+    let svg = loss_chart("big", &many, &[], 0.9, "nats per character").unwrap();
     assert!(svg.len() < 2_000_000, "SVG of {} bytes", svg.len());
 }
 
@@ -174,6 +174,8 @@ fn summary_numbers_equal_an_independent_computation() {
             attn_mem_mb_analytic: Some(5.0),
             peak_rss_mb: Some(100.0 + s as f64),
             seed: None,
+            train_bpb: None,
+            val_bpb: None,
         })
         .collect();
     let s = summarise("r", None, "position=rope", "complete".into(), &rows, 120, 1234);

@@ -216,7 +216,7 @@ fn a_completed_run_is_not_retrained_and_an_extended_schedule_continues() {
 #[test]
 fn save_then_load_reproduces_the_next_step_exactly() {
     let dev = Cpu::default();
-    let corpus = Corpus::load(common::corpus_path().as_ref(), 0.1).unwrap();
+    let corpus = Corpus::from_file(common::corpus_path().as_ref(), 0.1).unwrap();
     let config = ModelConfig {
         vocab_size: 65,
         block_size: 16,
@@ -253,7 +253,7 @@ fn save_then_load_reproduces_the_next_step_exactly() {
         5,
         0,
         checkpoint::Kind::Periodic,
-        corpus.vocab.chars().to_vec(),
+        &corpus.tokenizer,
         config.clone(),
         Default::default(),
     );

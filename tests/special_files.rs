@@ -101,6 +101,12 @@ fn list_reports_each_hostile_spec_and_goes_on() {
     assert!(stdout.contains("is larger than the"), "{stdout}");
 }
 
+fn empty_folder(dir: &std::path::Path) -> std::path::PathBuf {
+    let empty = dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    empty
+}
+
 #[test]
 fn a_corpus_that_is_not_an_ordinary_file_is_a_spec_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -111,7 +117,7 @@ fn a_corpus_that_is_not_an_ordinary_file_is_a_spec_error() {
     for (data, says) in [
         (zero, "is not a regular file"),
         (pipe, "is not a regular file"),
-        (tmp.path().to_path_buf(), "is a folder"),
+        (empty_folder(tmp.path()), "has no file matching"),
     ] {
         let text = common::TINY_SPEC.replace("CORPUS", data.to_str().unwrap());
         let spec = write_spec(tmp.path(), "c.toml", &text);

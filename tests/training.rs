@@ -13,7 +13,7 @@ use gptlab::spec::SpecFile;
 use gptlab::train::{AdamW, RunOptions, train_run, train_step};
 
 fn corpus() -> Corpus {
-    Corpus::load(
+    Corpus::from_file(
         concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").as_ref(),
         0.1,
     )

@@ -2,6 +2,8 @@
 //! current `[eval]` settings, the loss by length and by position averaged over seeds, and the
 //! sentences that answer "what happens past the training length?".
 
+use super::unit::LossUnit;
+use crate::data::Split;
 use anyhow::Result;
 
 pub use super::length_plot::{LengthCurve, PositionCurve};
@@ -213,10 +215,10 @@ pub fn curves(plans: &[RunPlan], rows: &[EvalRow]) -> Vec<LengthCurve> {
 }
 
 /// One sentence per phase end and multiple of the training length that was evaluated, e.g.
-/// "At 2× the training length, after phase 1 (512 vs 256): absolute n/a, rope +0.410 nats,
-/// alibi +0.020 nats" — the change of the loss from the training length to `k×` it, per run
+/// "At 2× the training length, after phase 1 (512 vs 256): absolute n/a, rope +0.410
+/// nats/char, alibi +0.020 nats/char" — the change of the loss from the training length to `k×` it, per run
 /// (mean over seeds).
-pub fn sentences(curves: &[LengthCurve]) -> Vec<String> {
+pub fn sentences(curves: &[LengthCurve], unit: &str) -> Vec<String> {
     let mut groups: Vec<(usize, usize, usize)> = vec![]; // (phase, train_len, length)
     for c in curves.iter().filter(|c| c.scaling.is_empty()) {
         for &(l, _) in &c.points {
@@ -239,7 +241,9 @@ pub fn sentences(curves: &[LengthCurve]) -> Vec<String> {
                     format!("{} {}", c.run, c.scaling)
                 };
                 match (at(train_len)?, at(length)?) {
-                    (Some(base), Some(long)) => Some(format!("{name} {} nats", crate::format::signed(long - base, 3))),
+                    (Some(base), Some(long)) => {
+                        Some(format!("{name} {} {unit}", crate::format::signed(long - base, 3)))
+                    }
                     (Some(_), None) => {
                         // The reason of this length, not of another the run cannot read.
                         let why = c
@@ -349,11 +353,24 @@ pub struct LengthSection {
 }
 
 /// Writes `eval.csv`, `position_loss.csv`, `length.svg` and `position_loss.svg` into `dir`.
-pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<LengthSection> {
+pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan], unit: &LossUnit) -> Result<LengthSection> {
     use crate::fsio::write_atomic;
-    let found = collect(plans)?;
+    let mut found = collect(plans)?;
     super::write_csv(&dir.join("eval.csv"), &found.rows)?;
     super::write_csv(&dir.join("position_loss.csv"), &found.positions)?;
+    // The files keep each row as written (nats per token, and `loss_bpb`); curves and
+    // sentences are in the report's unit.
+    let plan_of = |run: &str| plans.iter().find(|p| p.name == run);
+    for r in &mut found.rows {
+        if let Some(p) = plan_of(&r.run) {
+            r.loss = r.loss.map(|l| unit.of_loss(p, l, Split::Val));
+        }
+    }
+    for r in &mut found.positions {
+        if let Some(p) = plan_of(&r.run) {
+            r.loss = unit.of_loss(p, r.loss, Split::Val);
+        }
+    }
     let mut out = LengthSection {
         notes: found.notes(),
         ..Default::default()
@@ -363,7 +380,7 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
         return Ok(out);
     }
     let eval = &plans[0].config.eval;
-    out.sentences = sentences(&curves);
+    out.sentences = sentences(&curves, unit.short());
     let how = match eval.mode {
         crate::spec::EvalMode::Windows => "non-overlapping windows, every position scored".to_string(),
         crate::spec::EvalMode::Sliding => match eval.stride {
@@ -376,7 +393,8 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
     if several {
         write_atomic(
             &dir.join("length.svg"),
-            super::length_plot::length_chart(&format!("{title}: loss by evaluation length"), &curves)?.as_bytes(),
+            super::length_plot::length_chart(&format!("{title}: loss by evaluation length"), &curves, &unit.long())?
+                .as_bytes(),
         )?;
     }
     out.figures.extend(several.then(|| {
@@ -401,7 +419,13 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan]) -> Result<Le
         let length = found.positions.iter().map(|r| r.length).max().unwrap_or(0);
         write_atomic(
             &dir.join("position_loss.svg"),
-            super::length_plot::position_chart(&format!("{title}: loss by position"), &positions, &trained)?.as_bytes(),
+            super::length_plot::position_chart(
+                &format!("{title}: loss by position"),
+                &positions,
+                &trained,
+                &unit.long(),
+            )?
+            .as_bytes(),
         )?;
         out.figures.push((
             "position_loss.svg".into(),

@@ -52,6 +52,8 @@ pub struct RunAggregate {
     pub complete: usize,
     /// Model parameters.
     pub params: usize,
+    /// The unit of the losses (see `RunSummary::loss_unit`).
+    pub loss_unit: String,
     /// Final validation loss over the complete seeds: mean, sd, 95% t interval.
     pub final_val_loss_mean: Option<f64>,
     /// Standard deviation across seeds.
@@ -151,6 +153,7 @@ pub fn aggregate(summaries: &[RunSummary]) -> Vec<RunAggregate> {
                 seeds: seeds.len(),
                 complete: done.len(),
                 params: seeds[0].params,
+                loss_unit: seeds[0].loss_unit.clone(),
                 final_val_loss_mean: fm,
                 final_val_loss_sd: fs,
                 final_val_loss_lo: fl,

@@ -1,6 +1,8 @@
 //! The runs of a report read from their folders: each run's metrics, state and summary, its
 //! loss curve (one per run, a series per seed), and what the page must say of it.
 
+use super::unit::LossUnit;
+use crate::data::Split;
 use anyhow::Result;
 
 use super::plot::{Curve, Series};
@@ -37,17 +39,17 @@ impl Runs {
 }
 
 /// Reads every plan's folder.
-pub fn gather(plans: &[RunPlan]) -> Result<Runs> {
+pub fn gather(plans: &[RunPlan], unit: &LossUnit) -> Result<Runs> {
     let mut runs = Runs::default();
     for p in plans {
-        read_run(p, &mut runs)?;
+        read_run(p, unit, &mut runs)?;
     }
     label_unfinished(&mut runs);
     Ok(runs)
 }
 
 /// Adds run `p`'s rows, summary, curve and notes to `runs`.
-fn read_run(p: &RunPlan, runs: &mut Runs) -> Result<()> {
+fn read_run(p: &RunPlan, unit: &LossUnit, runs: &mut Runs) -> Result<()> {
     let run_dir = RunDir::new(&p.dir);
     let (mut rows, unreadable) = run_dir.read_metrics_lenient()?;
     runs.run_notes.extend(suspect_rows(p, &rows, &unreadable));
@@ -75,9 +77,19 @@ fn read_run(p: &RunPlan, runs: &mut Runs) -> Result<()> {
     if status != "complete" && diff.is_empty() {
         runs.unfinished.push(format!("{} ({status})", p.id()));
     }
+    // Curves and summaries in the report's unit; the merged metrics.csv keeps each row as
+    // written (nats per token, and bits per byte in their own columns).
+    let in_unit: Vec<MetricsRow> = rows
+        .iter()
+        .map(|r| MetricsRow {
+            train_loss: unit.of_loss(p, r.train_loss as f64, Split::Train) as f32,
+            val_loss: r.val_loss.map(|v| unit.of_loss(p, v as f64, Split::Val) as f32),
+            ..r.clone()
+        })
+        .collect();
     let series = Series {
-        train: rows.iter().map(|r| (r.step as f64, r.train_loss as f64)).collect(),
-        val: rows
+        train: in_unit.iter().map(|r| (r.step as f64, r.train_loss as f64)).collect(),
+        val: in_unit
             .iter()
             .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
             .collect(),
@@ -94,8 +106,9 @@ fn read_run(p: &RunPlan, runs: &mut Runs) -> Result<()> {
     }
     let seed = p.seeded.then_some(p.seed);
     let params = p.num_params();
-    runs.summaries
-        .push(summarise(&p.name, seed, &p.label(), status, &rows, total, params));
+    let mut summary = summarise(&p.name, seed, &p.label(), status, &in_unit, total, params);
+    summary.loss_unit = unit.short().to_string();
+    runs.summaries.push(summary);
     for r in &mut rows {
         // The merged file names every row's run as the report does (several experiments:
         // `experiment/run`) and its seed.

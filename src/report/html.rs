@@ -33,6 +33,8 @@ pub struct Page<'a> {
     pub notes: &'a [String],
     /// Each run's `provenance.json`.
     pub provenance: &'a [(String, Provenance)],
+    /// The unit of the losses, in words.
+    pub unit: &'a str,
 }
 
 const STYLE: &str = "\
@@ -127,10 +129,11 @@ pub fn page(p: &Page<'_>) -> String {
     for v in p.verdict {
         h.push_str(&format!("<li>{}</li>\n", escape(v)));
     }
-    h.push_str(
-        "</ul>\n<p class=\"sample-meta\">Losses are mean cross-entropy in nats per character; intervals are 95% t \
-                intervals over seeds, differences are paired by seed (lower is better).</p>\n</section>\n",
-    );
+    h.push_str(&format!(
+        "</ul>\n<p class=\"sample-meta\">Losses are mean cross-entropy in {}; intervals are 95% t \
+             intervals over seeds, differences are paired by seed (lower is better).</p>\n</section>\n",
+        p.unit
+    ));
     for n in p.notes {
         h.push_str(&format!("<p class=\"note\">{}</p>\n", escape(n)));
     }

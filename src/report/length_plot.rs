@@ -141,7 +141,7 @@ fn figure(
 /// Loss against evaluation length on a log₂ axis: one line per run and phase end (RoPE
 /// scalings dashed), the training lengths marked, and an × at the top for a length a model
 /// cannot read.
-pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
+pub fn length_chart(title: &str, curves: &[LengthCurve], unit: &str) -> Result<String> {
     let ys: Vec<f64> = curves
         .iter()
         .flat_map(|c| c.points.iter().filter_map(|p| p.1))
@@ -169,7 +169,7 @@ pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
         chart
             .configure_mesh()
             .x_desc("evaluation length (tokens, log₂ scale)")
-            .y_desc("validation loss (nats per character)")
+            .y_desc(format!("validation loss ({unit})"))
             .y_label_formatter(&|y| super::plot::tick(*y))
             .x_labels(((x1 - x0).ceil() as usize + 1).max(2))
             .x_label_formatter(&|x| {
@@ -234,7 +234,7 @@ pub fn length_chart(title: &str, curves: &[LengthCurve]) -> Result<String> {
 
 /// Mean loss by position in the window at the longest evaluated length, one line per run and
 /// phase end, with a dashed line at each training length.
-pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize]) -> Result<String> {
+pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize], unit: &str) -> Result<String> {
     let ys: Vec<f64> = curves
         .iter()
         .flat_map(|c| c.points.iter().map(|p| p.1))
@@ -254,7 +254,7 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
         chart
             .configure_mesh()
             .x_desc("position in the window")
-            .y_desc("mean loss at the position (nats per character)")
+            .y_desc(format!("mean loss at the position ({unit})"))
             .y_label_formatter(&|y| super::plot::tick(*y))
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
             .axis_desc_style(("sans-serif", 15))

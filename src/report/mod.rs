@@ -15,6 +15,7 @@ mod plot;
 mod samples;
 mod summary;
 mod tables;
+mod unit;
 
 use std::path::{Path, PathBuf};
 
@@ -73,7 +74,7 @@ fn boundaries(plans: &[RunPlan]) -> Vec<Boundary> {
 type Quantity = (&'static str, &'static str, fn(&RunSummary) -> Option<f64>);
 
 /// Sweep charts: for each setting that varies (but the seed), each quantity against it.
-fn sweep_charts(points: &[(&RunPlan, &RunSummary)]) -> Vec<(String, SweepChart)> {
+fn sweep_charts(points: &[(&RunPlan, &RunSummary)], unit: &str) -> Vec<(String, SweepChart)> {
     let keys: Vec<String> = points
         .first()
         .map(|(p, _)| {
@@ -85,15 +86,11 @@ fn sweep_charts(points: &[(&RunPlan, &RunSummary)]) -> Vec<(String, SweepChart)>
         })
         .unwrap_or_default();
     let quantities: [Quantity; 9] = [
-        (
-            "final_train_loss",
-            "train loss, mean of last 50 steps (nats/char)",
-            |s| s.train_loss_last50,
-        ),
-        ("final_val_loss", "final validation loss (nats/char)", |s| {
-            s.final_val_loss
+        ("final_train_loss", "train loss, mean of last 50 steps (UNIT)", |s| {
+            s.train_loss_last50
         }),
-        ("best_val_loss", "best validation loss (nats/char)", |s| s.best_val_loss),
+        ("final_val_loss", "final validation loss (UNIT)", |s| s.final_val_loss),
+        ("best_val_loss", "best validation loss (UNIT)", |s| s.best_val_loss),
         ("tokens_per_s", "training tokens per second (median)", |s| {
             s.tokens_per_s
         }),
@@ -162,7 +159,7 @@ fn sweep_charts(points: &[(&RunPlan, &RunSummary)]) -> Vec<(String, SweepChart)>
                 SweepChart {
                     title: format!("{} vs {key}", y_label.split(" (").next().unwrap_or(y_label)),
                     x_label: key.clone(),
-                    y_label: y_label.to_string(),
+                    y_label: y_label.replace("UNIT", unit),
                     xs: xs.clone(),
                     series,
                 },
@@ -209,7 +206,8 @@ pub fn write_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Repo
 fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
     let (plans, dir) = (input.plans, input.dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating report folder {}", dir.display()))?;
-    let mut runs = gather::gather(plans)?;
+    let unit = unit::LossUnit::of(plans);
+    let mut runs = gather::gather(plans, &unit)?;
     let run_samples = attach_samples(dev, input, &mut runs.summaries)?;
     let aggregates = compare::aggregate(&runs.summaries);
     let report_cfg = plans.first().map(|p| p.config.report.clone()).unwrap_or_default();
@@ -218,8 +216,14 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
         .as_deref()
         .map(|b| compare::compare(&runs.summaries, b))
         .unwrap_or_default();
-    let mut verdict = compare::verdict(&aggregates, &runs.summaries, &comparison, base.as_deref());
-    let by_length = by_length::write(dir, input.title, plans)?;
+    let mut verdict: Vec<String> = unit.sentence().into_iter().collect();
+    verdict.extend(compare::verdict(
+        &aggregates,
+        &runs.summaries,
+        &comparison,
+        base.as_deref(),
+    ));
+    let by_length = by_length::write(dir, input.title, plans, &unit)?;
     verdict.extend(by_length.sentences.iter().cloned());
     let tables = tables::Tables {
         aggregates: &aggregates,
@@ -228,7 +232,7 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
         baseline: base.as_deref(),
     };
     write_tables(input, &runs, &tables, &verdict)?;
-    let mut figures = write_figures(input, &runs, &report_cfg)?;
+    let mut figures = write_figures(input, &runs, &report_cfg, &unit)?;
     figures.extend(by_length.figures.iter().cloned());
     let seq_len_of = |label: &str, phase: usize| {
         plans
@@ -268,6 +272,7 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
         specs: &specs,
         notes: &notes,
         provenance: &provenance,
+        unit: &unit.long(),
     });
     write_atomic(&dir.join("index.html"), page.as_bytes())?;
     Ok(Report {
@@ -341,6 +346,7 @@ fn write_figures(
     input: &ReportInput<'_>,
     runs: &gather::Runs,
     report_cfg: &crate::spec::ReportSection,
+    unit: &unit::LossUnit,
 ) -> Result<Vec<(String, String)>> {
     let (experiment, plans, dir) = (input.title, input.plans, input.dir);
     let seeded = plans.iter().any(|p| p.seeded);
@@ -353,7 +359,7 @@ fn write_figures(
     };
     let mut figures = vec![("loss.svg".to_string(), loss_caption.to_string())];
     let title = format!("{experiment}: training loss");
-    let chart = loss_chart(&title, &runs.curves, &boundaries(plans), smoothing)?;
+    let chart = loss_chart(&title, &runs.curves, &boundaries(plans), smoothing, &unit.long())?;
     write_atomic(&dir.join("loss.svg"), chart.as_bytes())?;
     if !report_cfg.focus.is_empty() {
         // The study's side-by-side figures (e.g. GQA-2 vs MHA): only the named runs, in the
@@ -365,7 +371,7 @@ fn write_figures(
             .collect();
         let labels: Vec<&str> = chosen.iter().map(|c| c.label.as_str()).collect();
         let title = format!("{experiment}: {}", labels.join(" vs "));
-        let chart = loss_chart(&title, &chosen, &boundaries(plans), smoothing)?;
+        let chart = loss_chart(&title, &chosen, &boundaries(plans), smoothing, &unit.long())?;
         write_atomic(&dir.join("loss_focus.svg"), chart.as_bytes())?;
         let caption = format!("Training loss: {}", report_cfg.focus.join(" vs "));
         figures.push(("loss_focus.svg".to_string(), caption));
@@ -377,7 +383,7 @@ fn write_figures(
             .zip(&runs.summaries)
             .filter(|(p, s)| !p.seeded || s.status == "complete")
             .collect();
-        for (file, chart) in sweep_charts(&done) {
+        for (file, chart) in sweep_charts(&done, unit.short()) {
             write_atomic(&dir.join(&file), sweep_chart(&chart)?.as_bytes())?;
             let caption = match seeded {
                 true => format!(

@@ -134,7 +134,13 @@ pub(super) fn err(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// Training loss vs step: each run raw (light) and smoothed (`smoothing` EMA factor, bold),
 /// validation losses as markers, and dashed labelled lines at phase boundaries.
-pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smoothing: f64) -> Result<String> {
+pub fn loss_chart(
+    title: &str,
+    curves: &[Curve],
+    boundaries: &[Boundary],
+    smoothing: f64,
+    unit: &str,
+) -> Result<String> {
     let all: Vec<(f64, f64)> = curves
         .iter()
         .flat_map(|c| &c.seeds)
@@ -161,7 +167,7 @@ pub fn loss_chart(title: &str, curves: &[Curve], boundaries: &[Boundary], smooth
         chart
             .configure_mesh()
             .x_desc("step")
-            .y_desc("loss (nats per character)")
+            .y_desc(format!("loss ({unit})"))
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
             .y_label_formatter(&|y| tick(*y))
             .axis_desc_style(("sans-serif", 15))

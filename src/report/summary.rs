@@ -25,6 +25,9 @@ pub struct RunSummary {
     pub total_steps: usize,
     /// Model parameters.
     pub params: usize,
+    /// The unit of every loss of the row: `nats/char`, `nats/token` or `bits/byte` (when
+    /// the runs compared use different tokenizers).
+    pub loss_unit: String,
     /// Train loss of the last recorded step.
     pub final_train_loss: Option<f64>,
     /// Mean train loss over the last 50 recorded steps (none below 50 steps).
@@ -125,6 +128,7 @@ pub fn summarise(
         steps: rows.len(),
         total_steps,
         params,
+        loss_unit: "nats/char".into(),
         final_train_loss: last_train,
         train_loss_last50: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
         best_train_loss: min(train.iter().copied()),

@@ -45,6 +45,9 @@ pub struct EvalRow {
     pub loss: Option<f64>,
     /// Why the loss is not defined, when it is not.
     pub note: String,
+    /// `loss` in bits per byte of the validation text; empty in files written before it.
+    #[serde(default)]
+    pub loss_bpb: Option<f64>,
 }
 
 impl EvalRow {
@@ -95,6 +98,9 @@ pub struct PositionRow {
     pub loss: f64,
     /// Windows averaged.
     pub windows: usize,
+    /// `loss` in bits per byte of the validation text; empty in files written before it.
+    #[serde(default)]
+    pub loss_bpb: Option<f64>,
 }
 
 /// Every row of a CSV file of `T` (none when there is no file).

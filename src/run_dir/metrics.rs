@@ -17,9 +17,10 @@ pub struct MetricsRow {
     pub step: usize,
     /// Sequence length of the step's batch.
     pub seq_len: usize,
-    /// Mean cross-entropy of the step's batch (nats per character).
+    /// Mean cross-entropy of the step's batch, in nats per token (a token is a character
+    /// with `tokenizer = "char"`).
     pub train_loss: f32,
-    /// Validation loss, on steps where it was evaluated.
+    /// Validation loss (nats per token), on steps where it was evaluated.
     pub val_loss: Option<f32>,
     /// Learning rate used.
     pub lr: f64,
@@ -46,10 +47,17 @@ pub struct MetricsRow {
     /// merged `metrics.csv`; empty in files written before it existed).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// `train_loss` in bits per byte of UTF-8 text (comparable across tokenizers); empty in
+    /// files written before it existed.
+    #[serde(default)]
+    pub train_bpb: Option<f64>,
+    /// `val_loss` in bits per byte.
+    #[serde(default)]
+    pub val_bpb: Option<f64>,
 }
 
 /// The columns of `metrics.csv`, in order.
-pub const HEADER: [&str; 15] = [
+pub const HEADER: [&str; 17] = [
     "run",
     "phase",
     "step",
@@ -65,6 +73,8 @@ pub const HEADER: [&str; 15] = [
     "attn_mem_mb_analytic",
     "peak_rss_mb",
     "seed",
+    "train_bpb",
+    "val_bpb",
 ];
 
 /// Appends rows to a run's `metrics.csv`.
@@ -107,9 +117,15 @@ impl MetricsWriter {
         let header = csv::StringRecord::from(HEADER.to_vec());
         let mut kept: Vec<MetricsRow> = vec![];
         let mut bad: Vec<(usize, String)> = vec![];
+        // Every row has the header's number of fields: a row torn by a kill has fewer, even
+        // when what is left would parse.
+        let mut fields = HEADER.len();
         for (i, line) in text.lines().enumerate() {
             if i == 0 {
-                if line != HEADER.join(",") {
+                // A header of fewer columns is an older gptlab's: its rows read by name.
+                if (HEADER.join(",") + ",").starts_with(&format!("{line},")) {
+                    fields = line.split(',').count();
+                } else {
                     crate::events::warning(format!(
                         "warning: {}: line 1 is not the metrics header; restored",
                         path.display()
@@ -124,6 +140,7 @@ impl MetricsWriter {
                 .records()
                 .next()
                 .and_then(|r| r.ok())
+                .filter(|r| r.len() == fields)
                 .and_then(|r| r.deserialize::<MetricsRow>(Some(&header)).ok());
             match row {
                 Some(r) if r.step <= step => kept.push(r),

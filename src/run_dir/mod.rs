@@ -2,7 +2,8 @@
 //! owner: training, resuming, the report and sampling read and write it only through here.
 //!
 //! - `run.toml`: the resolved spec of the run.
-//! - `vocab.json`: the character vocabulary, token id → character.
+//! - `vocab.json`: a character tokenizer's vocabulary, token id → character; or
+//!   `tokenizer.json`: a file tokenizer's own file (so a checkpoint decodes without it).
 //! - `metrics.csv`: one row per step ([`MetricsRow`]).
 //! - `eval.csv`, `position_loss.csv`: the loss at several lengths ([`EvalRow`], [`PositionRow`]).
 //! - `status.json`: how the run stands ([`RunStatus`]; with the lock, [`RunState`]).
@@ -131,9 +132,31 @@ impl RunDir {
         write_atomic(&self.root.join("run.toml"), resolved.as_bytes())
     }
 
-    /// Writes `vocab.json`.
-    pub fn write_vocab(&self, chars: &[char]) -> Result<()> {
-        write_atomic(&self.root.join("vocab.json"), serde_json::to_string(chars)?.as_bytes())
+    /// Writes what decoding needs besides the checkpoint: `vocab.json` for characters, a
+    /// copy of a tokenizer file as `tokenizer.json` (built-in tokenizers need nothing).
+    pub fn write_tokenizer(&self, tokenizer: &crate::data::Tokenizer) -> Result<()> {
+        if let Some(chars) = tokenizer.char_vocab() {
+            write_atomic(&self.root.join("vocab.json"), serde_json::to_string(chars)?.as_bytes())?;
+        }
+        if let Some(json) = tokenizer.json() {
+            write_atomic(&self.tokenizer_json(), json)?;
+        }
+        Ok(())
+    }
+
+    /// Where a file tokenizer's copy is kept.
+    pub fn tokenizer_json(&self) -> PathBuf {
+        self.root.join("tokenizer.json")
+    }
+
+    /// The tokenizer of a checkpoint of this run, rebuilt from its record.
+    pub fn tokenizer_of(&self, meta: &crate::checkpoint::Meta) -> Result<crate::data::Tokenizer> {
+        let record = meta.tokenizer_record();
+        let json = (record.name == "file")
+            .then(|| std::fs::read(self.tokenizer_json()).ok())
+            .flatten();
+        crate::data::Tokenizer::from_record(&record, &meta.vocab, json)
+            .map_err(|why| anyhow::anyhow!("{}: {why}", self.root.display()))
     }
 
     /// `status.json`, if there is a readable one.

@@ -37,14 +37,33 @@ impl Default for ExperimentSection {
     }
 }
 
-/// `[data]`: the character corpus and its validation split.
+/// `[data]`: the corpus, its tokenizer and its validation split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// UTF-8 text file; relative paths resolve against the working directory, then the spec's folder.
+    /// A UTF-8 text file, a folder of them, or a token file (`format = "tokens"`); relative
+    /// paths resolve against the working directory, then the spec's folder.
     pub path: PathBuf,
-    /// The last `val_fraction` of the corpus is held out for validation.
+    /// Without `val_path`, the last `val_fraction` of the text (a folder's last whole
+    /// documents) is held out for validation, split before tokenising.
     pub val_fraction: f64,
+    /// Validation data of its own (then `val_fraction` is not used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_path: Option<PathBuf>,
+    /// `char`, `gpt2`, `cl100k`, `o200k` or `{ file = "tokenizer.json" }`.
+    pub tokenizer: crate::data::TokenizerSpec,
+    /// A folder's files to read, as glob patterns relative to it.
+    pub include: Vec<String>,
+    /// `text`, or `tokens` for ids already laid out (nanoGPT's `train.bin`).
+    pub format: crate::data::Format,
+    /// The width of a token file's ids: `u16` (the default) or `u32`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<crate::data::Dtype>,
+    /// Where tokenised text is cached; defaults to `$GPTLAB_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/gptlab/tokens`, else `~/.cache/gptlab/tokens`. Not part of a run's
+    /// identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for DataSection {
@@ -52,6 +71,12 @@ impl Default for DataSection {
         Self {
             path: PathBuf::from("data/tinyshakespeare.txt"),
             val_fraction: 0.1,
+            val_path: None,
+            tokenizer: Default::default(),
+            include: vec!["**/*".into()],
+            format: Default::default(),
+            dtype: None,
+            cache_dir: None,
         }
     }
 }

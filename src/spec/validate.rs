@@ -36,17 +36,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     }
     check_train(&c.train, &mut bad);
     check_phases(c, &mut bad);
-    let d = &c.data;
-    if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
-        // Without a held-out split, "validation" losses would be measured on training text.
-        bad(
-            &["data.val_fraction"],
-            format!(
-                "must be above 0 and below 1, not {}: validation losses are measured on the held-out end of the text",
-                d.val_fraction
-            ),
-        );
-    }
+    check_data(&c.data, &mut bad);
     check_seeds(c.experiment.seeds.as_deref(), &mut bad);
     check_eval(&c.eval, &mut bad);
     check_slurm(&c.slurm, &mut bad);
@@ -64,6 +54,42 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
     out
+}
+
+/// The `[data]` section's problems that need no file.
+fn check_data(d: &super::DataSection, bad: &mut impl FnMut(&[&str], String)) {
+    use crate::data::Format;
+    if d.val_path.is_none() && !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+        // Without a held-out split, "validation" losses would be measured on training text.
+        bad(
+            &["data.val_fraction"],
+            format!(
+                "must be above 0 and below 1, not {}: validation losses are measured on the held-out end of the text (or give val_path)",
+                d.val_fraction
+            ),
+        );
+    }
+    if let Some(why) = d.tokenizer.problem() {
+        bad(&["data.tokenizer"], why);
+    }
+    if d.format == Format::Text && d.dtype.is_some() {
+        bad(
+            &["data.dtype"],
+            "applies to format = \"tokens\" only: text is tokenised by gptlab, which picks the width".into(),
+        );
+    }
+    if d.format == Format::Tokens && d.tokenizer.is_char() {
+        bad(
+            &["data.tokenizer"],
+            "format = \"tokens\" needs the tokenizer the ids came from (e.g. \"gpt2\"), for decoding and the vocabulary size; `char` builds its vocabulary from text".into(),
+        );
+    }
+    if d.include.is_empty() || d.include.iter().any(|p| p.trim().is_empty()) {
+        bad(
+            &["data.include"],
+            "must list at least one non-empty glob pattern (e.g. [\"**/*.txt\"])".into(),
+        );
+    }
 }
 
 /// The `[train]` section's problems.

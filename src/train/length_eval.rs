@@ -11,7 +11,7 @@
 //! A length the model cannot read (learned absolute positions past their table) is recorded
 //! as not defined, with the reason, never clamped.
 
-use crate::data::Corpus;
+use crate::data::{Corpus, Split, Tokens};
 use crate::model::{Backend, Gpt, Position, RopeScaling};
 use crate::plan::{Phase, RunPlan};
 use crate::run_dir::{EvalRow, PositionRow};
@@ -127,20 +127,17 @@ pub fn expected_rows(plan: &RunPlan, phase: &Phase, step: usize) -> Vec<EvalRow>
             windows_id: String::new(),
             loss: None,
             note: String::new(),
+            loss_bpb: None,
         })
         .collect()
 }
 
 /// A short fingerprint of the scored text: the windows and the tokens they read.
-fn windows_id(tokens: &[usize], length: usize, ws: &[Window]) -> String {
+fn windows_id(tokens: &Tokens, length: usize, ws: &[Window]) -> String {
     let mut bytes = format!("{length}").into_bytes();
     for w in ws {
         bytes.extend(format!(";{}:{}:", w.start, w.scored_from).bytes());
-        bytes.extend(
-            tokens[w.start..=w.start + length]
-                .iter()
-                .flat_map(|&t| (t as u32).to_le_bytes()),
-        );
+        bytes.extend((w.start..=w.start + length).flat_map(|i| tokens.get(i).to_le_bytes()));
     }
     crate::fsio::sha256_hex(&bytes)[..12].to_string()
 }
@@ -149,7 +146,7 @@ fn windows_id(tokens: &[usize], length: usize, ws: &[Window]) -> String {
 /// `(windows, length)`, in forward passes of at most `chunk_tokens` tokens (one window at least).
 pub fn token_losses<D: Backend>(
     model: &Gpt<D>,
-    tokens: &[usize],
+    tokens: &Tokens,
     starts: &[usize],
     length: usize,
     chunk_tokens: usize,
@@ -158,14 +155,14 @@ pub fn token_losses<D: Backend>(
     let vocab = model.config.vocab_size;
     let mut out = Vec::with_capacity(starts.len() * length);
     for chunk in starts.chunks(per_chunk) {
-        let inputs: Vec<usize> = chunk
-            .iter()
-            .flat_map(|&s| tokens[s..s + length].iter().copied())
-            .collect();
+        let mut inputs: Vec<usize> = Vec::with_capacity(chunk.len() * length);
+        for &s in chunk {
+            tokens.extend_into(s..s + length, &mut inputs);
+        }
         let logits = model.eval_logits(&inputs, chunk.len(), length).as_vec(); // (windows·length, V)
         for (i, row) in logits.chunks(vocab).enumerate() {
             let (w, pos) = (i / length, i % length);
-            let target = tokens[chunk[w] + pos + 1];
+            let target = tokens.get(chunk[w] + pos + 1) as usize;
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
             out.push(lse - row[target] as f64);
@@ -219,6 +216,7 @@ pub fn evaluate<D: Backend>(
         }
         by_position.iter_mut().for_each(|a| *a /= ws.len() as f64);
         (row.windows, row.tokens, row.loss) = (ws.len(), n, Some(sum / n as f64));
+        row.loss_bpb = row.loss.map(|l| corpus.bits_per_byte(l, Split::Val));
         row.windows_id = windows_id(val, length, &ws);
         match longest.iter_mut().find(|c| c.0 == row.scaling) {
             Some(c) if c.1 >= length => {}
@@ -240,6 +238,7 @@ pub fn evaluate<D: Backend>(
                 position,
                 loss,
                 windows,
+                loss_bpb: Some(corpus.bits_per_byte(loss, Split::Val)),
             })
         })
         .collect();

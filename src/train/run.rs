@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{AdamW, Progress, RunOutcome, eval_loss, length_eval, train_step};
 use crate::checkpoint::{self, Kind, Meta, fault_point};
-use crate::data::{Batch, Corpus, sample_batch};
+use crate::data::{Batch, Corpus, Split, sample_batch};
 use crate::model::{Backend, Dropout, Gpt};
 use crate::plan::{Phase, RunPlan};
 use crate::provenance::Provenance;
@@ -205,7 +205,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             run_dir.clear()?;
         }
         run_dir.write_config(&plan.config)?;
-        run_dir.write_vocab(plan.corpus.vocab.chars())?;
+        run_dir.write_tokenizer(&plan.corpus.tokenizer)?;
         let t = &plan.config.train;
         let mut model = Gpt::new(dev, &plan.model, plan.seed);
         let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
@@ -219,7 +219,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         provenance.sessions.push(RunSession::start(
             &opts.session,
             &plan.data_path,
-            &plan.data_sha256,
+            &plan.corpus,
             done + 1,
         ));
         run_dir.write_provenance(&provenance)?;
@@ -284,6 +284,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let mut row = timed_step(&mut self.model, &mut self.opt, self.plan, phase, step);
         if checkpoint::poisoned("train", step) {
             row.train_loss = f32::NAN;
+            row.train_bpb = Some(f64::NAN);
         }
         row
     }
@@ -299,7 +300,12 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let val_loss = evaluate
             .then(|| eval_loss(&self.model, evals))
             .map(|v| if checkpoint::poisoned("val", step) { f32::NAN } else { v });
-        let row = MetricsRow { val_loss, ..row };
+        let val_bpb = val_loss.map(|v| plan.corpus.bits_per_byte(v as f64, Split::Val));
+        let row = MetricsRow {
+            val_loss,
+            val_bpb,
+            ..row
+        };
         self.metrics.append(&row)?;
         let every = plan.config.eval.every;
         let eval_rows = if phase_end || (every > 0 && step % every == 0) {
@@ -333,12 +339,11 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         }
         self.still_ours()?;
         let kind = if phase_end { Kind::PhaseEnd } else { Kind::Periodic };
-        let vocab = self.plan.corpus.vocab.chars().to_vec();
         let meta = Meta::new(
             step,
             phase.index,
             kind,
-            vocab,
+            &self.plan.corpus.tokenizer,
             self.plan.model.clone(),
             self.plan.identity(step),
         );
@@ -405,8 +410,17 @@ fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
         return Ok(());
     };
     let loaded = checkpoint::read(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
-    if loaded.meta.vocab != plan.corpus.vocab.chars() {
-        bail!("init_from checkpoint {from} was trained on another vocabulary");
+    if !loaded.meta.same_tokenizer(&plan.corpus.tokenizer) {
+        bail!(
+            "init_from checkpoint {from} was trained with the tokenizer {}{}, this run uses {}: its embeddings mean other tokens",
+            loaded.meta.tokenizer_record(),
+            if loaded.meta.vocab.is_empty() {
+                ""
+            } else {
+                " (another character vocabulary)"
+            },
+            plan.corpus.tokenizer.record()
+        );
     }
     loaded
         .load_weights(model)
@@ -415,7 +429,7 @@ fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
 
 /// Trains `plan` on `dev`, resuming from its newest good checkpoint unless `opts.fresh`.
 ///
-/// Writes `run.toml`, `vocab.json`, `metrics.csv`, `status.json` and `checkpoints/` into
+/// Writes `run.toml`, the tokenizer's `vocab.json` or `tokenizer.json`, `metrics.csv`, `status.json` and `checkpoints/` into
 /// the run's folder. Every random draw of step `s` comes from streams keyed by `s`, so a
 /// resumed run repeats an uninterrupted one bit for bit. A run whose training, validation or
 /// `[eval]` loss turns non-finite ends as diverged at that step: a NaN is never passed over
@@ -469,5 +483,7 @@ fn timed_step<D: Backend>(
             .then(|| (plan.model.arch.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6),
         peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
         seed: Some(plan.seed),
+        train_bpb: Some(plan.corpus.bits_per_byte(stats.loss as f64, Split::Train)),
+        val_bpb: None,
     }
 }

@@ -1,0 +1,339 @@
+//! Tokenising a corpus once: the tokens of each split go to a file in the cache folder, named
+//! by a key over the data's and the tokenizer's hashes, written atomically with its SHA-256
+//! in a `.json` beside it, checked when reused and memory-mapped for training.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::source::{Document, TextSplit, for_each_piece};
+use super::{Dtype, Tokenizer, Tokens};
+
+/// Layout version of the cache files (part of every key).
+const VERSION: u32 = 1;
+
+/// Text below this size is tokenised (or reused) without a word: it takes a moment.
+const QUIET_BELOW: u64 = 2 << 20;
+
+/// Pieces of text (about 1 MiB each) tokenised at once, across the threads.
+const PIECES_AT_ONCE: usize = 16;
+
+/// One split's tokens as cached.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitFile {
+    /// Tokens.
+    pub tokens: u64,
+    /// UTF-8 bytes of the text they encode.
+    pub bytes: u64,
+    /// SHA-256 of the token file.
+    pub sha256: String,
+}
+
+/// `<key>.json`: what a cache entry holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheMeta {
+    /// [`VERSION`].
+    pub version: u32,
+    /// Token width.
+    pub dtype: Dtype,
+    /// The training split.
+    pub train: SplitFile,
+    /// The validation split.
+    pub val: SplitFile,
+    /// A character tokenizer's vocabulary (it is the corpus's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chars: Option<Vec<char>>,
+}
+
+/// The tokens of a corpus, from the cache or freshly made.
+pub struct Tokenised {
+    /// The tokenizer (a character tokenizer is built from the corpus).
+    pub tokenizer: Tokenizer,
+    /// Training tokens.
+    pub train: Tokens,
+    /// Validation tokens.
+    pub val: Tokens,
+    /// What the cache holds of them.
+    pub meta: CacheMeta,
+}
+
+/// The cache key of a split text under a tokenizer: the data's identity, the split and the
+/// tokenizer's identity (`char`, or a name, or a file's SHA-256).
+pub fn key(data_identity: &str, tokenizer_identity: &str) -> String {
+    let text = format!("gptlab tokens v{VERSION}\n{data_identity}\n{tokenizer_identity}\n");
+    crate::fsio::sha256_hex(text.as_bytes())[..32].to_string()
+}
+
+fn paths(dir: &Path, key: &str) -> [PathBuf; 3] {
+    ["json", "train.bin", "val.bin"].map(|ext| dir.join(format!("{key}.{ext}")))
+}
+
+/// The cached tokens of `key`, or `None` (with a warning when an entry exists but fails its
+/// checksum: it is rebuilt).
+fn reuse(dir: &Path, key: &str) -> Option<(CacheMeta, Tokens, Tokens)> {
+    let [meta_path, train_path, val_path] = paths(dir, key);
+    let text = std::fs::read(&meta_path).ok()?;
+    let checked = (|| {
+        let meta: CacheMeta = serde_json::from_slice(&text).map_err(|e| format!("{e}"))?;
+        let mut maps = vec![];
+        for (path, split) in [(&train_path, &meta.train), (&val_path, &meta.val)] {
+            let tokens = Tokens::map(path, meta.dtype).map_err(|e| format!("{e:#}"))?;
+            let sha = crate::fsio::sha256_hex(tokens.as_le_bytes());
+            if sha != split.sha256 || tokens.len() as u64 != split.tokens {
+                return Err(format!("{} does not match its checksum", path.display()));
+            }
+            maps.push(tokens);
+        }
+        let val = maps.pop().expect("two splits");
+        let train = maps.pop().expect("two splits");
+        Ok((meta, train, val))
+    })();
+    match checked {
+        Ok(found) => Some(found),
+        Err(why) => {
+            crate::events::warning(format!(
+                "warning: token cache entry {}: {why}; tokenising again",
+                meta_path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// The tokens of `split`: reused from `dir` under `key`, else tokenised (in parallel, with
+/// progress and a rate) and cached. `tokenizer` is `None` for the character tokenizer, whose
+/// vocabulary is the corpus's own characters.
+pub fn tokenise(split: &TextSplit, tokenizer: Option<&Tokenizer>, dir: &Path, key: &str) -> Result<Tokenised, String> {
+    if let Some((meta, train, val)) = reuse(dir, key) {
+        let tokenizer = match (&meta.chars, tokenizer) {
+            (_, Some(t)) => t.clone(),
+            (Some(chars), None) => Tokenizer::chars(chars.clone()),
+            (None, None) => return Err("token cache entry without a vocabulary".into()),
+        };
+        if meta.train.bytes + meta.val.bytes >= QUIET_BELOW {
+            let (train, val) = (meta.train.tokens, meta.val.tokens);
+            crate::events::note(format!(
+                "tokens: reusing {} ({train} + {val} tokens)",
+                dir.join(key).display()
+            ));
+        }
+        return Ok(Tokenised {
+            tokenizer,
+            train,
+            val,
+            meta,
+        });
+    }
+    let cannot = |e: std::io::Error| format!("the token cache folder `{}` cannot be written: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(cannot)?;
+    let tokenizer = match tokenizer {
+        Some(t) => t.clone(),
+        None => Tokenizer::chars(char_vocabulary(split)?),
+    };
+    let dtype = Dtype::for_vocab(tokenizer.vocab_size());
+    let [meta_path, train_path, val_path] = paths(dir, key);
+    let total: u64 = split.train.iter().chain(&split.val).map(Document::len).sum();
+    let mut progress = Rate::new(total);
+    let train = write_split(&split.train, &tokenizer, dtype, &train_path, &mut progress)?;
+    let val = write_split(&split.val, &tokenizer, dtype, &val_path, &mut progress)?;
+    progress.done();
+    let meta = CacheMeta {
+        version: VERSION,
+        dtype,
+        train,
+        val,
+        chars: tokenizer.char_vocab().map(<[char]>::to_vec),
+    };
+    let json = serde_json::to_vec_pretty(&meta).expect("cache meta serialises");
+    crate::fsio::write_atomic(&meta_path, &json).map_err(|e| format!("{e:#}"))?;
+    let map = |p: &Path| Tokens::map(p, dtype).map_err(|e| format!("{e:#}"));
+    Ok(Tokenised {
+        train: map(&train_path)?,
+        val: map(&val_path)?,
+        tokenizer,
+        meta,
+    })
+}
+
+/// Every distinct character of the split text, sorted (read in parallel, by document).
+fn char_vocabulary(split: &TextSplit) -> Result<Vec<char>, String> {
+    let docs: Vec<&Document> = split.train.iter().chain(&split.val).collect();
+    let sets: Vec<std::collections::BTreeSet<char>> = docs
+        .par_iter()
+        .map(|doc| {
+            let mut set = std::collections::BTreeSet::new();
+            for_each_piece(doc, |text| {
+                set.extend(text.chars());
+                Ok(())
+            })?;
+            Ok(set)
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(sets
+        .into_iter()
+        .flatten()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect())
+}
+
+/// Tokenises `docs` into `path` (separators between documents), atomically.
+fn write_split(
+    docs: &[Document],
+    tokenizer: &Tokenizer,
+    dtype: Dtype,
+    path: &Path,
+    progress: &mut Rate,
+) -> Result<SplitFile, String> {
+    let tmp = crate::fsio::temp_beside(path);
+    let cannot = |e: std::io::Error| format!("the token cache file `{}` cannot be written: {e}", tmp.display());
+    let file = std::fs::File::create(&tmp).map_err(cannot)?;
+    let mut out = TokenWriter {
+        file: BufWriter::new(file),
+        hasher: sha2::Sha256::new(),
+        dtype,
+        tokens: 0,
+        buf: vec![],
+    };
+    let result = (|| {
+        let mut bytes = 0u64;
+        for (i, doc) in docs.iter().enumerate() {
+            if i > 0
+                && let Some(sep) = tokenizer.separator()
+            {
+                out.put(&[sep]).map_err(cannot)?;
+            }
+            encode_document(doc, tokenizer, &mut out, progress)?;
+            bytes += doc.len();
+        }
+        out.file
+            .flush()
+            .and_then(|_| out.file.get_ref().sync_all())
+            .map_err(cannot)?;
+        std::fs::rename(&tmp, path).map_err(cannot)?;
+        Ok(SplitFile {
+            tokens: out.tokens,
+            bytes,
+            sha256: crate::fsio::hex(&out.hasher.clone().finalize()),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Tokenises one document: pieces in parallel when the tokenizer cuts safely, else whole.
+fn encode_document(
+    doc: &Document,
+    tokenizer: &Tokenizer,
+    out: &mut TokenWriter,
+    progress: &mut Rate,
+) -> Result<(), String> {
+    let mut batch: Vec<String> = vec![];
+    let chunked = tokenizer.chunks_safely();
+    let mut flush = |batch: &mut Vec<String>, out: &mut TokenWriter| -> Result<(), String> {
+        let ids: Vec<Vec<u32>> = batch
+            .par_iter()
+            .map(|t| tokenizer.encode(t))
+            .collect::<Result<_, _>>()?;
+        for piece in &ids {
+            out.put(piece).map_err(|e| format!("writing the token cache: {e}"))?;
+        }
+        progress.add(batch.iter().map(|t| t.len() as u64).sum());
+        batch.clear();
+        Ok(())
+    };
+    let mut whole = String::new();
+    for_each_piece(doc, |text| {
+        if !chunked {
+            whole.push_str(text);
+            return Ok(());
+        }
+        batch.push(text.to_string());
+        match batch.len() >= PIECES_AT_ONCE {
+            true => flush(&mut batch, out),
+            false => Ok(()),
+        }
+    })?;
+    if !chunked {
+        batch.push(whole);
+    }
+    flush(&mut batch, out)
+}
+
+/// Writes ids at a width, hashing what it writes.
+struct TokenWriter {
+    file: BufWriter<std::fs::File>,
+    hasher: sha2::Sha256,
+    dtype: Dtype,
+    tokens: u64,
+    buf: Vec<u8>,
+}
+
+impl TokenWriter {
+    fn put(&mut self, ids: &[u32]) -> std::io::Result<()> {
+        self.buf.clear();
+        for &id in ids {
+            self.dtype.push(&mut self.buf, id);
+        }
+        self.hasher.update(&self.buf);
+        self.tokens += ids.len() as u64;
+        self.file.write_all(&self.buf)
+    }
+}
+
+/// Progress of tokenising, in MB and MB/s, at most once a second.
+struct Rate {
+    total: u64,
+    done: u64,
+    started: Instant,
+    shown: Instant,
+}
+
+impl Rate {
+    fn new(total: u64) -> Self {
+        if total >= QUIET_BELOW {
+            crate::events::progress(format!("tokenising {:.1} MB of text", total as f64 / 1e6));
+        }
+        Self {
+            total,
+            done: 0,
+            started: Instant::now(),
+            shown: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, bytes: u64) {
+        self.done += bytes;
+        if self.total >= QUIET_BELOW && self.shown.elapsed().as_secs_f64() >= 1.0 {
+            self.shown = Instant::now();
+            crate::events::progress(format!(
+                "tokenising: {:.0}/{:.0} MB ({:.1} MB/s)",
+                self.done as f64 / 1e6,
+                self.total as f64 / 1e6,
+                self.rate()
+            ));
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.done as f64 / 1e6 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    fn done(&self) {
+        if self.total < QUIET_BELOW {
+            return;
+        }
+        crate::events::note(format!(
+            "tokens: tokenised {:.1} MB in {:.1} s ({:.1} MB/s)",
+            self.done as f64 / 1e6,
+            self.started.elapsed().as_secs_f64(),
+            self.rate()
+        ));
+    }
+}

@@ -1,0 +1,345 @@
+//! Where a corpus's text is (one file, or the files of a folder in sorted order), how it
+//! splits into training and validation text before any tokenizer sees it, and what
+//! identifies it (the SHA-256 of every file). Files are read in blocks, never whole.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::Digest;
+
+/// The block size files are read in.
+const BLOCK: usize = 1 << 20;
+
+/// A byte range of one file: a document, or the part of one that falls in a split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Document {
+    /// The file.
+    pub path: PathBuf,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl Document {
+    /// Bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// One file of a corpus, as `provenance.json` records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DataFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// SHA-256 of its bytes.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Characters in it (text) or tokens (token files).
+    #[serde(skip)]
+    pub units: u64,
+}
+
+/// The files of `path`: the file itself, or the regular files under a folder whose path
+/// relative to it matches one of `include` (glob patterns; hidden files and folders are
+/// skipped), in sorted order.
+pub fn list_files(path: &Path, include: &[String]) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !meta.is_dir() {
+        return Err(format!(
+            "`{}` is not a regular file or a folder (a device or a pipe would be read without end)",
+            path.display()
+        ));
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for pattern in include {
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("include pattern `{pattern}` is not a glob: {e}"))?;
+        set.add(glob);
+    }
+    let set = set.build().map_err(|e| format!("include patterns: {e}"))?;
+    let mut files = vec![];
+    let hidden = |e: &walkdir::DirEntry| e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.');
+    for entry in walkdir::WalkDir::new(path)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !hidden(e))
+    {
+        let entry = entry.map_err(|e| format!("reading folder `{}`: {e}", path.display()))?;
+        let relative = entry.path().strip_prefix(path).unwrap_or(entry.path());
+        if entry.path().is_file() && set.is_match(relative) {
+            files.push(entry.path().to_path_buf());
+        }
+    }
+    if files.is_empty() {
+        return Err(format!(
+            "folder `{}` has no file matching include = [{}]",
+            path.display(),
+            include
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(files)
+}
+
+/// Reads `path` once: its SHA-256, size and characters; an error names the byte offset of the
+/// first byte that is not UTF-8.
+pub fn scan_text(path: &Path) -> Result<DataFile, String> {
+    let mut file = File::open(path).map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let (mut bytes, mut chars) = (0u64, 0u64);
+    let mut carry: Vec<u8> = vec![];
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        chars += buf[..n].iter().filter(|&&b| (b as i8) >= -0x40).count() as u64;
+        carry.extend_from_slice(&buf[..n]);
+        let keep = match std::str::from_utf8(&carry) {
+            Ok(_) => 0,
+            Err(e) if e.error_len().is_none() => carry.len() - e.valid_up_to(),
+            Err(e) => {
+                let offset = bytes + e.valid_up_to() as u64 - (carry.len() - n) as u64;
+                return Err(not_utf8(path, offset));
+            }
+        };
+        carry.drain(..carry.len() - keep);
+        bytes += n as u64;
+    }
+    if !carry.is_empty() {
+        return Err(not_utf8(path, bytes - carry.len() as u64));
+    }
+    Ok(DataFile {
+        path: path.to_path_buf(),
+        sha256: crate::fsio::hex(&hasher.finalize()),
+        bytes,
+        units: chars,
+    })
+}
+
+fn not_utf8(path: &Path, offset: u64) -> String {
+    format!(
+        "`{}` is not UTF-8 text (invalid byte at offset {offset})",
+        path.display()
+    )
+}
+
+/// The byte offset of character `n` of a file (its length if it has fewer).
+fn byte_of_char(path: &Path, n: u64) -> Result<u64, String> {
+    let mut file = File::open(path).map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+    let (mut seen, mut offset) = (0u64, 0u64);
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let got = file
+            .read(&mut buf)
+            .map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+        if got == 0 {
+            return Ok(offset);
+        }
+        for (i, &b) in buf[..got].iter().enumerate() {
+            if (b as i8) >= -0x40 {
+                if seen == n {
+                    return Ok(offset + i as u64);
+                }
+                seen += 1;
+            }
+        }
+        offset += got as u64;
+    }
+}
+
+/// A corpus's text, split.
+#[derive(Clone, Debug)]
+pub struct TextSplit {
+    /// Training documents, in order.
+    pub train: Vec<Document>,
+    /// Validation documents, in order.
+    pub val: Vec<Document>,
+}
+
+/// The files of a corpus (and of its `val_path`) with their hashes.
+#[derive(Clone, Debug)]
+pub struct Scanned {
+    /// The corpus's files, sorted.
+    pub files: Vec<DataFile>,
+    /// `val_path`'s files.
+    pub val_files: Vec<DataFile>,
+}
+
+/// Scans every file in parallel; every unreadable or non-UTF-8 file is reported.
+pub fn scan_all(paths: &[PathBuf], scan: fn(&Path) -> Result<DataFile, String>) -> Result<Vec<DataFile>, Vec<String>> {
+    let scanned: Vec<Result<DataFile, String>> = paths.par_iter().map(|p| scan(p)).collect();
+    let errors: Vec<String> = scanned.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    match errors.is_empty() {
+        true => Ok(scanned.into_iter().map(Result::unwrap).collect()),
+        false => Err(errors),
+    }
+}
+
+/// The SHA-256 that identifies a set of files: a single file's own (so a corpus of one file
+/// is identified as before folders existed), else the hash of `name → hash` lines with each
+/// name relative to `root`.
+pub fn files_sha256(files: &[DataFile], root: &Path) -> String {
+    match files {
+        [one] => one.sha256.clone(),
+        many => {
+            let lines: String = many
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}\t{}\n",
+                        f.path.strip_prefix(root).unwrap_or(&f.path).display(),
+                        f.sha256
+                    )
+                })
+                .collect();
+            crate::fsio::sha256_hex(lines.as_bytes())
+        }
+    }
+}
+
+fn whole(files: &[DataFile]) -> Vec<Document> {
+    files
+        .iter()
+        .filter(|f| f.bytes > 0)
+        .map(|f| Document {
+            path: f.path.clone(),
+            start: 0,
+            end: f.bytes,
+        })
+        .collect()
+}
+
+/// Splits the text before tokenising, so every tokenizer is scored on the same validation
+/// text: with `val_path`, its files; else one file's last `val_fraction` of characters (the
+/// cut as before tokenizers existed: `floor(chars · (1 − val_fraction))`), or a folder's last
+/// whole documents, taken from the end until they hold at least `val_fraction` of the
+/// characters (the first document always trains).
+pub fn split_text(scanned: &Scanned, val_fraction: f64, has_val_path: bool) -> Result<TextSplit, String> {
+    if has_val_path {
+        return Ok(TextSplit {
+            train: whole(&scanned.files),
+            val: whole(&scanned.val_files),
+        });
+    }
+    let docs = whole(&scanned.files);
+    if let [one] = scanned.files.as_slice() {
+        let cut_char = ((one.units as f64) * (1.0 - val_fraction)).floor() as u64;
+        let cut = byte_of_char(&one.path, cut_char)?;
+        let part = |start, end| Document {
+            path: one.path.clone(),
+            start,
+            end,
+        };
+        return Ok(TextSplit {
+            train: vec![part(0, cut)],
+            val: vec![part(cut, one.bytes)]
+                .into_iter()
+                .filter(|d| !d.is_empty())
+                .collect(),
+        });
+    }
+    let chars: Vec<u64> = scanned.files.iter().filter(|f| f.bytes > 0).map(|f| f.units).collect();
+    let target = chars.iter().sum::<u64>() as f64 * val_fraction;
+    let mut first_val = docs.len();
+    let mut held = 0u64;
+    while first_val > 1 && (held as f64) < target {
+        first_val -= 1;
+        held += chars[first_val];
+    }
+    Ok(TextSplit {
+        train: docs[..first_val].to_vec(),
+        val: docs[first_val..].to_vec(),
+    })
+}
+
+/// Calls `f` with the text of `doc` in pieces of about `BLOCK` bytes or more, each ending at
+/// a place where tokenising the pieces one by one gives the tokens of the whole (see
+/// [`safe_cut`]); the last piece ends at the document's end.
+pub fn for_each_piece(doc: &Document, mut f: impl FnMut(&str) -> Result<(), String>) -> Result<(), String> {
+    let changed = || format!("`{}` changed while it was being read", doc.path.display());
+    let mut file = File::open(&doc.path).map_err(|e| format!("`{}` cannot be read: {e}", doc.path.display()))?;
+    file.seek(SeekFrom::Start(doc.start)).map_err(|_| changed())?;
+    let mut left = doc.len();
+    let mut pending: Vec<u8> = vec![];
+    let mut buf = vec![0u8; BLOCK];
+    while left > 0 {
+        let want = (left as usize).min(BLOCK);
+        file.read_exact(&mut buf[..want]).map_err(|_| changed())?;
+        left -= want as u64;
+        pending.extend_from_slice(&buf[..want]);
+        // Only the new bytes (and the two before them) can hold a new place to cut.
+        let from = pending.len().saturating_sub(want + 2);
+        let cut = match left {
+            0 => Some(pending.len()),
+            _ => safe_cut(&pending[from..]).map(|c| from + c),
+        };
+        if let Some(cut) = cut {
+            let text = std::str::from_utf8(&pending[..cut]).map_err(|_| changed())?;
+            f(text)?;
+            pending.drain(..cut);
+        }
+    }
+    Ok(())
+}
+
+/// The last place in `text` before an ASCII space that sits between two ASCII letters: the
+/// pre-tokenizers of GPT-2, cl100k and o200k (and whitespace splitters) always split there,
+/// the space going with the word after it, so text cut there tokenises as the whole does.
+pub fn safe_cut(text: &[u8]) -> Option<usize> {
+    (1..text.len().saturating_sub(1))
+        .rev()
+        .find(|&i| text[i] == b' ' && text[i - 1].is_ascii_alphabetic() && text[i + 1].is_ascii_alphabetic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_falls_before_a_space_between_letters() {
+        assert_eq!(safe_cut(b"ab cd ef"), Some(5));
+        assert_eq!(safe_cut(b"ab  cd"), None);
+        assert_eq!(safe_cut(b"a. b"), None);
+    }
+
+    #[test]
+    fn a_file_is_scanned_with_its_hash_characters_and_the_offset_of_a_bad_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.txt");
+        std::fs::write(&good, "héllo").unwrap();
+        let f = scan_text(&good).unwrap();
+        assert_eq!((f.bytes, f.units), (6, 5));
+        assert_eq!(f.sha256, crate::fsio::sha256_hex("héllo".as_bytes()));
+        let bad = dir.path().join("bad.txt");
+        let mut bytes = vec![b'a'; BLOCK + 3];
+        bytes[BLOCK + 1] = 0xff;
+        std::fs::write(&bad, &bytes).unwrap();
+        let why = scan_text(&bad).unwrap_err();
+        assert!(why.contains(&format!("offset {}", BLOCK + 1)), "{why}");
+        assert_eq!(byte_of_char(&good, 2).unwrap(), 3);
+    }
+}
