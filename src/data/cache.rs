@@ -59,6 +59,8 @@ pub struct Tokenised {
     pub val: Tokens,
     /// What the cache holds of them.
     pub meta: CacheMeta,
+    /// Whether they were in the cache already.
+    pub reused: bool,
 }
 
 /// The cache key of a split text under a tokenizer: the data's identity, the split and the
@@ -126,6 +128,7 @@ pub fn tokenise(split: &TextSplit, tokenizer: Option<&Tokenizer>, dir: &Path, ke
             train,
             val,
             meta,
+            reused: true,
         });
     }
     let cannot = |e: std::io::Error| format!("the token cache folder `{}` cannot be written: {e}", dir.display());
@@ -156,6 +159,7 @@ pub fn tokenise(split: &TextSplit, tokenizer: Option<&Tokenizer>, dir: &Path, ke
         val: map(&val_path)?,
         tokenizer,
         meta,
+        reused: false,
     })
 }
 

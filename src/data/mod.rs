@@ -91,6 +91,8 @@ pub struct Corpus {
     pub sha256: String,
     /// SHA-256 of `val_path`'s data.
     pub val_sha256: Option<String>,
+    /// Whether the tokens came from the cache (false: tokenised by this load, or in memory).
+    pub from_cache: bool,
 }
 
 impl Corpus {
@@ -117,6 +119,7 @@ impl Corpus {
             val_files: vec![],
             sha256: crate::fsio::sha256_hex(text.as_bytes()),
             val_sha256: None,
+            from_cache: false,
             tokenizer,
         }
     }
@@ -253,6 +256,7 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
         val_files: scanned.val_files,
         sha256,
         val_sha256,
+        from_cache: done.reused,
     })
 }
 
@@ -345,6 +349,7 @@ fn load_tokens(req: &CorpusRequest, tokenizer: Option<Tokenizer>) -> Result<Corp
         val_sha256: val_files.first().map(|f| f.sha256.clone()),
         files: vec![file],
         val_files,
+        from_cache: false,
         tokenizer,
     })
 }

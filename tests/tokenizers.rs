@@ -1,0 +1,329 @@
+//! The data layer against independent facts: OpenAI's published GPT-2 and cl100k ids, byte-level
+//! round trips, a tokenizer.json written here, the text split shared by every tokenizer,
+//! folder corpora, nanoGPT's token files, the token cache and bits per byte by hand.
+
+use std::path::{Path, PathBuf};
+
+use gptlab::data::{Corpus, CorpusRequest, Dtype, Format, Split, Tokenizer, TokenizerSpec};
+use rand::{Rng, SeedableRng};
+
+fn request(path: &Path, tokenizer: &str, cache: &Path) -> CorpusRequest {
+    CorpusRequest {
+        path: path.to_path_buf(),
+        val_path: None,
+        val_fraction: 0.1,
+        include: vec!["**/*".into()],
+        tokenizer: TokenizerSpec::Named(tokenizer.into()),
+        format: Format::Text,
+        dtype: None,
+        cache_dir: cache.to_path_buf(),
+    }
+}
+
+fn load(req: &CorpusRequest) -> Corpus {
+    Corpus::load(req).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn ids(t: &Tokenizer, text: &str) -> Vec<u32> {
+    t.encode(text).unwrap()
+}
+
+/// Words and punctuation in sentences, about `bytes` long, seeded.
+fn prose(bytes: usize, seed: u64) -> String {
+    let words = [
+        "the", "king", "hath", "spoken", "and", "we", "obey", "Rome", "is", "fair", "O", "night",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = String::new();
+    while out.len() < bytes {
+        out.push_str(words[rng.gen_range(0..words.len())]);
+        out.push_str(match rng.gen_range(0..12) {
+            0 => ".\n\n",
+            1 => ", ",
+            2 => "'s ",
+            3 => "  ",
+            _ => " ",
+        });
+    }
+    out
+}
+
+#[test]
+fn gpt2_and_cl100k_give_openais_published_ids() {
+    let gpt2 = Tokenizer::bpe("gpt2").unwrap();
+    assert_eq!(gpt2.vocab_size(), 50_257, "GPT-2's published vocabulary");
+    assert_eq!(gpt2.separator(), Some(50_256), "<|endoftext|>");
+    assert_eq!(ids(&gpt2, "Hello world"), vec![15496, 995]);
+    assert_eq!(ids(&gpt2, "The quick brown fox"), vec![464, 2068, 7586, 21831]);
+    // Special-token text in a corpus is ordinary text, never the separator.
+    assert!(!ids(&gpt2, "<|endoftext|>").contains(&50_256));
+    let cl100k = Tokenizer::bpe("cl100k").unwrap();
+    assert_eq!(ids(&cl100k, "tiktoken is great!"), vec![83, 1609, 5963, 374, 2294, 0]);
+    assert_eq!(cl100k.vocab_size(), 100_277);
+    assert!(Tokenizer::bpe("o200k").unwrap().vocab_size() > 199_999);
+}
+
+#[test]
+fn byte_level_bpe_decodes_what_it_encodes_over_random_unicode() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let ranges = [
+        (0x20u32, 0x7e),
+        (0xa0, 0x2ff),
+        (0x400, 0x4ff),
+        (0x4e00, 0x4fff),
+        (0x1f600, 0x1f64f),
+    ];
+    for name in ["gpt2", "cl100k", "o200k"] {
+        let t = Tokenizer::bpe(name).unwrap();
+        for _ in 0..50 {
+            let text: String = (0..rng.gen_range(1..80))
+                .map(|_| {
+                    let (lo, hi) = ranges[rng.gen_range(0..ranges.len())];
+                    char::from_u32(rng.gen_range(lo..=hi)).unwrap_or(' ')
+                })
+                .collect();
+            assert_eq!(t.decode(&ids(&t, &text)), text, "{name}");
+        }
+    }
+}
+
+const WORD_LEVEL: &str = r#"{
+  "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+  "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+  "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "</s>": 4}, "unk_token": "[UNK]"}
+}"#;
+
+#[test]
+fn a_tokenizer_json_written_here_loads_and_encodes_as_specified() {
+    let t = Tokenizer::from_json(WORD_LEVEL.as_bytes().to_vec(), Path::new("tiny.json")).unwrap();
+    assert_eq!(t.vocab_size(), 5);
+    assert_eq!(ids(&t, "the cat sat dog"), vec![1, 2, 3, 0]);
+    assert_eq!(t.separator(), Some(4), "</s> separates documents");
+    assert!(t.chunks_safely());
+    let why = Tokenizer::from_json(b"{\"model\": 3}".to_vec(), Path::new("bad.json")).unwrap_err();
+    assert!(why.contains("not a usable tokenizer.json"), "{why}");
+}
+
+#[test]
+fn char_and_bpe_runs_hold_out_the_same_validation_text() {
+    let dir = tempfile::tempdir().unwrap();
+    // Over two read blocks (1 MiB), so the BPE corpus is tokenised in pieces.
+    let text = prose(2_500_000, 1) + "Ünïcödé at the end, ok";
+    let file = dir.path().join("corpus.txt");
+    std::fs::write(&file, &text).unwrap();
+    let chars = load(&request(&file, "char", dir.path()));
+    let gpt2 = load(&request(&file, "gpt2", dir.path()));
+    let n = text.chars().count();
+    let cut = text.char_indices().nth((n as f64 * 0.9).floor() as usize).unwrap().0;
+    let (train, val) = text.split_at(cut);
+    for c in [&chars, &gpt2] {
+        assert_eq!(c.tokenizer.decode(&c.val.to_vec()), val);
+        assert_eq!(c.tokenizer.decode(&c.train.to_vec()), train);
+        assert_eq!((c.train_bytes, c.val_bytes), (train.len() as u64, val.len() as u64));
+    }
+    // Pieces cut between words tokenise as the whole text does.
+    let t = &gpt2.tokenizer;
+    assert_eq!(gpt2.train.to_vec(), ids(t, train));
+    assert_eq!(gpt2.val.to_vec(), ids(t, val));
+    // The character corpus is what it was before tokenizers: the same ids, the same split.
+    let old = Corpus::from_text(&text, 0.1);
+    assert_eq!(chars.train.to_vec(), old.train.to_vec());
+    assert_eq!(chars.val.to_vec(), old.val.to_vec());
+    assert_eq!(chars.sha256, old.sha256);
+}
+
+#[test]
+fn a_folder_is_read_in_sorted_order_with_separators_and_split_by_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("texts");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    let write = |rel: &str, text: &str| std::fs::write(root.join(rel), text).unwrap();
+    write("b.txt", "Second document here.");
+    write("a.txt", "First document.");
+    write(
+        "sub/c.md",
+        "Third, a long one held out for validation at the end of the folder.",
+    );
+    write(".hidden.txt", "never read");
+    write("notes.bin", "not matched");
+    let mut req = request(&root, "gpt2", dir.path());
+    req.include = vec!["**/*.txt".into(), "**/*.md".into()];
+    req.val_fraction = 0.3;
+    let c = load(&req);
+    let t = &c.tokenizer;
+    let mut want = ids(t, "First document.");
+    want.push(50_256);
+    want.extend(ids(t, "Second document here."));
+    assert_eq!(c.train.to_vec(), want);
+    assert_eq!(
+        c.val.to_vec(),
+        ids(t, "Third, a long one held out for validation at the end of the folder.")
+    );
+    assert_eq!(c.files.len(), 3);
+    assert!(c.files[2].path.ends_with("sub/c.md"));
+    // The folder is identified by its files' hashes: a changed file is another corpus.
+    write("a.txt", "First document!");
+    assert_ne!(load(&req).sha256, c.sha256);
+}
+
+fn write_u16(path: &Path, ids: &[u16]) {
+    // numpy's `np.array(ids, dtype=np.uint16).tofile(path)` on a little-endian machine.
+    std::fs::write(path, ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+}
+
+#[test]
+fn token_files_load_in_numpys_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt2 = Tokenizer::bpe("gpt2").unwrap();
+    let train: Vec<u16> = ids(&gpt2, "The quick brown fox").iter().map(|&i| i as u16).collect();
+    let val: Vec<u16> = vec![15496, 995]; // "Hello world"
+    let (tp, vp) = (dir.path().join("train.bin"), dir.path().join("val.bin"));
+    write_u16(&tp, &train);
+    write_u16(&vp, &val);
+    let mut req = request(&tp, "gpt2", dir.path());
+    (req.format, req.val_path, req.dtype) = (Format::Tokens, Some(vp.clone()), Some(Dtype::U16));
+    let c = load(&req);
+    assert_eq!(c.train.to_vec(), train.iter().map(|&i| i as u32).collect::<Vec<_>>());
+    assert_eq!(c.val.to_vec(), vec![15496, 995]);
+    assert_eq!(c.val_bytes, 11, "the bytes of the decoded text");
+    assert_eq!(c.train_bytes, "The quick brown fox".len() as u64);
+    // u32 too.
+    let wide = dir.path().join("wide.bin");
+    std::fs::write(
+        &wide,
+        [70_000u32, 5].iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let mut req = request(&wide, "cl100k", dir.path());
+    (req.format, req.val_path, req.dtype) = (Format::Tokens, Some(wide.clone()), Some(Dtype::U32));
+    assert_eq!(load(&req).val.to_vec(), vec![70_000, 5]);
+}
+
+#[test]
+fn the_cache_is_built_once_reused_rebuilt_when_corrupt_and_keyed_by_data_and_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let file = dir.path().join("c.txt");
+    std::fs::write(&file, prose(50_000, 2)).unwrap();
+    let req = request(&file, "gpt2", &cache);
+    let first = load(&req);
+    assert!(!first.from_cache);
+    // A copy: `first` maps the cache file this test is about to corrupt in place.
+    let want = first.train.to_vec();
+    let second = load(&req);
+    assert!(second.from_cache, "the second load reuses the cache");
+    assert!(second.train.to_vec() == want);
+    // Corrupt a token file: the load warns and tokenises again, to the same tokens.
+    let bin = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".train.bin"))
+        .unwrap();
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&bin, bytes).unwrap();
+    let sink = std::sync::Arc::new(gptlab::events::Collect::default());
+    gptlab::events::set_sink(sink.clone());
+    let rebuilt = load(&req);
+    assert!(!rebuilt.from_cache);
+    assert!(rebuilt.train.to_vec() == want);
+    let said: Vec<String> = sink.events().into_iter().map(|e| e.text).collect();
+    let said = said.join("\n");
+    assert!(
+        said.contains("does not match its checksum") && said.contains("tokenising again"),
+        "{said}"
+    );
+    assert!(load(&req).from_cache);
+    // Another tokenizer, or changed data, is another entry.
+    assert!(!load(&request(&file, "cl100k", &cache)).from_cache);
+    std::fs::write(&file, prose(50_000, 3)).unwrap();
+    assert!(!load(&req).from_cache);
+}
+
+#[test]
+fn bits_per_byte_are_nats_per_char_over_ln2_for_ascii_and_a_hand_count_for_bpe() {
+    let c = Corpus::from_text(&prose(10_000, 4), 0.1);
+    for nats in [0.5, 1.7, 4.2] {
+        assert_eq!(c.bits_per_byte(nats, Split::Val), nats / std::f64::consts::LN_2);
+    }
+    // "Hello world" is 2 GPT-2 tokens and 11 bytes; "The quick brown fox" 4 and 19.
+    let dir = tempfile::tempdir().unwrap();
+    let (tp, vp) = (dir.path().join("t.txt"), dir.path().join("v.txt"));
+    std::fs::write(&tp, "The quick brown fox").unwrap();
+    std::fs::write(&vp, "Hello world").unwrap();
+    let mut req = request(&tp, "gpt2", dir.path());
+    req.val_path = Some(vp);
+    let c = load(&req);
+    let ln2 = std::f64::consts::LN_2;
+    assert!((c.bits_per_byte(1.5, Split::Val) - 1.5 * 2.0 / (11.0 * ln2)).abs() < 1e-12);
+    assert!((c.bits_per_byte(3.0, Split::Train) - 3.0 * 4.0 / (19.0 * ln2)).abs() < 1e-12);
+}
+
+#[test]
+fn bad_data_is_an_error_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| -> PathBuf { dir.path().join(name) };
+    let cache = p("cache");
+    let mut bad_utf8 = b"fine text ".to_vec();
+    bad_utf8.push(0xc3);
+    bad_utf8.extend_from_slice(b"(broken)");
+    std::fs::write(p("latin1.txt"), &bad_utf8).unwrap();
+    std::fs::write(p("empty.txt"), "").unwrap();
+    std::fs::write(p("odd.bin"), [1u8, 0, 2]).unwrap();
+    write_u16(&p("high.bin"), &[1, 60_000]);
+    std::fs::write(p("broken.json"), "{ not json").unwrap();
+    std::fs::write(p("ok.txt"), "some text to train on").unwrap();
+    std::fs::write(p("a_file"), "not a folder").unwrap();
+    let text = |path: &str, tok: &str| request(&p(path), tok, &cache);
+    let tokens = |path: &str, tok: &str, dtype| CorpusRequest {
+        format: Format::Tokens,
+        dtype: Some(dtype),
+        ..request(&p(path), tok, &cache)
+    };
+    let cases: Vec<(CorpusRequest, &str, &str)> = vec![
+        (text("latin1.txt", "gpt2"), "data.path", "invalid byte at offset 10"),
+        (text("empty.txt", "char"), "data.path", "is empty"),
+        (
+            tokens("odd.bin", "gpt2", Dtype::U16),
+            "data.path",
+            "3 bytes long, not a whole number of u16",
+        ),
+        (
+            tokens("high.bin", "gpt2", Dtype::U16),
+            "data.path",
+            "token id 60000, at or above the vocabulary size 50257",
+        ),
+        (tokens("high.bin", "o200k", Dtype::U16), "data.dtype", "use \"u32\""),
+        (
+            CorpusRequest {
+                tokenizer: TokenizerSpec::File { file: p("broken.json") },
+                ..text("ok.txt", "x")
+            },
+            "data.tokenizer",
+            "broken.json` is not a usable tokenizer.json",
+        ),
+        (
+            CorpusRequest {
+                cache_dir: p("a_file").join("cache"),
+                ..text("ok.txt", "gpt2")
+            },
+            "data.cache_dir",
+            "cannot be written",
+        ),
+    ];
+    for (req, key, words) in cases {
+        let errors = Corpus::load(&req).err().unwrap_or_else(|| panic!("{req:?} loaded"));
+        assert!(
+            errors.iter().any(|e| e.key == key && e.message.contains(words)),
+            "{req:?}: want {key}: {words}, got {errors:?}"
+        );
+        if key == "data.path" {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.message.contains(&req.path.display().to_string())),
+                "{errors:?}"
+            );
+        }
+    }
+}
