@@ -304,6 +304,13 @@ impl RunPlan {
             m.block_size
         );
         out += &format!("  params:    {}\n", self.num_params());
+        let c = &self.corpus;
+        out += &format!(
+            "  data:      {} ({}; {:.2} bytes a token in the training split)\n",
+            self.data_path.display(),
+            c.tokenizer.record(),
+            1.0 / c.tokens_per_byte(crate::data::Split::Train)
+        );
         out += &format!("  seed:      {}\n", self.seed);
         for ph in &self.schedule.phases {
             out += &format!(

@@ -327,3 +327,16 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
         }
     }
 }
+
+#[test]
+fn tiny_shakespeare_in_gpt2_tokens_has_nanogpts_published_counts() {
+    // nanoGPT's data/shakespeare/prepare.py (the first 90% of the characters for training):
+    // "train has 301,966 tokens, val has 36,059 tokens".
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(&request(Path::new(&common_corpus()), "gpt2", dir.path()));
+    assert_eq!((c.train.len(), c.val.len()), (301_966, 36_059));
+}
+
+fn common_corpus() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
+}
