@@ -25,6 +25,7 @@ pub mod provenance;
 pub mod report;
 pub mod run_dir;
 pub mod sample;
+pub mod schedule;
 pub mod seed;
 pub mod session;
 pub mod slurm;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::data::{Corpus, CorpusRequest, TokenizerSpec};
 use crate::model::ModelConfig;
+use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::spec::{RunConfig, RunSpec, SpecError, SpecErrors, flatten};
 
 /// The relative cost of one training step at sequence length `seq_len` (see
@@ -26,8 +27,12 @@ pub struct Phase {
     pub first_step: usize,
     /// Steps in the phase.
     pub steps: usize,
-    /// Learning rate.
-    pub lr: f64,
+    /// The learning-rate schedule its steps take their rates from: its own, or the run's.
+    pub lr: LrSchedule,
+    /// Steps of that schedule before this phase's first step.
+    pub lr_offset: usize,
+    /// Whether the schedule is the phase's own.
+    pub own_schedule: bool,
 }
 
 impl Phase {
@@ -42,29 +47,76 @@ impl Phase {
 pub struct PhaseSchedule {
     /// In order.
     pub phases: Vec<Phase>,
+    /// The run-wide learning-rate schedule: `[train]`'s, over the steps of every phase
+    /// without a schedule of its own, as one sequence.
+    pub run_wide: LrSchedule,
 }
 
 impl PhaseSchedule {
-    /// Lays out `config.phase` from step 1.
+    /// Lays out `config.phase` from step 1, each with the schedule its rates come from.
     pub fn new(config: &RunConfig) -> Self {
-        let mut first_step = 1;
+        let t = &config.train;
+        let span = config
+            .phase
+            .iter()
+            .filter(|p| !p.has_own_schedule())
+            .map(|p| p.steps)
+            .sum();
+        let run_wide = t.schedule_over(t.schedule, t.warmup_steps, t.lr, span);
+        let (mut first_step, mut offset) = (1, 0);
         let phases = config
             .phase
             .iter()
             .enumerate()
             .map(|(index, p)| {
+                let (lr, lr_offset, own_schedule) = match p.has_own_schedule() {
+                    true => {
+                        let kind = p.schedule.unwrap_or_default();
+                        (
+                            t.schedule_over(kind, p.warmup_steps.unwrap_or(0), p.lr.unwrap_or(t.lr), p.steps),
+                            0,
+                            true,
+                        )
+                    }
+                    false => {
+                        offset += p.steps;
+                        (run_wide, offset - p.steps, false)
+                    }
+                };
                 let phase = Phase {
                     index,
                     seq_len: p.seq_len,
                     first_step,
                     steps: p.steps,
-                    lr: p.lr.unwrap_or(config.train.lr),
+                    lr,
+                    lr_offset,
+                    own_schedule,
                 };
                 first_step += p.steps;
                 phase
             })
             .collect();
-        Self { phases }
+        Self { phases, run_wide }
+    }
+
+    /// Phases `(seq_len, steps)` back to back at a constant rate `lr`.
+    pub fn constant(phases: &[(usize, usize)], lr: f64) -> Self {
+        let total = phases.iter().map(|p| p.1).sum();
+        let run_wide = LrSchedule::constant(lr, total);
+        let (mut first_step, mut out) = (1, vec![]);
+        for (index, &(seq_len, steps)) in phases.iter().enumerate() {
+            out.push(Phase {
+                index,
+                seq_len,
+                first_step,
+                steps,
+                lr: run_wide,
+                lr_offset: first_step - 1,
+                own_schedule: false,
+            });
+            first_step += steps;
+        }
+        Self { phases: out, run_wide }
     }
 
     /// Steps over all phases.
@@ -92,10 +144,11 @@ impl PhaseSchedule {
     }
 
     /// The learning rate of global step `step` (1-based): the one place a step's rate comes
-    /// from (the update, the metrics row), where a schedule would be computed. Today each
-    /// phase's rate is constant over the phase.
+    /// from (the update, the metrics row). It depends on the spec alone, never on when a run
+    /// was interrupted.
     pub fn lr_at(&self, step: usize) -> f64 {
-        self.phase_of(step).map_or(0.0, |p| p.lr)
+        self.phase_of(step)
+            .map_or(0.0, |p| p.lr.at(p.lr_offset + step + 1 - p.first_step))
     }
 
     /// The phase a global step belongs to.
@@ -143,6 +196,7 @@ pub struct RunPlan {
 /// bookkeeping), and `lr`, which enters the identity per phase as `phase.N.lr`. Every other
 /// key, including any added later, is part of a run's identity.
 const NOT_IDENTITY: &[&str] = &[
+    "train.micro_batch_size",
     "train.eval_every",
     "train.eval_batches",
     "train.checkpoint_every",
@@ -204,12 +258,25 @@ impl RunPlan {
         for (k, v) in self.data_identity() {
             put(k, v);
         }
+        // A decaying run-wide schedule's rates depend on how many steps it spans: a run
+        // trained for one length cannot go on as another.
+        if self.schedule.run_wide.depends_on_length() {
+            put("schedule.steps", self.schedule.run_wide.steps.to_string());
+        }
         put("experiment.seed", self.seed.to_string());
         put("init_from", self.init_from.clone().unwrap_or_default());
         for p in self.schedule.phases.iter().filter(|p| p.first_step <= step) {
             let done = p.steps.min(step + 1 - p.first_step);
             put(&format!("phase.{}.seq_len", p.index), p.seq_len.to_string());
-            put(&format!("phase.{}.lr", p.index), p.lr.to_string());
+            // The peak, as before schedules existed; a phase's own decaying schedule or warmup
+            // adds its settings.
+            put(&format!("phase.{}.lr", p.index), p.lr.peak.to_string());
+            if p.own_schedule && p.lr.kind != ScheduleKind::Constant {
+                put(&format!("phase.{}.schedule", p.index), p.lr.kind.to_string());
+            }
+            if p.own_schedule && p.lr.warmup > 0 {
+                put(&format!("phase.{}.warmup_steps", p.index), p.lr.warmup.to_string());
+            }
             put(&format!("phase.{}.steps_done", p.index), done.to_string());
         }
         id
@@ -264,6 +331,14 @@ impl RunPlan {
                     (Some((i, _)), None) => {
                         format!("phase {i} ran with {k} = {}, the spec no longer has a phase {i}", show(was))
                     }
+                    _ if k == "schedule.steps" => format!(
+                        "the run-wide `{}` learning-rate schedule spanned {} steps when trained, the spec now makes it {}: \
+                         the steps already trained had rates computed from the old length. Give an added [[phase]] a \
+                         schedule of its own (`lr`, `schedule` or `warmup_steps` in it), retrain with --fresh, or use a new experiment name",
+                        self.schedule.run_wide.kind,
+                        was.map_or("no", |s| s.as_str()),
+                        is.map_or("no", |s| s.as_str()),
+                    ),
                     _ => format!("{k}: was {} when trained, the spec now says {}", show(was), show(is)),
                 };
                 Some(line)
@@ -274,10 +349,12 @@ impl RunPlan {
     /// A rough upper estimate of the memory training needs, in bytes: weights, gradients and
     /// two AdamW moments (16 bytes a parameter) plus activations kept for backward, about 48
     /// floats per token, channel and layer (calibrated on gpt-mini: 1.75 GB measured at B=64,
-    /// T=128) and the logits.
+    /// T=128) and the logits, for the tokens of one micro-batch (the whole batch without
+    /// accumulation).
     pub fn train_memory_bytes(&self) -> f64 {
         let m = &self.model;
-        let tokens = (self.config.train.batch_size * self.schedule.max_seq_len()) as f64;
+        let t = &self.config.train;
+        let tokens = (t.micro_batch_size.unwrap_or(t.batch_size) * self.schedule.max_seq_len()) as f64;
         16.0 * self.num_params() as f64
             + tokens * (m.arch.n_layer * m.arch.n_embd) as f64 * 48.0 * 4.0
             + tokens * m.vocab_size as f64 * 16.0
@@ -319,10 +396,18 @@ impl RunPlan {
                 ph.first_step,
                 ph.last_step(),
                 ph.seq_len,
-                ph.lr
+                lr_words(ph, &self.schedule)
             );
         }
-        out += &format!("  batch:     {}\n", self.config.train.batch_size);
+        let t = &self.config.train;
+        out += &match t.micro_batch_size.filter(|&m| m < t.batch_size) {
+            Some(m) => format!(
+                "  batch:     {} ({} micro-batches of {m})\n",
+                t.batch_size,
+                t.batch_size / m
+            ),
+            None => format!("  batch:     {}\n", t.batch_size),
+        };
         out += &format!(
             "  tokens:    {} ({} in the training split)\n",
             self.tokens_seen(),
@@ -358,7 +443,12 @@ impl RunPlan {
 
 /// Identity keys added after checkpoints were first written, with the value every earlier
 /// checkpoint had: such a checkpoint still resumes the run it was written for.
-const LATER_KEYS: [(&str, &str); 2] = [("data.tokenizer", "char"), ("data.format", "text")];
+const LATER_KEYS: [(&str, &str); 4] = [
+    ("data.tokenizer", "char"),
+    ("data.format", "text"),
+    ("train.schedule", "constant"),
+    ("train.warmup_steps", "0"),
+];
 
 /// `saved` with [`LATER_KEYS`] it lacks filled in.
 fn with_later_defaults(saved: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -367,6 +457,28 @@ fn with_later_defaults(saved: &BTreeMap<String, String>) -> BTreeMap<String, Str
         filled.entry(k.to_string()).or_insert_with(|| v.to_string());
     }
     filled
+}
+
+/// A phase's rates in words: `0.0005`, or `0.0005 → 0.00005 (cosine, warmup 100, run-wide
+/// over 800 steps)`.
+fn lr_words(ph: &Phase, schedule: &PhaseSchedule) -> String {
+    let s = &ph.lr;
+    let (first, last) = (schedule.lr_at(ph.first_step), schedule.lr_at(ph.last_step()));
+    if s.kind == ScheduleKind::Constant && s.warmup == 0 {
+        return s.peak.to_string();
+    }
+    let whose = match ph.own_schedule {
+        true => "its own".to_string(),
+        false => format!("run-wide over {} steps", s.steps),
+    };
+    let warmup = match s.warmup {
+        0 => String::new(),
+        w => format!(", warmup {w}"),
+    };
+    format!(
+        "{first:.3e} → {last:.3e} (peak {}, {}{warmup}, {whose})",
+        s.peak, s.kind
+    )
 }
 
 /// The folder of one seed of a run repeated over `[experiment] seeds`.
@@ -469,11 +581,23 @@ fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecE
             errors.push(spec.error(&format!("phase.{i}.seq_len"), msg));
         }
     }
-    if let Some(from) = &spec.init_from
-        && !Path::new(from).join("meta.json").is_file()
-    {
-        let msg = format!("`{from}` is not a checkpoint folder (it has no meta.json)");
-        errors.push(spec.error("init_from", msg));
+    if let Some(from) = &spec.init_from {
+        match crate::checkpoint::read_meta(Path::new(from)) {
+            None if !Path::new(from).join("meta.json").is_file() => {
+                let msg = format!("`{from}` is not a checkpoint folder (it has no meta.json)");
+                errors.push(spec.error("init_from", msg));
+            }
+            // Embeddings of other tokens would be read as this tokenizer's.
+            Some(meta) if !meta.same_tokenizer(&corpus.tokenizer) => {
+                let msg = format!(
+                    "`{from}` was trained with the tokenizer {}, this run uses {}: its embeddings mean other tokens",
+                    meta.tokenizer_record(),
+                    corpus.tokenizer.record()
+                );
+                errors.push(spec.error("init_from", msg));
+            }
+            _ => {}
+        }
     }
     errors
 }
@@ -549,23 +673,7 @@ mod tests {
     use super::*;
 
     fn schedule(phases: &[(usize, usize)]) -> PhaseSchedule {
-        let mut first_step = 1;
-        let phases = phases
-            .iter()
-            .enumerate()
-            .map(|(index, &(seq_len, steps))| {
-                let p = Phase {
-                    index,
-                    seq_len,
-                    first_step,
-                    steps,
-                    lr: 1e-3,
-                };
-                first_step += steps;
-                p
-            })
-            .collect();
-        PhaseSchedule { phases }
+        PhaseSchedule::constant(phases, 1e-3)
     }
 
     #[test]

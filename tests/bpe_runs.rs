@@ -155,7 +155,8 @@ fn another_tokenizer_is_refused_on_resume_and_init_from() {
     );
     quiet_run(&warm, &runs)
         .assert()
-        .failure()
+        .code(2)
+        .stderr(predicate::str::contains("init_from"))
         .stderr(predicate::str::contains(
             "trained with the tokenizer `char` (65 tokens)",
         ))

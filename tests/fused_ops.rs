@@ -91,6 +91,7 @@ fn fused_gradients_with_dropout_agree_with_finite_differences() {
             alibi,
             p: 0.3,
             seed: 11,
+            first_window: 0,
         };
         check_fused_gradients(&d);
     }

@@ -352,14 +352,8 @@ pub struct LengthSection {
     pub notes: Vec<String>,
 }
 
-/// Writes `eval.csv`, `position_loss.csv`, `length.svg` and `position_loss.svg` into `dir`.
-pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan], unit: &LossUnit) -> Result<LengthSection> {
-    use crate::fsio::write_atomic;
-    let mut found = collect(plans)?;
-    super::write_csv(&dir.join("eval.csv"), &found.rows)?;
-    super::write_csv(&dir.join("position_loss.csv"), &found.positions)?;
-    // The files keep each row as written (nats per token, and `loss_bpb`); curves and
-    // sentences are in the report's unit.
+/// Every loss of `found` in `unit`.
+fn to_unit(found: &mut LengthResults, plans: &[RunPlan], unit: &LossUnit) {
     let plan_of = |run: &str| plans.iter().find(|p| p.name == run);
     for r in &mut found.rows {
         if let Some(p) = plan_of(&r.run) {
@@ -371,6 +365,17 @@ pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan], unit: &LossU
             r.loss = unit.of_loss(p, r.loss, Split::Val);
         }
     }
+}
+
+/// Writes `eval.csv`, `position_loss.csv`, `length.svg` and `position_loss.svg` into `dir`.
+pub fn write(dir: &std::path::Path, title: &str, plans: &[RunPlan], unit: &LossUnit) -> Result<LengthSection> {
+    use crate::fsio::write_atomic;
+    let mut found = collect(plans)?;
+    super::write_csv(&dir.join("eval.csv"), &found.rows)?;
+    super::write_csv(&dir.join("position_loss.csv"), &found.positions)?;
+    // The files keep each row as written (nats per token, and `loss_bpb`); curves and
+    // sentences are in the report's unit.
+    to_unit(&mut found, plans, unit);
     let mut out = LengthSection {
         notes: found.notes(),
         ..Default::default()

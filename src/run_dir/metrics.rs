@@ -114,41 +114,7 @@ impl MetricsWriter {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let header = csv::StringRecord::from(HEADER.to_vec());
-        let mut kept: Vec<MetricsRow> = vec![];
-        let mut bad: Vec<(usize, String)> = vec![];
-        // Every row has the header's number of fields: a row torn by a kill has fewer, even
-        // when what is left would parse.
-        let mut fields = HEADER.len();
-        for (i, line) in text.lines().enumerate() {
-            if i == 0 {
-                // A header of fewer columns is an older gptlab's: its rows read by name.
-                if (HEADER.join(",") + ",").starts_with(&format!("{line},")) {
-                    fields = line.split(',').count();
-                } else {
-                    crate::events::warning(format!(
-                        "warning: {}: line 1 is not the metrics header; restored",
-                        path.display()
-                    ));
-                }
-                continue;
-            }
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .from_reader(line.as_bytes());
-            let row = reader
-                .records()
-                .next()
-                .and_then(|r| r.ok())
-                .filter(|r| r.len() == fields)
-                .and_then(|r| r.deserialize::<MetricsRow>(Some(&header)).ok());
-            match row {
-                Some(r) if r.step <= step => kept.push(r),
-                Some(_) => {} // past the checkpoint: trained again
-                None if line.trim().is_empty() => {}
-                None => bad.push((i + 1, line.to_string())),
-            }
-        }
+        let (kept, bad) = rows_through(&text, path, step);
         if !bad.is_empty() {
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -199,6 +165,47 @@ impl MetricsWriter {
         self.writer.flush().context("flushing metrics")?;
         Ok(())
     }
+}
+
+/// The rows of a `metrics.csv`'s `text` up to `step`, and the lines (numbered from 1) that
+/// cannot be read as rows.
+fn rows_through(text: &str, path: &Path, step: usize) -> (Vec<MetricsRow>, Vec<(usize, String)>) {
+    let header = csv::StringRecord::from(HEADER.to_vec());
+    let mut kept: Vec<MetricsRow> = vec![];
+    let mut bad: Vec<(usize, String)> = vec![];
+    // Every row has the header's number of fields: a row torn by a kill has fewer, even
+    // when what is left would parse.
+    let mut fields = HEADER.len();
+    for (i, line) in text.lines().enumerate() {
+        if i == 0 {
+            // A header of fewer columns is an older gptlab's: its rows read by name.
+            if (HEADER.join(",") + ",").starts_with(&format!("{line},")) {
+                fields = line.split(',').count();
+            } else {
+                crate::events::warning(format!(
+                    "warning: {}: line 1 is not the metrics header; restored",
+                    path.display()
+                ));
+            }
+            continue;
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(line.as_bytes());
+        let row = reader
+            .records()
+            .next()
+            .and_then(|r| r.ok())
+            .filter(|r| r.len() == fields)
+            .and_then(|r| r.deserialize::<MetricsRow>(Some(&header)).ok());
+        match row {
+            Some(r) if r.step <= step => kept.push(r),
+            Some(_) => {} // past the checkpoint: trained again
+            None if line.trim().is_empty() => {}
+            None => bad.push((i + 1, line.to_string())),
+        }
+    }
+    (kept, bad)
 }
 
 /// Reads every row of a `metrics.csv`. A last line without its newline is a row another

@@ -90,8 +90,34 @@ pub type ModelSection = ModelOptions;
 pub struct TrainSection {
     /// Sequences per step.
     pub batch_size: usize,
-    /// AdamW learning rate (a phase may override it).
+    /// The peak AdamW learning rate (a phase may set its own).
     pub lr: f64,
+    /// The learning-rate schedule over the run's steps (every phase that has no schedule of
+    /// its own, as one sequence): `constant`, `cosine`, `linear` or `wsd`.
+    pub schedule: crate::schedule::ScheduleKind,
+    /// Steps of linear warmup at the start of the schedule.
+    pub warmup_steps: usize,
+    /// The rate a decaying schedule ends at (default 0; or `min_lr_ratio`, not both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
+    /// `min_lr` as a share of the peak rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_lr_ratio: Option<f64>,
+    /// `wsd`: steps of the final decay (or `decay_fraction`, not both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay_steps: Option<usize>,
+    /// `wsd`: the final decay as a share of the schedule's steps (default 0.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay_fraction: Option<f64>,
+    /// `wsd`: `linear` (default), `sqrt` or `cosine`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay_shape: Option<crate::schedule::DecayShape>,
+    /// Sequences per forward/backward pass: a step accumulates the gradients of
+    /// `batch_size / micro_batch_size` micro-batches (must divide `batch_size`). Changes the
+    /// memory a step needs, not what it computes (up to float rounding); not part of a run's
+    /// identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch_size: Option<usize>,
     /// AdamW β₁.
     pub beta1: f64,
     /// AdamW β₂.
@@ -117,6 +143,14 @@ impl Default for TrainSection {
         Self {
             batch_size: 64,
             lr: 5e-4,
+            schedule: Default::default(),
+            warmup_steps: 0,
+            min_lr: None,
+            min_lr_ratio: None,
+            decay_steps: None,
+            decay_fraction: None,
+            decay_shape: None,
+            micro_batch_size: None,
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
@@ -130,6 +164,31 @@ impl Default for TrainSection {
     }
 }
 
+impl TrainSection {
+    /// The schedule of `kind` with `warmup` steps peaking at `peak` over `steps` steps, with
+    /// this section's floor and `wsd` decay.
+    pub fn schedule_over(
+        &self,
+        kind: crate::schedule::ScheduleKind,
+        warmup: usize,
+        peak: f64,
+        steps: usize,
+    ) -> crate::schedule::LrSchedule {
+        let decay = self
+            .decay_steps
+            .unwrap_or_else(|| (self.decay_fraction.unwrap_or(0.2) * steps as f64).round() as usize);
+        crate::schedule::LrSchedule {
+            kind,
+            peak,
+            min: self.min_lr.unwrap_or(self.min_lr_ratio.unwrap_or(0.0) * peak),
+            warmup,
+            steps,
+            decay,
+            shape: self.decay_shape.unwrap_or_default(),
+        }
+    }
+}
+
 /// One `[[phase]]`: train at `seq_len` for `steps` steps.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,9 +197,24 @@ pub struct PhaseSection {
     pub seq_len: usize,
     /// Optimizer steps in this phase.
     pub steps: usize,
-    /// Learning rate for this phase; defaults to `train.lr`.
+    /// The peak learning rate of this phase. Setting `lr`, `warmup_steps` or `schedule` gives
+    /// the phase a schedule of its own over its steps (constant unless `schedule` says
+    /// otherwise; `min_lr`/`min_lr_ratio` and the `wsd` decay settings come from `[train]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
+    /// Steps of warmup at the start of this phase's own schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<usize>,
+    /// This phase's own schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::ScheduleKind>,
+}
+
+impl PhaseSection {
+    /// Whether the phase has a learning-rate schedule of its own (see [`PhaseSection::lr`]).
+    pub fn has_own_schedule(&self) -> bool {
+        self.lr.is_some() || self.warmup_steps.is_some() || self.schedule.is_some()
+    }
 }
 
 /// `[sample]`: what to generate from each phase's final model.

@@ -36,6 +36,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     }
     check_train(&c.train, &mut bad);
     check_phases(c, &mut bad);
+    check_schedule(c, &mut bad);
     check_data(&c.data, &mut bad);
     check_seeds(c.experiment.seeds.as_deref(), &mut bad);
     check_eval(&c.eval, &mut bad);
@@ -54,6 +55,152 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
     out
+}
+
+/// The learning-rate schedule's problems: rates, floors, warmups and decays that do not fit
+/// the steps they span, settings for a schedule no phase uses, a micro-batch that does not
+/// divide the batch.
+fn check_schedule(c: &RunConfig, bad: &mut impl FnMut(&[&str], String)) {
+    use crate::schedule::ScheduleKind as K;
+    let t = &c.train;
+    let kinds: Vec<K> = c
+        .phase
+        .iter()
+        .map(|p| match p.has_own_schedule() {
+            true => p.schedule.unwrap_or_default(),
+            false => t.schedule,
+        })
+        .collect();
+    let decays = kinds.iter().any(|k| *k != K::Constant);
+    let wsd = kinds.contains(&K::Wsd);
+    if t.min_lr.is_some() && t.min_lr_ratio.is_some() {
+        bad(
+            &["train.min_lr_ratio", "train.min_lr"],
+            "give min_lr or min_lr_ratio, not both".into(),
+        );
+    }
+    if t.decay_steps.is_some() && t.decay_fraction.is_some() {
+        bad(
+            &["train.decay_fraction", "train.decay_steps"],
+            "give decay_steps or decay_fraction, not both".into(),
+        );
+    }
+    let set = |key: &str| match key {
+        "train.min_lr" => t.min_lr.is_some(),
+        "train.min_lr_ratio" => t.min_lr_ratio.is_some(),
+        "train.decay_steps" => t.decay_steps.is_some(),
+        "train.decay_fraction" => t.decay_fraction.is_some(),
+        _ => t.decay_shape.is_some(),
+    };
+    for key in ["train.min_lr", "train.min_lr_ratio"]
+        .into_iter()
+        .filter(|k| set(k) && !decays)
+    {
+        bad(
+            &[key],
+            "applies to a decaying schedule (cosine, linear or wsd), and every phase here is constant".into(),
+        );
+    }
+    for key in ["train.decay_steps", "train.decay_fraction", "train.decay_shape"]
+        .into_iter()
+        .filter(|k| set(k) && !wsd)
+    {
+        bad(
+            &[key],
+            "applies to schedule = \"wsd\" only, and no phase uses it".into(),
+        );
+    }
+    if let Some(m) = t.min_lr
+        && !(m.is_finite() && m >= 0.0 && m <= t.lr)
+    {
+        bad(
+            &["train.min_lr"],
+            format!("must be between 0 and train.lr ({}), not {m}", t.lr),
+        );
+    }
+    if let Some(r) = t.min_lr_ratio
+        && !(0.0..=1.0).contains(&r)
+    {
+        bad(&["train.min_lr_ratio"], format!("must be between 0 and 1, not {r}"));
+    }
+    if let Some(f) = t.decay_fraction
+        && !(f > 0.0 && f <= 1.0)
+    {
+        bad(&["train.decay_fraction"], format!("must be in (0, 1], not {f}"));
+    }
+    if t.decay_steps == Some(0) {
+        bad(&["train.decay_steps"], "must be at least 1".into());
+    }
+    check_schedule_spans(c, bad);
+    match t.micro_batch_size {
+        Some(0) => bad(&["train.micro_batch_size"], "must be at least 1".into()),
+        Some(m) if !t.batch_size.is_multiple_of(m) => bad(
+            &["train.micro_batch_size", "train.batch_size"],
+            format!(
+                "{m} does not divide batch_size {}: a step is a whole number of micro-batches",
+                t.batch_size
+            ),
+        ),
+        _ => {}
+    }
+}
+
+/// Warmups and `wsd` decays longer than the steps their schedule spans; a phase's own floor
+/// above its peak.
+fn check_schedule_spans(c: &RunConfig, bad: &mut impl FnMut(&[&str], String)) {
+    let t = &c.train;
+    let span = c.phase.iter().filter(|p| !p.has_own_schedule()).map(|p| p.steps).sum();
+    if t.warmup_steps > 0 && span == 0 && !c.phase.is_empty() {
+        bad(
+            &["train.warmup_steps"],
+            "every phase has a schedule of its own, so the run-wide warmup applies to none".into(),
+        );
+    }
+    let mut spans = vec![(
+        "train".to_string(),
+        t.schedule_over(t.schedule, t.warmup_steps, t.lr, span),
+    )];
+    for (i, p) in c.phase.iter().enumerate().filter(|(_, p)| p.has_own_schedule()) {
+        let own = t.schedule_over(
+            p.schedule.unwrap_or_default(),
+            p.warmup_steps.unwrap_or(0),
+            p.lr.unwrap_or(t.lr),
+            p.steps,
+        );
+        spans.push((format!("phase.{i}"), own));
+    }
+    for (at, s) in spans.into_iter().filter(|(_, s)| s.steps > 0) {
+        let whose = if at == "train" {
+            "the run-wide schedule".to_string()
+        } else {
+            format!("phase {}", &at[6..])
+        };
+        if s.warmup > s.steps {
+            let msg = format!(
+                "{} warmup steps are more than the {} steps of {whose}",
+                s.warmup, s.steps
+            );
+            bad(&[&format!("{at}.warmup_steps")], msg);
+        }
+        if s.kind == crate::schedule::ScheduleKind::Wsd && s.warmup + s.decay > s.steps {
+            let msg = format!(
+                "warmup ({}) and decay ({}) are more than the {} steps of {whose}",
+                s.warmup, s.decay, s.steps
+            );
+            bad(
+                &[
+                    "train.decay_steps",
+                    "train.decay_fraction",
+                    &format!("{at}.warmup_steps"),
+                ],
+                msg,
+            );
+        }
+        if s.kind != crate::schedule::ScheduleKind::Constant && s.min > s.peak {
+            let msg = format!("the floor {} is above the peak {} of {whose}", s.min, s.peak);
+            bad(&["train.min_lr", &format!("{at}.lr")], msg);
+        }
+    }
 }
 
 /// The `[data]` section's problems that need no file.

@@ -13,7 +13,7 @@ pub use adamw::{AdamW, clip_grad_norm, grad_norm};
 pub use jobs::{JobLayout, train_in_parallel, train_in_turn};
 pub use progress::Progress;
 pub use run::{RunOptions, train_run};
-pub use step::{StepStats, eval_loss, loss_and_grads, train_step};
+pub use step::{StepDropout, StepStats, eval_loss, loss_and_grads, train_step, train_step_accumulated};
 
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug)]

@@ -135,24 +135,7 @@ mod tests {
 
     #[test]
     fn a_resumed_run_counts_only_this_session_and_weights_what_is_left_by_length() {
-        let schedule = PhaseSchedule {
-            phases: vec![
-                crate::plan::Phase {
-                    index: 0,
-                    seq_len: 128,
-                    first_step: 1,
-                    steps: 150,
-                    lr: 1e-3,
-                },
-                crate::plan::Phase {
-                    index: 1,
-                    seq_len: 256,
-                    first_step: 151,
-                    steps: 100,
-                    lr: 1e-3,
-                },
-            ],
-        };
+        let schedule = PhaseSchedule::constant(&[(128, 150), (256, 100)], 1e-3);
         // Resumed after step 100, with a second run of the same work queued after it.
         let mut p = Progress::start("r", &schedule, 100, schedule.cost_after(0), true, true);
         std::thread::sleep(Duration::from_millis(100));

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::{AdamW, Progress, RunOutcome, eval_loss, length_eval, train_step};
+use super::{AdamW, Progress, RunOutcome, StepDropout, eval_loss, length_eval, train_step_accumulated};
 use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, Split, sample_batch};
-use crate::model::{Backend, Dropout, Gpt};
+use crate::model::{Backend, Gpt};
 use crate::plan::{Phase, RunPlan};
 use crate::provenance::Provenance;
 use crate::provenance::{RunSession, utc_now};
@@ -455,14 +455,15 @@ fn timed_step<D: Backend>(
         phase.seq_len,
         &mut stream(plan.seed, Stream::Batch, step as u64),
     );
-    let mut drop = Dropout::train(
-        plan.model.arch.dropout as f32,
-        stream(plan.seed, Stream::Dropout, step as u64),
-    );
+    let dropout = StepDropout {
+        p: plan.model.arch.dropout as f32,
+        rng: stream(plan.seed, Stream::Dropout, step as u64),
+    };
+    let micro = t.micro_batch_size.unwrap_or(t.batch_size);
     crate::probe::take_attention(); // drop what evaluation recorded
     let t0 = Instant::now();
     let lr = plan.schedule.lr_at(step);
-    let stats = train_step(model, opt, &batch, lr, t.grad_clip, &mut drop);
+    let stats = train_step_accumulated(model, opt, &batch, micro, lr, t.grad_clip, &dropout);
     let step_s = t0.elapsed().as_secs_f64();
     let (attn_ms, attn_bytes) = crate::probe::take_attention();
     let measure = plan.config.measure.attention;

@@ -43,7 +43,73 @@ pub fn train_step<D: Backend>(
     grad_clip: f64,
     drop: &mut Dropout,
 ) -> StepStats {
-    let (loss, mut grads) = loss_and_grads(model, batch, drop);
+    let (loss, grads) = loss_and_grads(model, batch, drop);
+    update(model, opt, loss, grads, lr, grad_clip)
+}
+
+/// How a step draws its dropout masks: probability `p` from the step's stream `rng`.
+#[derive(Clone)]
+pub struct StepDropout {
+    /// The probability.
+    pub p: f32,
+    /// The step's stream; every micro-batch starts from it.
+    pub rng: rand_chacha::ChaCha8Rng,
+}
+
+/// [`train_step`] with gradient accumulation: the batch's windows in micro-batches of
+/// `micro` (which divides `batch.b`), each forward and backward on its own, the gradients
+/// and losses averaged with weight `micro / b`, then one clip and one update. Each window
+/// gets the dropout masks it gets in the whole batch, so only float rounding tells the two
+/// apart; with `micro = b` it is exactly [`train_step`].
+pub fn train_step_accumulated<D: Backend>(
+    model: &mut Gpt<D>,
+    opt: &mut AdamW,
+    batch: &Batch,
+    micro: usize,
+    lr: f64,
+    grad_clip: f64,
+    dropout: &StepDropout,
+) -> StepStats {
+    let (b, t) = (batch.b, batch.t);
+    assert!(
+        micro > 0 && b % micro == 0,
+        "micro-batch {micro} does not divide batch {b}"
+    );
+    let pass = |k: usize| {
+        let part = Batch {
+            b: micro,
+            t,
+            inputs: batch.inputs[k * micro * t..(k + 1) * micro * t].to_vec(),
+            targets: batch.targets[k * micro * t..(k + 1) * micro * t].to_vec(),
+        };
+        let mut drop = Dropout::train_part(dropout.p, dropout.rng.clone(), k * micro, micro, b);
+        loss_and_grads(model, &part, &mut drop)
+    };
+    let (mut loss, mut grads) = pass(0);
+    if micro < b {
+        let w = micro as f32 / b as f32;
+        loss *= w;
+        grads.iter_mut().flatten().for_each(|g| *g *= w);
+        for k in 1..b / micro {
+            let (l, g) = pass(k);
+            loss += l * w;
+            for (acc, g) in grads.iter_mut().zip(&g) {
+                acc.iter_mut().zip(g).for_each(|(a, g)| *a += g * w);
+            }
+        }
+    }
+    update(model, opt, loss, grads, lr, grad_clip)
+}
+
+/// Clip and update from a step's gradients.
+fn update<D: Backend>(
+    model: &mut Gpt<D>,
+    opt: &mut AdamW,
+    loss: f32,
+    mut grads: Vec<Vec<Float>>,
+    lr: f64,
+    grad_clip: f64,
+) -> StepStats {
     let grad_norm = clip_grad_norm(&mut grads, grad_clip);
     if loss.is_finite() && grad_norm.is_finite() {
         opt.update(model, &grads, lr);

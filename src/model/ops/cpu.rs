@@ -118,7 +118,8 @@ impl Backend for Cpu {
         let shape = *x.shape();
         assert_eq!(*skip.shape(), shape, "residual: skip and branch shapes differ");
         let p = drop.p();
-        let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), shape.0 * shape.1, p));
+        let n = shape.0 * shape.1;
+        let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), drop.first_element(n), n, p));
         let mut tape = T::default();
         let (skip, x) = (untape(skip, &mut tape), untape(x, &mut tape));
         let y = cpu_residual(&host_data(&skip), &host_data(&x), mask.as_deref(), p);
@@ -235,6 +236,7 @@ impl Backend for Cpu {
             alibi,
             p: drop.p(),
             seed: drop.next_seed(),
+            first_window: drop.first_window(),
         };
         let timer = crate::probe::Timer::start();
         let live_before = crate::probe::live_bytes();

@@ -29,6 +29,8 @@ pub struct Dims {
     pub p: f32,
     /// Seed of the dropout masks; the backward pass regenerates the same masks from it.
     pub seed: u64,
+    /// The step's batch index of batch row 0 (a micro-batch's masks are its windows' own).
+    pub first_window: usize,
 }
 
 impl Dims {
@@ -44,7 +46,8 @@ impl Dims {
     }
     /// The mask generator of query head `h` in batch row `b`: rows drawn in order t, then j ≤ t.
     fn mask_rng(&self, b: usize, h: usize) -> rand_chacha::ChaCha8Rng {
-        crate::seed::stream(self.seed, crate::seed::Stream::Dropout, (b * self.h + h) as u64)
+        let window = self.first_window + b;
+        crate::seed::stream(self.seed, crate::seed::Stream::Dropout, (window * self.h + h) as u64)
     }
 }
 

@@ -357,16 +357,27 @@ pub(crate) fn add_column_sums(m: &[Float], cols: usize, acc: &mut [Float]) {
     }
 }
 
-/// Dropout keep-mask of `n` elements (1 = keep, with probability `1 - p`), drawn in parallel:
-/// chunk `i` of [`CHUNK`] elements draws from its own stream `(seed, i)`, so the mask does not
-/// depend on the number of threads.
-pub fn dropout_keep_mask(seed: u64, n: usize, p: f32) -> Vec<u8> {
+/// Dropout keep-mask of elements `first..first + n` of a tensor (1 = keep, with probability
+/// `1 - p`), drawn in parallel: chunk `i` of [`CHUNK`] elements of the whole tensor draws from
+/// its own stream `(seed, i)`, one word per element, so the mask does not depend on the number
+/// of threads, and a micro-batch's part (`first > 0`) is the whole tensor's.
+pub fn dropout_keep_mask(seed: u64, first: usize, n: usize, p: f32) -> Vec<u8> {
     let rule = DropRule::new(p);
     let mut mask = vec![0u8; n];
-    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = crate::seed::stream(seed, crate::seed::Stream::Dropout, i as u64);
-        chunk.iter_mut().for_each(|m| *m = u8::from(rule.keeps(&mut rng)));
-    });
+    let head = ((CHUNK - first % CHUNK) % CHUNK).min(n);
+    let draw = |chunk: usize, skip: usize, out: &mut [u8]| {
+        let mut rng = crate::seed::stream(seed, crate::seed::Stream::Dropout, chunk as u64);
+        rng.set_word_pos(skip as u128);
+        out.iter_mut().for_each(|m| *m = u8::from(rule.keeps(&mut rng)));
+    };
+    let (head_part, rest) = mask.split_at_mut(head);
+    if head > 0 {
+        draw(first / CHUNK, first % CHUNK, head_part);
+    }
+    let base = (first + head) / CHUNK;
+    rest.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| draw(base + i, 0, chunk));
     mask
 }
 

@@ -42,20 +42,67 @@ impl DropRule {
 
 /// Inverted dropout driven by the caller's RNG, so a training step's masks are a pure
 /// function of the seed the step was given (exact resume needs no hidden device RNG state).
+///
+/// A micro-batch (windows `offset..offset + windows` of a step's `of`) draws exactly the
+/// masks the whole batch draws for its windows: every dropout tensor is window-major, so a
+/// window's elements are one contiguous run of draws, and the stream is moved past the other
+/// windows' draws instead of drawing them.
 pub struct Dropout {
     p: f32,
     rng: Option<rand_chacha::ChaCha8Rng>,
+    part: Part,
+}
+
+/// Which windows of the step's batch a forward pass holds.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    offset: usize,
+    windows: usize,
+    of: usize,
 }
 
 impl Dropout {
     /// Dropout with probability `p`, drawing masks from `rng`.
     pub fn train(p: f32, rng: rand_chacha::ChaCha8Rng) -> Self {
-        Self { p, rng: Some(rng) }
+        Self::train_part(p, rng, 0, 1, 1)
+    }
+
+    /// Dropout for windows `offset..offset + windows` of a batch of `of` windows, drawing the
+    /// masks the whole batch would draw for them from the same `rng`.
+    pub fn train_part(p: f32, rng: rand_chacha::ChaCha8Rng, offset: usize, windows: usize, of: usize) -> Self {
+        assert!(
+            windows > 0 && offset + windows <= of,
+            "windows {offset}..+{windows} of {of}"
+        );
+        Self {
+            p,
+            rng: Some(rng),
+            part: Part { offset, windows, of },
+        }
     }
 
     /// The identity: evaluation and sampling.
     pub fn eval() -> Self {
-        Self { p: 0.0, rng: None }
+        Self {
+            p: 0.0,
+            rng: None,
+            part: Part {
+                offset: 0,
+                windows: 1,
+                of: 1,
+            },
+        }
+    }
+
+    /// The first window of this pass in the step's batch (for kernels that key masks by
+    /// window).
+    pub fn first_window(&self) -> usize {
+        self.part.offset
+    }
+
+    /// The index, in the whole batch's tensor, of the first of this pass's `n` elements.
+    pub fn first_element(&self, n: usize) -> usize {
+        n / self.part.windows * self.part.offset
     }
 
     /// The dropout probability (0 when evaluating).
@@ -81,7 +128,13 @@ impl Dropout {
         }
         let shape = *x.shape();
         let rule = DropRule::new(self.p);
-        let mask: Vec<Float> = (0..shape.num_elements()).map(|_| rule.factor(rng)).collect();
+        let n = shape.num_elements();
+        // One u32 (one word) per element: skip the windows before this pass, draw its own,
+        // and end where the whole batch's draws end.
+        let (start, per_window) = (rng.get_word_pos(), (n / self.part.windows) as u128);
+        rng.set_word_pos(start + per_window * self.part.offset as u128);
+        let mask: Vec<Float> = (0..n).map(|_| rule.factor(rng)).collect();
+        rng.set_word_pos(start + per_window * self.part.of as u128);
         let mask = x.device().tensor_from_vec(mask, shape);
         x * mask
     }
