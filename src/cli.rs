@@ -37,6 +37,10 @@ pub(crate) enum Command {
     Plan {
         /// Spec file.
         file: PathBuf,
+        /// Also list every setting of each run with where its value came from (the file and
+        /// line, a spec it extends, a `[[run]]`, the `[sweep]`, a `--set`, or the default).
+        #[arg(long)]
+        explain: bool,
         #[command(flatten)]
         select: Select,
     },

@@ -23,9 +23,21 @@ pub struct Experiment {
     name: String,
     /// The folder that holds `<experiment>/<run>/`.
     pub runs_dir: PathBuf,
+    /// The runs as the spec resolved them (for where each setting came from).
+    specs: Vec<crate::spec::RunSpec>,
 }
 
 impl Experiment {
+    /// Every setting of run `name` with its value and where it came from (see
+    /// [`crate::spec::RunSpec::explain`]).
+    pub fn explain(&self, name: &str) -> Vec<(String, String, String)> {
+        self.specs
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.explain())
+            .unwrap_or_default()
+    }
+
     /// Loads `file`, applies `sets` to every run and plans the runs under `runs_dir`; `only`
     /// must name runs of the experiment.
     /// `only` entries are run names (every seed of the run) or `run/seed=S` (one seed).
@@ -70,6 +82,7 @@ impl Experiment {
         Ok(Self {
             spec,
             name,
+            specs: runs,
             plans,
             only: only.to_vec(),
             runs_dir: runs_dir.to_path_buf(),

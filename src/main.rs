@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::List { dir } => list(&dir),
         Command::Validate { files, select } => validate(&files, &select),
-        Command::Plan { file, select } => show_plan(&file, &select),
+        Command::Plan { file, select, explain } => show_plan(&file, &select, explain),
         Command::Run(args) | Command::Sweep(args) => run(&args),
         Command::Report(args) => report(&args),
         Command::Status { file, select, runs_dir } => status(&file, &select, &runs_dir),
@@ -76,12 +76,17 @@ fn validate(files: &[PathBuf], select: &Select) -> Outcome {
     Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
-fn show_plan(file: &Path, select: &Select) -> Outcome {
+fn show_plan(file: &Path, select: &Select, explain: bool) -> Outcome {
     let exp = load(file, select, Path::new("runs"))?;
     let runs = exp.selected();
     println!("experiment `{}` ({}): {}", exp.name(), file.display(), exp.count());
     for p in runs {
         println!("\n{}", p.describe());
+        if explain {
+            for (key, value, origin) in exp.explain(&p.name) {
+                println!("    {key} = {value}  ({origin})");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

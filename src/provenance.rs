@@ -33,18 +33,38 @@ pub struct SessionInfo {
     pub spec_file: String,
     /// SHA-256 of the spec file's bytes.
     pub spec_sha256: String,
+    /// The specs it `extends`, nearest first, each with its SHA-256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spec_bases: Vec<SpecBase>,
     /// The device that trains, e.g. `cpu`.
     pub device: String,
 }
 
+/// A spec file a spec extends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpecBase {
+    /// Its path.
+    pub file: String,
+    /// SHA-256 of its bytes when the spec was read.
+    pub sha256: String,
+}
+
 impl SessionInfo {
-    /// This process's command line, and the spec at `spec` (hashed now).
-    pub fn new(spec: &Path, device: &str) -> Self {
+    /// This process's command line, and the spec at `spec` (hashed now) with the specs it
+    /// extends.
+    pub fn new(spec: &Path, bases: &[(std::path::PathBuf, String)], device: &str) -> Self {
         let bytes = crate::fsio::read_capped(spec, crate::fsio::MAX_SPEC_BYTES, "the spec").unwrap_or_default();
         Self {
             command: std::env::args().collect(),
             spec_file: spec.display().to_string(),
             spec_sha256: crate::fsio::sha256_hex(&bytes),
+            spec_bases: bases
+                .iter()
+                .map(|(file, sha256)| SpecBase {
+                    file: file.display().to_string(),
+                    sha256: sha256.clone(),
+                })
+                .collect(),
             device: device.to_string(),
         }
     }

@@ -289,7 +289,7 @@ fn train_on(
         lines_only: layout.jobs > 1,
         stop: Some(opts.stop.clone()),
         lost: None,
-        session: crate::provenance::SessionInfo::new(exp.spec.path(), device),
+        session: crate::provenance::SessionInfo::new(exp.spec.path(), &exp.spec.bases(), device),
         later_work: later_work(to_train, layout.jobs, queued_after(&exp.runs_dir)),
     };
     let trainer = Trainer {

@@ -12,6 +12,8 @@ pub enum Origin {
     File,
     /// A command-line override, e.g. `--set model.n_head=5`.
     Cli(String),
+    /// A line of a base spec the file `extends` (directly or down the chain).
+    Base(PathBuf, usize),
 }
 
 /// One problem with a spec.
@@ -31,11 +33,11 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
         match &self.origin {
-            Origin::Line(l) => write!(f, ":{l}")?,
-            Origin::File => {}
-            Origin::Cli(arg) => write!(f, " (from {arg})")?,
+            Origin::Line(l) => write!(f, "{}:{l}", self.file.display())?,
+            Origin::File => write!(f, "{}", self.file.display())?,
+            Origin::Cli(arg) => write!(f, "{} (from {arg})", self.file.display())?,
+            Origin::Base(base, l) => write!(f, "{}:{l} (extended by {})", base.display(), self.file.display())?,
         }
         f.write_str(": ")?;
         if let Some(key) = &self.key {

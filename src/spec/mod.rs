@@ -7,6 +7,7 @@
 //! traced back to the layer, and line, that set the offending key.
 
 mod error;
+mod extends;
 mod overrides;
 mod sections;
 mod source;
@@ -91,6 +92,10 @@ struct RunEntry {
 struct Source {
     path: PathBuf,
     map: SourceMap,
+    /// What the file wrote itself (without its bases).
+    own: toml::Table,
+    /// The specs it extends, nearest first.
+    bases: Vec<extends::Base>,
 }
 
 /// A parsed spec file, not yet expanded into runs.
@@ -146,9 +151,19 @@ impl Source {
         }
     }
 
+    /// Where `key` (under `dotted_prefix`) was written: in this file, or else in the first
+    /// base of the chain that wrote it.
     fn line(&self, dotted_prefix: &[source::Seg], key: &str) -> Origin {
         let mut path = dotted_prefix.to_vec();
         path.extend(segments(key));
+        if !extends::contains(&self.own, &path)
+            && let Some(base) = self.bases.iter().find(|b| extends::contains(&b.table, &path))
+        {
+            return base
+                .map
+                .line_of(&path)
+                .map_or(Origin::File, |l| Origin::Base(base.path.clone(), l));
+        }
         self.map.line_of(&path).map(Origin::Line).unwrap_or(Origin::File)
     }
 
@@ -251,18 +266,34 @@ impl SpecFile {
             run: None,
             message: format!("invalid TOML: {}", msg.trim().replace('\n', "; ")),
         })?;
+        let own: toml::Table = toml::from_str(text).map_err(|e| {
+            let origin = e
+                .span()
+                .map(|s| Origin::Line(map.line_of_offset(s.start)))
+                .unwrap_or(Origin::File);
+            SpecError {
+                file: path.to_path_buf(),
+                origin,
+                key: None,
+                run: None,
+                message: e.message().to_string(),
+            }
+        })?;
+        let mut seen = vec![std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())];
+        let (mut base, bases) = extends::resolve(path, &map, own.clone(), &mut seen)?;
+        // A file's experiment is its own: a base's name would send every spec extending it
+        // into one folder.
+        if own.get("experiment").and_then(|e| e.get("name")).is_none()
+            && let Some(toml::Value::Table(e)) = base.get_mut("experiment")
+        {
+            e.remove("name");
+        }
         let source = Arc::new(Source {
             path: path.to_path_buf(),
             map,
+            own,
+            bases,
         });
-
-        let mut base: toml::Table = toml::from_str(text).map_err(|e| {
-            let origin = e
-                .span()
-                .map(|s| Origin::Line(source.map.line_of_offset(s.start)))
-                .unwrap_or(Origin::File);
-            source.error(origin, None, None, e.message().to_string())
-        })?;
         // Every unknown key and wrong type of the file at once, each on its line.
         let (raw, problems) = deserialize_all::<RawFile>(&base);
         let raw = raw.ok_or_else(|| {
@@ -320,6 +351,15 @@ impl SpecFile {
     /// The spec file's path.
     pub fn path(&self) -> &Path {
         &self.source.path
+    }
+
+    /// The specs this one extends, nearest first, with their SHA-256 (for provenance).
+    pub fn bases(&self) -> Vec<(PathBuf, String)> {
+        self.source
+            .bases
+            .iter()
+            .map(|b| (b.path.clone(), b.sha256.clone()))
+            .collect()
     }
 
     /// Whether the file has a `[sweep]` section.
@@ -584,6 +624,43 @@ impl SpecFile {
 }
 
 impl RunSpec {
+    /// Every setting of the run with its value and where it was written: `file:line`, a
+    /// base's `file:line`, the `[[run]]` or `[sweep]` line, a `--set`, or `default`.
+    pub fn explain(&self) -> Vec<(String, String, String)> {
+        let table = match toml::Value::try_from(&self.config) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => return vec![],
+        };
+        let shown = |origin: Origin| match origin {
+            Origin::Line(l) => format!("{}:{l}", self.source.path.display()),
+            Origin::Base(base, l) => format!("{}:{l}", base.display()),
+            Origin::Cli(arg) => arg,
+            Origin::File => "default".into(),
+        };
+        flatten(&table, "")
+            .into_iter()
+            .map(|(key, value)| {
+                let layered = self.layers.sets.iter().any(|s| related(&s.key, &key))
+                    || self.layers.sweep_keys.iter().any(|s| related(s, &key))
+                    || self.layers.run_keys.iter().any(|r| related(r, &key));
+                let path = segments(&key);
+                let written = layered
+                    || extends::contains(&self.source.own, &path)
+                    || self.source.bases.iter().any(|b| extends::contains(&b.table, &path));
+                let origin = if written {
+                    shown(self.source.origin(&self.layers, &key))
+                } else {
+                    "default".into()
+                };
+                let value = match value {
+                    toml::Value::String(s) => format!("\"{s}\""),
+                    v => v.to_string(),
+                };
+                (key, value, origin)
+            })
+            .collect()
+    }
+
     /// An error about `key` of this run, placed on the line that set it.
     pub fn error(&self, key: &str, message: impl Into<String>) -> SpecError {
         self.source.error(
