@@ -475,9 +475,13 @@ fn lr_words(ph: &Phase, schedule: &PhaseSchedule) -> String {
         0 => String::new(),
         w => format!(", warmup {w}"),
     };
+    let rate = |x: f64| if x == 0.0 { "0".to_string() } else { format!("{x:.3e}") };
     format!(
-        "{first:.3e} → {last:.3e} (peak {}, {}{warmup}, {whose})",
-        s.peak, s.kind
+        "{} → {} (peak {}, {}{warmup}, {whose})",
+        rate(first),
+        rate(last),
+        s.peak,
+        s.kind
     )
 }
 

@@ -52,14 +52,14 @@ pub(super) fn merge(mut under: toml::Table, over: toml::Table) -> toml::Table {
     under
 }
 
-fn error(file: &Path, origin: Origin, message: String) -> SpecError {
-    SpecError {
+fn error(file: &Path, origin: Origin, message: String) -> Box<SpecError> {
+    Box::new(SpecError {
         file: file.to_path_buf(),
         origin,
         key: Some("extends".into()),
         run: None,
         message,
-    }
+    })
 }
 
 /// Takes `extends` out of `table` (the file at `path`, whose text is mapped by `map`) and
@@ -70,7 +70,7 @@ pub(super) fn resolve(
     map: &SourceMap,
     mut table: toml::Table,
     seen: &mut Vec<PathBuf>,
-) -> Result<(toml::Table, Vec<Base>), SpecError> {
+) -> Result<(toml::Table, Vec<Base>), Box<SpecError>> {
     let Some(value) = table.remove("extends") else {
         return Ok((table, vec![]));
     };

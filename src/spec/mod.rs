@@ -280,7 +280,7 @@ impl SpecFile {
             }
         })?;
         let mut seen = vec![std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())];
-        let (mut base, bases) = extends::resolve(path, &map, own.clone(), &mut seen)?;
+        let (mut base, bases) = extends::resolve(path, &map, own.clone(), &mut seen).map_err(|e| *e)?;
         // A file's experiment is its own: a base's name would send every spec extending it
         // into one folder.
         if own.get("experiment").and_then(|e| e.get("name")).is_none()
