@@ -130,14 +130,15 @@ impl PairedDiff {
     }
 
     /// The finding in words, e.g. "rope has lower final validation loss than absolute by 0.27
-    /// nats (95% t interval 0.24–0.30, 5 seeds, better in 5/5)". With one seed it says there is
-    /// no uncertainty estimate; when the interval contains 0, that no difference was detected.
-    pub fn sentence(&self, run: &str, baseline: &str, quantity: &str) -> String {
+    /// nats (95% t interval 0.24–0.30, 5 seeds, better in 5/5)", with the loss in `unit`
+    /// (`nats`, `bits per byte`). With one seed it says there is no uncertainty estimate; when
+    /// the interval contains 0, that no difference was detected.
+    pub fn sentence(&self, run: &str, baseline: &str, quantity: &str, unit: &str) -> String {
         let size = self.mean.abs();
         let direction = if self.mean < 0.0 { "lower" } else { "higher" };
         let Some((lo, hi)) = self.t_interval else {
             return format!(
-                "{run} has {direction} {quantity} than {baseline} by {size:.3} nats, from one seed: no uncertainty \
+                "{run} has {direction} {quantity} than {baseline} by {size:.3} {unit}, from one seed: no uncertainty \
                  estimate (repeat over seeds with [experiment] seeds or --seeds N)"
             );
         };
@@ -145,7 +146,7 @@ impl PairedDiff {
         if lo <= 0.0 && hi >= 0.0 {
             return format!(
                 "no difference detected at this number of seeds between {run} and {baseline} in {quantity}: \
-                 {run} − {baseline} = {} nats (95% t interval {} to {}, {seeds})",
+                 {run} − {baseline} = {} {unit} (95% t interval {} to {}, {seeds})",
                 signed(self.mean, 3),
                 signed(lo, 3),
                 signed(hi, 3)
@@ -154,7 +155,7 @@ impl PairedDiff {
         // The interval of the size of the gap, in the direction of the finding.
         let (a, b) = if self.mean < 0.0 { (-hi, -lo) } else { (lo, hi) };
         format!(
-            "{run} has {direction} {quantity} than {baseline} by {size:.3} nats (95% t interval {a:.3}–{b:.3}, {seeds})"
+            "{run} has {direction} {quantity} than {baseline} by {size:.3} {unit} (95% t interval {a:.3}–{b:.3}, {seeds})"
         )
     }
 }

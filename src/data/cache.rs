@@ -83,10 +83,15 @@ fn reuse(dir: &Path, key: &str) -> Option<(CacheMeta, Tokens, Tokens)> {
         let meta: CacheMeta = serde_json::from_slice(&text).map_err(|e| format!("{e}"))?;
         let mut maps = vec![];
         for (path, split) in [(&train_path, &meta.train), (&val_path, &meta.val)] {
-            let tokens = Tokens::map(path, meta.dtype).map_err(|e| format!("{e:#}"))?;
-            let sha = crate::fsio::sha256_hex(tokens.as_le_bytes());
-            if sha != split.sha256 || tokens.len() as u64 != split.tokens {
+            // Read, not through the mapping: the check then leaves no pages of the corpus
+            // counted in the process's resident memory.
+            let sha = crate::fsio::sha256_file(path).map_err(|e| format!("{e:#}"))?;
+            if sha != split.sha256 {
                 return Err(format!("{} does not match its checksum", path.display()));
+            }
+            let tokens = Tokens::map(path, meta.dtype).map_err(|e| format!("{e:#}"))?;
+            if tokens.len() as u64 != split.tokens {
+                return Err(format!("{} does not hold the {} tokens its entry says", path.display(), split.tokens));
             }
             maps.push(tokens);
         }

@@ -209,6 +209,14 @@ pub fn baseline<'a>(runs: &'a [RunAggregate], asked: Option<&str>) -> Option<&'a
         .or_else(|| runs.first())
 }
 
+/// The unit of a run's losses in a sentence: `nats`, or `bits per byte`.
+fn unit_words(seeds: &[&RunSummary]) -> &'static str {
+    match seeds.first().map(|s| s.loss_unit.as_str()) {
+        Some("bits/byte") => "bits per byte",
+        _ => "nats",
+    }
+}
+
 /// Each other run against `base`, on each loss, paired by seed over complete seeds.
 pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
     let groups = by_run(summaries);
@@ -238,7 +246,7 @@ pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
                 bootstrap_lo: d.bootstrap.map(|i| i.0),
                 bootstrap_hi: d.bootstrap.map(|i| i.1),
                 wins: d.wins,
-                sentence: d.sentence(run, base, loss.words),
+                sentence: d.sentence(run, base, loss.words, unit_words(seeds)),
             });
         }
     }
