@@ -203,3 +203,76 @@ fn bad_data_settings_are_spec_errors_with_file_line_and_key() {
         .stderr(predicate::str::contains("phase.0.seq_len"))
         .stderr(predicate::str::contains("the validation split"));
 }
+
+#[test]
+fn a_tokenizer_file_trains_and_its_copy_in_the_run_decodes_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("words.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog sat on the cat ".repeat(400),
+    )
+    .unwrap();
+    let vocab = ["[UNK]", "the", "cat", "sat", "on", "mat", "and", "dog", "</s>"];
+    let entries: Vec<String> = vocab.iter().enumerate().map(|(i, w)| format!("\"{w}\": {i}")).collect();
+    let json = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null,
+        "decoder": null, "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "[UNK]"}}}}"#,
+        entries.join(", ")
+    );
+    let tokenizer = dir.path().join("words.json");
+    std::fs::write(&tokenizer, json).unwrap();
+    let data = format!("tokenizer = {{ file = \"{}\" }}", tokenizer.display());
+    let text = common::TINY_SPEC
+        .replace("CORPUS", corpus.to_str().unwrap())
+        .replace("[experiment]\n", "[experiment]\nname = \"words\"\n")
+        .replace("[data]\n", &format!("[data]\n{data}\n"));
+    let spec = dir.path().join("words.toml");
+    std::fs::write(&spec, text + "[eval]\ntokens = 256\n").unwrap();
+    let runs = dir.path().join("runs");
+    quiet_run(&spec, &runs).assert().success();
+    let run = runs.join("words/default");
+    assert_eq!(
+        std::fs::read(run.join("tokenizer.json")).unwrap(),
+        std::fs::read(&tokenizer).unwrap()
+    );
+    // The original may move or change: the run decodes with its own copy.
+    std::fs::remove_file(&tokenizer).unwrap();
+    let out = gptlab()
+        .args(["sample", run.to_str().unwrap(), "--prompt", "the cat", "--tokens", "4"])
+        .assert()
+        .success();
+    let said = stdout_of(&out);
+    assert!(said.starts_with("the cat"), "{said}");
+    assert!(said.split_whitespace().skip(2).all(|w| vocab.contains(&w)), "{said}");
+}
+
+#[test]
+fn a_checkpoint_written_before_tokenizers_still_resumes_and_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let first = spec(dir.path(), "old", "", "");
+    quiet_run(&first, &runs).assert().success();
+    // Make every checkpoint look like an older gptlab's: no tokenizer record, and none of the
+    // identity keys added since (the tokenizer, the data format, the schedule).
+    let checkpoints = runs.join("old/default/checkpoints");
+    for entry in std::fs::read_dir(&checkpoints).unwrap() {
+        let meta_path = entry.unwrap().path().join("meta.json");
+        let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+        meta.as_object_mut().unwrap().remove("tokenizer");
+        let identity = meta["identity"].as_object_mut().unwrap();
+        for key in ["data.tokenizer", "data.format", "train.schedule", "train.warmup_steps"] {
+            assert!(identity.remove(key).is_some(), "{key}");
+        }
+        std::fs::write(&meta_path, serde_json::to_string_pretty(&meta).unwrap()).unwrap();
+    }
+    let run = runs.join("old/default");
+    gptlab()
+        .args(["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "5"])
+        .assert()
+        .success();
+    let longer = spec(dir.path(), "old", "", "[[phase]]\nseq_len = 16\nsteps = 2\n");
+    quiet_run(&longer, &runs).assert().success();
+    assert_eq!(metrics_bits(&runs, "old/default").len(), 18);
+}

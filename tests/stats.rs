@@ -101,7 +101,7 @@ fn paired_differences_pair_by_seed() {
 fn the_verdict_says_what_the_interval_supports() {
     // A clear win: every seed lower, the interval below 0.
     let win = PairedDiff::of(&[(1, 2.5), (2, 2.6), (3, 2.55)], &[(1, 2.8), (2, 2.85), (3, 2.83)]).unwrap();
-    let s = win.sentence("rope", "absolute", "final validation loss");
+    let s = win.sentence("rope", "absolute", "final validation loss", "nats");
     assert!(
         s.starts_with("rope has lower final validation loss than absolute by 0.277 nats (95% t interval"),
         "{s}"
@@ -112,7 +112,7 @@ fn the_verdict_says_what_the_interval_supports() {
 
     // A clear loss: higher everywhere.
     let loss = PairedDiff::of(&[(1, 3.0), (2, 3.1), (3, 3.05)], &[(1, 2.8), (2, 2.85), (3, 2.83)]).unwrap();
-    let s = loss.sentence("nope", "absolute", "final validation loss");
+    let s = loss.sentence("nope", "absolute", "final validation loss", "nats");
     assert!(
         s.starts_with("nope has higher final validation loss than absolute by 0.223 nats"),
         "{s}"
@@ -121,7 +121,7 @@ fn the_verdict_says_what_the_interval_supports() {
 
     // Noise: the interval contains 0.
     let tie = PairedDiff::of(&[(1, 2.9), (2, 2.7), (3, 2.85)], &[(1, 2.8), (2, 2.85), (3, 2.83)]).unwrap();
-    let s = tie.sentence("rope", "absolute", "final validation loss");
+    let s = tie.sentence("rope", "absolute", "final validation loss", "nats");
     assert!(
         s.starts_with("no difference detected at this number of seeds between rope and absolute"),
         "{s}"
@@ -131,7 +131,7 @@ fn the_verdict_says_what_the_interval_supports() {
     // One seed: no interval, and it says so.
     let one = PairedDiff::of(&[(7, 2.5)], &[(7, 2.8)]).unwrap();
     assert_eq!((one.t_interval, one.bootstrap), (None, None));
-    let s = one.sentence("rope", "absolute", "final validation loss");
+    let s = one.sentence("rope", "absolute", "final validation loss", "nats");
     assert!(s.contains("one seed: no uncertainty estimate"), "{s}");
     assert!(!s.contains("interval"), "no interval from one sample: {s}");
 }

@@ -91,7 +91,11 @@ fn reuse(dir: &Path, key: &str) -> Option<(CacheMeta, Tokens, Tokens)> {
             }
             let tokens = Tokens::map(path, meta.dtype).map_err(|e| format!("{e:#}"))?;
             if tokens.len() as u64 != split.tokens {
-                return Err(format!("{} does not hold the {} tokens its entry says", path.display(), split.tokens));
+                return Err(format!(
+                    "{} does not hold the {} tokens its entry says",
+                    path.display(),
+                    split.tokens
+                ));
             }
             maps.push(tokens);
         }

@@ -37,6 +37,32 @@ pub(super) fn contains(table: &toml::Table, path: &[Seg]) -> bool {
     !path.is_empty()
 }
 
+/// A spec's text parsed: its positions and its table, or the syntax error on its line.
+pub(super) fn parse_toml(path: &Path, text: &str) -> Result<(SourceMap, toml::Table), Box<SpecError>> {
+    let syntax = |origin, message| {
+        Box::new(SpecError {
+            file: path.to_path_buf(),
+            origin,
+            key: None,
+            run: None,
+            message,
+        })
+    };
+    let map = SourceMap::parse(text).map_err(|(msg, span)| {
+        let origin = span.map_or(Origin::File, |s| {
+            Origin::Line(text[..s.start.min(text.len())].matches('\n').count() + 1)
+        });
+        syntax(origin, format!("invalid TOML: {}", msg.trim().replace('\n', "; ")))
+    })?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let origin = e
+            .span()
+            .map_or(Origin::File, |s| Origin::Line(map.line_of_offset(s.start)));
+        syntax(origin, e.message().to_string())
+    })?;
+    Ok((map, table))
+}
+
 /// `over` merged onto `under`: tables key by key, every other value replaced.
 pub(super) fn merge(mut under: toml::Table, over: toml::Table) -> toml::Table {
     for (k, v) in over {
@@ -101,22 +127,7 @@ pub(super) fn resolve(
     }
     let text = crate::fsio::read_text_capped_or_why(&base_path, crate::fsio::MAX_SPEC_BYTES)
         .map_err(|why| error(path, at(), format!("the base spec `{}` {why}", base_path.display())))?;
-    let base_map = SourceMap::parse(&text).map_err(|(msg, span)| {
-        let origin = span.map_or(Origin::File, |s| {
-            Origin::Line(text[..s.start.min(text.len())].matches('\n').count() + 1)
-        });
-        error(
-            &base_path,
-            origin,
-            format!("invalid TOML: {}", msg.trim().replace('\n', "; ")),
-        )
-    })?;
-    let own: toml::Table = toml::from_str(&text).map_err(|e| {
-        let origin = e
-            .span()
-            .map_or(Origin::File, |s| Origin::Line(base_map.line_of_offset(s.start)));
-        error(&base_path, origin, e.message().to_string())
-    })?;
+    let (base_map, own) = parse_toml(&base_path, &text)?;
     seen.push(canonical);
     let (merged_base, mut further) = resolve(&base_path, &base_map, own.clone(), seen)?;
     let mut own_written = own;

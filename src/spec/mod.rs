@@ -249,36 +249,7 @@ impl SpecFile {
 
     /// Parses spec text; `path` names it in errors and gives the default experiment name.
     pub fn parse(path: &Path, text: &str) -> Result<Self, SpecErrors> {
-        let map = SourceMap::parse(text).map_err(|(msg, span)| SpecError {
-            file: path.to_path_buf(),
-            origin: span
-                .map(|s| {
-                    Origin::Line(
-                        text.as_bytes()[..s.start.min(text.len())]
-                            .iter()
-                            .filter(|&&b| b == b'\n')
-                            .count()
-                            + 1,
-                    )
-                })
-                .unwrap_or(Origin::File),
-            key: None,
-            run: None,
-            message: format!("invalid TOML: {}", msg.trim().replace('\n', "; ")),
-        })?;
-        let own: toml::Table = toml::from_str(text).map_err(|e| {
-            let origin = e
-                .span()
-                .map(|s| Origin::Line(map.line_of_offset(s.start)))
-                .unwrap_or(Origin::File);
-            SpecError {
-                file: path.to_path_buf(),
-                origin,
-                key: None,
-                run: None,
-                message: e.message().to_string(),
-            }
-        })?;
+        let (map, own) = extends::parse_toml(path, text).map_err(|e| *e)?;
         let mut seen = vec![std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())];
         let (mut base, bases) = extends::resolve(path, &map, own.clone(), &mut seen).map_err(|e| *e)?;
         // A file's experiment is its own: a base's name would send every spec extending it

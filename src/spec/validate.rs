@@ -72,7 +72,24 @@ fn check_schedule(c: &RunConfig, bad: &mut impl FnMut(&[&str], String)) {
         })
         .collect();
     let decays = kinds.iter().any(|k| *k != K::Constant);
-    let wsd = kinds.contains(&K::Wsd);
+    check_schedule_keys(t, decays, kinds.contains(&K::Wsd), bad);
+    check_schedule_spans(c, bad);
+    match t.micro_batch_size {
+        Some(0) => bad(&["train.micro_batch_size"], "must be at least 1".into()),
+        Some(m) if !t.batch_size.is_multiple_of(m) => bad(
+            &["train.micro_batch_size", "train.batch_size"],
+            format!(
+                "{m} does not divide batch_size {}: a step is a whole number of micro-batches",
+                t.batch_size
+            ),
+        ),
+        _ => {}
+    }
+}
+
+/// The floor and `wsd` decay settings: one of each pair, in range, and only where a phase's
+/// schedule decays (`decays`) or is `wsd`.
+fn check_schedule_keys(t: &super::TrainSection, decays: bool, wsd: bool, bad: &mut impl FnMut(&[&str], String)) {
     if t.min_lr.is_some() && t.min_lr_ratio.is_some() {
         bad(
             &["train.min_lr_ratio", "train.min_lr"],
@@ -130,18 +147,6 @@ fn check_schedule(c: &RunConfig, bad: &mut impl FnMut(&[&str], String)) {
     }
     if t.decay_steps == Some(0) {
         bad(&["train.decay_steps"], "must be at least 1".into());
-    }
-    check_schedule_spans(c, bad);
-    match t.micro_batch_size {
-        Some(0) => bad(&["train.micro_batch_size"], "must be at least 1".into()),
-        Some(m) if !t.batch_size.is_multiple_of(m) => bad(
-            &["train.micro_batch_size", "train.batch_size"],
-            format!(
-                "{m} does not divide batch_size {}: a step is a whole number of micro-batches",
-                t.batch_size
-            ),
-        ),
-        _ => {}
     }
 }
 
