@@ -137,6 +137,11 @@ fn the_lr_column_of_a_run_is_the_formula_at_every_step() {
         };
         assert!(close(r.lr, want), "step {}: {} vs {want}", r.step, r.lr);
     }
+    // With accumulation the schedule counts optimizer steps, not micro-batches.
+    let micro = spec_with_train(dir.path(), "cos_micro", &format!("{train}micro_batch_size = 1\n"), "");
+    quiet_run(&micro, &runs).assert().success();
+    let rates = |run: &str| metrics(&runs, run).iter().map(|r| r.lr.to_bits()).collect::<Vec<_>>();
+    assert_eq!(rates("cos_micro/default"), rates("cos/default"));
 }
 
 #[cfg(feature = "fault-injection")]
