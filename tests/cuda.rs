@@ -120,7 +120,7 @@ fn meta(config: &ModelConfig) -> gptlab::checkpoint::Meta {
         1,
         0,
         gptlab::checkpoint::Kind::Periodic,
-        (0..65u8).map(|i| (b' ' + i) as char).collect(),
+        &gptlab::data::Tokenizer::chars((0..65u8).map(|i| (b' ' + i) as char).collect()),
         config.clone(),
         Default::default(),
     )
