@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::data::{Corpus, CorpusRequest, TokenizerSpec};
+use crate::data::{Corpus, CorpusRequest, TokenizerFile, TokenizerSpec};
 use crate::model::ModelConfig;
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::spec::{RunConfig, RunSpec, SpecError, SpecErrors, flatten};
@@ -526,8 +526,8 @@ fn corpus_request(spec: &RunSpec, runs_dir: &Path) -> Result<CorpusRequest, Vec<
         .as_ref()
         .map(|p| resolve(p, "data.val_path", "validation data path"));
     let tokenizer = match &d.tokenizer {
-        TokenizerSpec::File { file } => {
-            resolve(file, "data.tokenizer", "tokenizer file").map(|file| TokenizerSpec::File { file })
+        TokenizerSpec::File(TokenizerFile { file }) => {
+            resolve(file, "data.tokenizer", "tokenizer file").map(|file| TokenizerSpec::File(TokenizerFile { file }))
         }
         named => Some(named.clone()),
     };

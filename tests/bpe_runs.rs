@@ -183,6 +183,12 @@ fn bad_data_settings_are_spec_errors_with_file_line_and_key() {
             "data.tokenizer",
             "tokenizer file `nowhere.json` not found",
         ),
+        ("tokenizer = 5", "data.tokenizer", "must be a tokenizer name"),
+        (
+            "tokenizer = { file = \"t.json\", vocab = 3 }",
+            "data.tokenizer",
+            "(no other key)",
+        ),
     ];
     for (i, (line, key, words)) in cases.iter().enumerate() {
         let spec = spec(dir.path(), &format!("bad{i}"), line, "");

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gptlab::data::{Corpus, CorpusRequest, Dtype, Format, Split, Tokenizer, TokenizerSpec};
+use gptlab::data::{Corpus, CorpusRequest, Dtype, Format, Split, Tokenizer, TokenizerFile, TokenizerSpec};
 use rand::{Rng, SeedableRng};
 
 fn request(path: &Path, tokenizer: &str, cache: &Path) -> CorpusRequest {
@@ -296,7 +296,7 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
         (tokens("high.bin", "o200k", Dtype::U16), "data.dtype", "use \"u32\""),
         (
             CorpusRequest {
-                tokenizer: TokenizerSpec::File { file: p("broken.json") },
+                tokenizer: TokenizerSpec::File(TokenizerFile { file: p("broken.json") }),
                 ..text("ok.txt", "x")
             },
             "data.tokenizer",

@@ -13,7 +13,7 @@ use rand::Rng;
 
 pub use cache::key as cache_key;
 pub use source::{DataFile, safe_cut};
-pub use tokenizer::{BUILT_IN, Tokenizer, TokenizerRecord, TokenizerSpec};
+pub use tokenizer::{BUILT_IN, Tokenizer, TokenizerFile, TokenizerRecord, TokenizerSpec};
 pub use tokens::{Dtype, Tokens};
 
 /// `[data] format`.
@@ -140,7 +140,7 @@ impl Corpus {
                 Tokenizer::bpe(name)
                     .ok_or_else(|| vec![at("data.tokenizer")(req.tokenizer.problem().unwrap_or_default())])?,
             ),
-            TokenizerSpec::File { file } => Some(load_tokenizer_file(file).map_err(|e| vec![e])?),
+            TokenizerSpec::File(f) => Some(load_tokenizer_file(&f.file).map_err(|e| vec![e])?),
         };
         match req.format {
             Format::Text => load_text(req, tokenizer.as_ref()),

@@ -10,15 +10,23 @@ use serde::{Deserialize, Serialize};
 
 /// `[data] tokenizer`: a built-in name or `{ file = "tokenizer.json" }`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "must be a tokenizer name (\"char\", \"gpt2\", \"cl100k\", \"o200k\") or { file = \"path/to/tokenizer.json\" } (no other key)"
+)]
 pub enum TokenizerSpec {
     /// `char`, `gpt2`, `cl100k` or `o200k`.
     Named(String),
     /// A Hugging Face tokenizer file.
-    File {
-        /// Its path (relative: to the working directory, then the spec's folder).
-        file: PathBuf,
-    },
+    File(TokenizerFile),
+}
+
+/// `{ file = "tokenizer.json" }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerFile {
+    /// Its path (relative: to the working directory, then the spec's folder).
+    pub file: PathBuf,
 }
 
 impl Default for TokenizerSpec {
