@@ -55,30 +55,17 @@ pub struct PhaseSchedule {
 impl PhaseSchedule {
     /// Lays out `config.phase` from step 1, each with the schedule its rates come from.
     pub fn new(config: &RunConfig) -> Self {
-        let t = &config.train;
-        let span = config
-            .phase
-            .iter()
-            .filter(|p| !p.has_own_schedule())
-            .map(|p| p.steps)
-            .sum();
-        let run_wide = t.schedule_over(t.schedule, t.warmup_steps, t.lr, span);
+        let (run_wide, own) = config.lr_schedules();
         let (mut first_step, mut offset) = (1, 0);
         let phases = config
             .phase
             .iter()
+            .zip(own)
             .enumerate()
-            .map(|(index, p)| {
-                let (lr, lr_offset, own_schedule) = match p.has_own_schedule() {
-                    true => {
-                        let kind = p.schedule.unwrap_or_default();
-                        (
-                            t.schedule_over(kind, p.warmup_steps.unwrap_or(0), p.lr.unwrap_or(t.lr), p.steps),
-                            0,
-                            true,
-                        )
-                    }
-                    false => {
+            .map(|(index, (p, own))| {
+                let (lr, lr_offset, own_schedule) = match own {
+                    Some(schedule) => (schedule, 0, true),
+                    None => {
                         offset += p.steps;
                         (run_wide, offset - p.steps, false)
                     }

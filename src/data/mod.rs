@@ -170,14 +170,6 @@ impl Corpus {
     pub fn bits_per_byte(&self, nats: f64, split: Split) -> f64 {
         nats * self.tokens_per_byte(split) / std::f64::consts::LN_2
     }
-
-    /// The data's identity for a run: the corpus's hash, and `val_path`'s when it has one.
-    pub fn data_identity(&self) -> String {
-        match &self.val_sha256 {
-            Some(val) => format!("{} val {val}", self.sha256),
-            None => self.sha256.clone(),
-        }
-    }
 }
 
 /// Where tokenised text is cached when `[data] cache_dir` is not set: `$GPTLAB_CACHE_DIR`,

@@ -450,3 +450,28 @@ pub struct RunConfig {
     #[serde(default)]
     pub slurm: SlurmSection,
 }
+
+impl RunConfig {
+    /// The run-wide learning-rate schedule (`[train]`'s, over the steps of every phase without
+    /// a schedule of its own, as one sequence) and each phase's own schedule, where it has one.
+    pub fn lr_schedules(&self) -> (crate::schedule::LrSchedule, Vec<Option<crate::schedule::LrSchedule>>) {
+        let t = &self.train;
+        let span = self
+            .phase
+            .iter()
+            .filter(|p| !p.has_own_schedule())
+            .map(|p| p.steps)
+            .sum();
+        let run_wide = t.schedule_over(t.schedule, t.warmup_steps, t.lr, span);
+        let own = self
+            .phase
+            .iter()
+            .map(|p| {
+                let kind = p.schedule.unwrap_or_default();
+                p.has_own_schedule()
+                    .then(|| t.schedule_over(kind, p.warmup_steps.unwrap_or(0), p.lr.unwrap_or(t.lr), p.steps))
+            })
+            .collect();
+        (run_wide, own)
+    }
+}

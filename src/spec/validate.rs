@@ -63,17 +63,11 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
 fn check_schedule(c: &RunConfig, bad: &mut impl FnMut(&[&str], String)) {
     use crate::schedule::ScheduleKind as K;
     let t = &c.train;
-    let kinds: Vec<K> = c
-        .phase
-        .iter()
-        .map(|p| match p.has_own_schedule() {
-            true => p.schedule.unwrap_or_default(),
-            false => t.schedule,
-        })
-        .collect();
+    let (run_wide, own) = c.lr_schedules();
+    let kinds: Vec<K> = own.iter().map(|o| o.map_or(run_wide.kind, |s| s.kind)).collect();
     let decays = kinds.iter().any(|k| *k != K::Constant);
     check_schedule_keys(t, decays, kinds.contains(&K::Wsd), bad);
-    check_schedule_spans(c, bad);
+    check_schedule_spans(c, run_wide, own, bad);
     match t.micro_batch_size {
         Some(0) => bad(&["train.micro_batch_size"], "must be at least 1".into()),
         Some(m) if !t.batch_size.is_multiple_of(m) => bad(
@@ -152,28 +146,24 @@ fn check_schedule_keys(t: &super::TrainSection, decays: bool, wsd: bool, bad: &m
 
 /// Warmups and `wsd` decays longer than the steps their schedule spans; a phase's own floor
 /// above its peak.
-fn check_schedule_spans(c: &RunConfig, bad: &mut impl FnMut(&[&str], String)) {
-    let t = &c.train;
-    let span = c.phase.iter().filter(|p| !p.has_own_schedule()).map(|p| p.steps).sum();
-    if t.warmup_steps > 0 && span == 0 && !c.phase.is_empty() {
+fn check_schedule_spans(
+    c: &RunConfig,
+    run_wide: crate::schedule::LrSchedule,
+    own: Vec<Option<crate::schedule::LrSchedule>>,
+    bad: &mut impl FnMut(&[&str], String),
+) {
+    if c.train.warmup_steps > 0 && run_wide.steps == 0 && !c.phase.is_empty() {
         bad(
             &["train.warmup_steps"],
             "every phase has a schedule of its own, so the run-wide warmup applies to none".into(),
         );
     }
-    let mut spans = vec![(
-        "train".to_string(),
-        t.schedule_over(t.schedule, t.warmup_steps, t.lr, span),
-    )];
-    for (i, p) in c.phase.iter().enumerate().filter(|(_, p)| p.has_own_schedule()) {
-        let own = t.schedule_over(
-            p.schedule.unwrap_or_default(),
-            p.warmup_steps.unwrap_or(0),
-            p.lr.unwrap_or(t.lr),
-            p.steps,
-        );
-        spans.push((format!("phase.{i}"), own));
-    }
+    let mut spans = vec![("train".to_string(), run_wide)];
+    spans.extend(
+        own.into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((format!("phase.{i}"), s?))),
+    );
     for (at, s) in spans.into_iter().filter(|(_, s)| s.steps > 0) {
         let whose = if at == "train" {
             "the run-wide schedule".to_string()
