@@ -249,17 +249,31 @@ pub fn hex(digest: &[u8]) -> String {
 /// SHA-256 of a file, read in blocks (a corpus need not fit in memory).
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::Digest;
-    use std::io::Read;
-    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
+    for_each_block(path, |block| {
+        hasher.update(block);
+        std::ops::ControlFlow::<()>::Continue(())
+    })
+    .with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Calls `f` with the bytes of `path` in order, in blocks of 1 MiB, until the file ends
+/// (`Ok(None)`) or `f` breaks with a value (`Ok(Some(value))`): a file need not fit in memory.
+pub fn for_each_block<B>(
+    path: &Path,
+    mut f: impl FnMut(&[u8]) -> std::ops::ControlFlow<B>,
+) -> std::io::Result<Option<B>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let n = file.read(&mut buf)?;
         if n == 0 {
-            return Ok(hex(&hasher.finalize()));
+            return Ok(None);
         }
-        hasher.update(&buf[..n]);
+        if let std::ops::ControlFlow::Break(value) = f(&buf[..n]) {
+            return Ok(Some(value));
+        }
     }
 }

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 use sha2::Digest;
+use std::ops::ControlFlow;
+
+use crate::fsio::for_each_block;
 
 /// The block size files are read in.
 const BLOCK: usize = 1 << 20;
@@ -103,34 +106,27 @@ pub fn list_files(path: &Path, include: &[String]) -> Result<Vec<PathBuf>, Strin
 /// Reads `path` once: its SHA-256, size and characters; an error names the byte offset of the
 /// first byte that is not UTF-8.
 pub fn scan_text(path: &Path) -> Result<DataFile, String> {
-    let mut file = File::open(path).map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
     let (mut bytes, mut chars) = (0u64, 0u64);
+    // The tail of a block that may be the start of a character the next block ends.
     let mut carry: Vec<u8> = vec![];
-    let mut buf = vec![0u8; BLOCK];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        chars += buf[..n].iter().filter(|&&b| (b as i8) >= -0x40).count() as u64;
-        carry.extend_from_slice(&buf[..n]);
+    let bad_byte = for_each_block(path, |block| {
+        hasher.update(block);
+        chars += block.iter().filter(|&&b| (b as i8) >= -0x40).count() as u64;
+        let start = bytes - carry.len() as u64;
+        carry.extend_from_slice(block);
+        bytes += block.len() as u64;
         let keep = match std::str::from_utf8(&carry) {
             Ok(_) => 0,
             Err(e) if e.error_len().is_none() => carry.len() - e.valid_up_to(),
-            Err(e) => {
-                let offset = bytes + e.valid_up_to() as u64 - (carry.len() - n) as u64;
-                return Err(not_utf8(path, offset));
-            }
+            Err(e) => return ControlFlow::Break(start + e.valid_up_to() as u64),
         };
         carry.drain(..carry.len() - keep);
-        bytes += n as u64;
-    }
-    if !carry.is_empty() {
-        return Err(not_utf8(path, bytes - carry.len() as u64));
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+    if let Some(offset) = bad_byte.or_else(|| (!carry.is_empty()).then(|| bytes - carry.len() as u64)) {
+        return Err(not_utf8(path, offset));
     }
     Ok(DataFile {
         path: path.to_path_buf(),
@@ -149,26 +145,21 @@ fn not_utf8(path: &Path, offset: u64) -> String {
 
 /// The byte offset of character `n` of a file (its length if it has fewer).
 fn byte_of_char(path: &Path, n: u64) -> Result<u64, String> {
-    let mut file = File::open(path).map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
     let (mut seen, mut offset) = (0u64, 0u64);
-    let mut buf = vec![0u8; BLOCK];
-    loop {
-        let got = file
-            .read(&mut buf)
-            .map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
-        if got == 0 {
-            return Ok(offset);
-        }
-        for (i, &b) in buf[..got].iter().enumerate() {
+    let found = for_each_block(path, |block| {
+        for (i, &b) in block.iter().enumerate() {
             if (b as i8) >= -0x40 {
                 if seen == n {
-                    return Ok(offset + i as u64);
+                    return ControlFlow::Break(offset + i as u64);
                 }
                 seen += 1;
             }
         }
-        offset += got as u64;
-    }
+        offset += block.len() as u64;
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+    Ok(found.unwrap_or(offset))
 }
 
 /// A corpus's text, split.
