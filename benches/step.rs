@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use dfdx::prelude::*;
 use gptlab::data::Batch;
-use gptlab::model::{Dropout, Gpt, ModelConfig, Position};
+use gptlab::model::{Dropout, Gpt, HasParams, ModelConfig, Position};
 use gptlab::seed::{Stream, stream};
 use gptlab::train::{AdamW, train_step};
 use rand::Rng;
@@ -85,6 +85,64 @@ fn bench<D: gptlab::model::Backend + Synchronize>(
     );
 }
 
+/// gpt-mini's matrix products at B = 64, T = 128 (N = 8192 rows, C = 192): the forward
+/// `x·W` of the attention (`3C`, `C`) and MLP (`4C`, then back to `C`) weights, and the
+/// backward `gy·Wᵀ` and `xᵀ·gy` of the widest, as `(label, m, n, k, lhs_t, rhs_t)`.
+const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 6] = [
+    ("x·Wqkv", 8192, 576, 192, false, false),
+    ("x·Wo", 8192, 192, 192, false, false),
+    ("x·W1", 8192, 768, 192, false, false),
+    ("h·W2", 8192, 192, 768, false, false),
+    ("gy·W1ᵀ", 8192, 192, 768, false, true),
+    ("xᵀ·gy", 192, 768, 8192, true, false),
+];
+
+/// The matrix-product rate on each of [`GEMM_SHAPES`] (best of 20), the best of them, and the
+/// mha case's step arithmetic over it: the time a step would take if every FLOP ran at the
+/// best rate (the FLOP limit the step is compared with).
+fn gemm_rates() {
+    let mut best: f64 = 0.0;
+    for (label, m, n, k, lhs_t, rhs_t) in GEMM_SHAPES {
+        let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
+        let rhs: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
+        let mut dst = vec![0.0; m * n];
+        let fastest = (0..20)
+            .map(|_| {
+                let t0 = Instant::now();
+                gptlab::model::matmul(m, n, k, &mut dst, &lhs, lhs_t, &rhs, rhs_t);
+                t0.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        let gflops = 2.0 * (m * n * k) as f64 / fastest / 1e9;
+        best = best.max(gflops);
+        println!("gemm {label} {m}x{k}·{k}x{n} gflops={gflops:.0}");
+    }
+    let flops = step_flops(&ModelConfig::gpt_mini(), 64, 128);
+    println!(
+        "gemm best_gflops={best:.0} isa={} mha_step_flops={flops:.3e} flop_limit_s={:.4}",
+        gptlab::isa::current(),
+        flops / (best * 1e9)
+    );
+}
+
+/// FLOPs of one training step's matrix products at batch `b`, length `t`: the forward's
+/// `2·tokens` per weight that decays (AdamW decays exactly the matrix weights, head included)
+/// plus `QKᵀ` and `PV` at full `T×T` per head (the fused attention computes the masked half
+/// too), and a backward of twice the forward.
+fn step_flops(config: &ModelConfig, b: usize, t: usize) -> f64 {
+    let model = Gpt::new(&Cpu::default(), config, 0);
+    let mut weights = 0usize;
+    model.visit(&mut |p| {
+        if p.decay {
+            weights += p.numel();
+        }
+    });
+    let attn = config.attn_shape();
+    let attention = config.arch.n_layer * 2 * 2 * t * attn.n_head * attn.head_dim();
+    let forward = (2 * weights + attention) as f64;
+    3.0 * forward * (b * t) as f64
+}
+
 fn main() {
     gptlab::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -92,6 +150,10 @@ fn main() {
     let steps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(6usize).max(2);
     let device = args.get(2).map(String::as_str).unwrap_or("cpu");
     let mut ran = false;
+    if case == "gemm" || case == "all" {
+        gemm_rates();
+        ran = true;
+    }
     for (name, t, kv, position) in CASES {
         if case == "all" || case == name {
             match device {
@@ -117,7 +179,7 @@ fn main() {
         }
     }
     if !ran {
-        eprintln!("unknown case `{case}`: one of mha, rope, gqa2, rope256, all");
+        eprintln!("unknown case `{case}`: one of mha, rope, gqa2, rope256, gemm, all");
         std::process::exit(2);
     }
 }

@@ -46,6 +46,10 @@ pub struct Meta {
     /// existed, which are characters ([`Meta::tokenizer_record`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<crate::data::TokenizerRecord>,
+    /// The CPU instruction-set path that trained it (absent on a GPU and in checkpoints
+    /// written before paths were recorded): resuming on another path changes the rounding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isa: Option<crate::isa::Isa>,
     /// The architecture, so a checkpoint can be loaded on its own (e.g. to sample).
     pub model: crate::model::ModelConfig,
     /// The settings that determine the run's trajectory, flattened; see `RunPlan::identity`.
@@ -90,6 +94,7 @@ impl Meta {
             kind,
             vocab: tokenizer.char_vocab().map(<[char]>::to_vec).unwrap_or_default(),
             tokenizer: Some(tokenizer.record().clone()),
+            isa: None,
             model,
             identity_sha256: identity_hash(&identity),
             identity,

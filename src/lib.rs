@@ -16,6 +16,7 @@ pub mod experiment;
 pub mod format;
 pub mod fsio;
 pub mod interrupt;
+pub mod isa;
 pub mod lock;
 pub mod model;
 pub mod params;

@@ -29,6 +29,11 @@ fn main() -> ExitCode {
     gptlab::alloc::keep_freed_memory();
     gptlab::interrupt::default_sigpipe();
     let cli = Cli::parse();
+    // A bad GPTLAB_ISA is a usage error before any work, not a panic in the first kernel.
+    if let Err(e) = gptlab::isa::init().map_err(Error::Usage) {
+        eprintln!("{e}");
+        return ExitCode::from(e.exit_code());
+    }
     let result = match cli.command {
         Command::List { dir } => list(&dir),
         Command::Validate { files, select } => validate(&files, &select),

@@ -101,6 +101,14 @@ pub struct RunSession {
     pub cpu: String,
     /// Threads this run trained with.
     pub threads: usize,
+    /// The CPU instruction-set path of its arithmetic (absent on a GPU and in sessions
+    /// written before paths were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isa: Option<crate::isa::Isa>,
+    /// The path of the checkpoint this session resumed from, when it was another one: the
+    /// run is not bit-identical to an uninterrupted run from there on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_isa: Option<crate::isa::Isa>,
     /// The first step this session trained (the step after the checkpoint it resumed from).
     pub first_step: usize,
     /// The last step it trained, once it ended.
@@ -130,6 +138,8 @@ impl RunSession {
             job: job_id(),
             cpu: cpu_model(),
             threads: rayon::current_num_threads(),
+            isa: None,
+            resumed_from_isa: None,
             first_step,
             last_step: None,
             outcome: None,

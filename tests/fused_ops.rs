@@ -424,3 +424,8 @@ fn fused_gelu_mlp_equals_the_composition_in_values_and_gradients() {
         assert_close(&case, &parts, &run(true), &run(false), 1e-4, 1e-4);
     }
 }
+
+#[test]
+fn every_test_here_passes_on_every_path_the_cpu_runs() {
+    common::rerun_on_other_paths("every_test_here_passes_on_every_path_the_cpu_runs");
+}

@@ -105,7 +105,10 @@ fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan], quiet: bool
     };
     let (chosen, why) = crate::device::choose(request).map_err(Error::Usage)?;
     if !quiet {
-        crate::events::note(why);
+        match chosen {
+            Chosen::Cpu => crate::events::note(format!("{why}; {}", crate::isa::init().map_err(Error::Usage)?.line())),
+            Chosen::Cuda => crate::events::note(why),
+        }
     }
     Ok(chosen)
 }

@@ -25,6 +25,10 @@ pub struct Invocation {
     pub reports_dir: PathBuf,
     /// `--lock-timeout` of the tasks, seconds.
     pub lock_timeout: u64,
+    /// The instruction-set path `GPTLAB_ISA` pinned at submission, exported to every task
+    /// (a site's `--export=NONE` would otherwise drop it): on a cluster of mixed nodes the
+    /// runs stay bit for bit reproducible, and a node without the path refuses to start.
+    pub isa: Option<crate::isa::Isa>,
 }
 
 impl Invocation {
@@ -49,6 +53,9 @@ impl Invocation {
             runs_dir: absolute(dirs.0)?,
             reports_dir: absolute(dirs.1)?,
             lock_timeout: lock_timeout.as_secs(),
+            isa: crate::isa::init()
+                .map(|c| c.pinned.then_some(c.isa))
+                .map_err(anyhow::Error::msg)?,
         })
     }
 
@@ -125,6 +132,9 @@ pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &I
         inv.command("run"),
         inv.lock_timeout
     );
+    if let Some(isa) = inv.isa {
+        lines.push(format!("export {}={isa}", crate::isa::ENV));
+    }
     lines.push(format!(
         r#"set -u
 runs=({runs})

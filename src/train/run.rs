@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use super::{AdamW, Progress, RunOutcome, StepDropout, eval_loss, length_eval, train_step_accumulated};
 use crate::checkpoint::{self, Kind, Meta, fault_point};
 use crate::data::{Batch, Corpus, Split, sample_batch};
+use crate::isa::Isa;
 use crate::model::{Backend, Gpt};
 use crate::plan::{Phase, RunPlan};
 use crate::provenance::Provenance;
@@ -119,9 +120,16 @@ fn evaluate_missing<D: Backend>(
     Ok(())
 }
 
+/// The checkpoint a session resumed from.
+struct Resumed {
+    /// Its step (0: none, the run starts from scratch).
+    step: usize,
+    /// The instruction-set path that wrote it, when recorded.
+    isa: Option<Isa>,
+}
+
 /// Restores the newest checkpoint that verifies; corrupt ones are reported and skipped.
-/// Returns the step it resumes after (0 for none).
-fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt: &mut AdamW) -> Result<usize> {
+fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt: &mut AdamW) -> Result<Resumed> {
     let found = run_dir.checkpoints();
     let n_found = found.len();
     for (step, dir) in found {
@@ -161,7 +169,10 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
             plan.id(),
             dir.display()
         ));
-        return Ok(step);
+        return Ok(Resumed {
+            step,
+            isa: loaded.meta.isa,
+        });
     }
     if n_found > 0 {
         bail!(
@@ -170,7 +181,27 @@ fn resume<D: Backend>(plan: &RunPlan, run_dir: &RunDir, model: &mut Gpt<D>, opt:
             run_dir.checkpoints_path().display()
         );
     }
-    Ok(0)
+    Ok(Resumed { step: 0, isa: None })
+}
+
+/// The checkpoint's instruction-set path when this session continues on another one, said
+/// in a warning: the rest of the run rounds differently than an uninterrupted run would.
+fn other_isa<D: Backend>(plan: &RunPlan, resumed: &Resumed) -> Option<Isa> {
+    let (Some(was), Some(now)) = (resumed.isa, D::isa()) else {
+        return None;
+    };
+    if was == now {
+        return None;
+    }
+    crate::events::warning(format!(
+        "[{}] warning: the checkpoint at step {} was written on the {was} instruction-set path and \
+         this session continues on {now}: from here on the run rounds differently than an \
+         uninterrupted one, so it is not bit-identical to one (set {}={was} to continue on its path)",
+        plan.id(),
+        resumed.step,
+        crate::isa::ENV
+    ));
+    Some(was)
 }
 
 /// One run's training session, read top to bottom: [`RunLoop::open`] (the folder, resume or
@@ -209,19 +240,18 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let t = &plan.config.train;
         let mut model = Gpt::new(dev, &plan.model, plan.seed);
         let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
-        let done = resume(plan, &run_dir, &mut model, &mut opt)?;
+        let resumed = resume(plan, &run_dir, &mut model, &mut opt)?;
+        let done = resumed.step;
         if done == 0 {
             init_from(plan, &mut model)?;
         }
         let metrics = run_dir.metrics_writer(done)?;
         run_dir.write_status(&RunStatus::Running { step: done })?;
         let mut provenance = run_dir.read_provenance();
-        provenance.sessions.push(RunSession::start(
-            &opts.session,
-            &plan.data_path,
-            &plan.corpus,
-            done + 1,
-        ));
+        let mut session = RunSession::start(&opts.session, &plan.data_path, &plan.corpus, done + 1);
+        session.isa = D::isa();
+        session.resumed_from_isa = other_isa::<D>(plan, &resumed);
+        provenance.sessions.push(session);
         run_dir.write_provenance(&provenance)?;
         crate::probe::enable_attention_probe(plan.config.measure.attention);
         crate::probe::reset_peak_rss();
@@ -339,7 +369,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         }
         self.still_ours()?;
         let kind = if phase_end { Kind::PhaseEnd } else { Kind::Periodic };
-        let meta = Meta::new(
+        let mut meta = Meta::new(
             step,
             phase.index,
             kind,
@@ -347,6 +377,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             self.plan.model.clone(),
             self.plan.identity(step),
         );
+        meta.isa = D::isa();
         self.run_dir
             .save_checkpoint(&self.model, &self.opt.state, meta, t.keep_checkpoints)?;
         self.run_dir.write_status(&RunStatus::Running { step })?;

@@ -248,3 +248,31 @@ pub fn results_fingerprint(run_dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Runs this test binary's other tests again on every other instruction-set path the CPU
+/// runs (`GPTLAB_ISA` is read once per process, so each path needs a process of its own),
+/// failing with their output when any fails. `this_test` is skipped in the children.
+pub fn rerun_on_other_paths(this_test: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let current = gptlab::isa::current();
+    for isa in gptlab::isa::Isa::supported_paths()
+        .into_iter()
+        .filter(|&i| i != current)
+    {
+        let out = std::process::Command::new(&exe)
+            .args(["--skip", this_test, "--test-threads", "2"])
+            .env(gptlab::isa::ENV, isa.name())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "on the {isa} path:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("test result: ok."),
+            "on the {isa} path no tests ran:\n{text}"
+        );
+    }
+}

@@ -10,9 +10,10 @@ use rayon::prelude::*;
 
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
-    CHUNK, View, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
-    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, gemm_par,
+    CHUNK, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
+    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask,
 };
+use super::matmul::{View, gemm_par};
 use super::{Backend, Dropout, Heads};
 use crate::model::config::Float;
 
@@ -70,6 +71,10 @@ fn add_into(acc: &mut [Float], x: &[Float]) {
 }
 
 impl Backend for Cpu {
+    fn isa() -> Option<crate::isa::Isa> {
+        Some(crate::isa::current())
+    }
+
     /// One op for the whole MLP: the `(N, H)` hidden activations (4× the residual stream)
     /// stay in this op's own buffers instead of being copied in and out of dfdx tensors.
     fn mlp_gelu<T: Tape<Float, Self> + Merge<T>>(

@@ -4,8 +4,9 @@
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::{View, exp, gemm_block, max, sum};
+use super::cpu_kernels::{exp, max, sum};
 use super::dropout::DropRule;
+use super::matmul::{View, gemm_block};
 use super::simd::simd_kernel;
 use crate::model::alibi::{alibi_bias, alibi_slope};
 use crate::model::config::Float;

@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::dropout::DropRule;
+use super::matmul::{View, gemm_par};
 use super::simd::simd_kernel;
 use crate::model::config::Float;
 
@@ -193,129 +194,6 @@ pub(crate) fn dot(a: &[Float], b: &[Float]) -> Float {
         }
     }
     acc.iter().sum::<Float>() + tail
-}
-
-/// A strided matrix view: element (r, c) of `data` is at `r·rs + c·cs`.
-#[derive(Clone, Copy)]
-pub(crate) struct View<'a> {
-    pub(crate) data: &'a [Float],
-    pub(crate) rs: usize,
-    pub(crate) cs: usize,
-}
-
-impl<'a> View<'a> {
-    /// A row-major matrix with `cols` columns.
-    pub(crate) fn rows(data: &'a [Float], cols: usize) -> Self {
-        Self { data, rs: cols, cs: 1 }
-    }
-
-    /// The rows from `r` on.
-    pub(crate) fn skip_rows(self, r: usize) -> Self {
-        Self {
-            data: &self.data[r * self.rs..],
-            ..self
-        }
-    }
-
-    /// The transpose, without moving data.
-    pub(crate) fn t(self) -> Self {
-        Self {
-            data: self.data,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-}
-
-/// `dst (m×n) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, with `dst`'s rows `dst_rs` apart (a
-/// block of a larger matrix when `dst_rs > n`); single-threaded, for callers that already run
-/// one task per core.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_block(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [Float],
-    dst_rs: usize,
-    acc: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    beta: Float,
-) {
-    gemm_with(m, n, k, dst, dst_rs, acc, lhs, rhs, beta, gemm::Parallelism::None);
-}
-
-/// [`gemm_block`] into a contiguous `dst`, spread over every thread of the current rayon pool.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_par(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [Float],
-    acc: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    beta: Float,
-) {
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    gemm_with(m, n, k, dst, n, acc, lhs, rhs, beta, par);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_with(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [Float],
-    dst_rs: usize,
-    acc: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    beta: Float,
-    par: gemm::Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
-    if k == 0 {
-        if !acc {
-            dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
-    let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
-    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
-    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
-    // `dst` is exclusively borrowed.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            acc,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
 }
 
 /// `y (n×d_out) = x (n×d_in) · w (d_in×d_out) + b`, on every core.

@@ -12,6 +12,7 @@ mod cpu;
 mod cpu_attention;
 mod cpu_kernels;
 mod dropout;
+mod matmul;
 pub(crate) mod simd;
 mod timed;
 
@@ -21,6 +22,7 @@ pub use cpu_attention::{Dims, cpu_backward, cpu_forward};
 pub(crate) use cpu_kernels::dot;
 pub use cpu_kernels::{cpu_gelu, cpu_gelu_backward};
 pub use dropout::Dropout;
+pub use matmul::matmul;
 pub use timed::timed_reference_attention;
 
 use super::alibi::{alibi_bias, alibi_slopes};
@@ -31,6 +33,12 @@ pub type Heads<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
 
 /// A dfdx device gptlab can train on.
 pub trait Backend: Device<Float> {
+    /// The instruction-set path the device's arithmetic depends on: the CPU's (see
+    /// [`crate::isa`]); `None` for a GPU, whose results do not depend on the host CPU.
+    fn isa() -> Option<crate::isa::Isa> {
+        None
+    }
+
     /// Causal attention: `q (B, T, H, hd)`, `k, v (B, T, Hkv, hd)` → `(B, T, H, hd)`, with query
     /// head `h` reading key/value head `h / (H / Hkv)` and dropout on the attention weights.
     /// With `alibi`, head `h` adds `−m_h·(i−j)` to its scores (slopes for `H` heads, see

@@ -1,19 +1,13 @@
-//! Element-wise kernels compiled twice: for the baseline x86-64 target (SSE2) and for AVX2+FMA,
-//! chosen at run time. The release binary stays portable, and on any CPU of the last decade
-//! the loops run 8 lanes wide. Both builds perform the same IEEE operations in the same order
-//! (no FMA contraction, explicit 8-lane reductions), so results do not depend on the CPU.
+//! Element-wise kernels compiled three times: for the baseline x86-64 target (SSE2), for
+//! AVX2+FMA and for AVX-512, run on this process's instruction-set path ([`crate::isa`]). The
+//! release binary stays portable, and the loops run as wide as the path allows. Every build
+//! performs the same IEEE operations in the same order (no FMA contraction, explicit 8-lane
+//! reductions), so these kernels give the same bits on every path; only the matrix products
+//! (`matmul.rs`) round differently from one path to another.
 
-/// Whether this CPU runs AVX2 and FMA (checked once).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-/// Defines `fn NAME(args)` whose body is compiled for the baseline and for AVX2+FMA, calling
-/// the latter when the CPU has it. The body must only call `#[inline(always)]` helpers, so
-/// they are compiled with the same features.
+/// Defines `fn NAME(args)` whose body is compiled for each path, calling the one of this
+/// process's path. The body must only call `#[inline(always)]` helpers, so they are compiled
+/// with the same features.
 macro_rules! simd_kernel {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
@@ -23,12 +17,19 @@ macro_rules! simd_kernel {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                fn wide($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) {
                     generic($($arg),*)
                 }
-                if $crate::model::ops::simd::has_avx2_fma() {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { wide($($arg),*) };
+                #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512cd,avx512dq,avx512vl")]
+                fn avx512($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                match $crate::isa::current() {
+                    // SAFETY: the process's path is one the CPU supports (`isa::init` checks).
+                    $crate::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::isa::Isa::Baseline => {}
                 }
             }
             generic($($arg),*)

@@ -1,0 +1,389 @@
+//! Matrix products on strided views, with `gemm`'s kernels for this process's instruction-set
+//! path ([`crate::isa`]) rather than the widest its own detection would pick, so a pinned path
+//! (`GPTLAB_ISA`) multiplies the same way on every CPU that runs it.
+
+use gemm_common::gemm::gemm_basic_generic;
+use gemm_common::simd::MixedSimd;
+
+use crate::isa::Isa;
+use crate::model::config::Float;
+
+/// A strided matrix view: element (r, c) of `data` is at `r·rs + c·cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub(crate) data: &'a [Float],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub(crate) fn rows(data: &'a [Float], cols: usize) -> Self {
+        Self { data, rs: cols, cs: 1 }
+    }
+
+    /// The rows from `r` on.
+    pub(crate) fn skip_rows(self, r: usize) -> Self {
+        Self {
+            data: &self.data[r * self.rs..],
+            ..self
+        }
+    }
+
+    /// The transpose, without moving data.
+    pub(crate) fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// `dst (m×n) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, with `dst`'s rows `dst_rs` apart (a
+/// block of a larger matrix when `dst_rs > n`); single-threaded, for callers that already run
+/// one task per core.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_block(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [Float],
+    dst_rs: usize,
+    acc: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: Float,
+) {
+    gemm_with(m, n, k, dst, dst_rs, acc, lhs, rhs, beta, gemm::Parallelism::None);
+}
+
+/// [`gemm_block`] into a contiguous `dst`, spread over every thread of the current rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [Float],
+    acc: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: Float,
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm_with(m, n, k, dst, n, acc, lhs, rhs, beta, par);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [Float],
+    dst_rs: usize,
+    acc: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: Float,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
+    if k == 0 {
+        if !acc {
+            dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
+    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
+    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
+    // `dst` is exclusively borrowed.
+    unsafe {
+        gemm_on(
+            crate::isa::current(),
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_rs as isize,
+            acc,
+            (lhs.data.as_ptr(), lhs.rs as isize, lhs.cs as isize),
+            (rhs.data.as_ptr(), rhs.rs as isize, rhs.cs as isize),
+            beta,
+            par,
+        );
+    }
+}
+
+/// A read-only operand: its first element, row stride and column stride.
+type Operand = (*const Float, isize, isize);
+
+/// `gemm::gemm` for `f32` with unit column stride in `dst` and non-negative strides, on the
+/// kernels of `isa`: gemm's own entry point does the same transposition, then calls the
+/// kernel its CPU detection chose; this one calls the kernel of the path given.
+///
+/// # Safety
+/// Every element the strides reach, `m×k` of `lhs`, `k×n` of `rhs` and `m×n` of `dst` (rows
+/// `dst_rs` apart), must be in bounds, and `isa` must be supported by this CPU.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_on(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut Float,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: Operand,
+    rhs: Operand,
+    beta: Float,
+    par: gemm::Parallelism,
+) {
+    // gemm's microkernels prefer a column-major destination: transpose the product when `dst`
+    // is row-major (dst = lhs·rhs ⇔ dstᵀ = rhsᵀ·lhsᵀ), exactly as `gemm::gemm` does.
+    let dst_cs: isize = 1;
+    let (m, n, dst_cs, dst_rs, lhs, rhs) = if dst_cs.abs() < dst_rs.abs() {
+        (n, m, dst_rs, dst_cs, (rhs.0, rhs.2, rhs.1), (lhs.0, lhs.2, lhs.1))
+    } else {
+        (m, n, dst_cs, dst_rs, lhs, rhs)
+    };
+    macro_rules! kernel {
+        ($simd:expr, $module:ident, $lanes:expr) => {{
+            use gemm_f32::microkernel::$module::f32::{H_M, H_N, H_UKR, MR_DIV_N, NR, UKR};
+            const N: usize = $lanes;
+            // SAFETY: the caller's bounds; `$simd` exists only on a CPU that has its features.
+            unsafe {
+                gemm_basic_generic::<_, Float, N, { MR_DIV_N * N }, NR, MR_DIV_N, H_M, H_N>(
+                    $simd,
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    read_dst,
+                    lhs.0,
+                    lhs.2,
+                    lhs.1,
+                    rhs.0,
+                    rhs.2,
+                    rhs.1,
+                    1.0,
+                    beta,
+                    false,
+                    false,
+                    false,
+                    |a, b, c| a * b + c,
+                    &UKR,
+                    &H_UKR,
+                    false,
+                    par,
+                )
+            }
+        }};
+    }
+    fn unsupported<S>(isa: Isa) -> S {
+        panic!("the {isa} path was chosen on a CPU without it")
+    }
+    match isa {
+        Isa::Baseline => kernel!(gemm_common::simd::Scalar, scalar, 1),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => kernel!(
+            <gemm_common::simd::V3 as MixedSimd<Float, Float, Float, Float>>::try_new()
+                .unwrap_or_else(|| unsupported(isa)),
+            fma,
+            8
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => kernel!(
+            <gemm_common::simd::V4 as MixedSimd<Float, Float, Float, Float>>::try_new()
+                .unwrap_or_else(|| unsupported(isa)),
+            avx512f,
+            16
+        ),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unsupported(isa),
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)` on every core, with `lhs` stored `k×m` when `lhs_t` and
+/// `rhs` stored `n×k` when `rhs_t` (the layouts of a backward pass), all row-major: the
+/// product the fused CPU operations use, for benchmarks and tests.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(m: usize, n: usize, k: usize, dst: &mut [Float], lhs: &[Float], lhs_t: bool, rhs: &[Float], rhs_t: bool) {
+    let lhs = if lhs_t {
+        View::rows(lhs, m).t()
+    } else {
+        View::rows(lhs, k)
+    };
+    let rhs = if rhs_t {
+        View::rows(rhs, k).t()
+    } else {
+        View::rows(rhs, n)
+    };
+    gemm_par(m, n, k, dst, false, lhs, rhs, 1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::ALL;
+
+    fn values(n: usize, seed: usize) -> Vec<Float> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919) % 2001) as Float * 1e-3 - 1.0)
+            .collect()
+    }
+
+    /// `dst_rs`-strided `acc·dst + beta·lhs·rhs` by a scalar loop in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &[Float],
+        dst_rs: usize,
+        acc: bool,
+        l: View,
+        r: View,
+        beta: Float,
+    ) -> Vec<f64> {
+        let mut out: Vec<f64> = dst.iter().map(|&v| v as f64).collect();
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| l.data[i * l.rs + p * l.cs] as f64 * r.data[p * r.rs + j * r.cs] as f64)
+                    .sum();
+                let old = if acc { out[i * dst_rs + j] } else { 0.0 };
+                out[i * dst_rs + j] = old + beta as f64 * dot;
+            }
+        }
+        out
+    }
+
+    /// Runs `gemm_on` for `isa` with `gemm_with`'s checks.
+    #[allow(clippy::too_many_arguments)]
+    fn product_on(
+        isa: Isa,
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [Float],
+        dst_rs: usize,
+        acc: bool,
+        l: View,
+        r: View,
+        beta: Float,
+    ) {
+        // SAFETY: the shapes below keep every index in bounds (gemm_with asserts the same).
+        unsafe {
+            gemm_on(
+                isa,
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                dst_rs as isize,
+                acc,
+                (l.data.as_ptr(), l.rs as isize, l.cs as isize),
+                (r.data.as_ptr(), r.rs as isize, r.cs as isize),
+                beta,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    #[test]
+    fn every_path_the_cpu_runs_multiplies_like_a_scalar_loop() {
+        // Row-major and transposed operands, a destination block with rows wider than n,
+        // accumulation, and k from a few to several of gemm's blocks.
+        for isa in ALL.into_iter().filter(|i| i.supported()) {
+            for (m, n, k, lhs_t, rhs_t, acc) in [
+                (7, 5, 3, false, false, false),
+                (33, 17, 64, true, false, true),
+                (64, 96, 300, false, true, true),
+                (129, 40, 513, true, true, false),
+            ] {
+                let (ld, rd) = (values(m * k, 1), values(k * n, 2));
+                let l = if lhs_t {
+                    View::rows(&ld, m).t()
+                } else {
+                    View::rows(&ld, k)
+                };
+                let r = if rhs_t {
+                    View::rows(&rd, k).t()
+                } else {
+                    View::rows(&rd, n)
+                };
+                let dst_rs = n + 3;
+                let mut dst = values(m * dst_rs, 3);
+                let want = reference(m, n, k, &dst, dst_rs, acc, l, r, 0.5);
+                product_on(isa, m, n, k, &mut dst, dst_rs, acc, l, r, 0.5);
+                for (i, (&got, &want)) in dst.iter().zip(&want).enumerate() {
+                    let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "{isa} {m}x{n}x{k} element {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_path_gemm_would_pick_gives_gemms_own_bits() {
+        // gemm's entry point picks AVX-512 when the CPU has avx512f, else FMA, else scalar:
+        // the same kernel through `gemm_on` must give the same bits (the transposition and
+        // arguments are mirrored exactly).
+        #[cfg(target_arch = "x86_64")]
+        let gemms = if is_x86_feature_detected!("avx512f") {
+            Isa::Avx512
+        } else if is_x86_feature_detected!("fma") {
+            Isa::Avx2
+        } else {
+            Isa::Baseline
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let gemms = Isa::Baseline;
+        let (m, n, k) = (70, 45, 260);
+        let (ld, rd) = (values(m * k, 4), values(k * n, 5));
+        let (l, r) = (View::rows(&ld, k), View::rows(&rd, n).t().t());
+        let mut ours = values(m * n, 6);
+        let mut theirs = ours.clone();
+        product_on(gemms, m, n, k, &mut ours, n, true, l, r, 0.25);
+        // SAFETY: row-major m×k, k×n and m×n buffers of exactly those sizes.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                theirs.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                ld.as_ptr(),
+                1,
+                k as isize,
+                rd.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                0.25,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ours), bits(&theirs), "path {gemms}");
+    }
+}
