@@ -75,8 +75,9 @@ fn bench<D: gptlab::model::Backend + Synchronize>(
     timed.sort_by(f64::total_cmp);
     let median = timed[timed.len() / 2];
     println!(
-        "case={name} device={} B={b} T={t} KV={kv} position={position} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
+        "case={name} device={} isa={} B={b} T={t} KV={kv} position={position} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
         std::any::type_name::<D>().rsplit("::").next().unwrap_or("?"),
+        D::isa().map_or("-", gptlab::isa::Isa::name),
         rayon::current_num_threads(),
         timed[0],
         timed[timed.len() - 1],
