@@ -14,6 +14,7 @@
 mod eval;
 mod metrics;
 mod state;
+mod tensorboard;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use eval::{EvalRow, PositionRow, write_rows};
 pub use metrics::{HEADER as METRICS_HEADER, MetricsRow, MetricsWriter, first_non_finite, read_metrics};
 pub use state::{RunState, StateKind};
+pub use tensorboard::{TensorBoard, eval_tag};
 
 use crate::checkpoint::{self, Meta, OptimizerState};
 use crate::fsio::write_atomic;
@@ -116,6 +118,7 @@ impl RunDir {
             self.position_loss_path(),
             self.status_path(),
             self.root.join("provenance.json"),
+            self.tensorboard_path(),
         ] {
             if stale.is_dir() {
                 std::fs::remove_dir_all(&stale).with_context(|| format!("removing {}", stale.display()))?;
@@ -265,6 +268,17 @@ impl RunDir {
     /// `metrics.csv` for appending after step `step` (rows past it are cut; a new file at 0).
     pub fn metrics_writer(&self, step: usize) -> Result<MetricsWriter> {
         MetricsWriter::resume(&self.metrics_path(), step)
+    }
+
+    /// `tb/`: the run's TensorBoard event file.
+    pub fn tensorboard_path(&self) -> PathBuf {
+        self.root.join("tb")
+    }
+
+    /// The TensorBoard event file, written anew from `metrics.csv` and `eval.csv` as they are
+    /// now (call after they were cut back to the resumed step), open for the steps to come.
+    pub fn tensorboard(&self) -> Result<TensorBoard> {
+        TensorBoard::create(&self.tensorboard_path(), &self.read_metrics()?, &self.read_eval()?)
     }
 
     /// Cleans up after a gptlab that died without doing so (`kill -9`, a second Ctrl-C, a lost

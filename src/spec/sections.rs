@@ -347,6 +347,8 @@ pub struct ReportSection {
     /// The run the others are compared with (default: the first run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
+    /// Whether runs write TensorBoard event files (`tb/` in each run folder) as they train.
+    pub tensorboard: bool,
 }
 
 impl Default for ReportSection {
@@ -355,6 +357,7 @@ impl Default for ReportSection {
             smoothing: 0.9,
             focus: vec![],
             baseline: None,
+            tensorboard: true,
         }
     }
 }

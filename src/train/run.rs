@@ -16,7 +16,7 @@ use crate::model::{Backend, Gpt};
 use crate::plan::{Phase, RunPlan};
 use crate::provenance::Provenance;
 use crate::provenance::{RunSession, utc_now};
-use crate::run_dir::{EvalRow, MetricsRow, MetricsWriter, RunDir, RunStatus};
+use crate::run_dir::{EvalRow, MetricsRow, MetricsWriter, RunDir, RunStatus, TensorBoard};
 use crate::seed::{Stream, stream};
 
 /// How to train.
@@ -219,6 +219,8 @@ pub struct RunLoop<'a, D: Backend> {
     /// The step the session resumed after (0: from the start).
     done: usize,
     provenance: Provenance,
+    /// The TensorBoard event file, unless `[report] tensorboard = false`.
+    tensorboard: Option<TensorBoard>,
     progress: Progress,
     started: Instant,
     last_train: Option<f32>,
@@ -259,6 +261,10 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
         run_dir.truncate_eval(done)?;
         evaluate_missing(dev, plan, &run_dir, done, &progress)?;
+        let tensorboard = match plan.config.report.tensorboard {
+            true => Some(run_dir.tensorboard()?),
+            false => None,
+        };
         Ok(Self {
             plan,
             opts,
@@ -268,6 +274,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             metrics,
             done,
             provenance,
+            tensorboard,
             progress,
             started: Instant::now(),
             last_train: None,
@@ -343,6 +350,14 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         } else {
             vec![]
         };
+        if let Some(tb) = &mut self.tensorboard {
+            tb.row(&row)?;
+            tb.evals(&eval_rows)?;
+            // TensorBoard reads what is flushed: at each evaluation, and when the session ends.
+            if val_loss.is_some() || !eval_rows.is_empty() {
+                tb.flush()?;
+            }
+        }
         fault_point("evaluated", step);
         if let Some(cause) = row
             .non_finite()
@@ -405,6 +420,9 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             RunStatus::Interrupted { step } => ("interrupted", *step),
             RunStatus::Running { step } | RunStatus::Failed { step, .. } => ("failed", *step),
         };
+        if let Some(tb) = &mut self.tensorboard {
+            tb.flush()?;
+        }
         self.run_dir.write_status(&status)?;
         if let Some(s) = self.provenance.sessions.last_mut() {
             (s.outcome, s.last_step, s.ended_utc) = (Some(outcome.into()), Some(last_step), Some(utc_now()));
