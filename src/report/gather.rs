@@ -23,6 +23,9 @@ pub struct Runs {
     pub curve_runs: Vec<String>,
     /// Runs not finished: `id (status)`.
     pub unfinished: Vec<String>,
+    /// Runs a live process is training: `id: step 300 of 800`. While there are any, the page
+    /// is live (it reloads itself).
+    pub training: Vec<String>,
     /// Runs whose results are of other settings than the spec's: `id: differences`.
     pub other_settings: Vec<String>,
     /// What the page says of single runs (rows left out, checkpoints missing).
@@ -55,6 +58,10 @@ fn read_run(p: &RunPlan, unit: &LossUnit, runs: &mut Runs) -> Result<()> {
     runs.run_notes.extend(suspect_rows(p, &rows, &unreadable));
     let total = p.schedule.total_steps();
     let state = run_dir.state(total);
+    if state.kind == StateKind::Running {
+        let step = rows.last().map_or(0, |r| r.step);
+        runs.training.push(format!("{}: step {step} of {total}", p.id()));
+    }
     // Results of other settings than the spec now gives must not pass as its results: their
     // status says so, which keeps them out of every aggregate and of the verdict.
     let diff = crate::experiment::differs_from_checkpoint(p);

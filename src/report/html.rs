@@ -35,13 +35,20 @@ pub struct Page<'a> {
     pub provenance: &'a [(String, Provenance)],
     /// The unit of the losses, in words.
     pub unit: &'a str,
+    /// Runs still training (`id: step 300 of 800`): the page then reloads itself and says it
+    /// is live, when it was written and how far each run is.
+    pub training: &'a [String],
 }
+
+/// Seconds between reloads of a live page.
+pub const LIVE_REFRESH_S: u32 = 30;
 
 const STYLE: &str = "\
 body { font-family: system-ui, sans-serif; max-width: 1240px; margin: 1.5em auto; padding: 0 1em; color: #222; line-height: 1.4; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 #verdict { background: #f3f7fb; border-left: 4px solid #1f77b4; padding: 0.6em 1em; }
 #verdict li { margin: 0.3em 0; }
+#live { background: #fff6e0; border-left: 4px solid #e8a317; padding: 0.4em 1em; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
 td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: left; white-space: nowrap; }
@@ -119,12 +126,24 @@ fn samples_html(p: &Page<'_>) -> String {
 /// itself `loaded` or is replaced by a visible notice if its file is missing, so a broken
 /// figure is obvious to a reader (and checkable by a browser test).
 pub fn page(p: &Page<'_>) -> String {
+    let refresh = match p.training.is_empty() {
+        true => String::new(),
+        false => format!("<meta http-equiv=\"refresh\" content=\"{LIVE_REFRESH_S}\">\n"),
+    };
     let mut h = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n{refresh}\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>gptlab: {0}</title>\n\
          <style>\n{STYLE}</style>\n</head>\n<body>\n<h1>{0}</h1>\n",
         escape(p.experiment)
     );
+    if !p.training.is_empty() {
+        h.push_str(&format!(
+            "<p id=\"live\"><strong>Live</strong>: written {} UTC while runs train; this page reloads every {LIVE_REFRESH_S} s \
+             (samples come at phase ends). Training: {}.</p>\n",
+            crate::provenance::utc_now().replace('T', " ").trim_end_matches('Z'),
+            escape(&p.training.join("; "))
+        ));
+    }
     h.push_str("<section id=\"verdict\"><h2>Verdict</h2>\n<ul>\n");
     for v in p.verdict {
         h.push_str(&format!("<li>{}</li>\n", escape(v)));

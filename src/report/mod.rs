@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use compare::{ComparisonRow, LOSSES, RunAggregate, aggregate, compare, verdict};
-pub use experiments::{report_experiment, report_experiments};
+pub use experiments::{ReportJob, report_experiment, report_experiments};
 pub use plot::{Boundary, Curve, PALETTE, Series, SweepChart, ema, loss_chart, scaled_smoothing, sweep_chart};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 
@@ -273,6 +273,7 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
         notes: &notes,
         provenance: &provenance,
         unit: &unit.long(),
+        training: &runs.training,
     });
     write_atomic(&dir.join("index.html"), page.as_bytes())?;
     Ok(Report {

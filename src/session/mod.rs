@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::anyhow;
 
+mod live;
 mod worker;
+
+pub use live::LiveReport;
 
 use worker::Trainer;
 
@@ -23,8 +26,9 @@ use crate::device::{Chosen, DeviceRequest};
 use crate::error::Error;
 use crate::experiment::{Experiment, Readiness, check_identities, readiness, work_left};
 use crate::plan::RunPlan;
+use crate::report::ReportJob;
 use crate::run_dir::{RunDir, RunStatus};
-use crate::train::{JobLayout, RunOptions, train_in_parallel};
+use crate::train::{EvalHook, JobLayout, RunOptions, train_in_parallel};
 
 /// How to train a session.
 #[derive(Clone, Debug)]
@@ -294,7 +298,18 @@ fn train_on(
         lost: None,
         session: crate::provenance::SessionInfo::new(exp.spec.path(), &exp.spec.bases(), device),
         later_work: later_work(to_train, layout.jobs, queued_after(&exp.runs_dir)),
+        after_evaluation: None,
     };
+    // The page of the whole experiment, drawn again after every evaluation while it trains.
+    let live = opts
+        .reports_dir
+        .as_ref()
+        .map(|dir| Arc::new(LiveReport::new(ReportJob::new(&[exp], true), dir.clone())));
+    let run_opts = RunOptions {
+        after_evaluation: live.clone().map(|l| EvalHook(Arc::new(move || l.redraw()))),
+        ..run_opts
+    };
+    let started = std::time::Instant::now();
     let trainer = Trainer {
         opts,
         run_opts: &run_opts,
@@ -312,6 +327,11 @@ fn train_on(
         }
         #[cfg(not(feature = "cuda"))]
         Chosen::Cuda => unreachable!("choose() never picks CUDA in a build without it"),
+    }
+    if let Some(cost) = live.and_then(|l| l.cost(started.elapsed())) {
+        if !opts.quiet {
+            crate::events::note(cost);
+        }
     }
     Ok(trainer.ended.into_inner().expect("not poisoned"))
 }

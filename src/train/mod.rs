@@ -12,7 +12,7 @@ use crate::run_dir::RunStatus;
 pub use adamw::{AdamW, clip_grad_norm, grad_norm};
 pub use jobs::{JobLayout, train_in_parallel, train_in_turn};
 pub use progress::Progress;
-pub use run::{RunOptions, train_run};
+pub use run::{EvalHook, RunOptions, train_run};
 pub use step::{StepDropout, StepStats, eval_loss, loss_and_grads, train_step, train_step_accumulated};
 
 /// What a finished (or stopped) run reports.

@@ -38,6 +38,18 @@ pub struct RunOptions {
     /// For each run of the session, the work of the runs queued after it (step-cost units,
     /// see `PhaseSchedule::cost_after`), for the time left of the whole session.
     pub later_work: std::collections::HashMap<String, f64>,
+    /// Called when an evaluation is on disk (the session's live report).
+    pub after_evaluation: Option<EvalHook>,
+}
+
+/// What a session does after each evaluation of a run.
+#[derive(Clone)]
+pub struct EvalHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for EvalHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EvalHook")
+    }
 }
 
 /// The validation batches of a phase: the same windows at every evaluation, so the losses
@@ -356,6 +368,11 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             // TensorBoard reads what is flushed: at each evaluation, and when the session ends.
             if val_loss.is_some() || !eval_rows.is_empty() {
                 tb.flush()?;
+            }
+        }
+        if val_loss.is_some() || !eval_rows.is_empty() {
+            if let Some(hook) = &self.opts.after_evaluation {
+                (hook.0)();
             }
         }
         fault_point("evaluated", step);
