@@ -328,10 +328,10 @@ fn train_on(
         #[cfg(not(feature = "cuda"))]
         Chosen::Cuda => unreachable!("choose() never picks CUDA in a build without it"),
     }
-    if let Some(cost) = live.and_then(|l| l.cost(started.elapsed())) {
-        if !opts.quiet {
-            crate::events::note(cost);
-        }
+    if let Some(cost) = live.and_then(|l| l.cost(started.elapsed()))
+        && !opts.quiet
+    {
+        crate::events::note(cost);
     }
     Ok(trainer.ended.into_inner().expect("not poisoned"))
 }

@@ -370,10 +370,10 @@ impl<'a, D: Backend> RunLoop<'a, D> {
                 tb.flush()?;
             }
         }
-        if val_loss.is_some() || !eval_rows.is_empty() {
-            if let Some(hook) = &self.opts.after_evaluation {
-                (hook.0)();
-            }
+        if let Some(hook) = &self.opts.after_evaluation
+            && (val_loss.is_some() || !eval_rows.is_empty())
+        {
+            (hook.0)();
         }
         fault_point("evaluated", step);
         if let Some(cause) = row
