@@ -78,7 +78,15 @@ fn fixed_curves() -> (Vec<Curve>, Vec<Boundary>) {
 #[test]
 fn the_loss_figure_has_one_curve_per_run_validation_markers_and_the_phase_line() {
     let (curves, boundaries) = fixed_curves();
-    let svg = loss_chart("study: training loss", &curves, &boundaries, 0.6, "nats per character").unwrap();
+    let svg = loss_chart(
+        "study: training loss",
+        &curves,
+        &boundaries,
+        0.6,
+        "nats per character",
+        gptlab::report::WIDE,
+    )
+    .unwrap();
     for (i, c) in curves.iter().enumerate() {
         let color = hex(&PALETTE[i]);
         // One smoothed curve per run, plus its legend swatch.
@@ -117,7 +125,15 @@ fn a_diverged_run_is_drawn_up_to_where_it_was_finite() {
     curves[1].seeds[0].train[50].1 = f64::NAN;
     curves[1].seeds[0].train.truncate(51);
     curves[2].seeds[0].train[10].1 = f64::INFINITY;
-    let svg = loss_chart("nan", &curves, &boundaries, 0.9, "nats per character").unwrap();
+    let svg = loss_chart(
+        "nan",
+        &curves,
+        &boundaries,
+        0.9,
+        "nats per character",
+        gptlab::report::WIDE,
+    )
+    .unwrap();
     roxmltree::Document::parse(&svg).unwrap();
     assert!(
         !svg.contains("NaN") && !svg.contains("inf"),
@@ -135,7 +151,7 @@ fn a_diverged_run_is_drawn_up_to_where_it_was_finite() {
             }],
         })
         .collect();
-    let svg = loss_chart("big", &many, &[], 0.9, "nats per character").unwrap();
+    let svg = loss_chart("big", &many, &[], 0.9, "nats per character", gptlab::report::WIDE).unwrap();
     assert!(svg.len() < 2_000_000, "SVG of {} bytes", svg.len());
 }
 
@@ -311,6 +327,8 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
         "not every figure loaded:\n{dom}"
     );
     assert!(!dom.contains("<p class=\"broken\">"), "{dom}");
+    assert_text_legible(&reports.join("smoke_gqa"), profile.path());
+    assert_text_legible(&reports.join("smoke"), profile.path());
 
     // Remove one figure: the page says so visibly.
     std::fs::remove_file(reports.join("smoke_gqa/loss.svg")).unwrap();
@@ -392,4 +410,42 @@ fn several_experiments_report_on_one_page_with_their_runs_named_by_experiment() 
             .starts_with("second/default,first/default,final_val_loss,1,"),
         "{comparison}"
     );
+}
+
+/// The smallest text of every figure of the page in `dir`, as shown in headless Chromium in
+/// windows 1,400 and 800 px wide (the image's width on the page over the SVG's own width,
+/// times its smallest `font-size`), is at least the page's small text: 12 px.
+fn assert_text_legible(dir: &std::path::Path, profile: &std::path::Path) {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(tag[start..].split('"').next()?.to_string())
+    };
+    for width in [1400, 800] {
+        let dom = common::dump_dom_at(&dir.join("index.html"), profile, (width, 1000));
+        let imgs: Vec<String> = dom
+            .split("<img ")
+            .skip(1)
+            .map(|t| format!(" {}", t.split('>').next().unwrap()))
+            .collect();
+        assert!(!imgs.is_empty(), "no figures in {}", dir.display());
+        for img in imgs {
+            let src = attr(&img, "src").unwrap();
+            let shown: f64 = attr(&img, "data-shown")
+                .unwrap_or_else(|| panic!("{src} not measured: {img}"))
+                .parse()
+                .unwrap();
+            let svg = std::fs::read_to_string(dir.join(&src)).unwrap();
+            let own: f64 = attr(&svg[..svg.find('>').unwrap()], "width").unwrap().parse().unwrap();
+            let smallest = svg
+                .split(" font-size=\"")
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap().parse::<f64>().unwrap())
+                .fold(f64::INFINITY, f64::min);
+            let on_screen = smallest * shown / own;
+            assert!(
+                on_screen >= 12.0,
+                "{src} at a {width}-px window: text of {smallest:.1} px in a {own}-px SVG shown {shown:.0} px wide is {on_screen:.1} px"
+            );
+        }
+    }
 }

@@ -163,7 +163,7 @@ pub fn page(p: &Page<'_>) -> String {
     h.push_str("<h2>Figures</h2>\n<div class=\"grid\">\n");
     for (i, (file, caption)) in p.figures.iter().enumerate() {
         h.push_str(&format!(
-            "<figure{2}><img src=\"{0}\" alt=\"{1}\" onload=\"this.classList.add('loaded')\" \
+            "<figure{2}><img src=\"{0}\" alt=\"{1}\" onload=\"this.classList.add('loaded'); this.dataset.shown = this.getBoundingClientRect().width\" \
 onerror=\"this.outerHTML='&lt;p class=&quot;broken&quot;&gt;missing figure: {0}&lt;/p&gt;'\">\
 <figcaption>{1}</figcaption></figure>\n",
             escape(file),

@@ -5,12 +5,14 @@ use anyhow::Result;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::plot::{BOUNDARY, PALETTE, err, padded};
+use super::plot::{BOUNDARY, PALETTE, SMALL, err, padded};
 
-/// The top of a y axis whose data reach `hi`, leaving the upper part of a 520-pixel chart
+/// The top of a y axis whose data reach `hi`, leaving the upper part of a [`SMALL`] chart
 /// free for a legend of `entries` lines.
 fn legend_room(lo: f64, hi: f64, entries: usize) -> f64 {
-    let share = ((entries as f64 * 17.0 + 24.0) / 400.0).min(0.6);
+    let line = SMALL.text as f64 * 1.25;
+    let plot_height = SMALL.size.1 as f64 - 120.0;
+    let share = ((entries as f64 * line + 24.0) / plot_height).min(0.6);
     hi + (hi - lo) * share / (1.0 - share)
 }
 
@@ -89,7 +91,7 @@ fn markers<DB: DrawingBackend>(
             .draw_series(DashedLineSeries::new(vec![(*x, lo), (*x, hi)], 6, 4, line))
             .map_err(err)?;
         // Labelled at the foot of the line: the legend takes the top of the plot.
-        let font = ("sans-serif", 13)
+        let font = ("sans-serif", SMALL.text)
             .into_font()
             .color(&BOUNDARY)
             .pos(Pos::new(HPos::Left, VPos::Bottom));
@@ -107,12 +109,12 @@ fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>) -> Result<()> 
         .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK.mix(0.4))
         .background_style(WHITE.mix(0.9))
-        .label_font(("sans-serif", 13))
+        .label_font(("sans-serif", SMALL.text))
         .draw()
         .map_err(err)
 }
 
-/// A 900×520 SVG figure titled `title` over the axes `x` × `y`, drawn by `body`, with the
+/// A [`SMALL`] SVG figure titled `title` over the axes `x` × `y`, drawn by `body`, with the
 /// legend in the upper left.
 fn figure(
     title: &str,
@@ -122,13 +124,13 @@ fn figure(
 ) -> Result<String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, SMALL.size).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
+            .caption(title, ("sans-serif", SMALL.title))
             .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
+            .x_label_area_size(2 * SMALL.text + 14)
+            .y_label_area_size(4 * SMALL.text + 6)
             .build_cartesian_2d(x, y)
             .map_err(err)?;
         body(&mut chart)?;
@@ -180,7 +182,8 @@ pub fn length_chart(title: &str, curves: &[LengthCurve], unit: &str) -> Result<S
                     String::new()
                 }
             })
-            .axis_desc_style(("sans-serif", 15))
+            .label_style(("sans-serif", SMALL.text))
+            .axis_desc_style(("sans-serif", SMALL.text))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(err)?;
@@ -257,7 +260,8 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
             .y_desc(format!("mean loss at the position ({unit})"))
             .y_label_formatter(&|y| super::plot::tick(*y))
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
-            .axis_desc_style(("sans-serif", 15))
+            .label_style(("sans-serif", SMALL.text))
+            .axis_desc_style(("sans-serif", SMALL.text))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(err)?;

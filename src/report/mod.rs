@@ -23,7 +23,9 @@ use anyhow::{Context, Result};
 
 pub use compare::{ComparisonRow, LOSSES, RunAggregate, aggregate, compare, verdict};
 pub use experiments::{ReportJob, report_experiment, report_experiments};
-pub use plot::{Boundary, Curve, PALETTE, Series, SweepChart, ema, loss_chart, scaled_smoothing, sweep_chart};
+pub use plot::{
+    Boundary, Curve, Frame, PALETTE, SMALL, Series, SweepChart, WIDE, ema, loss_chart, scaled_smoothing, sweep_chart,
+};
 pub use summary::{LAST_N, RunSummary, median, summarise};
 
 use crate::fsio::write_atomic;
@@ -360,7 +362,7 @@ fn write_figures(
     };
     let mut figures = vec![("loss.svg".to_string(), loss_caption.to_string())];
     let title = format!("{experiment}: training loss");
-    let chart = loss_chart(&title, &runs.curves, &boundaries(plans), smoothing, &unit.long())?;
+    let chart = loss_chart(&title, &runs.curves, &boundaries(plans), smoothing, &unit.long(), WIDE)?;
     write_atomic(&dir.join("loss.svg"), chart.as_bytes())?;
     if !report_cfg.focus.is_empty() {
         // The study's side-by-side figures (e.g. GQA-2 vs MHA): only the named runs, in the
@@ -372,7 +374,7 @@ fn write_figures(
             .collect();
         let labels: Vec<&str> = chosen.iter().map(|c| c.label.as_str()).collect();
         let title = format!("{experiment}: {}", labels.join(" vs "));
-        let chart = loss_chart(&title, &chosen, &boundaries(plans), smoothing, &unit.long())?;
+        let chart = loss_chart(&title, &chosen, &boundaries(plans), smoothing, &unit.long(), SMALL)?;
         write_atomic(&dir.join("loss_focus.svg"), chart.as_bytes())?;
         let caption = format!("Training loss: {}", report_cfg.focus.join(" vs "));
         figures.push(("loss_focus.svg".to_string(), caption));

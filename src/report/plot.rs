@@ -52,6 +52,35 @@ pub const BOUNDARY: RGBColor = RGBColor(85, 85, 85);
 /// Points kept per drawn series; longer runs are thinned so the SVG stays small.
 const MAX_POINTS: usize = 1500;
 
+/// A figure's canvas and font sizes. The page shows the first figure across the page
+/// (768–1,240 px wide in windows 800–1,400 px wide) and the others in a grid (612–768 px), and
+/// plotters writes a font of size `s` as `0.806·s` px: these sizes keep every tick label and
+/// legend at 12 px or more on screen, as large as the page's small text (`tests/report.rs`
+/// measures it in headless Chromium).
+#[derive(Clone, Copy, Debug)]
+pub struct Frame {
+    /// Width and height of the SVG canvas.
+    pub size: (u32, u32),
+    /// The title.
+    pub title: u32,
+    /// Tick labels, legends, axis names and marks.
+    pub text: u32,
+}
+
+/// The figure shown across the page: 960 px shown at 768 or more, text 19 → ≥ 12.2 px.
+pub const WIDE: Frame = Frame {
+    size: (960, 560),
+    title: 24,
+    text: 19,
+};
+
+/// A figure of the grid: 640 px shown at 612 or more, text 16 → ≥ 12.3 px.
+pub const SMALL: Frame = Frame {
+    size: (640, 440),
+    title: 19,
+    text: 16,
+};
+
 /// Exponential moving average with bias correction (as TensorBoard's smoothing);
 /// `alpha = 0` returns the input.
 pub fn ema(values: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
@@ -140,6 +169,7 @@ pub fn loss_chart(
     boundaries: &[Boundary],
     smoothing: f64,
     unit: &str,
+    frame: Frame,
 ) -> Result<String> {
     let all: Vec<(f64, f64)> = curves
         .iter()
@@ -155,13 +185,13 @@ pub fn loss_chart(
 
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (960, 560)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, frame.size).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
+            .caption(title, ("sans-serif", frame.title))
             .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
+            .x_label_area_size(2 * frame.text + 14)
+            .y_label_area_size(4 * frame.text + 6)
             .build_cartesian_2d(0.0..max_step * 1.01, lo..hi)
             .map_err(err)?;
         chart
@@ -170,11 +200,12 @@ pub fn loss_chart(
             .y_desc(format!("loss ({unit})"))
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
             .y_label_formatter(&|y| tick(*y))
-            .axis_desc_style(("sans-serif", 15))
+            .label_style(("sans-serif", frame.text))
+            .axis_desc_style(("sans-serif", frame.text))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(err)?;
-        draw_boundaries(&mut chart, boundaries, (lo, hi), max_step)?;
+        draw_boundaries(&mut chart, boundaries, (lo, hi), max_step, frame.text)?;
         for (i, c) in curves.iter().enumerate() {
             draw_curve(&mut chart, c, PALETTE[i % PALETTE.len()], smoothing)?;
         }
@@ -184,7 +215,7 @@ pub fn loss_chart(
             .position(SeriesLabelPosition::LowerLeft)
             .border_style(BLACK.mix(0.4))
             .background_style(WHITE.mix(0.9))
-            .label_font(("sans-serif", 14))
+            .label_font(("sans-serif", frame.text))
             .draw()
             .map_err(err)?;
         root.present().map_err(err)?;
@@ -221,6 +252,7 @@ fn draw_boundaries(
     boundaries: &[Boundary],
     (lo, hi): (f64, f64),
     max_step: f64,
+    font_size: u32,
 ) -> Result<()> {
     for b in boundaries {
         let style = ShapeStyle::from(&BOUNDARY).stroke_width(1);
@@ -234,7 +266,7 @@ fn draw_boundaries(
         } else {
             (format!(" {}", b.label), HPos::Left)
         };
-        let font = ("sans-serif", 14)
+        let font = ("sans-serif", font_size)
             .into_font()
             .color(&BOUNDARY)
             .pos(Pos::new(anchor, VPos::Top));
@@ -349,13 +381,13 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
     let n = c.xs.len().max(1);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, SMALL.size).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(&c.title, ("sans-serif", 18))
+            .caption(&c.title, ("sans-serif", SMALL.title))
             .margin(14)
-            .x_label_area_size(44)
-            .y_label_area_size(70)
+            .x_label_area_size(2 * SMALL.text + 14)
+            .y_label_area_size(4 * SMALL.text + 10)
             .build_cartesian_2d(-0.5..(n as f64 - 0.5), lo..hi)
             .map_err(err)?;
         let xs = c.xs.clone();
@@ -364,7 +396,8 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
             .x_desc(c.x_label.as_str())
             .y_desc(c.y_label.as_str())
             .y_label_formatter(&|y| tick(*y))
-            .axis_desc_style(("sans-serif", 14))
+            .label_style(("sans-serif", SMALL.text))
+            .axis_desc_style(("sans-serif", SMALL.text))
             .x_labels(n)
             .x_label_formatter(&move |x| {
                 let i = x.round();
@@ -403,6 +436,7 @@ pub fn sweep_chart(c: &SweepChart) -> Result<String> {
                 .configure_series_labels()
                 .border_style(BLACK.mix(0.4))
                 .background_style(WHITE.mix(0.9))
+                .label_font(("sans-serif", SMALL.text))
                 .draw()
                 .map_err(err)?;
         }

@@ -141,6 +141,11 @@ pub fn chromium() -> String {
 /// The page's DOM after it loaded in headless Chromium (flags as the machine's notes advise:
 /// no sandbox as root, no background networking on a closed network).
 pub fn dump_dom(page: &Path, profile: &Path) -> String {
+    dump_dom_at(page, profile, (800, 600))
+}
+
+/// [`dump_dom`] in a window `size` (width, height) pixels large.
+pub fn dump_dom_at(page: &Path, profile: &Path, size: (u32, u32)) -> String {
     let out = std::process::Command::new(chromium())
         .args([
             "--headless",
@@ -153,6 +158,7 @@ pub fn dump_dom(page: &Path, profile: &Path) -> String {
             "--disable-sync",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--window-size={},{}", size.0, size.1))
         .args(["--virtual-time-budget=5000", "--dump-dom"])
         .arg(format!("file://{}", page.display()))
         .output()
