@@ -106,6 +106,10 @@ pub(crate) struct RunArgs {
     /// Do not write the report at the end.
     #[arg(long)]
     pub(crate) no_report: bool,
+    /// With --no-report, still redraw the live page at each evaluation (Slurm tasks do; the
+    /// report job writes the final page).
+    #[arg(long)]
+    pub(crate) live_report: bool,
     /// Start every selected run over: discard its checkpoints and metrics.
     #[arg(long)]
     pub(crate) fresh: bool,

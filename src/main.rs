@@ -108,6 +108,7 @@ fn run(args: &RunArgs) -> Outcome {
         jobs: args.jobs,
         device: args.device,
         reports_dir: (!args.no_report).then(|| args.out.reports_dir.clone()),
+        live_reports_dir: (!args.no_report || args.live_report).then(|| args.out.reports_dir.clone()),
         stop: gptlab::interrupt::install(),
         wait: args.wait,
         lock_timeout: args.lock.timeout()?,

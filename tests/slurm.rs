@@ -264,6 +264,15 @@ fn an_array_trains_every_run_like_a_local_run_and_the_report_job_runs() {
     assert_eq!(cluster.state(&report), "COMPLETED", "{}", cluster.logs(&logs));
     let page = std::fs::read_to_string(reports.join("cluster/index.html")).unwrap();
     assert!(!page.contains("Not finished"), "every run is on the page as complete");
+    assert!(
+        !page.contains("http-equiv=\"refresh\""),
+        "the report job's final page must not reload"
+    );
+    // The tasks drew the live page while they trained (--live-report), and said what it cost.
+    let task_logs: String = (0..2)
+        .map(|i| std::fs::read_to_string(logs.join(format!("{array}_{i}.out"))).unwrap_or_default())
+        .collect();
+    assert!(task_logs.contains("live report: "), "{task_logs}");
     let report_log = std::fs::read_to_string(logs.join(format!("report_{report}.out"))).unwrap();
     assert!(report_log.contains("report:"), "{report_log}");
 

@@ -134,6 +134,12 @@ fn a_dry_run_prints_one_task_per_run_left_with_the_resources_and_sets() {
         srun.contains(&carried) && srun.contains("--wait") && srun.contains(path.to_str().unwrap()),
         "{srun}"
     );
+    // Each task draws the live page of the experiment while it trains; the report job the final one.
+    let reports = out.reports.display().to_string();
+    assert!(
+        srun.contains(&format!("--no-report --live-report --reports-dir {reports}")),
+        "{srun}"
+    );
     let report = text.lines().find(|l| l.starts_with("exec ")).unwrap();
     assert!(report.contains(&carried) && report.contains(" report "), "{report}");
     assert!(!out.runs.join("sub/slurm").exists(), "a dry run writes nothing");

@@ -45,6 +45,8 @@ pub struct SessionOptions {
     pub device: Option<DeviceRequest>,
     /// Where `reports/<experiment>/` goes; `None` writes no report.
     pub reports_dir: Option<PathBuf>,
+    /// Where the live page is drawn while runs train (see [`LiveReport`]); `None` for none.
+    pub live_reports_dir: Option<PathBuf>,
     /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Arc<AtomicBool>,
     /// Wait for runs another process is training (else they are skipped and listed as busy).
@@ -302,7 +304,7 @@ fn train_on(
     };
     // The page of the whole experiment, drawn again after every evaluation while it trains.
     let live = opts
-        .reports_dir
+        .live_reports_dir
         .as_ref()
         .map(|dir| Arc::new(LiveReport::new(ReportJob::new(&[exp], true), dir.clone())));
     let run_opts = RunOptions {

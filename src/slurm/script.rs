@@ -128,8 +128,9 @@ pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &I
     lines.extend(resources(s, true));
     let quoted: Vec<String> = runs.iter().map(|r| shell_quote(r)).collect();
     let train = format!(
-        "{} --only \"$run\" --no-report --wait --lock-timeout {} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"",
+        "{} --only \"$run\" --no-report --live-report --reports-dir {} --wait --lock-timeout {} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"",
         inv.command("run"),
+        shell_quote(&inv.reports_dir.display().to_string()),
         inv.lock_timeout
     );
     if let Some(isa) = inv.isa {
