@@ -3,8 +3,6 @@
 
 mod common;
 
-use predicates::prelude::*;
-
 /// Stands in for the kill test in a build without the hook, so it fails saying why.
 #[cfg(not(feature = "fault-injection"))]
 #[test]
@@ -17,6 +15,7 @@ fn the_page_is_live_while_training_and_final_after() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn the_page_is_live_while_training_and_final_after() {
+    use predicates::prelude::*;
     let dir = tempfile::tempdir().unwrap();
     let spec = common::tiny_spec(
         dir.path(),
