@@ -277,8 +277,11 @@ impl RunDir {
 
     /// The TensorBoard event file, written anew from `metrics.csv` and `eval.csv` as they are
     /// now (call after they were cut back to the resumed step), open for the steps to come.
+    /// Rows the CSV readers set aside (the report notes them) are left out here too.
     pub fn tensorboard(&self) -> Result<TensorBoard> {
-        TensorBoard::create(&self.tensorboard_path(), &self.read_metrics()?, &self.read_eval()?)
+        let (metrics, _) = self.read_metrics_lenient()?;
+        let (evals, _) = self.read_eval_lenient()?;
+        TensorBoard::create(&self.tensorboard_path(), &metrics, &evals)
     }
 
     /// Cleans up after a gptlab that died without doing so (`kill -9`, a second Ctrl-C, a lost
