@@ -9,7 +9,14 @@ On the GPU machine: compare.py dist/gptlab-cuda-*/bin/step-bench python3 --devic
 """
 import argparse, os, re, resource, subprocess, sys
 
-CASES = [("mha", 128, 6, 0), ("rope", 128, 6, 1), ("gqa2", 128, 2, 1), ("rope256", 256, 6, 1)]
+# (name, B, T, kv heads, RoPE, vocabulary): benches/step.rs's cases.
+CASES = [
+    ("mha", 64, 128, 6, 0, 65),
+    ("rope", 64, 128, 6, 1, 65),
+    ("gqa2", 64, 128, 2, 1, 65),
+    ("rope256", 64, 256, 6, 1, 65),
+    ("gpt2", 16, 128, 6, 0, 50257),
+]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -41,21 +48,21 @@ def main():
     bench, python, device = a.bench, a.python, a.device
     rounds = a.rounds_pos or a.rounds
     rows = []
-    for name, t, kv, rope in CASES:
+    for name, b, t, kv, rope, vocab in CASES:
         ours, theirs = [], []
         for _ in range(rounds):
             ours.append(measure([bench, name, "6" if device == "cpu" else "20", device]))
             steps = "6" if device == "cpu" else "20"
-            env = dict(os.environ, B="64", T=str(t), KV=str(kv), ROPE=str(rope), STEPS=steps, DEV=device)
+            env = dict(os.environ, B=str(b), T=str(t), KV=str(kv), ROPE=str(rope), V=str(vocab), STEPS=steps, DEV=device)
             theirs.append(measure([python, os.path.join(HERE, "torch_step.py")], env))
         g = sorted(o[0] for o in ours)[len(ours) // 2]
         p = sorted(o[0] for o in theirs)[len(theirs) // 2]
         gm = max(o[1] for o in ours)
         pm = max(o[1] for o in theirs)
-        rows.append((name, t, kv, rope, g, p, g / p, gm, pm, gm / pm))
-    print(f"{'case':<8} {'T':>4} {'KV':>3} {'rope':>4} {'gptlab s':>9} {'torch s':>8} {'ratio':>6} {'gptlab MiB':>10} {'torch MiB':>9} {'mem ratio':>9}")
+        rows.append((name, b, t, kv, rope, vocab, g, p, g / p, gm, pm, gm / pm))
+    print(f"{'case':<8} {'B':>3} {'T':>4} {'KV':>3} {'rope':>4} {'vocab':>6} {'gptlab s':>9} {'torch s':>8} {'ratio':>6} {'gptlab MiB':>10} {'torch MiB':>9} {'mem ratio':>9}")
     for r in rows:
-        print(f"{r[0]:<8} {r[1]:>4} {r[2]:>3} {r[3]:>4} {r[4]:>9.3f} {r[5]:>8.3f} {r[6]:>6.2f} {r[7]:>10.0f} {r[8]:>9.0f} {r[9]:>9.2f}")
+        print(f"{r[0]:<8} {r[1]:>3} {r[2]:>4} {r[3]:>3} {r[4]:>4} {r[5]:>6} {r[6]:>9.3f} {r[7]:>8.3f} {r[8]:>6.2f} {r[9]:>10.0f} {r[10]:>9.0f} {r[11]:>9.2f}")
     if device == "cpu":
         print(f"threads: gptlab {os.cpu_count()} (rayon default), torch default")
     else:
@@ -63,7 +70,7 @@ def main():
     # The reference moves between releases: say which one this table was measured against.
     version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
     print(f"pytorch: {version.stdout.strip() or 'unknown'}")
-    print(f"worst ratio: {max(r[6] for r in rows):.2f}")
+    print(f"worst ratio: {max(r[8] for r in rows):.2f}")
 
 
 main()

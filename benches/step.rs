@@ -1,7 +1,7 @@
 //! Times full gpt-mini training steps (forward, backward, clip, AdamW) after a warm-up.
 //!
 //! `cargo bench --bench step -- CASE [STEPS] [cpu|cuda]` with CASE one of `mha`, `rope`,
-//! `gqa2`, `rope256` (or `all`); prints one line per case: median and spread of the step time
+//! `gqa2`, `rope256`, `gpt2` (or `all`); prints one line per case: median and spread of the step time
 //! and the process's peak resident memory. Run one case per process for a per-case peak.
 //! `cuda` needs a CUDA build (`cuda/build.sh` bundles this benchmark as `step-bench`).
 
@@ -14,12 +14,60 @@ use gptlab::seed::{Stream, stream};
 use gptlab::train::{AdamW, train_step};
 use rand::Rng;
 
-/// `(name, T, n_kv_head, position)`: the cases of the speed issue, B = 64.
-const CASES: [(&str, usize, usize, Position); 4] = [
-    ("mha", 128, 6, Position::Absolute),
-    ("rope", 128, 6, Position::Rope),
-    ("gqa2", 128, 2, Position::Rope),
-    ("rope256", 256, 6, Position::Rope),
+/// One benchmark case: gpt-mini at batch `b`, length `t`, with `kv` key/value heads, a
+/// position encoding and a vocabulary (65: tiny-shakespeare's characters; 50,257: GPT-2's).
+struct Case {
+    name: &'static str,
+    b: usize,
+    t: usize,
+    kv: usize,
+    position: Position,
+    vocab: usize,
+}
+
+/// The cases of the speed issue (B = 64, characters), and a subword run's shape: GPT-2's
+/// vocabulary at B = 16, where the head and the loss over 50,257 logits per token dominate.
+const CASES: [Case; 5] = [
+    Case {
+        name: "mha",
+        b: 64,
+        t: 128,
+        kv: 6,
+        position: Position::Absolute,
+        vocab: 65,
+    },
+    Case {
+        name: "rope",
+        b: 64,
+        t: 128,
+        kv: 6,
+        position: Position::Rope,
+        vocab: 65,
+    },
+    Case {
+        name: "gqa2",
+        b: 64,
+        t: 128,
+        kv: 2,
+        position: Position::Rope,
+        vocab: 65,
+    },
+    Case {
+        name: "rope256",
+        b: 64,
+        t: 256,
+        kv: 6,
+        position: Position::Rope,
+        vocab: 65,
+    },
+    Case {
+        name: "gpt2",
+        b: 16,
+        t: 128,
+        kv: 6,
+        position: Position::Absolute,
+        vocab: 50_257,
+    },
 ];
 
 /// Peak resident set size of this process (VmHWM), in MiB.
@@ -34,18 +82,19 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn bench<D: gptlab::model::Backend + Synchronize>(
-    dev: &D,
-    name: &str,
-    t: usize,
-    kv: usize,
-    position: Position,
-    steps: usize,
-) {
-    let b = 64;
+fn bench<D: gptlab::model::Backend + Synchronize>(dev: &D, case: &Case, steps: usize) {
+    let &Case {
+        name,
+        b,
+        t,
+        kv,
+        position,
+        vocab,
+    } = case;
     // gpt-mini at block 256.
     let config = ModelConfig {
         block_size: 256,
+        vocab_size: vocab,
         ..ModelConfig::gpt_mini()
     }
     .with(|a| {
@@ -56,7 +105,7 @@ fn bench<D: gptlab::model::Backend + Synchronize>(
     let mut opt = AdamW::new(&model, 0.9, 0.95, 1e-8, 0.1);
     // Random tokens, as the PyTorch reference uses.
     let mut rng = stream(0, Stream::Batch, 0);
-    let tokens: Vec<usize> = (0..b * (t + 1)).map(|_| rng.gen_range(0..65)).collect();
+    let tokens: Vec<usize> = (0..b * (t + 1)).map(|_| rng.gen_range(0..vocab)).collect();
     let batch = Batch {
         b,
         t,
@@ -75,7 +124,7 @@ fn bench<D: gptlab::model::Backend + Synchronize>(
     timed.sort_by(f64::total_cmp);
     let median = timed[timed.len() / 2];
     println!(
-        "case={name} device={} isa={} B={b} T={t} KV={kv} position={position} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
+        "case={name} device={} isa={} B={b} T={t} KV={kv} position={position} vocab={vocab} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
         std::any::type_name::<D>().rsplit("::").next().unwrap_or("?"),
         D::isa().map_or("-", gptlab::isa::Isa::name),
         rayon::current_num_threads(),
@@ -155,19 +204,12 @@ fn main() {
         gemm_rates();
         ran = true;
     }
-    for (name, t, kv, position) in CASES {
-        if case == "all" || case == name {
+    for c in &CASES {
+        if case == "all" || case == c.name {
             match device {
-                "cpu" => bench(&Cpu::default(), name, t, kv, position, steps),
+                "cpu" => bench(&Cpu::default(), c, steps),
                 #[cfg(feature = "cuda")]
-                "cuda" => bench(
-                    &gptlab::device::open_cuda().expect("opening the GPU"),
-                    name,
-                    t,
-                    kv,
-                    position,
-                    steps,
-                ),
+                "cuda" => bench(&gptlab::device::open_cuda().expect("opening the GPU"), c, steps),
                 other => {
                     eprintln!(
                         "device `{other}` is not available in this build (cpu{})",
@@ -180,7 +222,7 @@ fn main() {
         }
     }
     if !ran {
-        eprintln!("unknown case `{case}`: one of mha, rope, gqa2, rope256, gemm, all");
+        eprintln!("unknown case `{case}`: one of mha, rope, gqa2, rope256, gpt2, gemm, all");
         std::process::exit(2);
     }
 }

@@ -302,6 +302,67 @@ fn fused_linear_equals_the_composition_in_values_and_gradients() {
 }
 
 #[test]
+fn fused_tied_head_equals_the_composition_in_values_and_gradients() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(12);
+    for (n, d_in, d_out) in [(1, 1, 1), (7, 5, 3), (130, 33, 65), (257, 192, 300)] {
+        let x = dev.tensor_from_vec(random(&mut r, n * d_in), (n, d_in));
+        let w = dev.tensor_from_vec(random(&mut r, d_out * d_in), (d_out, d_in));
+        let wy = dev.tensor_from_vec(random(&mut r, n * d_out), (n, d_out));
+        let wm = dev.tensor_from_vec(random(&mut r, d_out * d_in), (d_out, d_in));
+        let run = |fused: bool| {
+            let (_, tape) = x.clone().leaky_traced().split_tape();
+            let xt = x.clone().put_tape(tape);
+            let wt = w.retaped::<OwnedTape<f32, Cpu>>();
+            let y = if fused {
+                Cpu::linear_transposed(xt, wt)
+            } else {
+                xt.matmul(wt.permute())
+            };
+            let values = y.retaped::<NoneTape>().as_vec();
+            // A second use of `w` after the head (as the embedding is, on the tape's reverse
+            // order): its gradient is written first, and the head's must add to it.
+            let other_use = (w.retaped::<OwnedTape<f32, Cpu>>() * wm.clone()).sum();
+            let g = ((y * wy.clone()).sum() + other_use).backward();
+            [values, g.get(&x).as_vec(), g.get(&w).as_vec()]
+        };
+        let case = format!("linear_transposed (N={n}, in={d_in}, out={d_out})");
+        assert_close(&case, &["y", "dx", "dw"], &run(true), &run(false), 1e-4, 1e-4);
+    }
+}
+
+#[test]
+fn fused_cross_entropy_equals_the_composition_in_values_and_gradients() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(13);
+    for (n, v) in [(1, 1), (5, 3), (130, 65), (37, 2000)] {
+        let mut xv = random(&mut r, n * v);
+        xv.iter_mut().for_each(|x| *x *= 8.0); // confident rows as well as flat ones
+        let x = dev.tensor_from_vec(xv, (n, v));
+        let targets: Vec<usize> = (0..n).map(|i| (i * 7 + 3) % v).collect();
+        let wm = dev.tensor_from_vec(random(&mut r, n * v), (n, v));
+        let run = |fused: bool| {
+            let (_, tape) = x.clone().leaky_traced().split_tape();
+            let xt = x.clone().put_tape(tape);
+            let loss = if fused {
+                Cpu::cross_entropy(xt, &targets)
+            } else {
+                let t = dev.tensor_from_vec(targets.clone(), (n,));
+                xt.log_softmax::<Axis<1>>().select(t).mean().negate()
+            };
+            let value = vec![loss.retaped::<NoneTape>().array()];
+            // A second use of the logits after the loss: its gradient is written first, and
+            // the loss's must add to it.
+            let other_use = (x.retaped::<OwnedTape<f32, Cpu>>() * wm.clone()).sum();
+            let g = (loss * 3.0 + other_use).backward();
+            [value, g.get(&x).as_vec()]
+        };
+        let case = format!("cross_entropy (N={n}, V={v})");
+        assert_close(&case, &["loss", "dx"], &run(true), &run(false), 1e-5, 1e-5);
+    }
+}
+
+#[test]
 fn fused_residual_dropout_matches_its_definition() {
     let dev = Cpu::default();
     let mut r = ChaCha8Rng::seed_from_u64(11);

@@ -277,15 +277,13 @@ impl<D: Backend> Gpt<D> {
     pub fn logits<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
         match &self.head {
             Some(head) => head.forward(x),
-            None => x.matmul(self.wte.matrix::<T>().permute()),
+            None => D::linear_transposed(x, self.wte.matrix::<T>()),
         }
     }
 
     /// Mean cross-entropy of `logits (N, V)` against `targets (N,)`.
     pub fn loss<T: Tape<Float, D>>(&self, logits: Act<D, T>, targets: &[usize]) -> Tensor<(), Float, D, T> {
-        let n = targets.len();
-        let targets = self.dev.tensor_from_vec(targets.to_vec(), (n,));
-        logits.log_softmax::<Axis<1>>().select(targets).mean().negate()
+        D::cross_entropy(logits, targets)
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! A fused op takes its inputs off their tapes ([`untape`]), computes on host copies, makes one
 //! output tensor and records one backward closure that reads the output's gradient and adds
-//! into the inputs' gradients.
+//! into the inputs' gradients. The closure keeps the host copies it needs and names the
+//! tensors only by id (dfdx's `ghost`), so an activation is held once until the backward pass,
+//! not also as the dfdx tensor it was read from.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -13,6 +15,7 @@ use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
     cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask,
 };
+use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
 use super::matmul::{View, gemm_par};
 use super::{Backend, Dropout, Heads};
 use crate::model::config::Float;
@@ -54,7 +57,8 @@ fn fused<S: Shape, T: Tape<Float, Cpu>>(
 ) -> Tensor<S, Float, Cpu, T> {
     let out = dev.tensor_from_vec(values, shape);
     if T::OWNS_TAPE {
-        let out_ref = out.clone();
+        // Named by id only: the output's memory goes when the ops that read it are done.
+        let out_ref = out.ghost();
         tape.add_backward_op(move |grads| {
             let gy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ref)?);
             let result = backward(grads, &gy);
@@ -93,10 +97,13 @@ impl Backend for Cpu {
         let (b1, b2) = (b1.map(|b| untape(b, &mut tape)), b2.map(|b| untape(b, &mut tape)));
         let (xv, w1v, w2v) = (host_data(&x), host_data(&w1), host_data(&w2));
         let (b1v, b2v) = (b1.as_ref().map(host_data), b2.as_ref().map(host_data));
+        let dev = x.device().clone();
+        let (x, w1, w2) = (x.ghost(), w1.ghost(), w2.ghost());
+        let (b1, b2) = (b1.map(|b| b.ghost()), b2.map(|b| b.ghost()));
         let h = cpu_linear(&xv, &w1v, b1v.as_deref(), n, c, hidden); // (N, H)
         let a = cpu_gelu(&h); // (N, H)
         let y = cpu_linear(&a, &w2v, b2v.as_deref(), n, hidden, c); // (N, C)
-        fused(&x.device().clone(), y, (n, c), tape, move |grads, gy| {
+        fused(&dev, y, (n, c), tape, move |grads, gy| {
             let gy_view = View::rows(gy, c);
             let a_t = View::rows(&a, hidden).t();
             gemm_par(hidden, c, n, grads.get_or_alloc_mut(&w2)?, true, a_t, gy_view, 1.0);
@@ -128,7 +135,8 @@ impl Backend for Cpu {
         let mut tape = T::default();
         let (skip, x) = (untape(skip, &mut tape), untape(x, &mut tape));
         let y = cpu_residual(&host_data(&skip), &host_data(&x), mask.as_deref(), p);
-        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+        let (dev, skip, x) = (x.device().clone(), skip.ghost(), x.ghost());
+        fused(&dev, y, shape, tape, move |grads, gy| {
             add_into(grads.get_or_alloc_mut(&skip)?, gy);
             add_masked(grads.get_or_alloc_mut(&x)?, gy, mask.as_deref(), p);
             Ok(())
@@ -145,7 +153,8 @@ impl Backend for Cpu {
         let (xv, wv) = (host_data(&x), host_data(&w));
         let bv = b.as_ref().map(host_data);
         let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
-        fused(&x.device().clone(), y, (n, d_out), tape, move |grads, gy| {
+        let (dev, x, w, b) = (x.device().clone(), x.ghost(), w.ghost(), b.map(|b| b.ghost()));
+        fused(&dev, y, (n, d_out), tape, move |grads, gy| {
             let gy_view = View::rows(gy, d_out);
             let dx = grads.get_or_alloc_mut(&x)?;
             gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_out).t(), 1.0);
@@ -158,13 +167,70 @@ impl Backend for Cpu {
         })
     }
 
+    /// On this process's instruction-set path like every other product (dfdx's own `matmul`
+    /// would pick its gemm's widest kernels whatever `GPTLAB_ISA` says).
+    fn linear_transposed<T: Tape<Float, Self> + Merge<T>>(x: Mat<T>, w: Mat<T>) -> Mat<T> {
+        let (n, d_in) = *x.shape();
+        let d_out = w.shape().0;
+        assert_eq!(
+            w.shape().1,
+            d_in,
+            "linear_transposed: x is (N, {d_in}) but w is {:?}",
+            w.shape()
+        );
+        let mut tape = T::default();
+        let (x, w) = (untape(x, &mut tape), untape(w, &mut tape));
+        let (xv, wv) = (host_data(&x), host_data(&w));
+        let mut y = vec![0.0; n * d_out];
+        gemm_par(
+            n,
+            d_out,
+            d_in,
+            &mut y,
+            false,
+            View::rows(&xv, d_in),
+            View::rows(&wv, d_in).t(),
+            1.0,
+        );
+        let (dev, x, w) = (x.device().clone(), x.ghost(), w.ghost());
+        fused(&dev, y, (n, d_out), tape, move |grads, gy| {
+            let gy_view = View::rows(gy, d_out);
+            // dx (N, in) += gy (N, out) · w (out, in); dw (out, in) += gyᵀ · x
+            let dx = grads.get_or_alloc_mut(&x)?;
+            gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_in), 1.0);
+            let dw = grads.get_or_alloc_mut(&w)?;
+            gemm_par(d_out, d_in, n, dw, true, gy_view.t(), View::rows(&xv, d_in), 1.0);
+            Ok(())
+        })
+    }
+
+    /// The logits' copy becomes the softmax the backward pass reads; the logits tensor itself
+    /// is only named (by id) in the backward, so its memory is freed after the forward.
+    fn cross_entropy<T: Tape<Float, Self>>(logits: Mat<T>, targets: &[usize]) -> Tensor<(), Float, Self, T> {
+        let (n, v) = *logits.shape();
+        assert_eq!(
+            targets.len(),
+            n,
+            "cross_entropy: {n} rows but {} targets",
+            targets.len()
+        );
+        let (logits, tape) = logits.split_tape();
+        let (loss, probs) = cpu_cross_entropy(host_data(&logits), v, targets);
+        let (dev, logits, targets) = (logits.device().clone(), logits.ghost(), targets.to_vec());
+        fused(&dev, vec![loss], (), tape, move |grads, gy| {
+            cpu_cross_entropy_backward(&probs, v, &targets, gy[0], grads.get_or_alloc_mut(&logits)?);
+            Ok(())
+        })
+    }
+
     fn rotary<T: Tape<Float, Self> + Merge<T>>(x: Heads<Self, T>, cos: &[Float], sin: &[Float]) -> Heads<Self, T> {
         let shape = *x.shape();
         let (_, t, nh, hd) = shape;
         let (x, tape) = x.split_tape();
         let y = cpu_rotary(&host_data(&x), cos, sin, t, nh, hd);
         let (cos, sin) = (cos.to_vec(), sin.to_vec());
-        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+        let (dev, x) = (x.device().clone(), x.ghost());
+        fused(&dev, y, shape, tape, move |grads, gy| {
             cpu_rotary_backward(gy, &cos, &sin, t, nh, hd, grads.get_or_alloc_mut(&x)?);
             Ok(())
         })
@@ -181,7 +247,8 @@ impl Backend for Cpu {
             rows.chunks_mut(c)
                 .for_each(|r| r.iter_mut().zip(&bv).for_each(|(v, b)| *v += b))
         });
-        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+        let (dev, x, b) = (x.device().clone(), x.ghost(), b.ghost());
+        fused(&dev, y, shape, tape, move |grads, gy| {
             let gx = grads.get_or_alloc_mut(&x)?;
             gx.par_chunks_mut(CHUNK)
                 .zip(gy.par_chunks(CHUNK))
@@ -201,7 +268,8 @@ impl Backend for Cpu {
         let (x, g, b) = (untape(x, &mut tape), untape(g, &mut tape), untape(b, &mut tape));
         let (xv, gv, bv) = (host_data(&x), host_data(&g), host_data(&b));
         let [y, xhat, inv_std] = cpu_layer_norm(&xv, &gv, &bv, c, eps as Float);
-        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+        let (dev, x, g, b) = (x.device().clone(), x.ghost(), g.ghost(), b.ghost());
+        fused(&dev, y, shape, tape, move |grads, gy| {
             let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
             let dx = grads.get_or_alloc_mut(&x)?;
             cpu_layer_norm_backward(gy, &xhat, &inv_std, &gv, c, dx, &mut dg, &mut db);
@@ -216,7 +284,8 @@ impl Backend for Cpu {
         let (x, tape) = x.split_tape();
         let xv = host_data(&x);
         let y = cpu_gelu(&xv);
-        fused(&x.device().clone(), y, shape, tape, move |grads, gy| {
+        let (dev, x) = (x.device().clone(), x.ghost());
+        fused(&dev, y, shape, tape, move |grads, gy| {
             cpu_gelu_backward(&xv, gy, grads.get_or_alloc_mut(&x)?);
             Ok(())
         })
@@ -249,7 +318,8 @@ impl Backend for Cpu {
         let (q, k, v) = (untape(q, &mut tape), untape(k, &mut tape), untape(v, &mut tape));
         let (qv, kv, vv) = (host_data(&q), host_data(&k), host_data(&v));
         let (y, lse) = cpu_forward(&dims, &qv, &kv, &vv);
-        let out = fused(&q.device().clone(), y, shape, tape, move |grads, gy| {
+        let (dev, q, k, v) = (q.device().clone(), q.ghost(), k.ghost(), v.ghost());
+        let out = fused(&dev, y, shape, tape, move |grads, gy| {
             let timer = crate::probe::Timer::start();
             let (dq, dk, dv) = cpu_backward(&dims, &qv, &kv, &vv, &lse, gy);
             for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {

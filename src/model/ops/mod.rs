@@ -11,6 +11,7 @@
 mod cpu;
 mod cpu_attention;
 mod cpu_kernels;
+mod cpu_loss;
 mod dropout;
 mod matmul;
 pub(crate) mod simd;
@@ -64,6 +65,25 @@ pub trait Backend: Device<Float> {
             Some(b) => Self::add_bias(y, b),
             None => y,
         }
+    }
+
+    /// `x (N, in) · wᵀ` for `w (out, in)`: the tied head, whose weight is the token embedding
+    /// `(V, C)` read transposed.
+    fn linear_transposed<T: Tape<Float, Self> + Merge<T>>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        w: Tensor<(usize, usize), Float, Self, T>,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        x.matmul(w.permute())
+    }
+
+    /// Mean cross-entropy of `logits (N, V)` against `N` targets (ids below `V`).
+    fn cross_entropy<T: Tape<Float, Self>>(
+        logits: Tensor<(usize, usize), Float, Self, T>,
+        targets: &[usize],
+    ) -> Tensor<(), Float, Self, T> {
+        let n = targets.len();
+        let targets = logits.device().tensor_from_vec(targets.to_vec(), (n,));
+        logits.log_softmax::<Axis<1>>().select(targets).mean().negate()
     }
 
     /// The GELU MLP `GELU(x W₁ + b₁) W₂ + b₂` of `x (N, C)`, `W₁ (C, H)`, `W₂ (H, C)`.
