@@ -60,13 +60,7 @@ impl Cluster {
 
     /// Runs a client command; its stdout. Panics with its stderr if it fails.
     fn run(&self, program: &str, args: &[&str]) -> String {
-        let out = self.cmd(program).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::output_ok(self.cmd(program).args(args), &format!("{program} {args:?}"))
     }
 
     /// `gptlab ARGS` with this cluster's clients, slowed to `slow_ms` per step (the tasks

@@ -66,16 +66,9 @@ print(f"checked {n} scalars")
 
 /// Runs [`CHECK`] on `run` and returns how many scalars it compared.
 fn check(run: &Path) -> usize {
-    let out = std::process::Command::new(python())
-        .args(["-c", CHECK, run.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}: {text}{}",
-        run.display(),
-        String::from_utf8_lossy(&out.stderr)
+    let text = common::output_ok(
+        std::process::Command::new(python()).args(["-c", CHECK, run.to_str().unwrap()]),
+        &format!("the TensorBoard check of {}", run.display()),
     );
     text.trim()
         .strip_prefix("checked ")

@@ -255,6 +255,19 @@ pub fn results_fingerprint(run_dir: &Path) -> Vec<String> {
     out
 }
 
+/// Runs `cmd` and returns its stdout; fails naming `what`, with both outputs, when it cannot
+/// start or exits non-zero.
+pub fn output_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Runs this test binary's other tests again on every other instruction-set path the CPU
 /// runs (`GPTLAB_ISA` is read once per process, so each path needs a process of its own),
 /// failing with their output when any fails. `this_test` is skipped in the children.
@@ -265,16 +278,11 @@ pub fn rerun_on_other_paths(this_test: &str) {
         .into_iter()
         .filter(|&i| i != current)
     {
-        let out = std::process::Command::new(&exe)
-            .args(["--skip", this_test, "--test-threads", "2"])
-            .env(gptlab::isa::ENV, isa.name())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "on the {isa} path:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let text = output_ok(
+            std::process::Command::new(&exe)
+                .args(["--skip", this_test, "--test-threads", "2"])
+                .env(gptlab::isa::ENV, isa.name()),
+            &format!("the tests on the {isa} path"),
         );
         assert!(
             text.contains("test result: ok."),
