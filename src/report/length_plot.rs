@@ -16,6 +16,14 @@ fn legend_room(lo: f64, hi: f64, entries: usize) -> f64 {
     hi + (hi - lo) * share / (1.0 - share)
 }
 
+/// The bottom of a y axis whose data start at `lo`, leaving a band under them for the
+/// training-length labels ([`markers`]), so no curve runs through a label.
+fn label_room(lo: f64, hi: f64) -> f64 {
+    let plot_height = SMALL.size.1 as f64 - 120.0;
+    let share = SMALL.text as f64 * 1.6 / plot_height;
+    lo - (hi - lo) * share / (1.0 - share)
+}
+
 /// One line of `length.svg`: a run after one phase, with or without a RoPE scaling.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LengthCurve {
@@ -90,7 +98,8 @@ fn markers<DB: DrawingBackend>(
         chart
             .draw_series(DashedLineSeries::new(vec![(*x, lo), (*x, hi)], 6, 4, line))
             .map_err(err)?;
-        // Labelled at the foot of the line: the legend takes the top of the plot.
+        // Labelled at the foot of the line, in the band `label_room` keeps under the data:
+        // the legend takes the top of the plot.
         let font = ("sans-serif", SMALL.text)
             .into_font()
             .color(&BOUNDARY)
@@ -156,9 +165,10 @@ pub fn length_chart(title: &str, curves: &[LengthCurve], unit: &str) -> Result<S
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
     let (lo, hi) = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
-    let data_hi = hi;
-    // Head room for the "not defined" marks, then for the legend.
+    let (data_lo, data_hi) = (lo, hi);
+    // Head room for the "not defined" marks, then for the legend; foot room for the labels.
     let hi = legend_room(lo, hi + 0.08 * (hi - lo), curves.len());
+    let lo = label_room(lo, hi);
     let (x0, x1) = xs
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
@@ -221,7 +231,7 @@ pub fn length_chart(title: &str, curves: &[LengthCurve], unit: &str) -> Result<S
                 .draw_series(defined.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(err)?;
             // Not defined: an × above the data, never a made-up value.
-            let top = data_hi + 0.04 * (data_hi - lo);
+            let top = data_hi + 0.04 * (data_hi - data_lo);
             chart
                 .draw_series(
                     c.points
@@ -248,6 +258,7 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
     let (lo, hi) = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
     let hi = legend_room(lo, hi, curves.len());
+    let lo = label_room(lo, hi);
     let x1 = curves
         .iter()
         .flat_map(|c| c.points.iter().map(|p| p.0))
@@ -282,4 +293,93 @@ pub fn position_chart(title: &str, curves: &[PositionCurve], train_lens: &[usize
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The y pixel of every `trained to` label's top (its baseline less the font size, an
+    /// upper bound) and the largest y (lowest point) of any curve, read off the SVG.
+    fn label_tops_and_lowest_curve(svg: &str) -> (Vec<f64>, f64) {
+        let num = |tag: &str, attr: &str| -> Option<f64> {
+            let at = tag.find(&format!(" {attr}=\""))? + attr.len() + 3;
+            tag[at..].split('"').next()?.parse().ok()
+        };
+        let tops = svg
+            .split("<text")
+            .skip(1)
+            // The marker labels, not the legend's entries that name a training length too.
+            .filter(|t| {
+                t.split('>')
+                    .nth(1)
+                    .is_some_and(|text| text.trim().starts_with("trained to"))
+            })
+            .map(|t| num(t, "y").unwrap() - f64::from(SMALL.text))
+            .collect();
+        let lowest = svg
+            .split("<polyline")
+            .skip(1)
+            // The curves are drawn 2 px wide; axes, ticks and the dashed markers 1 px.
+            .filter(|p| p.contains("stroke-width=\"2\""))
+            .flat_map(|p| {
+                let pts = p
+                    .split("points=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                pts.split_whitespace()
+                    .map(|xy| xy.split(',').nth(1).unwrap().parse::<f64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .fold(f64::NEG_INFINITY, f64::max);
+        (tops, lowest)
+    }
+
+    #[test]
+    fn training_length_labels_sit_below_every_curve() {
+        // One curve flat at its minimum across the lengths: the case where a label at the
+        // data's foot would be crossed.
+        let curve = |run: &str, run_index, ys: [f64; 4]| LengthCurve {
+            run: run.into(),
+            run_index,
+            phase: 0,
+            last_phase: true,
+            train_len: 128,
+            scaling: String::new(),
+            points: [64, 128, 256, 512].into_iter().zip(ys.map(Some)).collect(),
+            notes: vec![],
+        };
+        let curves = [
+            curve("flat", 0, [2.0, 2.0, 2.0, 2.0]),
+            curve("rising", 1, [2.1, 2.2, 3.0, 4.0]),
+        ];
+        let svg = length_chart("t", &curves, "nats").unwrap();
+        let (tops, lowest) = label_tops_and_lowest_curve(&svg);
+        assert!(!tops.is_empty(), "no training-length label drawn");
+        for top in tops {
+            assert!(
+                top >= lowest,
+                "length.svg: a label's top at y={top} is above the lowest curve point y={lowest}"
+            );
+        }
+        let positions = [PositionCurve {
+            label: "flat".into(),
+            run_index: 0,
+            last_phase: true,
+            points: (0..64).map(|p| (p as f64, 2.0)).collect(),
+        }];
+        let svg = position_chart("t", &positions, &[32], "nats").unwrap();
+        let (tops, lowest) = label_tops_and_lowest_curve(&svg);
+        assert!(!tops.is_empty(), "no training-length label drawn");
+        for top in tops {
+            assert!(
+                top >= lowest,
+                "position_loss.svg: a label's top at y={top} is above the lowest curve point y={lowest}"
+            );
+        }
+    }
 }
