@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
-    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask,
+    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, zeros,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
 use super::matmul::{View, gemm_par};
@@ -30,7 +30,7 @@ type Vector<T> = Tensor<(usize,), Float, Cpu, T>;
 /// broadcast view) is first made contiguous by the same-shape reshape.
 fn host_data<S: Shape, T>(t: &Tensor<S, Float, Cpu, T>) -> Vec<Float> {
     let contiguous = t.retaped::<NoneTape>().reshape_like(t.shape());
-    let mut v = vec![0.0; t.shape().num_elements()];
+    let mut v = zeros(t.shape().num_elements());
     contiguous.copy_into(&mut v);
     v
 }
@@ -111,7 +111,7 @@ impl Backend for Cpu {
                 add_column_sums(gy, c, grads.get_or_alloc_mut(b2)?);
             }
             // dh = (gy W₂ᵀ) ⊙ gelu'(h)
-            let mut dh = vec![0.0; n * hidden];
+            let mut dh = zeros(n * hidden);
             gemm_par(n, hidden, c, &mut dh, false, gy_view, View::rows(&w2v, c).t(), 1.0);
             cpu_gelu_backward_in_place(&h, &mut dh);
             let dh_view = View::rows(&dh, hidden);
@@ -181,7 +181,7 @@ impl Backend for Cpu {
         let mut tape = T::default();
         let (x, w) = (untape(x, &mut tape), untape(w, &mut tape));
         let (xv, wv) = (host_data(&x), host_data(&w));
-        let mut y = vec![0.0; n * d_out];
+        let mut y = zeros(n * d_out);
         gemm_par(
             n,
             d_out,
@@ -321,10 +321,15 @@ impl Backend for Cpu {
         let (dev, q, k, v) = (q.device().clone(), q.ghost(), k.ghost(), v.ghost());
         let out = fused(&dev, y, shape, tape, move |grads, gy| {
             let timer = crate::probe::Timer::start();
-            let (dq, dk, dv) = cpu_backward(&dims, &qv, &kv, &vv, &lse, gy);
-            for (t, d) in [(&q, dq), (&k, dk), (&v, dv)] {
-                let g = grads.get_or_alloc_mut(t)?;
-                g.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+            // Lent out of `grads` (moved, not copied) so the kernel adds into all three at once.
+            let mut lent = [Vec::new(), Vec::new(), Vec::new()];
+            for (t, g) in [&q, &k, &v].into_iter().zip(&mut lent) {
+                *g = std::mem::take(&mut **grads.get_or_alloc_mut(t)?);
+            }
+            let [dq, dk, dv] = &mut lent;
+            cpu_backward(&dims, &qv, &kv, &vv, &lse, gy, dq, dk, dv);
+            for (t, g) in [&q, &k, &v].into_iter().zip(lent) {
+                **grads.get_or_alloc_mut(t)? = g;
             }
             timer.stop();
             Ok(())

@@ -1,10 +1,10 @@
-//! The fused causal attention on CPU: forward and backward passes over one task per
-//! (batch row, key/value head), on gemm tiles, recomputing probabilities in the backward pass
+//! The fused causal attention on CPU: forward and backward passes over one task per batch
+//! row, on gemm tiles, recomputing probabilities in the backward pass
 //! instead of storing them.
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::{exp, max, sum};
+use super::cpu_kernels::{dot, exp, max, sum, zeros};
 use super::dropout::DropRule;
 use super::matmul::{View, gemm_block};
 use super::simd::simd_kernel;
@@ -142,85 +142,142 @@ simd_kernel! {
     }
 }
 
-/// The dropout factor of each kept weight (`1 / (1 - p)` or 0), drawn row by row in the order
-/// `t`, then `s ≤ t`, as the forward and backward passes both read it.
-fn dropout_factors(d: &Dims, rng: &mut rand_chacha::ChaCha8Rng, out: &mut [Float]) {
-    let rule = DropRule::new(d.p);
-    for (r, row) in out.chunks_mut(d.t).enumerate() {
-        for x in &mut row[..=r] {
-            *x = rule.factor(rng);
+/// One task's working buffers, reused for every head it runs: the `(T×T)` probabilities,
+/// the scores' gradient and the dropped-out probabilities (backward only), one head's row
+/// log-sum-exps (backward only) and one head's raw dropout draws (with dropout).
+struct Scratch {
+    p: Vec<Float>,
+    dp: Vec<Float>,
+    dropped: Vec<Float>,
+    lse: Vec<Float>,
+    draws: Vec<u32>,
+}
+
+impl Scratch {
+    fn new(d: &Dims, backward: bool) -> Self {
+        let (tt, drop) = (d.t * d.t, d.p > 0.0);
+        // Zeroed once: the parts above the diagonal that no head writes must read as zero.
+        Self {
+            p: vec![0.0; tt],
+            dp: vec![0.0; if backward { tt } else { 0 }],
+            dropped: vec![0.0; if backward && drop { tt } else { 0 }],
+            lse: vec![0.0; if backward { d.t } else { 0 }],
+            draws: vec![0; if drop { d.t * (d.t + 1) / 2 } else { 0 }],
+        }
+    }
+}
+
+impl Dims {
+    /// The raw dropout draws of query head `h` in batch row `b`: `T(T+1)/2` words, row `r`'s
+    /// `r + 1` (for `s ≤ r`) from word `r(r+1)/2` on, as the forward and backward passes both
+    /// read them.
+    fn draw_mask(&self, b: usize, h: usize, draws: &mut [u32]) {
+        DropRule::draw(&mut self.mask_rng(b, h), draws);
+    }
+}
+
+simd_kernel! {
+    /// Drops out the causal weights of `p (T×T)` in place: `p[r, s] ·= factor` for `s ≤ r`.
+    fn drop_rows(p: &mut [Float], t: usize, draws: &[u32], rule: DropRule) {
+        let mut start = 0;
+        for (r, row) in p.chunks_mut(t).enumerate() {
+            let row_draws = &draws[start..][..=r];
+            row[..=r].iter_mut().zip(row_draws).for_each(|(x, &u)| *x *= rule.factor(u));
+            start += r + 1;
+        }
+    }
+}
+
+simd_kernel! {
+    /// `out[r, s] = p[r, s] · factor` for `s ≤ r`; the rest of `out` is left as it is (zero).
+    fn dropped_rows(out: &mut [Float], p: &[Float], t: usize, draws: &[u32], rule: DropRule) {
+        let mut start = 0;
+        for (r, (o, p)) in out.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+            let row_draws = &draws[start..][..=r];
+            for ((o, &p), &u) in o[..=r].iter_mut().zip(&p[..=r]).zip(row_draws) {
+                *o = p * rule.factor(u);
+            }
+            start += r + 1;
+        }
+    }
+}
+
+simd_kernel! {
+    /// The softmax backward in place: row `r` of `dp` (`dY Vᵀ`) becomes
+    /// `dS = P ⊙ (D ⊙ dP − Σ_s P ⊙ D ⊙ dP) · scale` for `s ≤ r` and 0 above the diagonal
+    /// (`D`, the dropout factors, from `draws` when given).
+    fn softmax_backward_rows(dp: &mut [Float], p: &[Float], t: usize, draws: Option<&[u32]>, rule: DropRule, scale: Float) {
+        let mut start = 0;
+        for (r, (dp_row, p_row)) in dp.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+            let (live, masked) = dp_row.split_at_mut(r + 1);
+            let p_live = &p_row[..=r];
+            if let Some(draws) = draws {
+                let row_draws = &draws[start..][..=r];
+                live.iter_mut().zip(row_draws).for_each(|(x, &u)| *x *= rule.factor(u));
+            }
+            start += r + 1;
+            let rowdot = dot(p_live, live);
+            live.iter_mut().zip(p_live).for_each(|(x, &p)| *x = p * (*x - rowdot) * scale);
+            masked.fill(0.0);
         }
     }
 }
 
 /// Forward pass: `y (B, T, H, hd)` and the log-sum-exp of each score row `(B, H, T)`.
 ///
-/// One task per (batch row, key/value head) runs the `g` query heads that share it as small
-/// matrix products: `S = scale·Q Kᵀ` (the masked half is computed and zeroed, cheaper at gemm
-/// speed than skipping it element by element), the causal softmax, dropout, then `Y = P V`.
+/// One task per batch row runs its query heads as small matrix products, writing straight
+/// into its rows of `y`: `S = scale·Q Kᵀ` (the masked half of the diagonal block is computed
+/// and zeroed, cheaper at gemm speed than skipping it element by element), the causal
+/// softmax, dropout, then `Y = P V`.
 pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Float>, Vec<Float>) {
-    let g = d.h / d.hkv;
-    let parts: Vec<(usize, usize, Vec<Float>, Vec<Float>)> = (0..d.b * d.hkv)
-        .into_par_iter()
-        .map(|task| {
-            let (b, j) = (task / d.hkv, task % d.hkv);
-            let mut y = vec![0.0; g * d.t * d.hd];
-            let mut lse = vec![0.0; g * d.t];
-            let mut s = vec![0.0; d.t * d.t];
-            let mut factors = vec![0.0; d.t * d.t];
-            for i in 0..g {
-                let h = j * g + i;
-                causal_probs(
-                    d,
-                    &mut s,
-                    d.q_view(q, b, h),
-                    d.kv_view(k, b, j),
-                    d.slope(h),
-                    &mut lse[i * d.t..][..d.t],
-                    false,
-                );
-                if d.p > 0.0 {
-                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
-                    s.iter_mut().zip(&factors).for_each(|(p, f)| *p *= f);
-                }
-                let yv = &mut y[i * d.t * d.hd..][..d.t * d.hd];
-                for (r0, r1) in row_blocks(d.t) {
-                    // Y[r0..r1] = P[r0..r1, ..r1] V[..r1]
-                    let p_rows = View::rows(&s, d.t).skip_rows(r0);
-                    gemm_block(
-                        r1 - r0,
-                        d.hd,
-                        r1,
-                        &mut yv[r0 * d.hd..],
-                        d.hd,
-                        false,
-                        p_rows,
-                        d.kv_view(v, b, j),
-                        1.0,
-                    );
-                }
-            }
-            (b, j, y, lse)
-        })
-        .collect();
-    let mut y = vec![0.0; d.b * d.t * d.h * d.hd];
-    let mut lse = vec![0.0; d.b * d.h * d.t];
-    for (b, j, part_y, part_lse) in parts {
-        for i in 0..g {
-            let h = j * g + i;
-            for t in 0..d.t {
-                y[d.q_at(b, t, h)..][..d.hd].copy_from_slice(&part_y[(i * d.t + t) * d.hd..][..d.hd]);
-            }
-            lse[(b * d.h + h) * d.t..][..d.t].copy_from_slice(&part_lse[i * d.t..][..d.t]);
-        }
-    }
+    let (row_y, row_lse) = (d.t * d.h * d.hd, d.h * d.t);
+    let (mut y, mut lse) = (zeros(d.b * row_y), zeros(d.b * row_lse));
+    y.par_chunks_mut(row_y)
+        .zip(lse.par_chunks_mut(row_lse))
+        .enumerate()
+        .for_each_init(
+            || Scratch::new(d, false),
+            |scratch, (b, (y_b, lse_b))| forward_row(d, b, [q, k, v], y_b, lse_b, scratch),
+        );
     (y, lse)
 }
 
-/// Backward pass: gradients of `q`, `k`, `v` from `gy`, recomputing the probabilities from
-/// the saved log-sum-exp and the dropout masks from their seed:
-/// `dV += P'ᵀ dY`, `dP = D ⊙ (dY Vᵀ)`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`,
-/// `dQ = dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights).
+/// [`cpu_forward`] for batch row `b`: its rows of `y` and `lse`.
+fn forward_row(d: &Dims, b: usize, [q, k, v]: [&[Float]; 3], y_b: &mut [Float], lse_b: &mut [Float], s: &mut Scratch) {
+    let g = d.h / d.hkv;
+    for h in 0..d.h {
+        let j = h / g;
+        let (qh, kj) = (d.q_view(q, b, h), d.kv_view(k, b, j));
+        causal_probs(d, &mut s.p, qh, kj, d.slope(h), &mut lse_b[h * d.t..][..d.t], false);
+        if d.p > 0.0 {
+            d.draw_mask(b, h, &mut s.draws);
+            drop_rows(&mut s.p, d.t, &s.draws, DropRule::new(d.p));
+        }
+        for (r0, r1) in row_blocks(d.t) {
+            // Y[r0..r1] = P[r0..r1, ..r1] V[..r1], into head h's columns of y's rows.
+            let p_rows = View::rows(&s.p, d.t).skip_rows(r0);
+            let y_rows = &mut y_b[(r0 * d.h + h) * d.hd..];
+            gemm_block(
+                r1 - r0,
+                d.hd,
+                r1,
+                y_rows,
+                d.h * d.hd,
+                false,
+                p_rows,
+                d.kv_view(v, b, j),
+                1.0,
+            );
+        }
+    }
+}
+
+/// Backward pass: adds the gradients of `q`, `k`, `v` from `gy` into `dq`, `dk`, `dv`,
+/// recomputing the probabilities from the saved log-sum-exp and the dropout masks from their
+/// seed: `dV += P'ᵀ dY`, `dP = D ⊙ (dY Vᵀ)`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`,
+/// `dQ += dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights). One task per batch
+/// row, writing straight into its rows of the gradients.
+#[allow(clippy::too_many_arguments)]
 pub fn cpu_backward(
     d: &Dims,
     q: &[Float],
@@ -228,88 +285,88 @@ pub fn cpu_backward(
     v: &[Float],
     lse: &[Float],
     gy: &[Float],
-) -> (Vec<Float>, Vec<Float>, Vec<Float>) {
-    let g = d.h / d.hkv;
-    let scale = 1.0 / (d.hd as Float).sqrt();
-    type Part = (usize, usize, Vec<Float>, Vec<Float>, Vec<Float>);
-    let parts: Vec<Part> = (0..d.b * d.hkv)
-        .into_par_iter()
-        .map(|task| {
-            let (b, j) = (task / d.hkv, task % d.hkv);
-            let (tt, hd) = (d.t * d.t, d.hd);
-            let mut dq = vec![0.0; g * d.t * hd];
-            let mut dk = vec![0.0; d.t * hd];
-            let mut dv = vec![0.0; d.t * hd];
-            let mut p = vec![0.0; tt];
-            let mut dp = vec![0.0; tt];
-            let mut factors = vec![1.0; tt];
-            let mut row_lse = vec![0.0; d.t];
-            let (kj, vj) = (d.kv_view(k, b, j), d.kv_view(v, b, j));
-            for i in 0..g {
-                let h = j * g + i;
-                row_lse.copy_from_slice(&lse[(b * d.h + h) * d.t..][..d.t]);
-                causal_probs(d, &mut p, d.q_view(q, b, h), kj, d.slope(h), &mut row_lse, true);
-                if d.p > 0.0 {
-                    dropout_factors(d, &mut d.mask_rng(b, h), &mut factors);
-                }
-                let gyh = d.q_view(gy, b, h);
-                // dV += (P ⊙ D)ᵀ dY
-                let dropped: Vec<Float> = p.iter().zip(&factors).map(|(p, f)| p * f).collect();
-                for (r0, r1) in row_blocks(d.t) {
-                    let block_t = View::rows(&dropped, d.t).skip_rows(r0).t(); // (r1, r1 - r0)
-                    gemm_block(r1, hd, r1 - r0, &mut dv, hd, true, block_t, gyh.skip_rows(r0), 1.0);
-                    // dP[r0..r1, ..r1] = dY[r0..r1] V[..r1]ᵀ
-                    gemm_block(
-                        r1 - r0,
-                        r1,
-                        hd,
-                        &mut dp[r0 * d.t..],
-                        d.t,
-                        false,
-                        gyh.skip_rows(r0),
-                        vj.t(),
-                        1.0,
-                    );
-                }
-                // dP = D ⊙ dP, then the softmax backward in place.
-                for (r, (dp_row, p_row)) in dp.chunks_mut(d.t).zip(p.chunks(d.t)).enumerate() {
-                    let f_row = &factors[r * d.t..][..d.t];
-                    let mut rowdot = 0.0;
-                    for s in 0..=r {
-                        dp_row[s] *= f_row[s];
-                        rowdot += p_row[s] * dp_row[s];
-                    }
-                    for s in 0..d.t {
-                        dp_row[s] = if s <= r {
-                            p_row[s] * (dp_row[s] - rowdot) * scale
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-                // dQ = dS K, dK += dSᵀ Q, block by block of query rows.
-                let dqh = &mut dq[i * d.t * hd..][..d.t * hd];
-                for (r0, r1) in row_blocks(d.t) {
-                    let ds_rows = View::rows(&dp, d.t).skip_rows(r0); // (r1 - r0, r1)
-                    gemm_block(r1 - r0, hd, r1, &mut dqh[r0 * hd..], hd, false, ds_rows, kj, 1.0);
-                    let qh = d.q_view(q, b, h).skip_rows(r0);
-                    gemm_block(r1, hd, r1 - r0, &mut dk, hd, true, ds_rows.t(), qh, 1.0);
-                }
-            }
-            (b, j, dq, dk, dv)
-        })
-        .collect();
-    let mut dq = vec![0.0; q.len()];
-    let mut dk = vec![0.0; k.len()];
-    let mut dv = vec![0.0; v.len()];
-    for (b, j, pq, pk, pv) in parts {
-        for t in 0..d.t {
-            for i in 0..g {
-                dq[d.q_at(b, t, j * g + i)..][..d.hd].copy_from_slice(&pq[(i * d.t + t) * d.hd..][..d.hd]);
-            }
-            dk[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pk[t * d.hd..][..d.hd]);
-            dv[d.kv_at(b, t, j)..][..d.hd].copy_from_slice(&pv[t * d.hd..][..d.hd]);
+    dq: &mut [Float],
+    dk: &mut [Float],
+    dv: &mut [Float],
+) {
+    let (row_q, row_kv) = (d.t * d.h * d.hd, d.t * d.hkv * d.hd);
+    assert!(q.len() == d.b * row_q && gy.len() == q.len() && dq.len() == q.len());
+    assert!(k.len() == d.b * row_kv && v.len() == k.len() && dk.len() == k.len() && dv.len() == k.len());
+    assert_eq!(lse.len(), d.b * d.h * d.t);
+    dq.par_chunks_mut(row_q)
+        .zip(dk.par_chunks_mut(row_kv))
+        .zip(dv.par_chunks_mut(row_kv))
+        .enumerate()
+        .for_each_init(
+            || Scratch::new(d, true),
+            |scratch, (b, ((dq_b, dk_b), dv_b))| backward_row(d, b, [q, k, v, lse, gy], [dq_b, dk_b, dv_b], scratch),
+        );
+}
+
+/// [`cpu_backward`] for batch row `b`: adds into its rows of `dq`, `dk` and `dv`.
+fn backward_row(
+    d: &Dims,
+    b: usize,
+    [q, k, v, lse, gy]: [&[Float]; 5],
+    [dq_b, dk_b, dv_b]: [&mut [Float]; 3],
+    s: &mut Scratch,
+) {
+    let (g, t, hd) = (d.h / d.hkv, d.t, d.hd);
+    let (rule, scale) = (DropRule::new(d.p), 1.0 / (hd as Float).sqrt());
+    for h in 0..d.h {
+        let j = h / g;
+        let (qh, kj, vj, gyh) = (
+            d.q_view(q, b, h),
+            d.kv_view(k, b, j),
+            d.kv_view(v, b, j),
+            d.q_view(gy, b, h),
+        );
+        s.lse.copy_from_slice(&lse[(b * d.h + h) * t..][..t]);
+        causal_probs(d, &mut s.p, qh, kj, d.slope(h), &mut s.lse, true);
+        let dropped = if d.p > 0.0 {
+            d.draw_mask(b, h, &mut s.draws);
+            dropped_rows(&mut s.dropped, &s.p, t, &s.draws, rule);
+            &s.dropped
+        } else {
+            &s.p
+        };
+        for (r0, r1) in row_blocks(t) {
+            // dV[..r1] += (P ⊙ D)[r0..r1, ..r1]ᵀ dY[r0..r1]
+            let block_t = View::rows(dropped, t).skip_rows(r0).t(); // (r1, r1 - r0)
+            let dv_j = &mut dv_b[j * hd..];
+            gemm_block(r1, hd, r1 - r0, dv_j, d.hkv * hd, true, block_t, gyh.skip_rows(r0), 1.0);
+            // dP[r0..r1, ..r1] = dY[r0..r1] V[..r1]ᵀ
+            gemm_block(
+                r1 - r0,
+                r1,
+                hd,
+                &mut s.dp[r0 * t..],
+                t,
+                false,
+                gyh.skip_rows(r0),
+                vj.t(),
+                1.0,
+            );
+        }
+        let draws = (d.p > 0.0).then_some(&s.draws[..]);
+        softmax_backward_rows(&mut s.dp, &s.p, t, draws, rule, scale);
+        // dQ += dS K, dK += dSᵀ Q, block by block of query rows.
+        for (r0, r1) in row_blocks(t) {
+            let ds_rows = View::rows(&s.dp, t).skip_rows(r0); // (r1 - r0, r1)
+            let dq_rows = &mut dq_b[(r0 * d.h + h) * hd..];
+            gemm_block(r1 - r0, hd, r1, dq_rows, d.h * hd, true, ds_rows, kj, 1.0);
+            let dk_j = &mut dk_b[j * hd..];
+            gemm_block(
+                r1,
+                hd,
+                r1 - r0,
+                dk_j,
+                d.hkv * hd,
+                true,
+                ds_rows.t(),
+                qh.skip_rows(r0),
+                1.0,
+            );
         }
     }
-    (dq, dk, dv)
 }

@@ -27,16 +27,23 @@ impl DropRule {
         }
     }
 
-    /// Draws one element's fate from `rng`: `true` to keep it.
-    #[inline]
-    pub fn keeps(&self, rng: &mut impl Rng) -> bool {
-        rng.r#gen::<u32>() >= self.threshold
+    /// Fills `draws` with one raw draw per element in one call: the words that one
+    /// `rng.gen::<u32>()` per element would read, in the same order (kernels then read each
+    /// fate with [`keeps`](Self::keeps)).
+    pub fn draw(rng: &mut impl Rng, draws: &mut [u32]) {
+        rng.fill(draws);
     }
 
-    /// Draws one element's factor from `rng`: `keep` or 0.
-    #[inline]
-    pub fn factor(&self, rng: &mut impl Rng) -> Float {
-        if self.keeps(rng) { self.keep } else { 0.0 }
+    /// The fate of the element whose raw draw is `u`: `true` to keep it.
+    #[inline(always)]
+    pub fn keeps(&self, u: u32) -> bool {
+        u >= self.threshold
+    }
+
+    /// The factor of the element whose raw draw is `u`: `keep` or 0.
+    #[inline(always)]
+    pub fn factor(&self, u: u32) -> Float {
+        if self.keeps(u) { self.keep } else { 0.0 }
     }
 }
 
@@ -133,9 +140,39 @@ impl Dropout {
         // and end where the whole batch's draws end.
         let (start, per_window) = (rng.get_word_pos(), (n / self.part.windows) as u128);
         rng.set_word_pos(start + per_window * self.part.offset as u128);
-        let mask: Vec<Float> = (0..n).map(|_| rule.factor(rng)).collect();
+        let mut draws = vec![0u32; n];
+        DropRule::draw(rng, &mut draws);
+        let mask: Vec<Float> = draws.iter().map(|&u| rule.factor(u)).collect();
         rng.set_word_pos(start + per_window * self.part.of as u128);
         let mask = x.device().tensor_from_vec(mask, shape);
         x * mask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bulk draws must read the very words per-element draws read (masks are a function of
+    /// the seed alone), from any word position, across ChaCha's 64-word blocks.
+    #[test]
+    fn bulk_draws_equal_one_draw_per_element() {
+        let rule = DropRule::new(0.3);
+        for (skip, lens) in [(0usize, vec![1usize, 7, 64, 129]), (5, vec![3, 60, 1, 200])] {
+            let mut one = crate::seed::stream(11, crate::seed::Stream::Dropout, 4);
+            let mut bulk = one.clone();
+            for _ in 0..skip {
+                one.r#gen::<u32>();
+                bulk.r#gen::<u32>();
+            }
+            for len in lens {
+                let expected: Vec<Float> = (0..len).map(|_| rule.factor(one.r#gen())).collect();
+                let mut draws = vec![0u32; len];
+                DropRule::draw(&mut bulk, &mut draws);
+                let got: Vec<Float> = draws.iter().map(|&u| rule.factor(u)).collect();
+                assert_eq!(got, expected, "skip {skip}, length {len}");
+            }
+            assert_eq!(one.get_word_pos(), bulk.get_word_pos());
+        }
     }
 }
