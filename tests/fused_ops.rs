@@ -117,7 +117,7 @@ fn check_fused_gradients(d: &Dims) {
     // The backward pass adds into the buffers it is given: start them away from zero.
     let base = 0.25f32;
     let (mut dq, mut dk, mut dv) = (vec![base; q.len()], vec![base; k.len()], vec![base; v.len()]);
-    cpu_backward(&d, &q, &k, &v, &lse, &w, &mut dq, &mut dk, &mut dv);
+    cpu_backward(&d, [&q, &k, &v], &lse, &w, [&mut dq, &mut dk, &mut dv]);
     let eps = 1e-2f32;
     for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {
         for idx in (0..grad.len()).step_by(5) {

@@ -327,7 +327,7 @@ impl Backend for Cpu {
                 *g = std::mem::take(&mut **grads.get_or_alloc_mut(t)?);
             }
             let [dq, dk, dv] = &mut lent;
-            cpu_backward(&dims, &qv, &kv, &vv, &lse, gy, dq, dk, dv);
+            cpu_backward(&dims, [&qv, &kv, &vv], &lse, gy, [dq, dk, dv]);
             for (t, g) in [&q, &k, &v].into_iter().zip(lent) {
                 **grads.get_or_alloc_mut(t)? = g;
             }

@@ -277,18 +277,7 @@ fn forward_row(d: &Dims, b: usize, [q, k, v]: [&[Float]; 3], y_b: &mut [Float], 
 /// seed: `dV += P'ᵀ dY`, `dP = D ⊙ (dY Vᵀ)`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`,
 /// `dQ += dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights). One task per batch
 /// row, writing straight into its rows of the gradients.
-#[allow(clippy::too_many_arguments)]
-pub fn cpu_backward(
-    d: &Dims,
-    q: &[Float],
-    k: &[Float],
-    v: &[Float],
-    lse: &[Float],
-    gy: &[Float],
-    dq: &mut [Float],
-    dk: &mut [Float],
-    dv: &mut [Float],
-) {
+pub fn cpu_backward(d: &Dims, [q, k, v]: [&[Float]; 3], lse: &[Float], gy: &[Float], [dq, dk, dv]: [&mut [Float]; 3]) {
     let (row_q, row_kv) = (d.t * d.h * d.hd, d.t * d.hkv * d.hd);
     assert!(q.len() == d.b * row_q && gy.len() == q.len() && dq.len() == q.len());
     assert!(k.len() == d.b * row_kv && v.len() == k.len() && dk.len() == k.len() && dv.len() == k.len());
