@@ -48,9 +48,9 @@ validate +FILES: build
 plan FILE *ARGS: build
     {{bin}} plan {{FILE}} {{ARGS}}
 
-# Time full gpt-mini training steps (release build): just bench [mha|rope|gqa2|rope256|gpt2|gemm|all]; gemm: the matrix-product rates and the FLOP limit
+# Time full gpt-mini training steps (release build): just bench [mha|rope|gqa2|rope256|gpt2|gemm|attention|all]; gemm: the matrix-product rates and the FLOP limit; attention: the fused attention alone
 bench CASE="all":
-    for c in $([ "{{CASE}}" = all ] && echo gemm mha rope gqa2 rope256 gpt2 || echo {{CASE}}); do cargo bench --locked --bench step -- $c; done
+    for c in $([ "{{CASE}}" = all ] && echo gemm attention mha rope gqa2 rope256 gpt2 || echo {{CASE}}); do cargo bench --locked --bench step -- $c; done
 
 # gptlab vs PyTorch eager, alternating, same cases (makes .venv with torch): [--rounds N] [--device cuda]
 bench-compare *ARGS:

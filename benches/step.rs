@@ -3,13 +3,15 @@
 //! `cargo bench --bench step -- CASE [STEPS] [cpu|cuda]` with CASE one of `mha`, `rope`,
 //! `gqa2`, `rope256`, `gpt2` (or `all`); prints one line per case: median and spread of the step time
 //! and the process's peak resident memory. Run one case per process for a per-case peak.
+//! `gemm` prints the matrix-product rates and the FLOP limit, `attention` the fused attention
+//! alone (CPU).
 //! `cuda` needs a CUDA build (`cuda/build.sh` bundles this benchmark as `step-bench`).
 
 use std::time::Instant;
 
 use dfdx::prelude::*;
 use gptlab::data::Batch;
-use gptlab::model::{Dropout, Gpt, HasParams, ModelConfig, Position};
+use gptlab::model::{Dims, Dropout, Gpt, HasParams, ModelConfig, Position, cpu_backward, cpu_forward};
 use gptlab::seed::{Stream, stream};
 use gptlab::train::{AdamW, train_step};
 use rand::Rng;
@@ -175,6 +177,56 @@ fn gemm_rates() {
     );
 }
 
+/// The fused causal attention alone at the mha case's shapes (B 64, T 128, six heads of 32,
+/// dropout 0.1): forward and backward of one layer, 20 calls, as milliseconds for a step's
+/// six layers, and the rate of its products (seven per head: `QKᵀ` and `PV` forward; `QKᵀ`
+/// again, `dV`, `dP`, `dQ`, `dK` backward) over the causal blocks it computes.
+fn attention_time() {
+    let d = Dims {
+        b: 64,
+        t: 128,
+        h: 6,
+        hkv: 6,
+        hd: 32,
+        alibi: false,
+        p: 0.1,
+        seed: 7,
+        first_window: 0,
+    };
+    let n = d.b * d.t * d.h * d.hd;
+    let values = |salt: usize| -> Vec<f32> { (0..n).map(|i| ((i * salt) % 1000) as f32 * 1e-3 - 0.5).collect() };
+    let (q, k, v, gy) = (values(7919), values(104_729), values(1_299_709), values(15_485_863));
+    let mut times: Vec<f64> = (0..20)
+        .map(|_| {
+            let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            let t0 = Instant::now();
+            let (_, lse) = cpu_forward(&d, &q, &k, &v);
+            cpu_backward(&d, [&q, &k, &v], &lse, &gy, [&mut dq, &mut dk, &mut dv]);
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let layers = ModelConfig::gpt_mini().arch.n_layer as f64;
+    // Score elements computed per head: the 64-row blocks up to and including the diagonal.
+    let scores: usize = (0..d.t)
+        .step_by(64)
+        .map(|r0| (r0 + 64).min(d.t) * (r0 + 64).min(d.t).saturating_sub(r0))
+        .sum();
+    let flops = (7 * 2 * d.hd * scores * d.b * d.h) as f64;
+    println!(
+        "attention isa={} B={} T={} H={} hd={} p={} fastest_ms_per_step={:.1} median_ms_per_step={:.1} gflops={:.0}",
+        gptlab::isa::current(),
+        d.b,
+        d.t,
+        d.h,
+        d.hd,
+        d.p,
+        times[0] * layers * 1e3,
+        times[times.len() / 2] * layers * 1e3,
+        flops / times[0] / 1e9
+    );
+}
+
 /// FLOPs of one training step's matrix products at batch `b`, length `t`: the forward's
 /// `2·tokens` per weight that decays (AdamW decays exactly the matrix weights, head included)
 /// plus `QKᵀ` and `PV` at full `T×T` per head (the fused attention computes the masked half
@@ -204,6 +256,10 @@ fn main() {
         gemm_rates();
         ran = true;
     }
+    if case == "attention" || case == "all" {
+        attention_time();
+        ran = true;
+    }
     for c in &CASES {
         if case == "all" || case == c.name {
             match device {
@@ -222,7 +278,7 @@ fn main() {
         }
     }
     if !ran {
-        eprintln!("unknown case `{case}`: one of mha, rope, gqa2, rope256, gpt2, gemm, all");
+        eprintln!("unknown case `{case}`: one of mha, rope, gqa2, rope256, gpt2, gemm, attention, all");
         std::process::exit(2);
     }
 }
