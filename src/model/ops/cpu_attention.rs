@@ -1,6 +1,7 @@
 //! The fused causal attention on CPU: forward and backward passes over one task per batch
-//! row, on gemm tiles, recomputing probabilities in the backward pass
-//! instead of storing them.
+//! row, on gemm tiles, recomputing probabilities in the backward pass instead of storing them
+//! (and the dropout masks from their seed). Each task writes straight into its rows of the
+//! output, or adds into its rows of the gradients, so no task's result is copied again.
 
 use rayon::prelude::*;
 
