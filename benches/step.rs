@@ -125,15 +125,22 @@ fn bench<D: gptlab::model::Backend + Synchronize>(dev: &D, case: &Case, steps: u
     let mut timed = times[1..].to_vec();
     timed.sort_by(f64::total_cmp);
     let median = timed[timed.len() / 2];
+    // The mha step against its FLOP limit, with the product rate measured in this process
+    // right after the steps: this machine's speed drifts too much between processes.
+    let limit = (name == "mha" && D::isa().is_some()).then(|| {
+        let limit = mha_flop_limit_s(best_gemm_gflops(false));
+        format!(" flop_limit_s={limit:.4} limit_ratio={:.2}", median / limit)
+    });
     println!(
-        "case={name} device={} isa={} B={b} T={t} KV={kv} position={position} vocab={vocab} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}",
+        "case={name} device={} isa={} B={b} T={t} KV={kv} position={position} vocab={vocab} threads={} median_step_s={median:.4} min_s={:.4} max_s={:.4} steps={} peak_rss_mib={:.0}{}",
         std::any::type_name::<D>().rsplit("::").next().unwrap_or("?"),
         D::isa().map_or("-", gptlab::isa::Isa::name),
         rayon::current_num_threads(),
         timed[0],
         timed[timed.len() - 1],
         timed.len(),
-        peak_rss_mib()
+        peak_rss_mib(),
+        limit.unwrap_or_default()
     );
 }
 
@@ -149,10 +156,9 @@ const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 6] = [
     ("xᵀ·gy", 192, 768, 8192, true, false),
 ];
 
-/// The matrix-product rate on each of [`GEMM_SHAPES`] (best of 20), the best of them, and the
-/// mha case's step arithmetic over it: the time a step would take if every FLOP ran at the
-/// best rate (the FLOP limit the step is compared with).
-fn gemm_rates() {
+/// The best matrix-product rate over [`GEMM_SHAPES`] in GFLOP/s (best of 20 each), printing
+/// each shape's rate when `print`.
+fn best_gemm_gflops(print: bool) -> f64 {
     let mut best: f64 = 0.0;
     for (label, m, n, k, lhs_t, rhs_t) in GEMM_SHAPES {
         let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
@@ -167,13 +173,28 @@ fn gemm_rates() {
             .fold(f64::INFINITY, f64::min);
         let gflops = 2.0 * (m * n * k) as f64 / fastest / 1e9;
         best = best.max(gflops);
-        println!("gemm {label} {m}x{k}·{k}x{n} gflops={gflops:.0}");
+        if print {
+            println!("gemm {label} {m}x{k}·{k}x{n} gflops={gflops:.0}");
+        }
     }
-    let flops = step_flops(&ModelConfig::gpt_mini(), 64, 128);
+    best
+}
+
+/// The FLOP limit of the mha case's step at a product rate of `gflops`: the time the step
+/// would take if every FLOP ran at that rate.
+fn mha_flop_limit_s(gflops: f64) -> f64 {
+    step_flops(&ModelConfig::gpt_mini(), 64, 128) / (gflops * 1e9)
+}
+
+/// The matrix-product rate on each of [`GEMM_SHAPES`], the best of them, and the mha case's
+/// step arithmetic over it (the FLOP limit the step is compared with).
+fn gemm_rates() {
+    let best = best_gemm_gflops(true);
     println!(
-        "gemm best_gflops={best:.0} isa={} mha_step_flops={flops:.3e} flop_limit_s={:.4}",
+        "gemm best_gflops={best:.0} isa={} mha_step_flops={:.3e} flop_limit_s={:.4}",
         gptlab::isa::current(),
-        flops / (best * 1e9)
+        step_flops(&ModelConfig::gpt_mini(), 64, 128),
+        mha_flop_limit_s(best)
     );
 }
 
