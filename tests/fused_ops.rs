@@ -305,6 +305,62 @@ fn fused_linear_equals_the_composition_in_values_and_gradients() {
 }
 
 #[test]
+fn fused_projections_of_one_input_equal_separate_compositions() {
+    // The query/key/value projections share one input: its gradient sums all three.
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(11);
+    for (n, d_in, outs, bias) in [
+        (1, 1, [1, 1, 1], true),
+        (9, 7, [7, 3, 3], true),
+        (130, 33, [33, 11, 11], false),
+    ] {
+        let x = dev.tensor_from_vec(random(&mut r, n * d_in), (n, d_in));
+        let ws = outs.map(|d_out| dev.tensor_from_vec(random(&mut r, d_in * d_out), (d_in, d_out)));
+        let bs = outs.map(|d_out| dev.tensor_from_vec(random(&mut r, d_out), (d_out,)));
+        let wys = outs.map(|d_out| dev.tensor_from_vec(random(&mut r, n * d_out), (n, d_out)));
+        let run = |fused: bool| {
+            let (_, tape) = x.clone().leaky_traced().split_tape();
+            let xt = x.clone().put_tape(tape);
+            let parts: [_; 3] = std::array::from_fn(|i| {
+                let b = bs[i].retaped::<OwnedTape<f32, Cpu>>();
+                (ws[i].retaped::<OwnedTape<f32, Cpu>>(), bias.then_some(b))
+            });
+            let ys = if fused {
+                Cpu::linears(xt, parts)
+            } else {
+                let mut parts = parts.into_iter();
+                let mut composed = |x: Tensor<(usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>| {
+                    let (w, b) = parts.next().unwrap();
+                    let y = x.matmul(w);
+                    match b {
+                        Some(b) => {
+                            let shape = *y.shape();
+                            y + b.broadcast_like::<_, Axis<0>>(&shape)
+                        }
+                        None => y,
+                    }
+                };
+                let (x1, x2) = (xt.retaped(), xt.retaped());
+                [composed(xt), composed(x1), composed(x2)]
+            };
+            let mut values: Vec<Vec<f32>> = ys.iter().map(|y| y.retaped::<NoneTape>().as_vec()).collect();
+            let [y0, y1, y2] = ys;
+            let loss = (y0 * wys[0].clone()).sum() + (y1 * wys[1].clone()).sum() + (y2 * wys[2].clone()).sum();
+            let g = loss.backward();
+            values.push(g.get(&x).as_vec());
+            values.extend(ws.iter().map(|w| g.get(w).as_vec()));
+            if bias {
+                values.extend(bs.iter().map(|b| g.get(b).as_vec()));
+            }
+            values
+        };
+        let case = format!("linears (N={n}, in={d_in}, out={outs:?}, bias={bias})");
+        let names = ["y0", "y1", "y2", "dx", "dw0", "dw1", "dw2", "db0", "db1", "db2"];
+        assert_close(&case, &names[..run(true).len()], &run(true), &run(false), 1e-4, 1e-4);
+    }
+}
+
+#[test]
 fn fused_tied_head_equals_the_composition_in_values_and_gradients() {
     let dev = Cpu::default();
     let mut r = ChaCha8Rng::seed_from_u64(12);

@@ -105,11 +105,10 @@ impl<D: Backend> CausalSelfAttention<D> {
         let (q_dim, hd, g) = (self.shape.q_dim(), self.shape.head_dim(), self.shape.group());
         let pos = cache.as_ref().map_or(0, |c| c.k.len() / self.shape.kv_dim());
 
-        let xk = x.retaped::<T>();
-        let xv = x.retaped::<T>();
-        let mut q = self.wq.forward(x).reshape_like(&(b, t, h, hd)); // (B, T, H, hd)
-        let mut k = self.wk.forward(xk).reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
-        let v = self.wv.forward(xv).reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
+        let [q, k, v] = D::linears(x, [self.wq.parts(), self.wk.parts(), self.wv.parts()]);
+        let mut q = q.reshape_like(&(b, t, h, hd)); // (B, T, H, hd)
+        let mut k = k.reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
+        let v = v.reshape_like(&(b, t, hkv, hd)); // (B, T, Hkv, hd)
         if let Some((qn, kn)) = &self.qk_norm {
             q = Self::norm_heads(qn, q);
             k = Self::norm_heads(kn, k);

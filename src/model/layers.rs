@@ -8,7 +8,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::{Float, MlpKind, NormKind};
-use super::ops::Backend;
+use super::ops::{Affine, Backend};
 use super::param::{HasParams, Param};
 
 /// `(rows, cols)` activation on tape `T`.
@@ -45,11 +45,13 @@ impl<D: Backend> Linear<D> {
 
     /// `(N, in) -> (N, out)`.
     pub fn forward<T: Tape<Float, D> + Merge<T>>(&self, x: Act<D, T>) -> Act<D, T> {
-        D::linear(
-            x,
-            self.weight.matrix::<T>(),
-            self.bias.as_ref().map(|b| b.vector::<T>()),
-        )
+        let (w, b) = self.parts();
+        D::linear(x, w, b)
+    }
+
+    /// The weight and bias as tensors on tape `T`, for [`Backend::linears`].
+    pub fn parts<T: Tape<Float, D>>(&self) -> Affine<D, T> {
+        (self.weight.matrix::<T>(), self.bias.as_ref().map(|b| b.vector::<T>()))
     }
 }
 

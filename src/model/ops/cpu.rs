@@ -7,6 +7,8 @@
 //! tensors only by id (dfdx's `ghost`), so an activation is held once until the backward pass,
 //! not also as the dfdx tensor it was read from.
 
+use std::sync::Arc;
+
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
@@ -17,7 +19,7 @@ use super::cpu_kernels::{
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
 use super::matmul::{View, gemm_par};
-use super::{Backend, Dropout, Heads};
+use super::{Affine, Backend, Dropout, Heads};
 use crate::model::config::Float;
 
 type Grads = Gradients<Float, Cpu>;
@@ -144,26 +146,42 @@ impl Backend for Cpu {
     }
 
     fn linear<T: Tape<Float, Self> + Merge<T>>(x: Mat<T>, w: Mat<T>, b: Option<Vector<T>>) -> Mat<T> {
+        let [y] = Self::linears(x, [(w, b)]);
+        y
+    }
+
+    /// One host copy of `x` serves every projection, forward and backward: shared by their
+    /// backward passes, not copied (and kept) once per projection.
+    fn linears<T: Tape<Float, Self> + Merge<T>, const K: usize>(x: Mat<T>, parts: [Affine<Self, T>; K]) -> [Mat<T>; K] {
         let (n, d_in) = *x.shape();
-        let d_out = w.shape().1;
-        assert_eq!(w.shape().0, d_in, "linear: x is (N, {d_in}) but w is {:?}", w.shape());
-        let mut tape = T::default();
-        let (x, w) = (untape(x, &mut tape), untape(w, &mut tape));
-        let b = b.map(|b| untape(b, &mut tape));
-        let (xv, wv) = (host_data(&x), host_data(&w));
-        let bv = b.as_ref().map(host_data);
-        let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
-        let (dev, x, w, b) = (x.device().clone(), x.ghost(), w.ghost(), b.map(|b| b.ghost()));
-        fused(&dev, y, (n, d_out), tape, move |grads, gy| {
-            let gy_view = View::rows(gy, d_out);
-            let dx = grads.get_or_alloc_mut(&x)?;
-            gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_out).t(), 1.0);
-            let dw = grads.get_or_alloc_mut(&w)?;
-            gemm_par(d_in, d_out, n, dw, true, View::rows(&xv, d_in).t(), gy_view, 1.0);
-            if let Some(b) = &b {
-                add_column_sums(gy, d_out, grads.get_or_alloc_mut(b)?);
-            }
-            Ok(())
+        let mut input_tape = T::default();
+        let x = untape(x, &mut input_tape);
+        let xv = Arc::new(host_data(&x));
+        let dev = x.device().clone();
+        let mut input_tape = Some(input_tape);
+        let mut parts = parts.into_iter();
+        // Made in order, so their backward passes run in reverse order, as separate linears'.
+        std::array::from_fn(|_| {
+            let (w, b) = parts.next().expect("one part per output");
+            let d_out = w.shape().1;
+            assert_eq!(w.shape().0, d_in, "linear: x is (N, {d_in}) but w is {:?}", w.shape());
+            let mut tape = input_tape.take().unwrap_or_default();
+            let w = untape(w, &mut tape);
+            let b = b.map(|b| untape(b, &mut tape));
+            let (wv, bv) = (host_data(&w), b.as_ref().map(host_data));
+            let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
+            let (x, w, b, xv) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), Arc::clone(&xv));
+            fused(&dev, y, (n, d_out), tape, move |grads, gy| {
+                let gy_view = View::rows(gy, d_out);
+                let dx = grads.get_or_alloc_mut(&x)?;
+                gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_out).t(), 1.0);
+                let dw = grads.get_or_alloc_mut(&w)?;
+                gemm_par(d_in, d_out, n, dw, true, View::rows(&xv, d_in).t(), gy_view, 1.0);
+                if let Some(b) = &b {
+                    add_column_sums(gy, d_out, grads.get_or_alloc_mut(b)?);
+                }
+                Ok(())
+            })
         })
     }
 

@@ -32,6 +32,13 @@ use super::config::Float;
 /// `(B, T, heads, hd)`.
 pub type Heads<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
 
+/// A projection's weight `(in, out)` and optional bias `(out,)`, as [`Backend::linear`] takes
+/// them.
+pub type Affine<D, T> = (
+    Tensor<(usize, usize), Float, D, T>,
+    Option<Tensor<(usize,), Float, D, T>>,
+);
+
 /// A dfdx device gptlab can train on.
 pub trait Backend: Device<Float> {
     /// The instruction-set path the device's arithmetic depends on: the CPU's (see
@@ -65,6 +72,26 @@ pub trait Backend: Device<Float> {
             Some(b) => Self::add_bias(y, b),
             None => y,
         }
+    }
+
+    /// `x · wᵢ + bᵢ` for each `(wᵢ, bᵢ)` of `parts`: several projections of one input (the
+    /// queries, keys and values), which a backend may read once for all of them.
+    fn linears<T: Tape<Float, Self> + Merge<T>, const K: usize>(
+        x: Tensor<(usize, usize), Float, Self, T>,
+        parts: [Affine<Self, T>; K],
+    ) -> [Tensor<(usize, usize), Float, Self, T>; K] {
+        let mut x = Some(x);
+        let mut parts = parts.into_iter().enumerate();
+        std::array::from_fn(|_| {
+            let (i, (w, b)) = parts.next().expect("one part per output");
+            // The input's tape goes with the last projection; the others start empty tapes
+            // that merge with it where the outputs meet.
+            let xi = match i + 1 == K {
+                true => x.take().expect("the input, for the last projection"),
+                false => x.as_ref().expect("the input").retaped::<T>(),
+            };
+            Self::linear(xi, w, b)
+        })
     }
 
     /// `x (N, in) · wᵀ` for `w (out, in)`: the tied head, whose weight is the token embedding
