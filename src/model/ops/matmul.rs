@@ -30,6 +30,14 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The columns from `c` on.
+    fn skip_cols(self, c: usize) -> Self {
+        Self {
+            data: &self.data[c * self.cs..],
+            ..self
+        }
+    }
+
     /// The transpose, without moving data.
     pub(crate) fn t(self) -> Self {
         Self {
@@ -59,6 +67,8 @@ pub(crate) fn gemm_block(
 }
 
 /// [`gemm_block`] into a contiguous `dst`, spread over every thread of the current rayon pool.
+/// A long reduction into a small result (a weight gradient: `k` = tokens, `m×n` = the weight)
+/// is cut along `k` instead ([`k_parts`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_par(
     m: usize,
@@ -70,6 +80,10 @@ pub(crate) fn gemm_par(
     rhs: View<'_>,
     beta: Float,
 ) {
+    let parts = k_parts(m, n, k);
+    if parts > 1 {
+        return gemm_split_k(m, n, k, dst, acc, lhs, rhs, beta, parts);
+    }
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -77,6 +91,74 @@ pub(crate) fn gemm_par(
         gemm::Parallelism::None
     };
     gemm_with(m, n, k, dst, n, acc, lhs, rhs, beta, par);
+}
+
+/// Reductions at least this long, and at least twice the result's longer side, are cut into
+/// pieces of about this many terms.
+const SPLIT_K: usize = 2048;
+
+/// Into how many pieces [`gemm_par`] cuts a reduction of length `k` into an `m×n` result: 1
+/// (no cut), or 2 to 8 pieces of about [`SPLIT_K`]. `gemm` spreads a product over its
+/// threads by blocks of the result, and a weight gradient's result (at most 768×576 here) has
+/// too few blocks for that: measured at `xᵀ·gy` 192×8192·8192×768 on 2 threads, 212 GFLOP/s
+/// through `gemm`'s own threads and 338 as four pieces of 2,048 (one thread each, summed). The
+/// count depends on the shape only, never on the thread count, so the sum rounds the same on
+/// any number of threads.
+fn k_parts(m: usize, n: usize, k: usize) -> usize {
+    if k < SPLIT_K || k < 2 * m.max(n) {
+        1
+    } else {
+        (k / SPLIT_K).clamp(2, 8)
+    }
+}
+
+/// `gemm_par` as `parts` products over consecutive pieces of the reduction, one task each:
+/// the first accumulates into `dst` itself, the others into buffers of their own, which are
+/// then added to `dst` in their order.
+#[allow(clippy::too_many_arguments)]
+fn gemm_split_k(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [Float],
+    acc: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: Float,
+    parts: usize,
+) {
+    use rayon::prelude::*;
+    let bound = |i: usize| i * k / parts;
+    // With more threads than pieces, each piece spreads over its share by blocks of the
+    // result, which does not change its bits.
+    let par = match rayon::current_num_threads() / parts {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    };
+    let piece = |i: usize, out: &mut [Float], acc: bool| {
+        let (lo, hi) = (bound(i), bound(i + 1));
+        let (l, r) = (lhs.skip_cols(lo), rhs.skip_rows(lo));
+        gemm_with(m, n, hi - lo, out, n, acc, l, r, beta, par);
+    };
+    let mut partials = vec![0.0; (parts - 1) * m * n];
+    rayon::join(
+        || piece(0, &mut dst[..m * n], acc),
+        || {
+            partials
+                .par_chunks_mut(m * n)
+                .enumerate()
+                .for_each(|(i, out)| piece(i + 1, out, false))
+        },
+    );
+    dst[..m * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(row, d)| {
+            for p in partials.chunks(m * n) {
+                let p = &p[row * n..(row + 1) * n];
+                d.iter_mut().zip(p).for_each(|(d, p)| *d += p);
+            }
+        });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -336,6 +418,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_reduction_cut_into_pieces_is_the_product_on_any_number_of_threads() {
+        // Weight-gradient shapes (k long, the result small), cut into 2, 3 and 8 pieces by
+        // `k_parts`, one with an uneven cut; accumulation into `dst` and a beta.
+        for (m, n, k, parts) in [(24, 40, 2048, 2), (40, 24, 3 * 2048 + 5, 3), (16, 8, 20_000, 8)] {
+            assert_eq!(k_parts(m, n, k), parts, "{m}x{n}x{k}");
+            let (ld, rd) = (values(m * k, 7), values(k * n, 8));
+            // lhs = xᵀ of a row-major k×m `x`, as a weight gradient reads it.
+            let (l, r) = (View::rows(&ld, m).t(), View::rows(&rd, n));
+            let start = values(m * n, 9);
+            let want = reference(m, n, k, &start, n, true, l, r, 0.5);
+            let on_threads = |threads: usize| {
+                let mut dst = start.clone();
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| gemm_par(m, n, k, &mut dst, true, l, r, 0.5));
+                dst
+            };
+            let one = on_threads(1);
+            for (i, (&got, &want)) in one.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
+                assert!((got as f64 - want).abs() <= tol, "{m}x{n}x{k} element {i}: {got} vs {want}");
+            }
+            for threads in [2, 3] {
+                let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&on_threads(threads)), bits(&one), "{m}x{n}x{k} on {threads} threads");
+            }
+        }
+        assert_eq!(k_parts(192, 768, 1024), 1, "short reductions are not cut");
+        assert_eq!(k_parts(192, 50_257, 2048), 1, "nor products with a wide result");
     }
 
     #[test]
