@@ -150,15 +150,12 @@ fn gemm_split_k(
                 .for_each(|(i, out)| piece(i + 1, out, false))
         },
     );
-    dst[..m * n]
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(row, d)| {
-            for p in partials.chunks(m * n) {
-                let p = &p[row * n..(row + 1) * n];
-                d.iter_mut().zip(p).for_each(|(d, p)| *d += p);
-            }
-        });
+    dst[..m * n].par_chunks_mut(n).enumerate().for_each(|(row, d)| {
+        for p in partials.chunks(m * n) {
+            let p = &p[row * n..(row + 1) * n];
+            d.iter_mut().zip(p).for_each(|(d, p)| *d += p);
+        }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -440,11 +437,18 @@ mod tests {
             let one = on_threads(1);
             for (i, (&got, &want)) in one.iter().zip(&want).enumerate() {
                 let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
-                assert!((got as f64 - want).abs() <= tol, "{m}x{n}x{k} element {i}: {got} vs {want}");
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "{m}x{n}x{k} element {i}: {got} vs {want}"
+                );
             }
             for threads in [2, 3] {
                 let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&on_threads(threads)), bits(&one), "{m}x{n}x{k} on {threads} threads");
+                assert_eq!(
+                    bits(&on_threads(threads)),
+                    bits(&one),
+                    "{m}x{n}x{k} on {threads} threads"
+                );
             }
         }
         assert_eq!(k_parts(192, 768, 1024), 1, "short reductions are not cut");
