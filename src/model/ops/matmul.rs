@@ -442,7 +442,8 @@ mod tests {
                     "{m}x{n}x{k} element {i}: {got} vs {want}"
                 );
             }
-            for threads in [2, 3] {
+            // 5 threads give each of 2 pieces gemm's own threads too.
+            for threads in [2, 3, 5] {
                 let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&on_threads(threads)),
