@@ -63,7 +63,8 @@ pub(crate) fn gemm_block(
     rhs: View<'_>,
     beta: Float,
 ) {
-    gemm_with(m, n, k, dst, dst_rs, acc, lhs, rhs, beta, gemm::Parallelism::None);
+    let product = Product::new(m, n, k, lhs, rhs, beta);
+    gemm_with(product, dst, dst_rs, acc, gemm::Parallelism::None);
 }
 
 /// [`gemm_block`] into a contiguous `dst`, spread over every thread of the current rayon pool.
@@ -80,17 +81,45 @@ pub(crate) fn gemm_par(
     rhs: View<'_>,
     beta: Float,
 ) {
-    let parts = k_parts(m, n, k);
-    if parts > 1 {
-        return gemm_split_k(m, n, k, dst, acc, lhs, rhs, beta, parts);
+    let product = Product::new(m, n, k, lhs, rhs, beta);
+    match k_parts(m, n, k) {
+        1 => gemm_with(product, dst, n, acc, threads_of(rayon::current_num_threads())),
+        parts => gemm_split_k(product, dst, acc, parts),
     }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
+}
+
+/// `lhs (m×k) · rhs (k×n)`, scaled by `beta`: a product's operands, as the functions below
+/// pass them on.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View<'a>,
+    rhs: View<'a>,
+    beta: Float,
+}
+
+impl<'a> Product<'a> {
+    fn new(m: usize, n: usize, k: usize, lhs: View<'a>, rhs: View<'a>, beta: Float) -> Self {
+        Self {
+            m,
+            n,
+            k,
+            lhs,
+            rhs,
+            beta,
+        }
+    }
+}
+
+/// gemm's parallelism for `threads` threads.
+fn threads_of(threads: usize) -> gemm::Parallelism {
+    if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
-    };
-    gemm_with(m, n, k, dst, n, acc, lhs, rhs, beta, par);
+    }
 }
 
 /// Reductions at least this long, and at least twice the result's longer side, are cut into
@@ -115,30 +144,28 @@ fn k_parts(m: usize, n: usize, k: usize) -> usize {
 /// `gemm_par` as `parts` products over consecutive pieces of the reduction, one task each:
 /// the first accumulates into `dst` itself, the others into buffers of their own, which are
 /// then added to `dst` in their order.
-#[allow(clippy::too_many_arguments)]
-fn gemm_split_k(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [Float],
-    acc: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    beta: Float,
-    parts: usize,
-) {
+fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
     use rayon::prelude::*;
+    let Product { m, n, k, lhs, rhs, .. } = p;
     let bound = |i: usize| i * k / parts;
     // With more threads than pieces, each piece spreads over its share by blocks of the
     // result, which does not change its bits.
-    let par = match rayon::current_num_threads() / parts {
-        0 | 1 => gemm::Parallelism::None,
-        threads => gemm::Parallelism::Rayon(threads),
-    };
+    let par = threads_of(rayon::current_num_threads() / parts);
     let piece = |i: usize, out: &mut [Float], acc: bool| {
         let (lo, hi) = (bound(i), bound(i + 1));
-        let (l, r) = (lhs.skip_cols(lo), rhs.skip_rows(lo));
-        gemm_with(m, n, hi - lo, out, n, acc, l, r, beta, par);
+        let (lhs, rhs) = (lhs.skip_cols(lo), rhs.skip_rows(lo));
+        gemm_with(
+            Product {
+                k: hi - lo,
+                lhs,
+                rhs,
+                ..p
+            },
+            out,
+            n,
+            acc,
+            par,
+        );
     };
     let mut partials = vec![0.0; (parts - 1) * m * n];
     rayon::join(
@@ -158,19 +185,15 @@ fn gemm_split_k(
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gemm_with(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [Float],
-    dst_rs: usize,
-    acc: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    beta: Float,
-    par: gemm::Parallelism,
-) {
+fn gemm_with(p: Product<'_>, dst: &mut [Float], dst_rs: usize, acc: bool, par: gemm::Parallelism) {
+    let Product {
+        m,
+        n,
+        k,
+        lhs,
+        rhs,
+        beta,
+    } = p;
     if m == 0 || n == 0 {
         return;
     }
