@@ -353,7 +353,8 @@ mod tests {
         // memory that held other values, so zeros must be written, not assumed.
         drop(vec![7.0 as Float; 5 * CHUNK]);
         for n in [10, 2 * CHUNK, 3 * CHUNK + 17] {
-            assert!(zeros(n).len() == n && zeros(n).iter().all(|&v| v == 0.0), "zeros({n})");
+            let z = zeros(n);
+            assert!(z.len() == n && z.iter().all(|&v| v == 0.0), "zeros({n})");
             let x: Vec<Float> = (0..n).map(|i| i as Float * 0.5 - 3.0).collect();
             assert_eq!(par_to_vec(&x), x, "par_to_vec of {n}");
         }
