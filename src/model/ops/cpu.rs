@@ -112,8 +112,9 @@ impl Backend for Cpu {
             if let Some(b2) = &b2 {
                 add_column_sums(gy, c, grads.get_or_alloc_mut(b2)?);
             }
-            // dh = (gy W₂ᵀ) ⊙ gelu'(h)
-            let mut dh = zeros(n * hidden);
+            // dh = (gy W₂ᵀ) ⊙ gelu'(h), in `a`'s buffer: `a` is not read again, and the
+            // product overwrites every element.
+            let mut dh = a;
             gemm_par(n, hidden, c, &mut dh, false, gy_view, View::rows(&w2v, c).t(), 1.0);
             cpu_gelu_backward_in_place(&h, &mut dh);
             let dh_view = View::rows(&dh, hidden);
@@ -136,7 +137,7 @@ impl Backend for Cpu {
         let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), drop.first_element(n), n, p));
         let mut tape = T::default();
         let (skip, x) = (untape(skip, &mut tape), untape(x, &mut tape));
-        let y = cpu_residual(&host_data(&skip), &host_data(&x), mask.as_deref(), p);
+        let y = cpu_residual(host_data(&skip), &host_data(&x), mask.as_deref(), p);
         let (dev, skip, x) = (x.device().clone(), skip.ghost(), x.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
             add_into(grads.get_or_alloc_mut(&skip)?, gy);
