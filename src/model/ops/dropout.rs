@@ -1,11 +1,13 @@
 //! Inverted dropout and the one rule every dropout mask is drawn by.
 //!
-//! The dfdx composition ([`Dropout::apply`]), the fused residual's byte mask and the fused
-//! attention's weight factors all draw one `u32` per element and compare it with the same
-//! threshold ([`DropRule`]), so a mask is a pure function of its seed stream.
+//! The dfdx composition ([`Dropout::apply`], its mask drawn in pieces on every core by
+//! seeking the stream), the fused residual's byte mask and the fused attention's weight
+//! factors all draw one `u32` per element and compare it with the same threshold
+//! ([`DropRule`]), so a mask is a pure function of its seed stream.
 
 use dfdx::prelude::*;
 use rand::Rng;
+use rayon::prelude::*;
 
 use crate::model::config::Float;
 
@@ -46,6 +48,9 @@ impl DropRule {
         if self.keeps(u) { self.keep } else { 0.0 }
     }
 }
+
+/// Words one task draws of a [`Dropout::apply`] mask.
+const DRAW_PIECE: usize = 1 << 16;
 
 /// Inverted dropout driven by the caller's RNG, so a training step's masks are a pure
 /// function of the seed the step was given (exact resume needs no hidden device RNG state).
@@ -139,10 +144,19 @@ impl Dropout {
         // One u32 (one word) per element: skip the windows before this pass, draw its own,
         // and end where the whole batch's draws end.
         let (start, per_window) = (rng.get_word_pos(), (n / self.part.windows) as u128);
-        rng.set_word_pos(start + per_window * self.part.offset as u128);
-        let mut draws = vec![0u32; n];
-        DropRule::draw(rng, &mut draws);
-        let mask: Vec<Float> = draws.iter().map(|&u| rule.factor(u)).collect();
+        let first = start + per_window * self.part.offset as u128;
+        let mut mask = vec![0.0; n];
+        // The stream seeks, so each piece draws its own words on any core: the same mask.
+        mask.par_chunks_mut(DRAW_PIECE).enumerate().for_each(|(i, piece)| {
+            let mut rng = rng.clone();
+            rng.set_word_pos(first + (i * DRAW_PIECE) as u128);
+            let mut words = [0u32; 1024];
+            for part in piece.chunks_mut(words.len()) {
+                let words = &mut words[..part.len()];
+                DropRule::draw(&mut rng, words);
+                part.iter_mut().zip(&*words).for_each(|(m, &u)| *m = rule.factor(u));
+            }
+        });
         rng.set_word_pos(start + per_window * self.part.of as u128);
         let mask = x.device().tensor_from_vec(mask, shape);
         x * mask
@@ -173,6 +187,26 @@ mod tests {
                 assert_eq!(got, expected, "skip {skip}, length {len}");
             }
             assert_eq!(one.get_word_pos(), bulk.get_word_pos());
+        }
+    }
+
+    /// A mask longer than one task's piece is the mask one draw per element gives, and the
+    /// stream ends where those draws end, whatever the number of threads.
+    #[test]
+    fn a_mask_drawn_in_pieces_is_the_mask_drawn_in_order() {
+        let n = 2 * DRAW_PIECE + 1_000;
+        let mut serial = crate::seed::stream(5, crate::seed::Stream::Dropout, 2);
+        serial.r#gen::<u32>(); // start off a block boundary
+        let start = serial.clone();
+        let rule = DropRule::new(0.25);
+        let expected: Vec<Float> = (0..n).map(|_| rule.factor(serial.r#gen())).collect();
+        let x = Cpu::default().tensor_from_vec(vec![1.0 as Float; n], (n,));
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut drop = Dropout::train(0.25, start.clone());
+            let y = pool.install(|| drop.apply(x.clone()));
+            assert_eq!(y.as_vec(), expected, "{threads} threads");
+            assert_eq!(drop.rng.as_ref().unwrap().get_word_pos(), serial.get_word_pos());
         }
     }
 }
