@@ -164,8 +164,8 @@ impl AttnShape {
     pub fn group(&self) -> usize {
         self.n_head / self.n_kv_head
     }
-    /// Bytes the fused CPU attention keeps for backward in one layer, from the shapes: copies
-    /// of q, k and v, one log-sum-exp per score row, and the output (f32).
+    /// Bytes the fused CPU attention keeps for backward in one layer, from the shapes: q, k
+    /// and v, one log-sum-exp per score row, and the output (f32).
     pub fn saved_bytes(&self, b: usize, t: usize) -> usize {
         let hd = self.head_dim();
         4 * (2 * b * t * self.n_head * hd + 2 * b * t * self.n_kv_head * hd + b * self.n_head * t)

@@ -1,13 +1,12 @@
 //! The CPU's [`Backend`]: each operation as one fused kernel on plain slices with its own
 //! backward pass, glued to dfdx's tape by [`fused`].
 //!
-//! A fused op takes its inputs off their tapes ([`untape`]), computes on host copies, makes one
+//! A fused op takes its inputs off their tapes ([`untape`]), reads their elements in place
+//! ([`Host`]: the tensors' own storage, through the accessor the vendored dfdx adds), makes one
 //! output tensor and records one backward closure that reads the output's gradient and adds
-//! into the inputs' gradients. The closure keeps the host copies it needs and names the
-//! tensors only by id (dfdx's `ghost`), so an activation is held once until the backward pass,
-//! not also as the dfdx tensor it was read from.
-
-use std::sync::Arc;
+//! into the inputs' gradients. The closure keeps the inputs it needs as [`Host`]s and names
+//! the tensors only by id (dfdx's `ghost`), so an activation is held once until the backward
+//! pass, and never copied to be read.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -15,7 +14,8 @@ use rayon::prelude::*;
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
-    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, zeros,
+    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, par_copy,
+    zeros,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
 use super::matmul::{View, gemm_par};
@@ -27,14 +27,42 @@ type CpuResult = Result<(), <Cpu as HasErr>::Err>;
 type Mat<T> = Tensor<(usize, usize), Float, Cpu, T>;
 type Vector<T> = Tensor<(usize,), Float, Cpu, T>;
 
-/// The elements of `t` in row-major order, copied with one `memcpy` (dfdx's `as_vec` walks
-/// them one at a time). A tensor whose storage is not already in that order (a permuted or
-/// broadcast view) is first made contiguous by the same-shape reshape.
-fn host_data<S: Shape, T>(t: &Tensor<S, Float, Cpu, T>) -> Vec<Float> {
-    let contiguous = t.retaped::<NoneTape>().reshape_like(t.shape());
-    let mut v = zeros(t.shape().num_elements());
-    contiguous.copy_into(&mut v);
-    v
+/// A fused op's input as a row-major slice: the tensor's own storage, shared (not copied)
+/// when the tensor is contiguous, as it is when a fused op made it; a permuted or broadcast
+/// view is first made contiguous by the same-shape reshape. Clones share the storage, so a
+/// backward pass that holds one keeps the input alive instead of a copy of it.
+#[derive(Clone)]
+struct Host<S: Shape> {
+    tensor: Tensor<S, Float, Cpu>,
+    shared: bool,
+}
+
+impl<S: Shape> Host<S> {
+    fn of<T>(t: &Tensor<S, Float, Cpu, T>) -> Self {
+        let tensor = t.retaped::<NoneTape>().reshape_like(t.shape());
+        assert_eq!(tensor.storage().len(), t.shape().num_elements());
+        let shared = std::ptr::eq(tensor.storage().as_ptr(), t.storage().as_ptr());
+        Self { tensor, shared }
+    }
+
+    /// Bytes of the input's own storage this keeps alive: 0 for a copy, which an allocation
+    /// count already sees as new memory.
+    fn shared_bytes(&self) -> usize {
+        if self.shared { std::mem::size_of_val(&**self) } else { 0 }
+    }
+}
+
+impl<S: Shape> std::ops::Deref for Host<S> {
+    type Target = [Float];
+    fn deref(&self) -> &[Float] {
+        self.tensor.storage()
+    }
+}
+
+/// The elements of `t` in row-major order, as a buffer of the caller's own to write in
+/// (copied on every core).
+fn owned_data<S: Shape, T>(t: &Tensor<S, Float, Cpu, T>) -> Vec<Float> {
+    par_copy(&Host::of(t))
 }
 
 /// Takes `x` off its tape, merging that tape into `tape`.
@@ -97,8 +125,8 @@ impl Backend for Cpu {
         let mut tape = T::default();
         let (x, w1, w2) = (untape(x, &mut tape), untape(w1, &mut tape), untape(w2, &mut tape));
         let (b1, b2) = (b1.map(|b| untape(b, &mut tape)), b2.map(|b| untape(b, &mut tape)));
-        let (xv, w1v, w2v) = (host_data(&x), host_data(&w1), host_data(&w2));
-        let (b1v, b2v) = (b1.as_ref().map(host_data), b2.as_ref().map(host_data));
+        let (xv, w1v, w2v) = (Host::of(&x), Host::of(&w1), Host::of(&w2));
+        let (b1v, b2v) = (b1.as_ref().map(Host::of), b2.as_ref().map(Host::of));
         let dev = x.device().clone();
         let (x, w1, w2) = (x.ghost(), w1.ghost(), w2.ghost());
         let (b1, b2) = (b1.map(|b| b.ghost()), b2.map(|b| b.ghost()));
@@ -137,7 +165,7 @@ impl Backend for Cpu {
         let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), drop.first_element(n), n, p));
         let mut tape = T::default();
         let (skip, x) = (untape(skip, &mut tape), untape(x, &mut tape));
-        let y = cpu_residual(host_data(&skip), &host_data(&x), mask.as_deref(), p);
+        let y = cpu_residual(owned_data(&skip), &Host::of(&x), mask.as_deref(), p);
         let (dev, skip, x) = (x.device().clone(), skip.ghost(), x.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
             add_into(grads.get_or_alloc_mut(&skip)?, gy);
@@ -151,13 +179,13 @@ impl Backend for Cpu {
         y
     }
 
-    /// One host copy of `x` serves every projection, forward and backward: shared by their
-    /// backward passes, not copied (and kept) once per projection.
+    /// One [`Host`] of `x` serves every projection, forward and backward: shared by their
+    /// backward passes.
     fn linears<T: Tape<Float, Self> + Merge<T>, const K: usize>(x: Mat<T>, parts: [Affine<Self, T>; K]) -> [Mat<T>; K] {
         let (n, d_in) = *x.shape();
         let mut input_tape = T::default();
         let x = untape(x, &mut input_tape);
-        let xv = Arc::new(host_data(&x));
+        let xv = Host::of(&x);
         let dev = x.device().clone();
         let mut input_tape = Some(input_tape);
         let mut parts = parts.into_iter();
@@ -169,9 +197,9 @@ impl Backend for Cpu {
             let mut tape = input_tape.take().unwrap_or_default();
             let w = untape(w, &mut tape);
             let b = b.map(|b| untape(b, &mut tape));
-            let (wv, bv) = (host_data(&w), b.as_ref().map(host_data));
+            let (wv, bv) = (Host::of(&w), b.as_ref().map(Host::of));
             let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
-            let (x, w, b, xv) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), Arc::clone(&xv));
+            let (x, w, b, xv) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), xv.clone());
             fused(&dev, y, (n, d_out), tape, move |grads, gy| {
                 let gy_view = View::rows(gy, d_out);
                 let dx = grads.get_or_alloc_mut(&x)?;
@@ -199,7 +227,7 @@ impl Backend for Cpu {
         );
         let mut tape = T::default();
         let (x, w) = (untape(x, &mut tape), untape(w, &mut tape));
-        let (xv, wv) = (host_data(&x), host_data(&w));
+        let (xv, wv) = (Host::of(&x), Host::of(&w));
         let mut y = zeros(n * d_out);
         gemm_par(
             n,
@@ -234,7 +262,7 @@ impl Backend for Cpu {
             targets.len()
         );
         let (logits, tape) = logits.split_tape();
-        let (loss, probs) = cpu_cross_entropy(host_data(&logits), v, targets);
+        let (loss, probs) = cpu_cross_entropy(owned_data(&logits), v, targets);
         let (dev, logits, targets) = (logits.device().clone(), logits.ghost(), targets.to_vec());
         fused(&dev, vec![loss], (), tape, move |grads, gy| {
             cpu_cross_entropy_backward(&probs, v, &targets, gy[0], grads.get_or_alloc_mut(&logits)?);
@@ -246,7 +274,7 @@ impl Backend for Cpu {
         let shape = *x.shape();
         let (_, t, nh, hd) = shape;
         let (x, tape) = x.split_tape();
-        let y = cpu_rotary(&host_data(&x), cos, sin, t, nh, hd);
+        let y = cpu_rotary(&Host::of(&x), cos, sin, t, nh, hd);
         let (cos, sin) = (cos.to_vec(), sin.to_vec());
         let (dev, x) = (x.device().clone(), x.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
@@ -260,11 +288,11 @@ impl Backend for Cpu {
         let c = shape.1;
         let mut tape = T::default();
         let (x, b) = (untape(x, &mut tape), untape(b, &mut tape));
-        let bv = host_data(&b);
-        let mut y = host_data(&x);
+        let bv = Host::of(&b);
+        let mut y = owned_data(&x);
         y.par_chunks_mut(c * 64).for_each(|rows| {
             rows.chunks_mut(c)
-                .for_each(|r| r.iter_mut().zip(&bv).for_each(|(v, b)| *v += b))
+                .for_each(|r| r.iter_mut().zip(bv.iter()).for_each(|(v, b)| *v += b))
         });
         let (dev, x, b) = (x.device().clone(), x.ghost(), b.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
@@ -285,7 +313,7 @@ impl Backend for Cpu {
         let c = shape.1;
         let mut tape = T::default();
         let (x, g, b) = (untape(x, &mut tape), untape(g, &mut tape), untape(b, &mut tape));
-        let (xv, gv, bv) = (host_data(&x), host_data(&g), host_data(&b));
+        let (xv, gv, bv) = (Host::of(&x), Host::of(&g), Host::of(&b));
         let [y, xhat, inv_std] = cpu_layer_norm(&xv, &gv, &bv, c, eps as Float);
         let (dev, x, g, b) = (x.device().clone(), x.ghost(), g.ghost(), b.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
@@ -301,7 +329,7 @@ impl Backend for Cpu {
     fn gelu<S: Shape, T: Tape<Float, Self>>(x: Tensor<S, Float, Self, T>) -> Tensor<S, Float, Self, T> {
         let shape = *x.shape();
         let (x, tape) = x.split_tape();
-        let xv = host_data(&x);
+        let xv = Host::of(&x);
         let y = cpu_gelu(&xv);
         let (dev, x) = (x.device().clone(), x.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
@@ -335,7 +363,8 @@ impl Backend for Cpu {
         let live_before = crate::probe::live_bytes();
         let mut tape = T::default();
         let (q, k, v) = (untape(q, &mut tape), untape(k, &mut tape), untape(v, &mut tape));
-        let (qv, kv, vv) = (host_data(&q), host_data(&k), host_data(&v));
+        let (qv, kv, vv) = (Host::of(&q), Host::of(&k), Host::of(&v));
+        let held = qv.shared_bytes() + kv.shared_bytes() + vv.shared_bytes();
         let (y, lse) = cpu_forward(&dims, &qv, &kv, &vv);
         let (dev, q, k, v) = (q.device().clone(), q.ghost(), k.ghost(), v.ghost());
         let out = fused(&dev, y, shape, tape, move |grads, gy| {
@@ -354,10 +383,10 @@ impl Backend for Cpu {
             Ok(())
         });
         if T::OWNS_TAPE {
-            // What stays allocated until backward: the copies of q, k and v, the row
-            // log-sum-exps, the output and the closure that holds them.
+            // What stays allocated until backward: q, k and v (held in place, or copies the
+            // count sees), the row log-sum-exps, the output and the closure that holds them.
             if let (Some(before), Some(after)) = (live_before, crate::probe::live_bytes()) {
-                crate::probe::add_saved_bytes(after.saturating_sub(before));
+                crate::probe::add_saved_bytes(after.saturating_sub(before) + held);
             }
         }
         timer.stop();

@@ -52,6 +52,15 @@ pub(crate) fn zeros(n: usize) -> Vec<Float> {
     filled_on_every_core(n, |chunk, _| chunk.fill(std::mem::MaybeUninit::new(0.0)))
 }
 
+/// `x.to_vec()` on every core.
+pub(crate) fn par_copy(x: &[Float]) -> Vec<Float> {
+    filled_on_every_core(x.len(), |chunk, at| {
+        // SAFETY: `MaybeUninit<Float>` has `Float`'s layout, and the two slices have the same length.
+        let src = unsafe { &*(&x[at..at + chunk.len()] as *const [Float] as *const [std::mem::MaybeUninit<Float>]) };
+        chunk.copy_from_slice(src);
+    })
+}
+
 /// `n` copies of the row `row`, one after another, written on every core.
 fn rows_of(row: &[Float], n: usize) -> Vec<Float> {
     let w = row.len();
