@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fused::{assert_close, random};
+use common::fused::{assert_bits, assert_close, random};
 use dfdx::prelude::*;
 use gptlab::model::{Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention, reference_rotary};
 use rand::SeedableRng;
@@ -542,6 +542,50 @@ fn fused_gelu_mlp_equals_the_composition_in_values_and_gradients() {
         let case = format!("mlp (N={n}, C={c}, H={hidden}, bias={bias})");
         let parts = ["y", "dx", "dw1", "dw2", "db1", "db2"];
         assert_close(&case, &parts, &run(true), &run(false), 1e-4, 1e-4);
+    }
+}
+
+#[test]
+fn fused_embedding_equals_the_composition_to_the_bit() {
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(14);
+    // (vocabulary, positions, C, N, learned positions, dropout): repeated tokens throughout.
+    for (v, l, c, n, learned, p) in [
+        (5, 4, 3, 8, true, 0.0),
+        (65, 16, 8, 48, true, 0.3),
+        (50, 9, 7, 20, false, 0.2),
+        (300, 128, 192, 1024, true, 0.1),
+    ] {
+        let wte = dev.tensor_from_vec(random(&mut r, v * c), (v, c));
+        let wpe = dev.tensor_from_vec(random(&mut r, l * c), (l, c));
+        let wy = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+        let wm = dev.tensor_from_vec(random(&mut r, v * c), (v, c));
+        let tokens: Vec<usize> = (0..n).map(|i| (i * 7 + i * i / 3) % v).collect();
+        let positions: Vec<usize> = (0..n).map(|i| (i + 3) % l).collect();
+        let run = |fused: bool| {
+            let (_, tape) = wte.clone().leaky_traced().split_tape();
+            let wt = wte.clone().put_tape(tape);
+            let wp = learned.then(|| wpe.retaped::<OwnedTape<f32, Cpu>>());
+            let mut drop = Dropout::train(p, gptlab::seed::stream(5, gptlab::seed::Stream::Dropout, 0));
+            let y = if fused {
+                Cpu::embed(wt, wp, &tokens, &positions, &mut drop)
+            } else {
+                let mut x = wt.gather(dev.tensor_from_vec(tokens.clone(), (n,)));
+                if let Some(wp) = wp {
+                    x = x + wp.gather(dev.tensor_from_vec(positions.clone(), (n,)));
+                }
+                drop.apply(x)
+            };
+            let values = y.retaped::<NoneTape>().as_vec();
+            // A second use of the token table, as the tied head is: the embedding's gradient
+            // must add to it, not replace it.
+            let other_use = (wte.retaped::<OwnedTape<f32, Cpu>>() * wm.clone()).sum();
+            let g = ((y * wy.clone()).sum() + other_use).backward();
+            let dwpe = if learned { g.get(&wpe).as_vec() } else { Vec::new() };
+            [values, g.get(&wte).as_vec(), dwpe]
+        };
+        let case = format!("embed (V={v}, L={l}, C={c}, N={n}, learned={learned}, p={p})");
+        assert_bits(&case, &["y", "dwte", "dwpe"], &run(true), &run(false));
     }
 }
 

@@ -249,15 +249,10 @@ impl<D: Backend> Gpt<D> {
                 pos + t
             );
         }
-        let idx = self.dev.tensor_from_vec(tokens.to_vec(), (b * t,));
-        let mut x = self.wte.matrix::<NoneTape>().put_tape(tape).gather(idx); // (B·T, C)
-        if let Some(wpe) = self.positions.table() {
-            let positions = self
-                .dev
-                .tensor_from_vec((0..b * t).map(|i| pos + i % t).collect(), (b * t,));
-            x = x + wpe.matrix::<T>().gather(positions); // (B·T, C)
-        }
-        let mut x = drop.apply(x);
+        let wte = self.wte.matrix::<NoneTape>().put_tape(tape);
+        let wpe = self.positions.table().map(|wpe| wpe.matrix::<T>());
+        let positions: Vec<usize> = (0..b * t).map(|i| pos + i % t).collect();
+        let mut x = D::embed(wte, wpe, tokens, &positions, drop); // (B·T, C)
         for (i, block) in self.blocks.iter().enumerate() {
             let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, b, t, &self.positions, drop, layer);

@@ -21,3 +21,15 @@ pub fn assert_close(case: &str, parts: &[&str], got: &[Vec<f32>], want: &[Vec<f3
         }
     }
 }
+
+/// Asserts that each part of `got` is `want` to the bit (−0 and +0 told apart); a failure
+/// names `case`, the part, the index and the two values.
+pub fn assert_bits(case: &str, parts: &[&str], got: &[Vec<f32>], want: &[Vec<f32>]) {
+    assert_eq!(got.len(), want.len(), "{case}: number of parts");
+    for ((part, g), w) in parts.iter().zip(got).zip(want) {
+        assert_eq!(g.len(), w.len(), "{case} {part}: lengths differ");
+        for (i, (p, q)) in g.iter().zip(w).enumerate() {
+            assert!(p.to_bits() == q.to_bits(), "{case} {part}[{i}]: {p:e} vs {q:e}");
+        }
+    }
+}

@@ -13,9 +13,9 @@ use rayon::prelude::*;
 
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
-    CHUNK, add_column_sums, add_masked, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place, cpu_layer_norm,
-    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, par_copy,
-    zeros,
+    CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place,
+    cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward,
+    dropout_keep_mask, par_copy, scatter_add_rows, zeros,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
 use super::matmul::{View, gemm_par};
@@ -170,6 +170,48 @@ impl Backend for Cpu {
         fused(&dev, y, shape, tape, move |grads, gy| {
             add_into(grads.get_or_alloc_mut(&skip)?, gy);
             add_masked(grads.get_or_alloc_mut(&x)?, gy, mask.as_deref(), p);
+            Ok(())
+        })
+    }
+
+    /// One op for the gathers, the add and the dropout: one pass writes the output, and the
+    /// backward pass adds straight into the tables' gradients.
+    fn embed<T: Tape<Float, Self> + Merge<T>>(
+        wte: Mat<T>,
+        wpe: Option<Mat<T>>,
+        tokens: &[usize],
+        positions: &[usize],
+        drop: &mut Dropout,
+    ) -> Mat<T> {
+        let (n, c) = (tokens.len(), wte.shape().1);
+        assert_eq!(
+            positions.len(),
+            n,
+            "embed: {n} tokens but {} positions",
+            positions.len()
+        );
+        let mut tape = T::default();
+        let wte = untape(wte, &mut tape);
+        let wpe = wpe.map(|w| untape(w, &mut tape));
+        let factors = drop.factors(n * c);
+        let y = {
+            let (tv, pv) = (Host::of(&wte), wpe.as_ref().map(Host::of));
+            cpu_embed(
+                &tv,
+                tokens,
+                pv.as_deref().map(|p| (p, positions)),
+                factors.as_deref(),
+                c,
+            )
+        };
+        let (dev, wte, wpe) = (wte.device().clone(), wte.ghost(), wpe.map(|w| w.ghost()));
+        let (tokens, positions) = (tokens.to_vec(), positions.to_vec());
+        fused(&dev, y, (n, c), tape, move |grads, gy| {
+            let factors = factors.as_deref();
+            if let Some(wpe) = &wpe {
+                scatter_add_rows(gy, factors, &positions, c, grads.get_or_alloc_mut(wpe)?);
+            }
+            scatter_add_rows(gy, factors, &tokens, c, grads.get_or_alloc_mut(&wte)?);
             Ok(())
         })
     }

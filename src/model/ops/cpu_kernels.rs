@@ -320,6 +320,68 @@ simd_kernel! {
     }
 }
 
+/// An embedding's forward pass, `(N, C)`: row `tokens[i]` of `wte`, plus row `positions[i]`
+/// of `wpe` when given, times `factors` (dropout) when given: the composition's operations
+/// (a gather, an add, a multiply) on each element in the same order, so the same bits.
+pub fn cpu_embed(
+    wte: &[Float],
+    tokens: &[usize],
+    wpe: Option<(&[Float], &[usize])>,
+    factors: Option<&[Float]>,
+    c: usize,
+) -> Vec<Float> {
+    let mut y = zeros(tokens.len() * c);
+    y.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
+        let e = &wte[tokens[i] * c..][..c];
+        match wpe {
+            Some((wpe, positions)) => {
+                let p = &wpe[positions[i] * c..][..c];
+                row.iter_mut().zip(e).zip(p).for_each(|((y, &e), &p)| *y = e + p);
+            }
+            None => row.copy_from_slice(e),
+        }
+        if let Some(f) = factors {
+            row.iter_mut().zip(&f[i * c..][..c]).for_each(|(y, &f)| *y *= f);
+        }
+    });
+    y
+}
+
+/// An embedding's backward pass into one table: adds row `i` of `gy (N, C)` (times its
+/// dropout factor) into row `rows[i]` of `dst`. Each row of `dst` takes its rows of `gy` in
+/// ascending `i`, as the composition's serial loop adds them, and rows of `dst` are summed in
+/// parallel. Each term is `0 + gy·factor`, as the composition passes it back through buffers
+/// that start at zero (which turns −0 into +0).
+pub fn scatter_add_rows(gy: &[Float], factors: Option<&[Float]>, rows: &[usize], c: usize, dst: &mut [Float]) {
+    let v = dst.len() / c;
+    assert!(
+        rows.iter().all(|&r| r < v),
+        "a row index is out of the table's {v} rows"
+    );
+    // The source rows of each destination row, in ascending order (a counting sort).
+    let mut start = vec![0usize; v + 1];
+    rows.iter().for_each(|&r| start[r + 1] += 1);
+    (0..v).for_each(|r| start[r + 1] += start[r]);
+    let (mut next, mut order) = (start.clone(), vec![0usize; rows.len()]);
+    for (i, &r) in rows.iter().enumerate() {
+        order[next[r]] = i;
+        next[r] += 1;
+    }
+    dst.par_chunks_mut(c).enumerate().for_each(|(r, d)| {
+        for &i in &order[start[r]..start[r + 1]] {
+            let g = &gy[i * c..][..c];
+            match factors {
+                Some(f) => d
+                    .iter_mut()
+                    .zip(g)
+                    .zip(&f[i * c..][..c])
+                    .for_each(|((d, &g), &f)| *d += 0.0 + g * f),
+                None => d.iter_mut().zip(g).for_each(|(d, &g)| *d += 0.0 + g),
+            }
+        }
+    });
+}
+
 /// `skip + x ⊙ mask / (1 - p)` (no mask: `skip + x`), in parallel, in `skip`'s own buffer.
 pub fn cpu_residual(skip: Vec<Float>, x: &[Float], mask: Option<&[u8]>, p: f32) -> Vec<Float> {
     let keep = 1.0 / (1.0 - p);

@@ -132,15 +132,24 @@ impl Dropout {
         &mut self,
         x: Tensor<S, Float, D, T>,
     ) -> Tensor<S, Float, D, T> {
-        let Some(rng) = self.rng.as_mut() else {
-            return x;
-        };
-        if self.p <= 0.0 {
-            return x;
-        }
         let shape = *x.shape();
+        match self.factors(shape.num_elements()) {
+            Some(mask) => {
+                let mask = x.device().tensor_from_vec(mask, shape);
+                x * mask
+            }
+            None => x,
+        }
+    }
+
+    /// The factors [`apply`](Self::apply) multiplies `n` elements by (`1 / (1 - p)` or 0),
+    /// drawn as it draws them; `None` when nothing is dropped.
+    pub fn factors(&mut self, n: usize) -> Option<Vec<Float>> {
+        let rng = self.rng.as_mut()?;
+        if self.p <= 0.0 {
+            return None;
+        }
         let rule = DropRule::new(self.p);
-        let n = shape.num_elements();
         // One u32 (one word) per element: skip the windows before this pass, draw its own,
         // and end where the whole batch's draws end.
         let (start, per_window) = (rng.get_word_pos(), (n / self.part.windows) as u128);
@@ -158,8 +167,7 @@ impl Dropout {
             }
         });
         rng.set_word_pos(start + per_window * self.part.of as u128);
-        let mask = x.device().tensor_from_vec(mask, shape);
-        x * mask
+        Some(mask)
     }
 }
 

@@ -61,6 +61,24 @@ pub trait Backend: Device<Float> {
         reference_attention(q, k, v, alibi, drop)
     }
 
+    /// The input of the first block, `(N, C)`: rows `tokens` of the token embedding `wte
+    /// (V, C)`, plus rows `positions` of a learned position table `wpe (L, C)` when there is
+    /// one, then dropout. The tape comes in on `wte`.
+    fn embed<T: Tape<Float, Self> + Merge<T>>(
+        wte: Tensor<(usize, usize), Float, Self, T>,
+        wpe: Option<Tensor<(usize, usize), Float, Self, T>>,
+        tokens: &[usize],
+        positions: &[usize],
+        drop: &mut Dropout,
+    ) -> Tensor<(usize, usize), Float, Self, T> {
+        let (dev, n) = (wte.device().clone(), tokens.len());
+        let mut x = wte.gather(dev.tensor_from_vec(tokens.to_vec(), (n,)));
+        if let Some(wpe) = wpe {
+            x = x + wpe.gather(dev.tensor_from_vec(positions.to_vec(), (n,)));
+        }
+        drop.apply(x)
+    }
+
     /// `x (N, in) · w (in, out) + b (out,)`.
     fn linear<T: Tape<Float, Self> + Merge<T>>(
         x: Tensor<(usize, usize), Float, Self, T>,
