@@ -15,7 +15,7 @@ use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place,
     cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward,
-    dropout_keep_mask, par_copy, scatter_add_rows, zeros,
+    dropout_keep_mask, par_to_vec, scatter_add_rows, zeros,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
 use super::matmul::{View, gemm_par};
@@ -62,7 +62,7 @@ impl<S: Shape> std::ops::Deref for Host<S> {
 /// The elements of `t` in row-major order, as a buffer of the caller's own to write in
 /// (copied on every core).
 fn owned_data<S: Shape, T>(t: &Tensor<S, Float, Cpu, T>) -> Vec<Float> {
-    par_copy(&Host::of(t))
+    par_to_vec(&Host::of(t))
 }
 
 /// Takes `x` off its tape, merging that tape into `tape`.

@@ -52,21 +52,28 @@ pub(crate) fn zeros(n: usize) -> Vec<Float> {
     filled_on_every_core(n, |chunk, _| chunk.fill(std::mem::MaybeUninit::new(0.0)))
 }
 
-/// `x.to_vec()` on every core.
-pub(crate) fn par_copy(x: &[Float]) -> Vec<Float> {
+/// `x.to_vec()` copied on every core, without zeroing the copy first.
+pub(crate) fn par_to_vec(x: &[Float]) -> Vec<Float> {
+    if x.len() < CHUNK {
+        return x.to_vec();
+    }
     filled_on_every_core(x.len(), |chunk, at| {
-        // SAFETY: `MaybeUninit<Float>` has `Float`'s layout, and the two slices have the same length.
-        let src = unsafe { &*(&x[at..at + chunk.len()] as *const [Float] as *const [std::mem::MaybeUninit<Float>]) };
-        chunk.copy_from_slice(src);
+        chunk.copy_from_slice(as_uninit(&x[at..at + chunk.len()]))
     })
+}
+
+/// `x` as the source of a copy into memory not yet written.
+fn as_uninit(x: &[Float]) -> &[std::mem::MaybeUninit<Float>] {
+    // SAFETY: `MaybeUninit<Float>` has `Float`'s layout, and every initialised value is a
+    // valid `MaybeUninit`; the length is the same.
+    unsafe { &*(x as *const [Float] as *const [std::mem::MaybeUninit<Float>]) }
 }
 
 /// `n` copies of the row `row`, one after another, written on every core.
 fn rows_of(row: &[Float], n: usize) -> Vec<Float> {
     let w = row.len();
     filled_on_every_core(n * w, |chunk, at| {
-        // SAFETY: `MaybeUninit<Float>` has `Float`'s layout.
-        let row = unsafe { &*(row as *const [Float] as *const [std::mem::MaybeUninit<Float>]) };
+        let row = as_uninit(row);
         let (mut done, lead) = (0, at % w);
         while done < chunk.len() {
             let from = if done == 0 { lead } else { 0 };
@@ -291,14 +298,7 @@ pub fn dropout_keep_mask(seed: u64, first: usize, n: usize, p: f32) -> Vec<u8> {
     let draw = |chunk: usize, skip: usize, out: &mut [u8]| {
         let mut rng = crate::seed::stream(seed, crate::seed::Stream::Dropout, chunk as u64);
         rng.set_word_pos(skip as u128);
-        let mut words = [0u32; 1024];
-        for part in out.chunks_mut(words.len()) {
-            let words = &mut words[..part.len()];
-            DropRule::draw(&mut rng, words);
-            part.iter_mut()
-                .zip(&*words)
-                .for_each(|(m, &u)| *m = u8::from(rule.keeps(u)));
-        }
+        DropRule::draw_each(&mut rng, out, |u| u8::from(rule.keeps(u)));
     };
     let (head_part, rest) = mask.split_at_mut(head);
     if head > 0 {
@@ -426,6 +426,8 @@ mod tests {
         for n in [10, 2 * CHUNK, 3 * CHUNK + 17] {
             let z = zeros(n);
             assert!(z.len() == n && z.iter().all(|&v| v == 0.0), "zeros({n})");
+            let x: Vec<Float> = (0..n).map(|i| i as Float * 0.5 - 3.0).collect();
+            assert_eq!(par_to_vec(&x), x, "par_to_vec of {n}");
         }
         // Rows whose width does not divide a chunk start mid-row in most chunks.
         for (w, rows) in [

@@ -36,6 +36,17 @@ impl DropRule {
         rng.fill(draws);
     }
 
+    /// `out[i] = of(word i)` for the next `out.len()` words of `rng`, drawn in bulk through
+    /// a small buffer ([`draw`](Self::draw)).
+    pub fn draw_each<T>(rng: &mut impl Rng, out: &mut [T], of: impl Fn(u32) -> T) {
+        let mut words = [0u32; 1024];
+        for part in out.chunks_mut(words.len()) {
+            let words = &mut words[..part.len()];
+            Self::draw(rng, words);
+            part.iter_mut().zip(&*words).for_each(|(o, &u)| *o = of(u));
+        }
+    }
+
     /// The fate of the element whose raw draw is `u`: `true` to keep it.
     #[inline(always)]
     pub fn keeps(&self, u: u32) -> bool {
@@ -159,12 +170,7 @@ impl Dropout {
         mask.par_chunks_mut(DRAW_PIECE).enumerate().for_each(|(i, piece)| {
             let mut rng = rng.clone();
             rng.set_word_pos(first + (i * DRAW_PIECE) as u128);
-            let mut words = [0u32; 1024];
-            for part in piece.chunks_mut(words.len()) {
-                let words = &mut words[..part.len()];
-                DropRule::draw(&mut rng, words);
-                part.iter_mut().zip(&*words).for_each(|(m, &u)| *m = rule.factor(u));
-            }
+            DropRule::draw_each(&mut rng, piece, |u| rule.factor(u));
         });
         rng.set_word_pos(start + per_window * self.part.of as u128);
         Some(mask)
