@@ -268,6 +268,17 @@ fn step_flops(config: &ModelConfig, b: usize, t: usize) -> f64 {
 
 fn main() {
     gptlab::alloc::keep_freed_memory();
+    // Inside a pool, as training runs each run (`train::jobs`): called from outside one, every
+    // parallel operation hands its work to the pool's threads and puts the caller to sleep
+    // until they finish, two wake-ups per operation that a run never pays.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .expect("starting the thread pool");
+    pool.install(run_cases);
+}
+
+/// Runs the cases the command line names.
+fn run_cases() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let case = args.first().map(String::as_str).unwrap_or("all");
     let steps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(6usize).max(2);
