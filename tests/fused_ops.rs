@@ -593,3 +593,26 @@ fn fused_embedding_equals_the_composition_to_the_bit() {
 fn every_test_here_passes_on_every_path_the_cpu_runs() {
     common::rerun_on_other_paths("every_test_here_passes_on_every_path_the_cpu_runs");
 }
+
+#[test]
+fn gradient_buffers_start_at_zero_on_recycled_memory() {
+    // The vendored dfdx writes a large zeroed buffer (each op input's gradient) on every
+    // thread of the pool, in pieces: every element must be written, whatever the memory held
+    // before, on one thread or several, for lengths that do and do not fill the last piece.
+    let dev = Cpu::default();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for n in [10, 1 << 18, (1 << 18) + 3, 5 << 17] {
+            drop(vec![f32::NAN; 2 * n]);
+            let x = dev.tensor_from_vec(random(&mut ChaCha8Rng::seed_from_u64(n as u64), n), (n,));
+            let grads = pool.install(|| (x.clone().leaky_traced() * 2.0).sum().backward());
+            let g = grads.get(&x).as_vec();
+            assert!(
+                g.iter().all(|&v| v == 2.0),
+                "gradient of Σ2x over {n} on {threads} threads"
+            );
+            let z: Tensor<(usize,), f32, Cpu> = pool.install(|| dev.zeros_like(&(n,)));
+            assert!(z.as_vec().iter().all(|&v| v == 0.0), "zeros({n}) on {threads} threads");
+        }
+    }
+}

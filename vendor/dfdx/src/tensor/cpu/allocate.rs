@@ -27,7 +27,7 @@ impl Cpu {
     ) -> Result<CachableVec<E>, CpuError> {
         let data = self.cache.try_pop::<E>(numel).map_or_else(
             #[cfg(feature = "fast-alloc")]
-            || Ok(std::vec![elem; numel]),
+            || Ok(filled_on_every_core(numel, elem)),
             #[cfg(not(feature = "fast-alloc"))]
             || {
                 let mut data: Vec<E> = Vec::new();
@@ -55,6 +55,26 @@ impl Cpu {
             cache: self.cache.clone(),
         })
     }
+}
+
+/// gptlab: `vec![elem; numel]`, written in pieces on every thread of the current rayon pool
+/// when large. A gradient buffer is allocated zeroed for each operation's input during the
+/// backward pass, and on recycled memory `vec!` is one thread's `memset` while the other
+/// cores wait.
+#[cfg(feature = "fast-alloc")]
+fn filled_on_every_core<E: Unit>(numel: usize, elem: E) -> Vec<E> {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 16;
+    if numel < 4 * PIECE {
+        return std::vec![elem; numel];
+    }
+    let mut data = Vec::with_capacity(numel);
+    data.spare_capacity_mut()[..numel]
+        .par_chunks_mut(PIECE)
+        .for_each(|piece| piece.fill(std::mem::MaybeUninit::new(elem)));
+    // SAFETY: the loop above wrote each of the first `numel` elements.
+    unsafe { data.set_len(numel) };
+    data
 }
 
 impl<E: Unit> ZerosTensor<E> for Cpu {
