@@ -14,8 +14,8 @@ use rayon::prelude::*;
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place,
-    cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward,
-    dropout_keep_mask, par_to_vec, scatter_add_rows, zeros,
+    cpu_gelu_biased, cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary,
+    cpu_rotary_backward, dropout_keep_mask, par_to_vec, scatter_add_rows, zeros,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
 use super::matmul::{View, gemm_par};
@@ -130,8 +130,12 @@ impl Backend for Cpu {
         let dev = x.device().clone();
         let (x, w1, w2) = (x.ghost(), w1.ghost(), w2.ghost());
         let (b1, b2) = (b1.map(|b| b.ghost()), b2.map(|b| b.ghost()));
-        let h = cpu_linear(&xv, &w1v, b1v.as_deref(), n, c, hidden); // (N, H)
-        let a = cpu_gelu(&h); // (N, H)
+        // h = x·W₁ without its bias, which GELU adds on the way in (forward and backward).
+        let h = cpu_linear(&xv, &w1v, None, n, c, hidden); // (N, H)
+        let a = match b1v.as_deref() {
+            Some(b1) => cpu_gelu_biased(&h, b1),
+            None => cpu_gelu(&h),
+        }; // (N, H)
         let y = cpu_linear(&a, &w2v, b2v.as_deref(), n, hidden, c); // (N, C)
         fused(&dev, y, (n, c), tape, move |grads, gy| {
             let gy_view = View::rows(gy, c);
@@ -144,7 +148,7 @@ impl Backend for Cpu {
             // product overwrites every element.
             let mut dh = a;
             gemm_par(n, hidden, c, &mut dh, false, gy_view, View::rows(&w2v, c).t(), 1.0);
-            cpu_gelu_backward_in_place(&h, &mut dh);
+            cpu_gelu_backward_in_place(&h, b1v.as_deref(), &mut dh);
             let dh_view = View::rows(&dh, hidden);
             let x_t = View::rows(&xv, c).t();
             gemm_par(c, hidden, n, grads.get_or_alloc_mut(&w1)?, true, x_t, dh_view, 1.0);

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::dropout::DropRule;
-use super::matmul::{View, gemm_par};
+use super::matmul::{View, gemm_par, gemm_par_new};
 use super::simd::simd_kernel;
 use crate::model::config::Float;
 
@@ -90,21 +90,53 @@ fn rows_of(row: &[Float], n: usize) -> Vec<Float> {
 /// write every element of its chunk. A `memset` or `memcpy` per chunk is the C library's
 /// widest, where a collected parallel iterator stored 16 bytes at a time.
 fn filled_on_every_core(n: usize, fill: impl Fn(&mut [std::mem::MaybeUninit<Float>], usize) + Sync) -> Vec<Float> {
+    filled_in_chunks(n, CHUNK, fill)
+}
+
+/// [`filled_on_every_core`] in chunks of `chunk` elements (a whole number of rows, for a
+/// kernel that needs its chunk to start at a row).
+fn filled_in_chunks(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(&mut [std::mem::MaybeUninit<Float>], usize) + Sync,
+) -> Vec<Float> {
     let mut v = Vec::with_capacity(n);
     v.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
+        .par_chunks_mut(chunk)
         .enumerate()
-        .for_each(|(i, chunk)| fill(chunk, i * CHUNK));
+        .for_each(|(i, part)| fill(part, i * chunk));
     // SAFETY: the loop above wrote every one of the first `n` elements.
     unsafe { v.set_len(n) };
     v
+}
+
+/// About [`CHUNK`] elements in whole rows of `cols`.
+fn row_chunk(cols: usize) -> usize {
+    (CHUNK / cols).max(1) * cols
+}
+
+/// `GELU(x)` (tanh form).
+#[inline(always)]
+fn gelu(x: Float) -> Float {
+    0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)))
 }
 
 simd_kernel! {
     /// `y = GELU(x)` on one chunk.
     fn gelu_chunk(y: &mut [std::mem::MaybeUninit<Float>], x: &[Float]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            y.write(0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x))));
+            y.write(gelu(x));
+        }
+    }
+}
+
+simd_kernel! {
+    /// `y = GELU(x + b)` on whole rows of `b.len()` columns.
+    fn gelu_biased_rows(y: &mut [std::mem::MaybeUninit<Float>], x: &[Float], b: &[Float]) {
+        for (y, x) in y.chunks_mut(b.len()).zip(x.chunks(b.len())) {
+            for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                y.write(gelu(x + b));
+            }
         }
     }
 }
@@ -135,9 +167,30 @@ simd_kernel! {
     }
 }
 
+simd_kernel! {
+    /// `g *= gelu'(x + b)` on whole rows of `b.len()` columns.
+    fn gelu_grad_scale_biased_rows(g: &mut [Float], x: &[Float], b: &[Float]) {
+        for (g, x) in g.chunks_mut(b.len()).zip(x.chunks(b.len())) {
+            for ((g, &x), &b) in g.iter_mut().zip(x).zip(b) {
+                *g *= gelu_grad(x + b);
+            }
+        }
+    }
+}
+
 /// GELU (tanh form) of each element, in parallel.
 pub fn cpu_gelu(x: &[Float]) -> Vec<Float> {
     filled_on_every_core(x.len(), |y, at| gelu_chunk(y, &x[at..at + y.len()]))
+}
+
+/// `GELU(x + b)` of each row of `x` (as many columns as `b`), in parallel: a linear layer's
+/// bias added on the way into GELU, so the product before it writes its output once instead
+/// of reading a buffer of bias rows back (two passes over the layer's largest activation).
+/// The same bits as `GELU` of `x·W + b` from a product that starts from the bias rows.
+pub fn cpu_gelu_biased(x: &[Float], b: &[Float]) -> Vec<Float> {
+    filled_in_chunks(x.len(), row_chunk(b.len()), |y, at| {
+        gelu_biased_rows(y, &x[at..at + y.len()], b)
+    })
 }
 
 /// `dx += gy · gelu'(x)`, in parallel.
@@ -147,11 +200,21 @@ pub fn cpu_gelu_backward(x: &[Float], gy: &[Float], dx: &mut [Float]) {
         .for_each(|(dx, (x, gy))| gelu_grad_add_chunk(dx, x, gy));
 }
 
-/// `g ← g · gelu'(x)` element by element, in parallel: the gradient through GELU, in place.
-pub fn cpu_gelu_backward_in_place(x: &[Float], g: &mut [Float]) {
-    g.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(g, x)| gelu_grad_scale_chunk(g, x));
+/// `g ← g · gelu'(x + b)` element by element, in parallel: the gradient through GELU, in
+/// place, with the bias of [`cpu_gelu_biased`] (`b` a row of `x`'s columns) when given.
+pub fn cpu_gelu_backward_in_place(x: &[Float], b: Option<&[Float]>, g: &mut [Float]) {
+    match b {
+        None => g
+            .par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(g, x)| gelu_grad_scale_chunk(g, x)),
+        Some(b) => {
+            let chunk = row_chunk(b.len());
+            g.par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk))
+                .for_each(|(g, x)| gelu_grad_scale_biased_rows(g, x, b))
+        }
+    }
 }
 
 /// Rotary embedding in the rotate-half layout: `out = x·cos + [-x2, x1]·sin` per head vector.
@@ -251,21 +314,16 @@ pub(crate) fn dot(a: &[Float], b: &[Float]) -> Float {
 
 /// `y (n×d_out) = x (n×d_in) · w (d_in×d_out) + b`, on every core.
 pub fn cpu_linear(x: &[Float], w: &[Float], b: Option<&[Float]>, n: usize, d_in: usize, d_out: usize) -> Vec<Float> {
-    let mut y = match b {
-        Some(b) => rows_of(b, n),
-        None => zeros(n * d_out),
-    };
-    gemm_par(
-        n,
-        d_out,
-        d_in,
-        &mut y,
-        b.is_some(),
-        View::rows(x, d_in),
-        View::rows(w, d_out),
-        1.0,
-    );
-    y
+    let (x, w) = (View::rows(x, d_in), View::rows(w, d_out));
+    match b {
+        // Starting from the bias rows gives `b + Σ x·w`, rounded once, as dfdx's add does.
+        Some(b) => {
+            let mut y = rows_of(b, n);
+            gemm_par(n, d_out, d_in, &mut y, true, x, w, 1.0);
+            y
+        }
+        None => gemm_par_new(n, d_out, d_in, x, w),
+    }
 }
 
 /// `acc[c] += Σ_r m[r, c]` for a row-major `m` with `cols` columns, in parallel over blocks of
@@ -439,6 +497,32 @@ mod tests {
             let row: Vec<Float> = (0..w).map(|i| i as Float * 0.5 - 3.0).collect();
             let expected: Vec<Float> = (0..rows).flat_map(|_| row.iter().copied()).collect();
             assert_eq!(rows_of(&row, rows), expected, "{rows} rows of {w}");
+        }
+    }
+
+    #[test]
+    fn a_bias_added_inside_gelu_gives_the_bits_of_gelu_after_the_bias() {
+        // Widths that do and do not divide a chunk, over several chunks, and a row wider
+        // than one: each row must get the bias from its first column on.
+        let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (cols, rows) in [
+            (1, 5),
+            (7, 3 * CHUNK / 7 + 5),
+            (768, 2 * CHUNK / 768 + 3),
+            (CHUNK + 3, 2),
+        ] {
+            let wave = |n: usize, f: Float| (0..n).map(|i| ((i as Float) * f).sin() * 3.0).collect::<Vec<_>>();
+            let (x, b, g) = (wave(rows * cols, 0.37), wave(cols, 1.3), wave(rows * cols, 0.11));
+            let after: Vec<Float> = x
+                .chunks(cols)
+                .flat_map(|row| row.iter().zip(&b).map(|(x, b)| x + b))
+                .collect();
+            let case = format!("{rows} rows of {cols}");
+            assert_eq!(bits(&cpu_gelu_biased(&x, &b)), bits(&cpu_gelu(&after)), "GELU, {case}");
+            let (mut inside, mut outside) = (g.clone(), g);
+            cpu_gelu_backward_in_place(&x, Some(&b), &mut inside);
+            cpu_gelu_backward_in_place(&after, None, &mut outside);
+            assert_eq!(bits(&inside), bits(&outside), "GELU's gradient, {case}");
         }
     }
 

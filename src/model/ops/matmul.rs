@@ -151,32 +151,32 @@ fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
     // With more threads than pieces, each piece spreads over its share by blocks of the
     // result, which does not change its bits.
     let par = threads_of(rayon::current_num_threads() / parts);
-    let piece = |i: usize, out: &mut [Float], acc: bool| {
+    // SAFETY (each call): `out` is initialised where `acc` reads it: `dst` itself, or a
+    // partial, which is written, not read (`acc` false; every piece has k ≥ 1 term).
+    let piece = |i: usize, out: &mut [std::mem::MaybeUninit<Float>], acc: bool| unsafe {
         let (lo, hi) = (bound(i), bound(i + 1));
         let (lhs, rhs) = (lhs.skip_cols(lo), rhs.skip_rows(lo));
-        gemm_with(
-            Product {
-                k: hi - lo,
-                lhs,
-                rhs,
-                ..p
-            },
-            out,
-            n,
-            acc,
-            par,
-        );
+        let product = Product {
+            k: hi - lo,
+            lhs,
+            rhs,
+            ..p
+        };
+        gemm_into(product, out, n, acc, par);
     };
-    let mut partials = vec![0.0; (parts - 1) * m * n];
+    // The partials are not zeroed first: each piece writes all of its own.
+    let mut partials = Vec::with_capacity((parts - 1) * m * n);
     rayon::join(
-        || piece(0, &mut dst[..m * n], acc),
+        || piece(0, as_uninit_mut(&mut dst[..m * n]), acc),
         || {
-            partials
+            partials.spare_capacity_mut()[..(parts - 1) * m * n]
                 .par_chunks_mut(m * n)
                 .enumerate()
                 .for_each(|(i, out)| piece(i + 1, out, false))
         },
     );
+    // SAFETY: the pieces wrote every element of each partial.
+    unsafe { partials.set_len((parts - 1) * m * n) };
     dst[..m * n].par_chunks_mut(n).enumerate().for_each(|(row, d)| {
         for p in partials.chunks(m * n) {
             let p = &p[row * n..(row + 1) * n];
@@ -186,6 +186,49 @@ fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
 }
 
 fn gemm_with(p: Product<'_>, dst: &mut [Float], dst_rs: usize, acc: bool, par: gemm::Parallelism) {
+    // SAFETY: `dst` is initialised, and the product writes only values into it.
+    unsafe { gemm_into(p, as_uninit_mut(dst), dst_rs, acc, par) }
+}
+
+/// `dst` as memory a product writes values into.
+fn as_uninit_mut(dst: &mut [Float]) -> &mut [std::mem::MaybeUninit<Float>] {
+    // SAFETY: `MaybeUninit<Float>` has `Float`'s layout; the callers write only values into
+    // the result, so `dst` stays initialised.
+    unsafe { &mut *(dst as *mut [Float] as *mut [std::mem::MaybeUninit<Float>]) }
+}
+
+/// `lhs (m×k) · rhs (k×n)` into a new `m×n` buffer, on every core. Without `acc` a product
+/// reads nothing of its destination and writes every element, so the buffer is not zeroed
+/// first (a pass over the product's memory saved).
+pub(crate) fn gemm_par_new(m: usize, n: usize, k: usize, lhs: View<'_>, rhs: View<'_>) -> Vec<Float> {
+    if k == 0 || k_parts(m, n, k) > 1 {
+        let mut dst = vec![0.0; m * n];
+        gemm_par(m, n, k, &mut dst, false, lhs, rhs, 1.0);
+        return dst;
+    }
+    let mut dst = Vec::with_capacity(m * n);
+    let product = Product::new(m, n, k, lhs, rhs, 1.0);
+    let par = threads_of(rayon::current_num_threads());
+    // SAFETY: without `acc` the product reads no element of `dst`, and with `k > 0` it writes
+    // all `m×n` of them, so they are initialised before `set_len`.
+    unsafe {
+        gemm_into(product, &mut dst.spare_capacity_mut()[..m * n], n, false, par);
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// The product into `dst` (rows `dst_rs` apart), read first when `acc`.
+///
+/// # Safety
+/// With `acc`, the `m×n` elements of `dst` the product reads must be initialised.
+unsafe fn gemm_into(
+    p: Product<'_>,
+    dst: &mut [std::mem::MaybeUninit<Float>],
+    dst_rs: usize,
+    acc: bool,
+    par: gemm::Parallelism,
+) {
     let Product {
         m,
         n,
@@ -200,21 +243,23 @@ fn gemm_with(p: Product<'_>, dst: &mut [Float], dst_rs: usize, acc: bool, par: g
     assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
     if k == 0 {
         if !acc {
-            dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(0.0));
+            dst.chunks_mut(dst_rs)
+                .take(m)
+                .for_each(|row| row[..n].fill(std::mem::MaybeUninit::new(0.0)));
         }
         return;
     }
     let last = |v: &View<'_>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
     assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
-    // SAFETY: the asserts above keep every index the strides reach inside the slices, and
-    // `dst` is exclusively borrowed.
+    // SAFETY: the asserts above keep every index the strides reach inside the slices, `dst`
+    // is exclusively borrowed, and the caller vouches for what `acc` reads.
     unsafe {
         gemm_on(
             crate::isa::current(),
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast(),
             dst_rs as isize,
             acc,
             (lhs.data.as_ptr(), lhs.rs as isize, lhs.cs as isize),
@@ -477,6 +522,22 @@ mod tests {
         }
         assert_eq!(k_parts(192, 768, 1024), 1, "short reductions are not cut");
         assert_eq!(k_parts(192, 50_257, 2048), 1, "nor products with a wide result");
+    }
+
+    #[test]
+    fn a_product_into_new_memory_is_the_product_into_zeros() {
+        // A forward shape on several threads, a cut reduction, an empty one, an empty result.
+        for (m, n, k) in [(300, 70, 33), (24, 40, 2048), (5, 6, 0), (0, 4, 3)] {
+            // Memory that held NaNs, which the new buffer may be given: each element must be
+            // written, none read.
+            drop(vec![Float::NAN; 4 * m * n + 64]);
+            let (ld, rd) = (values(m * k, 3), values(k * n, 4));
+            let (l, r) = (View::rows(&ld, k), View::rows(&rd, n));
+            let mut want = vec![0.0; m * n];
+            gemm_par(m, n, k, &mut want, false, l, r, 1.0);
+            let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&gemm_par_new(m, n, k, l, r)), bits(&want), "{m}x{n}x{k}");
+        }
     }
 
     #[test]
