@@ -169,7 +169,7 @@ impl Backend for Cpu {
         let mask = (p > 0.0).then(|| dropout_keep_mask(drop.next_seed(), drop.first_element(n), n, p));
         let mut tape = T::default();
         let (skip, x) = (untape(skip, &mut tape), untape(x, &mut tape));
-        let y = cpu_residual(owned_data(&skip), &Host::of(&x), mask.as_deref(), p);
+        let y = cpu_residual(&Host::of(&skip), &Host::of(&x), mask.as_deref(), p);
         let (dev, skip, x) = (x.device().clone(), skip.ghost(), x.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
             add_into(grads.get_or_alloc_mut(&skip)?, gy);

@@ -440,21 +440,31 @@ pub fn scatter_add_rows(gy: &[Float], factors: Option<&[Float]>, rows: &[usize],
     });
 }
 
-/// `skip + x ⊙ mask / (1 - p)` (no mask: `skip + x`), in parallel, in `skip`'s own buffer.
-pub fn cpu_residual(skip: Vec<Float>, x: &[Float], mask: Option<&[u8]>, p: f32) -> Vec<Float> {
-    let keep = 1.0 / (1.0 - p);
-    let mut y = skip;
-    match mask {
-        None => y
-            .par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x)),
-        Some(mask) => y
-            .par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
-            .for_each(|(y, (x, m))| add_masked_chunk(y, x, m, keep)),
+simd_kernel! {
+    /// `y = skip + x · keep` where the mask is set (`skip + 0` elsewhere; no mask: `skip + x`),
+    /// on one chunk.
+    fn residual_chunk(y: &mut [std::mem::MaybeUninit<Float>], skip: &[Float], x: &[Float], mask: Option<&[u8]>, keep: Float) {
+        let terms = y.iter_mut().zip(skip).zip(x);
+        match mask {
+            None => terms.for_each(|((y, &s), &x)| {
+                y.write(s + x);
+            }),
+            Some(mask) => terms.zip(mask).for_each(|(((y, &s), &x), &m)| {
+                y.write(s + if m != 0 { x * keep } else { 0.0 });
+            }),
+        }
     }
-    y
+}
+
+/// `skip + x ⊙ mask / (1 - p)` (no mask: `skip + x`), in parallel, into new memory: one pass
+/// that reads both inputs, where adding into a copy of `skip` passes over it three times.
+pub fn cpu_residual(skip: &[Float], x: &[Float], mask: Option<&[u8]>, p: f32) -> Vec<Float> {
+    let keep = 1.0 / (1.0 - p);
+    filled_on_every_core(x.len(), |y, at| {
+        let part = at..at + y.len();
+        let mask = mask.map(|m| &m[part.clone()]);
+        residual_chunk(y, &skip[part.clone()], &x[part], mask, keep)
+    })
 }
 
 /// `acc += g ⊙ mask / (1 - p)` (no mask: `acc += g`), in parallel.
