@@ -595,6 +595,34 @@ fn every_test_here_passes_on_every_path_the_cpu_runs() {
 }
 
 #[test]
+fn dropout_factors_are_one_chacha_word_per_element_on_every_path() {
+    // The masks are drawn sixteen ChaCha blocks at a time by gptlab's own kernel, compiled for
+    // each path: they must be `rand_chacha`'s words, one per element, each kept when it is at
+    // least p·(2³²−1), from a position inside a block and across several pieces.
+    use rand::Rng;
+    for (p, n, skip) in [(0.1f32, 1000usize, 0usize), (0.5, 200_000, 5), (0.25, 70_001, 37)] {
+        let mut rng = gptlab::seed::stream(9, gptlab::seed::Stream::Dropout, n as u64);
+        for _ in 0..skip {
+            rng.r#gen::<u32>();
+        }
+        let mut serial = rng.clone();
+        let threshold = (p as f64 * u32::MAX as f64) as u32;
+        let want: Vec<f32> = (0..n)
+            .map(|_| {
+                if serial.r#gen::<u32>() >= threshold {
+                    1.0 / (1.0 - p)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let got = Dropout::train(p, rng).factors(n).expect("p > 0 draws a mask");
+        let case = format!("p {p}, {n} elements after {skip} words");
+        assert_bits(&case, &["factors"], &[got], &[want]);
+    }
+}
+
+#[test]
 fn gradient_buffers_start_at_zero_on_recycled_memory() {
     // The vendored dfdx writes a large zeroed buffer (each op input's gradient) on every
     // thread of the pool, in pieces: every element must be written, whatever the memory held

@@ -7,8 +7,10 @@
 
 use dfdx::prelude::*;
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::chacha;
 use crate::model::config::Float;
 
 /// Drops an element when a raw `u32` draw falls below `p · u32::MAX`: one draw per element,
@@ -31,14 +33,14 @@ impl DropRule {
 
     /// Fills `draws` with one raw draw per element in one call: the words that one
     /// `rng.gen::<u32>()` per element would read, in the same order (kernels then read each
-    /// fate with [`keeps`](Self::keeps)).
-    pub fn draw(rng: &mut impl Rng, draws: &mut [u32]) {
-        rng.fill(draws);
+    /// fate with [`keeps`](Self::keeps)), sixteen ChaCha blocks at a time ([`chacha`]).
+    pub fn draw(rng: &mut ChaCha8Rng, draws: &mut [u32]) {
+        chacha::fill(rng, draws);
     }
 
     /// `out[i] = of(word i)` for the next `out.len()` words of `rng`, drawn in bulk through
     /// a small buffer ([`draw`](Self::draw)).
-    pub fn draw_each<T>(rng: &mut impl Rng, out: &mut [T], of: impl Fn(u32) -> T) {
+    pub fn draw_each<T>(rng: &mut ChaCha8Rng, out: &mut [T], of: impl Fn(u32) -> T) {
         let mut words = [0u32; 1024];
         for part in out.chunks_mut(words.len()) {
             let words = &mut words[..part.len()];

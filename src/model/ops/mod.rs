@@ -8,6 +8,7 @@
 //!
 //! Imports point down only: this module uses [`super::config`] and nothing above it.
 
+mod chacha;
 mod cpu;
 mod cpu_attention;
 mod cpu_kernels;
