@@ -464,6 +464,57 @@ fn fused_residual_dropout_matches_its_definition() {
 }
 
 #[test]
+fn an_input_read_by_two_fused_ops_gets_both_gradient_terms() {
+    // The first gradient term of an input is written as its gradient, the next added into it:
+    // `x` is the skip of a residual whose branch is an MLP of `x`, and both arguments of a
+    // dropout residual.
+    let dev = Cpu::default();
+    let mut r = ChaCha8Rng::seed_from_u64(16);
+    let (n, c, hidden, p) = (300, 24, 96, 0.3);
+    let x = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+    let w1 = dev.tensor_from_vec(random(&mut r, c * hidden), (c, hidden));
+    let w2 = dev.tensor_from_vec(random(&mut r, hidden * c), (hidden, c));
+    let wy = dev.tensor_from_vec(random(&mut r, n * c), (n, c));
+    let through_mlp = |fused: bool| {
+        let xt = x.clone().leaky_traced();
+        let (w1t, w2t) = (w1.retaped::<OwnedTape<f32, Cpu>>(), w2.retaped::<OwnedTape<f32, Cpu>>());
+        let y = if fused {
+            let m = Cpu::mlp_gelu(xt.retaped(), w1t, None, w2t, None);
+            Cpu::residual(xt, m, &mut Dropout::eval())
+        } else {
+            xt.retaped() + xt.matmul(w1t).fast_gelu().matmul(w2t)
+        };
+        let g = (y * wy.clone()).sum().backward();
+        vec![g.get(&x).as_vec(), g.get(&w1).as_vec()]
+    };
+    let case = "x + mlp(x)";
+    assert_close(
+        case,
+        &["dx", "dw1"],
+        &through_mlp(true),
+        &through_mlp(false),
+        1e-4,
+        1e-4,
+    );
+
+    let mut drop = Dropout::train(p, gptlab::seed::stream(1, gptlab::seed::Stream::Dropout, 0));
+    let xt = x.clone().leaky_traced();
+    let y = Cpu::residual(xt.retaped(), xt, &mut drop);
+    let values = y.retaped::<NoneTape>().as_vec();
+    let dx = (y * wy.clone()).sum().backward().get(&x).as_vec();
+    let (xv, wv) = (x.as_vec(), wy.as_vec());
+    for i in 0..n * c {
+        let kept = (values[i] - xv[i] - xv[i] / (1.0 - p)).abs() < 1e-5;
+        let want = wv[i] + if kept { wv[i] / (1.0 - p) } else { 0.0 };
+        assert!(
+            (dx[i] - want).abs() < 1e-5,
+            "x + dropout(x): dx at {i} is {}, not {want}",
+            dx[i]
+        );
+    }
+}
+
+#[test]
 fn fused_ops_read_permuted_and_broadcast_inputs_in_logical_order() {
     let dev = Cpu::default();
     let mut r = ChaCha8Rng::seed_from_u64(12);

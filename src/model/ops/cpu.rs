@@ -9,16 +9,17 @@
 //! pass, and never copied to be read.
 
 use dfdx::prelude::*;
+use dfdx::tensor::GhostTensor;
 use rayon::prelude::*;
 
 use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place,
     cpu_gelu_biased, cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary,
-    cpu_rotary_backward, dropout_keep_mask, par_to_vec, scatter_add_rows, zeros,
+    cpu_rotary_backward, dropout_keep_mask, masked, par_to_vec, scatter_add_rows,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
-use super::matmul::{View, gemm_par};
+use super::matmul::{View, gemm_par, gemm_par_new};
 use super::{Affine, Backend, Dropout, Heads};
 use crate::model::config::Float;
 
@@ -104,6 +105,22 @@ fn add_into(acc: &mut [Float], x: &[Float]) {
     add_masked(acc, x, None, 0.0);
 }
 
+/// Adds a term into `t`'s gradient: `add` adds it into the gradient `t` has, or, when it has
+/// none yet, the buffer `first` writes becomes it (with the same values: `0 + v` is `v`).
+/// dfdx would hand out a zeroed buffer to add into: a pass over memory writing zeros and one
+/// reading them back, for every activation's first gradient term.
+fn add_grad<S: Shape>(
+    grads: &mut Grads,
+    t: &GhostTensor<S, Float, Cpu>,
+    add: impl FnOnce(&mut [Float]),
+    first: impl FnOnce() -> Vec<Float>,
+) {
+    match grads.existing_mut(t) {
+        Some(g) => add(g),
+        None => grads.insert_new(t, first()),
+    }
+}
+
 impl Backend for Cpu {
     fn isa() -> Option<crate::isa::Isa> {
         Some(crate::isa::current())
@@ -156,7 +173,12 @@ impl Backend for Cpu {
                 add_column_sums(&dh, hidden, grads.get_or_alloc_mut(b1)?);
             }
             let w1_t = View::rows(&w1v, hidden).t();
-            gemm_par(n, c, hidden, grads.get_or_alloc_mut(&x)?, true, dh_view, w1_t, 1.0);
+            add_grad(
+                grads,
+                &x,
+                |dx| gemm_par(n, c, hidden, dx, true, dh_view, w1_t, 1.0),
+                || gemm_par_new(n, c, hidden, dh_view, w1_t),
+            );
             Ok(())
         })
     }
@@ -172,8 +194,9 @@ impl Backend for Cpu {
         let y = cpu_residual(&Host::of(&skip), &Host::of(&x), mask.as_deref(), p);
         let (dev, skip, x) = (x.device().clone(), skip.ghost(), x.ghost());
         fused(&dev, y, shape, tape, move |grads, gy| {
-            add_into(grads.get_or_alloc_mut(&skip)?, gy);
-            add_masked(grads.get_or_alloc_mut(&x)?, gy, mask.as_deref(), p);
+            add_grad(grads, &skip, |g| add_into(g, gy), || par_to_vec(gy));
+            let mask = mask.as_deref();
+            add_grad(grads, &x, |g| add_masked(g, gy, mask, p), || masked(gy, mask, p));
             Ok(())
         })
     }
@@ -247,9 +270,13 @@ impl Backend for Cpu {
             let y = cpu_linear(&xv, &wv, bv.as_deref(), n, d_in, d_out);
             let (x, w, b, xv) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), xv.clone());
             fused(&dev, y, (n, d_out), tape, move |grads, gy| {
-                let gy_view = View::rows(gy, d_out);
-                let dx = grads.get_or_alloc_mut(&x)?;
-                gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_out).t(), 1.0);
+                let (gy_view, w_t) = (View::rows(gy, d_out), View::rows(&wv, d_out).t());
+                add_grad(
+                    grads,
+                    &x,
+                    |dx| gemm_par(n, d_in, d_out, dx, true, gy_view, w_t, 1.0),
+                    || gemm_par_new(n, d_in, d_out, gy_view, w_t),
+                );
                 let dw = grads.get_or_alloc_mut(&w)?;
                 gemm_par(d_in, d_out, n, dw, true, View::rows(&xv, d_in).t(), gy_view, 1.0);
                 if let Some(b) = &b {
@@ -274,23 +301,18 @@ impl Backend for Cpu {
         let mut tape = T::default();
         let (x, w) = (untape(x, &mut tape), untape(w, &mut tape));
         let (xv, wv) = (Host::of(&x), Host::of(&w));
-        let mut y = zeros(n * d_out);
-        gemm_par(
-            n,
-            d_out,
-            d_in,
-            &mut y,
-            false,
-            View::rows(&xv, d_in),
-            View::rows(&wv, d_in).t(),
-            1.0,
-        );
+        let y = gemm_par_new(n, d_out, d_in, View::rows(&xv, d_in), View::rows(&wv, d_in).t());
         let (dev, x, w) = (x.device().clone(), x.ghost(), w.ghost());
         fused(&dev, y, (n, d_out), tape, move |grads, gy| {
             let gy_view = View::rows(gy, d_out);
             // dx (N, in) += gy (N, out) · w (out, in); dw (out, in) += gyᵀ · x
-            let dx = grads.get_or_alloc_mut(&x)?;
-            gemm_par(n, d_in, d_out, dx, true, gy_view, View::rows(&wv, d_in), 1.0);
+            let w_view = View::rows(&wv, d_in);
+            add_grad(
+                grads,
+                &x,
+                |dx| gemm_par(n, d_in, d_out, dx, true, gy_view, w_view, 1.0),
+                || gemm_par_new(n, d_in, d_out, gy_view, w_view),
+            );
             let dw = grads.get_or_alloc_mut(&w)?;
             gemm_par(d_out, d_in, n, dw, true, gy_view.t(), View::rows(&xv, d_in), 1.0);
             Ok(())

@@ -467,6 +467,28 @@ pub fn cpu_residual(skip: &[Float], x: &[Float], mask: Option<&[u8]>, p: f32) ->
     })
 }
 
+simd_kernel! {
+    /// `y = g · keep` where the mask is set, 0 elsewhere, on one chunk.
+    fn masked_chunk(y: &mut [std::mem::MaybeUninit<Float>], g: &[Float], mask: &[u8], keep: Float) {
+        for ((y, &g), &m) in y.iter_mut().zip(g).zip(mask) {
+            y.write(if m != 0 { g * keep } else { 0.0 });
+        }
+    }
+}
+
+/// `g ⊙ mask / (1 - p)` (no mask: `g`) into new memory, in parallel: what [`add_masked`] adds
+/// into zeros.
+pub fn masked(g: &[Float], mask: Option<&[u8]>, p: f32) -> Vec<Float> {
+    let Some(mask) = mask else {
+        return par_to_vec(g);
+    };
+    let keep = 1.0 / (1.0 - p);
+    filled_on_every_core(g.len(), |y, at| {
+        let part = at..at + y.len();
+        masked_chunk(y, &g[part.clone()], &mask[part], keep)
+    })
+}
+
 /// `acc += g ⊙ mask / (1 - p)` (no mask: `acc += g`), in parallel.
 pub fn add_masked(acc: &mut [Float], g: &[Float], mask: Option<&[u8]>, p: f32) {
     let keep = 1.0 / (1.0 - p);

@@ -42,6 +42,29 @@ impl<E, D: Storage<E>> Gradients<E, D> {
     }
 }
 
+/// gptlab: a gradient written once instead of added into a zeroed buffer. dfdx's backward
+/// operations add into `get_or_alloc_mut`'s buffer, which is zeroed when new: for the first
+/// term of a gradient that is one pass over memory writing zeros and one reading them back.
+#[cfg(feature = "cpu")]
+impl<E: crate::dtypes::Unit> Gradients<E, crate::tensor::Cpu> {
+    /// gptlab: the gradient of `t`, when something has made one already.
+    pub fn existing_mut<S: Shape>(&mut self, t: &impl Tensorlike<S, E, crate::tensor::Cpu>) -> Option<&mut [E]> {
+        self.gradient_by_id.get_mut(&t.id()).map(|g| g.data.as_mut_slice())
+    }
+
+    /// gptlab: makes `data` the gradient of `t`, which must have none yet and as many
+    /// elements as `data`.
+    pub fn insert_new<S: Shape>(&mut self, t: &impl Tensorlike<S, E, crate::tensor::Cpu>, data: Vec<E>) {
+        assert_eq!(data.len(), t.len(), "a gradient has its tensor's length");
+        let gradient = crate::tensor::cpu::CachableVec {
+            data,
+            cache: t.dev().cache.clone(),
+        };
+        let previous = self.gradient_by_id.insert(t.id(), gradient);
+        assert!(previous.is_none(), "insert_new: the tensor has a gradient already");
+    }
+}
+
 impl<E, D: Storage<E>> Gradients<E, D> {
     /// Retrieves mutable gradient for `t`, allocating one if it isn't present.
     pub fn get_or_alloc_mut<S: Shape>(

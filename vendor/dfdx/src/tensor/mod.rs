@@ -155,7 +155,7 @@ mod unique_id;
 pub(crate) mod storage_traits;
 mod tensor_impls;
 
-pub(crate) use ghost::GhostTensor;
+pub use ghost::GhostTensor; // gptlab: nameable, as `Tensor::ghost` returns it
 pub(crate) use storage_traits::{OneFillStorage, ZeroFillStorage};
 pub(crate) use tensorlike::Tensorlike;
 
