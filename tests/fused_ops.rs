@@ -400,24 +400,27 @@ fn fused_cross_entropy_equals_the_composition_in_values_and_gradients() {
         let x = dev.tensor_from_vec(xv, (n, v));
         let targets: Vec<usize> = (0..n).map(|i| (i * 7 + 3) % v).collect();
         let wm = dev.tensor_from_vec(random(&mut r, n * v), (n, v));
-        let run = |fused: bool| {
+        let loss_of = |fused: bool| {
             let (_, tape) = x.clone().leaky_traced().split_tape();
             let xt = x.clone().put_tape(tape);
-            let loss = if fused {
+            if fused {
                 Cpu::cross_entropy(xt, &targets)
             } else {
                 let t = dev.tensor_from_vec(targets.clone(), (n,));
                 xt.log_softmax::<Axis<1>>().select(t).mean().negate()
-            };
+            }
+        };
+        let run = |fused: bool| {
+            let loss = loss_of(fused);
             let value = vec![loss.retaped::<NoneTape>().array()];
             // A second use of the logits after the loss: its gradient is written first, and
-            // the loss's must add to it.
+            // the loss's must add to it. Alone, the loss's gradient is the logits' first.
             let other_use = (x.retaped::<OwnedTape<f32, Cpu>>() * wm.clone()).sum();
             let g = (loss * 3.0 + other_use).backward();
-            [value, g.get(&x).as_vec()]
+            [value, g.get(&x).as_vec(), loss_of(fused).backward().get(&x).as_vec()]
         };
         let case = format!("cross_entropy (N={n}, V={v})");
-        assert_close(&case, &["loss", "dx"], &run(true), &run(false), 1e-5, 1e-5);
+        assert_close(&case, &["loss", "dx", "dx alone"], &run(true), &run(false), 1e-5, 1e-5);
     }
 }
 

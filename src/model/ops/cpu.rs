@@ -18,7 +18,7 @@ use super::cpu_kernels::{
     cpu_gelu_biased, cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary,
     cpu_rotary_backward, dropout_keep_mask, masked, par_to_vec, scatter_add_rows,
 };
-use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward};
+use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward, cpu_cross_entropy_grad};
 use super::matmul::{View, gemm_par, gemm_par_new};
 use super::{Affine, Backend, Dropout, Heads};
 use crate::model::config::Float;
@@ -333,7 +333,10 @@ impl Backend for Cpu {
         let (loss, probs) = cpu_cross_entropy(owned_data(&logits), v, targets);
         let (dev, logits, targets) = (logits.device().clone(), logits.ghost(), targets.to_vec());
         fused(&dev, vec![loss], (), tape, move |grads, gy| {
-            cpu_cross_entropy_backward(&probs, v, &targets, gy[0], grads.get_or_alloc_mut(&logits)?);
+            match grads.existing_mut(&logits) {
+                Some(dx) => cpu_cross_entropy_backward(&probs, v, &targets, gy[0], dx),
+                None => grads.insert_new(&logits, cpu_cross_entropy_grad(probs, v, &targets, gy[0])),
+            }
             Ok(())
         })
     }

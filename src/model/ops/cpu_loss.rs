@@ -38,6 +38,14 @@ simd_kernel! {
     }
 }
 
+simd_kernel! {
+    /// `row ← g·row`, then `row[target] −= g`: [`add_row_grad`] into zeros, in place.
+    fn row_grad_in_place(row: &mut [Float], target: usize, g: Float) {
+        row.iter_mut().for_each(|p| *p *= g);
+        row[target] -= g;
+    }
+}
+
 /// Mean over rows of `−ln softmax(row)[target]` for `logits (N, V)` and `N` targets, with
 /// `logits` turned into the rows' softmax for [`cpu_cross_entropy_backward`]. The rows'
 /// losses are summed in order in `f64`, so the mean does not depend on the thread count.
@@ -66,6 +74,18 @@ pub fn cpu_cross_entropy_backward(probs: &[Float], v: usize, targets: &[usize], 
         .zip(probs.par_chunks(v))
         .zip(targets.par_iter())
         .for_each(|((dx, p), &t)| add_row_grad(dx, p, t, g));
+}
+
+/// `(gy / N)·(softmax − onehot(targets))` written over `probs` itself: the gradient when the
+/// logits have none yet, without a new `(N, V)` buffer (411 MB at GPT-2's vocabulary, 2,048
+/// rows) to zero and add into.
+pub fn cpu_cross_entropy_grad(mut probs: Vec<Float>, v: usize, targets: &[usize], gy: Float) -> Vec<Float> {
+    let g = gy / targets.len().max(1) as Float;
+    probs
+        .par_chunks_mut(v)
+        .zip(targets.par_iter())
+        .for_each(|(row, &t)| row_grad_in_place(row, t, g));
+    probs
 }
 
 #[cfg(test)]
@@ -106,6 +126,10 @@ mod tests {
             for (g, w) in grad.iter().zip(&want_grad) {
                 assert!((f64::from(*g) - w).abs() < 1e-6, "n={n} v={v}: gradient {g} vs {w}");
             }
+            // Written over the softmax: the same bits as added into zeros.
+            let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let in_place = cpu_cross_entropy_grad(probs, v, &targets, 1.0);
+            assert_eq!(bits(&in_place), bits(&grad), "n={n} v={v}: in place");
         }
     }
 
