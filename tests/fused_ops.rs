@@ -11,6 +11,9 @@ use gptlab::model::{Backend, Dims, Dropout, cpu_backward, cpu_forward, reference
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// A traced `(B, T, heads, hd)` tensor.
+type Heads4 = Tensor<(usize, usize, usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>;
+
 /// `Σ y ⊙ w` and its gradients with respect to q, k and v, through `attend`.
 fn grads_through(
     attend: impl Fn(
@@ -74,6 +77,15 @@ fn fused_equals_the_composition_in_values_and_gradients() {
             let got = [vec![fused_y], fused_g.to_vec()].concat();
             let want = [vec![ref_y], ref_g.to_vec()].concat();
             assert_close(&case, &["y", "dq", "dk", "dv"], &got, &want, 1e-5, 0.0);
+            // `q` read again after the attention: its gradient exists when the attention's
+            // backward pass runs, which must add into it (otherwise it writes the first).
+            let then_q = |attend: &dyn Fn(Heads4, Heads4, Heads4) -> Heads4| {
+                grads_through(|q, k, v| q.retaped() + attend(q, k, v), &q, &k, &v, &w).1
+            };
+            let fused_g = then_q(&|q, k, v| Cpu::causal_attention(q, k, v, alibi, &mut Dropout::eval()));
+            let ref_g = then_q(&|q, k, v| reference_attention(q, k, v, alibi, &mut Dropout::eval()));
+            let case = format!("{case}, q read again");
+            assert_close(&case, &["dq", "dk", "dv"], &fused_g, &ref_g, 1e-5, 0.0);
         }
     }
 }

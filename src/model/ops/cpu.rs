@@ -12,7 +12,7 @@ use dfdx::prelude::*;
 use dfdx::tensor::GhostTensor;
 use rayon::prelude::*;
 
-use super::cpu_attention::{Dims, cpu_backward, cpu_forward};
+use super::cpu_attention::{Dims, cpu_backward, cpu_backward_new, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place,
     cpu_gelu_biased, cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary,
@@ -440,15 +440,22 @@ impl Backend for Cpu {
         let (dev, q, k, v) = (q.device().clone(), q.ghost(), k.ghost(), v.ghost());
         let out = fused(&dev, y, shape, tape, move |grads, gy| {
             let timer = crate::probe::Timer::start();
-            // Lent out of `grads` (moved, not copied) so the kernel adds into all three at once.
-            let mut lent = [Vec::new(), Vec::new(), Vec::new()];
-            for (t, g) in [&q, &k, &v].into_iter().zip(&mut lent) {
-                *g = std::mem::take(&mut **grads.get_or_alloc_mut(t)?);
-            }
-            let [dq, dk, dv] = &mut lent;
-            cpu_backward(&dims, [&qv, &kv, &vv], &lse, gy, [dq, dk, dv]);
-            for (t, g) in [&q, &k, &v].into_iter().zip(lent) {
-                **grads.get_or_alloc_mut(t)? = g;
+            let inputs = [&q, &k, &v];
+            if inputs.iter().all(|t| grads.existing_mut(*t).is_none()) {
+                // Their first gradients (as in training: q, k and v are read by nothing else).
+                let new = cpu_backward_new(&dims, [&qv, &kv, &vv], &lse, gy);
+                inputs.into_iter().zip(new).for_each(|(t, g)| grads.insert_new(t, g));
+            } else {
+                // Lent out of `grads` (moved, not copied) so the kernel adds into all three.
+                let mut lent = [Vec::new(), Vec::new(), Vec::new()];
+                for (t, g) in inputs.into_iter().zip(&mut lent) {
+                    *g = std::mem::take(&mut **grads.get_or_alloc_mut(t)?);
+                }
+                let [dq, dk, dv] = &mut lent;
+                cpu_backward(&dims, [&qv, &kv, &vv], &lse, gy, [dq, dk, dv]);
+                for (t, g) in inputs.into_iter().zip(lent) {
+                    **grads.get_or_alloc_mut(t)? = g;
+                }
             }
             timer.stop();
             Ok(())

@@ -1,11 +1,12 @@
 //! The fused causal attention on CPU: forward and backward passes over one task per batch
 //! row, on gemm tiles, recomputing probabilities in the backward pass instead of storing them
 //! (and the dropout masks from their seed). Each task writes straight into its rows of the
-//! output, or adds into its rows of the gradients, so no task's result is copied again.
+//! output, or adds into its rows of the gradients (or writes its rows of new ones), so no
+//! task's result is copied again, and no buffer is zeroed by a pass of its own.
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::{dot, exp, max, sum, zeros};
+use super::cpu_kernels::{dot, exp, max, sum};
 use super::dropout::DropRule;
 use super::matmul::{View, gemm_block};
 use super::simd::simd_kernel;
@@ -232,15 +233,29 @@ simd_kernel! {
 /// softmax, dropout, then `Y = P V`.
 pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Float>, Vec<Float>) {
     let (row_y, row_lse) = (d.t * d.h * d.hd, d.h * d.t);
-    let (mut y, mut lse) = (zeros(d.b * row_y), zeros(d.b * row_lse));
-    y.par_chunks_mut(row_y)
-        .zip(lse.par_chunks_mut(row_lse))
+    let (mut y, mut lse) = (Vec::with_capacity(d.b * row_y), Vec::with_capacity(d.b * row_lse));
+    y.spare_capacity_mut()[..d.b * row_y]
+        .par_chunks_mut(row_y)
+        .zip(lse.spare_capacity_mut()[..d.b * row_lse].par_chunks_mut(row_lse))
         .enumerate()
         .for_each_init(
             || Scratch::new(d, false),
-            |scratch, (b, (y_b, lse_b))| forward_row(d, b, [q, k, v], y_b, lse_b, scratch),
+            |scratch, (b, (y_b, lse_b))| forward_row(d, b, [q, k, v], zeroed(y_b), zeroed(lse_b), scratch),
         );
+    // SAFETY: each task zeroed its rows of both (and then wrote them).
+    unsafe {
+        y.set_len(d.b * row_y);
+        lse.set_len(d.b * row_lse);
+    }
     (y, lse)
+}
+
+/// `part` with every element set to zero, as values: zeroed by the task about to write it,
+/// while in its cache, instead of by a pass over the whole buffer beforehand.
+fn zeroed(part: &mut [std::mem::MaybeUninit<Float>]) -> &mut [Float] {
+    part.fill(std::mem::MaybeUninit::new(0.0));
+    // SAFETY: every element was just written; `MaybeUninit<Float>` has `Float`'s layout.
+    unsafe { &mut *(part as *mut [std::mem::MaybeUninit<Float>] as *mut [Float]) }
 }
 
 /// [`cpu_forward`] for batch row `b`: its rows of `y` and `lse`.
@@ -278,7 +293,37 @@ fn forward_row(d: &Dims, b: usize, [q, k, v]: [&[Float]; 3], y_b: &mut [Float], 
 /// seed: `dV += P'ᵀ dY`, `dP = D ⊙ (dY Vᵀ)`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`,
 /// `dQ += dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights). One task per batch
 /// row, writing straight into its rows of the gradients.
-pub fn cpu_backward(d: &Dims, [q, k, v]: [&[Float]; 3], lse: &[Float], gy: &[Float], [dq, dk, dv]: [&mut [Float]; 3]) {
+pub fn cpu_backward(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float], grads: [&mut [Float]; 3]) {
+    backward_rows(d, qkv, lse, gy, grads, |rows| rows);
+}
+
+/// [`cpu_backward`] into new gradients (the inputs have none yet), each task zeroing its rows
+/// while in its cache rather than a pass over three buffers of zeros beforehand.
+pub fn cpu_backward_new(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float]) -> [Vec<Float>; 3] {
+    let lens = qkv.map(<[Float]>::len);
+    let mut grads = lens.map(Vec::with_capacity);
+    let [dq, dk, dv] = &mut grads;
+    let parts = [dq, dk, dv].map(|g| {
+        let n = g.capacity();
+        &mut g.spare_capacity_mut()[..n]
+    });
+    backward_rows(d, qkv, lse, gy, parts, zeroed);
+    for (g, n) in grads.iter_mut().zip(lens) {
+        // SAFETY: `zeroed` set every element of each task's rows, which cover all `n`.
+        unsafe { g.set_len(n) };
+    }
+    grads
+}
+
+/// The backward tasks over the gradients' rows, each made ready for adding into by `ready`.
+fn backward_rows<G: Send>(
+    d: &Dims,
+    [q, k, v]: [&[Float]; 3],
+    lse: &[Float],
+    gy: &[Float],
+    [dq, dk, dv]: [&mut [G]; 3],
+    ready: impl Fn(&mut [G]) -> &mut [Float] + Sync,
+) {
     let (row_q, row_kv) = (d.t * d.h * d.hd, d.t * d.hkv * d.hd);
     assert!(q.len() == d.b * row_q && gy.len() == q.len() && dq.len() == q.len());
     assert!(k.len() == d.b * row_kv && v.len() == k.len() && dk.len() == k.len() && dv.len() == k.len());
@@ -289,7 +334,10 @@ pub fn cpu_backward(d: &Dims, [q, k, v]: [&[Float]; 3], lse: &[Float], gy: &[Flo
         .enumerate()
         .for_each_init(
             || Scratch::new(d, true),
-            |scratch, (b, ((dq_b, dk_b), dv_b))| backward_row(d, b, [q, k, v, lse, gy], [dq_b, dk_b, dv_b], scratch),
+            |scratch, (b, ((dq_b, dk_b), dv_b))| {
+                let rows = [ready(dq_b), ready(dk_b), ready(dv_b)];
+                backward_row(d, b, [q, k, v, lse, gy], rows, scratch)
+            },
         );
 }
 
