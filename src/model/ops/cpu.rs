@@ -121,6 +121,22 @@ fn add_grad<S: Shape>(
     }
 }
 
+/// Adds the product `lhs (m×k) · rhs (k×n)` into `t`'s gradient ([`add_grad`]).
+fn add_product<S: Shape>(
+    grads: &mut Grads,
+    t: &GhostTensor<S, Float, Cpu>,
+    (m, n, k): (usize, usize, usize),
+    lhs: View<'_>,
+    rhs: View<'_>,
+) {
+    add_grad(
+        grads,
+        t,
+        |g| gemm_par(m, n, k, g, true, lhs, rhs, 1.0),
+        || gemm_par_new(m, n, k, lhs, rhs),
+    );
+}
+
 impl Backend for Cpu {
     fn isa() -> Option<crate::isa::Isa> {
         Some(crate::isa::current())
@@ -157,7 +173,7 @@ impl Backend for Cpu {
         fused(&dev, y, (n, c), tape, move |grads, gy| {
             let gy_view = View::rows(gy, c);
             let a_t = View::rows(&a, hidden).t();
-            gemm_par(hidden, c, n, grads.get_or_alloc_mut(&w2)?, true, a_t, gy_view, 1.0);
+            add_product(grads, &w2, (hidden, c, n), a_t, gy_view);
             if let Some(b2) = &b2 {
                 add_column_sums(gy, c, grads.get_or_alloc_mut(b2)?);
             }
@@ -168,17 +184,12 @@ impl Backend for Cpu {
             cpu_gelu_backward_in_place(&h, b1v.as_deref(), &mut dh);
             let dh_view = View::rows(&dh, hidden);
             let x_t = View::rows(&xv, c).t();
-            gemm_par(c, hidden, n, grads.get_or_alloc_mut(&w1)?, true, x_t, dh_view, 1.0);
+            add_product(grads, &w1, (c, hidden, n), x_t, dh_view);
             if let Some(b1) = &b1 {
                 add_column_sums(&dh, hidden, grads.get_or_alloc_mut(b1)?);
             }
             let w1_t = View::rows(&w1v, hidden).t();
-            add_grad(
-                grads,
-                &x,
-                |dx| gemm_par(n, c, hidden, dx, true, dh_view, w1_t, 1.0),
-                || gemm_par_new(n, c, hidden, dh_view, w1_t),
-            );
+            add_product(grads, &x, (n, c, hidden), dh_view, w1_t);
             Ok(())
         })
     }
@@ -271,14 +282,8 @@ impl Backend for Cpu {
             let (x, w, b, xv) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), xv.clone());
             fused(&dev, y, (n, d_out), tape, move |grads, gy| {
                 let (gy_view, w_t) = (View::rows(gy, d_out), View::rows(&wv, d_out).t());
-                add_grad(
-                    grads,
-                    &x,
-                    |dx| gemm_par(n, d_in, d_out, dx, true, gy_view, w_t, 1.0),
-                    || gemm_par_new(n, d_in, d_out, gy_view, w_t),
-                );
-                let dw = grads.get_or_alloc_mut(&w)?;
-                gemm_par(d_in, d_out, n, dw, true, View::rows(&xv, d_in).t(), gy_view, 1.0);
+                add_product(grads, &x, (n, d_in, d_out), gy_view, w_t);
+                add_product(grads, &w, (d_in, d_out, n), View::rows(&xv, d_in).t(), gy_view);
                 if let Some(b) = &b {
                     add_column_sums(gy, d_out, grads.get_or_alloc_mut(b)?);
                 }
@@ -307,14 +312,8 @@ impl Backend for Cpu {
             let gy_view = View::rows(gy, d_out);
             // dx (N, in) += gy (N, out) · w (out, in); dw (out, in) += gyᵀ · x
             let w_view = View::rows(&wv, d_in);
-            add_grad(
-                grads,
-                &x,
-                |dx| gemm_par(n, d_in, d_out, dx, true, gy_view, w_view, 1.0),
-                || gemm_par_new(n, d_in, d_out, gy_view, w_view),
-            );
-            let dw = grads.get_or_alloc_mut(&w)?;
-            gemm_par(d_out, d_in, n, dw, true, gy_view.t(), View::rows(&xv, d_in), 1.0);
+            add_product(grads, &x, (n, d_in, d_out), gy_view, w_view);
+            add_product(grads, &w, (d_out, d_in, n), gy_view.t(), View::rows(&xv, d_in));
             Ok(())
         })
     }
