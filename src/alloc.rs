@@ -26,5 +26,13 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        // The settings above hold for the main arena only. A run trains on a thread of its
+        // pool (`train::jobs`), and a thread's own arena holds at most 64 MiB a heap: it maps
+        // a larger block whatever M_MMAP_MAX says and unmaps it when freed, so the 411 MB
+        // logits were fresh pages every step again (2.4 s a step at GPT-2's vocabulary, 2.6 M
+        // page faults per 6 steps, against 0.9 s with one arena, 2026-12-03). One arena for
+        // every thread keeps them; the price is a shared lock on larger allocations (about 4%
+        // of a gpt-mini character step, `just bench mha`).
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
