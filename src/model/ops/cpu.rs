@@ -4,9 +4,10 @@
 //! A fused op takes its inputs off their tapes ([`untape`]), reads their elements in place
 //! ([`Host`]: the tensors' own storage, through the accessor the vendored dfdx adds), makes one
 //! output tensor and records one backward closure that reads the output's gradient and adds
-//! into the inputs' gradients. The closure keeps the inputs it needs as [`Host`]s and names
-//! the tensors only by id (dfdx's `ghost`), so an activation is held once until the backward
-//! pass, and never copied to be read.
+//! into the inputs' gradients, or writes an input's first gradient term as its gradient
+//! ([`add_grad`]). The closure keeps the inputs it needs as [`Host`]s and names the tensors
+//! only by id (dfdx's `ghost`), so an activation is held once until the backward pass, and
+//! never copied to be read.
 
 use dfdx::prelude::*;
 use dfdx::tensor::GhostTensor;
