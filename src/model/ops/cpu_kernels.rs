@@ -369,11 +369,17 @@ pub fn dropout_keep_mask(seed: u64, first: usize, n: usize, p: f32) -> Vec<u8> {
     mask
 }
 
+/// `x` through a byte dropout mask: `x · keep` where `m` is set, 0 where it is not.
+#[inline(always)]
+fn kept(x: Float, m: u8, keep: Float) -> Float {
+    if m != 0 { x * keep } else { 0.0 }
+}
+
 simd_kernel! {
     /// `acc += x · keep` where the mask is set, on one chunk.
     fn add_masked_chunk(acc: &mut [Float], x: &[Float], mask: &[u8], keep: Float) {
         for ((a, &x), &m) in acc.iter_mut().zip(x).zip(mask) {
-            *a += if m != 0 { x * keep } else { 0.0 };
+            *a += kept(x, m, keep);
         }
     }
 }
@@ -450,7 +456,7 @@ simd_kernel! {
                 y.write(s + x);
             }),
             Some(mask) => terms.zip(mask).for_each(|(((y, &s), &x), &m)| {
-                y.write(s + if m != 0 { x * keep } else { 0.0 });
+                y.write(s + kept(x, m, keep));
             }),
         }
     }
@@ -471,7 +477,7 @@ simd_kernel! {
     /// `y = g · keep` where the mask is set, 0 elsewhere, on one chunk.
     fn masked_chunk(y: &mut [std::mem::MaybeUninit<Float>], g: &[Float], mask: &[u8], keep: Float) {
         for ((y, &g), &m) in y.iter_mut().zip(g).zip(mask) {
-            y.write(if m != 0 { g * keep } else { 0.0 });
+            y.write(kept(g, m, keep));
         }
     }
 }
