@@ -228,10 +228,11 @@ fn attention_time() {
         .collect();
     times.sort_by(f64::total_cmp);
     let layers = ModelConfig::gpt_mini().arch.n_layer as f64;
-    // Score elements computed per head: the 64-row blocks up to and including the diagonal.
+    // Score elements computed per head: the row blocks up to and including the diagonal.
+    let block = gptlab::model::ATTENTION_BLOCK;
     let scores: usize = (0..d.t)
-        .step_by(64)
-        .map(|r0| (r0 + 64).min(d.t) * (r0 + 64).min(d.t).saturating_sub(r0))
+        .step_by(block)
+        .map(|r0| (r0 + block).min(d.t) * (r0 + block).min(d.t).saturating_sub(r0))
         .sum();
     let flops = (7 * 2 * d.hd * scores * d.b * d.h) as f64;
     println!(

@@ -7,7 +7,9 @@ mod common;
 
 use common::fused::{assert_bits, assert_close, random};
 use dfdx::prelude::*;
-use gptlab::model::{Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention, reference_rotary};
+use gptlab::model::{
+    ATTENTION_BLOCK, Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention, reference_rotary,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -49,10 +51,10 @@ fn fused_equals_the_composition_in_values_and_gradients() {
         (1, 1, 3, 1, 5),
         (2, 33, 6, 3, 6),
         (1, 9, 4, 1, 3),
-        // Longer than one 64-row block of the causal tiling, on and off its boundary.
-        (1, 64, 2, 1, 8),
-        (2, 65, 4, 2, 4),
-        (1, 150, 2, 2, 5),
+        // Longer than one row block of the causal tiling, on and off its boundary.
+        (1, ATTENTION_BLOCK, 2, 1, 8),
+        (2, ATTENTION_BLOCK + 1, 4, 2, 4),
+        (1, ATTENTION_BLOCK + 22, 2, 2, 5),
     ] {
         let q = dev.tensor_from_vec(random(&mut r, b * t * h * hd), (b, t, h, hd));
         let k = dev.tensor_from_vec(random(&mut r, b * t * hkv * hd), (b, t, hkv, hd));
@@ -92,11 +94,11 @@ fn fused_equals_the_composition_in_values_and_gradients() {
 
 #[test]
 fn fused_gradients_with_dropout_agree_with_finite_differences() {
-    // T = 70 crosses the 64-row block boundary of the causal tiling; with and without ALiBi.
+    // T crosses the row-block boundary of the causal tiling; with and without ALiBi.
     for alibi in [false, true] {
         let d = Dims {
             b: 2,
-            t: 70,
+            t: ATTENTION_BLOCK + 6,
             h: 4,
             hkv: 2,
             hd: 4,

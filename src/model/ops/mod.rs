@@ -20,7 +20,7 @@ mod timed;
 
 use dfdx::prelude::*;
 
-pub use cpu_attention::{Dims, cpu_backward, cpu_forward};
+pub use cpu_attention::{BLOCK as ATTENTION_BLOCK, Dims, cpu_backward, cpu_forward};
 pub(crate) use cpu_kernels::dot;
 pub use cpu_kernels::{cpu_gelu, cpu_gelu_backward};
 pub use dropout::Dropout;
