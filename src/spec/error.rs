@@ -76,7 +76,8 @@ impl SpecErrors {
                 .iter_mut()
                 .find(|(m, _)| m.origin == e.origin && m.key == e.key && m.message == e.message);
             match same {
-                Some((_, runs)) => runs.extend(e.run),
+                // One run can meet the same problem more than once (in each of its phases).
+                Some((_, runs)) => runs.extend(e.run.filter(|r| !runs.contains(r))),
                 None => {
                     let runs = e.run.iter().cloned().collect();
                     merged.push((e, runs));
@@ -219,5 +220,21 @@ mod humanize_tests {
         assert_eq!(m, "wrong type: got string \"six\", expected a whole number (0 or more)");
         let m = humanize("invalid type: integer `3`, expected struct PhaseSection");
         assert!(m.contains("expected a table") && !m.contains("PhaseSection"), "{m}");
+    }
+
+    #[test]
+    fn a_shared_problem_names_each_of_its_runs_once() {
+        let at = |run: &str| SpecError {
+            file: "a.toml".into(),
+            origin: Origin::Line(3),
+            key: Some("phase.0.foo".into()),
+            run: Some(run.into()),
+            message: "unknown key `foo`".into(),
+        };
+        let merged = SpecErrors(vec![at("abs"), at("abs"), at("rope")]).merge_shared(3);
+        assert_eq!(merged.0.len(), 1);
+        assert_eq!(merged.0[0].run.as_deref(), Some("abs`, `rope"));
+        let all = SpecErrors(vec![at("abs"), at("rope"), at("abs")]).merge_shared(2);
+        assert_eq!(all.0[0].run, None, "a problem of every run names none");
     }
 }

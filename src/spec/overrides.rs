@@ -22,6 +22,11 @@ impl FromStr for SetArg {
             .split_once('=')
             .ok_or_else(|| format!("`{raw}` is not key=value (e.g. train.batch_size=16)"))?;
         let key = key.trim();
+        if key.contains(['[', ']']) {
+            // `phase[0].steps` is how some tools index; here arrays are indexed like tables.
+            let dotted = key.replace(']', "").replace('[', ".");
+            return Err(format!("`{key}`: index an array with a dotted number: `{dotted}`"));
+        }
         if key.is_empty() || key.split('.').any(|s| s.trim().is_empty()) {
             return Err(format!("`{key}` is not a dotted key (e.g. model.n_head)"));
         }
@@ -159,6 +164,8 @@ mod tests {
         assert_eq!(b.value, toml::Value::String("rope".into()));
         assert!("noequals".parse::<SetArg>().is_err());
         assert!("a..b=1".parse::<SetArg>().is_err());
+        let bracket = "phase[0].steps=5".parse::<SetArg>().unwrap_err();
+        assert!(bracket.contains("`phase.0.steps`"), "{bracket}");
     }
 
     #[test]
