@@ -47,6 +47,7 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
         ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown key"),
         ("position.toml", format!("[model]\nposition = \"xpos\"\n{PHASE}"), 2, "model.position", "unknown variant"),
         ("syntax.toml", "[model\nn_layer = 2\n".into(), 1, "", "invalid TOML"),
+        ("huge.toml", format!("[model]\nn_layer = 99999999999999999999\n{PHASE}"), 2, "model.n_layer", "too large"),
     ]
 }
 
@@ -80,6 +81,30 @@ fn every_kind_of_bad_spec_names_file_line_and_key_and_exits_2() {
         assert!(stderr.contains(words), "{name}: expected `{words}` in:\n{stderr}");
         assert!(!stderr.contains("panicked"), "{name} panicked:\n{stderr}");
     }
+}
+
+#[test]
+fn a_wrong_value_is_one_error_not_also_a_missing_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        "[data]\npath = \"CORPUS\"\n[[phase]]\nseq_len = 8\nsteps = 2\n[[phase]]\nseq_len = 8\nsteps = \"ten\"\n";
+    let path = write(dir.path(), "ten.toml", text);
+    let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains(":8: key `phase.1.steps`: wrong type"), "{stderr}");
+    assert!(!stderr.contains("missing field"), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_bracketed_index_in_set_names_the_dotted_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "s.toml", &format!("[data]\npath = \"CORPUS\"\n{PHASE}"));
+    gptlab()
+        .args(["validate", path.to_str().unwrap(), "--set", "phase[0].steps=3"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`phase.0.steps`"));
 }
 
 #[test]

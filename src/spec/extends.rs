@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{Origin, SpecError};
-use super::source::{Seg, SourceMap};
+use super::source::{Seg, SourceMap, key_at_line};
 
 /// One spec a file extends, with what it wrote itself.
 pub(super) struct Base {
@@ -40,10 +40,15 @@ pub(super) fn contains(table: &toml::Table, path: &[Seg]) -> bool {
 /// A spec's text parsed: its positions and its table, or the syntax error on its line.
 pub(super) fn parse_toml(path: &Path, text: &str) -> Result<(SourceMap, toml::Table), Box<SpecError>> {
     let syntax = |origin, message| {
+        // The key the line assigns, when it is one (a number too large, a bad value).
+        let key = match &origin {
+            Origin::Line(line) => key_at_line(text, *line),
+            _ => None,
+        };
         Box::new(SpecError {
             file: path.to_path_buf(),
             origin,
-            key: None,
+            key,
             run: None,
             message,
         })

@@ -217,7 +217,19 @@ fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> (Opti
             Ok(value) => return (found.is_empty().then_some(value), found),
             Err(e) => {
                 let key = serde_key(e.path()).unwrap_or_default();
-                found.push((key.clone(), error::humanize(e.inner().message())));
+                // A wrong value taken out leaves its field missing: one problem, said once.
+                let taken_out = |field: &str| {
+                    let full = if key.is_empty() {
+                        field.to_string()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    found.iter().any(|(k, _)| *k == full)
+                };
+                let missing = e.inner().message().strip_prefix("missing field `");
+                if !missing.and_then(|m| m.strip_suffix('`')).is_some_and(taken_out) {
+                    found.push((key.clone(), error::humanize(e.inner().message())));
+                }
                 if key.is_empty() || !overrides::remove_dotted(&mut table, &key) {
                     break;
                 }

@@ -24,6 +24,61 @@ pub fn segments(dotted: &str) -> Vec<Seg> {
         .collect()
 }
 
+/// The dotted key that line `line` (1-based) of `source` assigns, with the table it sits in
+/// (`model.n_layer`, `phase.1.steps`), read from the text alone: for a syntax error, where no
+/// parsed document exists. `None` when the line is not a plain `key = …`.
+pub fn key_at_line(source: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut seen: Vec<(String, usize)> = vec![];
+    for text in source.lines().take(line.checked_sub(1)?) {
+        if let Some((name, many)) = header(text) {
+            table = if many {
+                // `[[phase]]` opens the next entry of that array: `phase.N`.
+                let n = match seen.iter_mut().find(|(k, _)| *k == name) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        seen.push((name.clone(), 0));
+                        0
+                    }
+                };
+                format!("{name}.{n}")
+            } else {
+                name
+            };
+        }
+    }
+    let (key, _) = source.lines().nth(line - 1)?.split_once('=')?;
+    let key = key.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if key.is_empty() || !key.chars().all(bare) {
+        return None;
+    }
+    Some(if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
+/// A table header line: `[name]` as `(name, false)`, `[[name]]` as `(name, true)`. Names must
+/// start with a letter, so a line of an array value (`[1, 2]`) is not taken for one.
+fn header(line: &str) -> Option<(String, bool)> {
+    let line = line.split('#').next()?.trim();
+    let (inner, many) = match line.strip_prefix("[[") {
+        Some(rest) => (rest.strip_suffix("]]")?, true),
+        None => (line.strip_prefix('[')?.strip_suffix(']')?, false),
+    };
+    let name = inner.trim();
+    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    ok.then(|| (name.to_string(), many))
+}
+
 /// The parsed file with spans kept.
 pub struct SourceMap {
     doc: ImDocument<String>,
@@ -87,5 +142,25 @@ impl SourceMap {
             }
         }
         best.map(|r| self.line_of_offset(r.start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_names_its_key_with_its_table_and_entry() {
+        let text = "seed = 1\n[model]\nn_layer = 99999999999999999999\n[[phase]]\nsteps = 1\n\
+                    [[phase]]  # second\nsteps = x\n[data]\nlengths = [\n  [1, 2],\n]\nbad line\n";
+        assert_eq!(key_at_line(text, 1).as_deref(), Some("seed"));
+        assert_eq!(key_at_line(text, 3).as_deref(), Some("model.n_layer"));
+        assert_eq!(key_at_line(text, 5).as_deref(), Some("phase.0.steps"));
+        assert_eq!(key_at_line(text, 7).as_deref(), Some("phase.1.steps"));
+        assert_eq!(key_at_line(text, 9).as_deref(), Some("data.lengths"));
+        assert_eq!(key_at_line(text, 10), None, "a line of an array value");
+        assert_eq!(key_at_line(text, 12), None, "not `key = value`");
+        assert_eq!(key_at_line(text, 0), None);
+        assert_eq!(key_at_line(text, 99), None);
     }
 }
