@@ -218,14 +218,7 @@ fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> (Opti
             Err(e) => {
                 let key = serde_key(e.path()).unwrap_or_default();
                 // A wrong value taken out leaves its field missing: one problem, said once.
-                let taken_out = |field: &str| {
-                    let full = if key.is_empty() {
-                        field.to_string()
-                    } else {
-                        format!("{key}.{field}")
-                    };
-                    found.iter().any(|(k, _)| *k == full)
-                };
+                let taken_out = |field: &str| found.iter().any(|(k, _)| *k == overrides::join_key(&key, field));
                 let missing = e.inner().message().strip_prefix("missing field `");
                 if !missing.and_then(|m| m.strip_suffix('`')).is_some_and(taken_out) {
                     found.push((key.clone(), error::humanize(e.inner().message())));
@@ -242,7 +235,7 @@ fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> (Opti
 /// Turns a serde error on `path` into a key for the message.
 fn serde_key(path: &serde_path_to_error::Path) -> Option<String> {
     let s = path.to_string();
-    (s != "." && !s.is_empty()).then(|| s.replace('[', ".").replace(']', ""))
+    (s != "." && !s.is_empty()).then(|| overrides::dotted_index(&s))
 }
 
 impl SpecFile {

@@ -24,7 +24,7 @@ impl FromStr for SetArg {
         let key = key.trim();
         if key.contains(['[', ']']) {
             // `phase[0].steps` is how some tools index; here arrays are indexed like tables.
-            let dotted = key.replace(']', "").replace('[', ".");
+            let dotted = dotted_index(key);
             return Err(format!("`{key}`: index an array with a dotted number: `{dotted}`"));
         }
         if key.is_empty() || key.split('.').any(|s| s.trim().is_empty()) {
@@ -43,15 +43,26 @@ impl FromStr for SetArg {
     }
 }
 
+/// `phase[0].steps` as this crate writes it, `phase.0.steps`: serde's paths and some tools
+/// index arrays with brackets, gptlab's keys with a dotted number.
+pub fn dotted_index(key: &str) -> String {
+    key.replace('[', ".").replace(']', "")
+}
+
+/// `prefix.key`, or `key` alone at the top level (an empty `prefix`).
+pub fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
 /// Leaf keys of `table` (arrays are leaves), as `(dotted key, value)` in file order.
 pub fn flatten(table: &toml::Table, prefix: &str) -> Vec<(String, toml::Value)> {
     let mut out = vec![];
     for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let key = join_key(prefix, k);
         match v {
             toml::Value::Table(t) => out.extend(flatten(t, &key)),
             other => out.push((key, other.clone())),

@@ -1,6 +1,9 @@
 //! Maps dotted keys back to lines of the spec file, so every error can name its line.
 
+use std::collections::HashMap;
 use std::ops::Range;
+
+use super::overrides::join_key;
 
 use toml_edit::{ImDocument, Item, TableLike};
 
@@ -29,21 +32,13 @@ pub fn segments(dotted: &str) -> Vec<Seg> {
 /// parsed document exists. `None` when the line is not a plain `key = …`.
 pub fn key_at_line(source: &str, line: usize) -> Option<String> {
     let mut table = String::new();
-    let mut seen: Vec<(String, usize)> = vec![];
+    // Entries seen so far of each array of tables.
+    let mut entries: HashMap<String, usize> = HashMap::new();
     for text in source.lines().take(line.checked_sub(1)?) {
         if let Some((name, many)) = header(text) {
             table = if many {
                 // `[[phase]]` opens the next entry of that array: `phase.N`.
-                let n = match seen.iter_mut().find(|(k, _)| *k == name) {
-                    Some((_, n)) => {
-                        *n += 1;
-                        *n
-                    }
-                    None => {
-                        seen.push((name.clone(), 0));
-                        0
-                    }
-                };
+                let n = entries.entry(name.clone()).and_modify(|n| *n += 1).or_insert(0);
                 format!("{name}.{n}")
             } else {
                 name
@@ -52,15 +47,13 @@ pub fn key_at_line(source: &str, line: usize) -> Option<String> {
     }
     let (key, _) = source.lines().nth(line - 1)?.split_once('=')?;
     let key = key.trim();
-    let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-    if key.is_empty() || !key.chars().all(bare) {
-        return None;
-    }
-    Some(if table.is_empty() {
-        key.to_string()
-    } else {
-        format!("{table}.{key}")
-    })
+    (!key.is_empty() && is_bare(key)).then(|| join_key(&table, key))
+}
+
+/// Whether `name` is a bare (possibly dotted) TOML key: letters, digits, `_`, `-` and `.`.
+fn is_bare(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// A table header line: `[name]` as `(name, false)`, `[[name]]` as `(name, true)`. Names must
@@ -72,10 +65,7 @@ fn header(line: &str) -> Option<(String, bool)> {
         None => (line.strip_prefix('[')?.strip_suffix(']')?, false),
     };
     let name = inner.trim();
-    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic()) && is_bare(name);
     ok.then(|| (name.to_string(), many))
 }
 
