@@ -11,6 +11,23 @@ use std::time::Duration;
 /// Signals closer together than this are one event delivered twice.
 const DUPLICATE_WINDOW: Duration = Duration::from_millis(500);
 
+/// The environment variable a wrapper (the justfile's recipes) sets to the command that resumes
+/// an interrupted run, since gptlab cannot see its own caller.
+pub const RESUME_ENV: &str = "GPTLAB_RESUME";
+
+/// The command that resumes an interrupted run: [`RESUME_ENV`] when a wrapper set it, else
+/// this process's command line as typed, flags included and quoted for a shell.
+pub fn resume_command() -> String {
+    let wrapper = std::env::var(RESUME_ENV).ok().filter(|c| !c.trim().is_empty());
+    let typed = wrapper.unwrap_or_else(|| {
+        std::env::args()
+            .map(|a| crate::format::shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    typed.trim().to_string()
+}
+
 /// Restores the default action of SIGPIPE, so `gptlab plan … | head -1` ends quietly like any
 /// Unix tool instead of panicking on the failed write (Rust ignores SIGPIPE by default).
 pub fn default_sigpipe() {

@@ -9,12 +9,11 @@ use std::process::ExitCode;
 
 mod cli;
 
-use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select, SubmitArgs};
 use gptlab::Error;
 use gptlab::experiment::{Experiment, other_settings_error};
-use gptlab::sample::{SampleOptions, Sampler};
+use gptlab::sample::SampleOptions;
 use gptlab::session::SessionOptions;
 
 /// Counts live bytes so attention memory can be measured (`[measure] attention = true`).
@@ -115,19 +114,8 @@ fn run(args: &RunArgs) -> Outcome {
     };
     let outcome = gptlab::session::train_all(&exp, &opts)?;
     if outcome.interrupted {
-        // The command as typed, flags included: copying it resumes the same thing. A wrapper
-        // (the justfile's recipes) names itself in GPTLAB_RESUME, since gptlab cannot see it.
-        let typed = std::env::var("GPTLAB_RESUME").ok().filter(|c| !c.trim().is_empty());
-        let typed = typed.unwrap_or_else(|| {
-            std::env::args()
-                .map(|a| gptlab::format::shell_quote(&a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
-        eprintln!(
-            "interrupted: a checkpoint was written; to resume, run again: {}",
-            typed.trim()
-        );
+        let resume = gptlab::interrupt::resume_command();
+        eprintln!("interrupted: a checkpoint was written; to resume, run again: {resume}");
         return Ok(ExitCode::from(130));
     }
     if let Some(page) = &outcome.report {
@@ -203,27 +191,16 @@ fn report(args: &ReportArgs) -> Outcome {
 }
 
 fn sample(args: &SampleArgs) -> Outcome {
-    let temperature = args.temperature;
-    if !(temperature.is_finite() && temperature >= 0.0) {
-        let why = format!("--temperature must be 0 (greedy) or a positive number, not {temperature}");
-        return Err(Error::Usage(why));
-    }
-    if args.prompt.is_empty() {
-        return Err(Error::Usage(
-            "--prompt is empty: give at least one character to continue".into(),
-        ));
-    }
-    let (dev, dir) = (dfdx::tensor::Cpu::default(), &args.checkpoint);
-    let sampler = Sampler::load(&dev, dir).with_context(|| format!("loading checkpoint {}", dir.display()))?;
-    let known = sampler.tokenizer.encode(&args.prompt);
-    known.map_err(|e| Error::Usage(format!("--prompt: {e}")))?;
     let opts = SampleOptions {
         max_new_tokens: args.tokens,
-        temperature,
+        temperature: args.temperature,
         top_k: args.top_k,
         seed: args.seed,
     };
-    println!("{}{}", args.prompt, sampler.generate(&args.prompt, &opts)?);
+    println!(
+        "{}",
+        gptlab::sample::from_checkpoint(&args.checkpoint, &args.prompt, &opts)?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

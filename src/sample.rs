@@ -24,6 +24,41 @@ pub struct SampleOptions {
     pub seed: u64,
 }
 
+impl SampleOptions {
+    /// Why these options cannot sample, if they cannot: the temperature must be 0 (greedy) or
+    /// a positive number.
+    pub fn problem(&self) -> Option<String> {
+        let t = self.temperature;
+        (!(t.is_finite() && t >= 0.0))
+            .then(|| format!("--temperature must be 0 (greedy) or a positive number, not {t}"))
+    }
+}
+
+/// `gptlab sample`: loads the checkpoint (or a run folder's newest) at `dir` on the CPU and
+/// returns `prompt` followed by its continuation. Options it cannot use, an empty prompt, a path
+/// that does not exist and characters outside the vocabulary are usage errors (exit 2), found
+/// before any token is drawn.
+pub fn from_checkpoint(dir: &Path, prompt: &str, opts: &SampleOptions) -> Result<String, crate::Error> {
+    use crate::Error::Usage;
+    if let Some(why) = opts.problem() {
+        return Err(Usage(why));
+    }
+    if prompt.is_empty() {
+        return Err(Usage(
+            "--prompt is empty: give at least one character to continue".into(),
+        ));
+    }
+    if !dir.exists() {
+        return Err(Usage(format!("{}: no such checkpoint or run folder", dir.display())));
+    }
+    let dev = Cpu::default();
+    let sampler = Sampler::load(&dev, dir).with_context(|| format!("loading checkpoint {}", dir.display()))?;
+    if let Err(why) = sampler.tokenizer.encode(prompt) {
+        return Err(Usage(format!("--prompt: {why}")));
+    }
+    Ok(format!("{prompt}{}", sampler.generate(prompt, opts)?))
+}
+
 /// A model and its vocabulary, loaded from a checkpoint folder.
 pub struct Sampler<D: Backend> {
     /// The model, in evaluation mode.
@@ -201,4 +236,50 @@ pub fn pick(logits: &[Float], temperature: f64, top_k: usize, rng: &mut impl Rng
         r -= w;
     }
     kept[k - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(temperature: f64) -> SampleOptions {
+        SampleOptions {
+            max_new_tokens: 1,
+            temperature,
+            top_k: 0,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn a_temperature_is_zero_or_positive_and_finite() {
+        for ok in [0.0, 1e-6, 0.8, 2.0] {
+            assert_eq!(at(ok).problem(), None, "{ok}");
+        }
+        for bad in [-1.0, -0.0 - 1e-9, f64::NAN, f64::INFINITY] {
+            let why = at(bad).problem().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(why.contains("--temperature") && why.contains(&bad.to_string()), "{why}");
+        }
+    }
+
+    #[test]
+    fn bad_options_and_an_empty_prompt_are_usage_errors_before_any_checkpoint_is_read() {
+        let missing = Path::new("/nonexistent/checkpoint");
+        let bad = from_checkpoint(missing, "To be", &at(-1.0)).unwrap_err();
+        assert_eq!(bad.exit_code(), 2, "{bad}");
+        let empty = from_checkpoint(missing, "", &at(1.0)).unwrap_err();
+        assert!(empty.to_string().contains("--prompt is empty"), "{empty}");
+        // A good request reaches the path: one that does not exist is a bad argument too; an
+        // empty folder is not a checkpoint (a runtime error naming it).
+        let absent = from_checkpoint(missing, "To be", &at(1.0)).unwrap_err();
+        assert_eq!(absent.exit_code(), 2, "{absent}");
+        assert!(
+            absent.to_string().contains("/nonexistent/checkpoint: no such"),
+            "{absent}"
+        );
+        let empty_dir = tempfile::tempdir().unwrap();
+        let not_one = from_checkpoint(empty_dir.path(), "To be", &at(1.0)).unwrap_err();
+        assert_eq!(not_one.exit_code(), 1, "{not_one}");
+        assert!(not_one.to_string().contains("neither a checkpoint"), "{not_one}");
+    }
 }

@@ -197,6 +197,19 @@ fn bad_arguments_exit_2_with_one_line() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("no_such_dir is not a folder"));
+    for (extra, words) in [
+        (&["--temperature=-1"][..], "a positive number, not -1"),
+        (&["--temperature=nan"], "a positive number, not NaN"),
+        (&[], "runs/args/nope: no such checkpoint or run folder"),
+    ] {
+        gptlab()
+            .current_dir(tmp.path())
+            .args(["sample", "runs/args/nope", "--prompt", "To"])
+            .args(extra)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(words));
+    }
     assert!(!tmp.path().join("runs").exists());
 }
 
