@@ -201,7 +201,7 @@ fn gemm_rates() {
 /// The fused causal attention alone at the mha case's shapes (B 64, T 128, six heads of 32,
 /// dropout 0.1): forward and backward of one layer, 20 calls, as milliseconds for a step's
 /// six layers, and the rate of its products (seven per head: `QKᵀ` and `PV` forward; `QKᵀ`
-/// again, `dV`, `dP`, `dQ`, `dK` backward) over the causal blocks it computes.
+/// again, `dV`, `dP`, `dQ`, `dK` backward) over the causal scores.
 fn attention_time() {
     let d = Dims {
         b: 64,
@@ -228,12 +228,9 @@ fn attention_time() {
         .collect();
     times.sort_by(f64::total_cmp);
     let layers = ModelConfig::gpt_mini().arch.n_layer as f64;
-    // Score elements computed per head: the row blocks up to and including the diagonal.
-    let block = gptlab::model::ATTENTION_BLOCK;
-    let scores: usize = (0..d.t)
-        .step_by(block)
-        .map(|r0| (r0 + block).min(d.t) * (r0 + block).min(d.t).saturating_sub(r0))
-        .sum();
+    // Score elements per head the attention must compute: the causal ones, T(T+1)/2 (its tiles
+    // compute a few more right of the diagonal, counted as overhead).
+    let scores = d.t * (d.t + 1) / 2;
     let flops = (7 * 2 * d.hd * scores * d.b * d.h) as f64;
     println!(
         "attention isa={} B={} T={} H={} hd={} p={} fastest_ms_per_step={:.1} median_ms_per_step={:.1} gflops={:.0}",
@@ -251,8 +248,10 @@ fn attention_time() {
 
 /// FLOPs of one training step's matrix products at batch `b`, length `t`: the forward's
 /// `2·tokens` per weight that decays (AdamW decays exactly the matrix weights, head included)
-/// plus `QKᵀ` and `PV` at full `T×T` per head (the fused attention computes the masked half
-/// too), and a backward of twice the forward.
+/// plus `QKᵀ` and `PV` over the causal scores per head (a token attends to `(T+1)/2` keys on
+/// average; the attention's tiles compute only those and a few more), and a backward of twice
+/// the forward. (Before 2026-12-03's eighth sitting the attention computed, and this counted,
+/// the whole `T×T`: limit ratios of earlier sittings are over a limit about 5% higher.)
 fn step_flops(config: &ModelConfig, b: usize, t: usize) -> f64 {
     let model = Gpt::new(&Cpu::default(), config, 0);
     let mut weights = 0usize;
@@ -262,8 +261,9 @@ fn step_flops(config: &ModelConfig, b: usize, t: usize) -> f64 {
         }
     });
     let attn = config.attn_shape();
-    let attention = config.arch.n_layer * 2 * 2 * t * attn.n_head * attn.head_dim();
-    let forward = (2 * weights + attention) as f64;
+    let attention =
+        config.arch.n_layer as f64 * 2.0 * 2.0 * (t + 1) as f64 / 2.0 * (attn.n_head * attn.head_dim()) as f64;
+    let forward = 2.0 * weights as f64 + attention;
     3.0 * forward * (b * t) as f64
 }
 

@@ -8,7 +8,7 @@ mod common;
 use common::fused::{assert_bits, assert_close, random};
 use dfdx::prelude::*;
 use gptlab::model::{
-    ATTENTION_BLOCK, Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention, reference_rotary,
+    ATTENTION_TILE, Backend, Dims, Dropout, cpu_backward, cpu_forward, reference_attention, reference_rotary,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -51,10 +51,11 @@ fn fused_equals_the_composition_in_values_and_gradients() {
         (1, 1, 3, 1, 5),
         (2, 33, 6, 3, 6),
         (1, 9, 4, 1, 3),
-        // Longer than one row block of the causal tiling, on and off its boundary.
-        (1, ATTENTION_BLOCK, 2, 1, 8),
-        (2, ATTENTION_BLOCK + 1, 4, 2, 4),
-        (1, ATTENTION_BLOCK + 22, 2, 2, 5),
+        // Several of the widest column chunks of the attention's tiles, on and off their
+        // boundary, and heads as wide as one chunk, or a chunk, an 8 and 3 more.
+        (1, 4 * ATTENTION_TILE, 2, 1, 8),
+        (2, 4 * ATTENTION_TILE + 1, 4, 2, ATTENTION_TILE),
+        (1, 4 * ATTENTION_TILE + 22, 2, 2, ATTENTION_TILE + 11),
     ] {
         let q = dev.tensor_from_vec(random(&mut r, b * t * h * hd), (b, t, h, hd));
         let k = dev.tensor_from_vec(random(&mut r, b * t * hkv * hd), (b, t, hkv, hd));
@@ -94,11 +95,12 @@ fn fused_equals_the_composition_in_values_and_gradients() {
 
 #[test]
 fn fused_gradients_with_dropout_agree_with_finite_differences() {
-    // T crosses the row-block boundary of the causal tiling; with and without ALiBi.
+    // T crosses a boundary of the attention's column chunks (and of its 6- and 8-row tiles);
+    // with and without ALiBi.
     for alibi in [false, true] {
         let d = Dims {
             b: 2,
-            t: ATTENTION_BLOCK + 6,
+            t: ATTENTION_TILE + 6,
             h: 4,
             hkv: 2,
             hd: 4,

@@ -27,7 +27,7 @@ pub use gpt::{Block, Gpt, Pass};
 pub use kv_cache::{KvCache, LayerCache};
 pub use layers::{Act, Linear, Mlp, Norm};
 pub use ops::{
-    ATTENTION_BLOCK, Affine, Backend, Dims, Dropout, Heads, alibi_mask, causal_mask, cpu_backward, cpu_forward,
+    ATTENTION_TILE, Affine, Backend, Dims, Dropout, Heads, alibi_mask, causal_mask, cpu_backward, cpu_forward,
     cpu_gelu, cpu_gelu_backward, matmul, reference_attention, reference_rotary, timed_reference_attention,
 };
 pub use param::{HasParams, Param, host_vec};

@@ -1,14 +1,16 @@
 //! The fused causal attention on CPU: forward and backward passes over one task per batch
-//! row, on gemm tiles, recomputing probabilities in the backward pass instead of storing them
+//! row, on register tiles that compute only the causal part of each head's products
+//! ([`super::attention_tiles`]), recomputing probabilities in the backward pass instead of storing them
 //! (and the dropout masks from their seed). Each task writes straight into its rows of the
 //! output, or adds into its rows of the gradients (or writes its rows of new ones), so no
 //! task's result is copied again, and no buffer is zeroed by a pass of its own.
 
 use rayon::prelude::*;
 
+use super::attention_tiles::{causal_scores, from_tile, up_to_tile, weighted_rows};
 use super::cpu_kernels::{dot, exp, max, sum};
 use super::dropout::DropRule;
-use super::matmul::{View, gemm_block};
+use super::matmul::View;
 use super::simd::simd_kernel;
 use crate::model::alibi::{alibi_bias, alibi_slope};
 use crate::model::config::Float;
@@ -55,63 +57,40 @@ impl Dims {
 }
 
 impl Dims {
-    /// Query head `h` of batch row `b` as a `(T, hd)` view.
-    fn q_view<'a>(&self, q: &'a [Float], b: usize, h: usize) -> View<'a> {
-        View {
-            data: &q[self.q_at(b, 0, h)..],
-            rs: self.h * self.hd,
-            cs: 1,
-        }
-    }
-    /// Key/value head `j` of batch row `b` as a `(T, hd)` view.
-    fn kv_view<'a>(&self, x: &'a [Float], b: usize, j: usize) -> View<'a> {
-        View {
-            data: &x[self.kv_at(b, 0, j)..],
-            rs: self.hkv * self.hd,
-            cs: 1,
-        }
+    /// Key/value head `j` of batch row `b` of `x`, transposed into `out (hd×T)`.
+    fn transpose_kv(&self, x: &[Float], b: usize, j: usize, out: &mut [Float]) {
+        transpose(self.t, self.hd, &x[self.kv_at(b, 0, j)..], self.hkv * self.hd, out);
     }
 }
 
-/// Query rows per block: rows `r0..r1` attend to keys `..r1` only, so the score blocks right
-/// of the diagonal block are never computed (a quarter of the work at T = 256). Not 64: at
-/// T = 128 one product over the whole square per head ran the attention 5% faster than two
-/// that skip its masked quarter (fewer, larger products; 3% at T = 256).
-pub const BLOCK: usize = 128;
-
-/// The row blocks `(r0, r1)` covering `0..t`.
-fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..t).step_by(BLOCK).map(move |r0| (r0, (r0 + BLOCK).min(t)))
+simd_kernel! {
+    /// `out (cols×rows) = xᵀ` for `x (rows×cols)` whose rows are `ld` apart: a column of `x`
+    /// at a time, one contiguous row of `out` (gathered on AVX-512).
+    fn transpose(rows: usize, cols: usize, x: &[Float], ld: usize, out: &mut [Float]) {
+        assert!((rows - 1) * ld + cols <= x.len() && out.len() >= rows * cols);
+        for (c, out) in out.chunks_exact_mut(rows).take(cols).enumerate() {
+            for (r, o) in out.iter_mut().enumerate() {
+                // SAFETY: r < rows and c < cols: inside `x` by the assert above.
+                *o = unsafe { *x.get_unchecked(r * ld + c) };
+            }
+        }
+    }
 }
 
 /// Fills `s (T×T)` with `scale · q_h k_jᵀ` (plus ALiBi's `−m·(t−s)` with a `slope`) and turns
 /// each row `t` into the causal softmax over `s ≤ t` (zeros above the diagonal), given the
-/// row's log-sum-exp in `lse` or computing it.
-#[allow(clippy::too_many_arguments)]
+/// row's log-sum-exp in `lse` or computing it. `kt` is the key head transposed `(hd×T)`.
 fn causal_probs(
     d: &Dims,
     s: &mut [Float],
-    q: View<'_>,
-    k: View<'_>,
+    q: &[Float],
+    kt: &[Float],
     slope: Option<Float>,
     lse: &mut [Float],
     known_lse: bool,
 ) {
     let (t, scale) = (d.t, 1.0 / (d.hd as Float).sqrt());
-    for (r0, r1) in row_blocks(t) {
-        // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ; the blocks right of it are all masked.
-        gemm_block(
-            r1 - r0,
-            r1,
-            d.hd,
-            &mut s[r0 * t..],
-            t,
-            false,
-            q.skip_rows(r0),
-            k.t(),
-            scale,
-        );
-    }
+    causal_scores(t, t, d.hd, q, d.h * d.hd, kt, s, scale);
     if let Some(slope) = slope {
         for (i, row) in s.chunks_mut(t).enumerate() {
             row[..=i]
@@ -146,10 +125,13 @@ simd_kernel! {
     }
 }
 
-/// One task's working buffers, reused for every head it runs: the `(T×T)` probabilities,
+/// One task's working buffers, reused for every head it runs: the key (and, backward, value)
+/// head transposed, the `(T×T)` probabilities,
 /// the scores' gradient and the dropped-out probabilities (backward only), one head's row
 /// log-sum-exps (backward only) and one head's raw dropout draws (with dropout).
 struct Scratch {
+    kt: Vec<Float>,
+    vt: Vec<Float>,
     p: Vec<Float>,
     dp: Vec<Float>,
     dropped: Vec<Float>,
@@ -162,6 +144,8 @@ impl Scratch {
         let (tt, drop) = (d.t * d.t, d.p > 0.0);
         // Zeroed once: the parts above the diagonal that no head writes must read as zero.
         Self {
+            kt: vec![0.0; d.hd * d.t],
+            vt: vec![0.0; if backward { d.hd * d.t } else { 0 }],
             p: vec![0.0; tt],
             dp: vec![0.0; if backward { tt } else { 0 }],
             dropped: vec![0.0; if backward && drop { tt } else { 0 }],
@@ -230,9 +214,8 @@ simd_kernel! {
 /// Forward pass: `y (B, T, H, hd)` and the log-sum-exp of each score row `(B, H, T)`.
 ///
 /// One task per batch row runs its query heads as small matrix products, writing straight
-/// into its rows of `y`: `S = scale·Q Kᵀ` (the masked half of the diagonal block is computed
-/// and zeroed, cheaper at gemm speed than skipping it element by element), the causal
-/// softmax, dropout, then `Y = P V`.
+/// into its rows of `y`: `S = scale·Q Kᵀ` (the tiles on the diagonal also compute a few scores
+/// right of it, which the softmax zeroes), the causal softmax, dropout, then `Y = P V`.
 pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Float>, Vec<Float>) {
     let (row_y, row_lse) = (d.t * d.h * d.hd, d.h * d.t);
     let (mut y, mut lse) = (Vec::with_capacity(d.b * row_y), Vec::with_capacity(d.b * row_lse));
@@ -265,28 +248,19 @@ fn forward_row(d: &Dims, b: usize, [q, k, v]: [&[Float]; 3], y_b: &mut [Float], 
     let g = d.h / d.hkv;
     for h in 0..d.h {
         let j = h / g;
-        let (qh, kj) = (d.q_view(q, b, h), d.kv_view(k, b, j));
-        causal_probs(d, &mut s.p, qh, kj, d.slope(h), &mut lse_b[h * d.t..][..d.t], false);
+        if h % g == 0 {
+            d.transpose_kv(k, b, j, &mut s.kt);
+        }
+        let qh = &q[d.q_at(b, 0, h)..];
+        causal_probs(d, &mut s.p, qh, &s.kt, d.slope(h), &mut lse_b[h * d.t..][..d.t], false);
         if d.p > 0.0 {
             d.draw_mask(b, h, &mut s.draws);
             drop_rows(&mut s.p, d.t, &s.draws, DropRule::new(d.p));
         }
-        for (r0, r1) in row_blocks(d.t) {
-            // Y[r0..r1] = P[r0..r1, ..r1] V[..r1], into head h's columns of y's rows.
-            let p_rows = View::rows(&s.p, d.t).skip_rows(r0);
-            let y_rows = &mut y_b[(r0 * d.h + h) * d.hd..];
-            gemm_block(
-                r1 - r0,
-                d.hd,
-                r1,
-                y_rows,
-                d.h * d.hd,
-                false,
-                p_rows,
-                d.kv_view(v, b, j),
-                1.0,
-            );
-        }
+        // Y = P V, into head h's columns of y's rows.
+        let (p, vj) = (View::rows(&s.p, d.t), &v[d.kv_at(b, 0, j)..]);
+        let y_h = &mut y_b[h * d.hd..];
+        weighted_rows(d.t, d.hd, p, vj, d.hkv * d.hd, y_h, d.h * d.hd, false, up_to_tile, d.t);
     }
 }
 
@@ -353,16 +327,16 @@ fn backward_row(
 ) {
     let (g, t, hd) = (d.h / d.hkv, d.t, d.hd);
     let (rule, scale) = (DropRule::new(d.p), 1.0 / (hd as Float).sqrt());
+    let (ldq, ldkv) = (d.h * hd, d.hkv * hd);
     for h in 0..d.h {
         let j = h / g;
-        let (qh, kj, vj, gyh) = (
-            d.q_view(q, b, h),
-            d.kv_view(k, b, j),
-            d.kv_view(v, b, j),
-            d.q_view(gy, b, h),
-        );
+        if h % g == 0 {
+            d.transpose_kv(k, b, j, &mut s.kt);
+            d.transpose_kv(v, b, j, &mut s.vt);
+        }
+        let (qh, kj, gyh) = (&q[d.q_at(b, 0, h)..], &k[d.kv_at(b, 0, j)..], &gy[d.q_at(b, 0, h)..]);
         s.lse.copy_from_slice(&lse[(b * d.h + h) * t..][..t]);
-        causal_probs(d, &mut s.p, qh, kj, d.slope(h), &mut s.lse, true);
+        causal_probs(d, &mut s.p, qh, &s.kt, d.slope(h), &mut s.lse, true);
         let dropped = if d.p > 0.0 {
             d.draw_mask(b, h, &mut s.draws);
             dropped_rows(&mut s.dropped, &s.p, t, &s.draws, rule);
@@ -370,43 +344,17 @@ fn backward_row(
         } else {
             &s.p
         };
-        for (r0, r1) in row_blocks(t) {
-            // dV[..r1] += (P ⊙ D)[r0..r1, ..r1]ᵀ dY[r0..r1]
-            let block_t = View::rows(dropped, t).skip_rows(r0).t(); // (r1, r1 - r0)
-            let dv_j = &mut dv_b[j * hd..];
-            gemm_block(r1, hd, r1 - r0, dv_j, d.hkv * hd, true, block_t, gyh.skip_rows(r0), 1.0);
-            // dP[r0..r1, ..r1] = dY[r0..r1] V[..r1]ᵀ
-            gemm_block(
-                r1 - r0,
-                r1,
-                hd,
-                &mut s.dp[r0 * t..],
-                t,
-                false,
-                gyh.skip_rows(r0),
-                vj.t(),
-                1.0,
-            );
-        }
+        let (dq_h, dk_j, dv_j) = (&mut dq_b[h * hd..], &mut dk_b[j * hd..], &mut dv_b[j * hd..]);
+        // dV += (P ⊙ D)ᵀ dY
+        let dropped_t = View::rows(dropped, t).t();
+        weighted_rows(t, hd, dropped_t, gyh, ldq, dv_j, ldkv, true, from_tile, t);
+        // dP = dY Vᵀ, then dS in place.
+        causal_scores(t, t, hd, gyh, ldq, &s.vt, &mut s.dp, 1.0);
         let draws = (d.p > 0.0).then_some(&s.draws[..]);
         softmax_backward_rows(&mut s.dp, &s.p, t, draws, rule, scale);
-        // dQ += dS K, dK += dSᵀ Q, block by block of query rows.
-        for (r0, r1) in row_blocks(t) {
-            let ds_rows = View::rows(&s.dp, t).skip_rows(r0); // (r1 - r0, r1)
-            let dq_rows = &mut dq_b[(r0 * d.h + h) * hd..];
-            gemm_block(r1 - r0, hd, r1, dq_rows, d.h * hd, true, ds_rows, kj, 1.0);
-            let dk_j = &mut dk_b[j * hd..];
-            gemm_block(
-                r1,
-                hd,
-                r1 - r0,
-                dk_j,
-                d.hkv * hd,
-                true,
-                ds_rows.t(),
-                qh.skip_rows(r0),
-                1.0,
-            );
-        }
+        // dQ += dS K, dK += dSᵀ Q
+        let ds = View::rows(&s.dp, t);
+        weighted_rows(t, hd, ds, kj, ldkv, dq_h, ldq, true, up_to_tile, t);
+        weighted_rows(t, hd, ds.t(), qh, ldq, dk_j, ldkv, true, from_tile, t);
     }
 }

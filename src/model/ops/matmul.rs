@@ -48,26 +48,8 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst (m×n) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, with `dst`'s rows `dst_rs` apart (a
-/// block of a larger matrix when `dst_rs > n`); single-threaded, for callers that already run
-/// one task per core.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_block(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [Float],
-    dst_rs: usize,
-    acc: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    beta: Float,
-) {
-    let product = Product::new(m, n, k, lhs, rhs, beta);
-    gemm_with(product, dst, dst_rs, acc, gemm::Parallelism::None);
-}
-
-/// [`gemm_block`] into a contiguous `dst`, spread over every thread of the current rayon pool.
+/// `dst (m×n) = acc·dst + beta · lhs (m×k) · rhs (k×n)`, spread over every thread of the
+/// current rayon pool.
 /// A long reduction into a small result (a weight gradient: `k` = tokens, `m×n` = the weight)
 /// is cut along `k` instead ([`k_parts`]).
 #[allow(clippy::too_many_arguments)]

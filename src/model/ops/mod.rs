@@ -8,6 +8,7 @@
 //!
 //! Imports point down only: this module uses [`super::config`] and nothing above it.
 
+mod attention_tiles;
 mod chacha;
 mod cpu;
 mod cpu_attention;
@@ -20,7 +21,8 @@ mod timed;
 
 use dfdx::prelude::*;
 
-pub use cpu_attention::{BLOCK as ATTENTION_BLOCK, Dims, cpu_backward, cpu_forward};
+pub use attention_tiles::WIDEST as ATTENTION_TILE;
+pub use cpu_attention::{Dims, cpu_backward, cpu_forward};
 pub(crate) use cpu_kernels::dot;
 pub use cpu_kernels::{cpu_gelu, cpu_gelu_backward};
 pub use dropout::Dropout;
