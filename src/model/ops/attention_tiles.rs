@@ -69,6 +69,40 @@ macro_rules! by_width {
     }};
 }
 
+/// Defines `unsafe fn $name(isa, args, c)`: `$kernel` instantiated for `isa`'s tiles (and
+/// compiled with its features), for both kernels of this file.
+///
+/// The generated function's safety contract: the CPU must support `isa`.
+macro_rules! on_path {
+    ($(#[$meta:meta])* $name:ident($args:ident) => $kernel:ident) => {
+        $(#[$meta])*
+        ///
+        /// # Safety
+        /// The CPU must support `isa`.
+        unsafe fn $name(isa: Isa, args: &$args<'_>, c: &mut [Float]) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512cd,avx512dq,avx512vl")]
+            fn avx512(args: &$args<'_>, c: &mut [Float]) {
+                $kernel::<ROWS_AVX512, WIDEST, true>(args, c)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2(args: &$args<'_>, c: &mut [Float]) {
+                $kernel::<ROWS, 16, true>(args, c)
+            }
+            match isa {
+                // SAFETY: the caller's promise.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512(args, c) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2(args, c) },
+                _ => $kernel::<ROWS, 8, false>(args, c),
+            }
+        }
+    };
+}
+
 /// Scores: `c[i, j] = alpha · Σ_d a[i, d] · bt[d, j]` for rows `i < m` and, in each tile of
 /// rows `i0..i1`, the columns `j < min(i1 rounded up to a chunk, n)` (the causal ones, and a
 /// few right of the diagonal that the softmax then zeroes). `a` is `m×kd` (rows `lda` apart),
@@ -97,20 +131,9 @@ pub(crate) fn causal_scores(
     unsafe { scores_on(crate::isa::current(), &args, c) }
 }
 
-/// [`causal_scores`] on the kernels of `isa`.
-///
-/// # Safety
-/// The CPU must support `isa`.
-unsafe fn scores_on(isa: Isa, args: &ScoreArgs<'_>, c: &mut [Float]) {
-    match isa {
-        // SAFETY: the caller's promise.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { scores_avx512(args, c) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { scores_avx2(args, c) },
-        _ => scores::<ROWS, 8, false>(args, c),
-    }
+on_path! {
+    /// [`causal_scores`] on the kernels of `isa`.
+    scores_on(ScoreArgs) => scores
 }
 
 struct ScoreArgs<'a> {
@@ -121,18 +144,6 @@ struct ScoreArgs<'a> {
     lda: usize,
     bt: &'a [Float],
     alpha: Float,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512cd,avx512dq,avx512vl")]
-fn scores_avx512(args: &ScoreArgs<'_>, c: &mut [Float]) {
-    scores::<ROWS_AVX512, WIDEST, true>(args, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn scores_avx2(args: &ScoreArgs<'_>, c: &mut [Float]) {
-    scores::<ROWS, 16, true>(args, c)
 }
 
 #[inline(always)]
@@ -218,20 +229,9 @@ pub(crate) fn weighted_rows(
     unsafe { sums_on(crate::isa::current(), &args, c) }
 }
 
-/// [`weighted_rows`] on the kernels of `isa`.
-///
-/// # Safety
-/// The CPU must support `isa`.
-unsafe fn sums_on(isa: Isa, args: &SumArgs<'_>, c: &mut [Float]) {
-    match isa {
-        // SAFETY: the caller's promise.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { sums_avx512(args, c) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { sums_avx2(args, c) },
-        _ => sums::<ROWS, 8, false>(args, c),
-    }
+on_path! {
+    /// [`weighted_rows`] on the kernels of `isa`.
+    sums_on(SumArgs) => sums
 }
 
 /// The terms `lo..hi` a tile of output rows `i0..i1` sums over, given `(i0, i1, T)`.
@@ -257,18 +257,6 @@ struct SumArgs<'a> {
     accumulate: bool,
     range: TermRange,
     t: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512cd,avx512dq,avx512vl")]
-fn sums_avx512(args: &SumArgs<'_>, c: &mut [Float]) {
-    sums::<ROWS_AVX512, WIDEST, true>(args, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn sums_avx2(args: &SumArgs<'_>, c: &mut [Float]) {
-    sums::<ROWS, 16, true>(args, c)
 }
 
 #[inline(always)]
