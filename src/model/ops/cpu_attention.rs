@@ -12,6 +12,7 @@ use super::cpu_kernels::{dot, exp, max, sum};
 use super::dropout::DropRule;
 use super::matmul::View;
 use super::simd::simd_kernel;
+use super::transpose::transpose;
 use crate::model::alibi::{alibi_bias, alibi_slope};
 use crate::model::config::Float;
 
@@ -60,20 +61,6 @@ impl Dims {
     /// Key/value head `j` of batch row `b` of `x`, transposed into `out (hd×T)`.
     fn transpose_kv(&self, x: &[Float], b: usize, j: usize, out: &mut [Float]) {
         transpose(self.t, self.hd, &x[self.kv_at(b, 0, j)..], self.hkv * self.hd, out);
-    }
-}
-
-simd_kernel! {
-    /// `out (cols×rows) = xᵀ` for `x (rows×cols)` whose rows are `ld` apart: a column of `x`
-    /// at a time, one contiguous row of `out` (gathered on AVX-512).
-    fn transpose(rows: usize, cols: usize, x: &[Float], ld: usize, out: &mut [Float]) {
-        assert!((rows - 1) * ld + cols <= x.len() && out.len() >= rows * cols);
-        for (c, out) in out.chunks_exact_mut(rows).take(cols).enumerate() {
-            for (r, o) in out.iter_mut().enumerate() {
-                // SAFETY: r < rows and c < cols: inside `x` by the assert above.
-                *o = unsafe { *x.get_unchecked(r * ld + c) };
-            }
-        }
     }
 }
 

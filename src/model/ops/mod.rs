@@ -18,6 +18,7 @@ mod dropout;
 mod matmul;
 pub(crate) mod simd;
 mod timed;
+mod transpose;
 
 use dfdx::prelude::*;
 
