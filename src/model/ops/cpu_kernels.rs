@@ -597,27 +597,31 @@ const ROWS: usize = 64;
 
 simd_kernel! {
     /// LayerNorm of a block of rows: `x̂ = (x - μ)/σ`, `y = x̂·γ + β`, keeping `x̂` and `1/σ`.
+    /// `centred` (one row) holds `x - μ` while `σ` is summed, so `y` and `x̂` are written once,
+    /// into memory nobody zeroed.
     #[allow(clippy::too_many_arguments)]
     fn layer_norm_rows(
-        y: &mut [Float],
-        xhat: &mut [Float],
+        y: &mut [std::mem::MaybeUninit<Float>],
+        xhat: &mut [std::mem::MaybeUninit<Float>],
         inv_std: &mut [Float],
         x: &[Float],
         gamma: &[Float],
         beta: &[Float],
-        c: usize,
         eps: Float,
+        centred: &mut [Float],
     ) {
+        let c = centred.len();
         for (((y, xh), is), x) in y.chunks_mut(c).zip(xhat.chunks_mut(c)).zip(inv_std.iter_mut()).zip(x.chunks(c)) {
             let mean = sum(x) / c as Float;
-            for (h, &v) in xh.iter_mut().zip(x) {
+            for (h, &v) in centred.iter_mut().zip(x) {
                 *h = v - mean;
             }
-            let var = dot(xh, xh) / c as Float;
+            let var = dot(centred, centred) / c as Float;
             *is = 1.0 / (var + eps).sqrt();
-            for (((y, h), &g), &b) in y.iter_mut().zip(xh.iter_mut()).zip(gamma).zip(beta) {
-                *h *= *is;
-                *y = *h * g + b;
+            for ((((y, xh), &h), &g), &b) in y.iter_mut().zip(xh.iter_mut()).zip(centred.iter()).zip(gamma).zip(beta) {
+                let h = h * *is;
+                xh.write(h);
+                y.write(h * g + b);
             }
         }
     }
@@ -657,16 +661,26 @@ simd_kernel! {
 /// LayerNorm over rows of `c`: `(y, x̂, 1/σ)`, in parallel over blocks of rows.
 pub fn cpu_layer_norm(x: &[Float], gamma: &[Float], beta: &[Float], c: usize, eps: Float) -> [Vec<Float>; 3] {
     let n = x.len() / c;
-    let (mut y, mut xhat, mut inv_std) = (zeros(n * c), zeros(n * c), vec![0.0; n]);
-    y.par_chunks_mut(ROWS * c)
-        .zip(xhat.par_chunks_mut(ROWS * c))
+    let (mut y, mut xhat, mut inv_std) = (Vec::with_capacity(n * c), Vec::with_capacity(n * c), vec![0.0; n]);
+    y.spare_capacity_mut()[..n * c]
+        .par_chunks_mut(ROWS * c)
+        .zip(xhat.spare_capacity_mut()[..n * c].par_chunks_mut(ROWS * c))
         .zip(inv_std.par_chunks_mut(ROWS).zip(x.par_chunks(ROWS * c)))
-        .for_each(|((y, xh), (is, x))| layer_norm_rows(y, xh, is, x, gamma, beta, c, eps));
+        .for_each_init(
+            || vec![0.0; c],
+            |centred, ((y, xh), (is, x))| layer_norm_rows(y, xh, is, x, gamma, beta, eps, centred),
+        );
+    // SAFETY: every block above wrote all of its rows of both, which cover the first `n·c`.
+    unsafe {
+        y.set_len(n * c);
+        xhat.set_len(n * c);
+    }
     [y, xhat, inv_std]
 }
 
-/// Gradients of [`cpu_layer_norm`], accumulated into `dx`, `dgamma`, `dbeta`. The parameter
-/// sums are reduced block by block in order, so they do not depend on the thread count.
+/// Gradients of [`cpu_layer_norm`], accumulated into `dx`, `dgamma`, `dbeta`, in one pass over
+/// `gy` and `x̂` per block of rows. The parameter sums are reduced block by block in order,
+/// so they do not depend on the thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_layer_norm_backward(
     gy: &[Float],
@@ -678,14 +692,14 @@ pub fn cpu_layer_norm_backward(
     dgamma: &mut [Float],
     dbeta: &mut [Float],
 ) {
-    dx.par_chunks_mut(ROWS * c)
-        .zip(gy.par_chunks(ROWS * c))
-        .zip(xhat.par_chunks(ROWS * c).zip(inv_std.par_chunks(ROWS)))
-        .for_each(|((dx, gy), (xh, is))| layer_norm_input_grad_rows(dx, gy, xh, is, gamma, c));
-    let partials: Vec<(Vec<Float>, Vec<Float>)> = gy
-        .par_chunks(ROWS * 4 * c)
-        .zip(xhat.par_chunks(ROWS * 4 * c))
-        .map(|(gy, xh)| {
+    // Blocks of four times the forward's rows: the parameter sums' partials (and their bits).
+    let rows = 4 * ROWS;
+    let partials: Vec<(Vec<Float>, Vec<Float>)> = dx
+        .par_chunks_mut(rows * c)
+        .zip(gy.par_chunks(rows * c))
+        .zip(xhat.par_chunks(rows * c).zip(inv_std.par_chunks(rows)))
+        .map(|((dx, gy), (xh, is))| {
+            layer_norm_input_grad_rows(dx, gy, xh, is, gamma, c);
             let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
             layer_norm_param_grad_rows(&mut dg, &mut db, gy, xh, c);
             (dg, db)
