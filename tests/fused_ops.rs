@@ -441,6 +441,44 @@ fn fused_cross_entropy_equals_the_composition_in_values_and_gradients() {
 }
 
 #[test]
+fn the_loss_takes_logits_nothing_else_holds_and_gives_the_bits_of_a_copy() {
+    let dev = Cpu::default();
+    // The storage moves out, without a copy, only when this tensor alone holds it.
+    let t = dev.tensor_from_vec(vec![1.0f32, 2.0, 3.0, 4.0], (2, 2));
+    let at = t.storage().as_ptr();
+    let owned = t
+        .into_storage()
+        .expect("a tensor nothing else holds gives up its storage");
+    assert_eq!((owned.as_ptr(), owned), (at, vec![1.0, 2.0, 3.0, 4.0]));
+    let t = dev.tensor_from_vec(vec![1.0f32, 2.0], (1, 2));
+    let held = t.clone();
+    assert!(t.into_storage().is_err(), "a storage held twice is not taken");
+    assert!(
+        held.permute::<_, Axes2<1, 0>>().into_storage().is_err(),
+        "nor a permuted view's"
+    );
+    // The loss on logits of their own (a new tensor, `x + 0`) and on logits the caller still
+    // holds (copied): the same loss and gradient, to the bit.
+    let mut r = ChaCha8Rng::seed_from_u64(17);
+    let (n, v) = (37, 300);
+    let x = dev.tensor_from_vec(random(&mut r, n * v), (n, v));
+    let targets: Vec<usize> = (0..n).map(|i| (i * 11 + 5) % v).collect();
+    let run = |own: bool| {
+        let xt = x.retaped::<OwnedTape<f32, Cpu>>();
+        let loss = if own {
+            Cpu::cross_entropy(xt + 0.0, &targets)
+        } else {
+            Cpu::cross_entropy(xt, &targets)
+        };
+        let value = loss.retaped::<NoneTape>().array();
+        let g = loss.backward();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (value.to_bits(), bits(&g.get(&x).as_vec()))
+    };
+    assert_eq!(run(true), run(false));
+}
+
+#[test]
 fn fused_residual_dropout_matches_its_definition() {
     let dev = Cpu::default();
     let mut r = ChaCha8Rng::seed_from_u64(11);

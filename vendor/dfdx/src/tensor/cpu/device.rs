@@ -240,4 +240,19 @@ impl<S: Shape, E: Unit, T> Tensor<S, E, Cpu, T> {
     pub fn storage(&self) -> &[E] {
         self.data.as_ref()
     }
+
+    /// gptlab: the elements as a vector of their own, without copying them, when nothing else
+    /// holds this tensor's storage and it stores exactly its row-major elements; the tensor
+    /// back otherwise.
+    pub fn into_storage(self) -> Result<std::vec::Vec<E>, Self> {
+        let row_major = self.strides == self.shape.strides();
+        if !row_major || self.data.len() != self.shape.num_elements() || Arc::strong_count(&self.data) != 1 {
+            return Err(self);
+        }
+        match Arc::try_unwrap(self.data) {
+            Ok(mut owned) => Ok(std::mem::take(&mut owned.data)),
+            // Shared since the count was read (a weak reference upgraded): a copy, then.
+            Err(shared) => Ok(shared.data.clone()),
+        }
+    }
 }
