@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::checkpoint::OptimizerState;
-use crate::model::{Float, HasParams, host_vec};
+use crate::model::{Backend, Float, HasParams};
 
 /// AdamW hyper-parameters and state: one first and second moment per parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +49,7 @@ impl AdamW {
 
     /// One update with learning rate `lr`, as `torch.optim.AdamW`:
     /// `θ ← θ - lr·λ·θ`, then `θ ← θ - lr · m̂ / (√v̂ + ε)`.
-    pub fn update<D: Device<Float>>(&mut self, model: &mut impl HasParams<D>, grads: &[Vec<Float>], lr: f64) {
+    pub fn update<D: Backend>(&mut self, model: &mut impl HasParams<D>, grads: &[Vec<Float>], lr: f64) {
         self.state.t += 1;
         let (b1, b2) = (self.beta1 as Float, self.beta2 as Float);
         let bc1 = 1.0 - self.beta1.powi(self.state.t as i32);
@@ -62,19 +62,19 @@ impl AdamW {
         model.visit_mut(&mut |p| {
             let (m, v, g) = (&mut ms[i], &mut vs[i], &grads[i]);
             let decay = if p.decay { (1.0 - lr * wd) as Float } else { 1.0 };
-            let mut w = host_vec(&p.value);
-            // Element-wise, so splitting it across threads changes no result.
-            w.par_chunks_mut(1 << 14)
-                .zip(m.par_chunks_mut(1 << 14))
-                .zip(v.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)))
-                .for_each(|((w, m), (v, g))| {
-                    for j in 0..w.len() {
-                        m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                        v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                        w[j] = w[j] * decay - step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
-                    }
-                });
-            p.value.copy_from(&w);
+            D::update_on_host(&mut p.value, &mut |w| {
+                // Element-wise, so splitting it across threads changes no result.
+                w.par_chunks_mut(1 << 14)
+                    .zip(m.par_chunks_mut(1 << 14))
+                    .zip(v.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)))
+                    .for_each(|((w, m), (v, g))| {
+                        for j in 0..w.len() {
+                            m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                            v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                            w[j] = w[j] * decay - step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
+                        }
+                    })
+            });
             i += 1;
         });
     }
@@ -230,5 +230,37 @@ mod adamw_tests {
                 }
             }
         }
+    }
+
+    /// The update runs in place on a parameter nothing else holds, through a copy on one that
+    /// is held elsewhere: the same bits either way, and the other holder's values untouched.
+    #[test]
+    fn an_update_in_place_equals_one_through_a_copy_and_spares_other_holders() {
+        let dev = Cpu::default();
+        let start: Vec<Float> = (0..40_000).map(|i| ((i * 7919) % 1000) as Float * 1e-3 - 0.5).collect();
+        let grads = [(0..40_000)
+            .map(|i| ((i * 104_729) % 997) as Float * 1e-3 - 0.5)
+            .collect::<Vec<_>>()];
+        let mut alone = One(Param::from_vec(&dev, "w".into(), vec![40_000], true, start.clone()));
+        let mut shared = One(Param::from_vec(&dev, "w".into(), vec![40_000], true, start.clone()));
+        let other_holder = shared.0.value.clone();
+        let at = alone.0.value.storage().as_ptr();
+        let (mut opt_alone, mut opt_shared) = (
+            AdamW::new(&alone, 0.9, 0.95, 1e-8, 0.1),
+            AdamW::new(&shared, 0.9, 0.95, 1e-8, 0.1),
+        );
+        for _ in 0..3 {
+            opt_alone.update(&mut alone, &grads, 0.01);
+            opt_shared.update(&mut shared, &grads, 0.01);
+        }
+        assert_eq!(alone.0.value.storage().as_ptr(), at, "updated where it lay");
+        let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(alone.0.value.storage()), bits(shared.0.value.storage()));
+        assert_ne!(
+            bits(alone.0.value.storage()),
+            bits(&start),
+            "the update changed the values"
+        );
+        assert_eq!(bits(other_holder.storage()), bits(&start), "the other holder's values");
     }
 }

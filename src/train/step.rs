@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 
 use super::adamw::{AdamW, clip_grad_norm};
 use crate::data::Batch;
-use crate::model::{Backend, Dropout, Float, Gpt, HasParams, Pass, host_vec};
+use crate::model::{Backend, Dropout, Float, Gpt, HasParams, Pass};
 
 /// What a training step measured.
 #[derive(Clone, Copy, Debug)]
@@ -27,9 +27,9 @@ pub fn loss_and_grads<D: Backend>(model: &Gpt<D>, batch: &Batch, drop: &mut Drop
     let logits = model.forward(&batch.inputs, batch.b, batch.t, tape, Pass::Train(drop));
     let loss = model.loss(logits, &batch.targets);
     let value = loss.as_vec()[0];
-    let grads = loss.backward();
+    let mut grads = loss.backward();
     let mut host = vec![];
-    model.visit(&mut |p| host.push(host_vec(&grads.get(&p.value))));
+    model.visit(&mut |p| host.push(D::gradient_on_host(&mut grads, &p.value)));
     (value, host)
 }
 

@@ -51,6 +51,21 @@ pub trait Backend: Device<Float> {
         None
     }
 
+    /// The gradient of parameter `t` in `grads` (which must hold one), as a host vector.
+    fn gradient_on_host(grads: &mut Gradients<Float, Self>, t: &Tensor<(usize,), Float, Self>) -> Vec<Float> {
+        let mut host = vec![0.0; t.shape().0];
+        grads.get(t).copy_into(&mut host);
+        host
+    }
+
+    /// Runs `f` on the values of parameter `t`, on the host, and keeps what it leaves there.
+    fn update_on_host(t: &mut Tensor<(usize,), Float, Self>, f: &mut dyn FnMut(&mut [Float])) {
+        let mut host = vec![0.0; t.shape().0];
+        t.copy_into(&mut host);
+        f(&mut host);
+        t.copy_from(&host);
+    }
+
     /// Causal attention: `q (B, T, H, hd)`, `k, v (B, T, Hkv, hd)` → `(B, T, H, hd)`, with query
     /// head `h` reading key/value head `h / (H / Hkv)` and dropout on the attention weights.
     /// With `alibi`, head `h` adds `−m_h·(i−j)` to its scores (slopes for `H` heads, see

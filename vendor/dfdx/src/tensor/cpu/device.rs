@@ -255,4 +255,9 @@ impl<S: Shape, E: Unit, T> Tensor<S, E, Cpu, T> {
             Err(shared) => Ok(shared.data.clone()),
         }
     }
+
+    /// gptlab: the elements to write in place, when nothing else holds this tensor's storage.
+    pub fn storage_mut(&mut self) -> Option<&mut [E]> {
+        Arc::get_mut(&mut self.data).map(|v| v.data.as_mut_slice())
+    }
 }
