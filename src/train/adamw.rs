@@ -237,8 +237,10 @@ mod adamw_tests {
     #[test]
     fn an_update_in_place_equals_one_through_a_copy_and_spares_other_holders() {
         let dev = Cpu::default();
-        let start: Vec<Float> = (0..40_000).map(|i| ((i * 7919) % 1000) as Float * 1e-3 - 0.5).collect();
-        let grads = [(0..40_000)
+        let start: Vec<Float> = (0..40_000usize)
+            .map(|i| ((i * 7919) % 1000) as Float * 1e-3 - 0.5)
+            .collect();
+        let grads = [(0..40_000usize)
             .map(|i| ((i * 104_729) % 997) as Float * 1e-3 - 0.5)
             .collect::<Vec<_>>()];
         let mut alone = One(Param::from_vec(&dev, "w".into(), vec![40_000], true, start.clone()));
