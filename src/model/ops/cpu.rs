@@ -23,6 +23,7 @@ use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward, cpu_cross_e
 use super::matmul::{View, gemm_par, gemm_par_new};
 use super::{Affine, Backend, Dropout, Heads};
 use crate::model::config::Float;
+use crate::model::param::host_vec;
 
 type Grads = Gradients<Float, Cpu>;
 type CpuResult = Result<(), <Cpu as HasErr>::Err>;
@@ -150,11 +151,7 @@ impl Backend for Cpu {
         let n = t.shape().0;
         match grads.existing_mut(t) {
             Some(g) if g.len() == n => par_to_vec(g),
-            _ => {
-                let mut host = vec![0.0; n];
-                grads.get(t).copy_into(&mut host);
-                host
-            }
+            _ => host_vec(&grads.get(t)),
         }
     }
 

@@ -32,6 +32,7 @@ pub use timed::timed_reference_attention;
 
 use super::alibi::{alibi_bias, alibi_slopes};
 use super::config::Float;
+use super::param::host_vec;
 
 /// `(B, T, heads, hd)`.
 pub type Heads<D, T> = Tensor<(usize, usize, usize, usize), Float, D, T>;
@@ -53,15 +54,12 @@ pub trait Backend: Device<Float> {
 
     /// The gradient of parameter `t` in `grads` (which must hold one), as a host vector.
     fn gradient_on_host(grads: &mut Gradients<Float, Self>, t: &Tensor<(usize,), Float, Self>) -> Vec<Float> {
-        let mut host = vec![0.0; t.shape().0];
-        grads.get(t).copy_into(&mut host);
-        host
+        host_vec(&grads.get(t))
     }
 
     /// Runs `f` on the values of parameter `t`, on the host, and keeps what it leaves there.
     fn update_on_host(t: &mut Tensor<(usize,), Float, Self>, f: &mut dyn FnMut(&mut [Float])) {
-        let mut host = vec![0.0; t.shape().0];
-        t.copy_into(&mut host);
+        let mut host = host_vec(t);
         f(&mut host);
         t.copy_from(&host);
     }
