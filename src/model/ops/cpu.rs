@@ -15,9 +15,9 @@ use rayon::prelude::*;
 
 use super::cpu_attention::{Dims, cpu_backward, cpu_backward_new, cpu_forward};
 use super::cpu_kernels::{
-    CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_backward_in_place,
-    cpu_gelu_biased, cpu_layer_norm, cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary,
-    cpu_rotary_backward, dropout_keep_mask, masked, par_to_vec, scatter_add_rows,
+    CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_with_grad, cpu_layer_norm,
+    cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, masked,
+    mul_in_place, par_to_vec, scatter_add_rows,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward, cpu_cross_entropy_grad};
 use super::matmul::{View, gemm_par, gemm_par_new};
@@ -187,12 +187,10 @@ impl Backend for Cpu {
         let dev = x.device().clone();
         let (x, w1, w2) = (x.ghost(), w1.ghost(), w2.ghost());
         let (b1, b2) = (b1.map(|b| b.ghost()), b2.map(|b| b.ghost()));
-        // h = x·W₁ without its bias, which GELU adds on the way in (forward and backward).
-        let h = cpu_linear(&xv, &w1v, None, n, c, hidden); // (N, H)
-        let a = match b1v.as_deref() {
-            Some(b1) => cpu_gelu_biased(&h, b1),
-            None => cpu_gelu(&h),
-        }; // (N, H)
+        // h = x·W₁ without its bias, which GELU adds on the way in; GELU's derivative at
+        // h + b₁ then takes h's place (the backward pass needs nothing else of h).
+        let mut gelu_grad = cpu_linear(&xv, &w1v, None, n, c, hidden); // h, (N, H)
+        let a = cpu_gelu_with_grad(&mut gelu_grad, b1v.as_deref()); // (N, H)
         let y = cpu_linear(&a, &w2v, b2v.as_deref(), n, hidden, c); // (N, C)
         fused(&dev, y, (n, c), tape, move |grads, gy| {
             let gy_view = View::rows(gy, c);
@@ -205,7 +203,7 @@ impl Backend for Cpu {
             // product overwrites every element.
             let mut dh = a;
             gemm_par(n, hidden, c, &mut dh, false, gy_view, View::rows(&w2v, c).t(), 1.0);
-            cpu_gelu_backward_in_place(&h, b1v.as_deref(), &mut dh);
+            mul_in_place(&mut dh, &gelu_grad);
             let dh_view = View::rows(&dh, hidden);
             let x_t = View::rows(&xv, c).t();
             add_product(grads, &w1, (c, hidden, n), x_t, dh_view);
