@@ -349,14 +349,22 @@ pub(crate) fn add_column_sums(m: &[Float], cols: usize, acc: &mut [Float]) {
         .par_chunks(cols * 256)
         .map(|block| {
             let mut s = vec![0.0; cols];
-            for row in block.chunks(cols) {
-                s.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-            }
+            add_rows(&mut s, block);
             s
         })
         .collect();
     for partial in partials {
         acc.iter_mut().zip(&partial).for_each(|(a, p)| *a += p);
+    }
+}
+
+simd_kernel! {
+    /// `s += ` each row of `block` (rows of `s.len()` columns), in row order: vectors across
+    /// the columns, so every path adds each column's terms in the same order.
+    fn add_rows(s: &mut [Float], block: &[Float]) {
+        for row in block.chunks(s.len()) {
+            s.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
     }
 }
 
