@@ -234,22 +234,42 @@ pub fn mul_in_place(g: &mut [Float], d: &[Float]) {
 
 /// Rotary embedding in the rotate-half layout: `out = x·cos + [-x2, x1]·sin` per head vector.
 pub fn cpu_rotary(x: &[Float], cos: &[Float], sin: &[Float], t: usize, nh: usize, hd: usize) -> Vec<Float> {
-    let half = hd / 2;
-    let mut out = zeros(x.len());
-    out.par_chunks_mut(t * nh * hd)
-        .zip(x.par_chunks(t * nh * hd))
-        .for_each(|(out, x)| {
-            for (pos, (o, xr)) in out.chunks_mut(nh * hd).zip(x.chunks(nh * hd)).enumerate() {
-                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
-                for (o, x) in o.chunks_mut(hd).zip(xr.chunks(hd)) {
-                    for i in 0..half {
-                        o[i] = x[i] * c[i] - x[i + half] * s[i];
-                        o[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
-                    }
+    // Every element is written (the halves cover the head), so the output need not be zeroed.
+    assert!(hd.is_multiple_of(2), "rotary embedding: odd head dimension {hd}");
+    // One task per batch row, written once into memory nobody zeroed.
+    filled_in_chunks(x.len(), t * nh * hd, |out, at| {
+        rotary_rows(out, &x[at..at + out.len()], cos, sin, nh, hd)
+    })
+}
+
+simd_kernel! {
+    /// [`cpu_rotary`] on one batch row (`T` positions of `nh` heads of `hd`), each head as its
+    /// two halves, so the loop runs over whole vectors of each.
+    fn rotary_rows(
+        out: &mut [std::mem::MaybeUninit<Float>],
+        x: &[Float],
+        cos: &[Float],
+        sin: &[Float],
+        nh: usize,
+        hd: usize,
+    ) {
+        let half = hd / 2;
+        for (pos, (o, xr)) in out.chunks_mut(nh * hd).zip(x.chunks(nh * hd)).enumerate() {
+            let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+            // Every half resliced to `half` (the second of an odd `hd` is longer): with equal
+            // lengths LLVM drops the bounds checks and vectorises the loop.
+            let ((c1, c2), (s1, s2)) = (c.split_at(half), s.split_at(half));
+            let (c2, s2) = (&c2[..half], &s2[..half]);
+            for (o, x) in o.chunks_mut(hd).zip(xr.chunks(hd)) {
+                let ((o1, o2), (x1, x2)) = (o.split_at_mut(half), x.split_at(half));
+                let (o2, x2) = (&mut o2[..half], &x2[..half]);
+                for i in 0..half {
+                    o1[i].write(x1[i] * c1[i] - x2[i] * s1[i]);
+                    o2[i].write(x2[i] * c2[i] + x1[i] * s2[i]);
                 }
             }
-        });
-    out
+        }
+    }
 }
 
 /// `dx += ∂/∂x` of [`cpu_rotary`] applied to `gy`: the inverse rotation.
@@ -262,20 +282,29 @@ pub fn cpu_rotary_backward(
     hd: usize,
     dx: &mut [Float],
 ) {
-    let half = hd / 2;
     dx.par_chunks_mut(t * nh * hd)
         .zip(gy.par_chunks(t * nh * hd))
-        .for_each(|(dx, gy)| {
-            for (pos, (d, g)) in dx.chunks_mut(nh * hd).zip(gy.chunks(nh * hd)).enumerate() {
-                let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
-                for (d, g) in d.chunks_mut(hd).zip(g.chunks(hd)) {
-                    for i in 0..half {
-                        d[i] += g[i] * c[i] + g[i + half] * s[i + half];
-                        d[i + half] += g[i + half] * c[i + half] - g[i] * s[i];
-                    }
+        .for_each(|(dx, gy)| rotary_backward_rows(dx, gy, cos, sin, nh, hd));
+}
+
+simd_kernel! {
+    /// [`cpu_rotary_backward`] on one batch row, by halves as [`rotary_rows`].
+    fn rotary_backward_rows(dx: &mut [Float], gy: &[Float], cos: &[Float], sin: &[Float], nh: usize, hd: usize) {
+        let half = hd / 2;
+        for (pos, (d, g)) in dx.chunks_mut(nh * hd).zip(gy.chunks(nh * hd)).enumerate() {
+            let (c, s) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
+            let ((c1, c2), (s1, s2)) = (c.split_at(half), s.split_at(half));
+            let (c2, s2) = (&c2[..half], &s2[..half]);
+            for (d, g) in d.chunks_mut(hd).zip(g.chunks(hd)) {
+                let ((d1, d2), (g1, g2)) = (d.split_at_mut(half), g.split_at(half));
+                let (d2, g2) = (&mut d2[..half], &g2[..half]);
+                for i in 0..half {
+                    d1[i] += g1[i] * c1[i] + g2[i] * s2[i];
+                    d2[i] += g2[i] * c2[i] - g1[i] * s1[i];
                 }
             }
-        });
+        }
+    }
 }
 
 /// Sum with eight independent partial sums (vectorisable; see [`dot`]).
