@@ -17,7 +17,7 @@ use super::cpu_attention::{Dims, cpu_backward, cpu_backward_new, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_with_grad, cpu_layer_norm,
     cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, masked,
-    mul_in_place, par_to_vec, scatter_add_rows,
+    mul_in_place, mul_in_place_adding_column_sums, par_to_vec, scatter_add_rows,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward, cpu_cross_entropy_grad};
 use super::matmul::{View, gemm_par, gemm_par_new};
@@ -203,13 +203,13 @@ impl Backend for Cpu {
             // product overwrites every element.
             let mut dh = a;
             gemm_par(n, hidden, c, &mut dh, false, gy_view, View::rows(&w2v, c).t(), 1.0);
-            mul_in_place(&mut dh, &gelu_grad);
+            match &b1 {
+                Some(b1) => mul_in_place_adding_column_sums(&mut dh, &gelu_grad, hidden, grads.get_or_alloc_mut(b1)?),
+                None => mul_in_place(&mut dh, &gelu_grad),
+            }
             let dh_view = View::rows(&dh, hidden);
             let x_t = View::rows(&xv, c).t();
             add_product(grads, &w1, (c, hidden, n), x_t, dh_view);
-            if let Some(b1) = &b1 {
-                add_column_sums(&dh, hidden, grads.get_or_alloc_mut(b1)?);
-            }
             let w1_t = View::rows(&w1v, hidden).t();
             add_product(grads, &x, (n, c, hidden), dh_view, w1_t);
             Ok(())

@@ -401,17 +401,44 @@ pub fn cpu_linear(x: &[Float], w: &[Float], b: Option<&[Float]>, n: usize, d_in:
 /// rows whose partial sums are added in block order, so the result does not depend on how
 /// rayon split the work (bit-identical runs need that).
 pub(crate) fn add_column_sums(m: &[Float], cols: usize, acc: &mut [Float]) {
-    let partials: Vec<Vec<Float>> = m
-        .par_chunks(cols * 256)
-        .map(|block| {
-            let mut s = vec![0.0; cols];
-            add_rows(&mut s, block);
-            s
-        })
+    let partials = m
+        .par_chunks(cols * SUM_ROWS)
+        .map(|block| row_sum(block, cols))
         .collect();
+    add_partials(partials, acc);
+}
+
+/// Rows per block of [`add_column_sums`]: the blocks fix the order of the sums.
+const SUM_ROWS: usize = 256;
+
+/// The sum of `block`'s rows of `cols` columns.
+fn row_sum(block: &[Float], cols: usize) -> Vec<Float> {
+    let mut s = vec![0.0; cols];
+    add_rows(&mut s, block);
+    s
+}
+
+/// `acc += ` each partial, in order.
+fn add_partials(partials: Vec<Vec<Float>>, acc: &mut [Float]) {
     for partial in partials {
         acc.iter_mut().zip(&partial).for_each(|(a, p)| *a += p);
     }
+}
+
+/// [`mul_in_place`] then [`add_column_sums`] of the result, in one pass per block of rows
+/// while the block is in cache: MLP's gradient through GELU and its first bias's gradient.
+/// The same bits as the two calls.
+pub fn mul_in_place_adding_column_sums(g: &mut [Float], d: &[Float], cols: usize, acc: &mut [Float]) {
+    assert_eq!(g.len(), d.len(), "mul_in_place: lengths differ");
+    let partials = g
+        .par_chunks_mut(cols * SUM_ROWS)
+        .zip(d.par_chunks(cols * SUM_ROWS))
+        .map(|(g, d)| {
+            scale_chunk(g, d);
+            row_sum(g, cols)
+        })
+        .collect();
+    add_partials(partials, acc);
 }
 
 simd_kernel! {
@@ -659,6 +686,14 @@ mod tests {
             mul_in_place(&mut scaled, &inside);
             let expected: Vec<Float> = g.iter().zip(&grad(&after)).map(|(g, d)| g * d).collect();
             assert_eq!(bits(&scaled), bits(&expected), "g ⊙ gelu', {case}");
+            let (mut fused, mut sums, mut apart) = (g.clone(), b.clone(), b.clone());
+            mul_in_place_adding_column_sums(&mut fused, &inside, cols, &mut sums);
+            add_column_sums(&scaled, cols, &mut apart);
+            assert_eq!(
+                (bits(&fused), bits(&sums)),
+                (bits(&scaled), bits(&apart)),
+                "with column sums, {case}"
+            );
         }
     }
 
