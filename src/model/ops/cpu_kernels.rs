@@ -115,10 +115,11 @@ fn row_chunk(cols: usize) -> usize {
     (CHUNK / cols).max(1) * cols
 }
 
-/// `GELU(x)` (tanh form).
+/// `GELU(x)` (tanh form). [`gelu_and_grad`] holds the formula; inlined, the unused
+/// derivative is never computed.
 #[inline(always)]
 fn gelu(x: Float) -> Float {
-    0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)))
+    gelu_and_grad(x).0
 }
 
 simd_kernel! {
@@ -130,12 +131,10 @@ simd_kernel! {
     }
 }
 
-/// `gelu'(x)`.
+/// `gelu'(x)`, from [`gelu_and_grad`].
 #[inline(always)]
 fn gelu_grad(x: Float) -> Float {
-    let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
-    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
+    gelu_and_grad(x).1
 }
 
 simd_kernel! {
@@ -147,8 +146,8 @@ simd_kernel! {
     }
 }
 
-/// `(GELU(x), gelu'(x))` from one `tanh`: the same operations in the same order as
-/// [`gelu`] and [`gelu_grad`], so the same bits as each of them.
+/// `(GELU(x), gelu'(x))` from one `tanh`: the one place the formula is written, so GELU, its
+/// derivative and the two computed together ([`cpu_gelu_with_grad`]) give the same bits.
 #[inline(always)]
 fn gelu_and_grad(x: Float) -> (Float, Float) {
     let th = fast_tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
@@ -429,7 +428,7 @@ fn add_partials(partials: Vec<Vec<Float>>, acc: &mut [Float]) {
 /// while the block is in cache: MLP's gradient through GELU and its first bias's gradient.
 /// The same bits as the two calls.
 pub fn mul_in_place_adding_column_sums(g: &mut [Float], d: &[Float], cols: usize, acc: &mut [Float]) {
-    assert_eq!(g.len(), d.len(), "mul_in_place: lengths differ");
+    assert_eq!(g.len(), d.len(), "mul_in_place_adding_column_sums: lengths differ");
     let partials = g
         .par_chunks_mut(cols * SUM_ROWS)
         .zip(d.par_chunks(cols * SUM_ROWS))
