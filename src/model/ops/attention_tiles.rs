@@ -8,6 +8,8 @@
 //! the tiling, so results depend on the instruction-set path only (fused multiply-adds on
 //! AVX2 and AVX-512, a multiply then an add on the baseline), never on the thread count.
 
+use std::mem::MaybeUninit;
+
 use super::matmul::View;
 use crate::isa::Isa;
 use crate::model::config::Float;
@@ -74,20 +76,20 @@ macro_rules! by_width {
 ///
 /// The generated function's safety contract: the CPU must support `isa`.
 macro_rules! on_path {
-    ($(#[$meta:meta])* $name:ident($args:ident) => $kernel:ident) => {
+    ($(#[$meta:meta])* $name:ident($args:ident, $c:ty) => $kernel:ident) => {
         $(#[$meta])*
         ///
         /// # Safety
         /// The CPU must support `isa`.
-        unsafe fn $name(isa: Isa, args: &$args<'_>, c: &mut [Float]) {
+        unsafe fn $name(isa: Isa, args: &$args<'_>, c: $c) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512cd,avx512dq,avx512vl")]
-            fn avx512(args: &$args<'_>, c: &mut [Float]) {
+            fn avx512(args: &$args<'_>, c: $c) {
                 $kernel::<ROWS_AVX512, WIDEST, true>(args, c)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            fn avx2(args: &$args<'_>, c: &mut [Float]) {
+            fn avx2(args: &$args<'_>, c: $c) {
                 $kernel::<ROWS, 16, true>(args, c)
             }
             match isa {
@@ -133,7 +135,7 @@ pub(crate) fn causal_scores(
 
 on_path! {
     /// [`causal_scores`] on the kernels of `isa`.
-    scores_on(ScoreArgs) => scores
+    scores_on(ScoreArgs, &mut [Float]) => scores
 }
 
 struct ScoreArgs<'a> {
@@ -200,15 +202,20 @@ fn score_tile<const R: usize, const W: usize, const FMA: bool>(
 /// Weighted sums of rows: `c[i, :] (+)= Σ_{j ∈ range(tile)} p(i, j) · x[j, :]` for rows
 /// `i < m`, `w` columns, where `range(i0, i1)` gives the `j` a tile of rows `i0..i1` sums over
 /// (weights outside each row's own causal range must be zero). `x` rows are `ldx` apart, `c`
-/// rows `ldc` apart; `accumulate` adds to `c` instead of overwriting it.
+/// rows `ldc` apart; `accumulate` adds to `c` instead of overwriting it. Without it every
+/// element of the `m×w` block is written and none read, so `c` may be memory not yet written
+/// (a new gradient needs no pass of zeros first).
+///
+/// # Safety
+/// With `accumulate`, the `m×w` block of `c` must be initialised.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn weighted_rows(
+pub(crate) unsafe fn weighted_rows(
     m: usize,
     w: usize,
     p: View<'_>,
     x: &[Float],
     ldx: usize,
-    c: &mut [Float],
+    c: &mut [MaybeUninit<Float>],
     ldc: usize,
     accumulate: bool,
     range: TermRange,
@@ -225,13 +232,14 @@ pub(crate) fn weighted_rows(
         range,
         t,
     };
-    // SAFETY: the process's path is one the CPU supports (`isa::init` checks).
+    // SAFETY: the process's path is one the CPU supports (`isa::init` checks); the caller
+    // vouches for what `accumulate` reads.
     unsafe { sums_on(crate::isa::current(), &args, c) }
 }
 
 on_path! {
     /// [`weighted_rows`] on the kernels of `isa`.
-    sums_on(SumArgs) => sums
+    sums_on(SumArgs, &mut [MaybeUninit<Float>]) => sums
 }
 
 /// The terms `lo..hi` a tile of output rows `i0..i1` sums over, given `(i0, i1, T)`.
@@ -260,7 +268,7 @@ struct SumArgs<'a> {
 }
 
 #[inline(always)]
-fn sums<const R: usize, const COLS: usize, const FMA: bool>(args: &SumArgs<'_>, c: &mut [Float]) {
+fn sums<const R: usize, const COLS: usize, const FMA: bool>(args: &SumArgs<'_>, c: &mut [MaybeUninit<Float>]) {
     let m = args.m;
     assert!(c.len() >= (m.max(1) - 1) * args.ldc + args.w);
     let mut i0 = 0;
@@ -284,7 +292,7 @@ fn sums<const R: usize, const COLS: usize, const FMA: bool>(args: &SumArgs<'_>, 
 #[inline(always)]
 fn sum_tile<const R: usize, const W: usize, const FMA: bool>(
     args: &SumArgs<'_>,
-    c: &mut [Float],
+    c: &mut [MaybeUninit<Float>],
     i0: usize,
     c0: usize,
     lo: usize,
@@ -299,7 +307,12 @@ fn sum_tile<const R: usize, const W: usize, const FMA: bool>(
     let mut acc = [[0.0; W]; R];
     if args.accumulate {
         for (r, acc) in acc.iter_mut().enumerate() {
-            acc.copy_from_slice(&c[(i0 + r) * ldc + c0..][..W]);
+            let from = &c[(i0 + r) * ldc + c0..][..W];
+            // SAFETY: with `accumulate`, `weighted_rows`'s caller vouches that its block of
+            // `c` (which holds this tile) is initialised.
+            acc.iter_mut()
+                .zip(from)
+                .for_each(|(a, c)| *a = unsafe { c.assume_init() });
         }
     }
     for j in lo..hi {
@@ -314,13 +327,17 @@ fn sum_tile<const R: usize, const W: usize, const FMA: bool>(
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        c[(i0 + r) * ldc + c0..][..W].copy_from_slice(acc);
+        let to = &mut c[(i0 + r) * ldc + c0..][..W];
+        to.iter_mut().zip(acc).for_each(|(c, &a)| {
+            c.write(a);
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::matmul::as_uninit_mut;
 
     /// Values with many distinct roundings, reproducible.
     fn values(n: usize, salt: usize) -> Vec<Float> {
@@ -406,8 +423,9 @@ mod tests {
                         range,
                         t,
                     };
-                    // SAFETY: `supported_paths` lists only paths this CPU runs.
-                    unsafe { sums_on(isa, &args, &mut c) };
+                    // SAFETY: `supported_paths` lists only paths this CPU runs, and `c` is
+                    // initialised (NaN where the sums must write every element).
+                    unsafe { sums_on(isa, &args, as_uninit_mut(&mut c)) };
                     for i in 0..t {
                         // Row i's own causal range: the weights outside it are zero.
                         let terms = if transposed { i..t } else { 0..i + 1 };

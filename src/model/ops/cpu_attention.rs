@@ -3,14 +3,17 @@
 //! ([`super::attention_tiles`]), recomputing probabilities in the backward pass instead of storing them
 //! (and the dropout masks from their seed). Each task writes straight into its rows of the
 //! output, or adds into its rows of the gradients (or writes its rows of new ones), so no
-//! task's result is copied again, and no buffer is zeroed by a pass of its own.
+//! task's result is copied again, and no buffer is zeroed: a new output or gradient is
+//! written first by the sum that produces it, then added into.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::attention_tiles::{causal_scores, from_tile, up_to_tile, weighted_rows};
 use super::cpu_kernels::{dot, exp, max, sum};
 use super::dropout::DropRule;
-use super::matmul::View;
+use super::matmul::{View, as_uninit_mut};
 use super::simd::simd_kernel;
 use super::transpose::transpose;
 use crate::model::alibi::{alibi_bias, alibi_slope};
@@ -220,9 +223,10 @@ pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Floa
         .enumerate()
         .for_each_init(
             || Scratch::new(d, false),
-            |scratch, (b, (y_b, lse_b))| forward_row(d, b, [q, k, v], zeroed(y_b), zeroed(lse_b), scratch),
+            |scratch, (b, (y_b, lse_b))| forward_row(d, b, [q, k, v], y_b, zeroed(lse_b), scratch),
         );
-    // SAFETY: each task zeroed its rows of both (and then wrote them).
+    // SAFETY: each task wrote its rows of `y` (every head's columns) and zeroed its rows of
+    // `lse` (then wrote them).
     unsafe {
         y.set_len(d.b * row_y);
         lse.set_len(d.b * row_lse);
@@ -231,7 +235,8 @@ pub fn cpu_forward(d: &Dims, q: &[Float], k: &[Float], v: &[Float]) -> (Vec<Floa
 }
 
 /// `part` with every element set to zero, as values: zeroed by the task about to write it,
-/// while in its cache, instead of by a pass over the whole buffer beforehand.
+/// while in its cache, instead of by a pass over the whole buffer beforehand (a few
+/// log-sum-exps per head, which the softmax writes through a `&mut [Float]`).
 fn zeroed(part: &mut [std::mem::MaybeUninit<Float>]) -> &mut [Float] {
     part.fill(std::mem::MaybeUninit::new(0.0));
     // SAFETY: every element was just written; `MaybeUninit<Float>` has `Float`'s layout.
@@ -239,7 +244,14 @@ fn zeroed(part: &mut [std::mem::MaybeUninit<Float>]) -> &mut [Float] {
 }
 
 /// [`cpu_forward`] for batch row `b`: its rows of `y` and `lse`.
-fn forward_row(d: &Dims, b: usize, [q, k, v]: [&[Float]; 3], y_b: &mut [Float], lse_b: &mut [Float], s: &mut Scratch) {
+fn forward_row(
+    d: &Dims,
+    b: usize,
+    [q, k, v]: [&[Float]; 3],
+    y_b: &mut [MaybeUninit<Float>],
+    lse_b: &mut [Float],
+    s: &mut Scratch,
+) {
     let g = d.h / d.hkv;
     for h in 0..d.h {
         let j = h / g;
@@ -255,7 +267,8 @@ fn forward_row(d: &Dims, b: usize, [q, k, v]: [&[Float]; 3], y_b: &mut [Float], 
         // Y = P V, into head h's columns of y's rows.
         let (p, vj) = (View::rows(&s.p, d.t), &v[d.kv_at(b, 0, j)..]);
         let y_h = &mut y_b[h * d.hd..];
-        weighted_rows(d.t, d.hd, p, vj, d.hkv * d.hd, y_h, d.h * d.hd, false, up_to_tile, d.t);
+        // SAFETY: not accumulating, the sums read nothing of `y`.
+        unsafe { weighted_rows(d.t, d.hd, p, vj, d.hkv * d.hd, y_h, d.h * d.hd, false, up_to_tile, d.t) };
     }
 }
 
@@ -265,11 +278,11 @@ fn forward_row(d: &Dims, b: usize, [q, k, v]: [&[Float]; 3], y_b: &mut [Float], 
 /// `dQ += dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights). One task per batch
 /// row, writing straight into its rows of the gradients.
 pub fn cpu_backward(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float], grads: [&mut [Float]; 3]) {
-    backward_rows(d, qkv, lse, gy, grads, |rows| rows);
+    backward_rows(d, qkv, lse, gy, grads.map(as_uninit_mut), false);
 }
 
-/// [`cpu_backward`] into new gradients (the inputs have none yet), each task zeroing its rows
-/// while in its cache rather than a pass over three buffers of zeros beforehand.
+/// [`cpu_backward`] into new gradients (the inputs have none yet): the first sum into each
+/// element writes it, so no buffer of zeros is made first.
 pub fn cpu_backward_new(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float]) -> [Vec<Float>; 3] {
     let lens = qkv.map(<[Float]>::len);
     let mut grads = lens.map(Vec::with_capacity);
@@ -278,22 +291,23 @@ pub fn cpu_backward_new(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float
         let n = g.capacity();
         &mut g.spare_capacity_mut()[..n]
     });
-    backward_rows(d, qkv, lse, gy, parts, zeroed);
+    backward_rows(d, qkv, lse, gy, parts, true);
     for (g, n) in grads.iter_mut().zip(lens) {
-        // SAFETY: `zeroed` set every element of each task's rows, which cover all `n`.
+        // SAFETY: with `fresh`, each task wrote every element of its rows, which cover all `n`.
         unsafe { g.set_len(n) };
     }
     grads
 }
 
-/// The backward tasks over the gradients' rows, each made ready for adding into by `ready`.
-fn backward_rows<G: Send>(
+/// The backward tasks over the gradients' rows: adding into them, or with `fresh` writing
+/// them (memory not yet written).
+fn backward_rows(
     d: &Dims,
     [q, k, v]: [&[Float]; 3],
     lse: &[Float],
     gy: &[Float],
-    [dq, dk, dv]: [&mut [G]; 3],
-    ready: impl Fn(&mut [G]) -> &mut [Float] + Sync,
+    [dq, dk, dv]: [&mut [MaybeUninit<Float>]; 3],
+    fresh: bool,
 ) {
     let (row_q, row_kv) = (d.t * d.h * d.hd, d.t * d.hkv * d.hd);
     assert!(q.len() == d.b * row_q && gy.len() == q.len() && dq.len() == q.len());
@@ -306,18 +320,24 @@ fn backward_rows<G: Send>(
         .for_each_init(
             || Scratch::new(d, true),
             |scratch, (b, ((dq_b, dk_b), dv_b))| {
-                let rows = [ready(dq_b), ready(dk_b), ready(dv_b)];
-                backward_row(d, b, [q, k, v, lse, gy], rows, scratch)
+                // SAFETY: without `fresh`, the gradients are the caller's initialised ones.
+                unsafe { backward_row(d, b, [q, k, v, lse, gy], [dq_b, dk_b, dv_b], fresh, scratch) }
             },
         );
 }
 
-/// [`cpu_backward`] for batch row `b`: adds into its rows of `dq`, `dk` and `dv`.
-fn backward_row(
+/// [`cpu_backward`] for batch row `b`: adds into its rows of `dq`, `dk` and `dv`, or with
+/// `fresh` writes them: the one query head of `dq`'s columns, and the first query head of each
+/// key/value head's group, write; the group's other heads add.
+///
+/// # Safety
+/// Without `fresh`, the rows must be initialised.
+unsafe fn backward_row(
     d: &Dims,
     b: usize,
     [q, k, v, lse, gy]: [&[Float]; 5],
-    [dq_b, dk_b, dv_b]: [&mut [Float]; 3],
+    [dq_b, dk_b, dv_b]: [&mut [MaybeUninit<Float>]; 3],
+    fresh: bool,
     s: &mut Scratch,
 ) {
     let (g, t, hd) = (d.h / d.hkv, d.t, d.hd);
@@ -340,16 +360,24 @@ fn backward_row(
             &s.p
         };
         let (dq_h, dk_j, dv_j) = (&mut dq_b[h * hd..], &mut dk_b[j * hd..], &mut dv_b[j * hd..]);
+        // Fresh, head h is the only one in dq's columns, and the group's first in dk's and
+        // dv's: those sums write, every later one adds to what was written.
+        let (add_q, add_kv) = (!fresh, !(fresh && h % g == 0));
         // dV += (P ⊙ D)ᵀ dY
         let dropped_t = View::rows(dropped, t).t();
-        weighted_rows(t, hd, dropped_t, gyh, ldq, dv_j, ldkv, true, from_tile, t);
+        // SAFETY (the three sums): what `add_q`/`add_kv` read is the caller's initialised rows,
+        // or what this row's earlier heads wrote (above).
+        unsafe { weighted_rows(t, hd, dropped_t, gyh, ldq, dv_j, ldkv, add_kv, from_tile, t) };
         // dP = dY Vᵀ, then dS in place.
         causal_scores(t, t, hd, gyh, ldq, &s.vt, &mut s.dp, 1.0);
         let draws = (d.p > 0.0).then_some(&s.draws[..]);
         softmax_backward_rows(&mut s.dp, &s.p, t, draws, rule, scale);
         // dQ += dS K, dK += dSᵀ Q
         let ds = View::rows(&s.dp, t);
-        weighted_rows(t, hd, ds, kj, ldkv, dq_h, ldq, true, up_to_tile, t);
-        weighted_rows(t, hd, ds.t(), qh, ldq, dk_j, ldkv, true, from_tile, t);
+        // SAFETY: as for dV's sum above.
+        unsafe {
+            weighted_rows(t, hd, ds, kj, ldkv, dq_h, ldq, add_q, up_to_tile, t);
+            weighted_rows(t, hd, ds.t(), qh, ldq, dk_j, ldkv, add_kv, from_tile, t);
+        }
     }
 }

@@ -173,7 +173,7 @@ fn gemm_with(p: Product<'_>, dst: &mut [Float], dst_rs: usize, acc: bool, par: g
 }
 
 /// `dst` as memory a product writes values into.
-fn as_uninit_mut(dst: &mut [Float]) -> &mut [std::mem::MaybeUninit<Float>] {
+pub(crate) fn as_uninit_mut(dst: &mut [Float]) -> &mut [std::mem::MaybeUninit<Float>] {
     // SAFETY: `MaybeUninit<Float>` has `Float`'s layout; the callers write only values into
     // the result, so `dst` stays initialised.
     unsafe { &mut *(dst as *mut [Float] as *mut [std::mem::MaybeUninit<Float>]) }
