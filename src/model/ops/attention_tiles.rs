@@ -157,15 +157,19 @@ fn scores<const R: usize, const COLS: usize, const FMA: bool>(args: &ScoreArgs<'
     while i0 < m {
         let rows = R.min(m - i0);
         let end = (i0 + rows).next_multiple_of(COLS).min(n);
-        column_chunks::<COLS>(end, |j0, width| {
-            if rows == R {
-                by_width!(width, |W| score_tile::<R, W, FMA>(args, c, i0, j0));
-            } else {
-                for i in i0..i0 + rows {
-                    by_width!(width, |W| score_tile::<1, W, FMA>(args, c, i, j0));
+        column_chunks::<COLS>(
+            end,
+            #[inline(always)]
+            |j0, width| {
+                if rows == R {
+                    by_width!(width, |W| score_tile::<R, W, FMA>(args, c, i0, j0));
+                } else {
+                    for i in i0..i0 + rows {
+                        by_width!(width, |W| score_tile::<1, W, FMA>(args, c, i, j0));
+                    }
                 }
-            }
-        });
+            },
+        );
         i0 += rows;
     }
 }
@@ -275,15 +279,19 @@ fn sums<const R: usize, const COLS: usize, const FMA: bool>(args: &SumArgs<'_>, 
     while i0 < m {
         let rows = R.min(m - i0);
         let (lo, hi) = (args.range)(i0, i0 + rows, args.t);
-        column_chunks::<COLS>(args.w, |c0, width| {
-            if rows == R {
-                by_width!(width, |W| sum_tile::<R, W, FMA>(args, c, i0, c0, lo, hi));
-            } else {
-                for i in i0..i0 + rows {
-                    by_width!(width, |W| sum_tile::<1, W, FMA>(args, c, i, c0, lo, hi));
+        column_chunks::<COLS>(
+            args.w,
+            #[inline(always)]
+            |c0, width| {
+                if rows == R {
+                    by_width!(width, |W| sum_tile::<R, W, FMA>(args, c, i0, c0, lo, hi));
+                } else {
+                    for i in i0..i0 + rows {
+                        by_width!(width, |W| sum_tile::<1, W, FMA>(args, c, i, c0, lo, hi));
+                    }
                 }
-            }
-        });
+            },
+        );
         i0 += rows;
     }
 }
@@ -303,7 +311,6 @@ fn sum_tile<const R: usize, const W: usize, const FMA: bool>(
     assert!(hi <= lo || (i0 + R - 1) * p.rs + (hi - 1) * p.cs < p.data.len());
     assert!(hi <= lo || (hi - 1) * ldx + c0 + W <= args.x.len());
     assert!((i0 + R - 1) * ldc + c0 + W <= c.len());
-    let rows: [usize; R] = std::array::from_fn(|r| (i0 + r) * p.rs);
     let mut acc = [[0.0; W]; R];
     if args.accumulate {
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -315,15 +322,43 @@ fn sum_tile<const R: usize, const W: usize, const FMA: bool>(
                 .for_each(|(a, c)| *a = unsafe { c.assume_init() });
         }
     }
-    for j in lo..hi {
-        // SAFETY: j < hi and c0 + W columns: inside `x` by the assert above.
-        let x: [Float; W] = unsafe { *args.x.as_ptr().add(j * ldx + c0).cast::<[Float; W]>() };
-        for (acc, &row) in acc.iter_mut().zip(&rows) {
-            // SAFETY: row ≤ (i0 + R − 1)·rs and j < hi: inside `p` by the assert above.
-            let w = unsafe { *p.data.get_unchecked(row + j * p.cs) };
-            for (acc, &x) in acc.iter_mut().zip(&x) {
-                *acc = madd::<FMA>(w, x, *acc);
-            }
+    let x = &args.x[c0..];
+    // The weights' addresses in the forms the two layouts allow, so that the loop keeps them
+    // in registers: with the tile's rows adjacent (a transposed view), one pointer per term
+    // and the rows at fixed offsets from it; else one pointer per row. (A row offset plus a
+    // multiplied term index per weight spilled registers: the loop ran at half its rate.)
+    let first = p.data.as_ptr().wrapping_add(i0 * p.rs);
+    if p.rs == 1 {
+        // SAFETY (the weights): term j < hi, row < i0 + R: inside `p` by the assert above.
+        sum_terms::<R, W, FMA>(
+            &mut acc,
+            x,
+            ldx,
+            lo..hi,
+            #[inline(always)]
+            |j, r| unsafe { *first.add(j * p.cs + r) },
+        );
+    } else {
+        let rows: [*const Float; R] = std::array::from_fn(|r| first.wrapping_add(r * p.rs));
+        let cs = p.cs;
+        // SAFETY: as above.
+        match cs {
+            1 => sum_terms::<R, W, FMA>(
+                &mut acc,
+                x,
+                ldx,
+                lo..hi,
+                #[inline(always)]
+                |j, r| unsafe { *rows[r].add(j) },
+            ),
+            _ => sum_terms::<R, W, FMA>(
+                &mut acc,
+                x,
+                ldx,
+                lo..hi,
+                #[inline(always)]
+                |j, r| unsafe { *rows[r].add(j * cs) },
+            ),
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -331,6 +366,27 @@ fn sum_tile<const R: usize, const W: usize, const FMA: bool>(
         to.iter_mut().zip(acc).for_each(|(c, &a)| {
             c.write(a);
         });
+    }
+}
+
+/// `acc[r] += Σ_{j ∈ terms} weight(j, r) · x[j·ldx..][..W]`, the reduction index ascending.
+#[inline(always)]
+fn sum_terms<const R: usize, const W: usize, const FMA: bool>(
+    acc: &mut [[Float; W]; R],
+    x: &[Float],
+    ldx: usize,
+    terms: std::ops::Range<usize>,
+    weight: impl Fn(usize, usize) -> Float,
+) {
+    for j in terms {
+        // SAFETY: the caller's assert keeps W columns of row j < hi inside `x`.
+        let xj: [Float; W] = unsafe { *x.as_ptr().add(j * ldx).cast::<[Float; W]>() };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let w = weight(j, r);
+            for (acc, &x) in acc.iter_mut().zip(&xj) {
+                *acc = madd::<FMA>(w, x, *acc);
+            }
+        }
     }
 }
 
