@@ -5,6 +5,7 @@
 use gemm_common::gemm::gemm_basic_generic;
 use gemm_common::simd::MixedSimd;
 
+use super::transpose::transpose;
 use crate::isa::Isa;
 use crate::model::config::Float;
 
@@ -66,8 +67,31 @@ pub(crate) fn gemm_par(
     let product = Product::new(m, n, k, lhs, rhs, beta);
     match k_parts(m, n, k) {
         1 => gemm_with(product, dst, n, acc, threads_of(rayon::current_num_threads())),
+        parts if m > n => gemm_split_k_transposed(product, dst, acc, parts),
         parts => gemm_split_k(product, dst, acc, parts),
     }
+}
+
+/// [`gemm_split_k`] for a result taller than wide, computed as its transpose in a buffer of
+/// its own and transposed back: `gemm` runs a long reduction faster with the result's longer
+/// side as its own rows, which for a row-major result is its width (in the mha step, the
+/// MLP's `W₂` gradient, 768×192 over 8,192 tokens, ran at 271 GFLOP/s, and `W₁`'s, 192×768,
+/// at 330). Each element is the same sum in the same order, so the same bits.
+fn gemm_split_k_transposed(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
+    let Product { m, n, lhs, rhs, .. } = p;
+    let mut t = vec![0.0; m * n];
+    if acc {
+        transpose(m, n, dst, n, &mut t);
+    }
+    let pt = Product {
+        m: n,
+        n: m,
+        lhs: rhs.t(),
+        rhs: lhs.t(),
+        ..p
+    };
+    gemm_split_k(pt, &mut t, acc, parts);
+    transpose(n, m, &t, m, dst);
 }
 
 /// `lhs (m×k) · rhs (k×n)`, scaled by `beta`: a product's operands, as the functions below
@@ -504,6 +528,28 @@ mod tests {
         }
         assert_eq!(k_parts(192, 768, 1024), 1, "short reductions are not cut");
         assert_eq!(k_parts(192, 50_257, 2048), 1, "nor products with a wide result");
+    }
+
+    #[test]
+    fn a_tall_cut_reduction_computed_as_its_transpose_gives_the_bits_of_the_direct_one() {
+        // Tall results (m > n) take the transposed route; each must equal the product cut
+        // the same way straight into the result, to the bit, accumulating or not.
+        let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (m, n, k, acc) in [
+            (40, 24, 2048, true),
+            (96, 17, 3 * 2048 + 5, false),
+            (768, 192, 4096, true),
+        ] {
+            let (ld, rd) = (values(m * k, 11), values(k * n, 12));
+            let (l, r) = (View::rows(&ld, m).t(), View::rows(&rd, n));
+            let start = values(m * n, 13);
+            let (mut routed, mut direct) = (start.clone(), start.clone());
+            gemm_par(m, n, k, &mut routed, acc, l, r, 0.5);
+            let parts = k_parts(m, n, k);
+            assert!(parts > 1 && m > n, "{m}x{n}x{k} must take the transposed route");
+            gemm_split_k(Product::new(m, n, k, l, r, 0.5), &mut direct, acc, parts);
+            assert_eq!(bits(&routed), bits(&direct), "{m}x{n}x{k} acc={acc}");
+        }
     }
 
     #[test]
