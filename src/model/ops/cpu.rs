@@ -17,7 +17,7 @@ use super::cpu_attention::{Dims, cpu_backward, cpu_backward_new, cpu_forward};
 use super::cpu_kernels::{
     CHUNK, add_column_sums, add_masked, cpu_embed, cpu_gelu, cpu_gelu_backward, cpu_gelu_with_grad, cpu_layer_norm,
     cpu_layer_norm_backward, cpu_linear, cpu_residual, cpu_rotary, cpu_rotary_backward, dropout_keep_mask, masked,
-    mul_in_place, mul_in_place_adding_column_sums, par_to_vec, scatter_add_rows,
+    mul_in_place, mul_in_place_adding_column_sums, par_to_vec, scatter_add_rows, zeros,
 };
 use super::cpu_loss::{cpu_cross_entropy, cpu_cross_entropy_backward, cpu_cross_entropy_grad};
 use super::matmul::{View, gemm_par, gemm_par_new};
@@ -85,17 +85,37 @@ fn fused<S: Shape, T: Tape<Float, Cpu>>(
     dev: &Cpu,
     values: Vec<Float>,
     shape: S,
-    mut tape: T,
+    tape: T,
     backward: impl FnOnce(&mut Grads, &[Float]) -> CpuResult + 'static,
+) -> Tensor<S, Float, Cpu, T> {
+    fused_taking(dev, values, shape, tape, move |grads, gy| {
+        let result = backward(grads, &gy);
+        (result, Some(gy))
+    })
+}
+
+/// [`fused`], with `backward` given the output's gradient to keep: it returns the buffer when
+/// it did not keep it, which then goes back to being the output's gradient. (The ops that
+/// read the output ran their backward passes before, so nothing reads its gradient again
+/// during the backward pass; a kept one is gone from the gradients afterwards.)
+fn fused_taking<S: Shape, T: Tape<Float, Cpu>>(
+    dev: &Cpu,
+    values: Vec<Float>,
+    shape: S,
+    mut tape: T,
+    backward: impl FnOnce(&mut Grads, Vec<Float>) -> (CpuResult, Option<Vec<Float>>) + 'static,
 ) -> Tensor<S, Float, Cpu, T> {
     let out = dev.tensor_from_vec(values, shape);
     if T::OWNS_TAPE {
         // Named by id only: the output's memory goes when the ops that read it are done.
-        let out_ref = out.ghost();
+        let (out_ref, n) = (out.ghost(), shape.num_elements());
         tape.add_backward_op(move |grads| {
-            let gy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_ref)?);
-            let result = backward(grads, &gy);
-            **grads.get_or_alloc_mut(&out_ref)? = gy;
+            // An output nothing read has a gradient of zeros.
+            let gy = grads.take_existing(&out_ref).unwrap_or_else(|| zeros(n));
+            let (result, gy) = backward(grads, gy);
+            if let Some(gy) = gy {
+                grads.insert_new(&out_ref, gy);
+            }
             result
         });
     }
@@ -226,11 +246,19 @@ impl Backend for Cpu {
         let (skip, x) = (untape(skip, &mut tape), untape(x, &mut tape));
         let y = cpu_residual(&Host::of(&skip), &Host::of(&x), mask.as_deref(), p);
         let (dev, skip, x) = (x.device().clone(), skip.ghost(), x.ghost());
-        fused(&dev, y, shape, tape, move |grads, gy| {
-            add_grad(grads, &skip, |g| add_into(g, gy), || par_to_vec(gy));
+        fused_taking(&dev, y, shape, tape, move |grads, gy| {
             let mask = mask.as_deref();
-            add_grad(grads, &x, |g| add_masked(g, gy, mask, p), || masked(gy, mask, p));
-            Ok(())
+            add_grad(grads, &x, |g| add_masked(g, &gy, mask, p), || masked(&gy, mask, p));
+            // The skip's gradient term is `gy` itself: its first one is the output's buffer,
+            // not a copy. (With skip = x the two terms add in the other order: the same sum.)
+            match grads.existing_mut(&skip) {
+                Some(g) => add_into(g, &gy),
+                None => {
+                    grads.insert_new(&skip, gy);
+                    return (Ok(()), None);
+                }
+            }
+            (Ok(()), Some(gy))
         })
     }
 

@@ -63,6 +63,11 @@ impl<E: crate::dtypes::Unit> Gradients<E, crate::tensor::Cpu> {
         let previous = self.gradient_by_id.insert(t.id(), gradient);
         assert!(previous.is_none(), "insert_new: the tensor has a gradient already");
     }
+
+    /// gptlab: takes `t`'s gradient out, when it has one: `t` has none afterwards.
+    pub fn take_existing<S: Shape>(&mut self, t: &impl Tensorlike<S, E, crate::tensor::Cpu>) -> Option<Vec<E>> {
+        self.gradient_by_id.remove(&t.id()).map(|mut g| std::mem::take(&mut g.data))
+    }
 }
 
 impl<E, D: Storage<E>> Gradients<E, D> {
