@@ -278,7 +278,8 @@ fn forward_row(
 /// `dQ += dS K`, `dK += dSᵀ Q` (P' = P ⊙ D are the dropped-out weights). One task per batch
 /// row, writing straight into its rows of the gradients.
 pub fn cpu_backward(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float], grads: [&mut [Float]; 3]) {
-    backward_rows(d, qkv, lse, gy, grads.map(as_uninit_mut), false);
+    // SAFETY: the caller's gradients are initialised.
+    unsafe { backward_rows(d, qkv, lse, gy, grads.map(as_uninit_mut), false) };
 }
 
 /// [`cpu_backward`] into new gradients (the inputs have none yet): the first sum into each
@@ -291,7 +292,8 @@ pub fn cpu_backward_new(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float
         let n = g.capacity();
         &mut g.spare_capacity_mut()[..n]
     });
-    backward_rows(d, qkv, lse, gy, parts, true);
+    // SAFETY: with `fresh`, nothing is read before it is written.
+    unsafe { backward_rows(d, qkv, lse, gy, parts, true) };
     for (g, n) in grads.iter_mut().zip(lens) {
         // SAFETY: with `fresh`, each task wrote every element of its rows, which cover all `n`.
         unsafe { g.set_len(n) };
@@ -301,7 +303,10 @@ pub fn cpu_backward_new(d: &Dims, qkv: [&[Float]; 3], lse: &[Float], gy: &[Float
 
 /// The backward tasks over the gradients' rows: adding into them, or with `fresh` writing
 /// them (memory not yet written).
-fn backward_rows(
+///
+/// # Safety
+/// Without `fresh`, the gradients must be initialised.
+unsafe fn backward_rows(
     d: &Dims,
     [q, k, v]: [&[Float]; 3],
     lse: &[Float],
@@ -320,7 +325,7 @@ fn backward_rows(
         .for_each_init(
             || Scratch::new(d, true),
             |scratch, (b, ((dq_b, dk_b), dv_b))| {
-                // SAFETY: without `fresh`, the gradients are the caller's initialised ones.
+                // SAFETY: without `fresh`, the caller vouches that the gradients are initialised.
                 unsafe { backward_row(d, b, [q, k, v, lse, gy], [dq_b, dk_b, dv_b], fresh, scratch) }
             },
         );
