@@ -251,14 +251,17 @@ impl Backend for Cpu {
             add_grad(grads, &x, |g| add_masked(g, &gy, mask, p), || masked(&gy, mask, p));
             // The skip's gradient term is `gy` itself: its first one is the output's buffer,
             // not a copy. (With skip = x the two terms add in the other order: the same sum.)
-            match grads.existing_mut(&skip) {
-                Some(g) => add_into(g, &gy),
+            let unkept = match grads.existing_mut(&skip) {
+                Some(g) => {
+                    add_into(g, &gy);
+                    Some(gy)
+                }
                 None => {
                     grads.insert_new(&skip, gy);
-                    return (Ok(()), None);
+                    None
                 }
-            }
-            (Ok(()), Some(gy))
+            };
+            (Ok(()), unkept)
         })
     }
 
