@@ -245,14 +245,7 @@ unsafe fn gemm_into(
     acc: bool,
     par: gemm::Parallelism,
 ) {
-    let Product {
-        m,
-        n,
-        k,
-        lhs,
-        rhs,
-        beta,
-    } = p;
+    let Product { m, n, k, lhs, rhs, .. } = p;
     if m == 0 || n == 0 {
         return;
     }
@@ -269,20 +262,47 @@ unsafe fn gemm_into(
     assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
     // SAFETY: the asserts above keep every index the strides reach inside the slices, `dst`
     // is exclusively borrowed, and the caller vouches for what `acc` reads.
-    unsafe {
-        gemm_on(
-            crate::isa::current(),
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().cast(),
-            dst_rs as isize,
-            acc,
-            (lhs.data.as_ptr(), lhs.rs as isize, lhs.cs as isize),
-            (rhs.data.as_ptr(), rhs.rs as isize, rhs.cs as isize),
-            beta,
-            par,
-        );
+    unsafe { gemm_in_blocks(crate::isa::current(), p, dst.as_mut_ptr().cast(), dst_rs, acc, par) }
+}
+
+/// The longest reduction one `gemm` call is given. `gemm` cuts a longer one into blocks whose
+/// length it derives from the CPU's L1 cache (`kernel_params`: at least 512 terms; 1,024 on
+/// the AVX2 path of a 48 KiB, 12-way L1), adding them into the result one after another, so
+/// the same product could round differently on two machines of one instruction-set path. Cut here,
+/// in `gemm`'s own balanced way at its smallest block, each call is a single block and a
+/// product's bits depend on the path alone.
+const K_BLOCK: usize = 512;
+
+/// [`gemm_on`] for `p` as one call per block of at most [`K_BLOCK`] consecutive terms of the
+/// reduction (`⌈k / ⌈k / K_BLOCK⌉⌉` each, the last shorter), each adding into `dst` after the
+/// first: the order `gemm` itself would follow with blocks of that length.
+///
+/// # Safety
+/// As [`gemm_on`], for the whole product; with `acc`, the `m×n` elements of `dst` must be
+/// initialised.
+unsafe fn gemm_in_blocks(isa: Isa, p: Product<'_>, dst: *mut Float, dst_rs: usize, acc: bool, par: gemm::Parallelism) {
+    let operand = |v: View<'_>| (v.data.as_ptr(), v.rs as isize, v.cs as isize);
+    let len = p.k.div_ceil(p.k.div_ceil(K_BLOCK).max(1)).max(1);
+    for (i, lo) in (0..p.k).step_by(len).enumerate() {
+        let (lhs, rhs) = (p.lhs.skip_cols(lo), p.rhs.skip_rows(lo));
+        let k = len.min(p.k - lo);
+        // SAFETY: a block of the caller's product, whose bounds it vouches for; blocks after
+        // the first read what the first wrote.
+        unsafe {
+            gemm_on(
+                isa,
+                p.m,
+                p.n,
+                k,
+                dst,
+                dst_rs as isize,
+                acc || i > 0,
+                operand(lhs),
+                operand(rhs),
+                p.beta,
+                par,
+            );
+        }
     }
 }
 
@@ -432,7 +452,7 @@ mod tests {
         out
     }
 
-    /// Runs `gemm_on` for `isa` with `gemm_with`'s checks.
+    /// Runs `gemm_in_blocks` for `isa` with `gemm_with`'s checks.
     #[allow(clippy::too_many_arguments)]
     fn product_on(
         isa: Isa,
@@ -446,22 +466,9 @@ mod tests {
         r: View,
         beta: Float,
     ) {
+        let product = Product::new(m, n, k, l, r, beta);
         // SAFETY: the shapes below keep every index in bounds (gemm_with asserts the same).
-        unsafe {
-            gemm_on(
-                isa,
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                dst_rs as isize,
-                acc,
-                (l.data.as_ptr(), l.rs as isize, l.cs as isize),
-                (r.data.as_ptr(), r.rs as isize, r.cs as isize),
-                beta,
-                gemm::Parallelism::None,
-            );
-        }
+        unsafe { gemm_in_blocks(isa, product, dst.as_mut_ptr(), dst_rs, acc, gemm::Parallelism::None) }
     }
 
     #[test]
@@ -495,6 +502,58 @@ mod tests {
                     assert!(
                         (got as f64 - want).abs() <= tol,
                         "{isa} {m}x{n}x{k} element {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_reduction_is_added_in_blocks_of_at_most_512_terms_whatever_the_cache() {
+        // Left to itself, gemm sizes its reduction blocks from the L1 cache, so two machines
+        // of one path would round a long product differently. Each element must be, to the
+        // bit, one multiply-add chain per block of ⌈k / ⌈k / 512⌉⌉ terms from zero (fused on
+        // the AVX2 and AVX-512 paths, a multiply then an add on the baseline), the blocks'
+        // sums added in order: the arithmetic of any machine, computed here by hand.
+        for isa in ALL.into_iter().filter(|i| i.supported()) {
+            for (m, n, k, lhs_t, rhs_t) in [
+                (20, 13, 1300, false, false),
+                (9, 70, 1025, true, false),
+                (33, 8, 2048, false, true),
+                (17, 19, 512, true, true),
+            ] {
+                let (ld, rd) = (values(m * k, 21), values(k * n, 22));
+                let (l, r) = (
+                    if lhs_t {
+                        View::rows(&ld, m).t()
+                    } else {
+                        View::rows(&ld, k)
+                    },
+                    if rhs_t {
+                        View::rows(&rd, k).t()
+                    } else {
+                        View::rows(&rd, n)
+                    },
+                );
+                let mut got = vec![Float::NAN; m * n];
+                product_on(isa, m, n, k, &mut got, n, false, l, r, 1.0);
+                let len = k.div_ceil(k.div_ceil(512));
+                let madd = |a: Float, b: Float, c: Float| match isa {
+                    Isa::Baseline => a * b + c,
+                    _ => a.mul_add(b, c),
+                };
+                for (e, &got) in got.iter().enumerate() {
+                    let (i, j) = (e / n, e % n);
+                    let block = |lo: usize| {
+                        (lo..(lo + len).min(k)).fold(0.0, |s, p| {
+                            madd(l.data[i * l.rs + p * l.cs], r.data[p * r.rs + j * r.cs], s)
+                        })
+                    };
+                    let want = (len..k).step_by(len).fold(block(0), |total, lo| total + block(lo));
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{isa} {m}x{n}x{k} element {e}: {got} vs {want}"
                     );
                 }
             }
