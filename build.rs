@@ -14,7 +14,9 @@ fn main() {
     let commit = git(&["rev-parse", "HEAD"]).filter(|c| !c.is_empty());
     let dirty = commit
         .as_ref()
-        .and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"]))
+        // Without optional locks, `status` does not write a refreshed `.git/index`, which
+        // would be newer than this script's run and rebuild gptlab on the next `cargo build`.
+        .and_then(|_| git(&["--no-optional-locks", "status", "--porcelain", "--untracked-files=no"]))
         .map(|s| if s.is_empty() { "false" } else { "true" });
     println!(
         "cargo:rustc-env=GPTLAB_GIT_COMMIT={}",
