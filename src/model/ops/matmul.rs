@@ -127,6 +127,16 @@ impl<'a> Product<'a> {
             beta,
         }
     }
+
+    /// The same product over the reduction's terms `lo..hi` only.
+    fn terms(self, lo: usize, hi: usize) -> Self {
+        Self {
+            k: hi - lo,
+            lhs: self.lhs.skip_cols(lo),
+            rhs: self.rhs.skip_rows(lo),
+            ..self
+        }
+    }
 }
 
 /// gemm's parallelism for `threads` threads.
@@ -162,7 +172,7 @@ fn k_parts(m: usize, n: usize, k: usize) -> usize {
 /// then added to `dst` in their order.
 fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
     use rayon::prelude::*;
-    let Product { m, n, k, lhs, rhs, .. } = p;
+    let Product { m, n, k, .. } = p;
     let bound = |i: usize| i * k / parts;
     // With more threads than pieces, each piece spreads over its share by blocks of the
     // result, which does not change its bits.
@@ -170,15 +180,7 @@ fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
     // SAFETY (each call): `out` is initialised where `acc` reads it: `dst` itself, or a
     // partial, which is written, not read (`acc` false; every piece has k ≥ 1 term).
     let piece = |i: usize, out: &mut [std::mem::MaybeUninit<Float>], acc: bool| unsafe {
-        let (lo, hi) = (bound(i), bound(i + 1));
-        let (lhs, rhs) = (lhs.skip_cols(lo), rhs.skip_rows(lo));
-        let product = Product {
-            k: hi - lo,
-            lhs,
-            rhs,
-            ..p
-        };
-        gemm_into(product, out, n, acc, par);
+        gemm_into(p.terms(bound(i), bound(i + 1)), out, n, acc, par);
     };
     // The partials are not zeroed first: each piece writes all of its own.
     let mut partials = Vec::with_capacity((parts - 1) * m * n);
@@ -284,22 +286,21 @@ unsafe fn gemm_in_blocks(isa: Isa, p: Product<'_>, dst: *mut Float, dst_rs: usiz
     let operand = |v: View<'_>| (v.data.as_ptr(), v.rs as isize, v.cs as isize);
     let len = p.k.div_ceil(p.k.div_ceil(K_BLOCK).max(1)).max(1);
     for (i, lo) in (0..p.k).step_by(len).enumerate() {
-        let (lhs, rhs) = (p.lhs.skip_cols(lo), p.rhs.skip_rows(lo));
-        let k = len.min(p.k - lo);
+        let block = p.terms(lo, (lo + len).min(p.k));
         // SAFETY: a block of the caller's product, whose bounds it vouches for; blocks after
         // the first read what the first wrote.
         unsafe {
             gemm_on(
                 isa,
-                p.m,
-                p.n,
-                k,
+                block.m,
+                block.n,
+                block.k,
                 dst,
                 dst_rs as isize,
                 acc || i > 0,
-                operand(lhs),
-                operand(rhs),
-                p.beta,
+                operand(block.lhs),
+                operand(block.rhs),
+                block.beta,
                 par,
             );
         }
