@@ -66,7 +66,8 @@ pub(crate) fn gemm_par(
 ) {
     let product = Product::new(m, n, k, lhs, rhs, beta);
     match k_parts(m, n, k) {
-        1 => gemm_with(product, dst, n, acc, threads_of(rayon::current_num_threads())),
+        // SAFETY: `dst` is initialised, and the product writes only values into it.
+        1 => unsafe { gemm_spread(product, as_uninit_mut(&mut dst[..m * n]), acc) },
         parts if m > n && k_is_both_row_index(lhs, rhs) => gemm_split_k_transposed(product, dst, acc, parts),
         parts => gemm_split_k(product, dst, acc, parts),
     }
@@ -125,6 +126,15 @@ impl<'a> Product<'a> {
             lhs,
             rhs,
             beta,
+        }
+    }
+
+    /// The rows `lo..hi` of the product.
+    fn rows(self, lo: usize, hi: usize) -> Self {
+        Self {
+            m: hi - lo,
+            lhs: self.lhs.skip_rows(lo),
+            ..self
         }
     }
 
@@ -203,9 +213,50 @@ fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
     });
 }
 
-fn gemm_with(p: Product<'_>, dst: &mut [Float], dst_rs: usize, acc: bool, par: gemm::Parallelism) {
-    // SAFETY: `dst` is initialised, and the product writes only values into it.
-    unsafe { gemm_into(p, as_uninit_mut(dst), dst_rs, acc, par) }
+/// Rows of the result per task when a product is spread over the pool by rows.
+const ROW_BLOCK: usize = 256;
+
+/// The fewest rows a task is given (smaller results are one `gemm` call).
+const MIN_ROW_BLOCK: usize = 64;
+
+/// The widest result spread by rows. Each task packs the whole right operand for itself, and
+/// wider results measured no faster by rows (an LM head 50,257 wide, a 3,072-wide MLP), so
+/// they keep `gemm`'s own threads.
+const ROW_SPLIT_MAX_N: usize = 1024;
+
+/// Rows per task for an `m×n` result on `threads` threads, or `None` for one `gemm` call on
+/// its own threads.
+fn row_block(m: usize, n: usize, threads: usize) -> Option<usize> {
+    if threads < 2 || n == 0 || n > ROW_SPLIT_MAX_N {
+        return None;
+    }
+    let rows = m.div_ceil(threads).next_multiple_of(16).clamp(MIN_ROW_BLOCK, ROW_BLOCK);
+    (rows < m).then_some(rows)
+}
+
+/// `p` into the `m×n` row-major `dst` on every thread of the pool. A tall, narrow result (the
+/// step's activations times a weight) as tasks of [`row_block`] rows, each one `gemm` call on
+/// one thread: a task's rows of the result stay in its core's cache, where `gemm`'s own
+/// threads share out one large block. At gpt-mini's shapes on an AMD EPYC Zen 3 (AVX2),
+/// 3–25% faster per product and 5–8% per training step. Each element is the same sum
+/// whichever task computes it, so the bits are the same.
+///
+/// # Safety
+/// With `acc`, the elements of `dst` must be initialised.
+unsafe fn gemm_spread(p: Product<'_>, dst: &mut [std::mem::MaybeUninit<Float>], acc: bool) {
+    use rayon::prelude::*;
+    assert_eq!(dst.len(), p.m * p.n, "a spread product's destination is its m×n result");
+    let threads = rayon::current_num_threads();
+    match row_block(p.m, p.n, threads) {
+        // SAFETY: the caller's.
+        None => unsafe { gemm_into(p, dst, p.n, acc, threads_of(threads)) },
+        Some(rows) => dst.par_chunks_mut(rows * p.n).enumerate().for_each(|(i, d)| {
+            let lo = i * rows;
+            // SAFETY: `d` is the block of `dst` that rows `lo..` of the product write, as
+            // initialised as the caller's `dst`.
+            unsafe { gemm_into(p.rows(lo, (lo + rows).min(p.m)), d, p.n, acc, gemm::Parallelism::None) }
+        }),
+    }
 }
 
 /// `dst` as memory a product writes values into.
@@ -226,11 +277,10 @@ pub(crate) fn gemm_par_new(m: usize, n: usize, k: usize, lhs: View<'_>, rhs: Vie
     }
     let mut dst = Vec::with_capacity(m * n);
     let product = Product::new(m, n, k, lhs, rhs, 1.0);
-    let par = threads_of(rayon::current_num_threads());
     // SAFETY: without `acc` the product reads no element of `dst`, and with `k > 0` it writes
     // all `m×n` of them, so they are initialised before `set_len`.
     unsafe {
-        gemm_into(product, &mut dst.spare_capacity_mut()[..m * n], n, false, par);
+        gemm_spread(product, &mut dst.spare_capacity_mut()[..m * n], false);
         dst.set_len(m * n);
     }
     dst
@@ -453,7 +503,15 @@ mod tests {
         out
     }
 
-    /// Runs `gemm_in_blocks` for `isa` with `gemm_with`'s checks.
+    /// Demands `got` equal to `want` to the bit, naming the first element that is not.
+    fn assert_same_bits(got: &[Float], want: &[Float], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+            panic!("{what}: element {i} is {} where {} was wanted", got[i], want[i]);
+        }
+    }
+
+    /// Runs `gemm_in_blocks` for `isa` on one thread, with `gemm_into`'s checks.
     #[allow(clippy::too_many_arguments)]
     fn product_on(
         isa: Isa,
@@ -468,7 +526,7 @@ mod tests {
         beta: Float,
     ) {
         let product = Product::new(m, n, k, l, r, beta);
-        // SAFETY: the shapes below keep every index in bounds (gemm_with asserts the same).
+        // SAFETY: the shapes below keep every index in bounds (gemm_into asserts the same).
         unsafe { gemm_in_blocks(isa, product, dst.as_mut_ptr(), dst_rs, acc, gemm::Parallelism::None) }
     }
 
@@ -588,16 +646,59 @@ mod tests {
             }
             // 5 threads give each of 2 pieces gemm's own threads too.
             for threads in [2, 3, 5] {
-                let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&on_threads(threads)),
-                    bits(&one),
-                    "{m}x{n}x{k} on {threads} threads"
-                );
+                assert_same_bits(&on_threads(threads), &one, &format!("{m}x{n}x{k} on {threads} threads"));
             }
         }
         assert_eq!(k_parts(192, 768, 1024), 1, "short reductions are not cut");
         assert_eq!(k_parts(192, 50_257, 2048), 1, "nor products with a wide result");
+    }
+
+    #[test]
+    fn a_tall_product_spread_by_rows_gives_the_bits_of_one_gemm_call_on_any_number_of_threads() {
+        assert_eq!(
+            row_block(8192, 576, 2),
+            Some(ROW_BLOCK),
+            "the step's products: blocks of 256"
+        );
+        assert_eq!(row_block(200, 96, 2), Some(112), "a short result: one block per thread");
+        assert_eq!(row_block(100, 96, 2), Some(MIN_ROW_BLOCK));
+        assert_eq!(row_block(64, 96, 2), None, "too few rows for two blocks");
+        assert_eq!(row_block(8192, 50_257, 2), None, "an LM head's wide result");
+        assert_eq!(row_block(8192, 576, 1), None, "one thread");
+        // Last blocks shorter than the rest; accumulation and a beta; a transposed right
+        // operand (an input gradient's layout); the widest result spread by rows.
+        for (m, n, k, acc, rhs_t) in [
+            (1000, 96, 200, false, false),
+            (777, 40, 64, true, true),
+            (300, 1024, 33, false, false),
+        ] {
+            let (ld, rd) = (values(m * k, 1), values(k * n, 2));
+            let l = View::rows(&ld, k);
+            let r = if rhs_t {
+                View::rows(&rd, k).t()
+            } else {
+                View::rows(&rd, n)
+            };
+            let start = values(m * n, 3);
+            let mut want = start.clone();
+            product_on(crate::isa::current(), m, n, k, &mut want, n, acc, l, r, 0.5);
+            for threads in [1, 2, 3, 5] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut got = start.clone();
+                pool.install(|| gemm_par(m, n, k, &mut got, acc, l, r, 0.5));
+                assert_same_bits(&got, &want, &format!("{m}x{n}x{k} on {threads} threads"));
+                if !acc {
+                    let mut plain = vec![0.0; m * n];
+                    product_on(crate::isa::current(), m, n, k, &mut plain, n, false, l, r, 1.0);
+                    let new = pool.install(|| gemm_par_new(m, n, k, l, r));
+                    assert_same_bits(
+                        &new,
+                        &plain,
+                        &format!("{m}x{n}x{k} into new memory on {threads} threads"),
+                    );
+                }
+            }
+        }
     }
 
     #[test]
