@@ -161,30 +161,7 @@ impl Arch {
         };
         let need = |keys: &[&str]| get(keys)?.with_context(|| format!("{file}: `{}` is missing", keys[0]));
         let flag = |k: &str| v.get(k).and_then(Value::as_bool);
-        let Some(family) = v.get("model_type").and_then(Value::as_str) else {
-            bail!(
-                "{file}: `model_type` is missing: the family says what the file leaves implicit (norms, biases, \
-                 gating); supported: {}",
-                FAMILIES.join(", ")
-            );
-        };
-        let experts = ["num_local_experts", "num_experts", "n_routed_experts"]
-            .iter()
-            .find(|k| v.get(**k).and_then(Value::as_u64).is_some_and(|n| n > 1));
-        if MOE_FAMILIES.contains(&family) || experts.is_some() {
-            bail!(
-                "{file}: `{family}` is a Mixture-of-Experts model{}; gptlab counts dense models only, so its \
-                 total and active parameters would be wrong",
-                experts.map(|k| format!(" (`{k}`)")).unwrap_or_default()
-            );
-        }
-        if !FAMILIES.contains(&family) {
-            bail!(
-                "{file}: model_type `{family}` is not a family gptlab knows (encoders such as BERT are not \
-                 decoder-only GPTs); supported: {}",
-                FAMILIES.join(", ")
-            );
-        }
+        let family = dense_family(&v, &file)?;
         let hidden = need(&["hidden_size", "n_embd"])?;
         let heads = need(&["num_attention_heads", "n_head"])?;
         let kv_heads = get(&["num_key_value_heads"])?.unwrap_or(heads);
@@ -291,6 +268,37 @@ impl Arch {
     pub fn kv_bytes_per_token(&self, bytes_per_value: u64) -> u64 {
         2 * (self.layers * self.kv_heads * self.head_dim) as u64 * bytes_per_value
     }
+}
+
+/// The `model_type` of a Hugging Face config, if it is a dense decoder family gptlab counts:
+/// the family says what the file leaves implicit, and a Mixture-of-Experts model's totals
+/// would be wrong.
+fn dense_family<'a>(v: &'a Value, file: &impl std::fmt::Display) -> Result<&'a str> {
+    let Some(family) = v.get("model_type").and_then(Value::as_str) else {
+        bail!(
+            "{file}: `model_type` is missing: the family says what the file leaves implicit (norms, biases, \
+             gating); supported: {}",
+            FAMILIES.join(", ")
+        );
+    };
+    let experts = ["num_local_experts", "num_experts", "n_routed_experts"]
+        .iter()
+        .find(|k| v.get(**k).and_then(Value::as_u64).is_some_and(|n| n > 1));
+    if MOE_FAMILIES.contains(&family) || experts.is_some() {
+        bail!(
+            "{file}: `{family}` is a Mixture-of-Experts model{}; gptlab counts dense models only, so its \
+             total and active parameters would be wrong",
+            experts.map(|k| format!(" (`{k}`)")).unwrap_or_default()
+        );
+    }
+    if !FAMILIES.contains(&family) {
+        bail!(
+            "{file}: model_type `{family}` is not a family gptlab knows (encoders such as BERT are not \
+             decoder-only GPTs); supported: {}",
+            FAMILIES.join(", ")
+        );
+    }
+    Ok(family)
 }
 
 /// Memory figures, in bytes.

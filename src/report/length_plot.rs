@@ -205,44 +205,51 @@ pub fn length_chart(title: &str, curves: &[LengthCurve], unit: &str) -> Result<S
             .map(|&t| ((t as f64).log2(), format!("trained to {t}")))
             .collect();
         markers(chart, &marks, (lo, hi))?;
+        // Not defined: an × above the data, never a made-up value.
+        let top = data_hi + 0.04 * (data_hi - data_lo);
         for c in curves {
-            let (color, width) = style(c.run_index, c.last_phase);
-            let defined: Vec<(f64, f64)> = c
-                .points
-                .iter()
-                .filter_map(|&(l, y)| Some(((l as f64).log2(), y?)))
-                .collect();
-            let line = color.stroke_width(width);
-            let label = match c.points.iter().find(|p| p.1.is_none()) {
-                Some((l, _)) => format!("{} — n/a from {l}", c.label()),
-                None => c.label(),
-            };
-            let drawn = if c.scaling.is_empty() {
-                chart.draw_series(LineSeries::new(defined.clone(), line)).map_err(err)?
-            } else {
-                chart
-                    .draw_series(DashedLineSeries::new(defined.clone(), 8, 5, line))
-                    .map_err(err)?
-            };
-            drawn
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
-            chart
-                .draw_series(defined.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(err)?;
-            // Not defined: an × above the data, never a made-up value.
-            let top = data_hi + 0.04 * (data_hi - data_lo);
-            chart
-                .draw_series(
-                    c.points
-                        .iter()
-                        .filter(|p| p.1.is_none())
-                        .map(|&(l, _)| Cross::new(((l as f64).log2(), top), 6, color.stroke_width(2))),
-                )
-                .map_err(err)?;
+            length_curve(chart, c, top)?;
         }
         Ok(())
     })
+}
+
+/// One run's loss by length (dashed under a RoPE scaling) with its points, in the legend, and
+/// an × at height `top` for each length its model cannot read.
+fn length_curve<DB: DrawingBackend>(chart: &mut Chart<'_, DB>, c: &LengthCurve, top: f64) -> Result<()> {
+    let (color, width) = style(c.run_index, c.last_phase);
+    let defined: Vec<(f64, f64)> = c
+        .points
+        .iter()
+        .filter_map(|&(l, y)| Some(((l as f64).log2(), y?)))
+        .collect();
+    let line = color.stroke_width(width);
+    let label = match c.points.iter().find(|p| p.1.is_none()) {
+        Some((l, _)) => format!("{} — n/a from {l}", c.label()),
+        None => c.label(),
+    };
+    let drawn = if c.scaling.is_empty() {
+        chart.draw_series(LineSeries::new(defined.clone(), line)).map_err(err)?
+    } else {
+        chart
+            .draw_series(DashedLineSeries::new(defined.clone(), 8, 5, line))
+            .map_err(err)?
+    };
+    drawn
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
+    chart
+        .draw_series(defined.iter().map(|&p| Circle::new(p, 3, color.filled())))
+        .map_err(err)?;
+    chart
+        .draw_series(
+            c.points
+                .iter()
+                .filter(|p| p.1.is_none())
+                .map(|&(l, _)| Cross::new(((l as f64).log2(), top), 6, color.stroke_width(2))),
+        )
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Mean loss by position in the window at the longest evaluated length, one line per run and

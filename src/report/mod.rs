@@ -75,6 +75,89 @@ fn boundaries(plans: &[RunPlan]) -> Vec<Boundary> {
 /// A summary figure drawn against the swept value: file stem, axis label, accessor.
 type Quantity = (&'static str, &'static str, fn(&RunSummary) -> Option<f64>);
 
+/// What the sweep charts draw against the swept value.
+const SWEEP_QUANTITIES: [Quantity; 9] = [
+    ("final_train_loss", "train loss, mean of last 50 steps (UNIT)", |s| {
+        s.train_loss_last50
+    }),
+    ("final_val_loss", "final validation loss (UNIT)", |s| s.final_val_loss),
+    ("best_val_loss", "best validation loss (UNIT)", |s| s.best_val_loss),
+    ("tokens_per_s", "training tokens per second (median)", |s| {
+        s.tokens_per_s
+    }),
+    ("attn_ms", "attention time per step, fwd+bwd, all layers (ms)", |s| {
+        s.attn_ms
+    }),
+    ("attn_mem_mb", "attention memory kept for backward per step (MB)", |s| {
+        s.attn_mem_mb
+    }),
+    ("peak_rss_mb", "peak resident memory of the run (MB)", |s| s.peak_rss_mb),
+    ("kv_bytes_per_token", "KV cache per generated token (bytes)", |s| {
+        s.kv_bytes_per_token
+    }),
+    (
+        "decode_tokens_per_s",
+        "decode speed with the KV cache (tokens/s)",
+        |s| s.decode_tokens_per_s,
+    ),
+];
+
+/// The value `p` has for the swept setting `key` (empty if it has none).
+fn swept_value(p: &RunPlan, key: &str) -> String {
+    p.varies
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// The values `key` takes across `points`, in order of appearance, or numerically when all are
+/// numbers.
+fn swept_values(points: &[(&RunPlan, &RunSummary)], key: &str) -> Vec<String> {
+    let mut xs: Vec<String> = vec![];
+    for (p, _) in points {
+        let v = swept_value(p, key);
+        if !xs.contains(&v) {
+            xs.push(v);
+        }
+    }
+    if xs.iter().all(|x| x.parse::<f64>().is_ok()) {
+        xs.sort_by(|a, b| {
+            a.parse::<f64>()
+                .unwrap_or(0.0)
+                .total_cmp(&b.parse::<f64>().unwrap_or(0.0))
+        });
+    }
+    xs
+}
+
+/// One line per combination of the other swept settings (the seed aside): `get` of each run
+/// against the index of its `key` value in `xs`.
+fn sweep_series(
+    points: &[(&RunPlan, &RunSummary)],
+    key: &str,
+    xs: &[String],
+    get: fn(&RunSummary) -> Option<f64>,
+) -> Vec<(String, Vec<(usize, f64)>)> {
+    let mut series: Vec<(String, Vec<(usize, f64)>)> = vec![];
+    for &(p, s) in points {
+        let Some(y) = get(s) else { continue };
+        let others: Vec<String> = p
+            .varies
+            .iter()
+            .filter(|(k, _)| k != key && k != "seed")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let label = others.join(", ");
+        let x = xs.iter().position(|x| *x == swept_value(p, key)).unwrap_or(0);
+        match series.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, pts)) => pts.push((x, y)),
+            None => series.push((label, vec![(x, y)])),
+        }
+    }
+    series
+}
+
 /// Sweep charts: for each setting that varies (but the seed), each quantity against it.
 fn sweep_charts(points: &[(&RunPlan, &RunSummary)], unit: &str) -> Vec<(String, SweepChart)> {
     let keys: Vec<String> = points
@@ -87,71 +170,11 @@ fn sweep_charts(points: &[(&RunPlan, &RunSummary)], unit: &str) -> Vec<(String, 
                 .collect()
         })
         .unwrap_or_default();
-    let quantities: [Quantity; 9] = [
-        ("final_train_loss", "train loss, mean of last 50 steps (UNIT)", |s| {
-            s.train_loss_last50
-        }),
-        ("final_val_loss", "final validation loss (UNIT)", |s| s.final_val_loss),
-        ("best_val_loss", "best validation loss (UNIT)", |s| s.best_val_loss),
-        ("tokens_per_s", "training tokens per second (median)", |s| {
-            s.tokens_per_s
-        }),
-        ("attn_ms", "attention time per step, fwd+bwd, all layers (ms)", |s| {
-            s.attn_ms
-        }),
-        ("attn_mem_mb", "attention memory kept for backward per step (MB)", |s| {
-            s.attn_mem_mb
-        }),
-        ("peak_rss_mb", "peak resident memory of the run (MB)", |s| s.peak_rss_mb),
-        ("kv_bytes_per_token", "KV cache per generated token (bytes)", |s| {
-            s.kv_bytes_per_token
-        }),
-        (
-            "decode_tokens_per_s",
-            "decode speed with the KV cache (tokens/s)",
-            |s| s.decode_tokens_per_s,
-        ),
-    ];
     let mut out = vec![];
     for key in &keys {
-        let value = |p: &RunPlan, k: &str| {
-            p.varies
-                .iter()
-                .find(|(kk, _)| kk == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        let mut xs: Vec<String> = vec![];
-        for (p, _) in points {
-            let v = value(p, key);
-            if !xs.contains(&v) {
-                xs.push(v);
-            }
-        }
-        if xs.iter().all(|x| x.parse::<f64>().is_ok()) {
-            xs.sort_by(|a, b| {
-                a.parse::<f64>()
-                    .unwrap_or(0.0)
-                    .total_cmp(&b.parse::<f64>().unwrap_or(0.0))
-            });
-        }
-        for (name, y_label, get) in &quantities {
-            let mut series: Vec<(String, Vec<(usize, f64)>)> = vec![];
-            for &(p, s) in points {
-                let Some(y) = get(s) else { continue };
-                let others: Vec<String> = p
-                    .varies
-                    .iter()
-                    .filter(|(k, _)| k != key && k != "seed")
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                let label = others.join(", ");
-                let x = xs.iter().position(|x| *x == value(p, key)).unwrap_or(0);
-                match series.iter_mut().find(|(l, _)| *l == label) {
-                    Some((_, pts)) => pts.push((x, y)),
-                    None => series.push((label, vec![(x, y)])),
-                }
-            }
+        let xs = swept_values(points, key);
+        for (name, y_label, get) in &SWEEP_QUANTITIES {
+            let series = sweep_series(points, key, &xs, *get);
             if series.is_empty() {
                 continue;
             }
