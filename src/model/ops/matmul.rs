@@ -219,7 +219,8 @@ fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
 /// leave no narrower remainder tile inside a block.
 const ROW_BLOCK: usize = 240;
 
-/// The fewest rows a task is given, and what a block's rows are a multiple of.
+/// The fewest rows a block has, and what its rows are a multiple of (but the last block's,
+/// which takes the remainder too).
 const MIN_ROW_BLOCK: usize = 48;
 
 /// The widest result spread by rows. Each task packs the whole right operand for itself, and
@@ -227,27 +228,48 @@ const MIN_ROW_BLOCK: usize = 48;
 /// they keep `gemm`'s own threads.
 const ROW_SPLIT_MAX_N: usize = 1024;
 
-/// Rows per task for an `m×n` result on `threads` threads, or `None` for one `gemm` call on
-/// its own threads.
-fn row_block(m: usize, n: usize, threads: usize) -> Option<usize> {
-    if threads < 2 || n == 0 || n > ROW_SPLIT_MAX_N {
+/// `gemm` multiplies a product of at most this many elements with other kernels (horizontal
+/// dot products; gemm-common 0.19 `gemm_basic_generic`), as it does one of at most 2 terms or
+/// one row or column wide, and those round differently from its tiled kernels. No block of
+/// rows may be such a product, or a result's bits would depend on how it was cut, and so on
+/// the thread count.
+const GEMM_SMALL_PRODUCT: usize = 16 * 16;
+
+/// Rows per block for an `m×n` result of `k` terms on `threads` threads, or `None` for one
+/// `gemm` call on its own threads. Blocks have at least [`MIN_ROW_BLOCK`] rows and the result
+/// at least [`MIN_ROW_BLOCK`]·n > [`GEMM_SMALL_PRODUCT`] elements per block, so every block, like the
+/// whole, is on `gemm`'s tiled kernels.
+fn row_block(m: usize, n: usize, k: usize, threads: usize) -> Option<usize> {
+    if threads < 2 || n > ROW_SPLIT_MAX_N || MIN_ROW_BLOCK * n <= GEMM_SMALL_PRODUCT || k <= 2 {
         return None;
     }
-    let rows = m
-        .div_ceil(threads)
-        .next_multiple_of(MIN_ROW_BLOCK)
-        .clamp(MIN_ROW_BLOCK, ROW_BLOCK);
-    (rows < m).then_some(rows)
+    let rows = (m / threads / MIN_ROW_BLOCK * MIN_ROW_BLOCK).clamp(MIN_ROW_BLOCK, ROW_BLOCK);
+    (m >= 2 * rows).then_some(rows)
+}
+
+/// `dst`, an `m×n` result, cut into blocks of `rows` rows, the last one taking the remainder
+/// too: each block's first row and its memory.
+fn row_blocks<T>(mut dst: &mut [T], n: usize, rows: usize) -> Vec<(usize, &mut [T])> {
+    let blocks = dst.len() / n / rows;
+    let mut out = Vec::with_capacity(blocks);
+    for i in 0..blocks {
+        let len = if i + 1 == blocks { dst.len() } else { rows * n };
+        let (block, rest) = std::mem::take(&mut dst).split_at_mut(len);
+        out.push((i * rows, block));
+        dst = rest;
+    }
+    out
 }
 
 /// `p` into the `m×n` row-major `dst` on every thread of the pool. A tall, narrow result (the
-/// step's activations times a weight) as tasks of [`row_block`] rows, each one `gemm` call on
+/// step's activations times a weight) as blocks of [`row_block`] rows, each one `gemm` call on
 /// one thread. `gemm`'s own threads first pack a panel of the activations sized to the L3
 /// cache (at gpt-mini's shapes all 8,192 rows, 6 MiB), then multiply it; a task packs its own
 /// 240 rows (180 KiB) and multiplies them while they are in L2 — the likely reason it is
 /// faster: at gpt-mini's shapes on an AMD EPYC Zen 3 (AVX2), 0–26% per product (medians) and 5–8% per
-/// training step. Each element is the same sum
-/// whichever task computes it, so the bits are the same.
+/// training step. Each element is the same sum whichever block computes it (no block is
+/// small enough for `gemm`'s other kernels: [`GEMM_SMALL_PRODUCT`]), so the bits are the same
+/// on any number of threads.
 ///
 /// # Safety
 /// With `acc`, the elements of `dst` must be initialised.
@@ -255,14 +277,13 @@ unsafe fn gemm_spread(p: Product<'_>, dst: &mut [std::mem::MaybeUninit<Float>], 
     use rayon::prelude::*;
     assert_eq!(dst.len(), p.m * p.n, "a spread product's destination is its m×n result");
     let threads = rayon::current_num_threads();
-    match row_block(p.m, p.n, threads) {
+    match row_block(p.m, p.n, p.k, threads) {
         // SAFETY: the caller's.
         None => unsafe { gemm_into(p, dst, p.n, acc, threads_of(threads)) },
-        Some(rows) => dst.par_chunks_mut(rows * p.n).enumerate().for_each(|(i, d)| {
-            let lo = i * rows;
+        Some(rows) => row_blocks(dst, p.n, rows).into_par_iter().for_each(|(lo, d)| {
             // SAFETY: `d` is the block of `dst` that rows `lo..` of the product write, as
             // initialised as the caller's `dst`.
-            unsafe { gemm_into(p.rows(lo, (lo + rows).min(p.m)), d, p.n, acc, gemm::Parallelism::None) }
+            unsafe { gemm_into(p.rows(lo, lo + d.len() / p.n), d, p.n, acc, gemm::Parallelism::None) }
         }),
     }
 }
@@ -664,21 +685,39 @@ mod tests {
     #[test]
     fn a_tall_product_spread_by_rows_gives_the_bits_of_one_gemm_call_on_any_number_of_threads() {
         assert_eq!(
-            row_block(8192, 576, 2),
+            row_block(8192, 576, 192, 2),
             Some(ROW_BLOCK),
-            "the step's products: blocks of 240"
+            "the step's products: 240 rows"
         );
-        assert_eq!(row_block(200, 96, 2), Some(144), "a short result: one block per thread");
-        assert_eq!(row_block(90, 96, 2), Some(MIN_ROW_BLOCK));
-        assert_eq!(row_block(48, 96, 2), None, "too few rows for two blocks");
-        assert_eq!(row_block(8192, 50_257, 2), None, "an LM head's wide result");
-        assert_eq!(row_block(8192, 576, 1), None, "one thread");
-        // Last blocks shorter than the rest; accumulation and a beta; a transposed right
-        // operand (an input gradient's layout); the widest result spread by rows.
+        assert_eq!(
+            row_block(200, 96, 192, 2),
+            Some(96),
+            "a short result: one block per thread"
+        );
+        assert_eq!(row_block(95, 96, 192, 2), None, "too few rows for two blocks");
+        assert_eq!(row_block(8192, 50_257, 192, 2), None, "an LM head's wide result");
+        assert_eq!(
+            row_block(8192, 5, 192, 2),
+            None,
+            "48 rows of 5 would be a small product"
+        );
+        assert_eq!(row_block(8192, 96, 2, 2), None, "so would 2 terms");
+        assert_eq!(row_block(8192, 576, 192, 1), None, "one thread");
+        let blocks: Vec<(usize, usize)> = row_blocks(&mut [0u8; 100 * 3], 3, 48)
+            .into_iter()
+            .map(|(lo, d)| (lo, d.len() / 3))
+            .collect();
+        assert_eq!(blocks, [(0, 48), (48, 52)], "the last block takes the remainder");
+        // Last blocks longer than the rest; accumulation and a beta; a transposed right
+        // operand (an input gradient's layout); the widest result spread by rows; the
+        // narrowest, whose blocks are just above `gemm`'s small products (48·6 elements: a
+        // last block of 4 rows would have been one, and rounded differently).
         for (m, n, k, acc, rhs_t) in [
             (1000, 96, 200, false, false),
             (777, 40, 64, true, true),
             (300, 1024, 33, false, false),
+            (100, 6, 16, false, false),
+            (241, 16, 16, true, false),
         ] {
             let (ld, rd) = (values(m * k, 1), values(k * n, 2));
             let l = View::rows(&ld, k);
