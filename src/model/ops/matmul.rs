@@ -266,10 +266,10 @@ fn row_blocks<T>(mut dst: &mut [T], n: usize, rows: usize) -> Vec<(usize, &mut [
 /// one thread. `gemm`'s own threads first pack a panel of the activations sized to the L3
 /// cache (at gpt-mini's shapes all 8,192 rows, 6 MiB), then multiply it; a task packs its own
 /// 240 rows (180 KiB) and multiplies them while they are in L2 — the likely reason it is
-/// faster: at gpt-mini's shapes on an AMD EPYC Zen 3 (AVX2), 0–26% per product (medians) and 3–8% per
-/// training step. Each element is the same sum whichever block computes it (no block is
-/// small enough for `gemm`'s other kernels: [`GEMM_SMALL_PRODUCT`]), so the bits are the same
-/// on any number of threads.
+/// faster: at gpt-mini's shapes on an AMD EPYC Zen 3 (AVX2), 0–26% per product (medians)
+/// and 3–8% per training step. Each element is the same sum whichever block computes it (no
+/// block is small enough for `gemm`'s other kernels: [`GEMM_SMALL_PRODUCT`]), so the bits are
+/// the same on any number of threads.
 ///
 /// # Safety
 /// With `acc`, the elements of `dst` must be initialised.
