@@ -236,9 +236,9 @@ const ROW_SPLIT_MAX_N: usize = 1024;
 const GEMM_SMALL_PRODUCT: usize = 16 * 16;
 
 /// Rows per block for an `m×n` result of `k` terms on `threads` threads, or `None` for one
-/// `gemm` call on its own threads. Blocks have at least [`MIN_ROW_BLOCK`] rows and the result
-/// at least [`MIN_ROW_BLOCK`]·n > [`GEMM_SMALL_PRODUCT`] elements per block, so every block, like the
-/// whole, is on `gemm`'s tiled kernels.
+/// `gemm` call on its own threads. Every block has at least [`MIN_ROW_BLOCK`] rows, so more
+/// than [`GEMM_SMALL_PRODUCT`] elements where `n` is cut at all: each block, like the whole,
+/// is on `gemm`'s tiled kernels.
 fn row_block(m: usize, n: usize, k: usize, threads: usize) -> Option<usize> {
     if threads < 2 || n > ROW_SPLIT_MAX_N || MIN_ROW_BLOCK * n <= GEMM_SMALL_PRODUCT || k <= 2 {
         return None;
