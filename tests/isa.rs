@@ -10,9 +10,12 @@ use std::path::Path;
 use gptlab::isa::Isa;
 use predicates::prelude::*;
 
-/// Trains the tiny spec (16 steps) under `runs` on `isa`.
-fn train_on(isa: Isa, spec: &Path, runs: &Path) -> assert_cmd::assert::Assert {
-    common::quiet_run(spec, runs).env(gptlab::isa::ENV, isa.name()).assert()
+/// Trains the tiny spec (16 steps) under `runs` on `isa`, with `args` added to the command.
+fn train_on(isa: Isa, spec: &Path, runs: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
+    common::quiet_run(spec, runs)
+        .env(gptlab::isa::ENV, isa.name())
+        .args(args)
+        .assert()
 }
 
 fn provenance(run: &Path) -> serde_json::Value {
@@ -66,11 +69,13 @@ fn every_path_trains_records_itself_repeats_bit_for_bit_on_any_thread_count_and_
         // phase into blocks of rows, the first does not.
         for (attempt, threads) in [(0, "1"), (1, "3")] {
             let runs = dir.path().join(format!("{isa}-{attempt}"));
-            common::quiet_run(&spec, &runs)
-                .env(gptlab::isa::ENV, isa.name())
-                .args(["--threads", threads, "--set", "train.batch_size=8"])
-                .assert()
-                .success();
+            train_on(
+                isa,
+                &spec,
+                &runs,
+                &["--threads", threads, "--set", "train.batch_size=8"],
+            )
+            .success();
             let run = runs.join("isa_paths/default");
             assert_eq!(
                 provenance(&run)["sessions"][0]["isa"],
@@ -135,7 +140,7 @@ fn a_resume_on_another_path_is_warned_about_and_recorded() {
         .env("GPTLAB_FAULT", "step-end@14")
         .assert()
         .failure();
-    train_on(then, &spec, &runs).success().stderr(predicate::str::contains(format!(
+    train_on(then, &spec, &runs, &[]).success().stderr(predicate::str::contains(format!(
         "the checkpoint at step 12 was written on the {first} instruction-set path and this session continues on {then}"
     )));
     let sessions = provenance(&runs.join("isa_resume/default"))["sessions"].clone();
@@ -148,7 +153,7 @@ fn a_resume_on_another_path_is_warned_about_and_recorded() {
         .env("GPTLAB_FAULT", "step-end@14")
         .assert()
         .failure();
-    train_on(first, &spec, &dir.path().join("again"))
+    train_on(first, &spec, &dir.path().join("again"), &[])
         .success()
         .stderr(predicate::str::contains("instruction-set path").not());
 }

@@ -752,7 +752,6 @@ mod tests {
     fn a_tall_cut_reduction_computed_as_its_transpose_gives_the_bits_of_the_direct_one() {
         // Tall weight gradients (m > n, lhs = xᵀ) take the transposed route; each must equal
         // the product cut the same way straight into the result, to the bit, accumulating or not.
-        let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for (m, n, k, acc) in [
             (40, 24, 2048, true),
             (96, 17, 3 * 2048 + 5, false),
@@ -769,7 +768,7 @@ mod tests {
                 "{m}x{n}x{k} must take the transposed route"
             );
             gemm_split_k(Product::new(m, n, k, l, r, 0.5), &mut direct, acc, parts);
-            assert_eq!(bits(&routed), bits(&direct), "{m}x{n}x{k} acc={acc}");
+            assert_same_bits(&routed, &direct, &format!("{m}x{n}x{k} acc={acc}"));
         }
     }
 
@@ -784,8 +783,7 @@ mod tests {
             let (l, r) = (View::rows(&ld, k), View::rows(&rd, n));
             let mut want = vec![0.0; m * n];
             gemm_par(m, n, k, &mut want, false, l, r, 1.0);
-            let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&gemm_par_new(m, n, k, l, r)), bits(&want), "{m}x{n}x{k}");
+            assert_same_bits(&gemm_par_new(m, n, k, l, r), &want, &format!("{m}x{n}x{k}"));
         }
     }
 
@@ -834,7 +832,6 @@ mod tests {
                 gemm::Parallelism::None,
             );
         }
-        let bits = |v: &[Float]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&ours), bits(&theirs), "path {gemms}");
+        assert_same_bits(&ours, &theirs, &format!("path {gemms}"));
     }
 }
