@@ -97,6 +97,33 @@ fn a_wrong_value_is_one_error_not_also_a_missing_field() {
 }
 
 #[test]
+fn a_value_of_a_wrong_type_is_reported_with_the_other_sections_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    // n_head of a wrong type: the model section falls back to n_head = 6, which 190 does not
+    // divide, but that is the default's problem, not the user's, and must not be reported.
+    // The learning rate (another section) and the second run's misspelt variant are real.
+    let text = "[data]\npath = \"CORPUS\"\n[model]\nn_embd = 190\nn_head = \"six\"\n[train]\nlr = -1.0\n\
+                [[phase]]\nseq_len = 8\nsteps = 2\n[[run]]\nname = \"a\"\n[[run]]\nname = \"b\"\nsample.temperature = \"hot\"\n";
+    let path = write(dir.path(), "mixed.toml", text);
+    let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let at = |line: usize, key: &str| format!("mixed.toml:{line}: key `{key}`");
+    for (line, key, words) in [
+        (5, "model.n_head", "wrong type"),
+        (7, "train.lr", "positive"),
+        (15, "sample.temperature", "wrong type"),
+    ] {
+        let found = stderr.lines().find(|l| l.contains(&at(line, key)));
+        assert!(
+            found.is_some_and(|l| l.contains(words)),
+            "expected `{key}` ({words}) at line {line} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("divisible"), "a check of a default taken in: {stderr}");
+    assert_eq!(stderr.matches("error:").count(), 3, "{stderr}");
+}
+
+#[test]
 fn a_bracketed_index_in_set_names_the_dotted_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "s.toml", &format!("[data]\npath = \"CORPUS\"\n{PHASE}"));

@@ -106,6 +106,11 @@ pub struct SpecFile {
     base: toml::Table,
     runs: Vec<RawRun>,
     sweep: Vec<(String, Vec<toml::Value>)>,
+    /// Keys of the file that could not be read (unknown, or of a wrong type), taken out of
+    /// `base` and `runs`; their errors are reported by every expansion, with the problems of
+    /// the rest, so such a file never expands.
+    read_errors: Vec<SpecError>,
+    unread: Vec<String>,
 }
 
 /// Which layers a run's values came from, to trace an error to its line.
@@ -185,6 +190,14 @@ impl Source {
     }
 
     /// Where `key` was set for a run with these layers.
+    /// An error of the file's own text on `key` (empty: the whole file).
+    fn file_error(&self, key: &str, message: String) -> SpecError {
+        match key {
+            "" => self.error(Origin::File, None, None, message),
+            _ => self.error(self.line(&[], key), Some(key), None, message),
+        }
+    }
+
     fn origin(&self, layers: &Layers, key: &str) -> Origin {
         if let Some(set) = layers.sets.iter().rev().find(|s| related(&s.key, key)) {
             return Origin::Cli(format!("--set {}", set.raw));
@@ -206,15 +219,31 @@ impl Source {
     }
 }
 
+/// What [`deserialize_all`] found in a table.
+struct Deserialized<T> {
+    /// The value read once every offending key was taken out; `None` when even that failed
+    /// (a required field missing).
+    value: Option<T>,
+    /// The table without the offending keys.
+    table: toml::Table,
+    /// Each problem as `(dotted key, message in the spec's words)`.
+    problems: Vec<(String, String)>,
+}
+
 /// Deserialises `table` as `T`, collecting every error: on each, the offending key is taken out
-/// and the rest tried again, so every misspelling and wrong type is found in one pass. Returns
-/// the value only when there was no error, and `(dotted key, message in the spec's words)`.
-fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> (Option<T>, Vec<(String, String)>) {
+/// and the rest tried again, so every misspelling and wrong type is found in one pass.
+fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> Deserialized<T> {
     let mut table = table.clone();
     let mut found = vec![];
     for _ in 0..200 {
         match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
-            Ok(value) => return (found.is_empty().then_some(value), found),
+            Ok(value) => {
+                return Deserialized {
+                    value: Some(value),
+                    table,
+                    problems: found,
+                };
+            }
             Err(e) => {
                 let key = serde_key(e.path()).unwrap_or_default();
                 // A wrong value taken out leaves its field missing: one problem, said once.
@@ -229,7 +258,32 @@ fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> (Opti
             }
         }
     }
-    (None, found)
+    Deserialized {
+        value: None,
+        table,
+        problems: found,
+    }
+}
+
+/// The section a dotted key is in (`model` for `model.n_head` and for a run's
+/// `run.2.model.n_head`; `phase` for `phase.1.steps`); empty for the file itself.
+fn section_of(key: &str) -> &str {
+    let mut parts = key.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("run"), Some(i), Some(section)) if i.parse::<usize>().is_ok() => section,
+        (Some(section), _, _) => section,
+        _ => "",
+    }
+}
+
+/// Whether a check's problem on `keys` can be trusted while the keys in `unread` could not be
+/// read (a wrong type, a misspelling): a value taken out falls back to its default, and a
+/// check of its section would judge the default, not what the user wrote. So only problems
+/// wholly in other sections are reported beside the read errors.
+fn clear_of(unread: &[&str], keys: &[String]) -> bool {
+    !unread
+        .iter()
+        .any(|u| u.is_empty() || keys.iter().any(|k| section_of(k) == section_of(u)))
 }
 
 /// Turns a serde error on `path` into a key for the message.
@@ -270,28 +324,19 @@ impl SpecFile {
             own,
             bases,
         });
-        // Every unknown key and wrong type of the file at once, each on its line.
-        let (raw, problems) = deserialize_all::<RawFile>(&base);
-        let raw = raw.ok_or_else(|| {
-            SpecErrors(
-                problems
-                    .into_iter()
-                    .map(|(key, msg)| {
-                        let origin = if key.is_empty() {
-                            Origin::File
-                        } else {
-                            source.line(&[], &key)
-                        };
-                        source.error(
-                            origin,
-                            Some(&key).filter(|k| !k.is_empty()).map(|k| k.as_str()),
-                            None,
-                            msg,
-                        )
-                    })
-                    .collect(),
-            )
-        })?;
+        // Every unknown key and wrong type of the file at once, each on its line. The rest of
+        // the file is still expanded and checked, so its other problems come in the same report.
+        let read = deserialize_all::<RawFile>(&base);
+        let unread: Vec<String> = read.problems.iter().map(|(key, _)| key.clone()).collect();
+        let read_errors: Vec<SpecError> = read
+            .problems
+            .into_iter()
+            .map(|(key, msg)| source.file_error(&key, msg))
+            .collect();
+        let Some(raw) = read.value else {
+            return Err(SpecErrors(read_errors));
+        };
+        let mut base = read.table;
         base.remove("run");
         base.remove("sweep");
 
@@ -313,7 +358,7 @@ impl SpecFile {
 
         let sweep = sweep_axes(&source, &raw.sweep, &mut errors);
         if !errors.is_empty() {
-            return Err(SpecErrors(errors));
+            return Err(SpecErrors(read_errors.into_iter().chain(errors).collect()));
         }
         Ok(Self {
             source,
@@ -321,6 +366,8 @@ impl SpecFile {
             base,
             runs: raw.run,
             sweep,
+            read_errors,
+            unread,
         })
     }
 
@@ -356,13 +403,14 @@ impl SpecFile {
     /// train one thing under a name that says another. `--set experiment.name=...` renames the
     /// experiment's output folders (a way to try a variant beside the old results).
     pub fn expand_selected(&self, sets: &[SetArg], only: &[String]) -> Result<Vec<RunSpec>, SpecErrors> {
-        let experiment = self.experiment_name(sets)?;
+        let with_read_errors = |e: SpecErrors| SpecErrors(self.read_errors.iter().cloned().chain(e.0).collect());
+        let experiment = self.experiment_name(sets).map_err(with_read_errors)?;
         let entries = self.entries();
-        self.check_run_count(entries.len())?;
+        self.check_run_count(entries.len()).map_err(with_read_errors)?;
         let points = grid(&self.sweep);
         let short = short_names(self.sweep.iter().map(|(k, _)| k.as_str()));
         let mut specs = vec![];
-        let mut errors = vec![];
+        let mut errors = self.read_errors.clone();
         for entry in &entries {
             for point in &points {
                 let point_name = point
@@ -577,25 +625,27 @@ impl SpecFile {
                 return Err(vec![err(&key, msg)]);
             }
         }
-        let (config, problems) = deserialize_all::<RunConfig>(&table);
-        let Some(config) = config else {
-            return Err(problems.into_iter().map(|(key, msg)| err(&key, msg)).collect());
+        let read = deserialize_all::<RunConfig>(&table);
+        let mut errors: Vec<SpecError> = read.problems.iter().map(|(key, msg)| err(key, msg.clone())).collect();
+        let Some(config) = read.value else {
+            return Err(errors);
         };
         if let Some(msg) = self.misplaced_setting(overrides, point, sets) {
-            return Err(vec![err(&msg.0, msg.1)]);
+            errors.push(err(&msg.0, msg.1));
         }
-        let problems = validate::check(&config);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems
-                .into_iter()
-                .map(|p| {
-                    let key = src.most_specific(layers, &p.keys);
-                    err(&key, p.message)
-                })
-                .collect())
+        // Checks of the sections that could be read, beside the errors of those that could not.
+        let unread: Vec<&str> = self
+            .unread
+            .iter()
+            .chain(read.problems.iter().map(|(key, _)| key))
+            .map(String::as_str)
+            .collect();
+        for p in validate::check(&config) {
+            if clear_of(&unread, &p.keys) {
+                errors.push(err(&src.most_specific(layers, &p.keys), p.message));
+            }
         }
+        if errors.is_empty() { Ok(config) } else { Err(errors) }
     }
 }
 
