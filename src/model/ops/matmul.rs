@@ -280,12 +280,40 @@ unsafe fn gemm_spread(p: Product<'_>, dst: &mut [std::mem::MaybeUninit<Float>], 
     match row_block(p.m, p.n, p.k, threads) {
         // SAFETY: the caller's.
         None => unsafe { gemm_into(p, dst, p.n, acc, threads_of(threads)) },
-        Some(rows) => row_blocks(dst, p.n, rows).into_par_iter().for_each(|(lo, d)| {
-            // SAFETY: `d` is the block of `dst` that rows `lo..` of the product write, as
-            // initialised as the caller's `dst`.
-            unsafe { gemm_into(p.rows(lo, lo + d.len() / p.n), d, p.n, acc, gemm::Parallelism::None) }
-        }),
+        Some(rows) => {
+            let row_major;
+            let p = match p.rhs {
+                View { rs: 1, cs, data } if cs != 1 => {
+                    row_major = transposed(p.n, p.k, data, cs);
+                    Product {
+                        rhs: View::rows(&row_major, p.n),
+                        ..p
+                    }
+                }
+                _ => p,
+            };
+            row_blocks(dst, p.n, rows).into_par_iter().for_each(|(lo, d)| {
+                // SAFETY: `d` is the block of `dst` that rows `lo..` of the product write, as
+                // initialised as the caller's `dst`.
+                unsafe { gemm_into(p.rows(lo, lo + d.len() / p.n), d, p.n, acc, gemm::Parallelism::None) }
+            })
+        }
     }
+}
+
+/// `xᵀ` for `x (rows×cols)` whose rows are `ld` apart, as a new row-major `cols×rows` matrix.
+///
+/// [`gemm_spread`] gives a transposed right operand (a weight `Wᵀ` of an input gradient
+/// `gy·Wᵀ`) to its blocks this way. Every block packs the whole operand for itself, and read
+/// transposed that packing is a gather, one element per row of `W`: at gpt-mini's
+/// `gy·W₁ᵀ` (8,192×768·768×192, 34 blocks) the product ran at 123 GFLOP/s where `h·W₂`, the
+/// same shape from a row-major weight, ran at 166 (AMD EPYC Zen 3, avx2 path). Transposed
+/// once here (768×192 elements, under 1% of the product's time), each block packs rows read
+/// in order. The product's sums and their order are the same, so the same bits.
+fn transposed(rows: usize, cols: usize, x: &[Float], ld: usize) -> Vec<Float> {
+    let mut out = vec![0.0; rows * cols];
+    transpose(rows, cols, x, ld, &mut out);
+    out
 }
 
 /// `dst` as memory a product writes values into.
@@ -709,12 +737,14 @@ mod tests {
             .collect();
         assert_eq!(blocks, [(0, 48), (48, 52)], "the last block takes the remainder");
         // Last blocks longer than the rest; accumulation and a beta; a transposed right
-        // operand (an input gradient's layout); the widest result spread by rows; the
+        // operand (an input gradient's layout, transposed once for the blocks), also over
+        // more than one block of the reduction; the widest result spread by rows; the
         // narrowest, whose blocks are just above `gemm`'s small products (48·6 elements: a
         // last block of 4 rows would have been one, and rounded differently).
         for (m, n, k, acc, rhs_t) in [
             (1000, 96, 200, false, false),
             (777, 40, 64, true, true),
+            (500, 64, 700, false, true),
             (300, 1024, 33, false, false),
             (100, 6, 16, false, false),
             (241, 16, 16, true, false),
