@@ -76,7 +76,12 @@ impl SessionOutcome {
     pub fn summary(&self, experiment: &str, runs_dir: &Path) -> String {
         if self.failed.is_empty() && self.busy.is_empty() {
             let dir = runs_dir.join(experiment);
-            format!("{experiment}: {} runs done; metrics under {}", self.runs, dir.display())
+            let s = if self.runs == 1 { "" } else { "s" };
+            format!(
+                "{experiment}: {} run{s} done; metrics under {}",
+                self.runs,
+                dir.display()
+            )
         } else if self.failed.is_empty() {
             let (n, busy) = (self.busy.len(), self.busy.join(", "));
             format!(
