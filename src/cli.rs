@@ -205,13 +205,13 @@ pub(crate) struct SampleArgs {
     /// Text to continue.
     #[arg(long)]
     pub(crate) prompt: String,
-    /// Characters to generate.
+    /// Tokens to generate (characters with the `char` tokenizer).
     #[arg(long, default_value_t = 500)]
     pub(crate) tokens: usize,
     /// Softmax temperature.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) temperature: f64,
-    /// Keep only the K most likely characters (0: all).
+    /// Keep only the K most likely tokens (0: all).
     #[arg(long, default_value_t = 10)]
     pub(crate) top_k: usize,
     /// Seed of the sampling stream.

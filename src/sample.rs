@@ -14,11 +14,11 @@ use crate::seed::{Stream, stream};
 /// How to continue a prompt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleOptions {
-    /// Characters to generate.
+    /// Tokens to generate (characters with the `char` tokenizer).
     pub max_new_tokens: usize,
     /// Softmax temperature (> 0).
     pub temperature: f64,
-    /// Keep the `top_k` most likely characters; 0 keeps all.
+    /// Keep the `top_k` most likely tokens; 0 keeps all.
     pub top_k: usize,
     /// Seed of the sampling stream.
     pub seed: u64,

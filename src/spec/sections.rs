@@ -223,11 +223,11 @@ impl PhaseSection {
 pub struct SampleSection {
     /// Each prompt is continued once per checkpoint.
     pub prompts: Vec<String>,
-    /// Characters to generate.
+    /// Tokens to generate (characters with the `char` tokenizer).
     pub max_new_tokens: usize,
     /// Softmax temperature.
     pub temperature: f64,
-    /// Keep only the `top_k` most likely characters; 0 keeps all.
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
     pub top_k: usize,
 }
 
