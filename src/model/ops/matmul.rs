@@ -213,14 +213,16 @@ fn gemm_split_k(p: Product<'_>, dst: &mut [Float], acc: bool, parts: usize) {
     });
 }
 
-/// Rows of the result per task when a product is spread over the pool by rows (the most).
-/// `gemm` sees a row-major result transposed, so these rows are its columns, which its
-/// kernels take 6 at a time on every x86 path: blocks of whole multiples of 6 (and of 16)
-/// leave no narrower remainder tile inside a block.
+/// Rows of the result per task when a product is spread over the pool by rows, at most, where
+/// the threads are few enough to share such blocks evenly.
 const ROW_BLOCK: usize = 240;
 
-/// The fewest rows a block has, and what its rows are a multiple of (but the last block's,
-/// which takes the remainder too).
+/// What every block's first row is a multiple of. `gemm` sees a row-major result transposed,
+/// so these rows are its columns, which its kernels take 6 at a time on the x86 paths (4 on
+/// the baseline): a block of whole multiples of 12 leaves no narrower remainder tile.
+const ROW_TILE: usize = 12;
+
+/// The fewest rows a block has.
 const MIN_ROW_BLOCK: usize = 48;
 
 /// The widest result spread by rows. Each task packs the whole right operand for itself, and
@@ -235,37 +237,48 @@ const ROW_SPLIT_MAX_N: usize = 1024;
 /// the thread count.
 const GEMM_SMALL_PRODUCT: usize = 16 * 16;
 
-/// Rows per block for an `m×n` result of `k` terms on `threads` threads, or `None` for one
-/// `gemm` call on its own threads. Every block has at least [`MIN_ROW_BLOCK`] rows, so more
-/// than [`GEMM_SMALL_PRODUCT`] elements where `n` is cut at all: each block, like the whole,
-/// is on `gemm`'s tiled kernels.
-fn row_block(m: usize, n: usize, k: usize, threads: usize) -> Option<usize> {
+/// The first row of each block when an `m×n` result of `k` terms is spread by rows over
+/// `threads` threads, or `None` for one `gemm` call on its own threads.
+///
+/// The blocks are as many as give every thread the same number of them (each at most
+/// [`ROW_BLOCK`] rows where there are rows enough), and as even as whole tiles allow: the
+/// product ends when the last thread's last block does, so 34 blocks of 240 rows on 16
+/// threads (3 rounds for two of the threads, where 2.1 would do) would leave 29% of the
+/// threads' time idle, and 48 blocks of about 171 rows leave next to none. Every block has at
+/// least [`MIN_ROW_BLOCK`] rows, so more than [`GEMM_SMALL_PRODUCT`] elements where `n` is cut
+/// at all: each block, like the whole, is on `gemm`'s tiled kernels.
+fn row_cuts(m: usize, n: usize, k: usize, threads: usize) -> Option<Vec<usize>> {
     if threads < 2 || n > ROW_SPLIT_MAX_N || MIN_ROW_BLOCK * n <= GEMM_SMALL_PRODUCT || k <= 2 {
         return None;
     }
-    let rows = (m / threads / MIN_ROW_BLOCK * MIN_ROW_BLOCK).clamp(MIN_ROW_BLOCK, ROW_BLOCK);
-    (m >= 2 * rows).then_some(rows)
+    let rounds = m.div_ceil(threads * ROW_BLOCK);
+    // Rounded down to a tile, a block of at least MIN_ROW_BLOCK + ROW_TILE rows keeps
+    // MIN_ROW_BLOCK.
+    let blocks = (threads * rounds).min(m / (MIN_ROW_BLOCK + ROW_TILE));
+    (blocks >= 2).then(|| (0..blocks).map(|i| i * m / blocks / ROW_TILE * ROW_TILE).collect())
 }
 
-/// `dst`, an `m×n` result, cut into blocks of `rows` rows, the last one taking the remainder
-/// too: each block's first row and its memory.
-fn row_blocks<T>(mut dst: &mut [T], n: usize, rows: usize) -> Vec<(usize, &mut [T])> {
-    let blocks = dst.len() / n / rows;
-    let mut out = Vec::with_capacity(blocks);
-    for i in 0..blocks {
-        let len = if i + 1 == blocks { dst.len() } else { rows * n };
+/// `dst`, an `m×n` result, cut into blocks of rows starting at `cuts` (the first is 0, the
+/// last block runs to the end): each block's first row and its memory.
+fn row_blocks<'d, T>(mut dst: &'d mut [T], n: usize, cuts: &[usize]) -> Vec<(usize, &'d mut [T])> {
+    let mut out = Vec::with_capacity(cuts.len());
+    for (i, &lo) in cuts.iter().enumerate() {
+        let len = match cuts.get(i + 1) {
+            Some(hi) => (hi - lo) * n,
+            None => dst.len(),
+        };
         let (block, rest) = std::mem::take(&mut dst).split_at_mut(len);
-        out.push((i * rows, block));
+        out.push((lo, block));
         dst = rest;
     }
     out
 }
 
 /// `p` into the `m×n` row-major `dst` on every thread of the pool. A tall, narrow result (the
-/// step's activations times a weight) as blocks of [`row_block`] rows, each one `gemm` call on
-/// one thread. `gemm`'s own threads first pack a panel of the activations sized to the L3
+/// step's activations times a weight) as blocks of rows ([`row_cuts`]), each one `gemm` call
+/// on one thread. `gemm`'s own threads first pack a panel of the activations sized to the L3
 /// cache (at gpt-mini's shapes all 8,192 rows, 6 MiB), then multiply it; a task packs its own
-/// 240 rows (180 KiB) and multiplies them while they are in L2 — the likely reason it is
+/// 240 rows or fewer (180 KiB) and multiplies them while they are in L2 — the likely reason it is
 /// faster: at gpt-mini's shapes on an AMD EPYC Zen 3 (AVX2), 0–26% per product (medians)
 /// and 3–8% per training step. Each element is the same sum whichever block computes it (no
 /// block is small enough for `gemm`'s other kernels: [`GEMM_SMALL_PRODUCT`]), so the bits are
@@ -277,10 +290,10 @@ unsafe fn gemm_spread(p: Product<'_>, dst: &mut [std::mem::MaybeUninit<Float>], 
     use rayon::prelude::*;
     assert_eq!(dst.len(), p.m * p.n, "a spread product's destination is its m×n result");
     let threads = rayon::current_num_threads();
-    match row_block(p.m, p.n, p.k, threads) {
+    match row_cuts(p.m, p.n, p.k, threads) {
         // SAFETY: the caller's.
         None => unsafe { gemm_into(p, dst, p.n, acc, threads_of(threads)) },
-        Some(rows) => {
+        Some(cuts) => {
             let row_major;
             let p = match p.rhs {
                 View { rs: 1, cs, data } if cs != 1 => {
@@ -292,7 +305,7 @@ unsafe fn gemm_spread(p: Product<'_>, dst: &mut [std::mem::MaybeUninit<Float>], 
                 }
                 _ => p,
             };
-            row_blocks(dst, p.n, rows).into_par_iter().for_each(|(lo, d)| {
+            row_blocks(dst, p.n, &cuts).into_par_iter().for_each(|(lo, d)| {
                 // SAFETY: `d` is the block of `dst` that rows `lo..` of the product write, as
                 // initialised as the caller's `dst`.
                 unsafe { gemm_into(p.rows(lo, lo + d.len() / p.n), d, p.n, acc, gemm::Parallelism::None) }
@@ -712,26 +725,35 @@ mod tests {
 
     #[test]
     fn a_tall_product_spread_by_rows_gives_the_bits_of_one_gemm_call_on_any_number_of_threads() {
+        let cuts = |m, n, k, threads| row_cuts(m, n, k, threads).map(|c| (c.len(), c[1], c[c.len() - 1]));
         assert_eq!(
-            row_block(8192, 576, 192, 2),
-            Some(ROW_BLOCK),
-            "the step's products: 240 rows"
+            cuts(8192, 576, 192, 2),
+            Some((36, 216, 7956)),
+            "the step's products on 2 threads: 36 blocks of 216 to 240 rows"
+        );
+        let on_16 = row_cuts(8192, 576, 192, 16).unwrap();
+        assert_eq!(on_16.len(), 48, "on 16 threads: 3 blocks each");
+        let rows: Vec<usize> = on_16
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .chain([8192 - on_16[47]])
+            .collect();
+        assert!(
+            rows.iter().all(|&r| (168..=180).contains(&r)) && on_16.iter().all(|c| c % ROW_TILE == 0),
+            "even blocks of whole tiles: {rows:?}"
         );
         assert_eq!(
-            row_block(200, 96, 192, 2),
-            Some(96),
+            cuts(200, 96, 192, 2),
+            Some((2, 96, 96)),
             "a short result: one block per thread"
         );
-        assert_eq!(row_block(95, 96, 192, 2), None, "too few rows for two blocks");
-        assert_eq!(row_block(8192, 50_257, 192, 2), None, "an LM head's wide result");
-        assert_eq!(
-            row_block(8192, 5, 192, 2),
-            None,
-            "48 rows of 5 would be a small product"
-        );
-        assert_eq!(row_block(8192, 96, 2, 2), None, "so would 2 terms");
-        assert_eq!(row_block(8192, 576, 192, 1), None, "one thread");
-        let blocks: Vec<(usize, usize)> = row_blocks(&mut [0u8; 100 * 3], 3, 48)
+        assert_eq!(cuts(300, 96, 192, 8), Some((5, 60, 240)), "each block at least 48 rows");
+        assert_eq!(cuts(119, 96, 192, 2), None, "too few rows for two blocks");
+        assert_eq!(cuts(8192, 50_257, 192, 2), None, "an LM head's wide result");
+        assert_eq!(cuts(8192, 5, 192, 2), None, "48 rows of 5 would be a small product");
+        assert_eq!(cuts(8192, 96, 2, 2), None, "so would 2 terms");
+        assert_eq!(cuts(8192, 576, 192, 1), None, "one thread");
+        let blocks: Vec<(usize, usize)> = row_blocks(&mut [0u8; 100 * 3], 3, &[0, 48])
             .into_iter()
             .map(|(lo, d)| (lo, d.len() / 3))
             .collect();
@@ -739,16 +761,17 @@ mod tests {
         // Last blocks longer than the rest; accumulation and a beta; a transposed right
         // operand (an input gradient's layout, transposed once for the blocks), also over
         // more than one block of the reduction; the widest result spread by rows; the
-        // narrowest, whose blocks are just above `gemm`'s small products (48·6 elements: a
+        // narrowest, whose blocks are just above `gemm`'s small products (60·6 elements: a
         // last block of 4 rows would have been one, and rounded differently).
         for (m, n, k, acc, rhs_t) in [
             (1000, 96, 200, false, false),
             (777, 40, 64, true, true),
             (500, 64, 700, false, true),
             (300, 1024, 33, false, false),
-            (100, 6, 16, false, false),
+            (120, 6, 16, false, false),
             (241, 16, 16, true, false),
         ] {
+            assert!(row_cuts(m, n, k, 2).is_some(), "{m}x{n}x{k} is cut by rows");
             let (ld, rd) = (values(m * k, 1), values(k * n, 2));
             let l = View::rows(&ld, k);
             let r = if rhs_t {
@@ -759,7 +782,7 @@ mod tests {
             let start = values(m * n, 3);
             let mut want = start.clone();
             product_on(crate::isa::current(), m, n, k, &mut want, n, acc, l, r, 0.5);
-            for threads in [1, 2, 3, 5] {
+            for threads in [1, 2, 3, 5, 16] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut got = start.clone();
                 pool.install(|| gemm_par(m, n, k, &mut got, acc, l, r, 0.5));
