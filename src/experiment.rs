@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::plan::{RunPlan, plan};
 use crate::run_dir::{RunDir, RunStatus};
-use crate::spec::{SetArg, SpecFile};
+use crate::spec::{SetArg, SpecErrors, SpecFile};
 
 /// A spec, expanded and planned.
 pub struct Experiment {
@@ -25,6 +25,15 @@ pub struct Experiment {
     pub runs_dir: PathBuf,
     /// The runs as the spec resolved them (for where each setting came from).
     specs: Vec<crate::spec::RunSpec>,
+}
+
+/// A spec's errors and, after them, the problems of the data paths (a missing data file, a
+/// missing tokenizer file) of the runs whose every key could be read: a missing data file is
+/// reported beside a bad learning rate, not once the rate is fixed. The checks that read the
+/// data itself wait until the spec has no errors.
+fn with_data_problems((readable, errors): (Vec<crate::spec::RunSpec>, SpecErrors), runs_dir: &Path) -> SpecErrors {
+    let paths = SpecErrors(crate::plan::path_problems(&readable, runs_dir)).merge_shared(readable.len());
+    SpecErrors(errors.0.into_iter().chain(paths.0).collect())
 }
 
 impl Experiment {
@@ -45,11 +54,13 @@ impl Experiment {
         let spec = SpecFile::load(file)?;
         // `--only rope/seed=3` selects the run `rope` for expansion, and then one of its seeds.
         let only_runs: Vec<String> = only.iter().map(|o| run_of(o).to_string()).collect();
-        let runs = match spec.expand(sets) {
+        let runs = match spec.expand_partly(sets, &[]) {
             Ok(runs) => runs,
             // The runs `--only` leaves out need not take the `--set`s (one may set a key itself).
-            Err(_) if !only.is_empty() => spec.expand_selected(sets, &only_runs)?,
-            Err(e) => return Err(e.into()),
+            Err(_) if !only.is_empty() => spec
+                .expand_partly(sets, &only_runs)
+                .map_err(|found| with_data_problems(found, runs_dir))?,
+            Err(found) => return Err(with_data_problems(found, runs_dir).into()),
         };
         let unknown: Vec<&String> = only_runs
             .iter()

@@ -498,6 +498,16 @@ fn resolve_path(path: &Path, spec_path: &Path, what: &str) -> Result<PathBuf, St
     ))
 }
 
+/// The problems of each run's data paths (`data.path`, `data.val_path`, a tokenizer file)
+/// that show without reading the data: what is checked of a spec's runs while it has errors.
+pub fn path_problems(specs: &[RunSpec], runs_dir: &Path) -> Vec<SpecError> {
+    specs
+        .iter()
+        .filter_map(|s| corpus_request(s, runs_dir).err())
+        .flatten()
+        .collect()
+}
+
 /// The data layer's request for a run's `[data]`, paths resolved; errors name their keys.
 fn corpus_request(spec: &RunSpec, runs_dir: &Path) -> Result<CorpusRequest, Vec<SpecError>> {
     let d = &spec.config.data;

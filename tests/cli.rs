@@ -124,6 +124,39 @@ fn a_value_of_a_wrong_type_is_reported_with_the_other_sections_problems() {
 }
 
 #[test]
+fn a_missing_data_file_is_reported_beside_the_specs_own_errors_unless_a_key_was_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |name: &str, text: &str| {
+        let path = write(dir.path(), name, text);
+        let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
+        String::from_utf8_lossy(&out.get_output().stderr).to_string()
+    };
+    let stderr = validate(
+        "lr.toml",
+        &format!("[data]\npath = \"nope/none.txt\"\n[train]\nlr = -1.0\n{PHASE}"),
+    );
+    assert!(
+        stderr.contains("lr.toml:4: key `train.lr`: must be a positive number"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("lr.toml:2: key `data.path`") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    // A key that could not be read leaves the runs' settings partly defaults: no data check
+    // judges them (the default corpus would be "not found" too, or worse, found).
+    let stderr = validate(
+        "type.toml",
+        &format!("[data]\npath = \"nope/none.txt\"\n[model]\nn_layer = \"two\"\n{PHASE}"),
+    );
+    assert!(
+        stderr.contains("type.toml:4: key `model.n_layer`: wrong type"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+}
+
+#[test]
 fn a_bracketed_index_in_set_names_the_dotted_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "s.toml", &format!("[data]\npath = \"CORPUS\"\n{PHASE}"));

@@ -98,6 +98,10 @@ struct Source {
     bases: Vec<extends::Base>,
 }
 
+/// Why a run could not be resolved, and its settings where every key could be read anyway
+/// (for the checks of its data paths).
+type Unresolved<T> = (Option<Box<T>>, Vec<SpecError>);
+
 /// A parsed spec file, not yet expanded into runs.
 pub struct SpecFile {
     source: Arc<Source>,
@@ -403,13 +407,26 @@ impl SpecFile {
     /// train one thing under a name that says another. `--set experiment.name=...` renames the
     /// experiment's output folders (a way to try a variant beside the old results).
     pub fn expand_selected(&self, sets: &[SetArg], only: &[String]) -> Result<Vec<RunSpec>, SpecErrors> {
-        let with_read_errors = |e: SpecErrors| SpecErrors(self.read_errors.iter().cloned().chain(e.0).collect());
+        self.expand_partly(sets, only).map_err(|(_, errors)| errors)
+    }
+
+    /// [`SpecFile::expand_selected`], giving with its errors the runs whose every key could
+    /// be read (with or without errors of their own), so that their data paths can be checked
+    /// beside the spec's errors. None when the file has keys it could not read: every run's
+    /// settings are partly defaults then, and no check may judge them.
+    pub fn expand_partly(&self, sets: &[SetArg], only: &[String]) -> Result<Vec<RunSpec>, (Vec<RunSpec>, SpecErrors)> {
+        let with_read_errors = |e: SpecErrors| {
+            (
+                vec![],
+                SpecErrors(self.read_errors.iter().cloned().chain(e.0).collect()),
+            )
+        };
         let experiment = self.experiment_name(sets).map_err(with_read_errors)?;
         let entries = self.entries();
         self.check_run_count(entries.len()).map_err(with_read_errors)?;
         let points = grid(&self.sweep);
         let short = short_names(self.sweep.iter().map(|(k, _)| k.as_str()));
-        let mut specs = vec![];
+        let (mut specs, mut readable) = (vec![], vec![]);
         let mut errors = self.read_errors.clone();
         for entry in &entries {
             for point in &points {
@@ -430,13 +447,18 @@ impl SpecFile {
                 }
                 match self.run_spec(&experiment, name, entry, point, sets) {
                     Ok(spec) => specs.push(spec),
-                    Err(mut e) => errors.append(&mut e),
+                    Err((spec, mut e)) => {
+                        readable.extend(spec.map(|s| *s));
+                        errors.append(&mut e);
+                    }
                 }
             }
         }
         errors.extend(check_names(&specs, only));
         if !errors.is_empty() {
-            return Err(SpecErrors(errors).merge_shared(entries.len() * points.len()));
+            readable.append(&mut specs);
+            let resolved = if self.unread.is_empty() { readable } else { vec![] };
+            return Err((resolved, SpecErrors(errors).merge_shared(entries.len() * points.len())));
         }
         set_varies(&mut specs);
         Ok(specs)
@@ -507,25 +529,31 @@ impl SpecFile {
         entry: &RunEntry,
         point: &[(String, toml::Value)],
         sets: &[SetArg],
-    ) -> Result<RunSpec, Vec<SpecError>> {
+    ) -> Result<RunSpec, Unresolved<RunSpec>> {
         let layers = Layers {
             run_index: entry.index,
             run_keys: entry.overrides.iter().map(|(k, _)| k.clone()).collect(),
             sweep_keys: point.iter().map(|(k, _)| k.clone()).collect(),
             sets: sets.to_vec(),
         };
-        let mut config = self.resolve(&name, &layers, &entry.overrides, point, sets)?;
-        config.experiment.name = Some(experiment.to_string());
-        Ok(RunSpec {
-            experiment: experiment.to_string(),
-            name,
-            varies: vec![],
-            init_from: entry.init_from.clone(),
-            config,
-            source: self.source.clone(),
-            layers,
-            named: !(self.runs.is_empty() && self.sweep.is_empty()),
-        })
+        let resolved = self.resolve(&name, &layers, &entry.overrides, point, sets);
+        let spec = |mut config: RunConfig| {
+            config.experiment.name = Some(experiment.to_string());
+            RunSpec {
+                experiment: experiment.to_string(),
+                name: name.clone(),
+                varies: vec![],
+                init_from: entry.init_from.clone(),
+                config,
+                source: self.source.clone(),
+                layers: layers.clone(),
+                named: !(self.runs.is_empty() && self.sweep.is_empty()),
+            }
+        };
+        match resolved {
+            Ok(config) => Ok(spec(config)),
+            Err((config, errors)) => Err((config.map(|c| Box::new(spec(*c))), errors)),
+        }
     }
 
     /// A setting given where it cannot apply: the experiment's own sections (`[eval]`,
@@ -589,7 +617,7 @@ impl SpecFile {
         overrides: &[(String, toml::Value)],
         point: &[(String, toml::Value)],
         sets: &[SetArg],
-    ) -> Result<RunConfig, Vec<SpecError>> {
+    ) -> Result<RunConfig, Unresolved<RunConfig>> {
         let src = &self.source;
         let single = self.runs.is_empty() && self.sweep.is_empty();
         let err =
@@ -613,22 +641,22 @@ impl SpecFile {
                 (None, None) => None,
             };
             if let Some(msg) = conflict {
-                return Err(vec![err(&s.key, msg)]);
+                return Err((None, vec![err(&s.key, msg)]));
             }
         }
         for (key, value) in all {
             let from_set = sets.iter().any(|s| s.key == key);
             if (key == "experiment.name" && !from_set) || related(&key, "run") || related(&key, "sweep") {
-                return Err(vec![err(&key, "cannot be overridden per run".into())]);
+                return Err((None, vec![err(&key, "cannot be overridden per run".into())]));
             }
             if let Err(msg) = set_dotted(&mut table, &key, value) {
-                return Err(vec![err(&key, msg)]);
+                return Err((None, vec![err(&key, msg)]));
             }
         }
         let read = deserialize_all::<RunConfig>(&table);
         let mut errors: Vec<SpecError> = read.problems.iter().map(|(key, msg)| err(key, msg.clone())).collect();
         let Some(config) = read.value else {
-            return Err(errors);
+            return Err((None, errors));
         };
         if let Some(msg) = self.misplaced_setting(overrides, point, sets) {
             errors.push(err(&msg.0, msg.1));
@@ -645,7 +673,12 @@ impl SpecFile {
                 errors.push(err(&src.most_specific(layers, &p.keys), p.message));
             }
         }
-        if errors.is_empty() { Ok(config) } else { Err(errors) }
+        match errors.is_empty() {
+            true => Ok(config),
+            // Every key read: the settings are the user's, for the checks of its data paths.
+            false if unread.is_empty() => Err((Some(Box::new(config)), errors)),
+            false => Err((None, errors)),
+        }
     }
 }
 
