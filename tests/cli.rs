@@ -83,14 +83,19 @@ fn every_kind_of_bad_spec_names_file_line_and_key_and_exits_2() {
     }
 }
 
+/// `gptlab validate` of `text` written to `dir/name`, which must fail with exit 2: its stderr.
+fn invalid(dir: &Path, name: &str, text: &str) -> String {
+    let path = write(dir, name, text);
+    let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
+    String::from_utf8_lossy(&out.get_output().stderr).to_string()
+}
+
 #[test]
 fn a_wrong_value_is_one_error_not_also_a_missing_field() {
     let dir = tempfile::tempdir().unwrap();
     let text =
         "[data]\npath = \"CORPUS\"\n[[phase]]\nseq_len = 8\nsteps = 2\n[[phase]]\nseq_len = 8\nsteps = \"ten\"\n";
-    let path = write(dir.path(), "ten.toml", text);
-    let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let stderr = invalid(dir.path(), "ten.toml", text);
     assert!(stderr.contains(":8: key `phase.1.steps`: wrong type"), "{stderr}");
     assert!(!stderr.contains("missing field"), "{stderr}");
     assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
@@ -104,9 +109,7 @@ fn a_value_of_a_wrong_type_is_reported_with_the_other_sections_problems() {
     // The learning rate (another section) and the second run's misspelt variant are real.
     let text = "[data]\npath = \"CORPUS\"\n[model]\nn_embd = 190\nn_head = \"six\"\n[train]\nlr = -1.0\n\
                 [[phase]]\nseq_len = 8\nsteps = 2\n[[run]]\nname = \"a\"\n[[run]]\nname = \"b\"\nsample.temperature = \"hot\"\n";
-    let path = write(dir.path(), "mixed.toml", text);
-    let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let stderr = invalid(dir.path(), "mixed.toml", text);
     let at = |line: usize, key: &str| format!("mixed.toml:{line}: key `{key}`");
     for (line, key, words) in [
         (5, "model.n_head", "wrong type"),
@@ -126,11 +129,7 @@ fn a_value_of_a_wrong_type_is_reported_with_the_other_sections_problems() {
 #[test]
 fn a_missing_data_file_is_reported_beside_the_specs_own_errors_unless_a_key_was_unreadable() {
     let dir = tempfile::tempdir().unwrap();
-    let validate = |name: &str, text: &str| {
-        let path = write(dir.path(), name, text);
-        let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
-        String::from_utf8_lossy(&out.get_output().stderr).to_string()
-    };
+    let validate = |name: &str, text: &str| invalid(dir.path(), name, text);
     let stderr = validate(
         "lr.toml",
         &format!("[data]\npath = \"nope/none.txt\"\n[train]\nlr = -1.0\n{PHASE}"),
