@@ -110,11 +110,10 @@ pub struct SpecFile {
     base: toml::Table,
     runs: Vec<RawRun>,
     sweep: Vec<(String, Vec<toml::Value>)>,
-    /// Keys of the file that could not be read (unknown, or of a wrong type), taken out of
-    /// `base` and `runs`; their errors are reported by every expansion, with the problems of
-    /// the rest, so such a file never expands.
+    /// The errors on keys of the file that could not be read (unknown, or of a wrong type;
+    /// no key: the file itself), taken out of `base` and `runs`; every expansion reports them
+    /// with the problems of the rest, so such a file never expands.
     read_errors: Vec<SpecError>,
-    unread: Vec<String>,
 }
 
 /// Which layers a run's values came from, to trace an error to its line.
@@ -331,7 +330,6 @@ impl SpecFile {
         // Every unknown key and wrong type of the file at once, each on its line. The rest of
         // the file is still expanded and checked, so its other problems come in the same report.
         let read = deserialize_all::<RawFile>(&base);
-        let unread: Vec<String> = read.problems.iter().map(|(key, _)| key.clone()).collect();
         let read_errors: Vec<SpecError> = read
             .problems
             .into_iter()
@@ -371,7 +369,6 @@ impl SpecFile {
             runs: raw.run,
             sweep,
             read_errors,
-            unread,
         })
     }
 
@@ -457,7 +454,7 @@ impl SpecFile {
         errors.extend(check_names(&specs, only));
         if !errors.is_empty() {
             readable.append(&mut specs);
-            let resolved = if self.unread.is_empty() { readable } else { vec![] };
+            let resolved = if self.read_errors.is_empty() { readable } else { vec![] };
             return Err((resolved, SpecErrors(errors).merge_shared(entries.len() * points.len())));
         }
         set_varies(&mut specs);
@@ -663,10 +660,10 @@ impl SpecFile {
         }
         // Checks of the sections that could be read, beside the errors of those that could not.
         let unread: Vec<&str> = self
-            .unread
+            .read_errors
             .iter()
-            .chain(read.problems.iter().map(|(key, _)| key))
-            .map(String::as_str)
+            .map(|e| e.key.as_deref().unwrap_or(""))
+            .chain(read.problems.iter().map(|(key, _)| key.as_str()))
             .collect();
         for p in validate::check(&config) {
             if clear_of(&unread, &p.keys) {
