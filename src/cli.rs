@@ -205,7 +205,7 @@ pub(crate) struct SampleArgs {
     /// Text to continue.
     #[arg(long)]
     pub(crate) prompt: String,
-    /// Tokens to generate (characters with the `char` tokenizer).
+    /// Tokens to generate (characters with the `char` tokenizer), at most 100000.
     #[arg(long, default_value_t = 500)]
     pub(crate) tokens: usize,
     /// Softmax temperature.

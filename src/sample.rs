@@ -24,13 +24,26 @@ pub struct SampleOptions {
     pub seed: u64,
 }
 
+/// The most tokens a sample may have: a sample is read by a person, and a mistyped count
+/// (`500000000`) would keep a report generating after its runs have trained.
+pub const MAX_NEW_TOKENS: usize = 100_000;
+
 impl SampleOptions {
     /// Why these options cannot sample, if they cannot: the temperature must be 0 (greedy) or
-    /// a positive number.
+    /// a positive number, the tokens at most [`MAX_NEW_TOKENS`].
     pub fn problem(&self) -> Option<String> {
         let t = self.temperature;
-        (!(t.is_finite() && t >= 0.0))
-            .then(|| format!("--temperature must be 0 (greedy) or a positive number, not {t}"))
+        if !(t.is_finite() && t >= 0.0) {
+            return Some(format!(
+                "--temperature must be 0 (greedy) or a positive number, not {t}"
+            ));
+        }
+        (self.max_new_tokens > MAX_NEW_TOKENS).then(|| {
+            format!(
+                "--tokens {} is beyond the {MAX_NEW_TOKENS} tokens a sample may have",
+                self.max_new_tokens
+            )
+        })
     }
 }
 

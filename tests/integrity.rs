@@ -245,6 +245,16 @@ fn sampling_takes_a_run_folder_greedy_decoding_and_refuses_bad_prompts() {
             .code(2)
             .stderr(predicate::str::contains(words));
     }
+    // A mistyped count is refused before a token is drawn, not generated for hours.
+    gptlab()
+        .arg("sample")
+        .arg(&run_dir)
+        .args(["--prompt", "ROMEO:", "--tokens", "500000000"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--tokens 500000000 is beyond the 100000 tokens",
+        ));
 }
 
 #[test]

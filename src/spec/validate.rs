@@ -54,6 +54,16 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
             format!("must be a positive number, not {}", s.temperature),
         );
     }
+    if s.max_new_tokens > crate::sample::MAX_NEW_TOKENS {
+        bad(
+            &["sample.max_new_tokens"],
+            format!(
+                "{} is beyond the {} tokens a sample may have (samples are read on the report page)",
+                s.max_new_tokens,
+                crate::sample::MAX_NEW_TOKENS
+            ),
+        );
+    }
     out
 }
 
