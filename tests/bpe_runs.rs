@@ -219,12 +219,12 @@ fn a_tokenizer_file_trains_and_its_copy_in_the_run_decodes_samples() {
         "the cat sat on the mat and the dog sat on the cat ".repeat(400),
     )
     .unwrap();
-    let vocab = ["[UNK]", "the", "cat", "sat", "on", "mat", "and", "dog", "</s>"];
+    let vocab = ["[UNK]", "the", "cat", "sat", "on", "mat", "and", "dog", "</s>", " "];
     let entries: Vec<String> = vocab.iter().enumerate().map(|(i, w)| format!("\"{w}\": {i}")).collect();
     let json = format!(
         r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null,
-        "decoder": null, "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "[UNK]"}}}}"#,
+        "pre_tokenizer": {{"type": "Split", "pattern": {{"String": " "}}, "behavior": "Isolated", "invert": false}},
+        "post_processor": null, "decoder": {{"type": "Fuse"}}, "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "[UNK]"}}}}"#,
         entries.join(", ")
     );
     let tokenizer = dir.path().join("words.json");

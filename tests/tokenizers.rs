@@ -87,21 +87,92 @@ fn byte_level_bpe_decodes_what_it_encodes_over_random_unicode() {
     }
 }
 
+/// Words and the spaces between them as tokens (a space is a piece of its own), glued back
+/// together by the decoder.
 const WORD_LEVEL: &str = r#"{
-  "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-  "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-  "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "</s>": 4}, "unk_token": "[UNK]"}
+  "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+  "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "Isolated", "invert": false},
+  "post_processor": null, "decoder": {"type": "Fuse"},
+  "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "</s>": 4, " ": 5}, "unk_token": "[UNK]"}
 }"#;
+
+fn from_json(json: &str) -> Tokenizer {
+    Tokenizer::from_json(json.as_bytes().to_vec(), Path::new("tiny.json")).unwrap()
+}
 
 #[test]
 fn a_tokenizer_json_written_here_loads_and_encodes_as_specified() {
-    let t = Tokenizer::from_json(WORD_LEVEL.as_bytes().to_vec(), Path::new("tiny.json")).unwrap();
-    assert_eq!(t.vocab_size(), 5);
-    assert_eq!(ids(&t, "the cat sat dog"), vec![1, 2, 3, 0]);
+    let t = from_json(WORD_LEVEL);
+    assert_eq!(t.vocab_size(), 6);
+    assert_eq!(ids(&t, "the cat sat dog"), vec![1, 5, 2, 5, 3, 5, 0]);
+    assert_eq!(t.decode(&ids(&t, "the cat sat")), "the cat sat");
     assert_eq!(t.separator(), Some(4), "</s> separates documents");
     assert!(t.chunks_safely());
     let why = Tokenizer::from_json(b"{\"model\": 3}".to_vec(), Path::new("bad.json")).unwrap_err();
     assert!(why.contains("not a usable tokenizer.json"), "{why}");
+}
+
+#[test]
+fn a_tokenizer_file_encodes_all_of_the_text_or_is_refused_naming_what_it_drops() {
+    // Saved truncation and padding (as files exported for classification carry) would cut
+    // each 1 MiB piece of a corpus to its first tokens or pad it: they are not applied.
+    let saved = WORD_LEVEL.replace(
+        r#""truncation": null, "padding": null"#,
+        r#""truncation": {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0},
+           "padding": {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+                       "pad_id": 4, "pad_type_id": 0, "pad_token": "</s>"}"#,
+    );
+    assert_ne!(saved, WORD_LEVEL);
+    let text = "the cat sat the cat";
+    assert_eq!(ids(&from_json(&saved), text), ids(&from_json(WORD_LEVEL), text));
+    assert_eq!(ids(&from_json(&saved), text).len(), 9);
+
+    // A whitespace pre-tokenizer drops the spaces; a BPE without an unknown token drops what
+    // its vocabulary lacks (and `tokenizers` then shifts the offsets that follow).
+    let whitespace = WORD_LEVEL.replace(
+        r#"{"type": "Split", "pattern": {"String": " "}, "behavior": "Isolated", "invert": false}"#,
+        r#"{"type": "Whitespace"}"#,
+    );
+    let why = from_json(&whitespace).encode(text).unwrap_err();
+    assert!(
+        why.contains("drops text") && why.contains("4 of 19 bytes") && why.contains("[' ']"),
+        "{why}"
+    );
+    let no_unk = r#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+        "post_processor": null, "decoder": null, "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}}"#;
+    let why = from_json(no_unk).encode("ab\nab\r\nb").unwrap_err();
+    assert!(why.contains("3 of 8 bytes") && why.contains("['\\n', '\\r']"), "{why}");
+
+    // Byte-level BPE keeps every byte, also under its post-processor, whose trimmed offsets
+    // leave a space outside every token.
+    let byte_level = r#"{"version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "\u0120": 2}, "merges": []}}"#;
+    let t = from_json(byte_level);
+    assert_eq!(ids(&t, "ab  ab"), vec![0, 1, 2, 2, 0, 1]);
+    assert_eq!(t.decode(&ids(&t, "ab  ab")), "ab  ab");
+}
+
+#[test]
+fn a_special_tokens_string_in_the_text_is_ordinary_text_as_with_the_openai_encodings() {
+    let json = r#"{"version": "1.0", "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+        "added_tokens": [{"id": 3, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false,
+                          "normalized": false, "special": true}],
+        "decoder": null, "model": {"type": "BPE", "vocab": {"a": 0, "<": 1, ">": 2, "<s>": 3, "s": 4}, "merges": []}}"#;
+    assert_eq!(ids(&from_json(json), "a<s>a"), vec![0, 1, 4, 2, 0]);
+    assert_eq!(ids(&Tokenizer::bpe("gpt2").unwrap(), "<|endoftext|>").len(), 7);
+}
+
+#[test]
+fn a_vocabulary_with_holes_in_its_ids_reaches_the_largest() {
+    let holes = r#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+        "post_processor": null, "decoder": null, "model": {"type": "BPE", "vocab": {"a": 0, "b": 9}, "merges": []}}"#;
+    let t = from_json(holes);
+    assert_eq!(t.vocab_size(), 10, "the model needs a row for id 9");
+    assert_eq!(ids(&t, "ab"), vec![0, 9]);
+    assert_eq!(t.byte_lengths(), [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
 }
 
 #[test]
@@ -274,6 +345,9 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
     std::fs::write(p("broken.json"), "{ not json").unwrap();
     std::fs::write(p("ok.txt"), "some text to train on").unwrap();
     std::fs::write(p("a_file"), "not a folder").unwrap();
+    let letters_only = r#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+        "post_processor": null, "decoder": null, "model": {"type": "BPE", "vocab": {"e": 0, "t": 1}, "merges": []}}"#;
+    std::fs::write(p("letters_only.json"), letters_only).unwrap();
     let text = |path: &str, tok: &str| request(&p(path), tok, &cache);
     let tokens = |path: &str, tok: &str, dtype| CorpusRequest {
         format: Format::Tokens,
@@ -301,6 +375,16 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
             },
             "data.tokenizer",
             "broken.json` is not a usable tokenizer.json",
+        ),
+        (
+            CorpusRequest {
+                tokenizer: TokenizerSpec::File(TokenizerFile {
+                    file: p("letters_only.json"),
+                }),
+                ..text("ok.txt", "x")
+            },
+            "data.tokenizer",
+            "ok.txt`: it drops text it has no token for",
         ),
         (
             CorpusRequest {

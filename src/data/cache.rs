@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::source::{Document, TextSplit, for_each_piece};
-use super::{Dtype, Tokenizer, Tokens};
+use super::{DataError, Dtype, Tokenizer, Tokens, at};
 
 /// Layout version of the cache files (part of every key).
 const VERSION: u32 = 1;
@@ -117,13 +117,19 @@ fn reuse(dir: &Path, key: &str) -> Option<(CacheMeta, Tokens, Tokens)> {
 
 /// The tokens of `split`: reused from `dir` under `key`, else tokenised (in parallel, with
 /// progress and a rate) and cached. `tokenizer` is `None` for the character tokenizer, whose
-/// vocabulary is the corpus's own characters.
-pub fn tokenise(split: &TextSplit, tokenizer: Option<&Tokenizer>, dir: &Path, key: &str) -> Result<Tokenised, String> {
+/// vocabulary is the corpus's own characters. An error names the key at fault: the corpus
+/// (unreadable), the tokenizer (text it cannot encode) or the cache folder.
+pub fn tokenise(
+    split: &TextSplit,
+    tokenizer: Option<&Tokenizer>,
+    dir: &Path,
+    key: &str,
+) -> Result<Tokenised, DataError> {
     if let Some((meta, train, val)) = reuse(dir, key) {
         let tokenizer = match (&meta.chars, tokenizer) {
             (_, Some(t)) => t.clone(),
             (Some(chars), None) => Tokenizer::chars(chars.clone()),
-            (None, None) => return Err("token cache entry without a vocabulary".into()),
+            (None, None) => return Err(at("data.cache_dir")("token cache entry without a vocabulary".into())),
         };
         if meta.train.bytes + meta.val.bytes >= QUIET_BELOW {
             let (train, val) = (meta.train.tokens, meta.val.tokens);
@@ -141,10 +147,12 @@ pub fn tokenise(split: &TextSplit, tokenizer: Option<&Tokenizer>, dir: &Path, ke
         });
     }
     let cannot = |e: std::io::Error| format!("the token cache folder `{}` cannot be written: {e}", dir.display());
-    std::fs::create_dir_all(dir).map_err(cannot)?;
+    std::fs::create_dir_all(dir)
+        .map_err(cannot)
+        .map_err(at("data.cache_dir"))?;
     let tokenizer = match tokenizer {
         Some(t) => t.clone(),
-        None => Tokenizer::chars(char_vocabulary(split)?),
+        None => Tokenizer::chars(char_vocabulary(split).map_err(at("data.path"))?),
     };
     let dtype = Dtype::for_vocab(tokenizer.vocab_size());
     let [meta_path, train_path, val_path] = paths(dir, key);
@@ -161,8 +169,9 @@ pub fn tokenise(split: &TextSplit, tokenizer: Option<&Tokenizer>, dir: &Path, ke
         chars: tokenizer.char_vocab().map(<[char]>::to_vec),
     };
     let json = serde_json::to_vec_pretty(&meta).expect("cache meta serialises");
-    crate::fsio::write_atomic(&meta_path, &json).map_err(|e| format!("{e:#}"))?;
-    let map = |p: &Path| Tokens::map(p, dtype).map_err(|e| format!("{e:#}"));
+    let in_cache = at("data.cache_dir");
+    crate::fsio::write_atomic(&meta_path, &json).map_err(|e| in_cache(format!("{e:#}")))?;
+    let map = |p: &Path| Tokens::map(p, dtype).map_err(|e| in_cache(format!("{e:#}")));
     Ok(Tokenised {
         train: map(&train_path)?,
         val: map(&val_path)?,
@@ -201,9 +210,14 @@ fn write_split(
     dtype: Dtype,
     path: &Path,
     progress: &mut Rate,
-) -> Result<SplitFile, String> {
+) -> Result<SplitFile, DataError> {
     let tmp = crate::fsio::temp_beside(path);
-    let cannot = |e: std::io::Error| format!("the token cache file `{}` cannot be written: {e}", tmp.display());
+    let cannot = |e: std::io::Error| {
+        at("data.cache_dir")(format!(
+            "the token cache file `{}` cannot be written: {e}",
+            tmp.display()
+        ))
+    };
     let file = std::fs::File::create(&tmp).map_err(cannot)?;
     let mut out = TokenWriter {
         file: BufWriter::new(file),
@@ -246,33 +260,43 @@ fn encode_document(
     tokenizer: &Tokenizer,
     out: &mut TokenWriter,
     progress: &mut Rate,
-) -> Result<(), String> {
+) -> Result<(), DataError> {
     let mut batch: Vec<String> = vec![];
     let chunked = tokenizer.chunks_safely();
-    let mut flush = |batch: &mut Vec<String>, out: &mut TokenWriter| -> Result<(), String> {
+    let mut flush = |batch: &mut Vec<String>, out: &mut TokenWriter| -> Result<(), DataError> {
         let ids: Vec<Vec<u32>> = batch
             .par_iter()
             .map(|t| tokenizer.encode(t))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(|why| {
+                at("data.tokenizer")(format!("{} on `{}`: {why}", tokenizer.record(), doc.path.display()))
+            })?;
         for piece in &ids {
-            out.put(piece).map_err(|e| format!("writing the token cache: {e}"))?;
+            out.put(piece)
+                .map_err(|e| at("data.cache_dir")(format!("writing the token cache: {e}")))?;
         }
         progress.add(batch.iter().map(|t| t.len() as u64).sum());
         batch.clear();
         Ok(())
     };
+    // Reading the pieces fails as `data.path`; a failure of `flush` inside keeps its own key.
+    let mut failed_at = "data.path";
     let mut whole = String::new();
-    for_each_piece(doc, |text| {
+    let read = for_each_piece(doc, |text| {
         if !chunked {
             whole.push_str(text);
             return Ok(());
         }
         batch.push(text.to_string());
         match batch.len() >= PIECES_AT_ONCE {
-            true => flush(&mut batch, out),
+            true => flush(&mut batch, out).map_err(|e| {
+                failed_at = e.key;
+                e.message
+            }),
             false => Ok(()),
         }
-    })?;
+    });
+    read.map_err(at(failed_at))?;
     if !chunked {
         batch.push(whole);
     }

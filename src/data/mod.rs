@@ -235,9 +235,9 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
         Some(v) => format!("val_path {v}"),
         None => format!("val_fraction {}", req.val_fraction),
     };
-    let tokenizer_said = tokenizer.map_or_else(|| "char".to_string(), |t| format!("{:?}", t.record()));
+    let tokenizer_said = tokenizer.map_or_else(|| "char".to_string(), Tokenizer::cache_identity);
     let key = cache_key(&format!("text {sha256} {split_said}"), &tokenizer_said);
-    let done = cache::tokenise(&split, tokenizer, &req.cache_dir, &key).map_err(|e| vec![at("data.cache_dir")(e)])?;
+    let done = cache::tokenise(&split, tokenizer, &req.cache_dir, &key).map_err(|e| vec![e])?;
     Ok(Corpus {
         tokenizer: done.tokenizer,
         train: done.train,

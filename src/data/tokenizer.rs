@@ -42,6 +42,9 @@ impl TokenizerSpec {
     /// Why the value cannot be used, if it cannot (an unknown name).
     pub fn problem(&self) -> Option<String> {
         match self {
+            TokenizerSpec::Named(n) if n.ends_with(".json") || n.contains(['/', '\\']) => Some(format!(
+                "unknown tokenizer `{n}`: a tokenizer file is written {{ file = \"{n}\" }}"
+            )),
             TokenizerSpec::Named(n) if !BUILT_IN.contains(&n.as_str()) => Some(format!(
                 "unknown tokenizer `{n}`: use one of {}, or {{ file = \"path/to/tokenizer.json\" }}",
                 BUILT_IN.map(|b| format!("`{b}`")).join(", ")
@@ -174,9 +177,22 @@ impl Tokenizer {
 
     /// A Hugging Face `tokenizer.json`, from its bytes; `shown` names it in messages.
     pub fn from_json(json: Vec<u8>, shown: &Path) -> Result<Self, String> {
-        let inner =
+        let mut inner =
             tokenizers::Tokenizer::from_bytes(&json).map_err(|e| format!("is not a usable tokenizer.json: {e}"))?;
-        let vocab_size = inner.get_vocab_size(true);
+        // A corpus is encoded in pieces of about 1 MiB: a `truncation` or `padding` saved in
+        // the file (as files exported for classification carry) would keep each piece's first
+        // tokens or pad it. The post-processor adds special tokens only when asked (never
+        // here); as `ByteLevel` it trims spaces off the offsets, which would read as dropped text.
+        // A special token's string in the text is ordinary text, as with the OpenAI encodings.
+        inner.set_encode_special_tokens(true);
+        inner
+            .with_truncation(None)
+            .map_err(|e| format!("is not a usable tokenizer.json: {e}"))?
+            .with_padding(None)
+            .with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        // One past the largest id, not the count of tokens: ids may leave holes (as the OpenAI
+        // encodings' do), and the model must have a row for every id the text can produce.
+        let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1);
         if vocab_size < 2 {
             return Err(format!(
                 "has a vocabulary of {vocab_size} tokens; at least 2 are needed"
@@ -221,6 +237,16 @@ impl Tokenizer {
     /// What identifies it.
     pub fn record(&self) -> &TokenizerRecord {
         &self.record
+    }
+
+    /// What the token cache keys its entries by. A file tokenizer's entries made before its
+    /// truncation, padding and dropped text were dealt with (see [`Tokenizer::from_json`]) may
+    /// hold cut or padded tokens: its key says they are not those.
+    pub fn cache_identity(&self) -> String {
+        match &self.kind {
+            Kind::File { .. } => format!("{:?} whole, unpadded, nothing dropped", self.record),
+            _ => format!("{:?}", self.record),
+        }
     }
 
     /// Tokens in the vocabulary: the model's embedding and output sizes.
@@ -273,10 +299,21 @@ impl Tokenizer {
                 }
             }
             Kind::Bpe(bpe) => Ok(bpe.encode_ordinary(text)),
-            Kind::File { inner, .. } => inner
-                .encode(text, false)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| format!("the tokenizer failed: {e}")),
+            Kind::File { inner, .. } => {
+                let encoding = inner
+                    .encode(text, false)
+                    .map_err(|e| format!("the tokenizer failed: {e}"))?;
+                let dropped_alone = |c: char| {
+                    let mut buf = [0; 4];
+                    inner
+                        .encode(&*c.encode_utf8(&mut buf), false)
+                        .is_ok_and(|e| e.get_offsets().iter().all(|&(s, e)| s >= e))
+                };
+                match dropped_text(text, encoding.get_offsets(), dropped_alone) {
+                    None => Ok(encoding.get_ids().to_vec()),
+                    Some(dropped) => Err(dropped),
+                }
+            }
         }
     }
 
@@ -339,6 +376,45 @@ impl Tokenizer {
     }
 }
 
+/// Why `text` is not what its tokens say, if some of its bytes lie in no token's `offsets`
+/// (byte spans): a tokenizer without an unknown token or byte fallback drops characters
+/// outside its vocabulary, a whitespace pre-tokenizer drops the spaces. A model would never
+/// see that text, and bits per byte would count bytes it never predicts. The offsets say how
+/// much is lost, not always where (`tokenizers`' BPE counts its offsets over the characters it
+/// kept), so the characters named are those that `dropped_alone` says vanish on their own.
+fn dropped_text(text: &str, offsets: &[(usize, usize)], dropped_alone: impl Fn(char) -> bool) -> Option<String> {
+    let mut spans = offsets.to_vec();
+    if !spans.is_sorted() {
+        spans.sort_unstable();
+    }
+    let (mut covered, mut kept) = (0, 0);
+    for (start, end) in spans {
+        let (start, end) = (start.max(covered), end.min(text.len()));
+        kept += end.saturating_sub(start);
+        covered = covered.max(end);
+    }
+    let lost = text.len() - kept;
+    if lost == 0 {
+        return None;
+    }
+    let mut tried = BTreeSet::new();
+    let named: Vec<char> = text
+        .chars()
+        .filter(|&c| tried.insert(c) && dropped_alone(c))
+        .take(8)
+        .collect();
+    let among = match named.is_empty() {
+        true => String::new(),
+        false => format!(", characters {named:?}"),
+    };
+    Some(format!(
+        "it drops text it has no token for ({lost} of {} bytes{among}): a model trained on \
+         these ids would never see that text, and bits per byte would count bytes it never predicts; use \
+         a tokenizer that keeps every byte (byte fallback, a byte-level pre-tokenizer, or an unknown token)",
+        text.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +436,7 @@ mod tests {
             "{why}"
         );
         assert!(TokenizerSpec::default().problem().is_none());
+        let why = TokenizerSpec::Named("tok/en.json".into()).problem().unwrap();
+        assert!(why.contains(r#"{ file = "tok/en.json" }"#), "{why}");
     }
 }
