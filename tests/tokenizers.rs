@@ -237,6 +237,45 @@ fn a_folder_is_read_in_sorted_order_with_separators_and_split_by_documents() {
     assert_ne!(load(&req).sha256, c.sha256);
 }
 
+#[test]
+fn links_in_a_corpus_folder_are_read_and_a_loop_or_a_broken_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, elsewhere) = (dir.path().join("texts"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(elsewhere.join("more")).unwrap();
+    std::fs::write(root.join("a.txt"), "First document.").unwrap();
+    std::fs::write(elsewhere.join("b.txt"), "Linked file.").unwrap();
+    std::fs::write(elsewhere.join("more/c.txt"), "In a linked folder, held out.").unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("b.txt"), root.join("b.txt")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("more"), root.join("c")).unwrap();
+    let mut req = request(&root, "char", dir.path());
+    req.val_fraction = 0.3;
+    let c = load(&req);
+    let names: Vec<_> = c
+        .files
+        .iter()
+        .map(|f| f.path.strip_prefix(&root).unwrap().to_owned())
+        .collect();
+    assert_eq!(names, [Path::new("a.txt"), Path::new("b.txt"), Path::new("c/c.txt")]);
+    assert_eq!(c.val.len(), "In a linked folder, held out.".len());
+
+    std::os::unix::fs::symlink(&root, root.join("c/loop")).unwrap();
+    let errors = Corpus::load(&req).err().unwrap_or_else(|| panic!("a loop is refused"));
+    assert!(
+        errors[0].key == "data.path" && errors[0].message.contains("loop"),
+        "{errors:?}"
+    );
+    std::fs::remove_file(root.join("c/loop")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.txt"), root.join("d.txt")).unwrap();
+    let errors = Corpus::load(&req)
+        .err()
+        .unwrap_or_else(|| panic!("a broken link is refused"));
+    assert!(
+        errors[0].key == "data.path" && errors[0].message.contains("d.txt"),
+        "{errors:?}"
+    );
+}
+
 fn write_u16(path: &Path, ids: &[u16]) {
     // numpy's `np.array(ids, dtype=np.uint16).tofile(path)` on a little-endian machine.
     std::fs::write(path, ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();

@@ -78,7 +78,10 @@ pub fn list_files(path: &Path, include: &[String]) -> Result<Vec<PathBuf>, Strin
     let set = set.build().map_err(|e| format!("include patterns: {e}"))?;
     let mut files = vec![];
     let hidden = |e: &walkdir::DirEntry| e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.');
+    // Links are followed, to folders as to files: a corpus assembled from links is read
+    // whole, and a loop or a broken link is an error naming it, not a part left out.
     for entry in walkdir::WalkDir::new(path)
+        .follow_links(true)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| !hidden(e))
