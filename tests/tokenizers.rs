@@ -387,6 +387,13 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
     let letters_only = r#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
         "post_processor": null, "decoder": null, "model": {"type": "BPE", "vocab": {"e": 0, "t": 1}, "merges": []}}"#;
     std::fs::write(p("letters_only.json"), letters_only).unwrap();
+    // Validation text that is also training text: the same file, or a copy in the training folder.
+    std::fs::create_dir(p("folder")).unwrap();
+    std::fs::write(p("folder/train.txt"), "text to train on").unwrap();
+    std::fs::write(p("folder/val.txt"), "text to score").unwrap();
+    std::fs::write(p("held_out.txt"), "text to score").unwrap();
+    std::fs::write(p("ids.bin"), [1u32, 2, 3].map(u32::to_le_bytes).concat()).unwrap();
+    std::fs::copy(p("ids.bin"), p("copy.bin")).unwrap();
     let text = |path: &str, tok: &str| request(&p(path), tok, &cache);
     let tokens = |path: &str, tok: &str, dtype| CorpusRequest {
         format: Format::Tokens,
@@ -414,6 +421,30 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
             },
             "data.tokenizer",
             "broken.json` is not a usable tokenizer.json",
+        ),
+        (
+            CorpusRequest {
+                val_path: Some(p("ok.txt")),
+                ..text("ok.txt", "char")
+            },
+            "data.val_path",
+            "ok.txt` is training text (it is read for training too)",
+        ),
+        (
+            CorpusRequest {
+                val_path: Some(p("held_out.txt")),
+                ..text("folder", "gpt2")
+            },
+            "data.val_path",
+            "held_out.txt` is training text (`",
+        ),
+        (
+            CorpusRequest {
+                val_path: Some(p("copy.bin")),
+                ..tokens("ids.bin", "o200k", Dtype::U32)
+            },
+            "data.val_path",
+            "copy.bin` is training text (`",
         ),
         (
             CorpusRequest {

@@ -220,6 +220,7 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
             )));
         }
     }
+    errors.extend(validation_in_training(&files, &val_files));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -296,6 +297,27 @@ fn token_file(
     Ok((tokens, file))
 }
 
+/// A `val_path` file whose bytes are also a training file's (the same file, or a copy inside a
+/// training folder): its losses would be scored on text the model trains on.
+fn validation_in_training(train: &[DataFile], val: &[DataFile]) -> Vec<DataError> {
+    val.iter()
+        .filter(|v| v.bytes > 0)
+        .filter_map(|v| {
+            let t = train.iter().find(|t| t.sha256 == v.sha256)?;
+            let same = match t.path == v.path {
+                true => "it is read for training too".to_string(),
+                false => format!("`{}` holds the same bytes", t.path.display()),
+            };
+            Some(at("data.val_path")(format!(
+                "`{}` is training text ({same}): validation would score text the model trains on; keep \
+                 it out of `path` (another folder, or `include` patterns that skip it) or leave val_path \
+                 out to hold out val_fraction",
+                v.path.display(),
+            )))
+        })
+        .collect()
+}
+
 /// The UTF-8 bytes `tokens` decode to, token by token.
 fn decoded_bytes(tokens: &Tokens, lengths: &[u32]) -> u64 {
     use rayon::prelude::*;
@@ -324,6 +346,10 @@ fn load_tokens(req: &CorpusRequest, tokenizer: Option<Tokenizer>) -> Result<Corp
     let (train, val, val_files) = match &req.val_path {
         Some(p) => {
             let (val, vfile) = token_file(p, dtype, &tokenizer, "data.val_path").map_err(|e| vec![e])?;
+            let overlap = validation_in_training(std::slice::from_ref(&file), std::slice::from_ref(&vfile));
+            if !overlap.is_empty() {
+                return Err(overlap);
+            }
             (train_all, val, vec![vfile])
         }
         None => {
