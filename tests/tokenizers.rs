@@ -298,15 +298,14 @@ fn token_files_load_in_numpys_layout() {
     assert_eq!(c.val_bytes, 11, "the bytes of the decoded text");
     assert_eq!(c.train_bytes, "The quick brown fox".len() as u64);
     // u32 too.
-    let wide = dir.path().join("wide.bin");
-    std::fs::write(
-        &wide,
-        [70_000u32, 5].iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    let (wide, wide_val) = (dir.path().join("wide.bin"), dir.path().join("wide_val.bin"));
+    let write_u32 = |path: &Path, ids: [u32; 2]| std::fs::write(path, ids.map(u32::to_le_bytes).concat()).unwrap();
+    write_u32(&wide, [70_000, 5]);
+    write_u32(&wide_val, [70_001, 6]);
     let mut req = request(&wide, "cl100k", dir.path());
-    (req.format, req.val_path, req.dtype) = (Format::Tokens, Some(wide.clone()), Some(Dtype::U32));
-    assert_eq!(load(&req).val.to_vec(), vec![70_000, 5]);
+    (req.format, req.val_path, req.dtype) = (Format::Tokens, Some(wide_val), Some(Dtype::U32));
+    let c = load(&req);
+    assert_eq!((c.train.to_vec(), c.val.to_vec()), (vec![70_000, 5], vec![70_001, 6]));
 }
 
 #[test]
