@@ -127,6 +127,18 @@ fn a_value_of_a_wrong_type_is_reported_with_the_other_sections_problems() {
 }
 
 #[test]
+fn a_section_written_as_an_array_is_a_wrong_type_not_read_by_position() {
+    // serde reads a struct from an array by position: `train = [1]` was batch_size = 1.
+    let dir = tempfile::tempdir().unwrap();
+    let text = "train = [1]\nphase = [[8, 2]]\n[data]\npath = \"CORPUS\"\n[[run]]\nname = \"a\"\nmodel = [2, 32]\n";
+    let stderr = invalid(dir.path(), "arrays.toml", text);
+    for (line, key) in [(1, "train"), (2, "phase.0"), (7, "model")] {
+        let want = format!("arrays.toml:{line}: key `{key}`: wrong type: got an array, expected a table");
+        assert!(stderr.contains(&want), "expected {want} in:\n{stderr}");
+    }
+}
+
+#[test]
 fn a_missing_data_file_is_reported_beside_the_specs_own_errors_unless_a_key_was_unreadable() {
     let dir = tempfile::tempdir().unwrap();
     let validate = |name: &str, text: &str| invalid(dir.path(), name, text);

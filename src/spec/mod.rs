@@ -16,7 +16,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use error::{Origin, SpecError, SpecErrors};
 pub use overrides::{SetArg, flatten};
@@ -31,7 +31,7 @@ use overrides::{set_dotted, value_label};
 use source::{SourceMap, segments};
 
 /// The shape of the file itself, checked before any expansion.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
@@ -71,7 +71,7 @@ struct RawFile {
 }
 
 /// A `[[run]]` entry: a name plus overrides of any section.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct RawRun {
     name: String,
     #[serde(default)]
@@ -235,14 +235,20 @@ struct Deserialized<T> {
 
 /// Deserialises `table` as `T`, collecting every error: on each, the offending key is taken out
 /// and the rest tried again, so every misspelling and wrong type is found in one pass.
-fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> Deserialized<T> {
+fn deserialize_all<T: serde::de::DeserializeOwned + Serialize>(table: &toml::Table) -> Deserialized<T> {
     let mut table = table.clone();
     let mut found = vec![];
     for _ in 0..200 {
         match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
             Ok(value) => {
+                let arrays = arrays_read_as_tables(&table, &value);
+                let wrong = "wrong type: got an array, expected a table (a [section] or { key = value })";
+                found.extend(arrays.iter().map(|key| (key.clone(), wrong.to_string())));
+                if !arrays.is_empty() && arrays.iter().all(|key| overrides::remove_dotted(&mut table, key)) {
+                    continue;
+                }
                 return Deserialized {
-                    value: Some(value),
+                    value: arrays.is_empty().then_some(value),
                     table,
                     problems: found,
                 };
@@ -266,6 +272,36 @@ fn deserialize_all<T: serde::de::DeserializeOwned>(table: &toml::Table) -> Deser
         table,
         problems: found,
     }
+}
+
+/// The keys where `table` has an array and `value` (what serde made of it, written out again)
+/// a table: serde reads a struct from an array by position (`train = [1]` read as
+/// `batch_size = 1`), which no spec means.
+fn arrays_read_as_tables<T: Serialize>(table: &toml::Table, value: &T) -> Vec<String> {
+    fn walk(written: &toml::Value, read: &toml::Value, key: String, out: &mut Vec<String>) {
+        use toml::Value::{Array, Table};
+        match (written, read) {
+            (Array(_), Table(_)) => out.push(key),
+            (Table(w), Table(r)) => {
+                for (k, v) in w {
+                    if let Some(rv) = r.get(k) {
+                        walk(v, rv, overrides::join_key(&key, k), out);
+                    }
+                }
+            }
+            (Array(w), Array(r)) => {
+                for (i, (v, rv)) in w.iter().zip(r).enumerate() {
+                    walk(v, rv, overrides::join_key(&key, &i.to_string()), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    if let Ok(read) = toml::Value::try_from(value) {
+        walk(&toml::Value::Table(table.clone()), &read, String::new(), &mut out);
+    }
+    out
 }
 
 /// The section a dotted key is in (`model` for `model.n_head` and for a run's
