@@ -493,3 +493,68 @@ fn tiny_shakespeare_in_gpt2_tokens_has_nanogpts_published_counts() {
 fn common_corpus() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
 }
+
+/// A Llama-style tokenizer.json: `▁` for spaces (prepended to the text), byte fallback, and a
+/// decoder that strips the space it prepended.
+fn llama_style_json() -> String {
+    let mut vocab: Vec<String> = vec!["\"<unk>\": 0".into()];
+    vocab.extend((0..256).map(|b| format!("\"<0x{b:02X}>\": {}", b + 1)));
+    vocab.extend(
+        ["▁", "a", "b", "▁a", "▁b", "ab"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("\"{t}\": {}", 257 + i)),
+    );
+    format!(
+        r#"{{"version": "1.0", "added_tokens": [], "post_processor": null, "pre_tokenizer": null,
+        "normalizer": {{"type": "Sequence", "normalizers": [{{"type": "Prepend", "prepend": "▁"}},
+                       {{"type": "Replace", "pattern": {{"String": " "}}, "content": "▁"}}]}},
+        "decoder": {{"type": "Sequence", "decoders": [{{"type": "Replace", "pattern": {{"String": "▁"}}, "content": " "}},
+                     {{"type": "ByteFallback"}}, {{"type": "Fuse"}}, {{"type": "Strip", "content": " ", "start": 1, "stop": 0}}]}},
+        "model": {{"type": "BPE", "vocab": {{{}}}, "merges": [["▁", "a"], ["▁", "b"], ["a", "b"]],
+                   "byte_fallback": true, "unk_token": "<unk>", "fuse_unk": true}}}}"#,
+        vocab.join(", ")
+    )
+}
+
+/// A byte-level BPE tokenizer.json: GPT-2's 256-character alphabet and two merges.
+fn byte_level_json() -> String {
+    let alphabet = (33..=126).chain(161..=172).chain(174..=255).chain(256..=323);
+    let vocab: Vec<String> = alphabet
+        .map(|c| serde_json::to_string(&char::from_u32(c).unwrap().to_string()).unwrap())
+        .chain(["\"\u{120}a\"".to_string(), "\"ab\"".to_string()])
+        .enumerate()
+        .map(|(i, t)| format!("{t}: {i}"))
+        .collect();
+    let byte_level = r#"{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}"#;
+    format!(
+        r#"{{"version": "1.0", "added_tokens": [], "normalizer": null, "post_processor": null,
+        "pre_tokenizer": {byte_level}, "decoder": {byte_level},
+        "model": {{"type": "BPE", "vocab": {{{}}}, "merges": [["\u0120", "a"], ["a", "b"]]}}}}"#,
+        vocab.join(", ")
+    )
+}
+
+#[test]
+fn a_tokenizer_files_tokens_count_the_bytes_of_the_text_they_encode() {
+    // Bits per byte of a token file add up each token's bytes: they must be the text's,
+    // characters cut across tokens and spaces inside `▁` included.
+    let text = "ab ba aab \u{e9}\u{20ac} b, \u{4e2d}\u{6587}!";
+    for (name, json, prepended) in [
+        ("llama-style", llama_style_json(), 1),
+        ("byte-level", byte_level_json(), 0),
+        ("word-level", WORD_LEVEL.to_string(), 0),
+    ] {
+        let t = from_json(&json);
+        let text = match name {
+            "word-level" => "the cat sat the cat",
+            _ => text,
+        };
+        let ids = ids(&t, text);
+        assert_eq!(t.decode(&ids), text, "{name}");
+        assert!(ids.len() < text.len(), "{name}: some tokens hold several bytes");
+        let lengths = t.byte_lengths();
+        let sum: u32 = ids.iter().map(|&i| lengths[i as usize]).sum();
+        assert_eq!(sum as usize, text.len() + prepended, "{name}: {ids:?}");
+    }
+}
