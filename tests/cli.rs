@@ -230,6 +230,7 @@ fn hostile_values_never_panic() {
         format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_head\" = []\n"),
         format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_head\" = 3\n"),
         format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"a\"]\nmax_new_tokens = 5000000000\n"),
+        format!("[data]\npath = \"CORPUS\"\ncache_dir = \"\"\n{PHASE}"),
         "run = 3\n".to_string(),
         "[[run]]\n".to_string(),
         "\u{0}\u{1}garbage".to_string(),

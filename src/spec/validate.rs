@@ -236,6 +236,16 @@ fn check_data(d: &super::DataSection, bad: &mut impl FnMut(&[&str], String)) {
             "format = \"tokens\" needs the tokenizer the ids came from (e.g. \"gpt2\"), for decoding and the vocabulary size; `char` builds its vocabulary from text".into(),
         );
     }
+    if d.cache_dir
+        .as_ref()
+        .is_some_and(|c| c.as_os_str().to_string_lossy().trim().is_empty())
+    {
+        // An empty path is the working folder: token files would land beside the user's own.
+        bad(
+            &["data.cache_dir"],
+            "must name a folder, not be empty (leave it out for the default cache)".into(),
+        );
+    }
     if d.include.is_empty() || d.include.iter().any(|p| p.trim().is_empty()) {
         bad(
             &["data.include"],
