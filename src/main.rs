@@ -122,7 +122,7 @@ fn run(args: &RunArgs) -> Outcome {
         println!("report: {}", page.display());
     }
     let line = outcome.summary(exp.name(), &args.out.runs_dir);
-    if outcome.failed.is_empty() && outcome.busy.is_empty() {
+    if outcome.succeeded() {
         println!("{line}");
         Ok(ExitCode::SUCCESS)
     } else {

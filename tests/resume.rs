@@ -503,4 +503,23 @@ fn an_unusable_output_folder_is_a_clear_error_naming_it() {
         "x",
         "nothing written over it"
     );
+    // With a report asked for, its failure is said once, not counted as a run ("2 of 1 runs").
+    let reports = dir.path().join("reports");
+    let runs = blocker.join("runs");
+    let out = common::gptlab()
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "-q",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ])
+        .args(["--reports-dir", reports.to_str().unwrap()])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains(": 1 of 1 runs failed: default; the report could not be written"),
+        "{stderr}"
+    );
 }

@@ -61,8 +61,10 @@ pub struct SessionOptions {
 pub struct SessionOutcome {
     /// Runs selected.
     pub runs: usize,
-    /// Runs that failed or diverged (now or before), and `(report)` if the report failed.
+    /// Runs that failed or diverged (now or before).
     pub failed: Vec<String>,
+    /// The report could not be written (the error was said as it happened).
+    pub report_failed: bool,
     /// Runs skipped because another process is training them.
     pub busy: Vec<String>,
     /// Stopped on request; the same command resumes.
@@ -72,8 +74,22 @@ pub struct SessionOutcome {
 }
 
 impl SessionOutcome {
-    /// The closing line: where the metrics are, or which runs failed.
+    /// Whether every run trained and the report (if asked for) was written.
+    pub fn succeeded(&self) -> bool {
+        self.failed.is_empty() && self.busy.is_empty() && !self.report_failed
+    }
+
+    /// The closing line: where the metrics are, or which runs failed; and whether the report
+    /// could not be written.
     pub fn summary(&self, experiment: &str, runs_dir: &Path) -> String {
+        let runs = self.runs_summary(experiment, runs_dir);
+        match self.report_failed {
+            true => format!("{runs}; the report could not be written"),
+            false => runs,
+        }
+    }
+
+    fn runs_summary(&self, experiment: &str, runs_dir: &Path) -> String {
         if self.failed.is_empty() && self.busy.is_empty() {
             let dir = runs_dir.join(experiment);
             let s = if self.runs == 1 { "" } else { "s" };
@@ -237,7 +253,7 @@ pub fn train_all(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutco
             Ok(written) => outcome.report = Some(written.page()),
             Err(e) => {
                 crate::events::error(format!("error: writing the report failed: {e:#}"));
-                outcome.failed.push("(report)".into());
+                outcome.report_failed = true;
             }
         }
     }
