@@ -28,15 +28,18 @@ pub struct SampleOptions {
 /// (`500000000`) would keep a report generating after its runs have trained.
 pub const MAX_NEW_TOKENS: usize = 100_000;
 
+/// Why `t` cannot be a sampling temperature, if it cannot: 0 is greedy, above 0 scales the
+/// logits (`[sample] temperature` and `--temperature` alike).
+pub fn temperature_problem(t: f64) -> Option<String> {
+    (!(t.is_finite() && t >= 0.0)).then(|| format!("must be 0 (greedy) or a positive number, not {t}"))
+}
+
 impl SampleOptions {
     /// Why these options cannot sample, if they cannot: the temperature must be 0 (greedy) or
     /// a positive number, the tokens at most [`MAX_NEW_TOKENS`].
     pub fn problem(&self) -> Option<String> {
-        let t = self.temperature;
-        if !(t.is_finite() && t >= 0.0) {
-            return Some(format!(
-                "--temperature must be 0 (greedy) or a positive number, not {t}"
-            ));
+        if let Some(why) = temperature_problem(self.temperature) {
+            return Some(format!("--temperature {why}"));
         }
         (self.max_new_tokens > MAX_NEW_TOKENS).then(|| {
             format!(

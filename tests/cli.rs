@@ -127,6 +127,20 @@ fn a_value_of_a_wrong_type_is_reported_with_the_other_sections_problems() {
 }
 
 #[test]
+fn a_specs_sampling_temperature_takes_what_gptlab_sample_takes() {
+    // 0 is greedy for `gptlab sample --temperature 0`, so for `[sample] temperature` too.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |t: &str| format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"a\"]\ntemperature = {t}\n");
+    let greedy = write(dir.path(), "greedy.toml", &spec("0.0"));
+    gptlab().arg("validate").arg(&greedy).assert().success();
+    let stderr = invalid(dir.path(), "negative.toml", &spec("-0.5"));
+    assert!(
+        stderr.contains("key `sample.temperature`: must be 0 (greedy) or a positive number, not -0.5"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_section_written_as_an_array_is_a_wrong_type_not_read_by_position() {
     // serde reads a struct from an array by position: `train = [1]` was batch_size = 1.
     let dir = tempfile::tempdir().unwrap();

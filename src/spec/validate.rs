@@ -48,11 +48,8 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
         );
     }
     let s = &c.sample;
-    if !(s.temperature.is_finite() && s.temperature > 0.0) {
-        bad(
-            &["sample.temperature"],
-            format!("must be a positive number, not {}", s.temperature),
-        );
+    if let Some(why) = crate::sample::temperature_problem(s.temperature) {
+        bad(&["sample.temperature"], why);
     }
     if s.max_new_tokens > crate::sample::MAX_NEW_TOKENS {
         bad(
