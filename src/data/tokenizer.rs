@@ -353,7 +353,7 @@ impl Tokenizer {
             Kind::Bpe(bpe) => (0..n)
                 .map(|id| bpe.decode_bytes(&[id]).map_or(0, |b| b.len() as u32))
                 .collect(),
-            Kind::File { inner, json } => file_token_bytes(inner, json, n),
+            Kind::File { inner, .. } => file_token_bytes(inner, n),
         }
     }
 

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 /// `<0xNN>` byte-fallback token is one byte, a special token none, and any other token is
 /// measured after a one-letter token, as the difference it makes to the decoded text (alone,
 /// without a decoder).
-pub(super) fn file_token_bytes(inner: &tokenizers::Tokenizer, json: &[u8], n: u32) -> Vec<u32> {
-    let decoders = decoder_types(json);
+pub(super) fn file_token_bytes(inner: &tokenizers::Tokenizer, n: u32) -> Vec<u32> {
+    let decoders = decoder_types(inner);
     let byte_level = decoders.iter().any(|d| d == "ByteLevel");
     let byte_fallback = decoders.iter().any(|d| d == "ByteFallback");
     let special: BTreeSet<u32> = inner
@@ -50,8 +50,9 @@ pub(super) fn file_token_bytes(inner: &tokenizers::Tokenizer, json: &[u8], n: u3
         .collect()
 }
 
-/// The `type` of a tokenizer.json's decoder and of every decoder inside it (a `Sequence`).
-fn decoder_types(json: &[u8]) -> Vec<String> {
+/// The `type` of the tokenizer's decoder and of every decoder inside it (a `Sequence`), as
+/// its tokenizer.json writes them.
+fn decoder_types(inner: &tokenizers::Tokenizer) -> Vec<String> {
     fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(o) => {
@@ -65,8 +66,8 @@ fn decoder_types(json: &[u8]) -> Vec<String> {
         }
     }
     let mut out = vec![];
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
-        walk(&v["decoder"], &mut out);
+    if let Ok(v) = serde_json::to_value(inner.get_decoder()) {
+        walk(&v, &mut out);
     }
     out
 }
