@@ -34,6 +34,11 @@ pub fn temperature_problem(t: f64) -> Option<String> {
     (!(t.is_finite() && t >= 0.0)).then(|| format!("must be 0 (greedy) or a positive number, not {t}"))
 }
 
+/// Why `n` cannot be a sample's length, if it cannot: more than [`MAX_NEW_TOKENS`].
+pub fn tokens_problem(n: usize) -> Option<String> {
+    (n > MAX_NEW_TOKENS).then(|| format!("{n} is beyond the {MAX_NEW_TOKENS} tokens a sample may have"))
+}
+
 impl SampleOptions {
     /// Why these options cannot sample, if they cannot: the temperature must be 0 (greedy) or
     /// a positive number, the tokens at most [`MAX_NEW_TOKENS`].
@@ -41,12 +46,7 @@ impl SampleOptions {
         if let Some(why) = temperature_problem(self.temperature) {
             return Some(format!("--temperature {why}"));
         }
-        (self.max_new_tokens > MAX_NEW_TOKENS).then(|| {
-            format!(
-                "--tokens {} is beyond the {MAX_NEW_TOKENS} tokens a sample may have",
-                self.max_new_tokens
-            )
-        })
+        tokens_problem(self.max_new_tokens).map(|why| format!("--tokens {why}"))
     }
 }
 

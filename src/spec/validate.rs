@@ -51,14 +51,10 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     if let Some(why) = crate::sample::temperature_problem(s.temperature) {
         bad(&["sample.temperature"], why);
     }
-    if s.max_new_tokens > crate::sample::MAX_NEW_TOKENS {
+    if let Some(why) = crate::sample::tokens_problem(s.max_new_tokens) {
         bad(
             &["sample.max_new_tokens"],
-            format!(
-                "{} is beyond the {} tokens a sample may have (samples are read on the report page)",
-                s.max_new_tokens,
-                crate::sample::MAX_NEW_TOKENS
-            ),
+            format!("{why} (samples are read on the report page)"),
         );
     }
     out
