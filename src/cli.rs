@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use gptlab::device::DeviceRequest;
+use gptlab::session::SessionOptions;
 use gptlab::spec::SetArg;
 
 #[derive(Parser)]
@@ -131,6 +132,28 @@ pub(crate) struct RunArgs {
     pub(crate) wait: bool,
     #[command(flatten)]
     pub(crate) lock: LockArgs,
+}
+
+impl RunArgs {
+    /// How the session trains: threads, jobs, device, reports, locks; a Ctrl-C handler is
+    /// installed for its stop flag. Zero threads or jobs is a usage error.
+    pub(crate) fn session_options(&self) -> Result<SessionOptions, gptlab::Error> {
+        if self.threads == Some(0) || self.jobs == 0 {
+            return Err(gptlab::Error::Usage("--threads and --jobs must be at least 1".into()));
+        }
+        Ok(SessionOptions {
+            fresh: self.fresh,
+            quiet: self.quiet,
+            threads: self.threads,
+            jobs: self.jobs,
+            device: self.device,
+            reports_dir: (!self.no_report).then(|| self.out.reports_dir.clone()),
+            live_reports_dir: (!self.no_report || self.live_report).then(|| self.out.reports_dir.clone()),
+            stop: gptlab::interrupt::install(),
+            wait: self.wait,
+            lock_timeout: self.lock.timeout()?,
+        })
+    }
 }
 
 #[derive(Args, Clone, Copy)]

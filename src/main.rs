@@ -14,7 +14,6 @@ use cli::{Cli, Command, ParamsArgs, ReportArgs, RunArgs, SampleArgs, Select, Sub
 use gptlab::Error;
 use gptlab::experiment::{Experiment, other_settings_error};
 use gptlab::sample::SampleOptions;
-use gptlab::session::SessionOptions;
 
 /// Counts live bytes so attention memory can be measured (`[measure] attention = true`).
 #[global_allocator]
@@ -97,22 +96,7 @@ fn show_plan(file: &Path, select: &Select, explain: bool) -> Outcome {
 
 fn run(args: &RunArgs) -> Outcome {
     let exp = load(&args.file, &args.select, &args.out.runs_dir)?;
-    if args.threads == Some(0) || args.jobs == 0 {
-        return Err(Error::Usage("--threads and --jobs must be at least 1".into()));
-    }
-    let opts = SessionOptions {
-        fresh: args.fresh,
-        quiet: args.quiet,
-        threads: args.threads,
-        jobs: args.jobs,
-        device: args.device,
-        reports_dir: (!args.no_report).then(|| args.out.reports_dir.clone()),
-        live_reports_dir: (!args.no_report || args.live_report).then(|| args.out.reports_dir.clone()),
-        stop: gptlab::interrupt::install(),
-        wait: args.wait,
-        lock_timeout: args.lock.timeout()?,
-    };
-    let outcome = gptlab::session::train_all(&exp, &opts)?;
+    let outcome = gptlab::session::train_all(&exp, &args.session_options()?)?;
     if outcome.interrupted {
         let resume = gptlab::interrupt::resume_command();
         eprintln!("interrupted: a checkpoint was written; to resume, run again: {resume}");
