@@ -43,6 +43,13 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
             "name",
             "duplicate run name",
         ),
+        (
+            "case.toml",
+            format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"rope\"\n[[run]]\nname = \"RoPE\"\nmodel.position = \"rope\"\n"),
+            9,
+            "name",
+            "`rope` and `RoPE` differ only in case",
+        ),
         ("sweep.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 4]\n"), 7, "model.n_kv_head", "n_kv_head=4"),
         ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown key"),
         ("position.toml", format!("[model]\nposition = \"xpos\"\n{PHASE}"), 2, "model.position", "unknown variant"),

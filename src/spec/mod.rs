@@ -955,12 +955,23 @@ fn sweep_axes(source: &Source, sweep: &toml::Table, errors: &mut Vec<SpecError>)
 /// (`report.focus`, `report.baseline`), and too many trainings over the seeds.
 fn check_names(specs: &[RunSpec], only: &[String]) -> Vec<SpecError> {
     let mut errors = vec![];
-    let mut seen = std::collections::HashSet::new();
+    // Keyed by the name in lower case: names that differ only in case are one folder on a
+    // case-insensitive file system (macOS's and Windows' defaults).
+    let mut seen = std::collections::HashMap::new();
     for spec in specs {
         if let Err(msg) = check_folder_name(&spec.name) {
             errors.push(spec.error_at_name(msg));
-        } else if !seen.insert(spec.name.clone()) {
-            errors.push(spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)));
+            continue;
+        }
+        match seen.insert(spec.name.to_lowercase(), &spec.name) {
+            Some(other) if *other == spec.name => errors.push(
+                spec.error_at_name(format!("duplicate run name `{}`: run names must be unique", spec.name)),
+            ),
+            Some(other) => errors.push(spec.error_at_name(format!(
+                "run names `{other}` and `{}` differ only in case: on a case-insensitive file system (macOS, Windows) they would be one folder",
+                spec.name
+            ))),
+            None => {}
         }
     }
     let Some(first) = specs.first() else {
