@@ -13,6 +13,29 @@ use serde::{Deserialize, Serialize};
 /// The element type of every parameter and activation.
 pub type Float = f32;
 
+/// A setting read as `f64` as training applies it, in [`Float`]: there 0.99999999 is 1 and
+/// 1e-50 is 0, so a range is checked on this value, not on the one written.
+pub fn as_trained(v: f64) -> f64 {
+    v as Float as f64
+}
+
+/// `v` for a message: as written, and what [`as_trained`] makes of it where that differs.
+pub fn shown_as_trained(v: f64) -> String {
+    // As TOML writes them (1e-50, not fifty digits), each at its own precision: 0.1 read as
+    // a 32-bit float still shows as 0.1.
+    fn short<T: std::fmt::Display + std::fmt::LowerExp>(x: T, magnitude: f64) -> String {
+        match magnitude {
+            a if a != 0.0 && !(1e-4..1e16).contains(&a) => format!("{x:e}"),
+            _ => format!("{x}"),
+        }
+    }
+    let (written, trained) = (short(v, v.abs()), short(v as Float, as_trained(v).abs()));
+    match written == trained {
+        true => written,
+        false => format!("{written}, which is {trained} in the 32-bit floats training computes with"),
+    }
+}
+
 /// How token positions enter the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -346,8 +369,11 @@ impl ModelOptions {
         if self.mlp_multiple_of == 0 {
             bad(&["mlp_multiple_of"], "must be at least 1".into());
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bad(&["dropout"], format!("must be in [0, 1), not {}", self.dropout));
+        if !(0.0..1.0).contains(&as_trained(self.dropout)) {
+            bad(
+                &["dropout"],
+                format!("must be in [0, 1), not {}", shown_as_trained(self.dropout)),
+            );
         }
         if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
             bad(

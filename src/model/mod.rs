@@ -21,7 +21,7 @@ pub use alibi::{alibi_bias, alibi_slopes};
 pub use attention::CausalSelfAttention;
 pub use config::{
     AttentionKind, AttnShape, Float, MlpKind, ModelConfig, ModelOptions, NormKind, OptionProblem, Position,
-    RopeScaling, RopeScalingKind,
+    RopeScaling, RopeScalingKind, as_trained, shown_as_trained,
 };
 pub use gpt::{Block, Gpt, Pass};
 pub use kv_cache::{KvCache, LayerCache};

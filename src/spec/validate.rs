@@ -1,6 +1,7 @@
 //! Checks of a resolved run that need no data: sizes that cannot build, values out of range.
 
 use super::RunConfig;
+use crate::model::{as_trained, shown_as_trained};
 
 /// A problem and the keys involved; the error is placed on whichever of them was set last
 /// (a `--set` beats the run, the run beats the file), since that is the one the user changed.
@@ -252,14 +253,19 @@ fn check_train(t: &super::TrainSection, bad: &mut impl FnMut(&[&str], String)) {
     if t.batch_size == 0 {
         bad(&["train.batch_size"], "must be at least 1".into());
     }
+    // The optimiser computes in 32-bit floats: a β that rounds to 1 never moves its moment
+    // (nothing is learned), an ε that rounds to 0 divides by zero.
     for (key, v) in [("train.lr", t.lr), ("train.eps", t.eps)] {
-        if !(v.is_finite() && v > 0.0) {
-            bad(&[key], format!("must be a positive number, not {v}"));
+        if !(v.is_finite() && as_trained(v) > 0.0) {
+            bad(
+                &[key],
+                format!("must be a positive number, not {}", shown_as_trained(v)),
+            );
         }
     }
     for (key, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
-        if !(0.0..1.0).contains(&v) {
-            bad(&[key], format!("must be in [0, 1), not {v}"));
+        if !(0.0..1.0).contains(&as_trained(v)) {
+            bad(&[key], format!("must be in [0, 1), not {}", shown_as_trained(v)));
         }
     }
     for (key, v) in [("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
