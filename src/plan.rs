@@ -558,7 +558,7 @@ fn load_corpus(corpora: &mut Corpora, req: &CorpusRequest) -> Result<Arc<Corpus>
 }
 
 /// What makes `spec` untrainable on `corpus`: too few symbols, splits shorter than a window,
-/// an `init_from` that is not a checkpoint.
+/// sample prompts its tokenizer cannot encode, an `init_from` that is not a checkpoint.
 fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecError> {
     let c = &spec.config;
     let mut errors = vec![];
@@ -580,6 +580,13 @@ fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecE
                 data_path.display()
             );
             errors.push(spec.error(&format!("phase.{i}.seq_len"), msg));
+        }
+    }
+    // Samples are drawn after training: a prompt they cannot encode is found now, not then.
+    for (i, prompt) in c.sample.prompts.iter().enumerate() {
+        if let Some(why) = crate::sample::prompt_problem(prompt, &corpus.tokenizer) {
+            let msg = format!("prompt {} ({prompt:?}) {why}", i + 1);
+            errors.push(spec.error("sample.prompts", msg));
         }
     }
     if let Some(from) = &spec.init_from {

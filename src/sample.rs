@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use dfdx::prelude::*;
 use rand::Rng;
 
@@ -39,6 +39,25 @@ pub fn tokens_problem(n: usize) -> Option<String> {
     (n > MAX_NEW_TOKENS).then(|| format!("{n} is beyond the {MAX_NEW_TOKENS} tokens a sample may have"))
 }
 
+/// Why `prompt` cannot be continued, if it cannot, before any tokenizer is at hand: it is
+/// empty (generation continues a context of at least one token).
+pub fn empty_prompt_problem(prompt: &str) -> Option<String> {
+    prompt
+        .is_empty()
+        .then(|| "is empty: give at least one character to continue".to_string())
+}
+
+/// Why `prompt` cannot be continued with `tokenizer`, if it cannot: it is empty, or holds
+/// characters outside the vocabulary. `[sample] prompts` are checked with this before a run
+/// trains, `--prompt` before a token is drawn, and the report's samples when they are drawn.
+pub fn prompt_problem(prompt: &str, tokenizer: &Tokenizer) -> Option<String> {
+    empty_prompt_problem(prompt).or_else(|| match tokenizer.encode(prompt) {
+        Err(why) => Some(format!("cannot be encoded: {why}")),
+        Ok(ids) if ids.is_empty() => empty_prompt_problem(""),
+        Ok(_) => None,
+    })
+}
+
 impl SampleOptions {
     /// Why these options cannot sample, if they cannot: the temperature must be 0 (greedy) or
     /// a positive number, the tokens at most [`MAX_NEW_TOKENS`].
@@ -59,18 +78,16 @@ pub fn from_checkpoint(dir: &Path, prompt: &str, opts: &SampleOptions) -> Result
     if let Some(why) = opts.problem() {
         return Err(Usage(why));
     }
-    if prompt.is_empty() {
-        return Err(Usage(
-            "--prompt is empty: give at least one character to continue".into(),
-        ));
+    if let Some(why) = empty_prompt_problem(prompt) {
+        return Err(Usage(format!("--prompt {why}")));
     }
     if !dir.exists() {
         return Err(Usage(format!("{}: no such checkpoint or run folder", dir.display())));
     }
     let dev = Cpu::default();
     let sampler = Sampler::load(&dev, dir).with_context(|| format!("loading checkpoint {}", dir.display()))?;
-    if let Err(why) = sampler.tokenizer.encode(prompt) {
-        return Err(Usage(format!("--prompt: {why}")));
+    if let Some(why) = prompt_problem(prompt, &sampler.tokenizer) {
+        return Err(Usage(format!("--prompt {why}")));
     }
     Ok(format!("{prompt}{}", sampler.generate(prompt, opts)?))
 }
@@ -141,17 +158,11 @@ impl<D: Backend> Sampler<D> {
 
     /// [`Sampler::generate`], also returning the decode speed in tokens per second.
     pub fn generate_timed(&self, prompt: &str, opts: &SampleOptions) -> Result<(String, f64)> {
-        let ids: Vec<usize> = self
-            .tokenizer
-            .encode(prompt)
-            .map_err(|why| anyhow::anyhow!("the prompt cannot be encoded: {why}"))?
-            .into_iter()
-            .map(|id| id as usize)
-            .collect();
-        ensure!(
-            !ids.is_empty(),
-            "the prompt is empty: give at least one character to continue"
-        );
+        if let Some(why) = prompt_problem(prompt, &self.tokenizer) {
+            anyhow::bail!("the prompt {why}");
+        }
+        let ids = self.tokenizer.encode(prompt).map_err(anyhow::Error::msg)?;
+        let ids: Vec<usize> = ids.into_iter().map(|id| id as usize).collect();
         let (new, speed) = generate_timed(&self.model, &ids, opts);
         Ok((self.tokenizer.decode_usize(&new), speed))
     }

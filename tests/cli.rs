@@ -55,6 +55,9 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
         ("position.toml", format!("[model]\nposition = \"xpos\"\n{PHASE}"), 2, "model.position", "unknown variant"),
         ("syntax.toml", "[model\nn_layer = 2\n".into(), 1, "", "invalid TOML"),
         ("huge.toml", format!("[model]\nn_layer = 99999999999999999999\n{PHASE}"), 2, "model.n_layer", "too large"),
+        // Samples are drawn after training: a prompt they cannot take is refused before it.
+        ("prompt.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"To be\", \"\"]\n"), 7, "sample.prompts", "prompt 2 is empty"),
+        ("vocab.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"€uro\"]\n"), 7, "sample.prompts", "prompt 1 (\"€uro\") cannot be encoded: characters not in the vocabulary: ['€']"),
         // Ranges hold for the values training's 32-bit floats compute with, not only as written.
         ("dropout32.toml", format!("[model]\ndropout = 0.99999999\n{PHASE}"), 2, "model.dropout", "0.99999999, which is 1 in the 32-bit"),
         ("beta32.toml", format!("[train]\nbeta2 = 0.999999999\n{PHASE}"), 2, "train.beta2", "which is 1 in the 32-bit"),

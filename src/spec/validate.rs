@@ -52,6 +52,11 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     if let Some(why) = crate::sample::temperature_problem(s.temperature) {
         bad(&["sample.temperature"], why);
     }
+    for (i, prompt) in s.prompts.iter().enumerate() {
+        if let Some(why) = crate::sample::empty_prompt_problem(prompt) {
+            bad(&["sample.prompts"], format!("prompt {} {why}", i + 1));
+        }
+    }
     if let Some(why) = crate::sample::tokens_problem(s.max_new_tokens) {
         bad(
             &["sample.max_new_tokens"],
