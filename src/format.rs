@@ -17,6 +17,15 @@ pub fn num(x: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// A setting's value as TOML writes it, for an error message: `0.1`, `1e-50` and `1e300`
+/// (not fifty or three hundred digits), at the precision of its type (`0.1f32` reads `0.1`).
+pub fn as_written<T: std::fmt::Display + std::fmt::LowerExp + Into<f64> + Copy>(x: T) -> String {
+    match x.into().abs() {
+        a if a != 0.0 && a.is_finite() && !(1e-4..1e16).contains(&a) => format!("{x:e}"),
+        _ => format!("{x}"),
+    }
+}
+
 /// An integer with thousands separators.
 pub fn int(x: impl Into<u128>) -> String {
     group_thousands(&x.into().to_string())
@@ -90,6 +99,22 @@ pub fn shell_quote(arg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_reads_as_toml_writes_it_at_its_own_precision() {
+        let cases = [
+            (as_written(1e-50), "1e-50"),
+            (as_written(-1e300), "-1e300"),
+            (as_written(0.5), "0.5"),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+        // 0.1 as a 32-bit float is 0.100000001490116… as a 64-bit one, and still reads 0.1.
+        assert_eq!(as_written(0.1f32), "0.1");
+        assert_eq!(as_written(0.99999999f64 as f32), "1");
+        assert_eq!(as_written(0.0), "0");
+    }
 
     #[test]
     fn numbers_read_as_people_write_them() {

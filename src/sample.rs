@@ -31,7 +31,12 @@ pub const MAX_NEW_TOKENS: usize = 100_000;
 /// Why `t` cannot be a sampling temperature, if it cannot: 0 is greedy, above 0 scales the
 /// logits (`[sample] temperature` and `--temperature` alike).
 pub fn temperature_problem(t: f64) -> Option<String> {
-    (!(t.is_finite() && t >= 0.0)).then(|| format!("must be 0 (greedy) or a positive number, not {t}"))
+    (!(t.is_finite() && t >= 0.0)).then(|| {
+        format!(
+            "must be 0 (greedy) or a positive number, not {}",
+            crate::format::as_written(t)
+        )
+    })
 }
 
 /// Why `n` cannot be a sample's length, if it cannot: more than [`MAX_NEW_TOKENS`].

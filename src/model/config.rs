@@ -21,15 +21,8 @@ pub fn as_trained(v: f64) -> f64 {
 
 /// `v` for a message: as written, and what [`as_trained`] makes of it where that differs.
 pub fn shown_as_trained(v: f64) -> String {
-    // As TOML writes them (1e-50, not fifty digits), each at its own precision: 0.1 read as
-    // a 32-bit float still shows as 0.1.
-    fn short<T: std::fmt::Display + std::fmt::LowerExp>(x: T, magnitude: f64) -> String {
-        match magnitude {
-            a if a != 0.0 && !(1e-4..1e16).contains(&a) => format!("{x:e}"),
-            _ => format!("{x}"),
-        }
-    }
-    let (written, trained) = (short(v, v.abs()), short(v as Float, as_trained(v).abs()));
+    use crate::format::as_written;
+    let (written, trained) = (as_written(v), as_written(v as Float));
     match written == trained {
         true => written,
         false => format!("{written}, which is {trained} in the 32-bit floats training computes with"),
@@ -378,7 +371,10 @@ impl ModelOptions {
         if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
             bad(
                 &["rope_base"],
-                format!("must be a finite number above 1, not {}", self.rope_base),
+                format!(
+                    "must be a finite number above 1, not {}",
+                    crate::format::as_written(self.rope_base)
+                ),
             );
         }
         // Guard against configurations that cannot fit in memory, which would abort rather than error.

@@ -1,6 +1,7 @@
 //! Checks of a resolved run that need no data: sizes that cannot build, values out of range.
 
 use super::RunConfig;
+use crate::format::as_written;
 use crate::model::{as_trained, shown_as_trained};
 
 /// A problem and the keys involved; the error is placed on whichever of them was set last
@@ -45,7 +46,7 @@ pub fn check(c: &RunConfig) -> Vec<Problem> {
     if !(0.0..1.0).contains(&c.report.smoothing) {
         bad(
             &["report.smoothing"],
-            format!("must be in [0, 1), not {}", c.report.smoothing),
+            format!("must be in [0, 1), not {}", as_written(c.report.smoothing)),
         );
     }
     let s = &c.sample;
@@ -275,7 +276,7 @@ fn check_train(t: &super::TrainSection, bad: &mut impl FnMut(&[&str], String)) {
     }
     for (key, v) in [("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
         if !(v.is_finite() && v >= 0.0) {
-            bad(&[key], format!("must be a non-negative number, not {v}"));
+            bad(&[key], format!("must be a non-negative number, not {}", as_written(v)));
         }
     }
     if t.eval_batches == 0 || t.eval_batches > 10_000 {
@@ -539,11 +540,7 @@ fn check_eval(e: &super::EvalSection, bad: &mut impl FnMut(&[&str], String)) {
                 &["eval.rope_scaling"],
                 format!(
                     "factor must be a number of at least 1 and at most {MAX_ROPE_FACTOR}, not {}",
-                    if s.factor.abs() < 1e6 {
-                        s.factor.to_string()
-                    } else {
-                        format!("{:e}", s.factor)
-                    }
+                    as_written(s.factor)
                 ),
             );
         } else if e.rope_scaling[..i].contains(s) {
