@@ -209,7 +209,52 @@ fn flat_strings(prefix: &str, value: impl serde::Serialize) -> Vec<(String, Stri
         .collect()
 }
 
+/// The text a run's losses are measured on, as an identity and in words: losses on different
+/// text are not compared ([`RunPlan::validation_text`], [`RunPlan::training_text`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextUsed {
+    /// Equal for the same text, whatever the tokenizer: the files' SHA-256 and the share held out.
+    pub identity: String,
+    /// For a person: `` `val.txt` ``, `10% of `data/a.txt` held out`.
+    pub words: String,
+}
+
 impl RunPlan {
+    /// The text of the validation losses: the validation files, or the share of the data
+    /// held out (cut from the text before tokenising, so the same for every tokenizer).
+    pub fn validation_text(&self) -> TextUsed {
+        let (c, d) = (&self.corpus, &self.config.data);
+        match (&c.val_sha256, &d.val_path) {
+            (Some(sha), val_path) => TextUsed {
+                identity: format!("files {sha}"),
+                words: format!("`{}`", val_path.as_deref().unwrap_or(Path::new("?")).display()),
+            },
+            (None, _) => TextUsed {
+                identity: format!("held out {} of {}", d.val_fraction, c.sha256),
+                words: format!("{}% of `{}` held out", d.val_fraction * 100.0, self.data_path.display()),
+            },
+        }
+    }
+
+    /// The text of the training losses: the data, less the share held out when there is one.
+    pub fn training_text(&self) -> TextUsed {
+        let (c, d) = (&self.corpus, &self.config.data);
+        match c.val_sha256 {
+            Some(_) => TextUsed {
+                identity: format!("all of {}", c.sha256),
+                words: format!("`{}`", self.data_path.display()),
+            },
+            None => TextUsed {
+                identity: format!("less {} of {}", d.val_fraction, c.sha256),
+                words: format!(
+                    "`{}` less {}% held out",
+                    self.data_path.display(),
+                    d.val_fraction * 100.0
+                ),
+            },
+        }
+    }
+
     /// Parameters of the model (counted from the shapes, see [`crate::params`]).
     pub fn num_params(&self) -> usize {
         crate::params::Arch::from_model(&self.model).breakdown().total as usize

@@ -412,6 +412,58 @@ fn several_experiments_report_on_one_page_with_their_runs_named_by_experiment() 
     );
 }
 
+#[test]
+fn runs_validated_on_other_text_are_not_compared_and_one_val_path_compares_them() {
+    let out = common::OutDirs::new();
+    let (tmp, reports, dirs) = (out.tmp.path(), &out.reports, out.args());
+    // Two corpora from two parts of tiny-shakespeare (ASCII: any byte is a cut), and a
+    // validation text of its own from a third.
+    let text = std::fs::read_to_string(common::corpus_path()).unwrap();
+    for (name, part) in [
+        ("a.txt", 0..200_000),
+        ("b.txt", 200_000..400_000),
+        ("v.txt", 400_000..420_000),
+    ] {
+        std::fs::write(tmp.join(name), &text[part]).unwrap();
+    }
+    let sweep = "[sweep]\n\"data.path\" = [\"a.txt\", \"b.txt\"]\n";
+    for (name, set) in [
+        ("held_out", "data.val_fraction=0.1"),
+        ("one_val", "data.val_path=\"v.txt\""),
+    ] {
+        let spec = common::tiny_spec(tmp, name, sweep);
+        common::gptlab()
+            .current_dir(tmp)
+            .arg("run")
+            .arg(&spec)
+            .args(dirs)
+            .args(["-q", "--set", set])
+            .assert()
+            .success();
+    }
+    let read = |name: &str, file: &str| std::fs::read_to_string(reports.join(name).join(file)).unwrap();
+    // Each run holds out 10% of its own corpus: a difference would be the text's.
+    let summary = read("held_out", "summary.md");
+    assert!(
+        summary.contains(
+            "path=b.txt is not compared with path=a.txt: their validation losses are on different text \
+             (path=b.txt: 10% of `b.txt` held out; path=a.txt: 10% of `a.txt` held out)"
+        ),
+        "{summary}"
+    );
+    assert_eq!(read("held_out", "comparison.csv").lines().skip(1).count(), 0);
+    // One validation file for both: compared.
+    let comparison = read("one_val", "comparison.csv");
+    assert!(
+        comparison
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("path=b.txt,path=a.txt,final_val_loss,1,")),
+        "{comparison}"
+    );
+    assert!(!read("one_val", "summary.md").contains("not compared"));
+}
+
 /// The smallest text of every figure of the page in `dir`, as shown in headless Chromium in
 /// windows 1,400 and 800 px wide (the image's width on the page over the SVG's own width,
 /// times its smallest `font-size`), is at least the page's small text: 12 px.

@@ -207,15 +207,15 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
         None => vec![],
     };
     let mut errors = vec![];
-    for (path, set, key) in [
-        (Some(&req.path), &files, "data.path"),
-        (req.val_path.as_ref(), &val_files, "data.val_path"),
+    for (path, set, key, use_) in [
+        (Some(&req.path), &files, "data.path", "train"),
+        (req.val_path.as_ref(), &val_files, "data.val_path", "validate"),
     ] {
         if let Some(path) = path
             && set.iter().all(|f| f.bytes == 0)
         {
             errors.push(at(key)(format!(
-                "`{}` is empty: there is no text to train on",
+                "`{}` is empty: there is no text to {use_} on",
                 path.display()
             )));
         }

@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use super::summary::RunSummary;
+use crate::plan::TextUsed;
 use crate::stats::{Estimate, PairedDiff};
 
 /// A loss the comparison covers: CSV key, words, accessor.
@@ -18,6 +19,8 @@ pub struct Loss {
     pub words: &'static str,
     /// The per-seed value.
     pub get: fn(&RunSummary) -> Option<f64>,
+    /// The text it is measured on: runs are compared on the same text only.
+    pub text: fn(&RunSummary) -> &TextUsed,
 }
 
 /// The losses compared, the headline (the verdict's) first.
@@ -26,16 +29,19 @@ pub const LOSSES: [Loss; 3] = [
         key: "final_val_loss",
         words: "final validation loss",
         get: |s| s.final_val_loss,
+        text: |s| &s.validated_on,
     },
     Loss {
         key: "best_val_loss",
         words: "best validation loss",
         get: |s| s.best_val_loss,
+        text: |s| &s.validated_on,
     },
     Loss {
         key: "train_loss_last50",
         words: "training loss over the last 50 steps",
         get: |s| s.train_loss_last50,
+        text: |s| &s.trained_on,
     },
 ];
 
@@ -217,7 +223,17 @@ fn unit_words(seeds: &[&RunSummary]) -> &'static str {
     }
 }
 
-/// Each other run against `base`, on each loss, paired by seed over complete seeds.
+/// Whether `loss` of two runs' seeds is measured on the same text (a run's seeds share
+/// their data): losses on other text say nothing of the runs.
+fn same_text(loss: &Loss, run: &[&RunSummary], base: &[&RunSummary]) -> bool {
+    match (run.first(), base.first()) {
+        (Some(r), Some(b)) => (loss.text)(r).identity == (loss.text)(b).identity,
+        _ => false,
+    }
+}
+
+/// Each other run against `base`, on each loss measured on the same text, paired by seed
+/// over complete seeds.
 pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
     let groups = by_run(summaries);
     let Some((_, base_seeds)) = groups.iter().find(|(r, _)| r == base) else {
@@ -231,7 +247,7 @@ pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
     };
     let mut rows = vec![];
     for (run, seeds) in groups.iter().filter(|(r, _)| r != base) {
-        for loss in &LOSSES {
+        for loss in LOSSES.iter().filter(|l| same_text(l, seeds, base_seeds)) {
             let Some(d) = PairedDiff::of(&paired(seeds, loss.get), &paired(base_seeds, loss.get)) else {
                 continue;
             };
@@ -289,6 +305,19 @@ pub fn verdict(
     };
     let mut out = vec![];
     for r in runs.iter().filter(|r| r.run != base) {
+        let (seeds, base_seeds) = (seeds_of(&r.run), seeds_of(base));
+        if let (false, Some(a), Some(b)) = (
+            same_text(&LOSSES[0], seeds, base_seeds),
+            seeds.first(),
+            base_seeds.first(),
+        ) {
+            out.push(format!(
+                "{} is not compared with {base}: their validation losses are on different text ({}: {}; {base}: {}), \
+                 so a difference would be the text's; give both runs one data.val_path to compare them.",
+                r.run, r.run, a.validated_on.words, b.validated_on.words
+            ));
+            continue;
+        }
         match comparison.iter().find(|c| c.run == r.run && c.loss == LOSSES[0].key) {
             Some(c) => out.push(format!("{}.", c.sentence)),
             None if never(&r.run) || never(base) => out.push(format!(

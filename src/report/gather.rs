@@ -115,6 +115,8 @@ fn read_run(p: &RunPlan, unit: &LossUnit, runs: &mut Runs) -> Result<()> {
     let params = p.num_params();
     let mut summary = summarise(&p.name, seed, &p.label(), status, &in_unit, total, params);
     summary.loss_unit = unit.short().to_string();
+    summary.validated_on = p.validation_text();
+    summary.trained_on = p.training_text();
     runs.summaries.push(summary);
     for r in &mut rows {
         // The merged file names every row's run as the report does (several experiments:

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::plan::TextUsed;
 use crate::run_dir::{MetricsRow, RunState, StateKind};
 
 /// Steps averaged for the "mean of the last steps" figure.
@@ -54,6 +55,12 @@ pub struct RunSummary {
     pub kv_bytes_per_token: Option<f64>,
     /// Decode speed with the cache when sampling the last phase-end checkpoint (tokens/s).
     pub decode_tokens_per_s: Option<f64>,
+    /// The text of its validation losses (not a column: the report compares by it).
+    #[serde(skip)]
+    pub validated_on: TextUsed,
+    /// The text of its training losses.
+    #[serde(skip)]
+    pub trained_on: TextUsed,
 }
 
 fn min(xs: impl Iterator<Item = f64>) -> Option<f64> {
@@ -147,6 +154,8 @@ pub fn summarise(
             .reduce(f64::max),
         kv_bytes_per_token: None,
         decode_tokens_per_s: None,
+        validated_on: TextUsed::default(),
+        trained_on: TextUsed::default(),
     }
 }
 
