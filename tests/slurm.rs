@@ -142,11 +142,12 @@ impl Drop for Cluster {
 
 /// The tiny spec as experiment `cluster`, with `extra` appended; one CPU per task.
 fn spec(dir: &Path, extra: &str) -> PathBuf {
-    common::tiny_spec(
-        dir,
-        "cluster",
-        &format!("[slurm]\ncpus_per_task = 1\ntime = \"10\"\n{extra}"),
-    )
+    common::tiny_spec(dir, "cluster", &slurm_section(extra))
+}
+
+/// `[slurm]` with one CPU per task and a time limit, then `extra`.
+fn slurm_section(extra: &str) -> String {
+    format!("[slurm]\ncpus_per_task = 1\ntime = \"10\"\n{extra}")
 }
 
 /// Trains `spec` here, uninterrupted, under `dir/local`; its runs folder.
@@ -168,8 +169,14 @@ struct Submitted {
     stdout: String,
 }
 
-/// `gptlab submit SPEC` into folders under `dir`, every step slowed to `slow_ms`.
+/// `gptlab submit SPEC` of experiment `cluster` into folders under `dir`, every step slowed
+/// to `slow_ms`.
 fn submit(cluster: &Cluster, spec: &Path, dir: &Path, slow_ms: u64) -> Submitted {
+    submit_named(cluster, spec, "cluster", dir, slow_ms)
+}
+
+/// [`submit`] of experiment `experiment`.
+fn submit_named(cluster: &Cluster, spec: &Path, experiment: &str, dir: &Path, slow_ms: u64) -> Submitted {
     let (runs, reports) = (dir.join("runs"), dir.join("reports"));
     let args: Vec<String> = [
         "submit",
@@ -185,7 +192,7 @@ fn submit(cluster: &Cluster, spec: &Path, dir: &Path, slow_ms: u64) -> Submitted
     let out = cluster.gptlab(&args_ref, slow_ms).assert().success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     let (array, report) = job_ids(&stdout);
-    let logs = runs.join("cluster/slurm");
+    let logs = runs.join(experiment).join("slurm");
     Submitted {
         args,
         runs,
@@ -230,12 +237,16 @@ fn wait_rows(run: &Path, rows: usize, cluster: &Cluster, logs: &Path) {
 #[test]
 fn an_array_trains_every_run_like_a_local_run_and_the_report_job_runs() {
     let cluster = Cluster::start(16_900);
-    let dir = tempfile::tempdir().unwrap();
-    let spec = spec(
-        dir.path(),
-        "[[run]]\nname = \"abs\"\n[[run]]\nname = \"rope\"\nmodel.position = \"rope\"\n",
-    );
-    let local = local_run(&spec, dir.path());
+    let tmp = tempfile::tempdir().unwrap();
+    // sbatch reads `#SBATCH` lines itself, splitting them on spaces: an experiment named as
+    // people name them, in a folder with a space, must still reach the right log files.
+    let (dir, experiment) = (tmp.path().join("my runs"), "rope vs \"abs\" 50%");
+    std::fs::create_dir(&dir).unwrap();
+    let runs_toml = "[[run]]\nname = \"abs\"\n[[run]]\nname = \"rope\"\nmodel.position = \"rope\"\n";
+    let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"rope vs \\\"abs\\\" 50%\"\n");
+    let spec = common::write_spec(&dir, "vs.toml", &format!("{text}{}", slurm_section(runs_toml)));
+    let dir = dir.as_path();
+    let local = local_run(&spec, dir);
     let Submitted {
         args,
         runs,
@@ -244,19 +255,19 @@ fn an_array_trains_every_run_like_a_local_run_and_the_report_job_runs() {
         array,
         report,
         stdout,
-    } = submit(&cluster, &spec, dir.path(), 0);
+    } = submit_named(&cluster, &spec, experiment, dir, 0);
     assert!(stdout.contains("2 tasks: abs, rope"), "{stdout}");
     cluster.wait_finished(&[&format!("{array}_0"), &format!("{array}_1"), &report], &logs);
 
     for run in ["abs", "rope"] {
         assert_eq!(
-            common::results_fingerprint(&runs.join("cluster").join(run)),
-            common::results_fingerprint(&local.join("cluster").join(run)),
+            common::results_fingerprint(&runs.join(experiment).join(run)),
+            common::results_fingerprint(&local.join(experiment).join(run)),
             "run {run} on Slurm differs from the local run"
         );
     }
     assert_eq!(cluster.state(&report), "COMPLETED", "{}", cluster.logs(&logs));
-    let page = std::fs::read_to_string(reports.join("cluster/index.html")).unwrap();
+    let page = std::fs::read_to_string(reports.join(experiment).join("index.html")).unwrap();
     assert!(!page.contains("Not finished"), "every run is on the page as complete");
     assert!(
         !page.contains("http-equiv=\"refresh\""),

@@ -41,14 +41,6 @@ pub struct Submission {
 /// with other settings (as `gptlab run` would, but before anything is queued), and leaves out
 /// runs that are complete, diverged or being trained now.
 pub fn prepare(exp: &Experiment, inv: &Invocation) -> Result<Submission, Error> {
-    for path in [&inv.workdir, &inv.spec, &inv.runs_dir, &inv.reports_dir, &inv.gptlab] {
-        let text = path.display().to_string();
-        if text.contains(|c: char| c.is_whitespace() || "'\"\\".contains(c)) {
-            return Err(Error::Usage(format!(
-                "{text}: a path with spaces or quotes cannot be written into #SBATCH lines; move it or use a link"
-            )));
-        }
-    }
     let selected = exp.selected();
     check_identities(&selected, exp.name())?;
     let (mut tasks, mut skipped) = (vec![], vec![]);

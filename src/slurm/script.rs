@@ -86,7 +86,7 @@ fn resources(s: &SlurmSection, training: bool) -> Vec<String> {
     let mut lines = vec![];
     let mut put = |opt: &str, v: Option<String>| {
         if let Some(v) = v {
-            lines.push(format!("#SBATCH --{opt}={v}"));
+            lines.push(directive(opt, &v));
         }
     };
     put("partition", s.partition.clone());
@@ -102,10 +102,35 @@ fn resources(s: &SlurmSection, training: bool) -> Vec<String> {
     lines
 }
 
-/// A folder as sbatch's `--output` pattern takes it: a `%` of the path itself is written `%%`,
-/// since sbatch replaces `%u`, `%j` and the like there.
-fn output_pattern(dir: &Path) -> String {
-    dir.display().to_string().replace('%', "%%")
+/// A value as an `#SBATCH` line takes it: sbatch splits those lines on white space itself (no
+/// shell reads them), groups what stands in double quotes and takes a backslash's next
+/// character as it is. A value with a space, a quote or a backslash (an experiment called
+/// `rope vs abs`, a home folder with a space) is written in double quotes with `"` and `\`
+/// escaped; any other as it is.
+fn sbatch_value(v: &str) -> String {
+    if !v.contains(|c: char| c.is_whitespace() || "\"'\\".contains(c)) {
+        return v.to_string();
+    }
+    let escaped: String = v
+        .chars()
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
+}
+
+/// `#SBATCH --opt=value`, the value written as sbatch reads it ([`sbatch_value`]).
+fn directive(opt: &str, value: &str) -> String {
+    format!("#SBATCH --{opt}={}", sbatch_value(value))
+}
+
+/// An `--output` file in folder `dir`: a `%` of the path itself is written `%%`, since sbatch
+/// replaces `%u`, `%j` and the like there; `file` is the pattern's own part (`%A_%a.out`).
+fn output_directive(dir: &Path, file: &str) -> String {
+    let pattern = format!("{}/{file}", dir.display().to_string().replace('%', "%%"));
+    directive("output", &pattern)
 }
 
 /// The job array: task `i` trains `runs[i]` (a run id, as `--only` takes it).
@@ -114,11 +139,11 @@ pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &I
     let mut lines = vec![
         "#!/bin/bash".to_string(),
         format!("# gptlab: experiment `{experiment}`, one task per run (written by `gptlab submit`)."),
-        format!("#SBATCH --job-name=gptlab-{experiment}"),
+        directive("job-name", &format!("gptlab-{experiment}")),
         format!("#SBATCH --array=0-{}{throttle}", runs.len().saturating_sub(1)),
-        format!("#SBATCH --chdir={}", inv.workdir.display()),
+        directive("chdir", &inv.workdir.display().to_string()),
         // Requeued tasks append to the same log instead of replacing it.
-        format!("#SBATCH --output={}/%A_%a.out", output_pattern(logs)),
+        output_directive(logs, "%A_%a.out"),
         "#SBATCH --open-mode=append".into(),
         "#SBATCH --requeue".into(),
     ];
@@ -171,9 +196,9 @@ pub fn report_script(experiment: &str, s: &SlurmSection, inv: &Invocation, logs:
     let mut lines = vec![
         "#!/bin/bash".to_string(),
         format!("# gptlab: the report of experiment `{experiment}`, after its job array (written by `gptlab submit`)."),
-        format!("#SBATCH --job-name=gptlab-{experiment}-report"),
-        format!("#SBATCH --chdir={}", inv.workdir.display()),
-        format!("#SBATCH --output={}/report_%j.out", output_pattern(logs)),
+        directive("job-name", &format!("gptlab-{experiment}-report")),
+        directive("chdir", &inv.workdir.display().to_string()),
+        output_directive(logs, "report_%j.out"),
     ];
     lines.extend(resources(s, false));
     lines.push(format!(
