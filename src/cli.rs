@@ -141,6 +141,9 @@ impl RunArgs {
         if self.threads == Some(0) || self.jobs == 0 {
             return Err(gptlab::Error::Usage("--threads and --jobs must be at least 1".into()));
         }
+        if let Some(why) = self.threads.and_then(gptlab::session::threads_problem) {
+            return Err(gptlab::Error::Usage(format!("--threads {why}")));
+        }
         Ok(SessionOptions {
             fresh: self.fresh,
             quiet: self.quiet,

@@ -186,6 +186,11 @@ fn bad_arguments_exit_2_with_one_line() {
     for (extra, words) in [
         (&["--only", "nope"][..], "--only names no run"),
         (&["--threads", "0"], "at least 1"),
+        // A pool this size never finished a step (and ignored `timeout`'s SIGTERM meanwhile).
+        (
+            &["--threads", "100000"],
+            "--threads 100000 is more than the 1024 threads",
+        ),
         (&["--jobs", "0"], "at least 1"),
     ] {
         run(&spec, tmp.path(), extra)

@@ -112,6 +112,13 @@ fn threads_is_the_total_and_jobs_above_it_are_capped_and_said() {
     let err = stderr(&done);
     assert!(err.contains("--jobs 3 is more than the 1 threads in all"), "{err}");
     assert!(!err.contains("2 runs at once"), "{err}");
+    // More threads than this process's CPUs train, and are said to wait for each other.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let many = (cpus + 1).to_string();
+    let done = cmd("run", &spec, &out, &["--no-report", "--fresh", "--threads", &many]).success();
+    let err = stderr(&done);
+    let said = format!("--threads {many} is more than the {cpus} CPUs this process may use");
+    assert!(err.contains(&said), "{err}");
 }
 
 /// Item 6: `list` counts every training, seeds included.

@@ -200,12 +200,40 @@ fn check_writable(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Runtime(anyhow!("the report folder {} cannot be written: {e}", dir.display())))
 }
 
+/// The most threads a session takes: a mistyped count (`--threads 100000`) made a pool that
+/// never finished a step, and no `timeout` could stop it at a step's end.
+pub const MAX_THREADS: usize = 1024;
+
+/// Why `n` threads cannot train, if they cannot: more than [`MAX_THREADS`].
+pub fn threads_problem(n: usize) -> Option<String> {
+    (n > MAX_THREADS).then(|| format!("{n} is more than the {MAX_THREADS} threads a session may take"))
+}
+
+/// The CPUs this process may run on (its affinity and cgroup quota, as Slurm sets them).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The threads to train with: those asked for, or one per CPU; more than the CPUs is said,
+/// since such threads only wait for each other (512 on 2 CPUs trained 30 times slower).
+fn thread_count(asked: Option<usize>, quiet: bool) -> usize {
+    let cpus = cpus();
+    match asked {
+        Some(n) if n > cpus && !quiet => {
+            crate::events::note(format!(
+                "note: --threads {n} is more than the {cpus} CPUs this process may use: the threads will wait for each other (slower, the same results)"
+            ));
+            n
+        }
+        Some(n) => n,
+        None => cpus,
+    }
+}
+
 /// Trains the selected runs of `exp` and writes its report (unless interrupted).
 pub fn train_all(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutcome, Error> {
     let selected = exp.selected();
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = thread_count(opts.threads, opts.quiet);
     let layout = layout(opts, &selected, threads);
     let chosen = choose_device(opts.device, &selected, opts.quiet)?;
     check_memory(&selected, layout.jobs)?;
