@@ -290,7 +290,8 @@ mod tests {
         }
         for bad in [-1.0, -0.0 - 1e-9, f64::NAN, f64::INFINITY] {
             let why = at(bad).problem().unwrap_or_else(|| panic!("{bad} accepted"));
-            assert!(why.contains("--temperature") && why.contains(&bad.to_string()), "{why}");
+            let written = crate::format::as_written(bad);
+            assert!(why.contains("--temperature") && why.contains(&written), "{why}");
         }
     }
 
