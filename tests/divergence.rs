@@ -65,24 +65,38 @@ fn one_seed_diverges(poison: &str, step: usize, cause: &str, before_first_checkp
         assert!(stderr.contains("its last good checkpoint (step "), "{stderr}");
     }
 
-    // status.json and `gptlab status`.
+    assert_the_status_says_diverged(&spec, &out, step, cause);
+    assert_the_report_leaves_the_seed_out(&spec, &out, step, cause);
+    // Training again does not retry it.
+    run(&spec, &out, &["-q", "--no-report"], None)
+        .code(1)
+        .stderr(predicates::str::contains(format!(
+            "run `rope/seed=2` diverged at step {step}"
+        )));
+}
+
+/// `status.json` and `gptlab status` say run `rope/seed=2` diverged at `step` of `cause`.
+fn assert_the_status_says_diverged(spec: &Path, out: &OutDirs, step: usize, cause: &str) {
     let run_dir = out.runs.join("div/rope/seed=2");
     let status: serde_json::Value = serde_json::from_str(&read(run_dir.join("status.json"))).unwrap();
     assert_eq!(status["state"], "diverged", "{status}");
     assert_eq!(status["step"], step as u64);
     assert!(status["cause"].as_str().unwrap().starts_with(cause), "{status}");
-    let shown = common::status(&spec, &out.runs).success();
+    let shown = common::status(spec, &out.runs).success();
     let table = common::stdout_of(&shown);
     let line = table.lines().find(|l| l.starts_with("rope/seed=2")).unwrap();
     assert!(
         line.contains("diverged") && line.contains(&format!("{step}/16")) && line.contains(cause),
         "{line}"
     );
+}
 
-    // The report: seeds.csv, summary.csv, comparison.csv, summary.md, the page.
+/// The report (seeds.csv, summary.csv, comparison.csv, summary.md, the page) leaves the
+/// diverged seed out of every figure and says why.
+fn assert_the_report_leaves_the_seed_out(spec: &Path, out: &OutDirs, step: usize, cause: &str) {
     gptlab()
         .arg("report")
-        .arg(&spec)
+        .arg(spec)
         .args(out.args())
         .arg("--no-samples")
         .assert()
@@ -124,12 +138,6 @@ fn one_seed_diverges(poison: &str, step: usize, cause: &str, before_first_checkp
     for row in csv_rows(&reports.join("eval.csv")) {
         assert!(row["loss"] != "NaN", "{row:?}");
     }
-    // Training again does not retry it.
-    run(&spec, &out, &["-q", "--no-report"], None)
-        .code(1)
-        .stderr(predicates::str::contains(format!(
-            "run `rope/seed=2` diverged at step {step}"
-        )));
 }
 
 #[test]

@@ -45,6 +45,60 @@ fn rows(dirs: &OutDirs, exp: &str, run: &str) -> (Vec<EvalRow>, Vec<PositionRow>
     (dir.read_eval().unwrap(), dir.read_position_loss().unwrap())
 }
 
+/// At phase ends 10 and 16, the loss in `evals` at the `longest` length is the mean of its
+/// per-position losses in `positions`.
+fn assert_the_loss_is_the_mean_of_its_positions(evals: &[EvalRow], positions: &[PositionRow], longest: usize) {
+    for step in [10, 16] {
+        let at: Vec<f64> = positions
+            .iter()
+            .filter(|p| p.step == step && p.scaling.is_empty())
+            .map(|p| {
+                assert_eq!(p.length, longest);
+                p.loss
+            })
+            .collect();
+        assert_eq!(at.len(), longest);
+        let row = evals
+            .iter()
+            .find(|r| r.step == step && r.length == longest && r.scaling.is_empty())
+            .unwrap();
+        let mean = at.iter().sum::<f64>() / at.len() as f64;
+        assert!(
+            (row.loss.unwrap() - mean).abs() < 1e-9,
+            "{} vs {mean}",
+            row.loss.unwrap()
+        );
+    }
+}
+
+/// Independently: the model's own mean cross-entropy (dfdx's log-softmax) on the same
+/// windows, from the phase-end checkpoint, equals the loss recorded at each length.
+fn assert_the_model_recomputes_the_recorded_losses(dirs: &OutDirs, rope: &[EvalRow]) {
+    let corpus = Corpus::from_file(std::path::Path::new(&common::corpus_path()), 0.1).unwrap();
+    let dev = Cpu::default();
+    let loaded = checkpoint::read(&dirs.runs.join("len/rope/checkpoints/step_00000016")).unwrap();
+    let mut model = Gpt::new(&dev, &loaded.meta.model, 0);
+    loaded.load_weights(&mut model).unwrap();
+    for length in [8, 16, 32] {
+        let model = model.for_length(length, None).unwrap();
+        let n = 512 / length;
+        let val: Vec<usize> = corpus.val.to_vec().into_iter().map(|id| id as usize).collect();
+        let inputs: Vec<usize> = val[..n * length].to_vec();
+        let targets: Vec<usize> = val[1..n * length + 1].to_vec();
+        let logits = model.eval_logits(&inputs, n, length);
+        let want = model.loss(logits, &targets).as_vec()[0] as f64;
+        let got = rope
+            .iter()
+            .find(|r| r.step == 16 && r.length == length && r.scaling.is_empty())
+            .unwrap();
+        assert!(
+            (got.loss.unwrap() - want).abs() < 1e-4,
+            "length {length}: {:?} vs {want}",
+            got.loss
+        );
+    }
+}
+
 #[test]
 fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
     let dirs = OutDirs::new();
@@ -96,55 +150,9 @@ fn the_loss_at_a_length_is_the_mean_over_positions_of_shared_windows() {
     }
 
     // The loss at the longest length equals the mean of its per-position losses.
-    for (evals, positions, longest) in [(&rope, &rope_pos, 64), (&abs, &abs_pos, 16)] {
-        for step in [10, 16] {
-            let at: Vec<f64> = positions
-                .iter()
-                .filter(|p| p.step == step && p.scaling.is_empty())
-                .map(|p| {
-                    assert_eq!(p.length, longest);
-                    p.loss
-                })
-                .collect();
-            assert_eq!(at.len(), longest);
-            let row = evals
-                .iter()
-                .find(|r| r.step == step && r.length == longest && r.scaling.is_empty())
-                .unwrap();
-            let mean = at.iter().sum::<f64>() / at.len() as f64;
-            assert!(
-                (row.loss.unwrap() - mean).abs() < 1e-9,
-                "{} vs {mean}",
-                row.loss.unwrap()
-            );
-        }
-    }
-
-    // Independently: the model's own mean cross-entropy (dfdx's log-softmax) on the same
-    // windows, from the phase-end checkpoint, equals the recorded loss at each length.
-    let corpus = Corpus::from_file(std::path::Path::new(&common::corpus_path()), 0.1).unwrap();
-    let dev = Cpu::default();
-    let loaded = checkpoint::read(&dirs.runs.join("len/rope/checkpoints/step_00000016")).unwrap();
-    let mut model = Gpt::new(&dev, &loaded.meta.model, 0);
-    loaded.load_weights(&mut model).unwrap();
-    for length in [8, 16, 32] {
-        let model = model.for_length(length, None).unwrap();
-        let n = 512 / length;
-        let val: Vec<usize> = corpus.val.to_vec().into_iter().map(|id| id as usize).collect();
-        let inputs: Vec<usize> = val[..n * length].to_vec();
-        let targets: Vec<usize> = val[1..n * length + 1].to_vec();
-        let logits = model.eval_logits(&inputs, n, length);
-        let want = model.loss(logits, &targets).as_vec()[0] as f64;
-        let got = rope
-            .iter()
-            .find(|r| r.step == 16 && r.length == length && r.scaling.is_empty())
-            .unwrap();
-        assert!(
-            (got.loss.unwrap() - want).abs() < 1e-4,
-            "length {length}: {:?} vs {want}",
-            got.loss
-        );
-    }
+    assert_the_loss_is_the_mean_of_its_positions(&rope, &rope_pos, 64);
+    assert_the_loss_is_the_mean_of_its_positions(&abs, &abs_pos, 16);
+    assert_the_model_recomputes_the_recorded_losses(&dirs, &rope);
 
     // The report draws both figures and says what happens past the training length.
     let reports = dirs.reports.join("len");

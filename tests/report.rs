@@ -339,7 +339,12 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
     );
     assert_eq!(dom.matches("class=\"loaded\"").count(), figures - 1);
 
-    let ckpt = runs.join("smoke/rope/checkpoints/step_00000040");
+    assert_sampling_continues_a_prompt_and_names_unknown_characters(&runs.join("smoke/rope/checkpoints/step_00000040"));
+}
+
+/// `gptlab sample` from the checkpoint `ckpt` continues a prompt, and names the characters of
+/// one outside the vocabulary (exit 2).
+fn assert_sampling_continues_a_prompt_and_names_unknown_characters(ckpt: &Path) {
     Command::cargo_bin("gptlab")
         .unwrap()
         .args([

@@ -63,8 +63,18 @@ fn two_seeds_end_to_end_with_a_kill_resume_and_the_verdict_in_a_browser() {
     assert!(!out.status.success(), "the fault should have killed the process");
     gptlab().args(run_args(&spec, &runs, &reports)).assert().success();
 
-    // One folder per (run, seed), each a full run with its seed in every row.
     let exp = runs.join("sd");
+    assert_each_seed_is_its_own_run(tmp.path(), &spec, &exp, &reports);
+    let report = reports.join("sd");
+    assert_the_tables_pair_the_seeds(&report, &exp);
+    assert_the_verdict_comes_first_in_a_browser(&report);
+}
+
+/// One folder per (run, seed) of `exp`, each a full run with its seed in every row; the
+/// killed and resumed (run, seed) equals the same trained alone, and seed 5 of `seeds` is the
+/// run a single `seed = 5` trains.
+#[cfg(feature = "fault-injection")]
+fn assert_each_seed_is_its_own_run(tmp: &Path, spec: &Path, exp: &Path, reports: &Path) {
     for run in ["absolute", "rope"] {
         for seed in [5u64, 6] {
             let rows = bits(&exp.join(run).join(format!("seed={seed}")).join("metrics.csv"));
@@ -79,9 +89,9 @@ fn two_seeds_end_to_end_with_a_kill_resume_and_the_verdict_in_a_browser() {
     let killed = bits(&exp.join("absolute/seed=5/metrics.csv"));
 
     // The killed (run, seed), trained alone and uninterrupted with --only, is the same bit for bit.
-    let alone = tmp.path().join("alone");
+    let alone = tmp.join("alone");
     gptlab()
-        .args(run_args(&spec, &alone, &reports))
+        .args(run_args(spec, &alone, reports))
         .args(["--only", "absolute/seed=5", "--no-report"])
         .assert()
         .success();
@@ -94,14 +104,10 @@ fn two_seeds_end_to_end_with_a_kill_resume_and_the_verdict_in_a_browser() {
     assert_ne!(bits(&exp.join("absolute/seed=6/metrics.csv"))[3].1, killed[3].1);
     // And seed 5 of `seeds` is the run a single `seed = 5` trains (only the folder differs).
     let single = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"sd\"\n");
-    let single = write_spec(
-        tmp.path(),
-        "single.toml",
-        &format!("{single}\n[[run]]\nname = \"absolute\"\n"),
-    );
-    let one = tmp.path().join("one");
+    let single = write_spec(tmp, "single.toml", &format!("{single}\n[[run]]\nname = \"absolute\"\n"));
+    let one = tmp.join("one");
     gptlab()
-        .args(run_args(&single, &one, &reports))
+        .args(run_args(&single, &one, reports))
         .arg("--no-report")
         .assert()
         .success();
@@ -110,9 +116,12 @@ fn two_seeds_end_to_end_with_a_kill_resume_and_the_verdict_in_a_browser() {
         plain.iter().map(|r| (r.0, r.1, r.2)).collect::<Vec<_>>(),
         killed.iter().map(|r| (r.0, r.1, r.2)).collect::<Vec<_>>()
     );
+}
 
-    // The report: a band per run, per-run aggregates, the paired comparison, the verdict.
-    let report = reports.join("sd");
+/// The report: a band per run, per-run aggregates that are the mean of the seeds, the
+/// comparison paired by seed, and a verdict with its interval.
+#[cfg(feature = "fault-injection")]
+fn assert_the_tables_pair_the_seeds(report: &Path, exp: &Path) {
     let svg = std::fs::read_to_string(report.join("loss.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let bands: Vec<_> = doc.descendants().filter(|n| n.tag_name().name() == "polygon").collect();
@@ -156,7 +165,11 @@ fn two_seeds_end_to_end_with_a_kill_resume_and_the_verdict_in_a_browser() {
     let verdict = md.lines().find(|l| l.starts_with("- ")).unwrap();
     assert!(verdict.contains("2 seeds, better in"), "{md}");
     assert!(verdict.contains("95% t interval"), "{md}");
+}
 
+/// The page in headless Chromium: the verdict first, the paired comparison, every figure loaded.
+#[cfg(feature = "fault-injection")]
+fn assert_the_verdict_comes_first_in_a_browser(report: &Path) {
     let profile = tempfile::tempdir().unwrap();
     let dom = dump_dom(&report.join("index.html"), profile.path());
     let verdict_html = dom

@@ -368,11 +368,9 @@ fn bits_per_byte_are_nats_per_char_over_ln2_for_ascii_and_a_hand_count_for_bpe()
     assert!((c.bits_per_byte(3.0, Split::Train) - 3.0 * 4.0 / (19.0 * ln2)).abs() < 1e-12);
 }
 
-#[test]
-fn bad_data_is_an_error_naming_the_key_and_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |name: &str| -> PathBuf { dir.path().join(name) };
-    let cache = p("cache");
+/// Files each wrong in one way, in `dir`.
+fn write_bad_data(dir: &Path) {
+    let p = |name: &str| -> PathBuf { dir.join(name) };
     let mut bad_utf8 = b"fine text ".to_vec();
     bad_utf8.push(0xc3);
     bad_utf8.extend_from_slice(b"(broken)");
@@ -393,13 +391,20 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
     std::fs::write(p("held_out.txt"), "text to score").unwrap();
     std::fs::write(p("ids.bin"), [1u32, 2, 3].map(u32::to_le_bytes).concat()).unwrap();
     std::fs::copy(p("ids.bin"), p("copy.bin")).unwrap();
+}
+
+/// Requests of the files of [`write_bad_data`] in `dir`, each with the key its error names and
+/// words the error says.
+fn bad_data_cases(dir: &Path) -> Vec<(CorpusRequest, &'static str, &'static str)> {
+    let p = |name: &str| -> PathBuf { dir.join(name) };
+    let cache = p("cache");
     let text = |path: &str, tok: &str| request(&p(path), tok, &cache);
     let tokens = |path: &str, tok: &str, dtype| CorpusRequest {
         format: Format::Tokens,
         dtype: Some(dtype),
         ..request(&p(path), tok, &cache)
     };
-    let cases: Vec<(CorpusRequest, &str, &str)> = vec![
+    vec![
         (text("latin1.txt", "gpt2"), "data.path", "invalid byte at offset 10"),
         (text("empty.txt", "char"), "data.path", "is empty"),
         (
@@ -463,8 +468,14 @@ fn bad_data_is_an_error_naming_the_key_and_the_file() {
             "data.cache_dir",
             "cannot be written",
         ),
-    ];
-    for (req, key, words) in cases {
+    ]
+}
+
+#[test]
+fn bad_data_is_an_error_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bad_data(dir.path());
+    for (req, key, words) in bad_data_cases(dir.path()) {
         let errors = Corpus::load(&req).err().unwrap_or_else(|| panic!("{req:?} loaded"));
         assert!(
             errors.iter().any(|e| e.key == key && e.message.contains(words)),

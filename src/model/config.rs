@@ -320,6 +320,43 @@ impl ModelOptions {
                 bad(&[key], "must be at least 1".into());
             }
         }
+        self.head_problems(&mut bad);
+        if self.mlp_hidden == Some(0) {
+            bad(&["mlp_hidden"], "must be at least 1".into());
+        }
+        if self.mlp_multiple_of == 0 {
+            bad(&["mlp_multiple_of"], "must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&as_trained(self.dropout)) {
+            bad(
+                &["dropout"],
+                format!("must be in [0, 1), not {}", shown_as_trained(self.dropout)),
+            );
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
+            bad(
+                &["rope_base"],
+                format!(
+                    "must be a finite number above 1, not {}",
+                    crate::format::as_written(self.rope_base)
+                ),
+            );
+        }
+        // Guard against configurations that cannot fit in memory, which would abort rather than error.
+        let width = (self.n_embd.max(1) as f64).max((self.n_head as f64) * self.head_dim.unwrap_or(0) as f64);
+        let weights = self.n_layer as f64 * 12.0 * width * width;
+        if weights > 4e9 {
+            bad(
+                &["n_embd"],
+                format!("n_layer × 12 × n_embd² = {weights:.3e} weights is beyond what gptlab trains (4e9)"),
+            );
+        }
+        out
+    }
+
+    /// The heads' problems: counts of zero, heads that do not tile n_embd or the query heads'
+    /// groups, an odd head dimension under RoPE.
+    fn head_problems(&self, bad: &mut impl FnMut(&[&'static str], String)) {
         let kv = self.kv_heads();
         if kv == 0 {
             bad(&["n_kv_head"], "must be at least 1".into());
@@ -356,37 +393,6 @@ impl ModelOptions {
                 format!("RoPE needs an even head dimension, but {why}"),
             );
         }
-        if self.mlp_hidden == Some(0) {
-            bad(&["mlp_hidden"], "must be at least 1".into());
-        }
-        if self.mlp_multiple_of == 0 {
-            bad(&["mlp_multiple_of"], "must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&as_trained(self.dropout)) {
-            bad(
-                &["dropout"],
-                format!("must be in [0, 1), not {}", shown_as_trained(self.dropout)),
-            );
-        }
-        if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
-            bad(
-                &["rope_base"],
-                format!(
-                    "must be a finite number above 1, not {}",
-                    crate::format::as_written(self.rope_base)
-                ),
-            );
-        }
-        // Guard against configurations that cannot fit in memory, which would abort rather than error.
-        let width = (self.n_embd.max(1) as f64).max((self.n_head as f64) * self.head_dim.unwrap_or(0) as f64);
-        let weights = self.n_layer as f64 * 12.0 * width * width;
-        if weights > 4e9 {
-            bad(
-                &["n_embd"],
-                format!("n_layer × 12 × n_embd² = {weights:.3e} weights is beyond what gptlab trains (4e9)"),
-            );
-        }
-        out
     }
 }
 
