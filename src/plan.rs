@@ -225,11 +225,11 @@ impl RunPlan {
     pub fn validation_text(&self) -> TextUsed {
         let (c, d) = (&self.corpus, &self.config.data);
         match (&c.val_sha256, &d.val_path) {
-            (Some(sha), val_path) => TextUsed {
+            (Some(sha), Some(val_path)) => TextUsed {
                 identity: format!("files {sha}"),
-                words: format!("`{}`", val_path.as_deref().unwrap_or(Path::new("?")).display()),
+                words: format!("`{}`", val_path.display()),
             },
-            (None, _) => TextUsed {
+            _ => TextUsed {
                 identity: format!("held out {} of {}", d.val_fraction, c.sha256),
                 words: format!("{}% of `{}` held out", d.val_fraction * 100.0, self.data_path.display()),
             },

@@ -47,20 +47,29 @@ pub fn tokens_problem(n: usize) -> Option<String> {
 /// Why `prompt` cannot be continued, if it cannot, before any tokenizer is at hand: it is
 /// empty (generation continues a context of at least one token).
 pub fn empty_prompt_problem(prompt: &str) -> Option<String> {
-    prompt
-        .is_empty()
-        .then(|| "is empty: give at least one character to continue".to_string())
+    prompt.is_empty().then(|| EMPTY_PROMPT.to_string())
 }
+
+/// What an empty prompt (or one its tokenizer encodes as no token) is told.
+const EMPTY_PROMPT: &str = "is empty: give at least one character to continue";
 
 /// Why `prompt` cannot be continued with `tokenizer`, if it cannot: it is empty, or holds
 /// characters outside the vocabulary. `[sample] prompts` are checked with this before a run
 /// trains, `--prompt` before a token is drawn, and the report's samples when they are drawn.
 pub fn prompt_problem(prompt: &str, tokenizer: &Tokenizer) -> Option<String> {
-    empty_prompt_problem(prompt).or_else(|| match tokenizer.encode(prompt) {
-        Err(why) => Some(format!("cannot be encoded: {why}")),
-        Ok(ids) if ids.is_empty() => empty_prompt_problem(""),
-        Ok(_) => None,
-    })
+    encode_prompt(prompt, tokenizer).err()
+}
+
+/// `prompt`'s tokens, or why it cannot be continued ([`prompt_problem`]'s reasons).
+fn encode_prompt(prompt: &str, tokenizer: &Tokenizer) -> Result<Vec<u32>, String> {
+    if let Some(why) = empty_prompt_problem(prompt) {
+        return Err(why);
+    }
+    match tokenizer.encode(prompt) {
+        Err(why) => Err(format!("cannot be encoded: {why}")),
+        Ok(ids) if ids.is_empty() => Err(EMPTY_PROMPT.to_string()),
+        Ok(ids) => Ok(ids),
+    }
 }
 
 impl SampleOptions {
@@ -163,10 +172,7 @@ impl<D: Backend> Sampler<D> {
 
     /// [`Sampler::generate`], also returning the decode speed in tokens per second.
     pub fn generate_timed(&self, prompt: &str, opts: &SampleOptions) -> Result<(String, f64)> {
-        if let Some(why) = prompt_problem(prompt, &self.tokenizer) {
-            anyhow::bail!("the prompt {why}");
-        }
-        let ids = self.tokenizer.encode(prompt).map_err(anyhow::Error::msg)?;
+        let ids = encode_prompt(prompt, &self.tokenizer).map_err(|why| anyhow::anyhow!("the prompt {why}"))?;
         let ids: Vec<usize> = ids.into_iter().map(|id| id as usize).collect();
         let (new, speed) = generate_timed(&self.model, &ids, opts);
         Ok((self.tokenizer.decode_usize(&new), speed))
