@@ -267,11 +267,35 @@ pub struct Loaded {
     /// The metadata.
     pub meta: Meta,
     model_bytes: Vec<u8>,
-    opt_bytes: Vec<u8>,
+    /// The optimiser's moments: `None` when only the weights were read ([`read_weights`]).
+    opt_bytes: Option<Vec<u8>>,
 }
 
 /// Reads `dir` and checks both checksums; any mismatch or missing file is an error.
 pub fn read(dir: &Path) -> Result<Loaded> {
+    let mut loaded = read_weights(dir)?;
+    loaded.opt_bytes = Some(read_verified(
+        dir,
+        "optimizer.safetensors",
+        &loaded.meta.optimizer_sha256,
+    )?);
+    Ok(loaded)
+}
+
+/// Reads `dir`'s metadata and weights and checks the weights' checksum; the optimiser's
+/// moments are not read (a warm start, sampling and evaluation need only the weights).
+pub fn read_weights(dir: &Path) -> Result<Loaded> {
+    let meta = read_meta_checked(dir)?;
+    let model_bytes = read_verified(dir, "model.safetensors", &meta.model_sha256)?;
+    Ok(Loaded {
+        meta,
+        model_bytes,
+        opt_bytes: None,
+    })
+}
+
+/// `dir/meta.json`, refused when another gptlab version wrote it.
+fn read_meta_checked(dir: &Path) -> Result<Meta> {
     let meta_path = dir.join("meta.json");
     let text = crate::fsio::read_text_capped(&meta_path, crate::fsio::MAX_META_BYTES, "checkpoint metadata")?;
     // The layout version first, so a checkpoint of another gptlab says so instead of failing
@@ -286,33 +310,71 @@ pub fn read(dir: &Path) -> Result<Loaded> {
             dir.display()
         );
     }
-    let meta: Meta = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid checkpoint metadata", meta_path.display()))?;
-    let model_bytes = fs::read(dir.join("model.safetensors"))
-        .with_context(|| format!("reading {}/model.safetensors", dir.display()))?;
-    ensure!(
-        sha256_hex(&model_bytes) == meta.model_sha256,
-        "{}/model.safetensors is corrupt (checksum mismatch)",
-        dir.display()
-    );
-    let opt_bytes = fs::read(dir.join("optimizer.safetensors"))
-        .with_context(|| format!("reading {}/optimizer.safetensors", dir.display()))?;
-    ensure!(
-        sha256_hex(&opt_bytes) == meta.optimizer_sha256,
-        "{}/optimizer.safetensors is corrupt (checksum mismatch)",
-        dir.display()
-    );
-    Ok(Loaded {
-        meta,
-        model_bytes,
-        opt_bytes,
-    })
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid checkpoint metadata", meta_path.display()))
 }
 
-/// The learned position table may have grown since the checkpoint (a schedule extended with
-/// a longer phase): its saved rows are copied and the new rows keep what `out` holds.
-fn may_grow_rows(name: &str) -> bool {
+/// The bytes of `dir/file`, whose SHA-256 must be `sha256`.
+fn read_verified(dir: &Path, file: &str, sha256: &str) -> Result<Vec<u8>> {
+    let bytes = fs::read(dir.join(file)).with_context(|| format!("reading {}/{file}", dir.display()))?;
+    ensure!(
+        sha256_hex(&bytes) == sha256,
+        "{}/{file} is corrupt (checksum mismatch)",
+        dir.display()
+    );
+    Ok(bytes)
+}
+
+/// A tensor's name and shape.
+pub type Shaped = (String, Vec<usize>);
+
+/// The learned position table may differ in length from the checkpoint's (a schedule extended
+/// with a longer phase, a warm start at another length): its saved rows fill the table's first
+/// rows, rows beyond the table are dropped (as nanoGPT's `crop_block_size`), and rows beyond
+/// the saved ones keep what the model holds.
+fn may_change_rows(name: &str) -> bool {
     name.ends_with("wpe.weight")
+}
+
+/// Why a saved tensor of shape `saved` cannot fill the parameter `name` of shape `wanted`.
+fn shape_problem(name: &str, saved: &[usize], wanted: &[usize]) -> Option<String> {
+    let rows_differ = may_change_rows(name) && saved.len() == 2 && wanted.len() == 2 && saved[1] == wanted[1];
+    (saved != wanted && !rows_differ)
+        .then(|| format!("tensor `{name}` has shape {saved:?}, the model needs {wanted:?}"))
+}
+
+/// Why the tensors `saved` cannot be loaded into a model whose parameters are `wanted`: the
+/// tensors the model lacks, the parameters the checkpoint lacks, and the first shape that does
+/// not fit with how many others do not. `None` when they load.
+pub fn weight_mismatch(saved: &[Shaped], wanted: &[Shaped]) -> Option<String> {
+    let names = |of: &[Shaped], absent_from: &[Shaped]| -> Vec<String> {
+        of.iter()
+            .filter(|(n, _)| !absent_from.iter().any(|(m, _)| m == n))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let mut problems = vec![];
+    let extra = names(saved, wanted);
+    if !extra.is_empty() {
+        problems.push(format!("the checkpoint has tensors this model lacks: {extra:?}"));
+    }
+    let missing = names(wanted, saved);
+    if !missing.is_empty() {
+        problems.push(format!("the model has parameters the checkpoint lacks: {missing:?}"));
+    }
+    let misfits: Vec<String> = wanted
+        .iter()
+        .filter_map(|(name, want)| {
+            let (_, have) = saved.iter().find(|(n, _)| n == name)?;
+            shape_problem(name, have, want)
+        })
+        .collect();
+    if let Some(first) = misfits.first() {
+        problems.push(match misfits.len() - 1 {
+            0 => first.clone(),
+            more => format!("{first} (and {more} more tensors of other shapes)"),
+        });
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// Overwrites `out` (which holds the model's current values) with the saved tensor `name`.
@@ -323,32 +385,34 @@ fn copy_into(st: &SafeTensors<'_>, name: &str, shape: &[usize], out: &mut [Float
         "tensor `{name}` is {:?}, not F32",
         view.dtype()
     );
-    let saved = view.shape();
-    let grown =
-        may_grow_rows(name) && saved.len() == 2 && shape.len() == 2 && saved[1] == shape[1] && saved[0] <= shape[0];
-    ensure!(
-        saved == shape || grown,
-        "tensor `{name}` has shape {saved:?}, the model needs {shape:?}"
-    );
-    for (o, c) in out.iter_mut().zip(view.data().chunks_exact(4)) {
+    if let Some(problem) = shape_problem(name, view.shape(), shape) {
+        bail!(problem);
+    }
+    // Row-major with equal rows: the shorter of the two holds the rows both have.
+    let n = out.len().min(view.data().len() / 4);
+    for (o, c) in out[..n].iter_mut().zip(view.data().chunks_exact(4)) {
         *o = Float::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
     Ok(())
 }
 
 impl Loaded {
-    /// Copies the weights into `model`; every parameter must be present with its shape.
+    /// Every saved weight's name and shape.
+    pub fn shapes(&self) -> Result<Vec<Shaped>> {
+        let st = SafeTensors::deserialize(&self.model_bytes).context("parsing model.safetensors")?;
+        Ok(st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect())
+    }
+
+    /// Copies the weights into `model`; every parameter must be present with a shape that fits.
     pub fn load_weights<D: Device<Float>>(&self, model: &mut impl HasParams<D>) -> Result<()> {
         let st = SafeTensors::deserialize(&self.model_bytes).context("parsing model.safetensors")?;
-        let mut names = vec![];
-        model.visit(&mut |p| names.push(p.name.clone()));
-        let extra: Vec<&str> = st
-            .names()
-            .into_iter()
-            .filter(|n| !names.iter().any(|m| m == *n))
-            .collect();
-        if !extra.is_empty() {
-            bail!("the checkpoint has tensors this model lacks: {extra:?}");
+        let saved: Vec<Shaped> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
+        if let Some(mismatch) = weight_mismatch(&saved, &param_shapes(model)) {
+            bail!(mismatch);
         }
         let mut error = None;
         model.visit_mut(&mut |p| {
@@ -367,16 +431,25 @@ impl Loaded {
     /// Copies the weights into `model` and the moments and step count into `opt`.
     pub fn load_all<D: Device<Float>>(&self, model: &mut impl HasParams<D>, opt: &mut OptimizerState) -> Result<()> {
         self.load_weights(model)?;
-        let st = SafeTensors::deserialize(&self.opt_bytes).context("parsing optimizer.safetensors")?;
-        let mut params = vec![];
-        model.visit(&mut |p| params.push((p.name.clone(), p.shape.clone())));
-        for (i, (name, shape)) in params.iter().enumerate() {
+        let opt_bytes = self
+            .opt_bytes
+            .as_deref()
+            .context("the checkpoint was read without its optimizer state")?;
+        let st = SafeTensors::deserialize(opt_bytes).context("parsing optimizer.safetensors")?;
+        for (i, (name, shape)) in param_shapes(model).iter().enumerate() {
             copy_into(&st, &format!("m.{name}"), shape, &mut opt.m[i])?;
             copy_into(&st, &format!("v.{name}"), shape, &mut opt.v[i])?;
         }
         opt.t = self.meta.adam_t;
         Ok(())
     }
+}
+
+/// Every parameter's name and shape, in `model`'s order.
+pub fn param_shapes<D: Device<Float>>(model: &impl HasParams<D>) -> Vec<Shaped> {
+    let mut shapes = vec![];
+    model.visit(&mut |p| shapes.push((p.name.clone(), p.shape.clone())));
+    shapes
 }
 
 /// Checkpoint folders under `root`, newest first (`.tmp` folders are ignored).

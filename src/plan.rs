@@ -603,7 +603,7 @@ fn load_corpus(corpora: &mut Corpora, req: &CorpusRequest) -> Result<Arc<Corpus>
 }
 
 /// What makes `spec` untrainable on `corpus`: too few symbols, splits shorter than a window,
-/// sample prompts its tokenizer cannot encode, an `init_from` that is not a checkpoint.
+/// sample prompts its tokenizer cannot encode.
 fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecError> {
     let c = &spec.config;
     let mut errors = vec![];
@@ -634,25 +634,65 @@ fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecE
             errors.push(spec.error("sample.prompts", msg));
         }
     }
-    if let Some(from) = &spec.init_from {
-        match crate::checkpoint::read_meta(Path::new(from)) {
-            None if !Path::new(from).join("meta.json").is_file() => {
-                let msg = format!("`{from}` is not a checkpoint folder (it has no meta.json)");
-                errors.push(spec.error("init_from", msg));
-            }
-            // Embeddings of other tokens would be read as this tokenizer's.
-            Some(meta) if !meta.same_tokenizer(&corpus.tokenizer) => {
-                let msg = format!(
-                    "`{from}` was trained with the tokenizer {}, this run uses {}: its embeddings mean other tokens",
-                    meta.tokenizer_record(),
-                    corpus.tokenizer.record()
-                );
-                errors.push(spec.error("init_from", msg));
-            }
-            _ => {}
-        }
-    }
     errors
+}
+
+/// Why `spec`'s `init_from` cannot start a model of `model` with `tokenizer`: not a readable
+/// checkpoint, another tokenizer (its embeddings would mean other tokens), or weights that do
+/// not fit the model (another width, depth, position encoding or number of key/value heads).
+fn init_from_problems(spec: &RunSpec, tokenizer: &crate::data::Tokenizer, model: &ModelConfig) -> Vec<SpecError> {
+    let Some(from) = &spec.init_from else {
+        return vec![];
+    };
+    let error = |msg: String| vec![spec.error("init_from", msg)];
+    if !Path::new(from).join("meta.json").is_file() {
+        return error(format!("`{from}` is not a checkpoint folder (it has no meta.json)"));
+    }
+    let saved = crate::checkpoint::read_weights(Path::new(from)).and_then(|c| Ok((c.shapes()?, c.meta)));
+    let (shapes, meta) = match saved {
+        Ok(found) => found,
+        Err(e) => return error(format!("`{from}` cannot be read: {e:#}")),
+    };
+    if !meta.same_tokenizer(tokenizer) {
+        return error(format!(
+            "`{from}` was trained with the tokenizer {}, this run uses {}: its embeddings mean other tokens",
+            meta.tokenizer_record(),
+            tokenizer.record()
+        ));
+    }
+    let wanted = crate::checkpoint::param_shapes(&crate::model::Gpt::new(&dfdx::tensor::Cpu::default(), model, 0));
+    let Some(mismatch) = crate::checkpoint::weight_mismatch(&shapes, &wanted) else {
+        return vec![];
+    };
+    error(format!(
+        "`{from}` does not fit this run's model{}: {mismatch}",
+        arch_differences(&meta.model.arch, &model.arch)
+    ))
+}
+
+/// The settings in which the architectures `there` (a checkpoint's) and `here` differ, as
+/// " (its n_embd is 32, this run's 64)", or "" when none do.
+fn arch_differences(there: &crate::model::ModelOptions, here: &crate::model::ModelOptions) -> String {
+    let fields = |arch| match serde_json::to_value(arch) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (there, here) = (fields(there), fields(here));
+    let differ: Vec<String> = here
+        .iter()
+        .filter(|(key, value)| there.get(*key) != Some(*value))
+        .map(|(key, value)| {
+            let theirs = there
+                .get(key)
+                .map_or("not set (its default)".to_string(), |v| v.to_string());
+            format!("its {key} is {theirs}, this run's {value}")
+        })
+        .collect();
+    if differ.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", differ.join("; "))
+    }
 }
 
 /// Checks the data-dependent parts of each run and lays out its plan.
@@ -688,6 +728,11 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             block_size: schedule.max_seq_len(),
             arch: c.model.clone(),
         };
+        let found = init_from_problems(spec, &corpus.tokenizer, &model);
+        if !found.is_empty() {
+            errors.extend(found);
+            continue;
+        }
         let seeded = spec.seeded();
         for seed in spec.seeds() {
             let run_dir = runs_dir.join(&spec.experiment).join(&spec.name);

@@ -153,7 +153,7 @@ impl<D: Backend> Sampler<D> {
             Some(None) => anyhow::bail!("run folder {} has no checkpoint", dir.display()),
         };
         let dir = dir.as_path();
-        let loaded = checkpoint::read(dir)?;
+        let loaded = checkpoint::read_weights(dir)?;
         let mut model = Gpt::new(dev, &loaded.meta.model, 0);
         loaded
             .load_weights(&mut model)

@@ -488,6 +488,61 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
         .stderr(predicate::str::contains("init_from").and(predicate::str::contains("nope")));
 }
 
+/// The learned position table of `model` as it loads from `checkpoint`.
+fn position_table(checkpoint: &Path, block_size: usize) -> Vec<f32> {
+    let loaded = checkpoint::read_weights(checkpoint).unwrap();
+    let config = ModelConfig {
+        block_size,
+        ..loaded.meta.model.clone()
+    };
+    let mut model = Gpt::new(&Cpu::default(), &config, 99);
+    loaded.load_weights(&mut model).unwrap();
+    let mut table = None;
+    model.visit(&mut |p| {
+        if p.name == "wpe.weight" {
+            table = Some(p.value.as_vec());
+        }
+    });
+    table.expect("an absolute-position model has wpe.weight")
+}
+
+#[test]
+fn init_from_of_another_shape_is_refused_before_training_and_a_shorter_table_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    gptlab(&spec(dir.path(), ""), &runs).assert().success();
+    let from = runs.join("res/default/checkpoints/step_00000016");
+    let runs_of =
+        |body: &str| common::tiny_spec(dir.path(), "warm", &body.replace("FROM", &from.display().to_string()));
+    let misfits = runs_of(
+        "[[run]]\nname = \"wide\"\ninit_from = \"FROM\"\nmodel.n_embd = 32\n\
+         [[run]]\nname = \"grouped\"\ninit_from = \"FROM\"\nmodel.n_kv_head = 1\n\
+         [[run]]\nname = \"rotary\"\ninit_from = \"FROM\"\nmodel.position = \"rope\"\n",
+    );
+    let out = gptlab(&misfits, &runs).assert().code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    for (run, why) in [
+        ("wide", "its n_embd is 16, this run's 32"),
+        ("grouped", "its n_kv_head is not set (its default), this run's 1"),
+        ("rotary", "its position is \"absolute\", this run's \"rope\""),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("(in run `{run}`)")))
+            .unwrap_or_else(|| panic!("no error for run {run}: {stderr}"));
+        assert!(line.contains("key `init_from`") && line.contains(why), "{line}");
+    }
+    assert!(!runs.join("warm").exists(), "nothing trained before the refusal");
+    // A warm start at a shorter length keeps the table's first rows, as nanoGPT's
+    // crop_block_size: the source learnt 16 positions, the run uses 8.
+    let short = runs_of("[[run]]\nname = \"short\"\ninit_from = \"FROM\"\nphase = [{ seq_len = 8, steps = 2 }]\n");
+    gptlab(&short, &runs).assert().success();
+    let full = position_table(&from, 16);
+    assert_eq!(position_table(&from, 8), full[..8 * 16], "the first 8 rows, as saved");
+    let grown = position_table(&from, 20);
+    assert_eq!(grown[..16 * 16], full[..], "a longer table keeps the saved rows first");
+}
+
 #[test]
 fn an_unusable_output_folder_is_a_clear_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();

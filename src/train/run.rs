@@ -124,7 +124,7 @@ fn evaluate_missing<D: Backend>(
             continue;
         };
         let mut model = Gpt::new(dev, &plan.model, plan.seed);
-        checkpoint::read(&dir)
+        checkpoint::read_weights(&dir)
             .and_then(|c| c.load_weights(&mut model))
             .with_context(|| format!("loading {} to evaluate it", dir.display()))?;
         evaluate_lengths(&model, plan, run_dir, phase, step, progress)?;
@@ -475,7 +475,8 @@ fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
     let Some(from) = &plan.init_from else {
         return Ok(());
     };
-    let loaded = checkpoint::read(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
+    let loaded =
+        checkpoint::read_weights(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
     if !loaded.meta.same_tokenizer(&plan.corpus.tokenizer) {
         bail!(
             "init_from checkpoint {from} was trained with the tokenizer {}{}, this run uses {}: its embeddings mean other tokens",
