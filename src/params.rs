@@ -65,8 +65,12 @@ pub struct Arch {
     pub head_dim: usize,
     /// Learned position table size (0 for RoPE or none).
     pub learned_positions: usize,
-    /// Norm type (two per block plus a final one).
+    /// Norm type.
     pub norm: Norm,
+    /// Norms in each block: 2 (before attention and before the MLP), or 4 in Gemma 2, which
+    /// also normalises each sub-layer's output ("sandwich" norms). A final norm follows the
+    /// blocks.
+    pub norms_per_block: usize,
     /// MLP type.
     pub mlp: Mlp,
     /// Biases on q, k, v.
@@ -137,6 +141,7 @@ impl Arch {
             o_bias: a.bias,
             mlp_bias: a.bias,
             qk_norm: a.qk_norm,
+            norms_per_block: 2,
             tie_embeddings: a.tie_embeddings,
         }
     }
@@ -203,6 +208,7 @@ impl Arch {
             o_bias: gpt2 || flag("attention_bias").unwrap_or(false),
             mlp_bias: gpt2 || flag("mlp_bias").unwrap_or(false),
             qk_norm: family == "qwen3",
+            norms_per_block: if family == "gemma2" { 4 } else { 2 },
             tie_embeddings: flag("tie_word_embeddings").unwrap_or(gpt2 || family.starts_with("gemma")),
         };
         arch.try_breakdown().with_context(|| format!("{file}"))?;
@@ -245,7 +251,10 @@ impl Arch {
             attn_v: mul(l, proj(c, kv_out, self.qkv_bias)?)?,
             attn_o: mul(l, proj(q_out, c, self.o_bias)?)?,
             mlp: mul(l, mlp_one)?,
-            norms: add(mul(l, add(mul(2, norm(c)?)?, qk_norms)?)?, norm(c)?)?,
+            norms: add(
+                mul(l, add(mul(u(self.norms_per_block), norm(c)?)?, qk_norms)?)?,
+                norm(c)?,
+            )?,
             head: if self.tie_embeddings { 0 } else { embeddings },
             total: 0,
         };

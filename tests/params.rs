@@ -20,6 +20,13 @@ fn published_totals_of_real_models() {
     assert_eq!(total("mistral-7b.json"), 7_241_732_096);
     assert_eq!(total("llama-3-8b.json"), 8_030_261_248);
     assert_eq!(total("gpt2.json"), 124_439_808);
+    // `sum(p.numel() for p in model.parameters())` of the Hugging Face models (tied
+    // embeddings counted once). Qwen2 has biases on q, k and v; Qwen3 RMS-normalises each
+    // head's queries and keys; Gemma 2 has four norms per block.
+    assert_eq!(total("qwen2-0.5b.json"), 494_032_768);
+    assert_eq!(total("qwen3-0.6b.json"), 596_049_920);
+    assert_eq!(total("gemma-2b.json"), 2_506_172_416);
+    assert_eq!(total("gemma-2-2b.json"), 2_614_341_888);
 }
 
 #[test]
