@@ -122,6 +122,18 @@ impl Meta {
     }
 }
 
+/// The checkpoint a run starts from (`init_from`): where it is and which weights it holds, so
+/// a source trained again is told from the one a run started with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmStart {
+    /// The checkpoint folder, as the spec names it.
+    pub path: String,
+    /// SHA-256 of its `model.safetensors`.
+    pub weights_sha256: String,
+    /// The step its run had trained when it was saved.
+    pub step: usize,
+}
+
 /// Current layout version.
 /// 2: `model` holds the architecture as `ModelOptions` under `arch`, and the identity is
 /// derived from the config (gptlab 0.1 after the one-way architecture change).

@@ -169,7 +169,7 @@ pub struct RunPlan {
     /// aggregates the run over its seeds.
     pub seeded: bool,
     /// Weights to start from.
-    pub init_from: Option<String>,
+    pub init_from: Option<crate::checkpoint::WarmStart>,
     /// The resolved spec, as saved beside the metrics.
     pub config: RunConfig,
     /// Tokens in the training split.
@@ -296,7 +296,14 @@ impl RunPlan {
             put("schedule.steps", self.schedule.run_wide.steps.to_string());
         }
         put("experiment.seed", self.seed.to_string());
-        put("init_from", self.init_from.clone().unwrap_or_default());
+        put(
+            "init_from",
+            self.init_from.as_ref().map(|w| w.path.clone()).unwrap_or_default(),
+        );
+        // Its content too: a source run trained again gives other weights at the same path.
+        if let Some(warm) = &self.init_from {
+            put(INIT_WEIGHTS, warm.weights_sha256.clone());
+        }
         for p in self.schedule.phases.iter().filter(|p| p.first_step <= step) {
             let done = p.steps.min(step + 1 - p.first_step);
             put(&format!("phase.{}.seq_len", p.index), p.seq_len.to_string());
@@ -363,6 +370,7 @@ impl RunPlan {
                     (Some((i, _)), None) => {
                         format!("phase {i} ran with {k} = {}, the spec no longer has a phase {i}", show(was))
                     }
+                    _ if k == INIT_WEIGHTS => self.init_weights_changed(was),
                     _ if k == "schedule.steps" => format!(
                         "the run-wide `{}` learning-rate schedule spanned {} steps when trained, the spec now makes it {}: \
                          the steps already trained had rates computed from the old length. Give an added [[phase]] a \
@@ -376,6 +384,24 @@ impl RunPlan {
                 Some(line)
             })
             .collect()
+    }
+
+    /// Why a checkpoint that started from the weights `was` (SHA-256) cannot go on from
+    /// `init_from`'s weights now.
+    fn init_weights_changed(&self, was: Option<&String>) -> String {
+        let Some(now) = &self.init_from else {
+            return "the run started from init_from's weights, the spec no longer has an init_from".to_string();
+        };
+        let then = match was {
+            Some(sha) => format!("SHA-256 {}… then", sha.chars().take(12).collect::<String>()),
+            None => "not recorded by the gptlab that started it".to_string(),
+        };
+        format!(
+            "init_from `{}` holds other weights than this run started from ({then}, {}… now): its run was trained \
+             again. --fresh trains this run from the new weights; a new run name keeps both",
+            now.path,
+            now.weights_sha256.chars().take(12).collect::<String>()
+        )
     }
 
     /// A rough upper estimate of the memory training needs, in bytes: weights, gradients and
@@ -475,6 +501,9 @@ impl RunPlan {
 
 /// Identity keys added after checkpoints were first written, with the value every earlier
 /// checkpoint had: such a checkpoint still resumes the run it was written for.
+/// The identity key of the SHA-256 of the weights `init_from` starts from.
+const INIT_WEIGHTS: &str = "init_from.weights_sha256";
+
 const LATER_KEYS: [(&str, &str); 4] = [
     ("data.tokenizer", "char"),
     ("data.format", "text"),
@@ -637,37 +666,45 @@ fn data_problems(spec: &RunSpec, corpus: &Corpus, data_path: &Path) -> Vec<SpecE
     errors
 }
 
-/// Why `spec`'s `init_from` cannot start a model of `model` with `tokenizer`: not a readable
-/// checkpoint, another tokenizer (its embeddings would mean other tokens), or weights that do
-/// not fit the model (another width, depth, position encoding or number of key/value heads).
-fn init_from_problems(spec: &RunSpec, tokenizer: &crate::data::Tokenizer, model: &ModelConfig) -> Vec<SpecError> {
+/// The checkpoint `spec`'s `init_from` names, or why it cannot start a model of `model` with
+/// `tokenizer`: not a readable checkpoint, another tokenizer (its embeddings would mean other
+/// tokens), or weights that do not fit the model (another width, depth, position encoding or
+/// number of key/value heads).
+fn warm_start(
+    spec: &RunSpec,
+    tokenizer: &crate::data::Tokenizer,
+    model: &ModelConfig,
+) -> Result<Option<crate::checkpoint::WarmStart>, Box<SpecError>> {
     let Some(from) = &spec.init_from else {
-        return vec![];
+        return Ok(None);
     };
-    let error = |msg: String| vec![spec.error("init_from", msg)];
+    let error = |msg: String| Box::new(spec.error("init_from", msg));
     if !Path::new(from).join("meta.json").is_file() {
-        return error(format!("`{from}` is not a checkpoint folder (it has no meta.json)"));
+        return Err(error(format!(
+            "`{from}` is not a checkpoint folder (it has no meta.json)"
+        )));
     }
     let saved = crate::checkpoint::read_weights(Path::new(from)).and_then(|c| Ok((c.shapes()?, c.meta)));
-    let (shapes, meta) = match saved {
-        Ok(found) => found,
-        Err(e) => return error(format!("`{from}` cannot be read: {e:#}")),
-    };
+    let (shapes, meta) = saved.map_err(|e| error(format!("`{from}` cannot be read: {e:#}")))?;
     if !meta.same_tokenizer(tokenizer) {
-        return error(format!(
+        return Err(error(format!(
             "`{from}` was trained with the tokenizer {}, this run uses {}: its embeddings mean other tokens",
             meta.tokenizer_record(),
             tokenizer.record()
-        ));
+        )));
     }
     let wanted = crate::checkpoint::param_shapes(&crate::model::Gpt::new(&dfdx::tensor::Cpu::default(), model, 0));
-    let Some(mismatch) = crate::checkpoint::weight_mismatch(&shapes, &wanted) else {
-        return vec![];
-    };
-    error(format!(
-        "`{from}` does not fit this run's model{}: {mismatch}",
-        arch_differences(&meta.model.arch, &model.arch)
-    ))
+    if let Some(mismatch) = crate::checkpoint::weight_mismatch(&shapes, &wanted) {
+        return Err(error(format!(
+            "`{from}` does not fit this run's model{}: {mismatch}",
+            arch_differences(&meta.model.arch, &model.arch)
+        )));
+    }
+    Ok(Some(crate::checkpoint::WarmStart {
+        path: from.clone(),
+        weights_sha256: meta.model_sha256,
+        step: meta.step,
+    }))
 }
 
 /// The settings in which the architectures `there` (a checkpoint's) and `here` differ, as
@@ -728,11 +765,13 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             block_size: schedule.max_seq_len(),
             arch: c.model.clone(),
         };
-        let found = init_from_problems(spec, &corpus.tokenizer, &model);
-        if !found.is_empty() {
-            errors.extend(found);
-            continue;
-        }
+        let init_from = match warm_start(spec, &corpus.tokenizer, &model) {
+            Ok(warm) => warm,
+            Err(found) => {
+                errors.push(*found);
+                continue;
+            }
+        };
         let seeded = spec.seeded();
         for seed in spec.seeds() {
             let run_dir = runs_dir.join(&spec.experiment).join(&spec.name);
@@ -752,7 +791,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
                 schedule: schedule.clone(),
                 seed,
                 seeded,
-                init_from: spec.init_from.clone(),
+                init_from: init_from.clone(),
                 config,
                 train_tokens: corpus.train.len(),
                 corpus: corpus.clone(),

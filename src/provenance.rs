@@ -92,6 +92,9 @@ pub struct RunSession {
     /// The tokenizer (absent in sessions written before tokenizers: characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<crate::data::TokenizerRecord>,
+    /// The checkpoint the run started from (`init_from`), with its weights' SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<crate::checkpoint::WarmStart>,
     /// The machine's host name.
     pub host: String,
     /// The Slurm job that trained it (`123_4` for a task of an array), if any.
@@ -134,6 +137,7 @@ impl RunSession {
             data_sha256: corpus.sha256.clone(),
             data_files: corpus.files.iter().chain(&corpus.val_files).cloned().collect(),
             tokenizer: Some(corpus.tokenizer.record().clone()),
+            init_from: None,
             host: host(),
             job: job_id(),
             cpu: cpu_model(),

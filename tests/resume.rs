@@ -473,6 +473,21 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
         "warm start {} vs source's last {source_last}",
         first("tuned")
     );
+    // The weights are part of the run's identity and its provenance: a source trained again
+    // is other weights at the same path, and the warm run is not left claiming to be complete.
+    let provenance = std::fs::read_to_string(runs.join("warm/tuned/provenance.json")).unwrap();
+    let sha = checkpoint::read_weights(&from).unwrap().meta.model_sha256;
+    assert!(
+        provenance.contains(&format!("\"weights_sha256\": \"{sha}\"")),
+        "{provenance}"
+    );
+    gptlab(&spec, &runs)
+        .args(["--fresh", "--set", "train.lr=2e-2"])
+        .assert()
+        .success();
+    gptlab(&warm, &runs).assert().code(2).stderr(predicate::str::contains(
+        "holds other weights than this run started from",
+    ));
     // A missing checkpoint folder is a spec error naming it, before anything trains.
     std::fs::write(
         &warm,

@@ -264,6 +264,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let mut provenance = run_dir.read_provenance();
         let mut session = RunSession::start(&opts.session, &plan.data_path, &plan.corpus, done + 1);
         session.isa = D::isa();
+        session.init_from = plan.init_from.clone();
         session.resumed_from_isa = other_isa::<D>(plan, &resumed);
         provenance.sessions.push(session);
         run_dir.write_provenance(&provenance)?;
@@ -470,23 +471,18 @@ impl<'a, D: Backend> RunLoop<'a, D> {
     }
 }
 
-/// Loads `init_from`'s weights into a run that starts from step 0.
+/// Loads `init_from`'s weights into a run that starts from step 0: the weights planned, or an
+/// error when the checkpoint was written again since.
 fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
-    let Some(from) = &plan.init_from else {
+    let Some(warm) = &plan.init_from else {
         return Ok(());
     };
+    let from = &warm.path;
     let loaded =
         checkpoint::read_weights(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
-    if !loaded.meta.same_tokenizer(&plan.corpus.tokenizer) {
+    if loaded.meta.model_sha256 != warm.weights_sha256 || !loaded.meta.same_tokenizer(&plan.corpus.tokenizer) {
         bail!(
-            "init_from checkpoint {from} was trained with the tokenizer {}{}, this run uses {}: its embeddings mean other tokens",
-            loaded.meta.tokenizer_record(),
-            if loaded.meta.vocab.is_empty() {
-                ""
-            } else {
-                " (another character vocabulary)"
-            },
-            plan.corpus.tokenizer.record()
+            "init_from checkpoint {from} was written again after this run was planned: run it again to start from the new weights"
         );
     }
     loaded
