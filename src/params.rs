@@ -154,9 +154,13 @@ impl Arch {
         let text = crate::fsio::read_text_capped(path, crate::fsio::MAX_META_BYTES, "the model config")?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         let file = path.display();
-        // The first key present must be a whole number; absent is None.
+        // The first key present must be a whole number; absent is None, and so is null:
+        // transformers writes `"n_inner": null` or `"head_dim": null` for "the default".
         let get = |keys: &[&str]| -> Result<Option<usize>> {
-            match keys.iter().find_map(|k| v.get(*k).map(|x| (*k, x))) {
+            match keys
+                .iter()
+                .find_map(|k| v.get(*k).filter(|x| !x.is_null()).map(|x| (*k, x)))
+            {
                 None => Ok(None),
                 Some((k, x)) => match x.as_u64().and_then(|n| usize::try_from(n).ok()) {
                     Some(n) => Ok(Some(n)),
@@ -164,7 +168,7 @@ impl Arch {
                 },
             }
         };
-        let need = |keys: &[&str]| get(keys)?.with_context(|| format!("{file}: `{}` is missing", keys[0]));
+        let need = |keys: &[&str]| get(keys)?.with_context(|| format!("{file}: `{}` is missing (or null)", keys[0]));
         let flag = |k: &str| v.get(k).and_then(Value::as_bool);
         let family = dense_family(&v, &file)?;
         let hidden = need(&["hidden_size", "n_embd"])?;

@@ -29,6 +29,34 @@ fn published_totals_of_real_models() {
     assert_eq!(total("gemma-2-2b.json"), 2_614_341_888);
 }
 
+/// The total `gptlab params --json` prints for a config.json of `json`.
+fn total_of(json: &str) -> u64 {
+    let out = params_of(json, &["--json"]).success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    v[0]["params"]["total"].as_u64().unwrap()
+}
+
+#[test]
+fn null_fields_mean_the_default_as_in_transformers() {
+    // Configs saved by transformers write unset options as null: GPT-2's `n_inner` (4 ×
+    // n_embd), Mistral's and Granite's `head_dim` (hidden_size / heads), `num_key_value_heads`
+    // (one per head).
+    let gpt2 = r#"{"model_type": "gpt2", "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024,
+        "vocab_size": 50257, "n_inner": null, "activation_function": "gelu_new", "summary_activation": null}"#;
+    assert_eq!(total_of(gpt2), 124_439_808);
+    let mistral = r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "head_dim": null,
+        "sliding_window": null, "vocab_size": 32000, "tie_word_embeddings": false}"#;
+    assert_eq!(total_of(mistral), 7_241_732_096);
+    let llama_mha = r#"{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": null, "vocab_size": 32000}"#;
+    assert_eq!(total_of(llama_mha), 6_738_415_616);
+    // A null where a number is needed is still an error naming it.
+    params_of(&llama_mha.replace("\"vocab_size\": 32000", "\"vocab_size\": null"), &[])
+        .code(2)
+        .stderr(predicates::str::contains("`vocab_size` is missing (or null)"));
+}
+
 #[test]
 fn analytic_counts_equal_instantiated_models_for_random_configs() {
     let dev = Cpu::default();
