@@ -318,6 +318,10 @@ fn the_report_page_loads_every_figure_in_a_headless_browser_and_sampling_errors_
     // position (one phase: evaluated at its one length, so no loss-by-length figure).
     assert_eq!(figures, 9);
     assert!(html.contains("position_loss.svg") && !html.contains("length.svg"));
+    assert!(
+        !html.contains("on different text"),
+        "one corpus: no warning under the figures"
+    );
     assert!(!html.contains("final_train_loss.svg"), "a last-50 figure from 20 steps");
     let profile = tempfile::tempdir().unwrap();
     let dom = dump_dom(&index, profile.path());
@@ -457,6 +461,18 @@ fn runs_validated_on_other_text_are_not_compared_and_one_val_path_compares_them(
         "{summary}"
     );
     assert_eq!(read("held_out", "comparison.csv").lines().skip(1).count(), 0);
+    // The figures still draw both; the captions of their losses say the text differs.
+    let page = read("held_out", "index.html");
+    for figure in page.split("<figure").skip(1) {
+        let src = figure
+            .split("src=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        let of_loss = src.contains("loss") || src == "length.svg";
+        let warned = figure.contains("trained or validated on different text");
+        assert_eq!(warned, of_loss, "{figure}");
+    }
     // One validation file for both: compared.
     let comparison = read("one_val", "comparison.csv");
     assert!(

@@ -259,6 +259,13 @@ fn draw_report<D: Backend>(dev: &D, input: &ReportInput<'_>) -> Result<Report> {
     write_tables(input, &runs, &tables, &verdict)?;
     let mut figures = write_figures(input, &runs, &report_cfg, &unit)?;
     figures.extend(by_length.figures.iter().cloned());
+    let texts = other_texts_warning(&runs.summaries);
+    for (_, caption) in figures
+        .iter_mut()
+        .filter(|(file, _)| file.contains("loss") || file.contains("length"))
+    {
+        caption.push_str(&texts);
+    }
     let seq_len_of = |label: &str, phase: usize| {
         plans
             .iter()
@@ -422,6 +429,24 @@ fn write_figures(
         }
     }
     Ok(figures)
+}
+
+/// A caption's warning when the runs drawn were not all trained and validated on one text:
+/// their losses differ by the text as much as by the run (the verdict does not compare them).
+fn other_texts_warning(summaries: &[RunSummary]) -> String {
+    let distinct = |text: fn(&RunSummary) -> &crate::plan::TextUsed| {
+        let mut seen: Vec<&str> = summaries.iter().map(|s| text(s).identity.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len() > 1
+    };
+    if distinct(|s| &s.validated_on) || distinct(|s| &s.trained_on) {
+        ". The runs were trained or validated on different text, so their losses differ by the text as \
+         well as by the run; the verdict compares only runs on the same text"
+            .to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// A note when the runs were trained by different gptlab builds.
