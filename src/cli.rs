@@ -132,6 +132,10 @@ pub(crate) struct RunArgs {
     pub(crate) wait: bool,
     #[command(flatten)]
     pub(crate) lock: LockArgs,
+    /// Written by `gptlab submit` into each task: the run's settings' SHA-256 when it was
+    /// queued; the task refuses to train if the spec now gives it other settings.
+    #[arg(long, value_name = "SHA256", hide = true)]
+    pub(crate) submitted_settings: Option<String>,
 }
 
 impl RunArgs {
@@ -155,6 +159,7 @@ impl RunArgs {
             stop: gptlab::interrupt::install(),
             wait: self.wait,
             lock_timeout: self.lock.timeout()?,
+            submitted_settings: self.submitted_settings.clone(),
         })
     }
 }

@@ -189,6 +189,34 @@ pub fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Erro
     )))
 }
 
+/// Refuses runs the spec now gives other settings than when `gptlab submit` queued them
+/// (`submitted`: the [`RunPlan::settings_sha256`] written into the task): a spec edited while
+/// the job waited in the queue must not train settings nobody submitted.
+pub fn check_submitted(plans: &[&RunPlan], submitted: &str) -> Result<(), Error> {
+    let short = |sha: &str| sha.chars().take(12).collect::<String>();
+    let changed: Vec<String> = plans
+        .iter()
+        .map(|p| (p, p.settings_sha256()))
+        .filter(|(_, now)| now != submitted)
+        .map(|(p, now)| {
+            format!(
+                "run `{}`: the spec now gives it other settings than when it was submitted (settings SHA-256 {}… then, {}… now)",
+                p.id(),
+                short(submitted),
+                short(&now)
+            )
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{}\nthis task stops without training: `gptlab submit` again trains the spec as it is now, or restore the \
+         spec and `scontrol requeue` the task",
+        changed.join("\n")
+    )))
+}
+
 /// The ways out for results of other settings than the spec gives.
 fn ways_out(experiment: &str) -> String {
     format!(

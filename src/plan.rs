@@ -341,6 +341,12 @@ impl RunPlan {
         id
     }
 
+    /// SHA-256 of the settings the whole run trains with (its identity at its last step):
+    /// written into each Slurm task by `gptlab submit`, so a task finds a spec changed since.
+    pub fn settings_sha256(&self) -> String {
+        crate::checkpoint::identity_hash(&self.identity(self.schedule.total_steps()))
+    }
+
     /// What differs between a checkpoint's identity `saved` (written at `step`) and this plan,
     /// one line per setting, in the spec's words: empty when the checkpoint can resume it.
     pub fn identity_diff(&self, saved: &BTreeMap<String, String>, step: usize) -> Vec<String> {

@@ -7,6 +7,8 @@
 //!   limit (USR1, after which it requeues itself), ends bit-identical to an uninterrupted run, with
 //!   no `.tmp`, lock or `running` status left;
 //! - two tasks started for one run never train it at once: one waits, then finds it complete.
+//! - a task whose spec was edited while it waited in the queue trains nothing and says why;
+//!   with the spec as submitted, the requeued task trains it.
 //!
 //! The cluster needs root and Debian's slurm-wlm and munge (`.ci/run` installs them). If it
 //! cannot start, the test fails and says why: running on Slurm is part of what gptlab promises.
@@ -403,4 +405,41 @@ fn two_tasks_for_one_run_never_train_it_at_once() {
         "the waiting task found the run complete:\n{}",
         waited[0]
     );
+}
+
+#[test]
+fn a_task_whose_spec_was_edited_in_the_queue_trains_nothing() {
+    let cluster = Cluster::start(16_930);
+    let dir = tempfile::tempdir().unwrap();
+    // Held in the queue, as a busy cluster would hold it, while the spec is edited.
+    let spec = spec(dir.path(), "extra = [\"--hold\"]\n");
+    let Submitted {
+        runs,
+        logs,
+        array,
+        report,
+        ..
+    } = submit(&cluster, &spec, dir.path(), 0);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("batch_size = 4\n", "batch_size = 4\nlr = 1e-2\n")).unwrap();
+    cluster.run("scontrol", &["release", &array]);
+    cluster.wait_finished(&[&format!("{array}_0"), &report], &logs);
+
+    assert_eq!(
+        cluster.state(&format!("{array}_0")),
+        "FAILED",
+        "{}",
+        cluster.logs(&logs)
+    );
+    let log = std::fs::read_to_string(logs.join(format!("{array}_0.out"))).unwrap();
+    assert!(
+        log.contains("run `default`: the spec now gives it other settings than when it was submitted"),
+        "{log}"
+    );
+    assert_eq!(metrics_rows(&runs.join("cluster/default")), 0, "nothing trained");
+    // The spec as submitted again: the same task trains it.
+    std::fs::write(&spec, text).unwrap();
+    cluster.run("scontrol", &["requeue", &format!("{array}_0")]);
+    cluster.wait_state(&format!("{array}_0"), "completed", |s| s == "COMPLETED", &logs);
+    assert_eq!(metrics_rows(&runs.join("cluster/default")), 16);
 }

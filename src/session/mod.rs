@@ -24,7 +24,7 @@ use worker::Trainer;
 
 use crate::device::{Chosen, DeviceRequest};
 use crate::error::Error;
-use crate::experiment::{Experiment, Readiness, check_identities, readiness, work_left};
+use crate::experiment::{Experiment, Readiness, check_identities, check_submitted, readiness, work_left};
 use crate::plan::RunPlan;
 use crate::report::ReportJob;
 use crate::run_dir::{RunDir, RunStatus};
@@ -54,6 +54,9 @@ pub struct SessionOptions {
     /// How stale a run lock's heartbeat may grow before others take it over; this process's
     /// locks promise it ([`crate::lock`]).
     pub lock_timeout: std::time::Duration,
+    /// The settings' SHA-256 the runs had when `gptlab submit` queued them (a Slurm task):
+    /// runs the spec now gives other settings are refused ([`check_submitted`]).
+    pub submitted_settings: Option<String>,
 }
 
 /// How a session ended.
@@ -239,6 +242,9 @@ pub fn train_all(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutco
     check_memory(&selected, layout.jobs)?;
     if !opts.fresh {
         check_identities(&selected, exp.name())?;
+    }
+    if let Some(submitted) = &opts.submitted_settings {
+        check_submitted(&selected, submitted)?;
     }
     // Hours of training must not end in an unwritable report folder.
     if let Some(reports) = &opts.reports_dir {

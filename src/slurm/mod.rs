@@ -27,6 +27,9 @@ pub struct Submission {
     pub experiment: String,
     /// The runs the array trains, one task each, as `--only` names them.
     pub tasks: Vec<String>,
+    /// Each task's run's settings' SHA-256 ([`crate::plan::RunPlan::settings_sha256`]), in
+    /// `tasks`' order: the task refuses a spec that has changed them since.
+    pub settings: Vec<String>,
     /// Runs left out, and why (complete, diverged, being trained now).
     pub skipped: Vec<String>,
     /// The job array's script.
@@ -43,7 +46,7 @@ pub struct Submission {
 pub fn prepare(exp: &Experiment, inv: &Invocation) -> Result<Submission, Error> {
     let selected = exp.selected();
     check_identities(&selected, exp.name())?;
-    let (mut tasks, mut skipped) = (vec![], vec![]);
+    let (mut tasks, mut settings, mut skipped) = (vec![], vec![], vec![]);
     for p in selected {
         let state = RunDir::new(&p.dir).state(p.schedule.total_steps());
         if state.kind == StateKind::Running {
@@ -51,7 +54,10 @@ pub fn prepare(exp: &Experiment, inv: &Invocation) -> Result<Submission, Error> 
             continue;
         }
         match readiness(p, false) {
-            Readiness::Train(_) => tasks.push(p.id()),
+            Readiness::Train(_) => {
+                tasks.push(p.id());
+                settings.push(p.settings_sha256());
+            }
             Readiness::Done(_) => skipped.push(format!("{}: already complete", p.id())),
             Readiness::Failed(_) => skipped.push(format!(
                 "{}: diverged at step {}; `gptlab run --fresh --only {}` retrains it",
@@ -65,9 +71,10 @@ pub fn prepare(exp: &Experiment, inv: &Invocation) -> Result<Submission, Error> 
     let dir = inv.runs_dir.join(exp.name()).join("slurm");
     Ok(Submission {
         experiment: exp.name().to_string(),
-        array_script: script::array_script(exp.name(), &tasks, slurm, inv, &dir),
+        array_script: script::array_script(exp.name(), (&tasks, &settings), slurm, inv, &dir),
         report_script: script::report_script(exp.name(), slurm, inv, &dir),
         tasks,
+        settings,
         skipped,
         dir,
     })

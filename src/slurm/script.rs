@@ -133,8 +133,15 @@ fn output_directive(dir: &Path, file: &str) -> String {
     directive("output", &pattern)
 }
 
-/// The job array: task `i` trains `runs[i]` (a run id, as `--only` takes it).
-pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &Invocation, logs: &Path) -> String {
+/// The job array: task `i` trains `runs[i]` (a run id, as `--only` takes it), refusing to if
+/// the spec no longer gives it the settings `settings[i]` (their SHA-256) it was submitted with.
+pub fn array_script(
+    experiment: &str,
+    (runs, settings): (&[String], &[String]),
+    s: &SlurmSection,
+    inv: &Invocation,
+    logs: &Path,
+) -> String {
     let throttle = s.max_parallel.map(|n| format!("%{n}")).unwrap_or_default();
     let mut lines = vec![
         "#!/bin/bash".to_string(),
@@ -153,7 +160,8 @@ pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &I
     lines.extend(resources(s, true));
     let quoted: Vec<String> = runs.iter().map(|r| shell_quote(r)).collect();
     let train = format!(
-        "{} --only \"$run\" --no-report --live-report --reports-dir {} --wait --lock-timeout {} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"",
+        "{} --only \"$run\" --submitted-settings \"$settings\" --no-report --live-report --reports-dir {} --wait \
+         --lock-timeout {} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"",
         inv.command("run"),
         shell_quote(&inv.reports_dir.display().to_string()),
         inv.lock_timeout
@@ -165,6 +173,9 @@ pub fn array_script(experiment: &str, runs: &[String], s: &SlurmSection, inv: &I
         r#"set -u
 runs=({runs})
 run=${{runs[$SLURM_ARRAY_TASK_ID]}}
+# Each run's settings (SHA-256) when it was submitted: the task refuses a spec edited since.
+all_settings=({settings})
+settings=${{all_settings[$SLURM_ARRAY_TASK_ID]}}
 echo "gptlab: task $SLURM_ARRAY_TASK_ID of job $SLURM_ARRAY_JOB_ID trains run $run on $(hostname) (restart ${{SLURM_RESTART_COUNT:-0}})"
 
 # Near the time limit Slurm sends USR1 to this shell (--signal above): it passes TERM on to the
@@ -185,7 +196,8 @@ if [ "$requeue" = 1 ]; then
     scontrol requeue "$SLURM_JOB_ID"
 fi
 exit "$rc""#,
-        runs = quoted.join(" ")
+        runs = quoted.join(" "),
+        settings = settings.join(" ")
     ));
     lines.join("\n") + "\n"
 }
