@@ -200,7 +200,7 @@ pub fn check_submitted(plans: &[&RunPlan], submitted: &str) -> Result<(), Error>
         .filter(|(_, now)| now != submitted)
         .map(|(p, now)| {
             format!(
-                "run `{}`: the spec now gives it other settings than when it was submitted (settings SHA-256 {}… then, {}… now)",
+                "run `{}` would now train with other settings or data than when it was submitted (the spec or a file it reads changed; settings SHA-256 {}… then, {}… now)",
                 p.id(),
                 short(submitted),
                 short(&now)

@@ -433,7 +433,7 @@ fn a_task_whose_spec_was_edited_in_the_queue_trains_nothing() {
     );
     let log = std::fs::read_to_string(logs.join(format!("{array}_0.out"))).unwrap();
     assert!(
-        log.contains("run `default`: the spec now gives it other settings than when it was submitted"),
+        log.contains("run `default` would now train with other settings or data than when it was submitted"),
         "{log}"
     );
     assert_eq!(metrics_rows(&runs.join("cluster/default")), 0, "nothing trained");
