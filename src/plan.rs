@@ -453,6 +453,14 @@ impl RunPlan {
             1.0 / c.tokens_per_byte(crate::data::Split::Train)
         );
         out += &format!("  seed:      {}\n", self.seed);
+        if let Some(warm) = &self.init_from {
+            out += &format!(
+                "  init:      the weights of {} (step {}; SHA-256 {}…), a fresh optimiser\n",
+                warm.path,
+                warm.step,
+                warm.weights_sha256.chars().take(12).collect::<String>()
+            );
+        }
         for ph in &self.schedule.phases {
             out += &format!(
                 "  phase {}:   steps {}..={} seq_len {} lr {}\n",

@@ -481,6 +481,14 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
         provenance.contains(&format!("\"weights_sha256\": \"{sha}\"")),
         "{provenance}"
     );
+    let plan = common::gptlab().arg("plan").arg(&warm).assert().success();
+    let plan = String::from_utf8_lossy(&plan.get_output().stdout).into_owned();
+    let said = format!(
+        "init:      the weights of {} (step 16; SHA-256 {}…)",
+        from.display(),
+        &sha[..12]
+    );
+    assert!(plan.contains(&said), "{plan}");
     gptlab(&spec, &runs)
         .args(["--fresh", "--set", "train.lr=2e-2"])
         .assert()
