@@ -193,7 +193,6 @@ pub fn check_identities(plans: &[&RunPlan], experiment: &str) -> Result<(), Erro
 /// (`submitted`: the [`RunPlan::settings_sha256`] written into the task): a spec edited while
 /// the job waited in the queue must not train settings nobody submitted.
 pub fn check_submitted(plans: &[&RunPlan], submitted: &str) -> Result<(), Error> {
-    let short = |sha: &str| sha.chars().take(12).collect::<String>();
     let changed: Vec<String> = plans
         .iter()
         .map(|p| (p, p.settings_sha256()))
@@ -202,8 +201,8 @@ pub fn check_submitted(plans: &[&RunPlan], submitted: &str) -> Result<(), Error>
             format!(
                 "run `{}` would now train with other settings or data than when it was submitted (the spec or a file it reads changed; settings SHA-256 {}… then, {}… now)",
                 p.id(),
-                short(submitted),
-                short(&now)
+                crate::format::short_hash(submitted),
+                crate::format::short_hash(&now)
             )
         })
         .collect();

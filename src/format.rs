@@ -17,6 +17,11 @@ pub fn num(x: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// The first 12 characters of a hash, as messages and tables show it.
+pub fn short_hash(sha: &str) -> String {
+    sha.chars().take(12).collect()
+}
+
 /// A setting's value as TOML writes it, for an error message: `0.1`, `1e-50` and `1e300`
 /// (not fifty or three hundred digits), at the precision of its type (`0.1f32` reads `0.1`).
 pub fn as_written<T: std::fmt::Display + std::fmt::LowerExp + Into<f64> + Copy>(x: T) -> String {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::data::{Corpus, CorpusRequest, TokenizerFile, TokenizerSpec};
+use crate::format::short_hash;
 use crate::model::ModelConfig;
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::spec::{RunConfig, RunSpec, SpecError, SpecErrors, flatten};
@@ -399,14 +400,14 @@ impl RunPlan {
             return "the run started from init_from's weights, the spec no longer has an init_from".to_string();
         };
         let then = match was {
-            Some(sha) => format!("SHA-256 {}… then", sha.chars().take(12).collect::<String>()),
+            Some(sha) => format!("SHA-256 {}… then", short_hash(sha)),
             None => "not recorded by the gptlab that started it".to_string(),
         };
         format!(
             "init_from `{}` holds other weights than this run started from ({then}, {}… now): its run was trained \
              again. --fresh trains this run from the new weights; a new run name keeps both",
             now.path,
-            now.weights_sha256.chars().take(12).collect::<String>()
+            short_hash(&now.weights_sha256)
         )
     }
 
@@ -458,7 +459,7 @@ impl RunPlan {
                 "  init:      the weights of {} (step {}; SHA-256 {}…), a fresh optimiser\n",
                 warm.path,
                 warm.step,
-                warm.weights_sha256.chars().take(12).collect::<String>()
+                short_hash(&warm.weights_sha256)
             );
         }
         for ph in &self.schedule.phases {
@@ -513,11 +514,11 @@ impl RunPlan {
     }
 }
 
-/// Identity keys added after checkpoints were first written, with the value every earlier
-/// checkpoint had: such a checkpoint still resumes the run it was written for.
 /// The identity key of the SHA-256 of the weights `init_from` starts from.
 const INIT_WEIGHTS: &str = "init_from.weights_sha256";
 
+/// Identity keys added after checkpoints were first written, with the value every earlier
+/// checkpoint had: such a checkpoint still resumes the run it was written for.
 const LATER_KEYS: [(&str, &str); 4] = [
     ("data.tokenizer", "char"),
     ("data.format", "text"),
