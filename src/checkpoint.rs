@@ -412,18 +412,13 @@ impl Loaded {
     /// Every saved weight's name and shape.
     pub fn shapes(&self) -> Result<Vec<Shaped>> {
         let st = SafeTensors::deserialize(&self.model_bytes).context("parsing model.safetensors")?;
-        Ok(st
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.shape().to_vec()))
-            .collect())
+        Ok(tensor_shapes(&st))
     }
 
     /// Copies the weights into `model`; every parameter must be present with a shape that fits.
     pub fn load_weights<D: Device<Float>>(&self, model: &mut impl HasParams<D>) -> Result<()> {
         let st = SafeTensors::deserialize(&self.model_bytes).context("parsing model.safetensors")?;
-        let saved: Vec<Shaped> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
-        if let Some(mismatch) = weight_mismatch(&saved, &param_shapes(model)) {
+        if let Some(mismatch) = weight_mismatch(&tensor_shapes(&st), &param_shapes(model)) {
             bail!(mismatch);
         }
         let mut error = None;
@@ -455,6 +450,14 @@ impl Loaded {
         opt.t = self.meta.adam_t;
         Ok(())
     }
+}
+
+/// Every tensor's name and shape in a safetensors file.
+fn tensor_shapes(st: &SafeTensors<'_>) -> Vec<Shaped> {
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect()
 }
 
 /// Every parameter's name and shape, in `model`'s order.
