@@ -689,18 +689,14 @@ fn warm_start(
     spec: &RunSpec,
     tokenizer: &crate::data::Tokenizer,
     model: &ModelConfig,
+    sources: &mut WarmSources,
 ) -> Result<Option<crate::checkpoint::WarmStart>, Box<SpecError>> {
     let Some(from) = &spec.init_from else {
         return Ok(None);
     };
     let error = |msg: String| Box::new(spec.error("init_from", msg));
-    if !Path::new(from).join("meta.json").is_file() {
-        return Err(error(format!(
-            "`{from}` is not a checkpoint folder (it has no meta.json)"
-        )));
-    }
-    let saved = crate::checkpoint::read_weights(Path::new(from)).and_then(|c| Ok((c.shapes()?, c.meta)));
-    let (shapes, meta) = saved.map_err(|e| error(format!("`{from}` cannot be read: {e:#}")))?;
+    let source = read_warm_source(sources, from).map_err(error)?;
+    let (shapes, meta) = (&source.0, &source.1);
     if !meta.same_tokenizer(tokenizer) {
         return Err(error(format!(
             "`{from}` was trained with the tokenizer {}, this run uses {}: its embeddings mean other tokens",
@@ -709,7 +705,7 @@ fn warm_start(
         )));
     }
     let wanted = crate::checkpoint::param_shapes(&crate::model::Gpt::new(&dfdx::tensor::Cpu::default(), model, 0));
-    if let Some(mismatch) = crate::checkpoint::weight_mismatch(&shapes, &wanted) {
+    if let Some(mismatch) = crate::checkpoint::weight_mismatch(shapes, &wanted) {
         return Err(error(format!(
             "`{from}` does not fit this run's model{}: {mismatch}",
             arch_differences(&meta.model.arch, &model.arch)
@@ -717,9 +713,29 @@ fn warm_start(
     }
     Ok(Some(crate::checkpoint::WarmStart {
         path: from.clone(),
-        weights_sha256: meta.model_sha256,
+        weights_sha256: meta.model_sha256.clone(),
         step: meta.step,
     }))
+}
+
+/// The checkpoints `init_from` names, each read once however many runs start from it: its
+/// weights' names and shapes and its metadata, or why it cannot be read.
+type WarmSources = HashMap<String, Result<Arc<(Vec<crate::checkpoint::Shaped>, crate::checkpoint::Meta)>, String>>;
+
+/// `from` as read into `sources` (read now if it is not there yet).
+fn read_warm_source(
+    sources: &mut WarmSources,
+    from: &str,
+) -> Result<Arc<(Vec<crate::checkpoint::Shaped>, crate::checkpoint::Meta)>, String> {
+    let read = || {
+        if !Path::new(from).join("meta.json").is_file() {
+            return Err(format!("`{from}` is not a checkpoint folder (it has no meta.json)"));
+        }
+        crate::checkpoint::read_weights(Path::new(from))
+            .and_then(|c| Ok(Arc::new((c.shapes()?, c.meta))))
+            .map_err(|e| format!("`{from}` cannot be read: {e:#}"))
+    };
+    sources.entry(from.to_string()).or_insert_with(read).clone()
 }
 
 /// The settings in which the architectures `there` (a checkpoint's) and `here` differ, as
@@ -750,6 +766,7 @@ fn arch_differences(there: &crate::model::ModelOptions, here: &crate::model::Mod
 /// Checks the data-dependent parts of each run and lays out its plan.
 pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
     let mut corpora: Corpora = HashMap::new();
+    let mut warm_sources: WarmSources = HashMap::new();
     let mut errors = vec![];
     let mut plans = vec![];
     for spec in specs {
@@ -780,7 +797,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             block_size: schedule.max_seq_len(),
             arch: c.model.clone(),
         };
-        let init_from = match warm_start(spec, &corpus.tokenizer, &model) {
+        let init_from = match warm_start(spec, &corpus.tokenizer, &model, &mut warm_sources) {
             Ok(warm) => warm,
             Err(found) => {
                 errors.push(*found);
