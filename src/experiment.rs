@@ -1,6 +1,6 @@
 //! The experiment layer: a spec loaded, expanded and planned ([`Experiment`]), and what its
 //! run folders say about each plan — whether the results there were trained with the plan's
-//! settings ([`differs_from_checkpoint`], [`check_identities`]), how much work is left
+//! settings ([`differs_from_checkpoint`], [`differs_from_results`], [`check_identities`]), how much work is left
 //! ([`work_left`]), and whether a run needs training ([`readiness`]). The training session,
 //! `status`, `submit` and the report all ask here; plans themselves never read the disk.
 
@@ -161,6 +161,28 @@ pub fn differs_from_checkpoint(plan: &RunPlan) -> Vec<String> {
 pub fn work_left(plan: &RunPlan) -> f64 {
     plan.schedule
         .cost_after(crate::run_dir::RunDir::new(&plan.dir).newest_step())
+}
+
+/// What differs between the settings that trained a run's results and the plan: its newest
+/// checkpoint's ([`differs_from_checkpoint`]) and, for metrics rows written after that
+/// checkpoint by a process that stopped before the next one, the settings of the session that
+/// wrote them — rows `gptlab run` would drop, but which `status` and the report read until
+/// then. Empty when every result is the plan's.
+pub fn differs_from_results(plan: &RunPlan) -> Vec<String> {
+    let diff = differs_from_checkpoint(plan);
+    let dir = RunDir::new(&plan.dir);
+    let last_row = dir.last_metrics_step().min(plan.schedule.total_steps());
+    if !diff.is_empty() || last_row <= dir.newest_step() {
+        return diff;
+    }
+    match dir.read_provenance().sessions.pop() {
+        Some(s) if !s.settings.is_empty() => plan.identity_diff_of(
+            &crate::plan::identity_at(&s.settings, last_row),
+            last_row,
+            "the last metrics row",
+        ),
+        _ => diff,
+    }
 }
 
 /// Refuses runs whose newest checkpoint was trained with other settings than the spec now

@@ -351,6 +351,12 @@ impl RunPlan {
     /// What differs between a checkpoint's identity `saved` (written at `step`) and this plan,
     /// one line per setting, in the spec's words: empty when the checkpoint can resume it.
     pub fn identity_diff(&self, saved: &BTreeMap<String, String>, step: usize) -> Vec<String> {
+        self.identity_diff_of(saved, step, "the checkpoint")
+    }
+
+    /// What differs between `saved`, the identity results up to `step` were trained with
+    /// (`what`: the checkpoint, the last metrics row), and this plan.
+    pub fn identity_diff_of(&self, saved: &BTreeMap<String, String>, step: usize, what: &str) -> Vec<String> {
         let now = self.identity(step);
         let saved = &with_later_defaults(saved);
         let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
@@ -368,7 +374,7 @@ impl RunPlan {
                         phase_length_said = true;
                         let steps = i.parse::<usize>().ok().and_then(|i| self.schedule.phases.get(i)).map(|p| p.steps);
                         format!(
-                            "phase {i} had run {} steps at the checkpoint (step {step}), but the spec now makes it \
+                            "phase {i} had run {} steps at {what} (step {step}), but the spec now makes it \
                              {} steps long: a phase that has run cannot change length; add a [[phase]] at the end instead",
                             was.map_or("no", |s| s.as_str()),
                             steps.map_or_else(|| "?".to_string(), |s| s.to_string())
@@ -512,6 +518,29 @@ impl RunPlan {
                 .join(", ")
         }
     }
+}
+
+/// `whole`, a run's identity through its last step ([`RunPlan::identity`] at the total), as
+/// that identity was at `step`: the phases not begun by then left out and the one under way
+/// cut to the steps it had run. The phases' lengths are read from `whole` itself, so this is
+/// the identity of the plan that trained, not of the one the spec gives now.
+pub fn identity_at(whole: &BTreeMap<String, String>, step: usize) -> BTreeMap<String, String> {
+    let mut at = whole.clone();
+    let mut first = 1;
+    for i in 0.. {
+        let done_key = format!("phase.{i}.steps_done");
+        let Some(steps) = whole.get(&done_key).and_then(|s| s.parse::<usize>().ok()) else {
+            break;
+        };
+        if first > step {
+            let prefix = format!("phase.{i}.");
+            at.retain(|k, _| !k.starts_with(&prefix));
+        } else {
+            at.insert(done_key, steps.min(step + 1 - first).to_string());
+        }
+        first += steps;
+    }
+    at
 }
 
 /// The identity key of the SHA-256 of the weights `init_from` starts from.

@@ -112,6 +112,11 @@ pub struct RunSession {
     /// run is not bit-identical to an uninterrupted run from there on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_isa: Option<crate::isa::Isa>,
+    /// The settings this session trained with, through the run's last step (the identity a
+    /// checkpoint records, see `RunPlan::identity`): what the metrics rows it wrote after the
+    /// run's newest checkpoint are checked against (absent in sessions of older gptlabs).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: std::collections::BTreeMap<String, String>,
     /// The first step this session trained (the step after the checkpoint it resumed from).
     pub first_step: usize,
     /// The last step it trained, once it ended.
@@ -144,6 +149,7 @@ impl RunSession {
             threads: rayon::current_num_threads(),
             isa: None,
             resumed_from_isa: None,
+            settings: Default::default(),
             first_step,
             last_step: None,
             outcome: None,

@@ -599,3 +599,118 @@ fn the_time_left_covers_the_specs_a_wrapper_trains_next() {
         .expect("a progress line at step 5");
     assert!(line.contains(", all runs "), "{line}");
 }
+
+#[cfg(not(feature = "fault-injection"))]
+#[test]
+fn rows_past_the_last_checkpoint_are_checked_against_the_settings_that_wrote_them() {
+    panic!(
+        "this test kills gptlab at chosen steps through the test-only `fault-injection` feature: run `cargo test --features fault-injection` (`just test` does)"
+    );
+}
+
+/// A process killed between checkpoints leaves metrics rows no checkpoint vouches for: once
+/// the spec changes a setting they were trained with, `status` and the report must not pass
+/// them off as the spec's, while changes they never saw (a phase not reached, a new phase)
+/// leave them standing; the next `run` retrains from the last checkpoint without a refusal.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn rows_past_the_last_checkpoint_are_checked_against_the_settings_that_wrote_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let spec = write_spec(tmp.path(), "kill.toml", TINY_SPEC);
+    let state = |extra: &[&str]| {
+        let out = gptlab()
+            .args(["status", spec.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    // (where it dies, an edit of what its rows trained with, an edit of a phase they did not reach)
+    for (fault, trained, unreached) in [
+        ("step-end@3", "train.lr=0.01", Some("phase.1.lr=0.01")), // before any checkpoint
+        ("step-end@11", "phase.1.lr=0.01", None),                 // in phase 1, after phase 0's checkpoints
+    ] {
+        let _ = std::fs::remove_dir_all(&runs);
+        let killed = gptlab()
+            .args([
+                "run",
+                spec.to_str().unwrap(),
+                "--runs-dir",
+                runs.to_str().unwrap(),
+                "-q",
+                "--no-report",
+            ])
+            .env("GPTLAB_FAULT", fault)
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "{fault}: should have been killed");
+        assert!(state(&[]).contains("interrupted"), "{fault}: {}", state(&[]));
+        let line = state(&["--set", trained]);
+        assert!(
+            line.contains("other-settings") && line.contains("was `0.0005` when trained"),
+            "{fault} --set {trained}: {line}"
+        );
+        if let Some(unreached) = unreached {
+            let line = state(&["--set", unreached]);
+            assert!(line.contains("interrupted"), "{fault} --set {unreached}: {line}");
+        }
+        report(&spec, tmp.path(), &["--set", trained])
+            .code(2)
+            .stderr(predicate::str::contains("trained with other settings"));
+        let page = std::fs::read_to_string(tmp.path().join("reports/kill/index.html")).unwrap();
+        assert!(
+            page.contains("Left out of the verdict"),
+            "{fault}: the page passes the rows as the spec's"
+        );
+        run(&spec, tmp.path(), &["--set", trained, "--no-report"]).success();
+        assert!(state(&["--set", trained]).contains("complete"));
+    }
+    // A phase added after the kill is one the rows never reached.
+    let _ = std::fs::remove_dir_all(&runs);
+    let killed = gptlab()
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "-q",
+            "--no-report",
+        ])
+        .env("GPTLAB_FAULT", "step-end@11")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec).unwrap() + "[[phase]]\nseq_len = 16\nsteps = 2\n",
+    )
+    .unwrap();
+    assert!(state(&[]).contains("interrupted"), "{}", state(&[]));
+}
+
+/// What a run's rows are checked against is its whole identity cut back to their last step:
+/// the cut must equal the identity the plan gives at that step, at every step.
+#[test]
+fn a_whole_run_s_identity_cut_at_a_step_is_its_identity_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A run-wide cosine (its length is part of the identity) and a third phase of its own.
+    let text = TINY_SPEC.replace(
+        "checkpoint_every = 4\n",
+        "checkpoint_every = 4\nschedule = \"cosine\"\n",
+    ) + "[[phase]]\nseq_len = 16\nsteps = 3\nlr = 1e-3\nwarmup_steps = 2\n";
+    let file = write_spec(tmp.path(), "cut.toml", &text);
+    let spec = gptlab::spec::SpecFile::parse(&file, &std::fs::read_to_string(&file).unwrap()).unwrap();
+    let plans = gptlab::plan::plan(&spec.expand(&[]).unwrap(), tmp.path()).unwrap();
+    let p = &plans[0];
+    let total = p.schedule.total_steps();
+    assert_eq!(total, 19);
+    let whole = p.identity(total);
+    for step in 0..=total {
+        assert_eq!(gptlab::plan::identity_at(&whole, step), p.identity(step), "step {step}");
+    }
+}

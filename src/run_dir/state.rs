@@ -23,7 +23,7 @@ pub enum StateKind {
     /// Training stopped with an error.
     Failed,
     /// Its results were trained with other settings than the spec now gives (decided by the
-    /// caller, who knows the plan: see [`crate::plan::RunPlan::differs_from_checkpoint`]).
+    /// caller, who knows the plan: see [`crate::experiment::differs_from_results`]).
     OtherSettings,
 }
 
@@ -188,7 +188,7 @@ impl RunDir {
     }
 
     /// The step of the last row of `metrics.csv` (0 for none).
-    fn last_metrics_step(&self) -> usize {
+    pub fn last_metrics_step(&self) -> usize {
         self.read_metrics_lenient()
             .ok()
             .and_then(|(rows, _)| rows.last().map(|r| r.step))

@@ -266,6 +266,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         session.isa = D::isa();
         session.init_from = plan.init_from.clone();
         session.resumed_from_isa = other_isa::<D>(plan, &resumed);
+        session.settings = plan.identity(plan.schedule.total_steps());
         provenance.sessions.push(session);
         run_dir.write_provenance(&provenance)?;
         crate::probe::enable_attention_probe(plan.config.measure.attention);
