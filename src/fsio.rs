@@ -38,8 +38,14 @@ pub fn temp_beside(path: &Path) -> std::path::PathBuf {
 /// reader sees the old contents or the new, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_beside(path);
-    write_synced(&tmp, bytes)?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let written = write_synced(&tmp, bytes).and_then(|()| {
+        fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    });
+    if written.is_err() {
+        // A full disk or a failed rename leaves no part-written file beside the real one.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     if let Some(dir) = path.parent() {
         sync_dir(dir);
     }
@@ -275,5 +281,30 @@ pub fn for_each_block<B>(
         if let std::ops::ControlFlow::Break(value) = f(&buf[..n]) {
             return Ok(Some(value));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty folder where the file should go: the rename fails.
+        let target = dir.path().join("status.json");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("inside"), b"x").unwrap();
+        assert!(write_atomic(&target, b"{}").is_err());
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["status.json"], "a temporary file was left behind");
+        // And a write that works leaves only the file.
+        let ok = dir.path().join("ok.json");
+        write_atomic(&ok, b"{}").unwrap();
+        assert_eq!(fs::read(&ok).unwrap(), b"{}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

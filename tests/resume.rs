@@ -322,6 +322,9 @@ fn what_a_killed_process_left_is_cleaned_up_at_the_next_start() {
     );
     let status = std::fs::read_to_string(run.join("status.json")).unwrap();
     assert!(status.contains("running"), "{status}");
+    // A TensorBoard file whose history was being written (TensorBoard reads any `tfevents`).
+    let torn_events = run.join("tb/events.out.tfevents.1.host.1-1.tmp");
+    std::fs::write(&torn_events, b"half").unwrap();
     // The next start cleans up before it trains (it is killed again at step 9 here).
     gptlab(&spec, &runs)
         .env("GPTLAB_FAULT", "step-end@9")
@@ -331,8 +334,12 @@ fn what_a_killed_process_left_is_cleaned_up_at_the_next_start() {
         .stderr(predicate::str::contains(
             "removed the unfinished checkpoint step_00000008.tmp",
         ))
-        .stderr(predicate::str::contains("now interrupted"));
+        .stderr(predicate::str::contains("now interrupted"))
+        .stderr(predicate::str::contains(
+            "removed the unfinished file events.out.tfevents.1.host.1-1.tmp",
+        ));
     assert!(!run.join("checkpoints/step_00000008.tmp").exists());
+    assert!(!torn_events.exists());
     gptlab(&spec, &runs).assert().success();
     assert_eq!(losses(&runs, "default"), reference(dir.path()));
 }

@@ -299,9 +299,12 @@ impl RunDir {
                 }
             }
         }
-        // A file `write_atomic` was writing when the process died (`status.json.tmp`, …); lock
-        // files are the lock's own business (another process may be creating one).
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
+        // A file `write_atomic` was writing when the process died (`status.json.tmp`, …), or a
+        // TensorBoard file before its history was complete (TensorBoard would read it as a
+        // second stream: its name holds `tfevents`); lock files are the lock's own business
+        // (another process may be creating one).
+        for dir in [self.root.clone(), self.tensorboard_path()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".tmp") && !name.starts_with(".lock") && e.path().is_file() {
