@@ -7,6 +7,11 @@
 //! and at n = 3 it *is* the range), while the t interval widens honestly as n shrinks. The
 //! **percentile bootstrap** (10,000 resamples of the seeds, a fixed resampling seed so that a
 //! report is reproducible) is reported beside it, as a check that needs no normality.
+//!
+//! A report compares every run with one baseline: with `m` such comparisons, each at 95%, the
+//! chance that at least one interval misses its true difference grows towards 1 − 0.95ᵐ (a
+//! sweep of 8 runs: 30%). The differences' intervals are therefore **simultaneous** (Bonferroni:
+//! each at 1 − 0.05/m), so that all of a report's claims together hold with 95% confidence.
 
 use rand::{Rng, SeedableRng};
 
@@ -37,11 +42,25 @@ pub fn t_quantile(p: f64, df: f64) -> f64 {
         .inverse_cdf(p)
 }
 
+/// The confidence of every interval gptlab reports (of a family of comparisons, together).
+pub const CONFIDENCE: f64 = 0.95;
+
+/// The confidence each of `comparisons` intervals needs for all of them to hold together with
+/// [`CONFIDENCE`] (Bonferroni): 0.95 for one, 0.9833 for three.
+pub fn bonferroni(comparisons: usize) -> f64 {
+    1.0 - (1.0 - CONFIDENCE) / comparisons.max(1) as f64
+}
+
 /// The two-sided 95% t interval of the mean of `xs`; `None` below two values (one sample has
 /// no spread to estimate an interval from).
 pub fn t_interval(xs: &[f64]) -> Option<(f64, f64)> {
+    t_interval_at(xs, CONFIDENCE)
+}
+
+/// The two-sided t interval of the mean of `xs` at confidence `level` (0.95: 95%).
+pub fn t_interval_at(xs: &[f64], level: f64) -> Option<(f64, f64)> {
     let (m, s) = (mean(xs)?, sd(xs)?);
-    let half = t_quantile(0.975, (xs.len() - 1) as f64) * s / (xs.len() as f64).sqrt();
+    let half = t_quantile(1.0 - (1.0 - level) / 2.0, (xs.len() - 1) as f64) * s / (xs.len() as f64).sqrt();
     Some((m - half, m + half))
 }
 
@@ -56,6 +75,11 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// The 95% percentile-bootstrap interval of the mean of `xs`: [`BOOTSTRAP_RESAMPLES`]
 /// resamples with replacement, seeded with [`BOOTSTRAP_SEED`]; `None` below two values.
 pub fn bootstrap_interval(xs: &[f64]) -> Option<(f64, f64)> {
+    bootstrap_interval_at(xs, CONFIDENCE)
+}
+
+/// The percentile-bootstrap interval of the mean of `xs` at confidence `level`.
+pub fn bootstrap_interval_at(xs: &[f64], level: f64) -> Option<(f64, f64)> {
     if xs.len() < 2 {
         return None;
     }
@@ -65,7 +89,8 @@ pub fn bootstrap_interval(xs: &[f64]) -> Option<(f64, f64)> {
         .map(|_| (0..n).map(|_| xs[rng.gen_range(0..n)]).sum::<f64>() / n as f64)
         .collect();
     means.sort_by(f64::total_cmp);
-    Some((quantile(&means, 0.025), quantile(&means, 0.975)))
+    let tail = (1.0 - level) / 2.0;
+    Some((quantile(&means, tail), quantile(&means, 1.0 - tail)))
 }
 
 /// One quantity of one run over its seeds.
@@ -101,9 +126,14 @@ pub struct PairedDiff {
     pub n: usize,
     /// Mean of (run − baseline): negative when the run has the lower loss.
     pub mean: f64,
-    /// 95% t interval of that mean (n ≥ 2).
+    /// How many runs the report compares with the baseline on this loss (with intervals): the
+    /// intervals below hold together with 95% confidence over them all.
+    pub comparisons: usize,
+    /// The confidence of each interval below: [`bonferroni`] of `comparisons`.
+    pub level: f64,
+    /// t interval of that mean at `level` (n ≥ 2).
     pub t_interval: Option<(f64, f64)>,
-    /// 95% percentile-bootstrap interval of that mean (n ≥ 2).
+    /// Percentile-bootstrap interval of that mean at `level` (n ≥ 2).
     pub bootstrap: Option<(f64, f64)>,
     /// Seeds where the run's loss is lower than the baseline's.
     pub wins: usize,
@@ -111,22 +141,43 @@ pub struct PairedDiff {
 
 impl PairedDiff {
     /// Pairs `run` and `baseline` by seed (`(seed, value)`; seeds only one side has, and
-    /// non-finite values, are left out); `None` when no seed pairs.
-    pub fn of(run: &[(u64, f64)], baseline: &[(u64, f64)]) -> Option<Self> {
-        let diffs: Vec<f64> = run
-            .iter()
+    /// non-finite values, are left out): run − baseline per seed.
+    pub fn pair(run: &[(u64, f64)], baseline: &[(u64, f64)]) -> Vec<f64> {
+        run.iter()
             .filter_map(|(seed, r)| {
                 let (_, b) = baseline.iter().find(|(s, _)| s == seed)?;
                 Some(r - b).filter(|d| d.is_finite())
             })
-            .collect();
+            .collect()
+    }
+
+    /// The one comparison of `run` with `baseline` (95% intervals); `None` when no seed pairs.
+    pub fn of(run: &[(u64, f64)], baseline: &[(u64, f64)]) -> Option<Self> {
+        Self::among(&Self::pair(run, baseline), 1)
+    }
+
+    /// The paired differences `diffs` as one of `comparisons` made together (intervals at
+    /// [`bonferroni`]`(comparisons)`); `None` for no differences.
+    pub fn among(diffs: &[f64], comparisons: usize) -> Option<Self> {
+        let level = bonferroni(comparisons);
         Some(Self {
             n: diffs.len(),
-            mean: mean(&diffs)?,
-            t_interval: t_interval(&diffs),
-            bootstrap: bootstrap_interval(&diffs),
+            mean: mean(diffs)?,
+            comparisons: comparisons.max(1),
+            level,
+            t_interval: t_interval_at(diffs, level),
+            bootstrap: bootstrap_interval_at(diffs, level),
             wins: diffs.iter().filter(|d| **d < 0.0).count(),
         })
+    }
+
+    /// How the intervals were made, after their numbers: empty for one comparison,
+    /// `, Bonferroni-adjusted for 3 comparisons` for more.
+    fn adjustment(&self) -> String {
+        match self.comparisons {
+            1 => String::new(),
+            m => format!(", Bonferroni-adjusted for {m} comparisons"),
+        }
     }
 
     /// The finding in words, e.g. "rope has lower final validation loss than absolute by 0.27
@@ -142,11 +193,17 @@ impl PairedDiff {
                  estimate (repeat over seeds with [experiment] seeds or --seeds N)"
             );
         };
-        let seeds = format!("{} seeds, better in {}/{}", self.n, self.wins, self.n);
+        let rest = format!(
+            "{}, {} seeds, better in {}/{}",
+            self.adjustment(),
+            self.n,
+            self.wins,
+            self.n
+        );
         if lo <= 0.0 && hi >= 0.0 {
             return format!(
                 "no difference detected at this number of seeds between {run} and {baseline} in {quantity}: \
-                 {run} − {baseline} = {} {unit} (95% t interval {} to {}, {seeds})",
+                 {run} − {baseline} = {} {unit} (95% t interval {} to {}{rest})",
                 signed(self.mean, 3),
                 signed(lo, 3),
                 signed(hi, 3)
@@ -155,7 +212,7 @@ impl PairedDiff {
         // The interval of the size of the gap, in the direction of the finding.
         let (a, b) = if self.mean < 0.0 { (-hi, -lo) } else { (lo, hi) };
         format!(
-            "{run} has {direction} {quantity} than {baseline} by {size:.3} {unit} (95% t interval {a:.3}–{b:.3}, {seeds})"
+            "{run} has {direction} {quantity} than {baseline} by {size:.3} {unit} (95% t interval {a:.3}–{b:.3}{rest})"
         )
     }
 }

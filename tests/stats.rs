@@ -1,7 +1,10 @@
 //! The statistics behind the comparison, against independent facts: published t quantiles,
 //! hand-computed means and intervals, and the bootstrap against an exact enumeration.
 
-use gptlab::stats::{Estimate, PairedDiff, bootstrap_interval, mean, sd, t_interval, t_quantile};
+use gptlab::stats::{
+    Estimate, PairedDiff, bonferroni, bootstrap_interval, bootstrap_interval_at, mean, sd, t_interval, t_interval_at,
+    t_quantile,
+};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
@@ -41,6 +44,36 @@ fn mean_sd_and_t_interval_of_a_fixed_sample() {
     let e = Estimate::of(&[1.0, f64::NAN, 3.0]).unwrap();
     assert_eq!((e.n, e.mean), (2, 2.0));
     assert_eq!(Estimate::of(&[]), None);
+}
+
+#[test]
+fn simultaneous_intervals_take_the_bonferroni_level() {
+    assert_eq!(bonferroni(1), 0.95);
+    assert!((bonferroni(5) - 0.99).abs() < 1e-12);
+    assert!((bonferroni(3) - (1.0 - 0.05 / 3.0)).abs() < 1e-12);
+    // Two-sided 99% critical values (the same tables): t(0.995, 4) = 4.604, t(0.995, 9) = 3.250.
+    for (df, want) in [(4.0, 4.604), (9.0, 3.250)] {
+        assert!(close(t_quantile(0.995, df), want, 0.0006));
+    }
+    // 3 ± 4.604095 · 1.581139 / √5 = 3 ± 3.255583.
+    let (lo, hi) = t_interval_at(&[1.0, 2.0, 3.0, 4.0, 5.0], bonferroni(5)).unwrap();
+    assert!(
+        close(lo, 3.0 - 3.255583, 1e-5) && close(hi, 3.0 + 3.255583, 1e-5),
+        "({lo}, {hi})"
+    );
+    // The bootstrap's tails move out too: at 99% the range of three values still (1/27 > 0.5%).
+    let (lo, hi) = bootstrap_interval_at(&[0.4, -0.1, 0.25], 0.99).unwrap();
+    assert!(close(lo, -0.1, 1e-12) && close(hi, 0.4, 1e-12), "({lo}, {hi})");
+    // One comparison is the plain 95% interval.
+    let xs = [(1, 2.0), (2, 2.5), (3, 2.2)];
+    let base = [(1, 2.4), (2, 2.6), (3, 2.5)];
+    let diffs = PairedDiff::pair(&xs, &base);
+    assert_eq!(diffs.len(), 3);
+    let one = PairedDiff::of(&xs, &base).unwrap();
+    assert_eq!(one.t_interval, t_interval(&diffs));
+    let five = PairedDiff::among(&diffs, 5).unwrap();
+    assert_eq!(five.t_interval, t_interval_at(&diffs, 0.99));
+    assert!(five.t_interval.unwrap().0 < one.t_interval.unwrap().0);
 }
 
 #[test]

@@ -193,14 +193,18 @@ pub struct ComparisonRow {
     pub n: usize,
     /// Mean of (run − baseline) over the paired seeds; negative: the run is better.
     pub diff: f64,
-    /// 95% t interval of `diff` (n ≥ 2).
+    /// t interval of `diff` at `level` (n ≥ 2): simultaneous 95% over the `comparisons`.
     pub t_lo: Option<f64>,
     /// Its upper end.
     pub t_hi: Option<f64>,
-    /// 95% percentile-bootstrap interval of `diff` (n ≥ 2).
+    /// Percentile-bootstrap interval of `diff` at `level` (n ≥ 2).
     pub bootstrap_lo: Option<f64>,
     /// Its upper end.
     pub bootstrap_hi: Option<f64>,
+    /// Runs compared with the baseline on this loss with intervals (see [`crate::stats`]).
+    pub comparisons: usize,
+    /// The confidence of each interval: 0.95 for one comparison, 1 − 0.05/m for m.
+    pub level: f64,
     /// Seeds where the run's loss is lower.
     pub wins: usize,
     /// The finding in words.
@@ -245,10 +249,26 @@ pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
             .filter_map(|s| Some((s.seed.unwrap_or(0), get(s)?)))
             .collect()
     };
+    let others: Vec<_> = groups.iter().filter(|(r, _)| r != base).collect();
+    let diffs = |seeds: &[&RunSummary], loss: &Loss| -> Option<Vec<f64>> {
+        same_text(loss, seeds, base_seeds)
+            .then(|| PairedDiff::pair(&paired(seeds, loss.get), &paired(base_seeds, loss.get)))
+    };
+    // The comparisons with intervals (two paired seeds or more) on each loss: the family whose
+    // intervals must hold together.
+    let family: Vec<usize> = LOSSES
+        .iter()
+        .map(|loss| {
+            others
+                .iter()
+                .filter(|(_, seeds)| diffs(seeds, loss).is_some_and(|d| d.len() >= 2))
+                .count()
+        })
+        .collect();
     let mut rows = vec![];
-    for (run, seeds) in groups.iter().filter(|(r, _)| r != base) {
-        for loss in LOSSES.iter().filter(|l| same_text(l, seeds, base_seeds)) {
-            let Some(d) = PairedDiff::of(&paired(seeds, loss.get), &paired(base_seeds, loss.get)) else {
+    for (run, seeds) in others {
+        for (loss, &m) in LOSSES.iter().zip(&family) {
+            let Some(d) = diffs(seeds, loss).and_then(|d| PairedDiff::among(&d, m)) else {
                 continue;
             };
             rows.push(ComparisonRow {
@@ -261,6 +281,8 @@ pub fn compare(summaries: &[RunSummary], base: &str) -> Vec<ComparisonRow> {
                 t_hi: d.t_interval.map(|i| i.1),
                 bootstrap_lo: d.bootstrap.map(|i| i.0),
                 bootstrap_hi: d.bootstrap.map(|i| i.1),
+                comparisons: d.comparisons,
+                level: d.level,
                 wins: d.wins,
                 sentence: d.sentence(run, base, loss.words, unit_words(seeds)),
             });
@@ -351,4 +373,84 @@ pub fn verdict(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete seed of `run` with final validation loss `loss` (other losses unset).
+    fn seed(run: &str, seed: u64, loss: f64) -> RunSummary {
+        let mut s = super::super::summary::summarise(run, Some(seed), run, "complete".into(), &[], 10, 1);
+        s.final_val_loss = Some(loss);
+        s
+    }
+
+    /// `base` at 5 seeds, and each of `others` at the same seeds with losses base + its diffs.
+    fn runs(others: &[(&str, [f64; 5])]) -> Vec<RunSummary> {
+        let base = [2.0, 2.1, 1.9, 2.05, 1.95];
+        let mut all: Vec<RunSummary> = (0..5).map(|i| seed("base", i, base[i as usize])).collect();
+        for (run, diffs) in others {
+            all.extend((0..5).map(|i| seed(run, i, base[i as usize] + diffs[i as usize])));
+        }
+        all
+    }
+
+    #[test]
+    fn a_difference_clear_alone_is_not_claimed_among_five_comparisons() {
+        // Differences −0.10, −0.02, −0.06, −0.04, −0.08: mean −0.06, sd √0.001, se √0.001/√5.
+        let b = ("b", [-0.10, -0.02, -0.06, -0.04, -0.08]);
+        let se = 0.001f64.sqrt() / 5f64.sqrt();
+        let alone = compare(&runs(&[b]), "base");
+        let alone = alone.iter().find(|c| c.loss == "final_val_loss").unwrap();
+        // t(0.975, 4) = 2.776 (any table): −0.06 ± 0.0393, clear of 0.
+        assert_eq!((alone.comparisons, alone.level), (1, 0.95));
+        assert!((alone.t_hi.unwrap() - (-0.06 + 2.776 * se)).abs() < 1e-3, "{alone:?}");
+        assert!(
+            alone.sentence.starts_with("b has lower final validation loss"),
+            "{}",
+            alone.sentence
+        );
+        // Beside four more runs: each interval at 1 − 0.05/5 = 99%, t(0.995, 4) = 4.604: −0.06 ±
+        // 0.0651, which holds 0.
+        let clear = [-0.5, -0.52, -0.49, -0.51, -0.5];
+        let five = compare(
+            &runs(&[b, ("c", clear), ("d", clear), ("e", clear), ("f", clear)]),
+            "base",
+        );
+        let among = five
+            .iter()
+            .find(|c| c.run == "b" && c.loss == "final_val_loss")
+            .unwrap();
+        assert_eq!(among.comparisons, 5);
+        assert!((among.level - 0.99).abs() < 1e-12);
+        assert!((among.t_hi.unwrap() - (-0.06 + 4.604 * se)).abs() < 1e-3, "{among:?}");
+        assert!((among.t_lo.unwrap() - (-0.06 - 4.604 * se)).abs() < 1e-3, "{among:?}");
+        assert!(
+            among.sentence.starts_with("no difference detected")
+                && among
+                    .sentence
+                    .contains("Bonferroni-adjusted for 5 comparisons, 5 seeds"),
+            "{}",
+            among.sentence
+        );
+    }
+
+    #[test]
+    fn a_run_of_one_seed_is_no_comparison_of_the_family() {
+        // c has one seed: no interval, so it does not widen b's.
+        let mut all = runs(&[("b", [-0.10, -0.02, -0.06, -0.04, -0.08])]);
+        all.push(seed("c", 0, 1.0));
+        let rows = compare(&all, "base");
+        let b = rows
+            .iter()
+            .find(|c| c.run == "b" && c.loss == "final_val_loss")
+            .unwrap();
+        assert_eq!(b.comparisons, 1);
+        let c = rows
+            .iter()
+            .find(|c| c.run == "c" && c.loss == "final_val_loss")
+            .unwrap();
+        assert_eq!((c.n, c.t_lo), (1, None));
+    }
 }

@@ -149,9 +149,9 @@ pub fn page(p: &Page<'_>) -> String {
         h.push_str(&format!("<li>{}</li>\n", escape(v)));
     }
     h.push_str(&format!(
-        "</ul>\n<p class=\"sample-meta\">Losses are mean cross-entropy in {}; intervals are 95% t \
-             intervals over seeds, differences are paired by seed (lower is better).</p>\n</section>\n",
-        p.unit
+        "</ul>\n<p class=\"sample-meta\">Losses are mean cross-entropy in {} (lower is better); {}.</p>\n</section>\n",
+        p.unit,
+        escape(&p.tables.intervals_note())
     ));
     for n in p.notes {
         h.push_str(&format!("<p class=\"note\">{}</p>\n", escape(n)));

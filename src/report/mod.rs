@@ -361,6 +361,8 @@ fn write_tables(
     for v in verdict {
         md.push_str(&format!("- {v}\n"));
     }
+    let note = tables.intervals_note();
+    md.push_str(&format!("\n{}{}.\n", note[..1].to_uppercase(), &note[1..]));
     md.push_str(&tables.markdown());
     if !runs.unfinished.is_empty() {
         md.push_str(&format!("\nNot finished: {}.\n", runs.unfinished.join(", ")));

@@ -70,6 +70,35 @@ impl Tables<'_> {
         self.summaries.iter().any(|s| s.seed.is_some())
     }
 
+    /// How many runs the differences' intervals hold together over (1: a single comparison).
+    pub fn family(&self) -> usize {
+        self.comparison.iter().map(|c| c.comparisons).max().unwrap_or(1)
+    }
+
+    /// What the intervals are, in a sentence's words: 95% t intervals over seeds and, with more
+    /// than one comparison, simultaneous ones.
+    pub fn intervals_note(&self) -> String {
+        let mut note = "intervals are 95% t intervals over seeds, differences are paired by seed".to_string();
+        if self.family() > 1 {
+            note += &format!(
+                "; the differences' intervals hold together over the {} runs compared with the baseline \
+                 (Bonferroni: each at {:.2}%)",
+                self.family(),
+                100.0 * crate::stats::bonferroni(self.family())
+            );
+        }
+        note
+    }
+
+    /// `95% CI`, or `simultaneous 95% CI` for a family of comparisons.
+    fn ci_words(&self) -> &'static str {
+        if self.family() > 1 {
+            "simultaneous 95% CI"
+        } else {
+            "95% CI"
+        }
+    }
+
     fn headline(&self, run: &str) -> Option<&ComparisonRow> {
         self.comparison.iter().find(|c| c.run == run && c.loss == LOSSES[0].key)
     }
@@ -106,13 +135,14 @@ impl Tables<'_> {
                 ]
             })
             .collect();
+        let delta = format!("Δ vs baseline ({})", self.ci_words());
         let header = [
             "run",
             "differs",
             "seeds complete",
             "params",
             "final val loss (95% CI)",
-            "Δ vs baseline (95% CI)",
+            &delta,
             "better in",
             "tokens/s",
             "train time",
@@ -151,10 +181,13 @@ impl Tables<'_> {
                 ]
             })
             .collect();
-        let title = format!(
+        let mut title = format!(
             "Against the baseline ({}), paired by seed",
             self.baseline.unwrap_or("–")
         );
+        if self.family() > 1 {
+            title += &format!("; intervals simultaneous over {} runs (Bonferroni)", self.family());
+        }
         let header = [
             "run",
             "loss",
