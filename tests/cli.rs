@@ -51,6 +51,7 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
             "`rope` and `RoPE` differ only in case",
         ),
         ("sweep.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 4]\n"), 7, "model.n_kv_head", "n_kv_head=4"),
+        ("sweepdup.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 2, 1]\n"), 7, "sweep.model.n_kv_head", "the value 1 is listed twice"),
         ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown key"),
         ("position.toml", format!("[model]\nposition = \"xpos\"\n{PHASE}"), 2, "model.position", "unknown variant"),
         ("syntax.toml", "[model\nn_layer = 2\n".into(), 1, "", "invalid TOML"),

@@ -936,7 +936,17 @@ fn sweep_axes(source: &Source, sweep: &toml::Table, errors: &mut Vec<SpecError>)
         let origin = source.origin(&layers, &key);
         let full = format!("sweep.{key}");
         match value {
-            toml::Value::Array(values) if !values.is_empty() => axes.push((key, values)),
+            toml::Value::Array(values) if !values.is_empty() => {
+                match values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)) {
+                    Some((_, twice)) => errors.push(source.error(
+                        origin,
+                        Some(&full),
+                        None,
+                        format!("the value {twice} is listed twice: each value is one point of the grid"),
+                    )),
+                    None => axes.push((key, values)),
+                }
+            }
             toml::Value::Array(_) => {
                 errors.push(source.error(origin, Some(&full), None, "a sweep needs at least one value"));
             }
