@@ -630,25 +630,23 @@ fn rows_past_the_last_checkpoint_are_checked_against_the_settings_that_wrote_the
             .unwrap_or("")
             .to_string()
     };
+    // A fresh run of the spec, killed at `fault`.
+    let killed_at = |fault: &str| {
+        let _ = std::fs::remove_dir_all(&runs);
+        let mut cmd = gptlab();
+        cmd.args(common::quiet_run_args(&spec, &runs))
+            .env("GPTLAB_FAULT", fault);
+        assert!(
+            !cmd.output().unwrap().status.success(),
+            "{fault}: should have been killed"
+        );
+    };
     // (where it dies, an edit of what its rows trained with, an edit of a phase they did not reach)
     for (fault, trained, unreached) in [
         ("step-end@3", "train.lr=0.01", Some("phase.1.lr=0.01")), // before any checkpoint
         ("step-end@11", "phase.1.lr=0.01", None),                 // in phase 1, after phase 0's checkpoints
     ] {
-        let _ = std::fs::remove_dir_all(&runs);
-        let killed = gptlab()
-            .args([
-                "run",
-                spec.to_str().unwrap(),
-                "--runs-dir",
-                runs.to_str().unwrap(),
-                "-q",
-                "--no-report",
-            ])
-            .env("GPTLAB_FAULT", fault)
-            .output()
-            .unwrap();
-        assert!(!killed.status.success(), "{fault}: should have been killed");
+        killed_at(fault);
         assert!(state(&[]).contains("interrupted"), "{fault}: {}", state(&[]));
         let line = state(&["--set", trained]);
         assert!(
@@ -671,20 +669,7 @@ fn rows_past_the_last_checkpoint_are_checked_against_the_settings_that_wrote_the
         assert!(state(&["--set", trained]).contains("complete"));
     }
     // A phase added after the kill is one the rows never reached.
-    let _ = std::fs::remove_dir_all(&runs);
-    let killed = gptlab()
-        .args([
-            "run",
-            spec.to_str().unwrap(),
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "-q",
-            "--no-report",
-        ])
-        .env("GPTLAB_FAULT", "step-end@11")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success());
+    killed_at("step-end@11");
     std::fs::write(
         &spec,
         std::fs::read_to_string(&spec).unwrap() + "[[phase]]\nseq_len = 16\nsteps = 2\n",
