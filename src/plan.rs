@@ -332,6 +332,11 @@ impl RunPlan {
             ("data.format", format!("{:?}", d.format).to_lowercase()),
             ("data.tokenizer", t.name.clone()),
         ];
+        // A token file's bytes are ids only under a width: the same file read as u16 and as
+        // u32 is two corpora.
+        if d.format == crate::data::Format::Tokens {
+            id.push(("data.dtype", d.dtype.unwrap_or_default().to_string()));
+        }
         match &c.val_sha256 {
             Some(val) => id.push(("data.val_sha256", val.clone())),
             None => id.push(("data.val_fraction", d.val_fraction.to_string())),
@@ -358,7 +363,7 @@ impl RunPlan {
     /// (`what`: the checkpoint, the last metrics row), and this plan.
     pub fn identity_diff_of(&self, saved: &BTreeMap<String, String>, step: usize, what: &str) -> Vec<String> {
         let now = self.identity(step);
-        let saved = &with_later_defaults(saved);
+        let saved = &with_later_defaults(saved, &now);
         let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
         let show = |v: Option<&String>| v.map_or_else(|| "(not set)".to_string(), |s| format!("`{s}`"));
         let mut phase_length_said = false;
@@ -555,11 +560,17 @@ const LATER_KEYS: [(&str, &str); 4] = [
     ("train.warmup_steps", "0"),
 ];
 
-/// `saved` with [`LATER_KEYS`] it lacks filled in.
-fn with_later_defaults(saved: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+/// `saved` with [`LATER_KEYS`] it lacks filled in, and keys whose earlier value cannot be
+/// known taken from `now`, the identity it is compared with.
+fn with_later_defaults(saved: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut filled = saved.clone();
     for (k, v) in LATER_KEYS {
         filled.entry(k.to_string()).or_insert_with(|| v.to_string());
+    }
+    // A token file's width entered the identity after token files did, and a checkpoint from
+    // before does not say which it was read as: it is not held against it.
+    if let Some(dtype) = now.get("data.dtype") {
+        filled.entry("data.dtype".into()).or_insert_with(|| dtype.clone());
     }
     filled
 }

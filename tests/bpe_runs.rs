@@ -282,3 +282,47 @@ fn a_checkpoint_written_before_tokenizers_still_resumes_and_samples() {
     quiet_run(&longer, &runs).assert().success();
     assert_eq!(metrics_bits(&runs, "old/default").len(), 18);
 }
+
+/// The same token file read as u16 and as u32 is two corpora: a run trained on one is refused,
+/// not passed off, under a spec that reads the other; a checkpoint from before the width was
+/// recorded is not held against the spec.
+#[test]
+fn a_token_file_read_at_another_width_is_other_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("train.bin");
+    // Ids below 65,536 as u32: read as u16, every other id is 0, and still a valid corpus.
+    let ids: Vec<u8> = (0..6000u32).flat_map(|i| ((i * 7919) % 50_000).to_le_bytes()).collect();
+    std::fs::write(&bin, ids).unwrap();
+    let spec_of = |dtype: &str| {
+        let data = format!(
+            "path = \"{}\"\nformat = \"tokens\"\ntokenizer = \"gpt2\"\ndtype = \"{dtype}\"",
+            bin.display()
+        );
+        let text = common::TINY_SPEC.replace("path = \"CORPUS\"", &data);
+        write_spec(
+            dir.path(),
+            &format!("w{dtype}.toml"),
+            &text.replace("[experiment]\n", "[experiment]\nname = \"w\"\n"),
+        )
+    };
+    let (wide, narrow) = (spec_of("u32"), spec_of("u16"));
+    let runs = dir.path().join("runs");
+    quiet_run(&wide, &runs).assert().success();
+    quiet_run(&narrow, &runs)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "data.dtype: was `u32` when trained, the spec now says `u16`",
+        ));
+    // A checkpoint's identity without the width (written before it was recorded) still
+    // resumes, or here stays complete, under its own spec.
+    let ckpt = runs.join("w/default/checkpoints/step_00000016/meta.json");
+    let meta = std::fs::read_to_string(&ckpt).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert!(json["identity"].as_object_mut().unwrap().remove("data.dtype").is_some());
+    std::fs::write(&ckpt, json.to_string()).unwrap();
+    quiet_run(&wide, &runs).assert().success();
+    common::status(&wide, &runs)
+        .success()
+        .stdout(predicate::str::contains("complete"));
+}
