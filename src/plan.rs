@@ -807,7 +807,7 @@ fn arch_differences(there: &crate::model::ModelOptions, here: &crate::model::Mod
 pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
     let mut corpora: Corpora = HashMap::new();
     let mut warm_sources: WarmSources = HashMap::new();
-    let mut errors = vec![];
+    let mut errors = same_training(specs);
     let mut plans = vec![];
     for spec in specs {
         let c = &spec.config;
@@ -875,6 +875,59 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
     } else {
         Err(SpecErrors(errors).merge_shared(specs.len()))
     }
+}
+
+/// Every setting of a run, flattened, with the model's derived sizes written out and the
+/// options that have no effect on it left out: two runs with equal settings here train the
+/// same model on the same data with the same seed, and measure it the same way.
+fn effective_settings(spec: &RunSpec) -> BTreeMap<String, String> {
+    let arch = &spec.config.model;
+    let mut out: BTreeMap<String, String> = flat_strings("", &spec.config).into_iter().collect();
+    out.retain(|k, _| !k.starts_with("model."));
+    out.extend(flat_strings("model", arch.resolved()));
+    for (key, _) in arch.inert() {
+        out.remove(&format!("model.{key}"));
+    }
+    out.insert("init_from".into(), spec.init_from.clone().unwrap_or_default());
+    out
+}
+
+/// Runs that would train exactly what an earlier run of the experiment trains: a comparison
+/// of the two can only find noise, under a label (`rope_base=500000.0`) that did nothing. An
+/// error at the later run, naming the settings that set them apart on paper and why those do
+/// nothing.
+fn same_training(specs: &[RunSpec]) -> Vec<SpecError> {
+    let settings: Vec<BTreeMap<String, String>> = specs.iter().map(effective_settings).collect();
+    let mut errors = vec![];
+    for (j, later) in specs.iter().enumerate() {
+        let Some(earlier) = (0..j).find(|&i| settings[i] == settings[j]).map(|i| &specs[i]) else {
+            continue;
+        };
+        let written = |spec: &RunSpec, key: &str| {
+            let options = flat_strings("", &spec.config.model);
+            options.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        };
+        let differs = later
+            .config
+            .model
+            .inert()
+            .into_iter()
+            .find(|(key, _)| written(earlier, key) != written(later, key));
+        let same = format!(
+            "runs `{}` and `{}` would train the same model the same way",
+            earlier.name, later.name
+        );
+        errors.push(match differs {
+            Some((key, why)) => later.error(
+                &format!("model.{key}"),
+                format!("{same}: they differ only in model.{key}, which {why}; leave it out of the sweep or runs"),
+            ),
+            None => later.error_at_name(format!(
+                "{same}: their settings are equal (repeat a run over seeds with [experiment] seeds)"
+            )),
+        });
+    }
+    errors
 }
 
 #[cfg(test)]

@@ -52,6 +52,9 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
         ),
         ("sweep.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 4]\n"), 7, "model.n_kv_head", "n_kv_head=4"),
         ("sweepdup.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.n_kv_head\" = [1, 2, 1]\n"), 7, "sweep.model.n_kv_head", "the value 1 is listed twice"),
+        // Runs that would train the same model: a sweep of a setting that does nothing here, and a copy.
+        ("rbase.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"model.rope_base\" = [10000.0, 500000.0]\n"), 7, "model.rope_base", "differ only in model.rope_base, which has no effect with position = \"absolute\""),
+        ("copy.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"x\"\n[[run]]\nname = \"y\"\n"), 9, "name", "runs `x` and `y` would train the same model the same way: their settings are equal"),
         ("badrun.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[[run]]\nname = \"r\"\nmodel.positon = \"rope\"\n"), 8, "model.positon", "unknown key"),
         ("position.toml", format!("[model]\nposition = \"xpos\"\n{PHASE}"), 2, "model.position", "unknown variant"),
         ("syntax.toml", "[model\nn_layer = 2\n".into(), 1, "", "invalid TOML"),
@@ -103,6 +106,25 @@ fn invalid(dir: &Path, name: &str, text: &str) -> String {
     let path = write(dir, name, text);
     let out = gptlab().args(["validate", path.to_str().unwrap()]).assert().code(2);
     String::from_utf8_lossy(&out.get_output().stderr).to_string()
+}
+
+#[test]
+fn runs_that_differ_in_what_they_train_or_measure_are_not_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, runs) in [
+        // RoPE's base under RoPE, and a run that only differs in how its batch is split (memory).
+        (
+            "rope.toml",
+            "[model]\nposition = \"rope\"\n[sweep]\n\"model.rope_base\" = [10000.0, 500000.0]\n",
+        ),
+        (
+            "micro.toml",
+            "[[run]]\nname = \"x\"\n[[run]]\nname = \"y\"\ntrain.micro_batch_size = 2\n",
+        ),
+    ] {
+        let path = write(dir.path(), name, &format!("[data]\npath = \"CORPUS\"\n{PHASE}{runs}"));
+        gptlab().args(["validate", path.to_str().unwrap()]).assert().success();
+    }
 }
 
 #[test]

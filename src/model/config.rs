@@ -290,9 +290,27 @@ impl ModelOptions {
         })
     }
 
+    /// The options that have no effect on the model these options build, and why: `rope_base`
+    /// without RoPE, and `mlp_multiple_of`, whose only effect is the MLP width that
+    /// [`resolved`](Self::resolved) writes out.
+    pub fn inert(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![(
+            "mlp_multiple_of",
+            format!("only rounds the MLP width, {} here either way", self.mlp_width()),
+        )];
+        if self.position != Position::Rope {
+            out.push((
+                "rope_base",
+                format!("has no effect with position = \"{}\" (it is RoPE's)", self.position),
+            ));
+        }
+        out
+    }
+
     /// The same architecture with every default that depends on other options written out
-    /// (`n_kv_head`, `mlp_hidden`, `head_dim`): two resolved options are equal exactly when
-    /// they build the same model. Call only on options without [`problems`](Self::problems).
+    /// (`n_kv_head`, `mlp_hidden`, `head_dim`): two resolved options build the same model
+    /// exactly when they are equal but for their [`inert`](Self::inert) options. Call only on
+    /// options without [`problems`](Self::problems).
     pub fn resolved(&self) -> Self {
         Self {
             n_kv_head: Some(self.kv_heads()),

@@ -770,7 +770,8 @@ impl RunSpec {
             .error(self.source.origin(&self.layers, key), Some(key), None, message)
     }
 
-    fn error_at_name(&self, message: String) -> SpecError {
+    /// An error about the run itself, placed at its `name` (the `[[run]]` entry).
+    pub fn error_at_name(&self, message: String) -> SpecError {
         let origin = match self.layers.run_index {
             Some(i) => self
                 .source
