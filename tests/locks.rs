@@ -175,9 +175,11 @@ fn a_lock_left_by_a_dead_process_on_this_host_is_taken_over() {
 #[test]
 fn status_says_how_every_run_stands() {
     let dir = tempfile::tempdir().unwrap();
+    // Each its own weight decay: runs with equal settings would be one model trained twice.
     let runs_spec: String = ["done", "killed", "busy", "todo", "broken"]
         .iter()
-        .map(|r| format!("[[run]]\nname = \"{r}\"\n"))
+        .enumerate()
+        .map(|(i, r)| format!("[[run]]\nname = \"{r}\"\ntrain.weight_decay = 0.0{i}\n"))
         .collect();
     let spec = spec(dir.path(), &runs_spec);
     let runs = dir.path().join("runs");
