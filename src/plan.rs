@@ -923,7 +923,8 @@ fn same_training(specs: &[RunSpec]) -> Vec<SpecError> {
                 format!("{same}: they differ only in model.{key}, which {why}; leave it out of the sweep or runs"),
             ),
             None => later.error_at_name(format!(
-                "{same}: their settings are equal (repeat a run over seeds with [experiment] seeds)"
+                "{same}: their settings are equal, once defaults are written out (`n_kv_head` unset is \
+                 n_head, …); repeat a run over seeds with [experiment] seeds"
             )),
         });
     }
