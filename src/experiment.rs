@@ -2,8 +2,8 @@
 //! run folders say about each plan — whether the results there were trained with the plan's
 //! settings ([`differs_from_checkpoint`], [`differs_from_results`], [`check_identities`]), how
 //! much work is left ([`work_left`]), and whether a run needs training ([`readiness`]). The
-//! training session,
-//! `status`, `submit` and the report all ask here; plans themselves never read the disk.
+//! training session, `status`, `submit` and the report all ask here; plans themselves never
+//! read the disk.
 
 use std::path::{Path, PathBuf};
 
