@@ -168,11 +168,12 @@ pub fn work_left(plan: &RunPlan) -> f64 {
 /// checkpoint's ([`differs_from_checkpoint`]) and, for metrics rows written after that
 /// checkpoint by a process that stopped before the next one, the settings of the session that
 /// wrote them — rows `gptlab run` would drop, but which `status` and the report read until
-/// then. Empty when every result is the plan's.
-pub fn differs_from_results(plan: &RunPlan) -> Vec<String> {
+/// then. `last_row`: the step of the run's last metrics row (the caller has read them). Empty
+/// when every result is the plan's.
+pub fn differs_from_results(plan: &RunPlan, last_row: usize) -> Vec<String> {
     let diff = differs_from_checkpoint(plan);
     let dir = RunDir::new(&plan.dir);
-    let last_row = dir.last_metrics_step().min(plan.schedule.total_steps());
+    let last_row = last_row.min(plan.schedule.total_steps());
     if !diff.is_empty() || last_row <= dir.newest_step() {
         return diff;
     }

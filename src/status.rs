@@ -31,8 +31,9 @@ pub fn table(exp: &Experiment) -> StatusTable {
     ]];
     for p in exp.selected() {
         let total = p.schedule.total_steps();
-        let mut state = RunDir::new(&p.dir).state(total);
-        let diff = crate::experiment::differs_from_results(p);
+        let dir = RunDir::new(&p.dir);
+        let mut state = dir.state(total);
+        let diff = crate::experiment::differs_from_results(p, dir.last_metrics_step());
         if !diff.is_empty() && state.kind != StateKind::Running {
             (state.kind, state.note) = (StateKind::OtherSettings, Some(diff.join("; ")));
             other_settings += 1;

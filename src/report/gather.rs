@@ -64,7 +64,7 @@ fn read_run(p: &RunPlan, unit: &LossUnit, runs: &mut Runs) -> Result<()> {
     }
     // Results of other settings than the spec now gives must not pass as its results: their
     // status says so, which keeps them out of every aggregate and of the verdict.
-    let diff = crate::experiment::differs_from_results(p);
+    let diff = crate::experiment::differs_from_results(p, rows.last().map_or(0, |r| r.step));
     let status = if diff.is_empty() {
         summary::status_word(&state, &rows, total)
     } else {
