@@ -229,17 +229,21 @@ const LATER_KEYS: [(&str, &str); 4] = [
     ("train.warmup_steps", "0"),
 ];
 
-/// `saved` with [`LATER_KEYS`] it lacks filled in, and keys whose earlier value cannot be
-/// known taken from `now`, the identity it is compared with.
+/// Identity keys added later whose value an earlier checkpoint cannot tell: one without the
+/// key is not held to it. `data.dtype`: a token file's width, read as the spec said then.
+const UNRECORDED_KEYS: [&str; 1] = ["data.dtype"];
+
+/// `saved` with [`LATER_KEYS`] it lacks filled in, and [`UNRECORDED_KEYS`] it lacks taken
+/// from `now`, the identity it is compared with.
 fn with_later_defaults(saved: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut filled = saved.clone();
     for (k, v) in LATER_KEYS {
         filled.entry(k.to_string()).or_insert_with(|| v.to_string());
     }
-    // A token file's width entered the identity after token files did, and a checkpoint from
-    // before does not say which it was read as: it is not held against it.
-    if let Some(dtype) = now.get("data.dtype") {
-        filled.entry("data.dtype".into()).or_insert_with(|| dtype.clone());
+    for k in UNRECORDED_KEYS {
+        if let Some(v) = now.get(k) {
+            filled.entry(k.to_string()).or_insert_with(|| v.clone());
+        }
     }
     filled
 }
