@@ -37,6 +37,15 @@ fn with_data_problems((readable, errors): (Vec<crate::spec::RunSpec>, SpecErrors
     SpecErrors(errors.0.into_iter().chain(paths.0).collect())
 }
 
+/// The warm start from `from` that the run folder `dir` records (its newest session's).
+fn recorded_warm_start(dir: &Path, from: &str) -> Option<crate::checkpoint::WarmStart> {
+    let sessions = RunDir::new(dir).read_provenance().sessions;
+    sessions
+        .into_iter()
+        .rev()
+        .find_map(|s| s.init_from.filter(|w| w.path == from))
+}
+
 impl Experiment {
     /// Every setting of run `name` with its value and where it came from (see
     /// [`crate::spec::RunSpec::explain`]).
@@ -77,7 +86,7 @@ impl Experiment {
             )));
         }
         let name = runs.first().map_or_else(|| spec.name.clone(), |r| r.experiment.clone());
-        let plans = plan(&runs, runs_dir)?;
+        let plans = plan(&runs, runs_dir, &recorded_warm_start)?;
         let unknown: Vec<&String> = only
             .iter()
             .filter(|o| !plans.iter().any(|p| p.name == **o || p.id() == **o))
@@ -269,10 +278,20 @@ pub enum Readiness {
 
 /// What `plan`'s folder says is left to do (with `fresh`, everything).
 pub fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
+    let run_dir = RunDir::new(&p.dir);
+    if let Some(warm) = &p.init_from
+        && (fresh || run_dir.checkpoints().is_empty())
+        && !Path::new(&warm.path).join("meta.json").exists()
+    {
+        return Readiness::Failed(format!(
+            "error: run `{}` starts from step 0 and its init_from checkpoint {} is gone; its folder is left as it was",
+            p.id(),
+            warm.path
+        ));
+    }
     if fresh {
         return Readiness::Train(None);
     }
-    let run_dir = RunDir::new(&p.dir);
     match run_dir.read_status() {
         Some(RunStatus::Complete { step })
             if step == p.schedule.total_steps()

@@ -690,7 +690,7 @@ fn a_whole_run_s_identity_cut_at_a_step_is_its_identity_there() {
     ) + "[[phase]]\nseq_len = 16\nsteps = 3\nlr = 1e-3\nwarmup_steps = 2\n";
     let file = write_spec(tmp.path(), "cut.toml", &text);
     let spec = gptlab::spec::SpecFile::parse(&file, &std::fs::read_to_string(&file).unwrap()).unwrap();
-    let plans = gptlab::plan::plan(&spec.expand(&[]).unwrap(), tmp.path()).unwrap();
+    let plans = gptlab::plan::plan(&spec.expand(&[]).unwrap(), tmp.path(), &|_, _| None).unwrap();
     let p = &plans[0];
     let total = p.schedule.total_steps();
     assert_eq!(total, 19);

@@ -512,10 +512,97 @@ fn init_from_starts_from_another_runs_weights_with_a_fresh_optimizer() {
         ),
     )
     .unwrap();
+    // At its line: `[[run]]`, `name`, then `init_from`, after the text.
+    let at = format!("{}:{}: key `init_from`", warm.display(), text.lines().count() + 3);
     gptlab(&warm, &runs)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("init_from").and(predicate::str::contains("nope")));
+        .stderr(predicate::str::contains(at).and(predicate::str::contains("nope")));
+}
+
+#[test]
+fn a_warm_run_outlives_its_source_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    gptlab(&spec(dir.path(), ""), &runs).assert().success();
+    let from = runs.join("res/default/checkpoints/step_00000016");
+    let extra = format!("[[run]]\nname = \"tuned\"\ninit_from = \"{}\"\n", from.display());
+    let warm = common::tiny_spec(dir.path(), "warm", &extra);
+    let with_seeds = |n: &str| {
+        let mut cmd = gptlab(&warm, &runs);
+        cmd.args(["--seeds", n]);
+        cmd
+    };
+    with_seeds("2").assert().success();
+    let seed_dirs = ["seed=3407", "seed=1"].map(|s| runs.join("warm/tuned").join(s));
+    let before: Vec<_> = seed_dirs.iter().map(|d| common::results_fingerprint(d)).collect();
+    // The source run is deleted (or moved, or its checkpoint pruned): the warm run's results are
+    // its own, planned with the weights its folder recorded.
+    std::fs::rename(runs.join("res"), dir.path().join("res-moved")).unwrap();
+    let status = |n: &str| {
+        common::gptlab()
+            .args([
+                "status",
+                warm.to_str().unwrap(),
+                "--seeds",
+                n,
+                "--runs-dir",
+                runs.to_str().unwrap(),
+            ])
+            .assert()
+    };
+    let said = common::stdout_of(&status("2").success());
+    assert_eq!(said.matches("complete  16/16").count(), 2, "{said}");
+    let reports = dir.path().join("reports");
+    common::gptlab()
+        .args(["report", warm.to_str().unwrap(), "--seeds", "2", "--no-samples"])
+        .args([
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--reports-dir",
+            reports.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    with_seeds("2")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("is gone").and(predicate::str::contains("SHA-256")));
+    // Starting over needs the source: refused before the folder is touched.
+    with_seeds("2")
+        .arg("--fresh")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "starts from step 0 and its init_from checkpoint",
+        ));
+    let after: Vec<_> = seed_dirs.iter().map(|d| common::results_fingerprint(d)).collect();
+    assert_eq!(before, after, "a refused --fresh must leave the results as they were");
+    assert_eq!(
+        common::stdout_of(&status("2").success())
+            .matches("complete  16/16")
+            .count(),
+        2
+    );
+    // A seed that never trained needs the source too; the trained ones are still complete.
+    with_seeds("3")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("tuned/seed=2"));
+    let said = common::stdout_of(&status("3").success());
+    assert_eq!(said.matches("complete  16/16").count(), 2, "{said}");
+    // A phase appended later resumes from the run's own checkpoint.
+    std::fs::write(
+        &warm,
+        format!(
+            "{}[[phase]]\nseq_len = 16\nsteps = 4\n",
+            std::fs::read_to_string(&warm).unwrap()
+        ),
+    )
+    .unwrap();
+    with_seeds("2").assert().success();
+    let said = common::stdout_of(&status("2").success());
+    assert_eq!(said.matches("complete  20/20").count(), 2, "{said}");
 }
 
 /// The learned position table of `model` as it loads from `checkpoint`.

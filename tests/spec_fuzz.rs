@@ -118,7 +118,7 @@ fn mutated_specs_and_set_arguments_never_panic() {
             let runs = spec.expand(&sets)?;
             // Planning reads the corpus; do it for a sample of the inputs to keep the test quick.
             if i % 10 == 0 {
-                plan(&runs, Path::new("runs")).map(|_| ())
+                plan(&runs, Path::new("runs"), &|_, _| None).map(|_| ())
             } else {
                 Ok(())
             }

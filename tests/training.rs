@@ -100,7 +100,7 @@ fn a_fixed_seed_gives_identical_losses_twice_and_phases_switch_length() {
     let dev = Cpu::default();
     let mut losses = vec![];
     for out in ["a", "b"] {
-        let plans = plan(&runs, &tmp.path().join(out)).unwrap();
+        let plans = plan(&runs, &tmp.path().join(out), &|_, _| None).unwrap();
         let mut per_run = vec![];
         for p in &plans {
             let outcome = train_run(

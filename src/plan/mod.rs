@@ -576,8 +576,41 @@ fn arch_differences(there: &crate::model::ModelOptions, here: &crate::model::Mod
     }
 }
 
-/// Checks the data-dependent parts of each run and lays out its plan.
-pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErrors> {
+/// What a run folder records it started from when its `init_from` named `path`: the warm
+/// start of its newest session from there, if any (`Experiment` reads `provenance.json`).
+pub type WarmRecords<'a> = &'a dyn Fn(&Path, &str) -> Option<crate::checkpoint::WarmStart>;
+
+/// Each seed's warm start when `spec`'s `init_from` checkpoint is gone (a source run deleted,
+/// moved or pruned since): the one its folder recorded, or a sibling seed's. A run trained from
+/// it stays readable and resumable from its own checkpoints; `None` when no seed recorded one
+/// (nothing trained from it: the source is needed).
+fn recorded_warm_starts(
+    spec: &RunSpec,
+    dirs: &[PathBuf],
+    records: WarmRecords,
+) -> Option<Vec<Option<crate::checkpoint::WarmStart>>> {
+    let from = spec.init_from.as_deref()?;
+    if Path::new(from).join("meta.json").exists() {
+        return None;
+    }
+    let found: Vec<_> = dirs.iter().map(|d| records(d, from)).collect();
+    let any = found.iter().flatten().next()?.clone();
+    crate::events::emit(
+        crate::events::Level::Note,
+        format!(
+            "init_from `{from}` is gone; run `{}` is planned with the weights its folder recorded \
+             (step {}, SHA-256 {}): its results stay readable and it resumes from its own checkpoints",
+            spec.name,
+            any.step,
+            short_hash(&any.weights_sha256)
+        ),
+    );
+    Some(found.into_iter().map(|w| w.or_else(|| Some(any.clone()))).collect())
+}
+
+/// Checks the data-dependent parts of each run and lays out its plan; `records` gives what a
+/// run folder recorded of its warm start, for an `init_from` checkpoint that is gone.
+pub fn plan(specs: &[RunSpec], runs_dir: &Path, records: WarmRecords) -> Result<Vec<RunPlan>, SpecErrors> {
     let mut corpora: Corpora = HashMap::new();
     let mut warm_sources: WarmSources = HashMap::new();
     let mut errors = same_training(specs);
@@ -610,33 +643,43 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path) -> Result<Vec<RunPlan>, SpecErro
             block_size: schedule.max_seq_len(),
             arch: c.model.clone(),
         };
-        let init_from = match warm_start(spec, &corpus.tokenizer, &model, &mut warm_sources) {
-            Ok(warm) => warm,
-            Err(found) => {
-                errors.push(*found);
-                continue;
-            }
-        };
         let seeded = spec.seeded();
-        for seed in spec.seeds() {
-            let run_dir = runs_dir.join(&spec.experiment).join(&spec.name);
+        let run_dir = runs_dir.join(&spec.experiment).join(&spec.name);
+        let dirs: Vec<PathBuf> = spec
+            .seeds()
+            .into_iter()
+            .map(|seed| {
+                if seeded {
+                    run_dir.join(seed_folder(seed))
+                } else {
+                    run_dir.clone()
+                }
+            })
+            .collect();
+        let warm_starts = match warm_start(spec, &corpus.tokenizer, &model, &mut warm_sources) {
+            Ok(warm) => vec![warm; dirs.len()],
+            Err(found) => match recorded_warm_starts(spec, &dirs, records) {
+                Some(recorded) => recorded,
+                None => {
+                    errors.push(*found);
+                    continue;
+                }
+            },
+        };
+        for ((seed, dir), init_from) in spec.seeds().into_iter().zip(dirs).zip(warm_starts) {
             let mut config = c.clone();
             config.experiment.seed = seed;
             plans.push(RunPlan {
                 experiment: spec.experiment.clone(),
                 name: spec.name.clone(),
                 varies: spec.varies.clone(),
-                dir: if seeded {
-                    run_dir.join(seed_folder(seed))
-                } else {
-                    run_dir
-                },
+                dir,
                 data_path: data_path.clone(),
                 model: model.clone(),
                 schedule: schedule.clone(),
                 seed,
                 seeded,
-                init_from: init_from.clone(),
+                init_from,
                 config,
                 train_tokens: corpus.train.len(),
                 corpus: corpus.clone(),

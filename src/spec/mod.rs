@@ -565,7 +565,12 @@ impl SpecFile {
     ) -> Result<RunSpec, Unresolved<RunSpec>> {
         let layers = Layers {
             run_index: entry.index,
-            run_keys: entry.overrides.iter().map(|(k, _)| k.clone()).collect(),
+            run_keys: entry
+                .overrides
+                .iter()
+                .map(|(k, _)| k.clone())
+                .chain(entry.init_from.as_ref().map(|_| "init_from".to_string()))
+                .collect(),
             sweep_keys: point.iter().map(|(k, _)| k.clone()).collect(),
             sets: sets.to_vec(),
         };

@@ -246,19 +246,25 @@ impl<'a, D: Backend> RunLoop<'a, D> {
     pub fn open(dev: &D, plan: &'a RunPlan, opts: &'a RunOptions) -> Result<Self> {
         let run_dir = RunDir::new(&plan.dir);
         run_dir.create()?;
-        if opts.fresh {
-            run_dir.clear()?;
-        }
-        run_dir.write_config(&plan.config)?;
-        run_dir.write_tokenizer(&plan.corpus.tokenizer)?;
         let t = &plan.config.train;
         let mut model = Gpt::new(dev, &plan.model, plan.seed);
         let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
-        let resumed = resume(plan, &run_dir, &mut model, &mut opt)?;
-        let done = resumed.step;
-        if done == 0 {
+        let resumed = if opts.fresh {
+            // The weights to start over from are read before the old results are removed: an
+            // `init_from` checkpoint that is gone leaves them as they were.
             init_from(plan, &mut model)?;
-        }
+            run_dir.clear()?;
+            Resumed { step: 0, isa: None }
+        } else {
+            let resumed = resume(plan, &run_dir, &mut model, &mut opt)?;
+            if resumed.step == 0 {
+                init_from(plan, &mut model)?;
+            }
+            resumed
+        };
+        let done = resumed.step;
+        run_dir.write_config(&plan.config)?;
+        run_dir.write_tokenizer(&plan.corpus.tokenizer)?;
         let metrics = run_dir.metrics_writer(done)?;
         run_dir.write_status(&RunStatus::Running { step: done })?;
         let mut provenance = run_dir.read_provenance();
@@ -479,6 +485,11 @@ fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
         return Ok(());
     };
     let from = &warm.path;
+    if !Path::new(from).join("meta.json").exists() {
+        bail!(
+            "init_from checkpoint {from} is gone: the run starts from step 0 and needs it (what the run folder holds is left as it was)"
+        );
+    }
     let loaded =
         checkpoint::read_weights(Path::new(from)).with_context(|| format!("reading init_from checkpoint {from}"))?;
     if loaded.meta.model_sha256 != warm.weights_sha256 || !loaded.meta.same_tokenizer(&plan.corpus.tokenizer) {
