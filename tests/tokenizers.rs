@@ -16,6 +16,7 @@ fn request(path: &Path, tokenizer: &str, cache: &Path) -> CorpusRequest {
         tokenizer: TokenizerSpec::Named(tokenizer.into()),
         format: Format::Text,
         dtype: None,
+        text_field: "text".into(),
         cache_dir: cache.to_path_buf(),
     }
 }

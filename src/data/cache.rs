@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use super::source::{Document, TextSplit, for_each_piece};
+use super::source::{Document, Piece, TextSplit, for_each_piece};
 use super::{DataError, Dtype, Tokenizer, Tokens, at};
 
 /// Layout version of the cache files (part of every key).
@@ -19,8 +19,12 @@ const VERSION: u32 = 1;
 /// Text below this size is tokenised (or reused) without a word: it takes a moment.
 const QUIET_BELOW: u64 = 2 << 20;
 
-/// Pieces of text (about 1 MiB each) tokenised at once, across the threads.
-const PIECES_AT_ONCE: usize = 16;
+/// Text tokenised at once, across the threads: 16 pieces of a file (about 1 MiB each), or as
+/// many documents of JSON Lines as hold as much (at most [`DOCUMENTS_AT_ONCE`]).
+const BYTES_AT_ONCE: u64 = 16 << 20;
+
+/// The most documents tokenised at once (short JSON Lines documents).
+const DOCUMENTS_AT_ONCE: usize = 1 << 16;
 
 /// One split's tokens as cached.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,8 +192,10 @@ fn char_vocabulary(split: &TextSplit) -> Result<Vec<char>, String> {
         .par_iter()
         .map(|doc| {
             let mut set = std::collections::BTreeSet::new();
-            for_each_piece(doc, |text| {
-                set.extend(text.chars());
+            for_each_piece(doc, |piece| {
+                if let Piece::Text(text) = piece {
+                    set.extend(text.chars());
+                }
                 Ok(())
             })?;
             Ok(set)
@@ -234,8 +240,7 @@ fn write_split(
             {
                 out.put(&[sep]).map_err(cannot)?;
             }
-            encode_document(doc, tokenizer, &mut out, progress)?;
-            bytes += doc.len();
+            bytes += encode_document(doc, tokenizer, &mut out, progress)?;
         }
         out.file
             .flush()
@@ -254,19 +259,26 @@ fn write_split(
     result
 }
 
-/// Tokenises one document: pieces in parallel when the tokenizer cuts safely, else whole.
+/// Tokenises one document (of JSON Lines, a range of them, with the separator between two):
+/// pieces in parallel when the tokenizer cuts safely, else each document whole (the documents
+/// of a range in parallel). Returns the bytes of text it encoded.
 fn encode_document(
     doc: &Document,
     tokenizer: &Tokenizer,
     out: &mut TokenWriter,
     progress: &mut Rate,
-) -> Result<(), DataError> {
-    let mut batch: Vec<String> = vec![];
+) -> Result<u64, DataError> {
+    // Text to encode, or `None` where a separator goes, in order.
+    let mut batch: Vec<Option<String>> = vec![];
     let chunked = tokenizer.chunks_safely();
-    let mut flush = |batch: &mut Vec<String>, out: &mut TokenWriter| -> Result<(), DataError> {
+    let separator: Vec<u32> = tokenizer.separator().into_iter().collect();
+    let mut flush = |batch: &mut Vec<Option<String>>, out: &mut TokenWriter| -> Result<(), DataError> {
         let ids: Vec<Vec<u32>> = batch
             .par_iter()
-            .map(|t| tokenizer.encode(t))
+            .map(|t| {
+                t.as_ref()
+                    .map_or_else(|| Ok(separator.clone()), |t| tokenizer.encode(t))
+            })
             .collect::<Result<_, _>>()
             .map_err(|why| {
                 at("data.tokenizer")(format!("{} on `{}`: {why}", tokenizer.record(), doc.path.display()))
@@ -275,32 +287,46 @@ fn encode_document(
             out.put(piece)
                 .map_err(|e| at("data.cache_dir")(format!("writing the token cache: {e}")))?;
         }
-        progress.add(batch.iter().map(|t| t.len() as u64).sum());
+        progress.add(batch.iter().flatten().map(|t| t.len() as u64).sum());
         batch.clear();
         Ok(())
     };
     // Reading the pieces fails as `data.path`; a failure of `flush` inside keeps its own key.
     let mut failed_at = "data.path";
     let mut whole = String::new();
-    let read = for_each_piece(doc, |text| {
-        if !chunked {
-            whole.push_str(text);
+    let (mut bytes, mut pending) = (0u64, 0u64);
+    let read = for_each_piece(doc, |piece| {
+        match piece {
+            Piece::Text(text) => {
+                bytes += text.len() as u64;
+                pending += text.len() as u64;
+                match chunked {
+                    true => batch.push(Some(text.to_string())),
+                    false => whole.push_str(text),
+                }
+            }
+            Piece::Boundary => {
+                if !chunked {
+                    batch.push(Some(std::mem::take(&mut whole)));
+                }
+                batch.push(None);
+            }
+        }
+        if pending < BYTES_AT_ONCE && batch.len() < DOCUMENTS_AT_ONCE {
             return Ok(());
         }
-        batch.push(text.to_string());
-        match batch.len() >= PIECES_AT_ONCE {
-            true => flush(&mut batch, out).map_err(|e| {
-                failed_at = e.key;
-                e.message
-            }),
-            false => Ok(()),
-        }
+        pending = 0;
+        flush(&mut batch, out).map_err(|e| {
+            failed_at = e.key;
+            e.message
+        })
     });
     read.map_err(at(failed_at))?;
     if !chunked {
-        batch.push(whole);
+        batch.push(Some(whole));
     }
-    flush(&mut batch, out)
+    flush(&mut batch, out)?;
+    Ok(bytes)
 }
 
 /// Writes ids at a width, hashing what it writes.

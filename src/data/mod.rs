@@ -3,6 +3,7 @@
 //! seeded windows training draws from them.
 
 mod cache;
+mod jsonl;
 mod source;
 mod tokenizer;
 mod tokens;
@@ -25,6 +26,8 @@ pub enum Format {
     Text,
     /// Token ids already laid out (nanoGPT's `train.bin`).
     Tokens,
+    /// JSON Lines: a document per line, its text a string field (`text_field`).
+    Jsonl,
 }
 
 /// One of the two splits.
@@ -53,6 +56,8 @@ pub struct CorpusRequest {
     pub format: Format,
     /// The width of stored tokens (`format = "tokens"`).
     pub dtype: Option<Dtype>,
+    /// The field of each line's text (`format = "jsonl"`).
+    pub text_field: String,
     /// Where tokenised text is kept.
     pub cache_dir: PathBuf,
 }
@@ -143,7 +148,7 @@ impl Corpus {
             TokenizerSpec::File(f) => Some(load_tokenizer_file(&f.file).map_err(|e| vec![e])?),
         };
         match req.format {
-            Format::Text => load_text(req, tokenizer.as_ref()),
+            Format::Text | Format::Jsonl => load_text(req, tokenizer.as_ref()),
             Format::Tokens => load_tokens(req, tokenizer),
         }
     }
@@ -198,8 +203,13 @@ fn load_tokenizer_file(file: &Path) -> Result<Tokenizer, DataError> {
 
 fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpus, Vec<DataError>> {
     let list = |path: &Path, key| source::list_files(path, &req.include).map_err(|e| vec![at(key)(e)]);
+    let field: Option<std::sync::Arc<str>> = (req.format == Format::Jsonl).then(|| req.text_field.as_str().into());
+    let scan_one = |p: &Path| match &field {
+        Some(field) => jsonl::scan(p, field),
+        None => source::scan_text(p),
+    };
     let scan = |paths: &[PathBuf], key| {
-        source::scan_all(paths, source::scan_text).map_err(|es| es.into_iter().map(at(key)).collect::<Vec<_>>())
+        source::scan_all(paths, scan_one).map_err(|es| es.into_iter().map(at(key)).collect::<Vec<_>>())
     };
     let files = scan(&list(&req.path, "data.path")?, "data.path")?;
     let val_files = match &req.val_path {
@@ -225,8 +235,8 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
         return Err(errors);
     }
     let scanned = source::Scanned { files, val_files };
-    let split =
-        source::split_text(&scanned, req.val_fraction, req.val_path.is_some()).map_err(|e| vec![at("data.path")(e)])?;
+    let split = source::split_text(&scanned, req.val_fraction, req.val_path.is_some(), field.clone())
+        .map_err(|e| vec![at("data.path")(e)])?;
     let sha256 = source::files_sha256(&scanned.files, &req.path);
     let val_sha256 = req
         .val_path
@@ -237,7 +247,9 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
         None => format!("val_fraction {}", req.val_fraction),
     };
     let tokenizer_said = tokenizer.map_or_else(|| "char".to_string(), Tokenizer::cache_identity);
-    let key = cache_key(&format!("text {sha256} {split_said}"), &tokenizer_said);
+    // The same bytes read as JSON Lines are other text (and each field is other text).
+    let read_as = field.map_or_else(String::new, |f| format!(" jsonl {f:?}"));
+    let key = cache_key(&format!("text {sha256} {split_said}{read_as}"), &tokenizer_said);
     let done = cache::tokenise(&split, tokenizer, &req.cache_dir, &key).map_err(|e| vec![e])?;
     Ok(Corpus {
         tokenizer: done.tokenizer,

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -16,7 +17,8 @@ use crate::fsio::for_each_block;
 /// The block size files are read in.
 const BLOCK: usize = 1 << 20;
 
-/// A byte range of one file: a document, or the part of one that falls in a split.
+/// A byte range of one file: a document, or the part of one that falls in a split; of a JSON
+/// Lines file, whole lines, each a document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Document {
     /// The file.
@@ -25,6 +27,18 @@ pub struct Document {
     pub start: u64,
     /// One past the last byte.
     pub end: u64,
+    /// The field that holds each line's text, when the file is JSON Lines.
+    pub field: Option<Arc<str>>,
+}
+
+/// What [`for_each_piece`] hands on: text, or the end of one document of a JSON Lines range
+/// where the next begins (the tokenizer's separator goes there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Text of the current document.
+    Text(&'a str),
+    /// One document ended and another follows.
+    Boundary,
 }
 
 impl Document {
@@ -184,7 +198,10 @@ pub struct Scanned {
 }
 
 /// Scans every file in parallel; every unreadable or non-UTF-8 file is reported.
-pub fn scan_all(paths: &[PathBuf], scan: fn(&Path) -> Result<DataFile, String>) -> Result<Vec<DataFile>, Vec<String>> {
+pub fn scan_all(
+    paths: &[PathBuf],
+    scan: impl Fn(&Path) -> Result<DataFile, String> + Sync,
+) -> Result<Vec<DataFile>, Vec<String>> {
     let scanned: Vec<Result<DataFile, String>> = paths.par_iter().map(|p| scan(p)).collect();
     let errors: Vec<String> = scanned.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
     match errors.is_empty() {
@@ -215,7 +232,7 @@ pub fn files_sha256(files: &[DataFile], root: &Path) -> String {
     }
 }
 
-fn whole(files: &[DataFile]) -> Vec<Document> {
+fn whole(files: &[DataFile], field: &Option<Arc<str>>) -> Vec<Document> {
     files
         .iter()
         .filter(|f| f.bytes > 0)
@@ -223,6 +240,7 @@ fn whole(files: &[DataFile]) -> Vec<Document> {
             path: f.path.clone(),
             start: 0,
             end: f.bytes,
+            field: field.clone(),
         })
         .collect()
 }
@@ -232,14 +250,26 @@ fn whole(files: &[DataFile]) -> Vec<Document> {
 /// cut as before tokenizers existed: `floor(chars · (1 − val_fraction))`), or a folder's last
 /// whole documents, taken from the end until they hold at least `val_fraction` of the
 /// characters (the first document always trains).
-pub fn split_text(scanned: &Scanned, val_fraction: f64, has_val_path: bool) -> Result<TextSplit, String> {
+///
+/// Of JSON Lines (`field`: the key of each line's text), every line is a document: the last
+/// whole lines are held out, across files, until they hold at least `val_fraction` of the
+/// characters (the first line always trains).
+pub fn split_text(
+    scanned: &Scanned,
+    val_fraction: f64,
+    has_val_path: bool,
+    field: Option<Arc<str>>,
+) -> Result<TextSplit, String> {
     if has_val_path {
         return Ok(TextSplit {
-            train: whole(&scanned.files),
-            val: whole(&scanned.val_files),
+            train: whole(&scanned.files, &field),
+            val: whole(&scanned.val_files, &field),
         });
     }
-    let docs = whole(&scanned.files);
+    let docs = whole(&scanned.files, &field);
+    if let Some(field) = field {
+        return super::jsonl::split(docs, &scanned.files, val_fraction, &field);
+    }
     if let [one] = scanned.files.as_slice() {
         let cut_char = ((one.units as f64) * (1.0 - val_fraction)).floor() as u64;
         let cut = byte_of_char(&one.path, cut_char)?;
@@ -247,6 +277,7 @@ pub fn split_text(scanned: &Scanned, val_fraction: f64, has_val_path: bool) -> R
             path: one.path.clone(),
             start,
             end,
+            field: None,
         };
         return Ok(TextSplit {
             train: vec![part(0, cut)],
@@ -272,8 +303,12 @@ pub fn split_text(scanned: &Scanned, val_fraction: f64, has_val_path: bool) -> R
 
 /// Calls `f` with the text of `doc` in pieces of about `BLOCK` bytes or more, each ending at
 /// a place where tokenising the pieces one by one gives the tokens of the whole (see
-/// [`safe_cut`]); the last piece ends at the document's end.
-pub fn for_each_piece(doc: &Document, mut f: impl FnMut(&str) -> Result<(), String>) -> Result<(), String> {
+/// [`safe_cut`]); the last piece ends at the document's end. A JSON Lines range hands on each
+/// line's text whole, with a [`Piece::Boundary`] between two lines.
+pub fn for_each_piece(doc: &Document, mut f: impl FnMut(Piece) -> Result<(), String>) -> Result<(), String> {
+    if let Some(field) = &doc.field {
+        return super::jsonl::for_each_text(doc, field, f);
+    }
     let changed = || format!("`{}` changed while it was being read", doc.path.display());
     let mut file = File::open(&doc.path).map_err(|e| format!("`{}` cannot be read: {e}", doc.path.display()))?;
     file.seek(SeekFrom::Start(doc.start)).map_err(|_| changed())?;
@@ -293,7 +328,7 @@ pub fn for_each_piece(doc: &Document, mut f: impl FnMut(&str) -> Result<(), Stri
         };
         if let Some(cut) = cut {
             let text = std::str::from_utf8(&pending[..cut]).map_err(|_| changed())?;
-            f(text)?;
+            f(Piece::Text(text))?;
             pending.drain(..cut);
         }
     }

@@ -108,6 +108,10 @@ impl RunPlan {
         if d.format == crate::data::Format::Tokens {
             id.push(("data.dtype", d.dtype.unwrap_or_default().to_string()));
         }
+        // Of JSON Lines, the text is the field's: another field is another corpus.
+        if d.format == crate::data::Format::Jsonl {
+            id.push(("data.text_field", d.text_field().to_string()));
+        }
         match &c.val_sha256 {
             Some(val) => id.push(("data.val_sha256", val.clone())),
             None => id.push(("data.val_fraction", d.val_fraction.to_string())),

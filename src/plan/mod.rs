@@ -200,28 +200,40 @@ impl RunPlan {
     /// held out (cut from the text before tokenising, so the same for every tokenizer).
     pub fn validation_text(&self) -> TextUsed {
         let (c, d) = (&self.corpus, &self.config.data);
+        let read_as = self.read_as();
         match (&c.val_sha256, &d.val_path) {
             (Some(sha), Some(val_path)) => TextUsed {
-                identity: format!("files {sha}"),
+                identity: format!("files {sha}{read_as}"),
                 words: format!("`{}`", val_path.display()),
             },
             _ => TextUsed {
-                identity: format!("held out {} of {}", d.val_fraction, c.sha256),
+                identity: format!("held out {} of {}{read_as}", d.val_fraction, c.sha256),
                 words: format!("{}% of `{}` held out", d.val_fraction * 100.0, self.data_path.display()),
             },
+        }
+    }
+
+    /// How the data's bytes are read, when not as plain text: the same file read as JSON
+    /// Lines (or another field of them) is other text.
+    fn read_as(&self) -> String {
+        let d = &self.config.data;
+        match d.format {
+            crate::data::Format::Jsonl => format!(" as jsonl field {:?}", d.text_field()),
+            _ => String::new(),
         }
     }
 
     /// The text of the training losses: the data, less the share held out when there is one.
     pub fn training_text(&self) -> TextUsed {
         let (c, d) = (&self.corpus, &self.config.data);
+        let read_as = self.read_as();
         match c.val_sha256 {
             Some(_) => TextUsed {
-                identity: format!("all of {}", c.sha256),
+                identity: format!("all of {}{read_as}", c.sha256),
                 words: format!("`{}`", self.data_path.display()),
             },
             None => TextUsed {
-                identity: format!("less {} of {}", d.val_fraction, c.sha256),
+                identity: format!("less {} of {}{read_as}", d.val_fraction, c.sha256),
                 words: format!(
                     "`{}` less {}% held out",
                     self.data_path.display(),
@@ -282,8 +294,9 @@ impl RunPlan {
         out += &format!("  params:    {}\n", self.num_params());
         let c = &self.corpus;
         out += &format!(
-            "  data:      {} ({}; {:.2} bytes a token in the training split)\n",
+            "  data:      {}{} ({}; {:.2} bytes a token in the training split)\n",
             self.data_path.display(),
+            self.read_as(),
             c.tokenizer.record(),
             1.0 / c.tokens_per_byte(crate::data::Split::Train)
         );
@@ -441,6 +454,7 @@ fn corpus_request(spec: &RunSpec, runs_dir: &Path) -> Result<CorpusRequest, Vec<
         tokenizer,
         format: d.format,
         dtype: d.dtype,
+        text_field: d.text_field().to_string(),
         cache_dir: d
             .cache_dir
             .clone()

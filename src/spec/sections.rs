@@ -54,8 +54,12 @@ pub struct DataSection {
     pub tokenizer: crate::data::TokenizerSpec,
     /// A folder's files to read, as glob patterns relative to it.
     pub include: Vec<String>,
-    /// `text`, or `tokens` for ids already laid out (nanoGPT's `train.bin`).
+    /// `text`, `jsonl` (a document per line) or `tokens` for ids already laid out (nanoGPT's
+    /// `train.bin`).
     pub format: crate::data::Format,
+    /// With `format = "jsonl"`: the field of each line that holds its text (default `text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_field: Option<String>,
     /// The width of a token file's ids: `u16` (the default) or `u32`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<crate::data::Dtype>,
@@ -64,6 +68,13 @@ pub struct DataSection {
     /// identity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+}
+
+impl DataSection {
+    /// The field of a JSON Lines line that holds its text: `text_field`, else `text`.
+    pub fn text_field(&self) -> &str {
+        self.text_field.as_deref().unwrap_or("text")
+    }
 }
 
 impl Default for DataSection {
@@ -75,6 +86,7 @@ impl Default for DataSection {
             tokenizer: Default::default(),
             include: vec!["**/*".into()],
             format: Default::default(),
+            text_field: None,
             dtype: None,
             cache_dir: None,
         }

@@ -224,10 +224,16 @@ fn check_data(d: &super::DataSection, bad: &mut impl FnMut(&[&str], String)) {
     if let Some(why) = d.tokenizer.problem() {
         bad(&["data.tokenizer"], why);
     }
-    if d.format == Format::Text && d.dtype.is_some() {
+    if d.format != Format::Tokens && d.dtype.is_some() {
         bad(
             &["data.dtype"],
             "applies to format = \"tokens\" only: text is tokenised by gptlab, which picks the width".into(),
+        );
+    }
+    if d.format != Format::Jsonl && d.text_field.is_some() {
+        bad(
+            &["data.text_field"],
+            "applies to format = \"jsonl\" only: it names the field of each line that holds its text".into(),
         );
     }
     if d.format == Format::Tokens && d.tokenizer.is_char() {
