@@ -10,8 +10,6 @@ use std::path::Path;
 
 use sha2::Digest;
 
-use super::source::{DataFile, Document, Piece, TextSplit};
-
 /// Bad lines named in one error before the rest are only counted.
 const LINES_NAMED: usize = 5;
 
@@ -95,9 +93,20 @@ fn short(text: &str) -> String {
     }
 }
 
+/// What [`scan`] finds of a file.
+#[derive(Debug)]
+pub struct Scanned {
+    /// SHA-256 of its bytes.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Characters of the text of all its lines.
+    pub chars: u64,
+}
+
 /// Reads `path` once: its SHA-256, size, and the characters of every line's text; an error
 /// names the first bad lines (not JSON, not an object, no string `field`) by number.
-pub fn scan(path: &Path, field: &str) -> Result<DataFile, String> {
+pub fn scan(path: &Path, field: &str) -> Result<Scanned, String> {
     let mut hasher = sha2::Sha256::new();
     let (mut bytes, mut chars) = (0u64, 0u64);
     let mut bad: Vec<String> = vec![];
@@ -133,26 +142,36 @@ pub fn scan(path: &Path, field: &str) -> Result<DataFile, String> {
             bad.join("; ")
         ));
     }
-    Ok(DataFile {
-        path: path.to_path_buf(),
+    Ok(Scanned {
         sha256: crate::fsio::hex(&hasher.finalize()),
         bytes,
-        units: chars,
+        chars,
     })
 }
 
-/// Calls `f` with each line of `doc`'s range (`start` at a line's start): its number from 1,
-/// its offset and its bytes.
-fn for_each_line(doc: &Document, mut f: impl FnMut(u64, u64, &[u8]) -> ControlFlow<String>) -> Result<(), String> {
-    let cannot = |e: std::io::Error| format!("`{}` cannot be read: {e}", doc.path.display());
-    let mut file = File::open(&doc.path).map_err(cannot)?;
-    file.seek(SeekFrom::Start(doc.start)).map_err(cannot)?;
-    let mut lines = Lines::new(doc.start);
-    let (mut left, mut buf) = (doc.len(), vec![0u8; 1 << 20]);
+/// A byte range of a JSON Lines file that starts at a line's start.
+#[derive(Clone, Copy, Debug)]
+pub struct Range<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// Calls `f` with each line of `range`: its number from 1, its offset and its bytes.
+fn for_each_line(range: Range, mut f: impl FnMut(u64, u64, &[u8]) -> ControlFlow<String>) -> Result<(), String> {
+    let path = range.path;
+    let cannot = |e: std::io::Error| format!("`{}` cannot be read: {e}", path.display());
+    let mut file = File::open(path).map_err(cannot)?;
+    file.seek(SeekFrom::Start(range.start)).map_err(cannot)?;
+    let mut lines = Lines::new(range.start);
+    let (mut left, mut buf) = (range.end - range.start, vec![0u8; 1 << 20]);
     while left > 0 {
         let want = (left as usize).min(buf.len());
         file.read_exact(&mut buf[..want])
-            .map_err(|_| format!("`{}` changed while it was being read", doc.path.display()))?;
+            .map_err(|_| format!("`{}` changed while it was being read", path.display()))?;
         left -= want as u64;
         if let ControlFlow::Break(why) = lines.feed(&buf[..want], &mut f) {
             return Err(why);
@@ -164,24 +183,24 @@ fn for_each_line(doc: &Document, mut f: impl FnMut(u64, u64, &[u8]) -> ControlFl
     }
 }
 
-/// Hands on the text of every line of `doc`, a [`Piece::Boundary`] between two.
+/// Hands on the text of every line of `range` (`Some`), with `None` between two.
 pub fn for_each_text(
-    doc: &Document,
+    range: Range,
     field: &str,
-    mut f: impl FnMut(Piece) -> Result<(), String>,
+    mut f: impl FnMut(Option<&str>) -> Result<(), String>,
 ) -> Result<(), String> {
     let mut first = true;
-    for_each_line(doc, |_, _, line| {
+    for_each_line(range, |_, _, line| {
         let mut step = || -> Result<(), String> {
             let Some(text) = text_of(line, field)
-                .map_err(|_| format!("`{}` changed while it was being read", doc.path.display()))?
+                .map_err(|_| format!("`{}` changed while it was being read", range.path.display()))?
             else {
                 return Ok(());
             };
             if !std::mem::take(&mut first) {
-                f(Piece::Boundary)?;
+                f(None)?;
             }
-            f(Piece::Text(&text))
+            f(Some(&text))
         };
         match step() {
             Ok(()) => ControlFlow::Continue(()),
@@ -190,21 +209,21 @@ pub fn for_each_text(
     })
 }
 
-/// The offset of the first line of `doc` (a whole file of `chars` characters of text) to hold
-/// out so that at least `want` characters are held out: the last line start from which that
-/// many remain. With `keep_first`, the first document stays in training, and when the others
-/// hold fewer than `want` they are all held out (as a folder's split does); `doc.end` when
-/// there is no other.
-fn cut(doc: &Document, field: &str, chars: u64, want: f64, keep_first: bool) -> Result<u64, String> {
-    let (mut before, mut found, mut first) = (0u64, doc.end, true);
-    for_each_line(doc, |_, offset, line| {
+/// The offset of the first line of `file` (a whole file of `chars` characters of text) to
+/// hold out so that at least `want` characters are held out: the last line start from which
+/// that many remain. With `keep_first`, the first document stays in training, and when the
+/// others hold fewer than `want` they are all held out (as a folder's split does); the file's
+/// end when there is no other.
+pub fn cut(file: Range, field: &str, chars: u64, want: f64, keep_first: bool) -> Result<u64, String> {
+    let (mut before, mut found, mut first) = (0u64, file.end, true);
+    for_each_line(file, |_, offset, line| {
         let Ok(Some(text)) = text_of(line, field) else {
             return ControlFlow::Continue(());
         };
         let (remaining, eligible) = ((chars - before) as f64, !(keep_first && first));
         first = false;
         before += text.chars().count() as u64;
-        if eligible && (remaining >= want || found == doc.end) {
+        if eligible && (remaining >= want || found == file.end) {
             found = offset;
         }
         match eligible && remaining < want {
@@ -216,63 +235,21 @@ fn cut(doc: &Document, field: &str, chars: u64, want: f64, keep_first: bool) -> 
     Ok(found)
 }
 
-/// Splits whole-file documents of JSON Lines by whole lines: the last lines, across files,
-/// until they hold at least `val_fraction` of the characters (see
-/// [`super::source::split_text`]).
-pub fn split(docs: Vec<Document>, files: &[DataFile], val_fraction: f64, field: &str) -> Result<TextSplit, String> {
-    let chars: Vec<u64> = files.iter().filter(|f| f.bytes > 0).map(|f| f.units).collect();
-    let target = chars.iter().sum::<u64>() as f64 * val_fraction;
-    let mut held = 0u64;
-    for i in (0..docs.len()).rev() {
-        if ((held + chars[i]) as f64) < target {
-            held += chars[i];
-            continue;
-        }
-        let at = cut(&docs[i], field, chars[i], target - held as f64, i == 0)?;
-        let doc = &docs[i];
-        let part = |start, end| Document {
-            start,
-            end,
-            ..doc.clone()
-        };
-        let train = docs[..i]
-            .iter()
-            .cloned()
-            .chain((at > doc.start).then(|| part(doc.start, at)));
-        let val = (at < doc.end)
-            .then(|| part(at, doc.end))
-            .into_iter()
-            .chain(docs[i + 1..].iter().cloned());
-        return Ok(TextSplit {
-            train: train.collect(),
-            val: val.collect(),
-        });
-    }
-    Ok(TextSplit {
-        train: docs,
-        val: vec![],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn doc(path: &Path) -> Document {
-        Document {
-            path: path.to_path_buf(),
-            start: 0,
-            end: std::fs::metadata(path).unwrap().len(),
-            field: Some("text".into()),
-        }
+    fn whole(path: &Path) -> Range<'_> {
+        let end = std::fs::metadata(path).unwrap().len();
+        Range { path, start: 0, end }
     }
 
-    fn texts(doc: &Document) -> Vec<String> {
+    fn texts(range: Range) -> Vec<String> {
         let mut out = vec![String::new()];
-        for_each_text(doc, "text", |piece| {
+        for_each_text(range, "text", |piece| {
             match piece {
-                Piece::Text(t) => out.last_mut().unwrap().push_str(t),
-                Piece::Boundary => out.push(String::new()),
+                Some(t) => out.last_mut().unwrap().push_str(t),
+                None => out.push(String::new()),
             }
             Ok(())
         })
@@ -288,8 +265,8 @@ mod tests {
         std::fs::write(&path, body).unwrap();
         let file = scan(&path, "text").unwrap();
         // "a\nb" is 3 characters, "é😀" 2.
-        assert_eq!((file.bytes, file.units), (body.len() as u64, 5));
-        assert_eq!(texts(&doc(&path)), ["a\nb", "é😀"]);
+        assert_eq!((file.bytes, file.chars), (body.len() as u64, 5));
+        assert_eq!(texts(whole(&path)), ["a\nb", "é😀"]);
     }
 
     #[test]
@@ -314,31 +291,5 @@ mod tests {
             assert!(why.contains(said), "{said:?} in {why}");
         }
         assert!(!why.contains("line 1"), "{why}");
-    }
-
-    #[test]
-    fn the_split_holds_out_whole_last_lines_and_the_first_always_trains() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.jsonl");
-        // Texts of 10, 20, 30 and 40 characters: 10% of 100 is the last line alone, 50% the
-        // last two, 95% all but the first.
-        let line = |n: usize| format!("{{\"text\": \"{}\"}}\n", "x".repeat(n));
-        std::fs::write(&path, [10, 20, 30, 40].map(line).concat()).unwrap();
-        let file = scan(&path, "text").unwrap();
-        let lengths = |docs: &[Document]| -> Vec<usize> { docs.iter().flat_map(texts).map(|t| t.len()).collect() };
-        for (fraction, train, val) in [
-            (0.1, vec![10, 20, 30], vec![40]),
-            (0.5, vec![10, 20], vec![30, 40]),
-            (0.9, vec![10], vec![20, 30, 40]),
-            // The first line trains even when the rest hold less than asked.
-            (0.95, vec![10], vec![20, 30, 40]),
-        ] {
-            let s = split(vec![doc(&path)], std::slice::from_ref(&file), fraction, "text").unwrap();
-            assert_eq!(
-                (lengths(&s.train), lengths(&s.val)),
-                (train, val),
-                "val_fraction {fraction}"
-            );
-        }
     }
 }

@@ -205,7 +205,7 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
     let list = |path: &Path, key| source::list_files(path, &req.include).map_err(|e| vec![at(key)(e)]);
     let field: Option<std::sync::Arc<str>> = (req.format == Format::Jsonl).then(|| req.text_field.as_str().into());
     let scan_one = |p: &Path| match &field {
-        Some(field) => jsonl::scan(p, field),
+        Some(field) => source::scan_json_lines(p, field),
         None => source::scan_text(p),
     };
     let scan = |paths: &[PathBuf], key| {

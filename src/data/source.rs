@@ -12,6 +12,7 @@ use serde::Serialize;
 use sha2::Digest;
 use std::ops::ControlFlow;
 
+use super::jsonl;
 use crate::fsio::for_each_block;
 
 /// The block size files are read in.
@@ -42,6 +43,14 @@ pub enum Piece<'a> {
 }
 
 impl Document {
+    fn range(&self) -> jsonl::Range<'_> {
+        jsonl::Range {
+            path: &self.path,
+            start: self.start,
+            end: self.end,
+        }
+    }
+
     /// Bytes in the range.
     pub fn len(&self) -> u64 {
         self.end - self.start
@@ -268,7 +277,7 @@ pub fn split_text(
     }
     let docs = whole(&scanned.files, &field);
     if let Some(field) = field {
-        return super::jsonl::split(docs, &scanned.files, val_fraction, &field);
+        return split_lines(docs, &scanned.files, val_fraction, &field);
     }
     if let [one] = scanned.files.as_slice() {
         let cut_char = ((one.units as f64) * (1.0 - val_fraction)).floor() as u64;
@@ -301,13 +310,61 @@ pub fn split_text(
     })
 }
 
+/// Reads a JSON Lines file once (see [`jsonl::scan`]): its hash, size and characters of text.
+pub fn scan_json_lines(path: &Path, field: &str) -> Result<DataFile, String> {
+    let found = jsonl::scan(path, field)?;
+    Ok(DataFile {
+        path: path.to_path_buf(),
+        sha256: found.sha256,
+        bytes: found.bytes,
+        units: found.chars,
+    })
+}
+
+/// Splits whole-file documents of JSON Lines by whole lines: the last lines, across files,
+/// until they hold at least `val_fraction` of the characters (see [`split_text`]).
+fn split_lines(docs: Vec<Document>, files: &[DataFile], val_fraction: f64, field: &str) -> Result<TextSplit, String> {
+    let chars: Vec<u64> = files.iter().filter(|f| f.bytes > 0).map(|f| f.units).collect();
+    let target = chars.iter().sum::<u64>() as f64 * val_fraction;
+    let mut held = 0u64;
+    for i in (0..docs.len()).rev() {
+        if ((held + chars[i]) as f64) < target {
+            held += chars[i];
+            continue;
+        }
+        let doc = &docs[i];
+        let at = jsonl::cut(doc.range(), field, chars[i], target - held as f64, i == 0)?;
+        let part = |start, end| Document {
+            start,
+            end,
+            ..doc.clone()
+        };
+        let train = docs[..i]
+            .iter()
+            .cloned()
+            .chain((at > doc.start).then(|| part(doc.start, at)));
+        let val = (at < doc.end)
+            .then(|| part(at, doc.end))
+            .into_iter()
+            .chain(docs[i + 1..].iter().cloned());
+        return Ok(TextSplit {
+            train: train.collect(),
+            val: val.collect(),
+        });
+    }
+    Ok(TextSplit {
+        train: docs,
+        val: vec![],
+    })
+}
+
 /// Calls `f` with the text of `doc` in pieces of about `BLOCK` bytes or more, each ending at
 /// a place where tokenising the pieces one by one gives the tokens of the whole (see
 /// [`safe_cut`]); the last piece ends at the document's end. A JSON Lines range hands on each
 /// line's text whole, with a [`Piece::Boundary`] between two lines.
 pub fn for_each_piece(doc: &Document, mut f: impl FnMut(Piece) -> Result<(), String>) -> Result<(), String> {
     if let Some(field) = &doc.field {
-        return super::jsonl::for_each_text(doc, field, f);
+        return jsonl::for_each_text(doc.range(), field, |text| f(text.map_or(Piece::Boundary, Piece::Text)));
     }
     let changed = || format!("`{}` changed while it was being read", doc.path.display());
     let mut file = File::open(&doc.path).map_err(|e| format!("`{}` cannot be read: {e}", doc.path.display()))?;
@@ -370,5 +427,51 @@ mod tests {
         let why = scan_text(&bad).unwrap_err();
         assert!(why.contains(&format!("offset {}", BLOCK + 1)), "{why}");
         assert_eq!(byte_of_char(&good, 2).unwrap(), 3);
+    }
+
+    /// The documents of a JSON Lines range, as text.
+    fn texts(doc: &Document) -> Vec<String> {
+        let mut out = vec![String::new()];
+        for_each_piece(doc, |piece| {
+            match piece {
+                Piece::Text(t) => out.last_mut().unwrap().push_str(t),
+                Piece::Boundary => out.push(String::new()),
+            }
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_split_holds_out_whole_last_lines_and_the_first_always_trains() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        // Texts of 10, 20, 30 and 40 characters: 10% of 100 is the last line alone, 50% the
+        // last two, 95% all but the first.
+        let line = |n: usize| format!("{{\"text\": \"{}\"}}\n", "x".repeat(n));
+        std::fs::write(&path, [10, 20, 30, 40].map(line).concat()).unwrap();
+        let file = scan_json_lines(&path, "text").unwrap();
+        let lengths = |docs: &[Document]| -> Vec<usize> { docs.iter().flat_map(texts).map(|t| t.len()).collect() };
+        for (fraction, train, val) in [
+            (0.1, vec![10, 20, 30], vec![40]),
+            (0.5, vec![10, 20], vec![30, 40]),
+            (0.9, vec![10], vec![20, 30, 40]),
+            // The first line trains even when the rest hold less than asked.
+            (0.95, vec![10], vec![20, 30, 40]),
+        ] {
+            let s = split_lines(
+                whole(std::slice::from_ref(&file), &Some("text".into())),
+                std::slice::from_ref(&file),
+                fraction,
+                "text",
+            )
+            .unwrap();
+            assert_eq!(
+                (lengths(&s.train), lengths(&s.val)),
+                (train, val),
+                "val_fraction {fraction}"
+            );
+        }
     }
 }
