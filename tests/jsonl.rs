@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gptlab::data::{Corpus, CorpusRequest, Format, TokenizerSpec};
 use predicates::prelude::*;
@@ -123,25 +123,17 @@ fn a_json_lines_corpus_is_the_folder_of_its_documents() {
     );
 }
 
-const SPEC: &str = r#"
-[experiment]
-name = "jl"
-seed = 5
-[data]
-path = "corpus.jsonl"
-format = "jsonl"
-[model]
-n_layer = 1
-n_embd = 16
-n_head = 2
-[train]
-batch_size = 4
-eval_every = 5
-eval_batches = 1
-[[phase]]
-seq_len = 8
-steps = 6
-"#;
+/// The tiny spec as experiment `jl`, reading `corpus.jsonl` beside it, with `data` (lines of
+/// `[data]`) after its path: the path is on line 6, `data` from line 7.
+fn spec(dir: &Path, data: &str) -> PathBuf {
+    let path = common::tiny_spec(dir, "jl", "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("path = \"{}\"", common::corpus_path()),
+        &format!("path = \"corpus.jsonl\"\n{data}"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
 
 fn write_corpus(dir: &Path, lines: &[String]) {
     std::fs::write(dir.join("corpus.jsonl"), lines.join("\n")).unwrap();
@@ -160,7 +152,7 @@ fn bad_lines_a_misplaced_text_field_and_another_field_are_refused_naming_them() 
     bad[6] = "{\"title\": \"no text\"}".into();
     bad[9] = "{\"text\": null}".into();
     write_corpus(dir.path(), &bad);
-    let spec = common::write_spec(dir.path(), "jl.toml", SPEC);
+    let spec = spec(dir.path(), "format = \"jsonl\"");
     let runs = dir.path().join("runs");
     // Its own token cache: nothing of another build's is reused.
     let cache = dir.path().join("cache");
@@ -181,11 +173,8 @@ fn bad_lines_a_misplaced_text_field_and_another_field_are_refused_naming_them() 
             .and(predicate::str::contains("line 10 has `text` = null, not a string")),
     );
     write_corpus(dir.path(), &good);
-    let with = |extra: &str| {
-        let text = SPEC.replace("format = \"jsonl\"\n", extra);
-        common::write_spec(dir.path(), "jl.toml", &text)
-    };
-    with("text_field = \"other\"\n");
+    let with = |data: &str| self::spec(dir.path(), data);
+    with("text_field = \"other\"");
     gptlab()
         .args(["validate", "jl.toml"])
         .assert()
@@ -193,10 +182,10 @@ fn bad_lines_a_misplaced_text_field_and_another_field_are_refused_naming_them() 
         .stderr(predicate::str::contains(
             "jl.toml:7: key `data.text_field`: applies to format = \"jsonl\" only",
         ));
-    with("format = \"jsonl\"\n");
+    with("format = \"jsonl\"");
     quiet_run().assert().success();
     // The same file's other field is other text: the run is not "already complete".
-    with("format = \"jsonl\"\ntext_field = \"other\"\n");
+    with("format = \"jsonl\"\ntext_field = \"other\"");
     quiet_run().assert().code(2).stderr(predicate::str::contains(
         "data.text_field: was `text` when trained, the spec now says `other`",
     ));

@@ -239,36 +239,6 @@ pub fn cut(file: Range, field: &str, chars: u64, want: f64, keep_first: bool) ->
 mod tests {
     use super::*;
 
-    fn whole(path: &Path) -> Range<'_> {
-        let end = std::fs::metadata(path).unwrap().len();
-        Range { path, start: 0, end }
-    }
-
-    fn texts(range: Range) -> Vec<String> {
-        let mut out = vec![String::new()];
-        for_each_text(range, "text", |piece| {
-            match piece {
-                Some(t) => out.last_mut().unwrap().push_str(t),
-                None => out.push(String::new()),
-            }
-            Ok(())
-        })
-        .unwrap();
-        out
-    }
-
-    #[test]
-    fn lines_are_documents_and_escapes_are_their_text() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.jsonl");
-        let body = "{\"text\": \"a\\nb\", \"id\": 1}\r\n\n  \n{\"id\": 2, \"text\": \"\\u00e9\\ud83d\\ude00\"}";
-        std::fs::write(&path, body).unwrap();
-        let file = scan(&path, "text").unwrap();
-        // "a\nb" is 3 characters, "é😀" 2.
-        assert_eq!((file.bytes, file.chars), (body.len() as u64, 5));
-        assert_eq!(texts(whole(&path)), ["a\nb", "é😀"]);
-    }
-
     #[test]
     fn bad_lines_are_named_by_number() {
         let dir = tempfile::tempdir().unwrap();

@@ -474,4 +474,16 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn lines_are_documents_and_escapes_are_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let body = "{\"text\": \"a\\nb\", \"id\": 1}\r\n\n  \n{\"id\": 2, \"text\": \"\\u00e9\\ud83d\\ude00\"}";
+        std::fs::write(&path, body).unwrap();
+        let file = scan_json_lines(&path, "text").unwrap();
+        // "a\nb" is 3 characters, "é😀" 2.
+        assert_eq!((file.bytes, file.units), (body.len() as u64, 5));
+        assert_eq!(texts(&whole(&[file], &Some("text".into()))[0]), ["a\nb", "é😀"]);
+    }
 }
