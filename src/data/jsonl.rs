@@ -64,6 +64,8 @@ impl Lines {
 /// The text of one line: `None` for a blank line, else the string `field` of its JSON object,
 /// or why the line has none.
 fn text_of(line: &[u8], field: &str) -> Result<Option<String>, String> {
+    // A byte-order mark (some Windows tools write one before the first line) is not JSON.
+    let line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

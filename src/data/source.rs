@@ -479,7 +479,7 @@ mod tests {
     fn lines_are_documents_and_escapes_are_their_text() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.jsonl");
-        let body = "{\"text\": \"a\\nb\", \"id\": 1}\r\n\n  \n{\"id\": 2, \"text\": \"\\u00e9\\ud83d\\ude00\"}";
+        let body = "\u{feff}{\"text\": \"a\\nb\", \"id\": 1}\r\n\n  \n{\"id\": 2, \"text\": \"\\u00e9\\ud83d\\ude00\"}";
         std::fs::write(&path, body).unwrap();
         let file = scan_json_lines(&path, "text").unwrap();
         // "a\nb" is 3 characters, "é😀" 2.
