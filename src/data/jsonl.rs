@@ -75,8 +75,13 @@ fn text_of(line: &[u8], field: &str) -> Result<Option<String>, String> {
         let what = said.rsplit_once(" at line ").map_or(said.as_str(), |(what, _)| what);
         format!("is not JSON ({what} at column {})", e.column())
     })?;
-    let serde_json::Value::Object(mut object) = value else {
-        return Err("is not a JSON object".into());
+    let mut object = match value {
+        serde_json::Value::Object(object) => object,
+        // A JSON file of one array of documents is the likeliest mistake.
+        serde_json::Value::Array(_) => {
+            return Err("is a JSON array, not an object (JSON Lines has one object per line)".into());
+        }
+        _ => return Err("is not a JSON object".into()),
     };
     match object.remove(field) {
         Some(serde_json::Value::String(text)) => Ok(Some(text)),
@@ -248,9 +253,10 @@ mod tests {
         let lines = [
             "{\"text\": \"ok\"}",
             "not json",
-            "[1]",
+            "\"text\"",
             "{\"content\": \"x\"}",
             "{\"text\": 3}",
+            "[{\"text\": \"a\"}]",
         ];
         std::fs::write(&path, lines.join("\n")).unwrap();
         let why = scan(&path, "text").unwrap_err();
@@ -259,6 +265,7 @@ mod tests {
             "line 3 is not a JSON object",
             "line 4 has no `text` (its keys: content)",
             "line 5 has `text` = 3, not a string",
+            "line 6 is a JSON array, not an object (JSON Lines has one object per line)",
         ] {
             assert!(why.contains(said), "{said:?} in {why}");
         }
