@@ -37,13 +37,14 @@ fn with_data_problems((readable, errors): (Vec<crate::spec::RunSpec>, SpecErrors
     SpecErrors(errors.0.into_iter().chain(paths.0).collect())
 }
 
-/// The warm start from `from` that the run folder `dir` records (its newest session's).
-fn recorded_warm_start(dir: &Path, from: &str) -> Option<crate::checkpoint::WarmStart> {
+/// The warm start from `from` that the run folder `dir` records, with when its session began
+/// (the newest such session's).
+fn recorded_warm_start(dir: &Path, from: &str) -> Option<(String, crate::checkpoint::WarmStart)> {
     let sessions = RunDir::new(dir).read_provenance().sessions;
     sessions
         .into_iter()
         .rev()
-        .find_map(|s| s.init_from.filter(|w| w.path == from))
+        .find_map(|s| s.init_from.filter(|w| w.path == from).map(|w| (s.started_utc, w)))
 }
 
 impl Experiment {

@@ -605,6 +605,53 @@ fn a_warm_run_outlives_its_source_checkpoint() {
     assert_eq!(said.matches("complete  20/20").count(), 2, "{said}");
 }
 
+#[test]
+fn seeds_warm_started_from_two_versions_of_a_gone_source_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let source = spec(dir.path(), "");
+    gptlab(&source, &runs).assert().success();
+    let from = runs.join("res/default/checkpoints/step_00000016");
+    let extra = format!("[[run]]\nname = \"tuned\"\ninit_from = \"{}\"\n", from.display());
+    let warm = common::tiny_spec(dir.path(), "warm", &extra);
+    let with_seeds = || {
+        let mut cmd = gptlab(&warm, &runs);
+        cmd.args(["--seeds", "2"]);
+        cmd
+    };
+    with_seeds().assert().success();
+    // The source trained again: seed 1 starts over from its new weights, seed 3407 keeps the old.
+    gptlab(&source, &runs)
+        .args(["--fresh", "--set", "train.lr=2e-2"])
+        .assert()
+        .success();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    with_seeds()
+        .args(["--only", "tuned/seed=1", "--fresh"])
+        .assert()
+        .success();
+    let status = || {
+        let args = [
+            "status",
+            warm.to_str().unwrap(),
+            "--seeds",
+            "2",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ];
+        common::stdout_of(&common::gptlab().args(args).assert().code(2))
+    };
+    let there = status();
+    std::fs::rename(runs.join("res"), dir.path().join("res-moved")).unwrap();
+    // Gone, the source is taken as it was last (the newest record): the same verdicts as before.
+    let gone = status();
+    for said in [&there, &gone] {
+        let line = |seed: &str| said.lines().find(|l| l.contains(seed)).unwrap_or_default().to_string();
+        assert!(line("seed=1").contains("complete"), "{said}");
+        assert!(line("seed=3407").contains("other-settings"), "{said}");
+    }
+}
+
 /// The learned position table of `model` as it loads from `checkpoint`.
 fn position_table(checkpoint: &Path, block_size: usize) -> Vec<f32> {
     let loaded = checkpoint::read_weights(checkpoint).unwrap();

@@ -590,36 +590,36 @@ fn arch_differences(there: &crate::model::ModelOptions, here: &crate::model::Mod
     }
 }
 
-/// What a run folder records it started from when its `init_from` named `path`: the warm
-/// start of its newest session from there, if any (`Experiment` reads `provenance.json`).
-pub type WarmRecords<'a> = &'a dyn Fn(&Path, &str) -> Option<crate::checkpoint::WarmStart>;
+/// What a run folder records it started from when its `init_from` named `path`: the start time
+/// (UTC, ISO 8601) and warm start of its newest session from there, if any (`Experiment` reads
+/// `provenance.json`).
+pub type WarmRecords<'a> = &'a dyn Fn(&Path, &str) -> Option<(String, crate::checkpoint::WarmStart)>;
 
-/// Each seed's warm start when `spec`'s `init_from` checkpoint is gone (a source run deleted,
-/// moved or pruned since): the one its folder recorded, or a sibling seed's. A run trained from
-/// it stays readable and resumable from its own checkpoints; `None` when no seed recorded one
-/// (nothing trained from it: the source is needed).
-fn recorded_warm_starts(
-    spec: &RunSpec,
-    dirs: &[PathBuf],
-    records: WarmRecords,
-) -> Option<Vec<Option<crate::checkpoint::WarmStart>>> {
+/// The warm start of `spec`'s runs when its `init_from` checkpoint is gone (a source run
+/// deleted, moved or pruned since): the newest one its seeds' folders recorded, as the source
+/// held it last. A run trained from it stays readable and resumable from its own checkpoints,
+/// and a seed that started from older weights is other settings, as it was while the source
+/// was there. `None` when no seed recorded one (nothing trained from it: the source is needed).
+fn recorded_warm_start(spec: &RunSpec, dirs: &[PathBuf], records: WarmRecords) -> Option<crate::checkpoint::WarmStart> {
     let from = spec.init_from.as_deref()?;
     if Path::new(from).join("meta.json").exists() {
         return None;
     }
-    let found: Vec<_> = dirs.iter().map(|d| records(d, from)).collect();
-    let any = found.iter().flatten().next()?.clone();
+    let (_, newest) = dirs
+        .iter()
+        .filter_map(|d| records(d, from))
+        .max_by(|a, b| a.0.cmp(&b.0))?;
     crate::events::emit(
         crate::events::Level::Note,
         format!(
             "init_from `{from}` is gone; run `{}` is planned with the weights its folder recorded \
              (step {}, SHA-256 {}): its results stay readable and it resumes from its own checkpoints",
             spec.name,
-            any.step,
-            short_hash(&any.weights_sha256)
+            newest.step,
+            short_hash(&newest.weights_sha256)
         ),
     );
-    Some(found.into_iter().map(|w| w.or_else(|| Some(any.clone()))).collect())
+    Some(newest)
 }
 
 /// Checks the data-dependent parts of each run and lays out its plan; `records` gives what a
@@ -670,17 +670,17 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path, records: WarmRecords) -> Result<
                 }
             })
             .collect();
-        let warm_starts = match warm_start(spec, &corpus.tokenizer, &model, &mut warm_sources) {
-            Ok(warm) => vec![warm; dirs.len()],
-            Err(found) => match recorded_warm_starts(spec, &dirs, records) {
-                Some(recorded) => recorded,
+        let init_from = match warm_start(spec, &corpus.tokenizer, &model, &mut warm_sources) {
+            Ok(warm) => warm,
+            Err(found) => match recorded_warm_start(spec, &dirs, records) {
+                Some(recorded) => Some(recorded),
                 None => {
                     errors.push(*found);
                     continue;
                 }
             },
         };
-        for ((seed, dir), init_from) in spec.seeds().into_iter().zip(dirs).zip(warm_starts) {
+        for (seed, dir) in spec.seeds().into_iter().zip(dirs) {
             let mut config = c.clone();
             config.experiment.seed = seed;
             plans.push(RunPlan {
@@ -693,7 +693,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path, records: WarmRecords) -> Result<
                 schedule: schedule.clone(),
                 seed,
                 seeded,
-                init_from,
+                init_from: init_from.clone(),
                 config,
                 train_tokens: corpus.train.len(),
                 corpus: corpus.clone(),
