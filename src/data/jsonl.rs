@@ -33,17 +33,22 @@ impl Lines {
 
     /// Hands on every line `block` completes.
     fn feed<B>(&mut self, block: &[u8], f: &mut impl FnMut(u64, u64, &[u8]) -> ControlFlow<B>) -> ControlFlow<B> {
+        // What is pending holds no newline (it is the start of a line): only the new bytes are
+        // searched, or a line of many blocks would be searched again with each.
+        let mut searched = self.pending.len();
         self.pending.extend_from_slice(block);
         let mut from = 0;
-        while let Some(n) = self.pending[from..].iter().position(|&b| b == b'\n') {
+        while let Some(n) = self.pending[searched..].iter().position(|&b| b == b'\n') {
+            let end = searched + n;
             self.number += 1;
-            let line = &self.pending[from..from + n];
+            let line = &self.pending[from..end];
             f(
                 self.number,
                 self.at + from as u64,
                 line.strip_suffix(b"\r").unwrap_or(line),
             )?;
-            from += n + 1;
+            from = end + 1;
+            searched = from;
         }
         self.pending.drain(..from);
         self.at += from as u64;
