@@ -264,6 +264,34 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// The size of the blocks files are read in ([`for_each_block`], [`for_each_block_in`]).
+pub const BLOCK: usize = 1 << 20;
+
+/// Calls `f` with the bytes `range` of `path` in order, in blocks of 1 MiB, each with whether
+/// it is the last, until the range ends (`Ok(None)`) or `f` breaks with a value
+/// (`Ok(Some(value))`). The range was measured before (a corpus's split): a file that no
+/// longer holds it "changed while it was being read".
+pub fn for_each_block_in<B>(
+    path: &Path,
+    range: std::ops::Range<u64>,
+    mut f: impl FnMut(&[u8], bool) -> std::ops::ControlFlow<B>,
+) -> std::result::Result<Option<B>, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let changed = || format!("`{}` changed while it was being read", path.display());
+    let mut file = fs::File::open(path).map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+    file.seek(SeekFrom::Start(range.start)).map_err(|_| changed())?;
+    let (mut left, mut buf) = (range.end.saturating_sub(range.start), vec![0u8; BLOCK]);
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        file.read_exact(&mut buf[..want]).map_err(|_| changed())?;
+        left -= want as u64;
+        if let std::ops::ControlFlow::Break(value) = f(&buf[..want], left == 0) {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
+}
+
 /// Calls `f` with the bytes of `path` in order, in blocks of 1 MiB, until the file ends
 /// (`Ok(None)`) or `f` breaks with a value (`Ok(Some(value))`): a file need not fit in memory.
 pub fn for_each_block<B>(
@@ -272,7 +300,7 @@ pub fn for_each_block<B>(
 ) -> std::io::Result<Option<B>> {
     use std::io::Read;
     let mut file = fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; BLOCK];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {

@@ -3,8 +3,6 @@
 //! file; blank lines are skipped. The text a tokenizer sees is the field's value, so bits per
 //! byte count the bytes of that text, not of the JSON around it.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -174,20 +172,10 @@ pub struct Range<'a> {
 
 /// Calls `f` with each line of `range`: its number from 1, its offset and its bytes.
 fn for_each_line(range: Range, mut f: impl FnMut(u64, u64, &[u8]) -> ControlFlow<String>) -> Result<(), String> {
-    let path = range.path;
-    let cannot = |e: std::io::Error| format!("`{}` cannot be read: {e}", path.display());
-    let mut file = File::open(path).map_err(cannot)?;
-    file.seek(SeekFrom::Start(range.start)).map_err(cannot)?;
     let mut lines = Lines::new(range.start);
-    let (mut left, mut buf) = (range.end - range.start, vec![0u8; 1 << 20]);
-    while left > 0 {
-        let want = (left as usize).min(buf.len());
-        file.read_exact(&mut buf[..want])
-            .map_err(|_| format!("`{}` changed while it was being read", path.display()))?;
-        left -= want as u64;
-        if let ControlFlow::Break(why) = lines.feed(&buf[..want], &mut f) {
-            return Err(why);
-        }
+    let read = crate::fsio::for_each_block_in(range.path, range.start..range.end, |block, _| lines.feed(block, &mut f));
+    if let Some(why) = read? {
+        return Err(why);
     }
     match lines.finish(&mut f) {
         ControlFlow::Break(why) => Err(why),

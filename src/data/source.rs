@@ -2,8 +2,6 @@
 //! splits into training and validation text before any tokenizer sees it, and what
 //! identifies it (the SHA-256 of every file). Files are read in blocks, never whole.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,9 +12,6 @@ use std::ops::ControlFlow;
 
 use super::jsonl;
 use crate::fsio::for_each_block;
-
-/// The block size files are read in.
-const BLOCK: usize = 1 << 20;
 
 /// A byte range of one file: a document, or the part of one that falls in a split; of a JSON
 /// Lines file, whole lines, each a document.
@@ -358,7 +353,7 @@ fn split_lines(docs: Vec<Document>, files: &[DataFile], val_fraction: f64, field
     })
 }
 
-/// Calls `f` with the text of `doc` in pieces of about `BLOCK` bytes or more, each ending at
+/// Calls `f` with the text of `doc` in pieces of about [`crate::fsio::BLOCK`] bytes or more, each ending at
 /// a place where tokenising the pieces one by one gives the tokens of the whole (see
 /// [`safe_cut`]); the last piece ends at the document's end. A JSON Lines range hands on each
 /// line's text whole, with a [`Piece::Boundary`] between two lines.
@@ -367,29 +362,27 @@ pub fn for_each_piece(doc: &Document, mut f: impl FnMut(Piece) -> Result<(), Str
         return jsonl::for_each_text(doc.range(), field, |text| f(text.map_or(Piece::Boundary, Piece::Text)));
     }
     let changed = || format!("`{}` changed while it was being read", doc.path.display());
-    let mut file = File::open(&doc.path).map_err(|e| format!("`{}` cannot be read: {e}", doc.path.display()))?;
-    file.seek(SeekFrom::Start(doc.start)).map_err(|_| changed())?;
-    let mut left = doc.len();
     let mut pending: Vec<u8> = vec![];
-    let mut buf = vec![0u8; BLOCK];
-    while left > 0 {
-        let want = (left as usize).min(BLOCK);
-        file.read_exact(&mut buf[..want]).map_err(|_| changed())?;
-        left -= want as u64;
-        pending.extend_from_slice(&buf[..want]);
+    let broke = crate::fsio::for_each_block_in(&doc.path, doc.start..doc.end, |block, last| {
+        pending.extend_from_slice(block);
         // Only the new bytes (and the two before them) can hold a new place to cut.
-        let from = pending.len().saturating_sub(want + 2);
-        let cut = match left {
-            0 => Some(pending.len()),
-            _ => safe_cut(&pending[from..]).map(|c| from + c),
+        let from = pending.len().saturating_sub(block.len() + 2);
+        let cut = match last {
+            true => Some(pending.len()),
+            false => safe_cut(&pending[from..]).map(|c| from + c),
         };
         if let Some(cut) = cut {
-            let text = std::str::from_utf8(&pending[..cut]).map_err(|_| changed())?;
-            f(Piece::Text(text))?;
+            let Ok(text) = std::str::from_utf8(&pending[..cut]) else {
+                return ControlFlow::Break(changed());
+            };
+            if let Err(why) = f(Piece::Text(text)) {
+                return ControlFlow::Break(why);
+            }
             pending.drain(..cut);
         }
-    }
-    Ok(())
+        ControlFlow::Continue(())
+    })?;
+    broke.map_or(Ok(()), Err)
 }
 
 /// The last place in `text` before an ASCII space that sits between two ASCII letters: the
@@ -404,6 +397,7 @@ pub fn safe_cut(text: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsio::BLOCK;
 
     #[test]
     fn a_cut_falls_before_a_space_between_letters() {
