@@ -306,6 +306,12 @@ pub fn read_weights(dir: &Path) -> Result<Loaded> {
     })
 }
 
+/// Whether `dir` is a checkpoint folder: it holds `meta.json`, written last (what it holds is
+/// verified when it is read).
+pub fn is_checkpoint(dir: &Path) -> bool {
+    dir.join("meta.json").is_file()
+}
+
 /// `dir/meta.json`, refused when another gptlab version wrote it.
 fn read_meta_checked(dir: &Path) -> Result<Meta> {
     let meta_path = dir.join("meta.json");

@@ -282,7 +282,7 @@ pub fn readiness(p: &RunPlan, fresh: bool) -> Readiness {
     let run_dir = RunDir::new(&p.dir);
     if let Some(warm) = &p.init_from
         && (fresh || run_dir.checkpoints().is_empty())
-        && !Path::new(&warm.path).join("meta.json").exists()
+        && !crate::checkpoint::is_checkpoint(Path::new(&warm.path))
     {
         return Readiness::Failed(format!(
             "error: run `{}` starts from step 0 and its init_from checkpoint {} is gone; its folder is left as it was",

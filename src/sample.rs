@@ -121,7 +121,7 @@ impl<D: Backend> Sampler<D> {
         let run_dir = crate::run_dir::RunDir::new(dir);
         let newest = run_dir.checkpoints_path().is_dir().then(|| run_dir.newest_checkpoint());
         let dir = match newest {
-            None if !dir.join("meta.json").exists() => {
+            None if !crate::checkpoint::is_checkpoint(dir) => {
                 let mut seeds: Vec<String> = std::fs::read_dir(dir)
                     .map(|entries| {
                         entries

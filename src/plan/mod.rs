@@ -555,7 +555,7 @@ fn read_warm_source(
     from: &str,
 ) -> Result<Arc<(Vec<crate::checkpoint::Shaped>, crate::checkpoint::Meta)>, String> {
     let read = || {
-        if !Path::new(from).join("meta.json").is_file() {
+        if !crate::checkpoint::is_checkpoint(Path::new(from)) {
             return Err(format!("`{from}` is not a checkpoint folder (it has no meta.json)"));
         }
         crate::checkpoint::read_weights(Path::new(from))
@@ -602,7 +602,7 @@ pub type WarmRecords<'a> = &'a dyn Fn(&Path, &str) -> Option<(String, crate::che
 /// was there. `None` when no seed recorded one (nothing trained from it: the source is needed).
 fn recorded_warm_start(spec: &RunSpec, dirs: &[PathBuf], records: WarmRecords) -> Option<crate::checkpoint::WarmStart> {
     let from = spec.init_from.as_deref()?;
-    if Path::new(from).join("meta.json").exists() {
+    if crate::checkpoint::is_checkpoint(Path::new(from)) {
         return None;
     }
     let (_, newest) = dirs

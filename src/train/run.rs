@@ -485,7 +485,7 @@ fn init_from<D: Backend>(plan: &RunPlan, model: &mut Gpt<D>) -> Result<()> {
         return Ok(());
     };
     let from = &warm.path;
-    if !Path::new(from).join("meta.json").exists() {
+    if !checkpoint::is_checkpoint(Path::new(from)) {
         bail!(
             "init_from checkpoint {from} is gone: the run starts from step 0 and needs it (what the run folder holds is left as it was)"
         );
