@@ -111,6 +111,21 @@ impl Experiment {
         })
     }
 
+    /// What `gptlab plan` prints: the experiment, then each selected run described, with every
+    /// setting and where its value came from when `explain`.
+    pub fn plan_text(&self, file: &Path, explain: bool) -> String {
+        let mut out = format!("experiment `{}` ({}): {}\n", self.name(), file.display(), self.count());
+        for p in self.selected() {
+            out += &format!("\n{}\n", p.describe());
+            if explain {
+                for (key, value, origin) in self.explain(&p.name) {
+                    out += &format!("    {key} = {value}  ({origin})\n");
+                }
+            }
+        }
+        out
+    }
+
     /// The experiment's name (its output folders).
     pub fn name(&self) -> &str {
         &self.name

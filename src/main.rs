@@ -81,16 +81,7 @@ fn validate(files: &[PathBuf], select: &Select) -> Outcome {
 
 fn show_plan(file: &Path, select: &Select, explain: bool) -> Outcome {
     let exp = load(file, select, Path::new("runs"))?;
-    let runs = exp.selected();
-    println!("experiment `{}` ({}): {}", exp.name(), file.display(), exp.count());
-    for p in runs {
-        println!("\n{}", p.describe());
-        if explain {
-            for (key, value, origin) in exp.explain(&p.name) {
-                println!("    {key} = {value}  ({origin})");
-            }
-        }
-    }
+    print!("{}", exp.plan_text(file, explain));
     Ok(ExitCode::SUCCESS)
 }
 
