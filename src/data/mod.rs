@@ -7,6 +7,7 @@ mod jsonl;
 mod source;
 mod tokenizer;
 mod tokens;
+mod trained;
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,8 @@ use rand::Rng;
 
 pub use cache::key as cache_key;
 pub use source::{DataFile, safe_cut};
-pub use tokenizer::{BUILT_IN, Tokenizer, TokenizerFile, TokenizerRecord, TokenizerSpec};
+pub use tokenizer::train::byte_level_bpe;
+pub use tokenizer::{BUILT_IN, Tokenizer, TokenizerFile, TokenizerRecord, TokenizerSpec, TrainedTokenizer};
 pub use tokens::{Dtype, Tokens};
 
 /// `[data] format`.
@@ -146,6 +148,8 @@ impl Corpus {
                     .ok_or_else(|| vec![at("data.tokenizer")(req.tokenizer.problem().unwrap_or_default())])?,
             ),
             TokenizerSpec::File(f) => Some(load_tokenizer_file(&f.file).map_err(|e| vec![e])?),
+            // Learned from the split text, in `load_text`.
+            TokenizerSpec::Train(_) => None,
         };
         match req.format {
             Format::Text | Format::Jsonl => load_text(req, tokenizer.as_ref()),
@@ -246,10 +250,20 @@ fn load_text(req: &CorpusRequest, tokenizer: Option<&Tokenizer>) -> Result<Corpu
         Some(v) => format!("val_path {v}"),
         None => format!("val_fraction {}", req.val_fraction),
     };
-    let tokenizer_said = tokenizer.map_or_else(|| "char".to_string(), Tokenizer::cache_identity);
     // The same bytes read as JSON Lines are other text (and each field is other text).
     let read_as = field.map_or_else(String::new, |f| format!(" jsonl {f:?}"));
-    let key = cache_key(&format!("text {sha256} {split_said}{read_as}"), &tokenizer_said);
+    let text_said = format!("text {sha256} {split_said}{read_as}");
+    let trained;
+    let tokenizer = match &req.tokenizer {
+        TokenizerSpec::Train(t) => {
+            let key = cache_key(&text_said, &format!("{} {}", tokenizer::train::RECIPE, t.vocab_size));
+            trained = trained::bpe(&split, t.vocab_size, &req.cache_dir, &key).map_err(|e| vec![e])?;
+            Some(&trained)
+        }
+        _ => tokenizer,
+    };
+    let tokenizer_said = tokenizer.map_or_else(|| "char".to_string(), Tokenizer::cache_identity);
+    let key = cache_key(&text_said, &tokenizer_said);
     let done = cache::tokenise(&split, tokenizer, &req.cache_dir, &key).map_err(|e| vec![e])?;
     Ok(Corpus {
         tokenizer: done.tokenizer,
@@ -342,7 +356,7 @@ fn decoded_bytes(tokens: &Tokens, lengths: &[u32]) -> u64 {
 
 fn load_tokens(req: &CorpusRequest, tokenizer: Option<Tokenizer>) -> Result<Corpus, Vec<DataError>> {
     let Some(tokenizer) = tokenizer else {
-        let why = "format = \"tokens\" needs the tokenizer the ids came from (e.g. \"gpt2\"): `char` builds its vocabulary from text";
+        let why = "format = \"tokens\" needs the tokenizer the ids came from (e.g. \"gpt2\"): `char` and a trained BPE learn their vocabulary from text";
         return Err(vec![at("data.tokenizer")(why.into())]);
     };
     let dtype = req.dtype.unwrap_or_default();

@@ -1,6 +1,7 @@
 //! The one type that knows what a token is made of: characters, OpenAI's byte-level BPE
-//! (`tiktoken-rs`, vocabularies inside the crate) or a Hugging Face `tokenizer.json`
-//! (`tokenizers`, pure Rust, never the hub). Everything else sees ids and a vocabulary size.
+//! (`tiktoken-rs`, vocabularies inside the crate), a Hugging Face `tokenizer.json`
+//! (`tokenizers`, pure Rust, never the hub) or a byte-level BPE trained on the corpus
+//! (`tokenizers`' trainer, [`train`]). Everything else sees ids and a vocabulary size.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -9,19 +10,35 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 mod hf;
+pub mod train;
 use hf::{dropped_text, file_token_bytes};
 
-/// `[data] tokenizer`: a built-in name or `{ file = "tokenizer.json" }`.
+/// `[data] tokenizer`: a built-in name, `{ file = "tokenizer.json" }` or `{ train = "bpe",
+/// vocab_size = N }`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(
     untagged,
-    expecting = "must be a tokenizer name (\"char\", \"gpt2\", \"cl100k\", \"o200k\") or { file = \"path/to/tokenizer.json\" } (no other key)"
+    expecting = "must be a tokenizer name (\"char\", \"gpt2\", \"cl100k\", \"o200k\"), { file = \"path/to/tokenizer.json\" } or { train = \"bpe\", vocab_size = 4096 } (no other key)"
 )]
 pub enum TokenizerSpec {
     /// `char`, `gpt2`, `cl100k` or `o200k`.
     Named(String),
     /// A Hugging Face tokenizer file.
     File(TokenizerFile),
+    /// A byte-level BPE trained on the corpus's training split.
+    Train(TrainedTokenizer),
+}
+
+/// `{ train = "bpe", vocab_size = 4096 }`: a GPT-2-style byte-level BPE learned from the
+/// training split (never the validation text), `vocab_size` tokens in all: the 256 bytes,
+/// `vocab_size − 257` merges and `<|endoftext|>` between documents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainedTokenizer {
+    /// The algorithm: `bpe`.
+    pub train: String,
+    /// Tokens in the vocabulary, the separator included.
+    pub vocab_size: usize,
 }
 
 /// `{ file = "tokenizer.json" }`.
@@ -49,8 +66,18 @@ impl TokenizerSpec {
                 "unknown tokenizer `{n}`: a tokenizer file is written {{ file = \"{n}\" }}"
             )),
             TokenizerSpec::Named(n) if !BUILT_IN.contains(&n.as_str()) => Some(format!(
-                "unknown tokenizer `{n}`: use one of {}, or {{ file = \"path/to/tokenizer.json\" }}",
+                "unknown tokenizer `{n}`: use one of {}, {{ file = \"path/to/tokenizer.json\" }} or {{ train = \"bpe\", vocab_size = 4096 }}",
                 BUILT_IN.map(|b| format!("`{b}`")).join(", ")
+            )),
+            TokenizerSpec::Train(t) if t.train != "bpe" => Some(format!(
+                "cannot train a `{}` tokenizer: train = \"bpe\" (a byte-level BPE) is the one gptlab trains",
+                t.train
+            )),
+            TokenizerSpec::Train(t) if !train::VOCAB_SIZES.contains(&t.vocab_size) => Some(format!(
+                "vocab_size {} is outside {}..={}: a trained BPE holds the 256 bytes and `<|endoftext|>`, at least",
+                t.vocab_size,
+                train::VOCAB_SIZES.start(),
+                train::VOCAB_SIZES.end()
             )),
             _ => None,
         }
@@ -60,15 +87,21 @@ impl TokenizerSpec {
     pub fn is_char(&self) -> bool {
         matches!(self, TokenizerSpec::Named(n) if n == "char")
     }
+
+    /// Whether the tokenizer is made from the corpus's text (`char`, or a trained BPE), and so
+    /// cannot read ids already made.
+    pub fn learns_from_text(&self) -> bool {
+        self.is_char() || matches!(self, TokenizerSpec::Train(_))
+    }
 }
 
 /// What a checkpoint and `provenance.json` record of a tokenizer: enough to refuse another one
 /// and to rebuild this one (a file tokenizer's JSON is kept beside the run as `tokenizer.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenizerRecord {
-    /// `char`, `gpt2`, `cl100k`, `o200k` or `file`.
+    /// `char`, `gpt2`, `cl100k`, `o200k`, `file` or `bpe` (trained on the corpus).
     pub name: String,
-    /// SHA-256 of the tokenizer file (`file` only).
+    /// SHA-256 of the tokenizer's JSON (`file` and `bpe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Where the file was read from (`file` only; for messages).
@@ -79,6 +112,11 @@ pub struct TokenizerRecord {
 }
 
 impl TokenizerRecord {
+    /// Whether the tokenizer is rebuilt from its JSON (kept beside the run as `tokenizer.json`).
+    pub fn has_json(&self) -> bool {
+        self.sha256.is_some()
+    }
+
     /// The record of checkpoints written before tokenizers existed: characters.
     pub fn chars(vocab_size: usize) -> Self {
         Self {
@@ -94,6 +132,13 @@ impl std::fmt::Display for TokenizerRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.file, &self.sha256) {
             (Some(file), Some(sha)) => write!(f, "tokenizer file {file} (SHA-256 {}…)", &sha[..sha.len().min(12)]),
+            (None, Some(sha)) => write!(
+                f,
+                "`{}` ({} tokens, trained on the corpus; SHA-256 {}…)",
+                self.name,
+                self.vocab_size,
+                &sha[..sha.len().min(12)]
+            ),
             _ => write!(f, "`{}` ({} tokens)", self.name, self.vocab_size),
         }
     }
@@ -217,14 +262,25 @@ impl Tokenizer {
         })
     }
 
+    /// A byte-level BPE trained on the corpus ([`train::byte_level_bpe`]), from its JSON.
+    pub fn trained(json: Vec<u8>) -> Result<Self, String> {
+        let mut t = Self::from_json(json, Path::new("trained"))?;
+        t.record.name = "bpe".into();
+        t.record.file = None;
+        Ok(t)
+    }
+
     /// Rebuilds the tokenizer a checkpoint recorded: `chars` for a character vocabulary,
-    /// `json` (the run's `tokenizer.json`) for a file tokenizer.
+    /// `json` (the run's `tokenizer.json`) for a file tokenizer or a trained one.
     pub fn from_record(record: &TokenizerRecord, chars: &[char], json: Option<Vec<u8>>) -> Result<Self, String> {
         let rebuilt = match record.name.as_str() {
             "char" => Self::chars(chars.to_vec()),
-            "file" => {
+            "file" | "bpe" => {
                 let json = json.ok_or_else(|| format!("the run's tokenizer.json ({record}) is missing"))?;
-                Self::from_json(json, Path::new(record.file.as_deref().unwrap_or("tokenizer.json")))?
+                let mut t = Self::from_json(json, Path::new(record.file.as_deref().unwrap_or("tokenizer.json")))?;
+                t.record.name.clone_from(&record.name);
+                t.record.file.clone_from(&record.file);
+                t
             }
             name => Self::bpe(name).ok_or_else(|| format!("unknown tokenizer `{name}` in the checkpoint"))?,
         };
@@ -270,7 +326,7 @@ impl Tokenizer {
         }
     }
 
-    /// The bytes of a file tokenizer's JSON (copied into the run folder).
+    /// The bytes of a file tokenizer's or a trained one's JSON (copied into the run folder).
     pub fn json(&self) -> Option<&[u8]> {
         match &self.kind {
             Kind::File { json, .. } => Some(json),

@@ -30,7 +30,12 @@ impl LossUnit {
             .iter()
             .map(|p| {
                 let r = p.corpus.tokenizer.record();
-                (r.name.clone(), r.sha256.clone())
+                // Trained BPEs are told apart by their size.
+                let name = match r.name.as_str() {
+                    "bpe" => format!("bpe {}", r.vocab_size),
+                    name => name.to_string(),
+                };
+                (name, r.sha256.clone())
             })
             .collect();
         match records.len() {

@@ -155,7 +155,8 @@ impl RunDir {
     /// The tokenizer of a checkpoint of this run, rebuilt from its record.
     pub fn tokenizer_of(&self, meta: &crate::checkpoint::Meta) -> Result<crate::data::Tokenizer> {
         let record = meta.tokenizer_record();
-        let json = (record.name == "file")
+        let json = record
+            .has_json()
             .then(|| std::fs::read(self.tokenizer_json()).ok())
             .flatten();
         crate::data::Tokenizer::from_record(&record, &meta.vocab, json)

@@ -236,10 +236,16 @@ fn check_data(d: &super::DataSection, bad: &mut impl FnMut(&[&str], String)) {
             "applies to format = \"jsonl\" only: it names the field of each line that holds its text".into(),
         );
     }
-    if d.format == Format::Tokens && d.tokenizer.is_char() {
+    if d.format == Format::Tokens && d.tokenizer.learns_from_text() {
+        let which = match d.tokenizer.is_char() {
+            true => "`char` builds its vocabulary from text",
+            false => "a trained BPE learns its vocabulary from text",
+        };
         bad(
             &["data.tokenizer"],
-            "format = \"tokens\" needs the tokenizer the ids came from (e.g. \"gpt2\"), for decoding and the vocabulary size; `char` builds its vocabulary from text".into(),
+            format!(
+                "format = \"tokens\" needs the tokenizer the ids came from (e.g. \"gpt2\"), for decoding and the vocabulary size; {which}"
+            ),
         );
     }
     if d.cache_dir

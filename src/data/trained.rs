@@ -1,0 +1,78 @@
+//! `tokenizer = { train = "bpe", vocab_size = N }`: the BPE learned from a corpus's training
+//! split (never its validation text, which would then be compressed by what it taught), kept
+//! in the cache folder under a key over the text, the split and the size, and reused.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::source::{Piece, TextSplit, for_each_piece};
+use super::tokenizer::train;
+use super::{DataError, Tokenizer, at};
+
+/// What the reader returns when the trainer has stopped taking text.
+const TRAINER_STOPPED: &str = "";
+
+/// Pieces of text in flight between the reader and the trainer (about 1 MiB each).
+const PIECES_IN_FLIGHT: usize = 8;
+
+/// The BPE of `vocab_size` tokens trained on `split.train`: from `dir`'s `<key>.tokenizer.json`
+/// when there, else trained and written there atomically.
+pub fn bpe(split: &TextSplit, vocab_size: usize, dir: &Path, key: &str) -> Result<Tokenizer, DataError> {
+    let path = dir.join(format!("{key}.tokenizer.json"));
+    if let Ok(json) = std::fs::read(&path) {
+        match Tokenizer::trained(json) {
+            Ok(t) if t.vocab_size() == vocab_size => return Ok(t),
+            Ok(t) => warn_unusable(&path, &format!("it has {} tokens", t.vocab_size())),
+            Err(why) => warn_unusable(&path, &why),
+        }
+    }
+    let started = Instant::now();
+    let json = train_on(split, vocab_size).map_err(at("data.tokenizer"))?;
+    let tokenizer = Tokenizer::trained(json.clone()).map_err(at("data.tokenizer"))?;
+    let cannot = |e: anyhow::Error| format!("the trained tokenizer cannot be cached in `{}`: {e:#}", dir.display());
+    std::fs::create_dir_all(dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| crate::fsio::write_atomic(&path, &json))
+        .map_err(cannot)
+        .map_err(at("data.cache_dir"))?;
+    crate::events::note(format!(
+        "tokenizer: trained a BPE of {vocab_size} tokens on the training split in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    ));
+    Ok(tokenizer)
+}
+
+fn warn_unusable(path: &Path, why: &str) {
+    crate::events::warning(format!(
+        "warning: cached tokenizer {} cannot be used ({why}); training it again",
+        path.display()
+    ));
+}
+
+/// Trains on the training documents' pieces, read on one thread while the trainer counts
+/// them on the others. A document that cannot be read fails the whole (naming it).
+fn train_on(split: &TextSplit, vocab_size: usize) -> Result<Vec<u8>, String> {
+    let (send, receive) = std::sync::mpsc::sync_channel::<String>(PIECES_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<(), String> {
+            for doc in &split.train {
+                for_each_piece(doc, |piece| {
+                    match piece {
+                        // The trainer stops reading only when it fails: its error is the one
+                        // to tell (`TRAINER_STOPPED` is no message).
+                        Piece::Text(text) => send.send(text.to_string()).map_err(|_| TRAINER_STOPPED.to_string()),
+                        Piece::Boundary => Ok(()),
+                    }
+                })?;
+            }
+            Ok(())
+        });
+        let trained = train::byte_level_bpe(receive.into_iter(), vocab_size);
+        match reader.join() {
+            Ok(Err(why)) if why != TRAINER_STOPPED => Err(why),
+            Err(_) => Err("the corpus reader panicked".into()),
+            _ => trained,
+        }
+    })
+}
