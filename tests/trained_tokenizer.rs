@@ -59,6 +59,9 @@ fn a_file_trains_the_bpe_of_its_training_text_alone_read_in_pieces() {
     let whole = gptlab::data::Tokenizer::trained(trained_json(&[&text], 1024)).unwrap();
     assert!(whole.encode(" zyzzyva").unwrap().len() == 1);
     assert!(t.encode(" zyzzyva").unwrap().len() > 2);
+    // Tokenised in small pieces, the text has the ids of the whole.
+    assert_eq!(corpus.train.to_vec(), t.encode(train).unwrap());
+    assert_eq!(corpus.val.to_vec(), t.encode(val).unwrap());
     // The corpus is its tokens: training text and validation text decode back.
     assert_eq!(t.decode(&corpus.train.to_vec()), train);
     assert_eq!(t.decode(&corpus.val.to_vec()), val);

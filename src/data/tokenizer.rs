@@ -413,6 +413,15 @@ impl Tokenizer {
         }
     }
 
+    /// Whether pieces of text encode faster on several threads than on one. Not a Hugging Face
+    /// tokenizer's: it allocates for every token, and the process keeps one allocator arena
+    /// for every thread (`crate::alloc`), whose lock the threads then queue for (tiny-shakespeare
+    /// ×3 with a trained 4,000-token BPE, Zen 3: 2.9 MB/s on one thread, 1.9 on two; GPT-2
+    /// through tiktoken: 10.7 on one, 16.4 on two).
+    pub fn encodes_faster_in_parallel(&self) -> bool {
+        !matches!(self.kind, Kind::File { .. })
+    }
+
     /// Whether text cut before a space between two ASCII letters encodes as the whole does
     /// (true of every byte-level BPE and of whitespace pre-tokenizers; not of a tokenizer that
     /// prepends a marker to each call): then a long document is tokenised in parallel chunks.

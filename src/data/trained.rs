@@ -27,6 +27,13 @@ pub fn bpe(split: &TextSplit, vocab_size: usize, dir: &Path, key: &str) -> Resul
         }
     }
     let started = Instant::now();
+    let bytes: u64 = split.train.iter().map(|d| d.len()).sum();
+    if bytes >= super::cache::QUIET_BELOW {
+        crate::events::progress(format!(
+            "tokenizer: training a BPE of {vocab_size} tokens on {:.1} MB of training text",
+            bytes as f64 / 1e6
+        ));
+    }
     let json = train_on(split, vocab_size).map_err(at("data.tokenizer"))?;
     let tokenizer = Tokenizer::trained(json.clone()).map_err(at("data.tokenizer"))?;
     let cannot = |e: anyhow::Error| format!("the trained tokenizer cannot be cached in `{}`: {e:#}", dir.display());
