@@ -17,13 +17,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# TensorBoard's own reader for tests/tensorboard.rs (a virtual environment of its own, kept in
-# target/ so `cargo clean` removes it; pip needs python3-venv on Debian).
-if ! target/tb-venv/bin/python -c "import tensorboard" 2>/dev/null; then
-    echo "installing tensorboard into target/tb-venv (tests/tensorboard.rs reads the event files with it)" >&2
+# Independent references in Python, in a virtual environment of its own (kept in target/ so
+# `cargo clean` removes it; pip needs python3-venv on Debian): TensorBoard's own reader for
+# tests/tensorboard.rs, Hugging Face's Python `tokenizers` trainer for tests/trained_tokenizer.rs.
+if ! target/tb-venv/bin/python -c "import tensorboard, tokenizers" 2>/dev/null; then
+    echo "installing tensorboard and tokenizers into target/tb-venv (tests/tensorboard.rs and tests/trained_tokenizer.rs check against them)" >&2
     python3 -m venv target/tb-venv 2>/dev/null || {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
         python3 -m venv target/tb-venv
     }
-    target/tb-venv/bin/pip install -q tensorboard
+    target/tb-venv/bin/pip install -q tensorboard tokenizers==0.23.3
 fi

@@ -7,21 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-/// Python with the `tensorboard` package: `GPTLAB_TEST_PYTHON`, else target/tb-venv's.
+/// Python with the `tensorboard` package.
 fn python() -> PathBuf {
-    let path = std::env::var_os("GPTLAB_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tb-venv/bin/python"));
-    let ok = std::process::Command::new(&path)
-        .args(["-c", "import tensorboard"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{} cannot import tensorboard: run scripts/test-deps.sh (`just test` does), or set GPTLAB_TEST_PYTHON",
-        path.display()
-    );
-    path
+    common::test_python("tensorboard")
 }
 
 /// Reads `run/tb` with TensorBoard's reader and compares it with the run's CSV files; prints

@@ -1,5 +1,6 @@
 //! `tokenizer = { train = "bpe", vocab_size = N }` against independent facts: the BPE a corpus
-//! trains is the one its training text alone trains (a file cut into pieces, a folder's
+//! trains is Hugging Face's Python trainer's on the same split, and the one its training text
+//! alone trains (a file cut into pieces, a folder's
 //! documents apart, never the validation text), the same bytes from any process and thread
 //! count, and a sweep over sizes that trains, resumes, reports in bits per byte and starts at
 //! ln(vocab).
@@ -69,6 +70,56 @@ fn a_file_trains_the_bpe_of_its_training_text_alone_read_in_pieces() {
         (corpus.train_bytes, corpus.val_bytes),
         (train.len() as u64, val.len() as u64)
     );
+}
+
+/// Hugging Face's Python trainer (`tokenizers` from PyPI), configured as GPT-2's byte-level BPE
+/// is in their documentation, on the text files given as arguments (one sequence each): prints
+/// the vocabulary and the merges as JSON.
+const PYTHON_REFERENCE: &str = r#"
+import json, sys
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+n = int(sys.argv[1])
+texts = [open(p, encoding="utf-8", newline="").read() for p in sys.argv[2:]]
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+trainer = trainers.BpeTrainer(vocab_size=n - 1, min_frequency=0, show_progress=False,
+                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+tok.train_from_iterator(texts, trainer=trainer)
+tok.add_special_tokens(["<|endoftext|>"])
+model = json.loads(tok.to_str())["model"]
+print(json.dumps({"vocab": model["vocab"], "merges": model["merges"]}))
+"#;
+
+/// The vocabulary and merges of a tokenizer.json.
+fn vocab_and_merges(json: &[u8]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+    serde_json::json!({ "vocab": v["model"]["vocab"], "merges": v["model"]["merges"] })
+}
+
+#[test]
+fn a_trained_bpe_equals_hugging_faces_python_trainer_on_the_training_split() {
+    let python = common::test_python("tokenizers");
+    let dir = tempfile::tempdir().unwrap();
+    let shakespeare = std::fs::read_to_string(common::corpus_path()).unwrap();
+    let text = format!("{shakespeare}{}", shakespeare.to_uppercase());
+    let file = dir.path().join("corpus.txt");
+    std::fs::write(&file, &text).unwrap();
+    let corpus = Corpus::load(&request(&file, 1500, dir.path())).unwrap();
+    // The split worked out here: nanoGPT's floor(0.9 × characters).
+    let n = text.chars().count();
+    let cut = text.char_indices().nth((n as f64 * 0.9).floor() as usize).unwrap().0;
+    let train_file = dir.path().join("train.txt");
+    std::fs::write(&train_file, &text[..cut]).unwrap();
+    let out = common::output_ok(
+        std::process::Command::new(python)
+            .args(["-c", PYTHON_REFERENCE, "1500"])
+            .arg(&train_file),
+        "the Python tokenizers trainer",
+    );
+    let reference: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reference["merges"].as_array().unwrap().len(), 1500 - 257);
+    assert_eq!(vocab_and_merges(&json_of(&corpus)), reference);
 }
 
 #[test]

@@ -72,6 +72,24 @@ pub fn quiet_run(spec: &Path, runs: &Path) -> assert_cmd::Command {
     cmd
 }
 
+/// Python that imports `module`: `GPTLAB_TEST_PYTHON`, else target/tb-venv's, where
+/// scripts/test-deps.sh installs `tensorboard` and `tokenizers` (independent references).
+pub fn test_python(module: &str) -> PathBuf {
+    let path = std::env::var_os("GPTLAB_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tb-venv/bin/python"));
+    let ok = std::process::Command::new(&path)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{} cannot import {module}: run scripts/test-deps.sh (`just test` does), or set GPTLAB_TEST_PYTHON",
+        path.display()
+    );
+    path
+}
+
 /// A config of `vocab` tokens at block size `block` with the options `arch`.
 pub fn config(vocab: usize, block: usize, arch: ModelOptions) -> ModelConfig {
     ModelConfig {
