@@ -34,6 +34,15 @@ pub fn temp_beside(path: &Path) -> std::path::PathBuf {
     ))
 }
 
+/// Whether `e` says the disk (or the user's quota on it) is full: the machine's problem, not
+/// the input's.
+pub fn disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed, so a
 /// reader sees the old contents or the new, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::source::{Document, Piece, TextSplit, for_each_piece, safe_cut};
-use super::{DataError, Dtype, Tokenizer, Tokens, at};
+use super::{DataError, Dtype, Tokenizer, Tokens, at, io_at};
 
 /// Layout version of the cache files (part of every key).
 const VERSION: u32 = 1;
@@ -150,10 +150,10 @@ pub fn tokenise(
             reused: true,
         });
     }
-    let cannot = |e: std::io::Error| format!("the token cache folder `{}` cannot be written: {e}", dir.display());
-    std::fs::create_dir_all(dir)
-        .map_err(cannot)
-        .map_err(at("data.cache_dir"))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        let why = format!("the token cache folder `{}` cannot be written: {e}", dir.display());
+        io_at("data.cache_dir", &e.into(), why)
+    })?;
     let tokenizer = match tokenizer {
         Some(t) => t.clone(),
         None => Tokenizer::chars(char_vocabulary(split).map_err(at("data.path"))?),
@@ -174,7 +174,7 @@ pub fn tokenise(
     };
     let json = serde_json::to_vec_pretty(&meta).expect("cache meta serialises");
     let in_cache = at("data.cache_dir");
-    crate::fsio::write_atomic(&meta_path, &json).map_err(|e| in_cache(format!("{e:#}")))?;
+    crate::fsio::write_atomic(&meta_path, &json).map_err(|e| io_at("data.cache_dir", &e, format!("{e:#}")))?;
     let map = |p: &Path| Tokens::map(p, dtype).map_err(|e| in_cache(format!("{e:#}")));
     Ok(Tokenised {
         train: map(&train_path)?,
@@ -219,10 +219,8 @@ fn write_split(
 ) -> Result<SplitFile, DataError> {
     let tmp = crate::fsio::temp_beside(path);
     let cannot = |e: std::io::Error| {
-        at("data.cache_dir")(format!(
-            "the token cache file `{}` cannot be written: {e}",
-            tmp.display()
-        ))
+        let why = format!("the token cache file `{}` cannot be written: {e}", tmp.display());
+        io_at("data.cache_dir", &e.into(), why)
     };
     let file = std::fs::File::create(&tmp).map_err(cannot)?;
     let mut out = TokenWriter {
@@ -294,8 +292,10 @@ fn encode_document(
             at("data.tokenizer")(format!("{} on `{}`: {why}", tokenizer.record(), doc.path.display()))
         })?;
         for piece in &ids {
-            out.put(piece)
-                .map_err(|e| at("data.cache_dir")(format!("writing the token cache: {e}")))?;
+            out.put(piece).map_err(|e| {
+                let why = format!("writing the token cache: {e}");
+                io_at("data.cache_dir", &e.into(), why)
+            })?;
         }
         progress.add(batch.iter().flatten().map(|t| t.len() as u64).sum());
         batch.clear();

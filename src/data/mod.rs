@@ -71,10 +71,29 @@ pub struct DataError {
     pub key: &'static str,
     /// What is wrong.
     pub message: String,
+    /// The machine's problem, not the spec's: the disk is full ([`crate::fsio::disk_full`]).
+    pub io: bool,
 }
 
 fn at(key: &'static str) -> impl Fn(String) -> DataError {
-    move |message| DataError { key, message }
+    move |message| DataError {
+        key,
+        message,
+        io: false,
+    }
+}
+
+/// `key`'s problem from an I/O failure `e`, said as `message`: the machine's when the disk is
+/// full, else the key's (a folder that cannot be written is the spec's to change).
+fn io_at(key: &'static str, e: &anyhow::Error, message: String) -> DataError {
+    DataError {
+        key,
+        message,
+        io: e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(crate::fsio::disk_full),
+    }
 }
 
 /// A tokenised corpus split into a training head and a validation tail.
@@ -435,6 +454,19 @@ pub fn sample_batch(tokens: &Tokens, b: usize, t: usize, rng: &mut impl Rng) -> 
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn a_full_disk_is_the_machines_problem_and_a_folder_that_cannot_be_written_the_specs() {
+        use std::io::{Error, ErrorKind};
+        let said = |kind: ErrorKind| {
+            let e = anyhow::Error::from(Error::from(kind)).context("writing x.tmp");
+            io_at("data.cache_dir", &e, format!("{e:#}")).io
+        };
+        assert!(said(ErrorKind::StorageFull) && said(ErrorKind::QuotaExceeded));
+        assert!(!said(ErrorKind::PermissionDenied) && !said(ErrorKind::NotFound));
+        // As the OS reports it: ENOSPC.
+        assert!(crate::fsio::disk_full(&Error::from_raw_os_error(libc::ENOSPC)));
+    }
 
     #[test]
     fn split_keeps_every_token_once() {

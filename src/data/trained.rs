@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::source::{Piece, TextSplit, for_each_piece};
 use super::tokenizer::train;
-use super::{DataError, Tokenizer, at};
+use super::{DataError, Tokenizer, at, io_at};
 
 /// What the reader returns when the trainer has stopped taking text.
 const TRAINER_STOPPED: &str = "";
@@ -36,12 +36,13 @@ pub fn bpe(split: &TextSplit, vocab_size: usize, dir: &Path, key: &str) -> Resul
     }
     let json = train_on(split, vocab_size).map_err(at("data.tokenizer"))?;
     let tokenizer = Tokenizer::trained(json.clone()).map_err(at("data.tokenizer"))?;
-    let cannot = |e: anyhow::Error| format!("the trained tokenizer cannot be cached in `{}`: {e:#}", dir.display());
     std::fs::create_dir_all(dir)
         .map_err(anyhow::Error::from)
         .and_then(|()| crate::fsio::write_atomic(&path, &json))
-        .map_err(cannot)
-        .map_err(at("data.cache_dir"))?;
+        .map_err(|e| {
+            let why = format!("the trained tokenizer cannot be cached in `{}`: {e:#}", dir.display());
+            io_at("data.cache_dir", &e, why)
+        })?;
     crate::events::note(format!(
         "tokenizer: trained a BPE of {vocab_size} tokens on the training split in {:.1} s ({})",
         started.elapsed().as_secs_f64(),

@@ -642,7 +642,10 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path, records: WarmRecords) -> Result<
         let corpus = match load_corpus(&mut corpora, &req) {
             Ok(loaded) => loaded,
             Err(found) => {
-                errors.extend(found.into_iter().map(|e| spec.error(e.key, e.message)));
+                errors.extend(found.into_iter().map(|e| SpecError {
+                    io: e.io,
+                    ..spec.error(e.key, e.message)
+                }));
                 continue;
             }
         };

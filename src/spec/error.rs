@@ -29,6 +29,9 @@ pub struct SpecError {
     pub run: Option<String>,
     /// What is wrong, and what would be right.
     pub message: String,
+    /// The machine's problem, not the spec's: the disk under a key's folder is full. Then the
+    /// command exits 1, as for any I/O failure, when no other problem is the spec's.
+    pub io: bool,
 }
 
 impl fmt::Display for SpecError {
@@ -68,6 +71,11 @@ impl fmt::Display for SpecErrors {
 }
 
 impl SpecErrors {
+    /// Whether every problem is the machine's (a full disk), none the spec's.
+    pub fn all_io(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|e| e.io)
+    }
+
     /// Reports an error that several runs share once, naming the runs (or none, when all share it).
     pub fn merge_shared(self, n_runs: usize) -> Self {
         let mut merged: Vec<(SpecError, Vec<String>)> = vec![];
@@ -230,6 +238,7 @@ mod humanize_tests {
             key: Some("phase.0.foo".into()),
             run: Some(run.into()),
             message: "unknown key `foo`".into(),
+            io: false,
         };
         let merged = SpecErrors(vec![at("abs"), at("abs"), at("rope")]).merge_shared(3);
         assert_eq!(merged.0.len(), 1);

@@ -51,6 +51,7 @@ pub(super) fn parse_toml(path: &Path, text: &str) -> Result<(SourceMap, toml::Ta
             key,
             run: None,
             message,
+            io: false,
         })
     };
     let map = SourceMap::parse(text).map_err(|(msg, span)| {
@@ -90,6 +91,7 @@ fn error(file: &Path, origin: Origin, message: String) -> Box<SpecError> {
         key: Some("extends".into()),
         run: None,
         message,
+        io: false,
     })
 }
 

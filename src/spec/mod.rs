@@ -156,6 +156,7 @@ impl Source {
             key: key.map(str::to_string),
             run: run.map(str::to_string),
             message: message.into(),
+            io: false,
         }
     }
 
@@ -341,6 +342,7 @@ impl SpecFile {
                 key: None,
                 run: None,
                 message: format!("the spec {why}"),
+                io: false,
             })?;
         Self::parse(path, &text)
     }
