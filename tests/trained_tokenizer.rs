@@ -147,33 +147,18 @@ fn a_folder_trains_on_its_training_documents_apart() {
     assert_eq!(corpus.train.to_vec().iter().filter(|&&id| id == sep).count(), 1);
 }
 
-/// A spec training tiny models over BPE sizes of tiny-shakespeare, and its cache folder.
+/// The tiny spec over BPE sizes of tiny-shakespeare (a sweep), written to `dir`.
 fn sweep_spec(dir: &Path) -> std::path::PathBuf {
+    let text = common::TINY_SPEC
+        .replace("[experiment]\n", "[experiment]\nname = \"bpe_sizes\"\n")
+        .replace(
+            "path = \"CORPUS\"\n",
+            "path = \"CORPUS\"\ntokenizer = { train = \"bpe\", vocab_size = 300 }\n",
+        );
     write_spec(
         dir,
         "bpe_sizes.toml",
-        r#"
-[experiment]
-name = "bpe_sizes"
-seed = 3
-[data]
-path = "CORPUS"
-tokenizer = { train = "bpe", vocab_size = 300 }
-[model]
-n_layer = 1
-n_embd = 16
-n_head = 2
-[train]
-batch_size = 4
-eval_every = 5
-eval_batches = 1
-checkpoint_every = 4
-[[phase]]
-seq_len = 16
-steps = 8
-[sweep]
-"data.tokenizer.vocab_size" = [300, 2000]
-"#,
+        &format!("{text}[sweep]\n\"data.tokenizer.vocab_size\" = [300, 2000]\n"),
     )
 }
 
@@ -216,14 +201,14 @@ fn a_sweep_over_sizes_trains_resumes_and_reports_in_bits_per_byte() {
             .env("GPTLAB_CACHE_DIR", &cache);
         cmd
     };
-    sweep(&["--set", "phase.0.steps=4", "--no-report"]).assert().success();
+    sweep(&["--set", "phase.1.steps=2", "--no-report"]).assert().success();
     // Resumed with the cache gone: the tokenizer is trained again, to the same bytes.
     std::fs::remove_dir_all(&cache).unwrap();
     sweep(&[]).assert().success();
     for vocab in [300usize, 2000] {
         let run = out.runs.join(format!("bpe_sizes/vocab_size={vocab}"));
         let rows = csv_rows(&run.join("metrics.csv"));
-        assert_eq!(rows.len(), 8, "one row a step, 4 of them resumed");
+        assert_eq!(rows.len(), 16, "one row a step, 4 of them resumed");
         // An untrained model is near uniform over the vocabulary.
         let first: f64 = rows[0]["train_loss"].parse().unwrap();
         assert!((first - (vocab as f64).ln()).abs() < 0.15, "{vocab}: {first}");
