@@ -82,6 +82,7 @@ test:
     bash scripts/test-deps.sh
     cargo fmt --check
     cargo clippy --locked --all-targets --features fault-injection -- -D warnings
-    cargo test --locked --features fault-injection
+    # Token caches of the tests' corpora go to target/tmp, not the user's ~/.cache.
+    GPTLAB_CACHE_DIR="$PWD/target/tmp/token-cache" cargo test --locked --features fault-injection
     # The CUDA code path must keep compiling although CI has no GPU or toolkit.
     cargo check --locked --features cuda,ci-check --all-targets

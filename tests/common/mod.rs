@@ -12,9 +12,12 @@ pub fn corpus_path() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt").to_string()
 }
 
-/// The `gptlab` binary of this build.
+/// The `gptlab` binary of this build, its token cache in target/tmp (not the user's
+/// `~/.cache`, where a development build's entries would outlive it); a test may set its own.
 pub fn gptlab() -> assert_cmd::Command {
-    assert_cmd::Command::cargo_bin("gptlab").unwrap()
+    let mut cmd = assert_cmd::Command::cargo_bin("gptlab").unwrap();
+    cmd.env("GPTLAB_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("token-cache"));
+    cmd
 }
 
 /// Writes `text` to `dir/name`, with `CORPUS` replaced by the corpus path.
