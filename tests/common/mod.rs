@@ -16,7 +16,10 @@ pub fn corpus_path() -> String {
 /// `~/.cache`, where a development build's entries would outlive it); a test may set its own.
 pub fn gptlab() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("gptlab").unwrap();
-    cmd.env("GPTLAB_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("token-cache"));
+    cmd.env(
+        "GPTLAB_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("token-cache"),
+    );
     cmd
 }
 
