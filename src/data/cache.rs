@@ -273,16 +273,13 @@ fn encode_document(
     let mut flush = |batch: &mut Vec<Option<String>>, out: &mut TokenWriter| -> Result<(), DataError> {
         // In order: the small pieces of each text (whole texts when cutting is unsafe), and
         // `None` for each separator.
-        let units: Vec<Option<&str>> = batch
-            .iter()
-            .flat_map(|t| -> Box<dyn Iterator<Item = Option<&str>>> {
-                match t {
-                    Some(t) if chunked => Box::new(small_pieces(t).map(Some)),
-                    Some(t) => Box::new(std::iter::once(Some(t.as_str()))),
-                    None => Box::new(std::iter::once(None)),
-                }
-            })
-            .collect();
+        let mut units: Vec<Option<&str>> = vec![];
+        for t in batch.iter() {
+            match t {
+                Some(t) if chunked => units.extend(small_pieces(t).map(Some)),
+                t => units.push(t.as_deref()),
+            }
+        }
         let encode = |t: &Option<&str>| t.map_or_else(|| Ok(separator.clone()), |t| tokenizer.encode(t));
         let ids: Result<Vec<Vec<u32>>, String> = match tokenizer.encodes_faster_in_parallel() {
             true => units.par_iter().map(encode).collect(),
