@@ -62,6 +62,14 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
         // Samples are drawn after training: a prompt they cannot take is refused before it.
         ("prompt.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"To be\", \"\"]\n"), 7, "sample.prompts", "prompt 2 is empty"),
         ("vocab.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"€uro\"]\n"), 7, "sample.prompts", "prompt 1 (\"€uro\") cannot be encoded: characters not in the vocabulary: ['€']"),
+        // A name made by a sweep is placed at the sweep's line.
+        (
+            "longname.toml",
+            format!("[data]\npath = \"CORPUS\"\n{PHASE}[sweep]\n\"sample.prompts\" = [[\"{}\"], [\"e\"]]\n", "e".repeat(210)),
+            7,
+            "sweep.sample.prompts",
+            "a name may be at most 200 bytes",
+        ),
         // Ranges hold for the values training's 32-bit floats compute with, not only as written.
         ("dropout32.toml", format!("[model]\ndropout = 0.99999999\n{PHASE}"), 2, "model.dropout", "0.99999999, which is 1 in the 32-bit"),
         ("beta32.toml", format!("[train]\nbeta2 = 0.999999999\n{PHASE}"), 2, "train.beta2", "which is 1 in the 32-bit"),
@@ -294,6 +302,45 @@ fn hostile_values_never_panic() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&path.display().to_string()) && !stderr.contains("panicked"), "case {i}:\n{text}\n{stderr}");
     }
+}
+
+/// The sweep a researcher writes over their own corpora (paths in folders) and tokenizers
+/// (a name beside a table) names its runs as folders can be named, and `differs` shows each
+/// setting whole.
+#[test]
+fn sweeps_over_corpus_paths_and_tokenizer_tables_name_their_runs_as_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(common::corpus_path()).unwrap();
+    for corpus in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join("corpora").join(corpus)).unwrap();
+        std::fs::write(
+            dir.path().join("corpora").join(corpus).join("train.txt"),
+            &text[..20_000],
+        )
+        .unwrap();
+    }
+    let spec = format!(
+        "[data]\npath = \"corpora/a/train.txt\"\n{PHASE}[sweep]\n\"data.path\" = [\"corpora/a/train.txt\", \"corpora/b/train.txt\"]\n\"data.tokenizer\" = [\"char\", {{ train = \"bpe\", vocab_size = 300 }}]\n"
+    );
+    let path = write(dir.path(), "corpora.toml", &spec);
+    let out = gptlab()
+        .current_dir(dir.path())
+        .arg("plan")
+        .arg(&path)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    for name in ["path=a-train.txt,tokenizer=char", "path=b-train.txt,tokenizer=bpe-300"] {
+        assert!(
+            stdout.contains(&format!("run `{name}`")),
+            "no run `{name}` in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("differs:   path=corpora/b/train.txt, tokenizer={ train = \"bpe\", vocab_size = 300 }"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("vocab_size=default"), "{stdout}");
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub use sections::{
 
 pub use validate::{TimeLimit, slurm_time_limit};
 
-use overrides::{set_dotted, value_label};
+use overrides::{axis_labels, set_dotted, value_label};
 use source::{SourceMap, segments};
 
 /// The shape of the file itself, checked before any expansion.
@@ -461,6 +461,14 @@ impl SpecFile {
         self.check_run_count(entries.len()).map_err(with_read_errors)?;
         let points = grid(&self.sweep);
         let short = short_names(self.sweep.iter().map(|(k, _)| k.as_str()));
+        let labels: Vec<Vec<String>> = self.sweep.iter().map(|(_, values)| axis_labels(values)).collect();
+        let label = |axis: usize, v: &toml::Value| {
+            let values = &self.sweep[axis].1;
+            values
+                .iter()
+                .position(|w| w == v)
+                .map_or_else(|| value_label(v), |i| labels[axis][i].clone())
+        };
         let (mut specs, mut readable) = (vec![], vec![]);
         let mut errors = self.read_errors.clone();
         for entry in &entries {
@@ -468,7 +476,8 @@ impl SpecFile {
                 let point_name = point
                     .iter()
                     .zip(&short)
-                    .map(|((_, v), s)| format!("{s}={}", value_label(v)))
+                    .enumerate()
+                    .map(|(axis, ((_, v), s))| format!("{s}={}", label(axis, v)))
                     .collect::<Vec<_>>()
                     .join(",");
                 let name = match (entry.name.is_empty(), point_name.is_empty()) {
@@ -777,13 +786,19 @@ impl RunSpec {
             .error(self.source.origin(&self.layers, key), Some(key), None, message)
     }
 
-    /// An error about the run itself, placed at its `name` (the `[[run]]` entry).
+    /// An error about the run itself, placed at its `name` (the `[[run]]` entry), or at the
+    /// `[sweep]` key that named it.
     pub fn error_at_name(&self, message: String) -> SpecError {
-        let origin = match self.layers.run_index {
-            Some(i) => self
+        let origin = match (self.layers.run_index, self.layers.sweep_keys.first()) {
+            (Some(i), _) => self
                 .source
                 .line(&[source::Seg::Key("run".into()), source::Seg::Index(i)], "name"),
-            None => Origin::File,
+            // A name made of sweep values only: the sweep's first key made it.
+            (None, Some(key)) => {
+                let origin = self.source.origin(&self.layers, key);
+                return self.source.error(origin, Some(&format!("sweep.{key}")), None, message);
+            }
+            (None, None) => Origin::File,
         };
         self.source.error(origin, Some("name"), None, message)
     }
@@ -885,7 +900,7 @@ fn short_names<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
 
 /// Records, for each run, the settings that differ between the experiment's runs.
 fn set_varies(specs: &mut [RunSpec]) {
-    let flat: Vec<Vec<(String, toml::Value)>> = specs
+    let mut flat: Vec<Vec<(String, toml::Value)>> = specs
         .iter()
         .map(|s| {
             // Compare resolved values: an unset n_kv_head is n_head.
@@ -897,6 +912,22 @@ fn set_varies(specs: &mut [RunSpec]) {
             }
         })
         .collect();
+    // A key that is a value in one run and a table in another (`tokenizer = "char"` beside
+    // `tokenizer = { train = "bpe", … }`) is one setting: compared whole, not key by key.
+    let all: std::collections::BTreeSet<String> = flat.iter().flatten().map(|(k, _)| k.clone()).collect();
+    let both: Vec<&String> = all
+        .iter()
+        .filter(|k| {
+            all.range(format!("{k}.")..)
+                .next()
+                .is_some_and(|n| n.starts_with(&format!("{k}.")))
+        })
+        .collect();
+    for prefix in both {
+        for f in flat.iter_mut() {
+            collapse_under(f, prefix);
+        }
+    }
     // Every key any run sets, in order of first appearance: a key only some runs set differs too.
     let mut keys: Vec<&String> = vec![];
     for (k, _) in flat.iter().flatten() {
@@ -928,6 +959,21 @@ fn set_varies(specs: &mut [RunSpec]) {
     for (spec, varies) in specs.iter_mut().zip(labels) {
         spec.varies = varies;
     }
+}
+
+/// Replaces the keys under `prefix.` in `flat` by one `(prefix, table)` at the first one's place.
+fn collapse_under(flat: &mut Vec<(String, toml::Value)>, prefix: &str) {
+    let dotted = format!("{prefix}.");
+    let Some(at) = flat.iter().position(|(k, _)| k.starts_with(&dotted)) else {
+        return;
+    };
+    let mut table = toml::Table::new();
+    for (k, v) in flat.iter().filter(|(k, _)| k.starts_with(&dotted)) {
+        // Infallible here: the keys came from flattening a table.
+        let _ = set_dotted(&mut table, &k[dotted.len()..], v.clone());
+    }
+    flat.retain(|(k, _)| !k.starts_with(&dotted));
+    flat.insert(at, (prefix.to_string(), toml::Value::Table(table)));
 }
 
 /// The `[sweep]` table's axes `(dotted key, values)`; a key whose value is not a non-empty

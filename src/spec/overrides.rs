@@ -163,6 +163,58 @@ pub fn value_label(v: &toml::Value) -> String {
     }
 }
 
+/// The names of one `[sweep]` axis's values inside run names, which are folder names: each
+/// value as [`value_label`] writes it, except that a path (a string with `/` or `\`) is named
+/// by its last components joined with `-`, as few as tell the axis's values apart
+/// (`corpora/wiki.txt` → `wiki.txt`; `a/train.txt`, `b/train.txt` → `a-train.txt`, `b-train.txt`),
+/// and a table by its values in key order (`{ train = "bpe", vocab_size = 512 }` → `bpe-512`).
+/// Values that stay alike however many components are kept are named as written (and refused
+/// as folder names if they hold a separator).
+pub fn axis_labels(values: &[toml::Value]) -> Vec<String> {
+    let depth = values.iter().map(path_depth).max().unwrap_or(0).max(1);
+    (1..=depth)
+        .map(|d| values.iter().map(|v| folder_label(v, d)).collect::<Vec<_>>())
+        .find(|labels| labels.iter().enumerate().all(|(i, l)| !labels[..i].contains(l)))
+        .unwrap_or_else(|| values.iter().map(value_label).collect())
+}
+
+/// A path's components, without empty ones and `.` (`./a//b` is `a`, `b`).
+fn path_components(s: &str) -> Vec<&str> {
+    s.split(['/', '\\']).filter(|c| !c.is_empty() && *c != ".").collect()
+}
+
+fn is_path(s: &str) -> bool {
+    s.contains(['/', '\\'])
+}
+
+/// The most components any path inside `v` has.
+fn path_depth(v: &toml::Value) -> usize {
+    match v {
+        toml::Value::String(s) if is_path(s) => path_components(s).len(),
+        toml::Value::Table(t) => t.values().map(path_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `v` as a part of a folder name, with each path inside it cut to its last `depth` components.
+fn folder_label(v: &toml::Value, depth: usize) -> String {
+    match v {
+        toml::Value::String(s) if is_path(s) => {
+            let parts = path_components(s);
+            parts[parts.len().saturating_sub(depth)..].join("-")
+        }
+        toml::Value::Table(t) => {
+            let mut keys: Vec<&String> = t.keys().collect();
+            keys.sort();
+            keys.iter()
+                .map(|k| folder_label(&t[*k], depth))
+                .collect::<Vec<_>>()
+                .join("-")
+        }
+        other => value_label(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +244,31 @@ mod tests {
                 .contains("1 entry,")
         );
         assert!(set_dotted(&mut t, "model.n_head.x", toml::Value::Integer(7)).is_err());
+    }
+
+    fn labels(values: &str) -> Vec<String> {
+        let t: toml::Table = toml::from_str(&format!("v = {values}")).unwrap();
+        axis_labels(t["v"].as_array().unwrap())
+    }
+
+    #[test]
+    fn sweep_values_are_named_as_folder_names() {
+        // Plain values as written; a path by its file name when that tells them apart.
+        assert_eq!(labels("[1, 2.5, \"rope\"]"), ["1", "2.5", "rope"]);
+        assert_eq!(labels("[\"corpora/wiki.txt\", \"code.txt\"]"), ["wiki.txt", "code.txt"]);
+        // Alike file names: as many folders as tell them apart, whatever the separator.
+        assert_eq!(
+            labels("[\"x/a/train.txt\", \"x/b/train.txt\", \"c\\\\train.txt\"]"),
+            ["a-train.txt", "b-train.txt", "c-train.txt"]
+        );
+        assert_eq!(labels("[\"./a//t.txt\", \"b/t.txt\"]"), ["a-t.txt", "b-t.txt"]);
+        // A table by its values in key order, its paths cut alike.
+        assert_eq!(
+            labels("[\"char\", { vocab_size = 512, train = \"bpe\" }, { file = \"t/x.json\" }]"),
+            ["char", "bpe-512", "x.json"]
+        );
+        // Values no number of components tells apart keep their separators (and are refused as
+        // folder names), never two runs named alike.
+        assert_eq!(labels("[\"a/t.txt\", \"./a/t.txt\"]"), ["a/t.txt", "./a/t.txt"]);
     }
 }
