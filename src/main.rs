@@ -190,7 +190,7 @@ fn params(args: &ParamsArgs) -> Outcome {
         // The seeds of a run share its architecture: one row per run.
         let runs = exp.selected_runs();
         runs.iter()
-            .map(|p| (p.name.clone(), Arch::from_model(&p.model)))
+            .map(|p| (p.name.clone(), Arch::from_model(&p.model())))
             .collect()
     };
     let table = gptlab::params::render(&archs, args.context, args.batch, args.json);

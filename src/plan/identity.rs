@@ -50,7 +50,7 @@ impl RunPlan {
     /// grows the position table) and phases not yet reached (so a schedule can be extended
     /// after the fact).
     pub fn identity(&self, step: usize) -> BTreeMap<String, String> {
-        let mut id: BTreeMap<String, String> = flat_strings("model", self.model.arch.resolved())
+        let mut id: BTreeMap<String, String> = flat_strings("model", self.config.model.resolved())
             .into_iter()
             .chain(flat_strings("train", &self.config.train))
             .filter(|(k, _)| !NOT_IDENTITY.contains(&k.as_str()))
@@ -58,7 +58,7 @@ impl RunPlan {
         let mut put = |k: &str, v: String| {
             id.insert(k.to_string(), v);
         };
-        put("model.vocab_size", self.model.vocab_size.to_string());
+        put("model.vocab_size", self.corpus.tokenizer.vocab_size().to_string());
         for (k, v) in self.data_identity() {
             put(k, v);
         }

@@ -165,8 +165,6 @@ pub struct RunPlan {
     pub dir: PathBuf,
     /// The corpus (a file or a folder), resolved.
     pub data_path: PathBuf,
-    /// The architecture.
-    pub model: ModelConfig,
     /// The phases.
     pub schedule: PhaseSchedule,
     /// Master seed.
@@ -195,7 +193,22 @@ pub struct TextUsed {
     pub words: String,
 }
 
+/// The model a run with these `[model]` options trains on `corpus` through `schedule`: its
+/// vocabulary is the tokenizer's, its block size the longest phase's.
+fn model_of(arch: &crate::model::ModelOptions, corpus: &Corpus, schedule: &PhaseSchedule) -> ModelConfig {
+    ModelConfig {
+        vocab_size: corpus.tokenizer.vocab_size(),
+        block_size: schedule.max_seq_len(),
+        arch: arch.clone(),
+    }
+}
+
 impl RunPlan {
+    /// The model this run trains (derived from its `[model]` options, corpus and phases).
+    pub fn model(&self) -> ModelConfig {
+        model_of(&self.config.model, &self.corpus, &self.schedule)
+    }
+
     /// The text of the validation losses: the validation files, or the share of the data
     /// held out (cut from the text before tokenising, so the same for every tokenizer).
     pub fn validation_text(&self) -> TextUsed {
@@ -245,7 +258,7 @@ impl RunPlan {
 
     /// Parameters of the model (counted from the shapes, see [`crate::params`]).
     pub fn num_params(&self) -> usize {
-        crate::params::Arch::from_model(&self.model).breakdown().total as usize
+        crate::params::Arch::from_model(&self.model()).breakdown().total as usize
     }
 
     /// Tokens the run trains on: Σ steps · batch · seq_len.
@@ -263,7 +276,7 @@ impl RunPlan {
     /// T=128) and the logits, for the tokens of one micro-batch (the whole batch without
     /// accumulation).
     pub fn train_memory_bytes(&self) -> f64 {
-        let m = &self.model;
+        let m = &self.model();
         let t = &self.config.train;
         let tokens = (t.micro_batch_size.unwrap_or(t.batch_size) * self.schedule.max_seq_len()) as f64;
         16.0 * self.num_params() as f64
@@ -274,7 +287,7 @@ impl RunPlan {
     /// What `gptlab plan` prints for the run: what sets it apart, sizes, parameters, phases,
     /// tokens and the output folder.
     pub fn describe(&self) -> String {
-        let m = &self.model;
+        let m = &self.model();
         let a = &m.arch;
         let mut out = format!("run `{}`\n", self.id());
         if !self.varies.is_empty() {
@@ -655,11 +668,7 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path, records: WarmRecords) -> Result<
             continue;
         }
         let schedule = PhaseSchedule::new(c);
-        let model = ModelConfig {
-            vocab_size: corpus.tokenizer.vocab_size(),
-            block_size: schedule.max_seq_len(),
-            arch: c.model.clone(),
-        };
+        let model = model_of(&c.model, &corpus, &schedule);
         let seeded = spec.seeded();
         let run_dir = runs_dir.join(&spec.experiment).join(&spec.name);
         let dirs: Vec<PathBuf> = spec
@@ -692,7 +701,6 @@ pub fn plan(specs: &[RunSpec], runs_dir: &Path, records: WarmRecords) -> Result<
                 varies: spec.varies.clone(),
                 dir,
                 data_path: data_path.clone(),
-                model: model.clone(),
                 schedule: schedule.clone(),
                 seed,
                 seeded,

@@ -335,7 +335,7 @@ fn attach_samples<D: Backend>(
         }
     }
     for (i, (summary, plan)) in summaries.iter_mut().zip(input.plans).enumerate() {
-        summary.kv_bytes_per_token = Some(plan.model.kv_bytes_per_token() as f64);
+        summary.kv_bytes_per_token = Some(plan.model().kv_bytes_per_token() as f64);
         let last = run_samples.get(i).and_then(|(_, ckpts)| ckpts.last());
         summary.decode_tokens_per_s = last.and_then(|c| {
             let speeds = c.samples.iter().map(|s| s.decode_tokens_per_s).filter(|v| *v > 0.0);

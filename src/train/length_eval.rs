@@ -94,7 +94,7 @@ pub fn targets(plan: &RunPlan, phase: &Phase) -> Vec<Target> {
     let lengths = lengths(plan);
     let trained = train_len(plan, phase);
     let mut out: Vec<Target> = lengths.iter().map(|&length| Target { length, scaling: None }).collect();
-    if plan.model.arch.position == Position::Rope {
+    if plan.config.model.position == Position::Rope {
         for s in &plan.config.eval.rope_scaling {
             out.extend(lengths.iter().filter(|&&l| l > trained).map(|&length| Target {
                 length,

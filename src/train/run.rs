@@ -123,7 +123,7 @@ fn evaluate_missing<D: Backend>(
             ));
             continue;
         };
-        let mut model = Gpt::new(dev, &plan.model, plan.seed);
+        let mut model = Gpt::new(dev, &plan.model(), plan.seed);
         checkpoint::read_weights(&dir)
             .and_then(|c| c.load_weights(&mut model))
             .with_context(|| format!("loading {} to evaluate it", dir.display()))?;
@@ -247,7 +247,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let run_dir = RunDir::new(&plan.dir);
         run_dir.create()?;
         let t = &plan.config.train;
-        let mut model = Gpt::new(dev, &plan.model, plan.seed);
+        let mut model = Gpt::new(dev, &plan.model(), plan.seed);
         let mut opt = AdamW::new(&model, t.beta1, t.beta2, t.eps, t.weight_decay);
         let resumed = if opts.fresh {
             // The weights to start over from are read before the old results are removed: an
@@ -414,7 +414,7 @@ impl<'a, D: Backend> RunLoop<'a, D> {
             phase.index,
             kind,
             &self.plan.corpus.tokenizer,
-            self.plan.model.clone(),
+            self.plan.model(),
             self.plan.identity(step),
         );
         meta.isa = D::isa();
@@ -531,7 +531,7 @@ fn timed_step<D: Backend>(
         &mut stream(plan.seed, Stream::Batch, step as u64),
     );
     let dropout = StepDropout {
-        p: plan.model.arch.dropout as f32,
+        p: plan.config.model.dropout as f32,
         rng: stream(plan.seed, Stream::Dropout, step as u64),
     };
     let micro = t.micro_batch_size.unwrap_or(t.batch_size);
@@ -555,8 +555,9 @@ fn timed_step<D: Backend>(
         tokens_per_s: (batch.b * batch.t) as f64 / step_s.max(1e-12),
         attn_ms: measure.then_some(attn_ms),
         attn_mem_mb: measure.then_some(attn_bytes).flatten().map(|b| b as f64 / 1e6),
-        attn_mem_mb_analytic: measure
-            .then(|| (plan.model.arch.n_layer * plan.model.attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6),
+        attn_mem_mb_analytic: measure.then(|| {
+            (plan.config.model.n_layer * plan.model().attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6
+        }),
         peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
         seed: Some(plan.seed),
         train_bpb: Some(plan.corpus.bits_per_byte(stats.loss as f64, Split::Train)),
