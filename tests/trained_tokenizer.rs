@@ -147,6 +147,45 @@ fn a_folder_trains_on_its_training_documents_apart() {
     assert_eq!(corpus.train.to_vec().iter().filter(|&&id| id == sep).count(), 1);
 }
 
+/// A cached tokenizer edited since it was trained (still valid: two tokens' ids swapped) or
+/// without its checksum is not reused: it would train new runs labelled as this recipe's BPE.
+#[test]
+fn a_cached_tokenizer_edited_since_it_was_trained_is_trained_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let shakespeare = std::fs::read_to_string(common::corpus_path()).unwrap();
+    let file = dir.path().join("corpus.txt");
+    std::fs::write(&file, &shakespeare[..200_000]).unwrap();
+    let req = request(&file, 400, &dir.path().join("cache"));
+    let trained = json_of(&Corpus::load(&req).unwrap());
+    let cached: Vec<_> = std::fs::read_dir(&req.cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".tokenizer.json"))
+        .collect();
+    assert_eq!(cached.len(), 1);
+    let mut json: serde_json::Value = serde_json::from_slice(&trained).unwrap();
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = (vocab["e"].clone(), vocab["t"].clone());
+    (vocab["e"], vocab["t"]) = (b, a);
+    let edited = serde_json::to_vec(&json).unwrap();
+    assert!(
+        gptlab::data::Tokenizer::trained(edited.clone()).is_ok(),
+        "the edit is a valid tokenizer"
+    );
+    std::fs::write(&cached[0], &edited).unwrap();
+    assert_eq!(json_of(&Corpus::load(&req).unwrap()), trained);
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        trained,
+        "the cache holds the trained one again"
+    );
+    // Without the checksum beside it (a cache written before there was one, or a crash
+    // between the two writes): trained again too.
+    std::fs::write(&cached[0], &edited).unwrap();
+    std::fs::remove_file(cached[0].with_extension("json.sha256")).unwrap();
+    assert_eq!(json_of(&Corpus::load(&req).unwrap()), trained);
+}
+
 /// The tiny spec over BPE sizes of tiny-shakespeare (a sweep), written to `dir`.
 fn sweep_spec(dir: &Path) -> std::path::PathBuf {
     let text = common::TINY_SPEC

@@ -19,12 +19,9 @@ const PIECES_IN_FLIGHT: usize = 8;
 /// when there, else trained and written there atomically.
 pub fn bpe(split: &TextSplit, vocab_size: usize, dir: &Path, key: &str) -> Result<Tokenizer, DataError> {
     let path = dir.join(format!("{key}.tokenizer.json"));
-    if let Ok(json) = std::fs::read(&path) {
-        match Tokenizer::trained(json) {
-            Ok(t) if t.vocab_size() == vocab_size => return Ok(t),
-            Ok(t) => warn_unusable(&path, &format!("it has {} tokens", t.vocab_size())),
-            Err(why) => warn_unusable(&path, &why),
-        }
+    let sum_path = dir.join(format!("{key}.tokenizer.json.sha256"));
+    if let Some(cached) = cached(&path, &sum_path, vocab_size) {
+        return Ok(cached);
     }
     let started = Instant::now();
     let bytes: u64 = split.train.iter().map(|d| d.len()).sum();
@@ -36,9 +33,11 @@ pub fn bpe(split: &TextSplit, vocab_size: usize, dir: &Path, key: &str) -> Resul
     }
     let json = train_on(split, vocab_size).map_err(at("data.tokenizer"))?;
     let tokenizer = Tokenizer::trained(json.clone()).map_err(at("data.tokenizer"))?;
+    // The checksum last: a tokenizer without one is trained again.
     std::fs::create_dir_all(dir)
         .map_err(anyhow::Error::from)
         .and_then(|()| crate::fsio::write_atomic(&path, &json))
+        .and_then(|()| crate::fsio::write_atomic(&sum_path, crate::fsio::sha256_hex(&json).as_bytes()))
         .map_err(|e| {
             let why = format!("the trained tokenizer cannot be cached in `{}`: {e:#}", dir.display());
             io_at("data.cache_dir", &e, why)
@@ -49,6 +48,25 @@ pub fn bpe(split: &TextSplit, vocab_size: usize, dir: &Path, key: &str) -> Resul
         path.display()
     ));
     Ok(tokenizer)
+}
+
+/// The tokenizer cached at `path`, when it is the one trained there: the SHA-256 written beside
+/// it (`sums`) when it was trained is still its own. A cached file edited or damaged since
+/// would otherwise train new runs labelled as this recipe's BPE; it is trained again, with a
+/// warning.
+fn cached(path: &Path, sums: &Path, vocab_size: usize) -> Option<Tokenizer> {
+    let json = std::fs::read(path).ok()?;
+    let why = match std::fs::read_to_string(sums) {
+        Ok(sum) if sum.trim() == crate::fsio::sha256_hex(&json) => match Tokenizer::trained(json) {
+            Ok(t) if t.vocab_size() == vocab_size => return Some(t),
+            Ok(t) => format!("it has {} tokens", t.vocab_size()),
+            Err(why) => why,
+        },
+        Ok(_) => "its SHA-256 is not the one it was trained with: edited or damaged since".into(),
+        Err(_) => format!("no checksum beside it in {}", sums.display()),
+    };
+    warn_unusable(path, &why);
+    None
 }
 
 fn warn_unusable(path: &Path, why: &str) {
