@@ -244,7 +244,9 @@ fn an_array_trains_every_run_like_a_local_run_and_the_report_job_runs() {
     // people name them, in a folder with a space, must still reach the right log files.
     let (dir, experiment) = (tmp.path().join("my runs"), "rope vs \"abs\" 50%");
     std::fs::create_dir(&dir).unwrap();
-    let runs_toml = "[[run]]\nname = \"abs\"\n[[run]]\nname = \"rope\"\nmodel.position = \"rope\"\n";
+    // The second run on a BPE trained from the corpus: a task plans it as the submitter did,
+    // to the same tokenizer (its SHA-256 is in the settings a task checks).
+    let runs_toml = "[[run]]\nname = \"abs\"\n[[run]]\nname = \"rope\"\nmodel.position = \"rope\"\ndata.tokenizer = { train = \"bpe\", vocab_size = 300 }\n";
     let text = common::TINY_SPEC.replace("[experiment]\n", "[experiment]\nname = \"rope vs \\\"abs\\\" 50%\"\n");
     let spec = common::write_spec(&dir, "vs.toml", &format!("{text}{}", slurm_section(runs_toml)));
     let dir = dir.as_path();
