@@ -62,6 +62,7 @@ fn bad_specs() -> Vec<(&'static str, String, usize, &'static str, &'static str)>
         // Samples are drawn after training: a prompt they cannot take is refused before it.
         ("prompt.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"To be\", \"\"]\n"), 7, "sample.prompts", "prompt 2 is empty"),
         ("vocab.toml", format!("[data]\npath = \"CORPUS\"\n{PHASE}[sample]\nprompts = [\"€uro\"]\n"), 7, "sample.prompts", "prompt 1 (\"€uro\") cannot be encoded: characters not in the vocabulary: ['€']"),
+        ("samepath.toml", format!("[data]\npath = \"tiny.txt\"\n{PHASE}[sweep]\n\"data.path\" = [\"tiny.txt\", \"./tiny.txt\"]\n"), 7, "sweep.data.path", "is the path \"tiny.txt\" again"),
         // A name made by a sweep is placed at the sweep's line.
         (
             "longname.toml",

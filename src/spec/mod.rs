@@ -27,7 +27,7 @@ pub use sections::{
 
 pub use validate::{TimeLimit, slurm_time_limit};
 
-use overrides::{axis_labels, set_dotted, value_label};
+use overrides::{axis_labels, normalized, set_dotted, value_label};
 use source::{SourceMap, segments};
 
 /// The shape of the file itself, checked before any expansion.
@@ -991,12 +991,19 @@ fn sweep_axes(source: &Source, sweep: &toml::Table, errors: &mut Vec<SpecError>)
         let full = format!("sweep.{key}");
         match value {
             toml::Value::Array(values) if !values.is_empty() => {
-                match values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)) {
-                    Some((_, twice)) => errors.push(source.error(
+                let same = |i: usize| values[..i].iter().find(|w| normalized(w) == normalized(&values[i]));
+                match (0..values.len()).find_map(|i| same(i).map(|first| (first, &values[i]))) {
+                    Some((first, twice)) if first == twice => errors.push(source.error(
                         origin,
                         Some(&full),
                         None,
                         format!("the value {twice} is listed twice: each value is one point of the grid"),
+                    )),
+                    Some((first, twice)) => errors.push(source.error(
+                        origin,
+                        Some(&full),
+                        None,
+                        format!("the value {twice} is the path {first} again, written another way: each value is one point of the grid"),
                     )),
                     None => axes.push((key, values)),
                 }

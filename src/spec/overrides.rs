@@ -178,6 +178,19 @@ pub fn axis_labels(values: &[toml::Value]) -> Vec<String> {
         .unwrap_or_else(|| values.iter().map(value_label).collect())
 }
 
+/// `v` with each path inside it written the one way (`./c/x/` and `c\x` are `c/x`): two sweep
+/// values equal so are one point written twice.
+pub fn normalized(v: &toml::Value) -> toml::Value {
+    match v {
+        toml::Value::String(s) if is_path(s) => {
+            let root = if s.starts_with(['/', '\\']) { "/" } else { "" };
+            toml::Value::String(format!("{root}{}", path_components(s).join("/")))
+        }
+        toml::Value::Table(t) => toml::Value::Table(t.iter().map(|(k, v)| (k.clone(), normalized(v))).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A path's components, without empty ones and `.` (`./a//b` is `a`, `b`).
 fn path_components(s: &str) -> Vec<&str> {
     s.split(['/', '\\']).filter(|c| !c.is_empty() && *c != ".").collect()
@@ -269,6 +282,16 @@ mod tests {
         );
         // Values no number of components tells apart keep their separators (and are refused as
         // folder names), never two runs named alike.
-        assert_eq!(labels("[\"a/t.txt\", \"./a/t.txt\"]"), ["a/t.txt", "./a/t.txt"]);
+        assert_eq!(labels("[\"a/t.txt\", \"/a/t.txt\"]"), ["a/t.txt", "/a/t.txt"]);
+    }
+
+    #[test]
+    fn a_path_written_another_way_is_the_same_value() {
+        let s = |v: &str| normalized(&toml::Value::String(v.into()));
+        assert_eq!(s("./c//x/"), s("c\\x"));
+        assert_ne!(s("/c/x"), s("c/x"), "absolute and relative are other paths");
+        assert_eq!(s("rope"), toml::Value::String("rope".into()));
+        let t: toml::Table = toml::from_str("a = { file = \"./t/x.json\" }\nb = { file = \"t/x.json\" }").unwrap();
+        assert_eq!(normalized(&t["a"]), normalized(&t["b"]));
     }
 }
