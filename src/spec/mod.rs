@@ -993,18 +993,14 @@ fn sweep_axes(source: &Source, sweep: &toml::Table, errors: &mut Vec<SpecError>)
             toml::Value::Array(values) if !values.is_empty() => {
                 let same = |i: usize| values[..i].iter().find(|w| normalized(w) == normalized(&values[i]));
                 match (0..values.len()).find_map(|i| same(i).map(|first| (first, &values[i]))) {
-                    Some((first, twice)) if first == twice => errors.push(source.error(
-                        origin,
-                        Some(&full),
-                        None,
-                        format!("the value {twice} is listed twice: each value is one point of the grid"),
-                    )),
-                    Some((first, twice)) => errors.push(source.error(
-                        origin,
-                        Some(&full),
-                        None,
-                        format!("the value {twice} is the path {first} again, written another way: each value is one point of the grid"),
-                    )),
+                    Some((first, twice)) => {
+                        let again = match first == twice {
+                            true => format!("the value {twice} is listed twice"),
+                            false => format!("the value {twice} is the path {first} again, written another way"),
+                        };
+                        let message = format!("{again}: each value is one point of the grid");
+                        errors.push(source.error(origin, Some(&full), None, message));
+                    }
                     None => axes.push((key, values)),
                 }
             }
