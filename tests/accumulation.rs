@@ -1,13 +1,16 @@
 //! Gradient accumulation changes the memory a step needs, not the maths: four micro-batches
-//! of 16 against one batch of 64, with and without dropout, to float rounding.
+//! of 16 against one batch of 64, with and without dropout, to float rounding. Evaluation
+//! runs in passes of the micro-batch too (so it never needs more memory than a step), and its
+//! losses are the whole batch's.
 
 mod common;
 
 use dfdx::prelude::*;
-use gptlab::data::{Corpus, sample_batch};
+use gptlab::data::{Batch, Corpus, sample_batch};
 use gptlab::model::{Gpt, HasParams, Position};
 use gptlab::seed::{Stream, stream};
-use gptlab::train::{AdamW, StepDropout, train_step_accumulated};
+use gptlab::train::length_eval::token_losses;
+use gptlab::train::{AdamW, StepDropout, eval_loss, train_step_accumulated};
 
 /// Losses of 3 steps and the weights after them, training with micro-batches of `micro`;
 /// the dropout masks come from seed `drop_seed`.
@@ -78,4 +81,82 @@ fn with_dropout_each_window_keeps_its_masks_in_micro_batches() {
         ol > 10.0 * LOSS_TOL && ow > 100.0 * WEIGHT_TOL,
         "other masks: loss {ol:e}, weights {ow:e}"
     );
+}
+
+/// The tiny corpus and an untrained 2-layer model of width 32 on its 65 characters.
+fn corpus_and_model() -> (Corpus, Gpt<Cpu>) {
+    let corpus = Corpus::from_file(common::corpus_path().as_ref(), 0.1).unwrap();
+    let config = common::config(65, 32, common::small(32, 4, 2, Position::Rope));
+    let model = Gpt::new(&Cpu::default(), &config, 7);
+    (corpus, model)
+}
+
+/// `ln Σ exp(row) − row[target]` of each of `logits`' rows, written out in `f64`.
+fn cross_entropy_by_hand(logits: &[f32], targets: &[usize]) -> Vec<f64> {
+    let v = logits.len() / targets.len();
+    logits
+        .chunks(v)
+        .zip(targets)
+        .map(|(row, &t)| row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln() - row[t] as f64)
+        .collect()
+}
+
+#[test]
+fn evaluating_in_micro_batches_gives_the_whole_batch_loss() {
+    let (corpus, model) = corpus_and_model();
+    let batches: Vec<Batch> = (0..2)
+        .map(|i| sample_batch(&corpus.val, 64, 32, &mut stream(7, Stream::Eval, i)))
+        .collect();
+    // The mean over batches of each batch's mean token loss, one window at a time by hand.
+    let by_hand = batches
+        .iter()
+        .map(|b| {
+            let losses: Vec<f64> = (0..b.b)
+                .flat_map(|k| {
+                    let w = b.part(k, 1);
+                    cross_entropy_by_hand(&model.eval_logits(&w.inputs, 1, w.t).as_vec(), &w.targets)
+                })
+                .collect();
+            losses.iter().sum::<f64>() / losses.len() as f64
+        })
+        .sum::<f64>()
+        / batches.len() as f64;
+    for micro in [64, 16, 4] {
+        let got = eval_loss(&model, &batches, micro) as f64;
+        println!("micro {micro}: {got} against {by_hand} by hand");
+        assert!((got - by_hand).abs() < 1e-5, "micro {micro}: {got} against {by_hand}");
+    }
+    // A pass of the whole batch is the plain loss of its logits, bit for bit.
+    let whole: f32 = batches
+        .iter()
+        .map(|b| model.loss(model.eval_logits(&b.inputs, b.b, b.t), &b.targets).as_vec()[0])
+        .sum::<f32>()
+        / 2.0;
+    assert_eq!(eval_loss(&model, &batches, 64), whole);
+}
+
+#[test]
+fn per_token_losses_do_not_depend_on_how_many_windows_a_pass_holds() {
+    let (corpus, model) = corpus_and_model();
+    let (starts, length) = ([0, 100, 250, 400, 1000, 1234], 32);
+    let all = token_losses(&model, &corpus.val, &starts, length, starts.len() * length);
+    for per_pass in [1, 4] {
+        let got = token_losses(&model, &corpus.val, &starts, length, per_pass * length);
+        assert_eq!(got, all, "{per_pass} windows a pass");
+    }
+    for (w, &s) in starts.iter().enumerate() {
+        let tokens = |from: usize| {
+            (from..from + length)
+                .map(|i| corpus.val.get(i) as usize)
+                .collect::<Vec<_>>()
+        };
+        let logits = model.eval_logits(&tokens(s), 1, length).as_vec();
+        let want = cross_entropy_by_hand(&logits, &tokens(s + 1));
+        for (p, (got, want)) in all[w * length..(w + 1) * length].iter().zip(&want).enumerate() {
+            assert!(
+                (got - want).abs() < 1e-9,
+                "window {w}, position {p}: {got} against {want}"
+            );
+        }
+    }
 }

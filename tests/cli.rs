@@ -520,6 +520,16 @@ fn runs_side_by_side_learn_exactly_what_they_learn_one_at_a_time() {
             let b = learned(&three.path().join("smoke_gqa").join(&run));
             assert_eq!(a.len(), 21, "{run}");
             assert_eq!(a, b, "run {run} differs between --jobs 1 and --jobs 3");
+            // The process's peak memory is a run's own only when it trains alone.
+            let peaks = |dir: &Path| -> Vec<String> {
+                let rows = common::csv_rows(&dir.join("smoke_gqa").join(&run).join("metrics.csv"));
+                rows.iter().map(|r| r["peak_rss_mb"].clone()).collect()
+            };
+            assert!(
+                peaks(one.path()).iter().all(|p| p.parse::<f64>().unwrap() > 1.0),
+                "{run}"
+            );
+            assert!(peaks(three.path()).iter().all(String::is_empty), "{run}");
             runs += 1;
         }
     }

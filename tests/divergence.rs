@@ -66,6 +66,21 @@ fn one_seed_diverges(poison: &str, step: usize, cause: &str, before_first_checkp
     }
 
     assert_the_status_says_diverged(&spec, &out, step, cause);
+    // The step that diverged is the last row of metrics.csv, its loss as it came out.
+    let rows = csv_rows(&out.runs.join("div/rope/seed=2/metrics.csv"));
+    let last = rows.last().unwrap();
+    assert_eq!(last["step"], step.to_string(), "{last:?}");
+    if cause.starts_with("training loss") {
+        assert_eq!(
+            (last["train_loss"].as_str(), last["val_loss"].as_str()),
+            ("NaN", ""),
+            "{last:?}"
+        );
+        assert!(
+            last["grad_norm"].parse::<f64>().is_ok() && last["lr"].parse::<f64>().unwrap() > 0.0,
+            "{last:?}"
+        );
+    }
     assert_the_report_leaves_the_seed_out(&spec, &out, step, cause);
     // Training again does not retry it.
     run(&spec, &out, &["-q", "--no-report"], None)

@@ -430,6 +430,19 @@ pub struct Batch {
     pub targets: Vec<usize>,
 }
 
+impl Batch {
+    /// The `k`-th run of `micro` windows (the batch split into micro-batches of `micro`).
+    pub fn part(&self, k: usize, micro: usize) -> Batch {
+        let rows = k * micro * self.t..(k + 1) * micro * self.t;
+        Batch {
+            b: micro,
+            t: self.t,
+            inputs: self.inputs[rows.clone()].to_vec(),
+            targets: self.targets[rows].to_vec(),
+        }
+    }
+}
+
 /// Draws `b` uniformly placed windows of `t + 1` tokens from `tokens`.
 ///
 /// `tokens.len() > t` is the caller's contract (the planner checks it against the split).

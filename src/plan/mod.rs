@@ -278,7 +278,7 @@ impl RunPlan {
     pub fn train_memory_bytes(&self) -> f64 {
         let m = &self.model();
         let t = &self.config.train;
-        let tokens = (t.micro_batch_size.unwrap_or(t.batch_size) * self.schedule.max_seq_len()) as f64;
+        let tokens = (t.windows_per_pass() * self.schedule.max_seq_len()) as f64;
         16.0 * self.num_params() as f64
             + tokens * (m.arch.n_layer * m.arch.n_embd) as f64 * 48.0 * 4.0
             + tokens * m.vocab_size as f64 * 16.0

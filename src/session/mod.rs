@@ -351,6 +351,7 @@ fn train_on(
         fresh: opts.fresh,
         quiet: opts.quiet,
         lines_only: layout.jobs > 1,
+        beside_others: layout.jobs > 1,
         stop: Some(opts.stop.clone()),
         lost: None,
         session: crate::provenance::SessionInfo::new(exp.spec.path(), &exp.spec.bases(), device),

@@ -127,7 +127,7 @@ pub struct TrainSection {
     /// Sequences per forward/backward pass: a step accumulates the gradients of
     /// `batch_size / micro_batch_size` micro-batches (must divide `batch_size`). Changes the
     /// memory a step needs, not what it computes (up to float rounding); not part of a run's
-    /// identity.
+    /// identity. Evaluation runs in passes of this many windows too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub micro_batch_size: Option<usize>,
     /// AdamW β₁.
@@ -177,6 +177,12 @@ impl Default for TrainSection {
 }
 
 impl TrainSection {
+    /// The windows one forward pass holds, training or evaluating: the micro-batch, else the
+    /// whole batch.
+    pub fn windows_per_pass(&self) -> usize {
+        self.micro_batch_size.unwrap_or(self.batch_size)
+    }
+
     /// The schedule of `kind` with `warmup` steps peaking at `peak` over `steps` steps, with
     /// this section's floor and `wsd` decay.
     pub fn schedule_over(

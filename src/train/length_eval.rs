@@ -152,21 +152,16 @@ pub fn token_losses<D: Backend>(
     chunk_tokens: usize,
 ) -> Vec<f64> {
     let per_chunk = (chunk_tokens / length).max(1);
-    let vocab = model.config.vocab_size;
     let mut out = Vec::with_capacity(starts.len() * length);
     for chunk in starts.chunks(per_chunk) {
         let mut inputs: Vec<usize> = Vec::with_capacity(chunk.len() * length);
+        let mut targets: Vec<usize> = Vec::with_capacity(chunk.len() * length);
         for &s in chunk {
             tokens.extend_into(s..s + length, &mut inputs);
+            tokens.extend_into(s + 1..s + length + 1, &mut targets);
         }
-        let logits = model.eval_logits(&inputs, chunk.len(), length).as_vec(); // (windows·length, V)
-        for (i, row) in logits.chunks(vocab).enumerate() {
-            let (w, pos) = (i / length, i % length);
-            let target = tokens.get(chunk[w] + pos + 1) as usize;
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            out.push(lse - row[target] as f64);
-        }
+        let logits = model.eval_logits(&inputs, chunk.len(), length); // (windows·length, V)
+        out.extend(D::row_losses(logits, &targets));
     }
     out
 }
@@ -182,7 +177,8 @@ pub fn evaluate<D: Backend>(
 ) -> (Vec<EvalRow>, Vec<PositionRow>) {
     let eval = &plan.config.eval;
     let mode = eval.mode;
-    let chunk_tokens = plan.config.train.batch_size * phase.seq_len;
+    // As many tokens a pass as a training pass of the phase holds (its micro-batch).
+    let chunk_tokens = plan.config.train.windows_per_pass() * phase.seq_len;
     let val = &corpus.val;
     let mut rows = expected_rows(plan, phase, step);
     // Per curve (scaling), the longest length read so far and its losses by position.

@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Plain progress lines even on a terminal (several runs print at once).
     pub lines_only: bool,
+    /// Other runs train at the same time in this process (`--jobs`): its resident memory is
+    /// theirs too, so the run records no peak of its own.
+    pub beside_others: bool,
     /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
     /// Set when another process has taken over the run's lock ([`crate::lock::RunLock::lost`]):
@@ -311,6 +314,9 @@ impl<'a, D: Backend> RunLoop<'a, D> {
                 self.still_ours()?;
                 let row = self.step(phase, step);
                 if let Some(cause) = row.non_finite() {
+                    // On record where it happened, with the step's rate and gradient norm.
+                    let peak_rss_mb = self.peak_rss_mb();
+                    self.metrics.append(&MetricsRow { peak_rss_mb, ..row })?;
                     return self.diverge(step, cause);
                 }
                 if let Some(cause) = self.record(phase, row, &evals)? {
@@ -355,21 +361,24 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         let phase_end = step == phase.last_step();
         let evaluate = phase_end || (t.eval_every > 0 && step % t.eval_every == 0);
         let val_loss = evaluate
-            .then(|| eval_loss(&self.model, evals))
+            .then(|| eval_loss(&self.model, evals, t.windows_per_pass()))
             .map(|v| if checkpoint::poisoned("val", step) { f32::NAN } else { v });
         let val_bpb = val_loss.map(|v| plan.corpus.bits_per_byte(v as f64, Split::Val));
-        let row = MetricsRow {
-            val_loss,
-            val_bpb,
-            ..row
-        };
-        self.metrics.append(&row)?;
         let every = plan.config.eval.every;
         let eval_rows = if phase_end || (every > 0 && step % every == 0) {
             evaluate_lengths(&self.model, plan, &self.run_dir, phase, step, &self.progress)?
         } else {
             vec![]
         };
+        // The peak is read after the step's evaluations, so that the last row's is the run's
+        // (the final evaluation comes after the last step).
+        let row = MetricsRow {
+            val_loss,
+            val_bpb,
+            peak_rss_mb: self.peak_rss_mb(),
+            ..row
+        };
+        self.metrics.append(&row)?;
         if let Some(tb) = &mut self.tensorboard {
             tb.row(&row)?;
             tb.evals(&eval_rows)?;
@@ -396,6 +405,13 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         self.progress
             .step(phase.index, step, phase.seq_len, train_loss, val_loss);
         Ok(None)
+    }
+
+    /// This process's peak resident memory since the session began, in MB; none beside other
+    /// runs, whose memory it is too.
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let mib = crate::probe::peak_rss_mib().filter(|_| !self.opts.beside_others);
+        mib.map(|m| m * 1.048_576)
     }
 
     /// Saves a checkpoint after `step` at a phase end, every `checkpoint_every` steps, and when
@@ -534,7 +550,7 @@ fn timed_step<D: Backend>(
         p: plan.config.model.dropout as f32,
         rng: stream(plan.seed, Stream::Dropout, step as u64),
     };
-    let micro = t.micro_batch_size.unwrap_or(t.batch_size);
+    let micro = t.windows_per_pass();
     crate::probe::take_attention(); // drop what evaluation recorded
     let t0 = Instant::now();
     let lr = plan.schedule.lr_at(step);
@@ -558,7 +574,7 @@ fn timed_step<D: Backend>(
         attn_mem_mb_analytic: measure.then(|| {
             (plan.config.model.n_layer * plan.model().attn_shape().saved_bytes(batch.b, batch.t)) as f64 / 1e6
         }),
-        peak_rss_mb: crate::probe::peak_rss_mib().map(|m| m * 1.048_576),
+        peak_rss_mb: None,
         seed: Some(plan.seed),
         train_bpb: Some(plan.corpus.bits_per_byte(stats.loss as f64, Split::Train)),
         val_bpb: None,

@@ -70,20 +70,14 @@ pub fn train_step_accumulated<D: Backend>(
     grad_clip: f64,
     dropout: &StepDropout,
 ) -> StepStats {
-    let (b, t) = (batch.b, batch.t);
+    let b = batch.b;
     assert!(
-        micro > 0 && b % micro == 0,
+        micro > 0 && b.is_multiple_of(micro),
         "micro-batch {micro} does not divide batch {b}"
     );
     let pass = |k: usize| {
-        let part = Batch {
-            b: micro,
-            t,
-            inputs: batch.inputs[k * micro * t..(k + 1) * micro * t].to_vec(),
-            targets: batch.targets[k * micro * t..(k + 1) * micro * t].to_vec(),
-        };
         let mut drop = Dropout::train_part(dropout.p, dropout.rng.clone(), k * micro, micro, b);
-        loss_and_grads(model, &part, &mut drop)
+        loss_and_grads(model, &batch.part(k, micro), &mut drop)
     };
     let (mut loss, mut grads) = pass(0);
     if micro < b {
@@ -117,12 +111,24 @@ fn update<D: Backend>(
     StepStats { loss, grad_norm }
 }
 
-/// Mean loss over `batches` without dropout or gradients.
-pub fn eval_loss<D: Backend>(model: &Gpt<D>, batches: &[Batch]) -> f32 {
+/// Mean loss over `batches` without dropout or gradients, each batch in forward passes of
+/// `micro` windows (which divides its size) weighted as a training step weighs them, so that
+/// evaluating never holds more windows at once than a training step does; with `micro` the
+/// whole batch it is one pass per batch.
+pub fn eval_loss<D: Backend>(model: &Gpt<D>, batches: &[Batch], micro: usize) -> f32 {
     let mut total = 0.0;
     for batch in batches {
-        let logits = model.eval_logits(&batch.inputs, batch.b, batch.t);
-        total += model.loss(logits, &batch.targets).as_vec()[0];
+        let parts = batch.b / micro;
+        let loss_of = |k: usize| {
+            let part = batch.part(k, micro);
+            model
+                .loss(model.eval_logits(&part.inputs, micro, part.t), &part.targets)
+                .as_vec()[0]
+        };
+        total += match parts {
+            1 => loss_of(0),
+            _ => (0..parts).map(|k| loss_of(k) * (micro as f32 / batch.b as f32)).sum(),
+        };
     }
     total / batches.len().max(1) as f32
 }

@@ -186,6 +186,12 @@ impl Backend for Cpu {
         t.copy_from(&host);
     }
 
+    /// Without a copy: at GPT-2's vocabulary a pass's logits are gigabytes (16,384 tokens:
+    /// 3.3 GB), and a copy doubled what an evaluation needed beyond a training step's peak.
+    fn row_losses(logits: Mat<NoneTape>, targets: &[usize]) -> Vec<f64> {
+        super::cpu_loss::row_losses(&Host::of(&logits), logits.shape().1, targets)
+    }
+
     /// One op for the whole MLP: the `(N, H)` hidden activations (4× the residual stream)
     /// stay in this op's own buffers instead of being copied in and out of dfdx tensors.
     fn mlp_gelu<T: Tape<Float, Self> + Merge<T>>(

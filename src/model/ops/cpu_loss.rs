@@ -46,6 +46,29 @@ simd_kernel! {
     }
 }
 
+/// Each row's `−ln softmax(row)[target]` = `logsumexp(row) − row[target]` for `logits (N, V)`
+/// and `N` targets, in `f64` (an evaluation's per-token losses), read in place. A row's value
+/// depends on that row alone, so neither the rows' grouping into passes nor the thread count
+/// changes it.
+pub fn row_losses(logits: &[Float], v: usize, targets: &[usize]) -> Vec<f64> {
+    assert_eq!(
+        logits.len(),
+        targets.len() * v,
+        "row losses: {} logits for {} rows of {v}",
+        logits.len(),
+        targets.len()
+    );
+    logits
+        .par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(row, &target)| {
+            let max = row.iter().copied().fold(Float::NEG_INFINITY, Float::max) as f64;
+            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            lse - row[target] as f64
+        })
+        .collect()
+}
+
 /// Mean over rows of `−ln softmax(row)[target]` for `logits (N, V)` and `N` targets, with
 /// `logits` turned into the rows' softmax for [`cpu_cross_entropy_backward`]. The rows'
 /// losses are summed in order in `f64`, so the mean does not depend on the thread count.

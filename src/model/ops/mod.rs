@@ -148,6 +148,13 @@ pub trait Backend: Device<Float> {
         logits.log_softmax::<Axis<1>>().select(targets).mean().negate()
     }
 
+    /// Each row's cross-entropy `logsumexp(row) − row[target]` of `logits (N, V)`, in nats
+    /// (`f64`, on the host): the per-token losses an evaluation reads. Here through one host
+    /// copy of the logits; the CPU reads them where they are.
+    fn row_losses(logits: Tensor<(usize, usize), Float, Self>, targets: &[usize]) -> Vec<f64> {
+        cpu_loss::row_losses(&logits.as_vec(), logits.shape().1, targets)
+    }
+
     /// The GELU MLP `GELU(x W₁ + b₁) W₂ + b₂` of `x (N, C)`, `W₁ (C, H)`, `W₂ (H, C)`.
     fn mlp_gelu<T: Tape<Float, Self> + Merge<T>>(
         x: Tensor<(usize, usize), Float, Self, T>,
