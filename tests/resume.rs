@@ -173,6 +173,12 @@ fn a_changed_spec_is_refused_with_the_differing_keys_unless_fresh() {
             "train.batch_size: was `4` when trained, the spec now says `8`",
         ))
         .stderr(predicate::str::contains("--fresh"));
+    // Options that do nothing to this run are no part of it: `rope_base` with learned
+    // positions, `mlp_multiple_of` (it only rounds the MLP width, which the identity holds).
+    gptlab(&spec, &runs)
+        .args(["--set", "model.rope_base=500000.0", "--set", "model.mlp_multiple_of=7"])
+        .assert()
+        .success();
     // Bookkeeping settings do not change the trajectory: resuming with them changed is fine.
     gptlab(&spec, &runs)
         .args(["--set", "train.eval_every=3", "--set", "phase.1.steps=7"])

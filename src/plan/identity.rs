@@ -50,10 +50,11 @@ impl RunPlan {
     /// grows the position table) and phases not yet reached (so a schedule can be extended
     /// after the fact).
     pub fn identity(&self, step: usize) -> BTreeMap<String, String> {
+        let inert = self.inert_keys();
         let mut id: BTreeMap<String, String> = flat_strings("model", self.config.model.resolved())
             .into_iter()
             .chain(flat_strings("train", &self.config.train))
-            .filter(|(k, _)| !NOT_IDENTITY.contains(&k.as_str()))
+            .filter(|(k, _)| !NOT_IDENTITY.contains(&k.as_str()) && !inert.contains(k))
             .collect();
         let mut put = |k: &str, v: String| {
             id.insert(k.to_string(), v);
@@ -91,6 +92,16 @@ impl RunPlan {
             put(&format!("phase.{}.steps_done", p.index), done.to_string());
         }
         id
+    }
+
+    /// The model options that do nothing to this run ([`ModelOptions::inert`]), as identity
+    /// keys: `rope_base` without RoPE changes no weight it learns, so changing it leaves a
+    /// trained run current.
+    ///
+    /// [`ModelOptions::inert`]: crate::model::ModelOptions::inert
+    fn inert_keys(&self) -> Vec<String> {
+        let inert = self.config.model.inert().into_iter();
+        inert.map(|(key, _)| format!("model.{key}")).collect()
     }
 
     /// The data's part of the identity: a run's data is its content, not its path (the
@@ -138,7 +149,12 @@ impl RunPlan {
     /// (`what`: the checkpoint, the last metrics row), and this plan.
     pub fn identity_diff_of(&self, saved: &BTreeMap<String, String>, step: usize, what: &str) -> Vec<String> {
         let now = self.identity(step);
-        let saved = &with_later_defaults(saved, &now);
+        let mut saved = with_later_defaults(saved, &now);
+        // Recorded by earlier gptlab builds, which held runs to them.
+        for key in self.inert_keys() {
+            saved.remove(&key);
+        }
+        let saved = &saved;
         let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
         let show = |v: Option<&String>| v.map_or_else(|| "(not set)".to_string(), |s| format!("`{s}`"));
         let mut phase_length_said = false;
