@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::data::{Corpus, CorpusRequest, TokenizerFile, TokenizerSpec};
 use crate::format::short_hash;
-use crate::model::ModelConfig;
+use crate::model::{MlpKind, ModelConfig};
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::spec::{RunConfig, RunSpec, SpecError, SpecErrors};
 
@@ -270,18 +270,34 @@ impl RunPlan {
             .sum()
     }
 
-    /// A rough upper estimate of the memory training needs, in bytes: weights, gradients and
-    /// two AdamW moments (16 bytes a parameter) plus activations kept for backward, about 48
-    /// floats per token, channel and layer (calibrated on gpt-mini: 1.75 GB measured at B=64,
-    /// T=128) and the logits, for the tokens of one micro-batch (the whole batch without
-    /// accumulation).
+    /// An upper estimate of the peak memory training needs on the CPU, in bytes, for the
+    /// tokens of one pass (a micro-batch, or the whole batch) at the longest `seq_len`:
+    /// 20 bytes a parameter (weights, their gradients and host copy, two AdamW moments; 24 with
+    /// accumulation), for each token and layer the activations kept for backward (9 floats a
+    /// channel, and 2 a hidden unit of a GELU MLP, 7 of a SwiGLU one), 4 bytes a token and
+    /// vocabulary entry (the logits, which the loss turns into their gradient in place) and
+    /// 100 MB for the program, plus 10%. Fitted to peaks measured 2026-12-05 (`peak_rss_mb`,
+    /// 0.39–5.07 GB: gpt-mini, LLaMA-style, wider, T = 1024, GPT-2's vocabulary, accumulation),
+    /// which it exceeds by 11–34%. Evaluation needs no more ([`crate::train::eval_loss`]).
     pub fn train_memory_bytes(&self) -> f64 {
-        let m = &self.model();
+        let a = &self.model().arch;
         let t = &self.config.train;
         let tokens = (t.windows_per_pass() * self.schedule.max_seq_len()) as f64;
-        16.0 * self.num_params() as f64
-            + tokens * (m.arch.n_layer * m.arch.n_embd) as f64 * 48.0 * 4.0
-            + tokens * m.vocab_size as f64 * 16.0
+        let per_param = if t.windows_per_pass() < t.batch_size {
+            24.0
+        } else {
+            20.0
+        };
+        let hidden_floats = match a.mlp {
+            MlpKind::Gelu => 2.0,
+            MlpKind::Swiglu => 7.0,
+        };
+        let per_token_layer = 9.0 * a.n_embd as f64 + hidden_floats * a.mlp_width() as f64;
+        let bytes = per_param * self.num_params() as f64
+            + tokens * a.n_layer as f64 * per_token_layer * 4.0
+            + tokens * self.model().vocab_size as f64 * 4.0
+            + 100e6;
+        1.1 * bytes
     }
 
     /// What `gptlab plan` prints for the run: what sets it apart, sizes, parameters, phases,
@@ -345,6 +361,10 @@ impl RunPlan {
             "  tokens:    {} ({} in the training split)\n",
             self.tokens_seen(),
             self.train_tokens
+        );
+        out += &format!(
+            "  memory:    about {:.2} GB at its peak, training on the CPU (an upper estimate)\n",
+            self.train_memory_bytes() / 1e9
         );
         out += &format!("  output:    {}", self.dir.display());
         out

@@ -144,7 +144,8 @@ fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan], quiet: bool
 }
 
 /// Refuses runs that could not fit in memory (they would be killed mid-way); runs trained
-/// side by side need their memory at the same time.
+/// side by side need their memory at the same time. The estimate is 11–34% above the peaks
+/// it was fitted to, so a run refused here needs about all the memory available, or more.
 fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
     let Some(available) = crate::probe::available_memory_bytes() else {
         return Ok(());
@@ -152,15 +153,15 @@ fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
     let mut needs: Vec<(f64, String)> = plans.iter().map(|p| (p.train_memory_bytes(), p.id())).collect();
     needs.sort_by(|a, b| b.0.total_cmp(&a.0));
     let need: f64 = needs.iter().take(jobs).map(|n| n.0).sum();
-    if need > 1.5 * available {
+    if need > 1.2 * available {
         let what = if jobs > 1 {
             format!("{jobs} runs at once (--jobs {jobs})")
         } else {
             format!("run `{}`", needs[0].1)
         };
         return Err(Error::Runtime(anyhow!(
-            "{what} needs about {:.1} GB to train but {:.1} GB is available; lower --jobs, train.batch_size, the \
-             longest seq_len or the model size",
+            "{what} needs about {:.1} GB to train but {:.1} GB is available; set train.micro_batch_size (the same \
+             step in smaller passes), or lower --jobs, train.batch_size, the longest seq_len or the model size",
             need / 1e9,
             available / 1e9
         )));
@@ -239,7 +240,10 @@ pub fn train_all(exp: &Experiment, opts: &SessionOptions) -> Result<SessionOutco
     let threads = thread_count(opts.threads, opts.quiet);
     let layout = layout(opts, &selected, threads);
     let chosen = choose_device(opts.device, &selected, opts.quiet)?;
-    check_memory(&selected, layout.jobs)?;
+    // The estimate is of the CPU's memory; on a GPU the activations are the device's.
+    if matches!(chosen, Chosen::Cpu) {
+        check_memory(&selected, layout.jobs)?;
+    }
     if !opts.fresh {
         check_identities(&selected, exp.name())?;
     }

@@ -1,0 +1,70 @@
+//! The memory a run needs: `plan`'s estimate against the peak a run records (evaluation
+//! included), and a run that cannot fit refused before anything is written.
+
+mod common;
+
+use std::path::Path;
+
+use common::{csv_rows, gptlab, quiet_run, write_spec};
+use predicates::prelude::*;
+
+/// One step of gpt-mini's shape at T = 256 (`tokenizer`, `batch`, `layers` of width `width`),
+/// evaluated at the phase end at two `[eval]` lengths, as experiment `name`.
+fn one_step(dir: &Path, name: &str, tokenizer: &str, batch: usize, layers: usize, width: usize) -> std::path::PathBuf {
+    let text = format!(
+        "[experiment]\nname = \"{name}\"\nseed = 1\n[data]\npath = \"CORPUS\"\ntokenizer = \"{tokenizer}\"\n\
+         [model]\nn_layer = {layers}\nn_embd = {width}\nn_head = 4\n\
+         [train]\nbatch_size = {batch}\neval_every = 0\neval_batches = 1\ncheckpoint_every = 0\n\
+         [[phase]]\nseq_len = 256\nsteps = 1\n[eval]\nlengths = [256, 512]\ntokens = 4096\n"
+    );
+    write_spec(dir, &format!("{name}.toml"), &text)
+}
+
+/// The estimate `gptlab plan` prints, in MB.
+fn planned_mb(spec: &Path) -> f64 {
+    let out = gptlab().args(["plan", spec.to_str().unwrap()]).assert().success();
+    let text = common::stdout_of(&out);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("memory:"))
+        .expect(&text);
+    let gb: f64 = line.split_whitespace().nth(2).unwrap().parse().expect(line);
+    gb * 1e3
+}
+
+#[test]
+fn the_planned_memory_is_above_the_peak_a_run_records_and_near_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    // Activations dominate the first; the second's 50,257-wide logits (16 × 256 tokens: 823 MB).
+    for (name, tokenizer, batch, layers, width) in [("chars", "char", 16, 6, 192), ("gpt2", "gpt2", 16, 1, 32)] {
+        let spec = one_step(dir.path(), name, tokenizer, batch, layers, width);
+        let planned = planned_mb(&spec);
+        quiet_run(&spec, &runs).assert().success();
+        let rows = csv_rows(&runs.join(name).join("default/metrics.csv"));
+        let peak: f64 = rows.last().unwrap()["peak_rss_mb"].parse().unwrap();
+        println!("{name}: planned {planned:.0} MB, peak {peak:.0} MB");
+        assert!(
+            peak <= planned && planned <= 1.5 * peak,
+            "{name}: planned {planned:.0} MB, peak {peak:.0} MB"
+        );
+    }
+}
+
+#[test]
+fn a_run_that_cannot_fit_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    // 2²⁴ tokens a step (the most a spec may ask): 3.4·10¹⁵ bytes of logits, which no
+    // machine this runs on has.
+    let spec = one_step(dir.path(), "huge", "gpt2", 1 << 16, 1, 32);
+    quiet_run(&spec, &runs)
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::is_match(r"run `default` needs about \d+\.\d GB to train but \d+\.\d GB is available")
+                .unwrap(),
+        )
+        .stderr(predicate::str::contains("train.micro_batch_size"));
+    assert!(!runs.join("huge").exists(), "a refused run left a folder");
+}
