@@ -164,6 +164,35 @@ impl Experiment {
             .filter(|p| self.only.is_empty() || self.only.iter().any(|o| *o == p.name || *o == p.id()))
             .collect()
     }
+
+    /// `[slurm] mem` too small for the runs of `tasks` (CPU tasks: without `slurm.gpus`), by
+    /// the rule `gptlab run` applies on the node ([`RunPlan::cannot_fit_in`]): an error at its
+    /// line, naming each such run with its estimate, so that no task is queued only to be
+    /// killed at its limit.
+    pub fn slurm_memory_error(&self, tasks: &[&RunPlan]) -> Option<crate::spec::SpecError> {
+        let slurm = &tasks.first()?.config.slurm;
+        let mem = slurm.mem.as_deref()?;
+        let limit = crate::spec::slurm_mem_bytes(mem)?;
+        if slurm.gpus.is_some_and(|g| g > 0) {
+            return None;
+        }
+        let over: Vec<String> = tasks
+            .iter()
+            .filter(|p| p.cannot_fit_in(limit))
+            .map(|p| format!("`{}` (about {:.2} GB)", p.id(), p.train_memory_bytes() / 1e9))
+            .collect();
+        let runs = match over.as_slice() {
+            [] => return None,
+            [one] => format!("run {one} needs more at its peak"),
+            many => format!("runs {} need more at their peak", many.join(", ")),
+        };
+        let message = format!(
+            "mem = {mem:?} gives a task {:.2} GB, but {runs} (`gptlab plan` prints each run's estimate): \
+             raise it, or set train.micro_batch_size to train the same steps in smaller passes",
+            limit / 1e9
+        );
+        Some(self.specs.first()?.experiment_error("slurm.mem", message))
+    }
 }
 
 /// The run an `--only` entry names: `rope` of `rope/seed=3`.

@@ -5,6 +5,7 @@
 //! are unavailable (`None`) and only times are reported.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -121,7 +122,9 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Memory the system can still give this process (MemAvailable), in bytes, on Linux.
+/// Memory this process can still be given, in bytes, on Linux: the system's `MemAvailable`,
+/// or less where a cgroup caps the process (a Slurm job's `--mem`, a container's limit), whose
+/// limit the kernel enforces by killing it whatever the system has free.
 pub fn available_memory_bytes() -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: f64 = info
@@ -131,5 +134,100 @@ pub fn available_memory_bytes() -> Option<f64> {
         .nth(1)?
         .parse()
         .ok()?;
-    Some(kb * 1024.0)
+    let system = kb * 1024.0;
+    let capped = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|groups| cgroup_headroom(Path::new("/sys/fs/cgroup"), &groups));
+    Some(capped.map_or(system, |c| c.min(system)))
+}
+
+/// The least room left (limit − usage) in the memory cgroups that `groups` (the text of
+/// `/proc/self/cgroup`) names under `root`, and in their ancestors, since a limit on any of
+/// them holds: cgroup v2 (`0::/path`: `memory.max`, `memory.current`) and v1
+/// (`N:…memory…:/path`: `memory.limit_in_bytes`, `memory.usage_in_bytes`). `None` where no
+/// group has a limit.
+pub fn cgroup_headroom(root: &Path, groups: &str) -> Option<f64> {
+    let mut least: Option<f64> = None;
+    for line in groups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let (mount, files) = if controllers.is_empty() {
+            (root.to_path_buf(), ("memory.max", "memory.current"))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+        } else {
+            continue;
+        };
+        let mut dir = mount.join(path.trim_start_matches('/'));
+        loop {
+            // "max" (v2's no limit) does not parse: no limit here.
+            let number = |file: &str| std::fs::read_to_string(dir.join(file)).ok()?.trim().parse::<f64>().ok();
+            if let (Some(limit), Some(used)) = (number(files.0), number(files.1)) {
+                let room = (limit - used).max(0.0);
+                least = Some(least.map_or(room, |l| l.min(room)));
+            }
+            if dir == mount || !dir.pop() {
+                break;
+            }
+        }
+    }
+    least
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(root: &Path, dir: &str, files: &[(&str, &str)]) {
+        let dir = root.join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_slurm_jobs_v2_limit_above_the_tasks_group_is_the_room_left() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // Slurm's layout: the job's group holds --mem; the task's own has no limit.
+        group(
+            r,
+            "system.slice/slurmstepd.scope/job_7",
+            &[("memory.max", "4294967296\n"), ("memory.current", "294967296\n")],
+        );
+        group(
+            r,
+            "system.slice/slurmstepd.scope/job_7/step_0/task_0",
+            &[("memory.max", "max\n"), ("memory.current", "1000\n")],
+        );
+        let groups = "0::/system.slice/slurmstepd.scope/job_7/step_0/task_0\n";
+        assert_eq!(cgroup_headroom(r, groups), Some(4e9));
+        // No limit anywhere, or no such group: none.
+        assert_eq!(cgroup_headroom(r, "0::/system.slice\n"), None);
+        assert_eq!(cgroup_headroom(r, "0::/elsewhere\n"), None);
+    }
+
+    #[test]
+    fn a_v1_memory_controller_is_read_among_the_others_and_the_tightest_wins() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let v1 = |dir: &str, limit: &str, used: &str| {
+            group(
+                r,
+                &format!("memory/{dir}"),
+                &[("memory.limit_in_bytes", limit), ("memory.usage_in_bytes", used)],
+            );
+        };
+        v1("", "9223372036854771712", "5000");
+        v1("box", "3000000000", "1000000000");
+        v1("box/inner", "9223372036854771712", "500000000");
+        let groups = "4:memory:/box/inner\n3:cpuset:/\n1:name=systemd:/\n0::/\n";
+        assert_eq!(cgroup_headroom(r, groups), Some(2e9));
+        // Over its limit (usage can pass a soft limit): no room, not a negative one.
+        v1("box", "1000", "2000");
+        assert_eq!(cgroup_headroom(r, groups), Some(0.0));
+    }
 }

@@ -172,6 +172,37 @@ fn a_dry_run_prints_one_task_per_run_left_with_the_resources_and_sets() {
 }
 
 #[test]
+fn a_task_memory_limit_below_a_runs_peak_is_refused_at_its_line_before_anything_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::OutDirs::new();
+    // The tiny runs need about 0.11 GB (mostly the program's 100 MB, plus 10%): 64M is too
+    // little by gptlab run's own rule (the estimate above 1.2× the memory), 1G plenty.
+    let path = spec(dir.path(), "mem = \"64M\"\n");
+    let refused = common::gptlab()
+        .args(["submit", path.to_str().unwrap(), "--dry-run"])
+        .args(out.args())
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    let line = stderr.lines().find(|l| l.contains("key `slurm.mem`")).expect(&stderr);
+    assert!(line.contains(&format!("{}:25:", path.display())), "{line}");
+    for words in [
+        "mem = \"64M\" gives a task 0.07 GB",
+        "runs `a` (about 0.1",
+        "`b` (about 0.1",
+        "micro_batch_size",
+    ] {
+        assert!(line.contains(words), "{words}: {line}");
+    }
+    assert!(!out.runs.join("sub/slurm").exists(), "{stderr}");
+    // On GPUs the activations are the device's; with 1G the runs fit.
+    for slurm in ["mem = \"64M\"\ngpus = 1\n", "mem = \"1G\"\n"] {
+        let text = dry_run(&spec(dir.path(), slurm), &out, &[]);
+        assert!(text.contains("# 2 tasks: a, b"), "{slurm}: {text}");
+    }
+}
+
+#[test]
 fn without_sbatch_submit_says_so_and_a_complete_experiment_submits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = spec(dir.path(), "");

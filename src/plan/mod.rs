@@ -152,6 +152,11 @@ impl PhaseSchedule {
     }
 }
 
+/// How far a run's memory estimate may exceed the memory it has before the run is refused:
+/// the estimate is 11–34% above the peaks measured, so a run refused needs about all that
+/// memory or more (it would be killed mid-way).
+pub const MEMORY_REFUSED_ABOVE: f64 = 1.2;
+
 /// Everything needed to train one run.
 #[derive(Clone, Debug)]
 pub struct RunPlan {
@@ -268,6 +273,12 @@ impl RunPlan {
             .iter()
             .map(|p| (p.steps * p.seq_len * self.config.train.batch_size) as u64)
             .sum()
+    }
+
+    /// Whether the run, by [`train_memory_bytes`](Self::train_memory_bytes), would not fit in
+    /// `available` bytes: an estimate above [`MEMORY_REFUSED_ABOVE`] times them.
+    pub fn cannot_fit_in(&self, available: f64) -> bool {
+        self.train_memory_bytes() > MEMORY_REFUSED_ABOVE * available
     }
 
     /// An upper estimate of the peak memory training needs on the CPU, in bytes, for the

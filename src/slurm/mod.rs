@@ -67,6 +67,10 @@ pub fn prepare(exp: &Experiment, inv: &Invocation) -> Result<Submission, Error> 
             )),
         }
     }
+    let queued: Vec<&crate::plan::RunPlan> = exp.plans.iter().filter(|p| tasks.contains(&p.id())).collect();
+    if let Some(e) = exp.slurm_memory_error(&queued) {
+        return Err(Error::Spec(crate::spec::SpecErrors(vec![e])));
+    }
     let slurm = &exp.plans.first().map(|p| p.config.slurm.clone()).unwrap_or_default();
     let dir = inv.runs_dir.join(exp.name()).join("slurm");
     Ok(Submission {

@@ -25,7 +25,7 @@ pub use sections::{
     RunConfig, SampleSection, SlurmSection, TrainSection,
 };
 
-pub use validate::{TimeLimit, slurm_time_limit};
+pub use validate::{TimeLimit, slurm_mem_bytes, slurm_time_limit};
 
 use overrides::{axis_labels, normalized, set_dotted, value_label};
 use source::{SourceMap, segments};

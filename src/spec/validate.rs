@@ -436,6 +436,22 @@ fn slurm_time_seconds(time: &str) -> Option<u64> {
     })
 }
 
+/// The bytes of a Slurm memory size as `--mem` reads it: a whole number with an optional
+/// unit K, M, G or T (powers of 1024), megabytes without one.
+pub fn slurm_mem_bytes(mem: &str) -> Option<f64> {
+    let digits = mem.trim_end_matches(['K', 'M', 'G', 'T']);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || mem.len() - digits.len() > 1 {
+        return None;
+    }
+    let power = match &mem[digits.len()..] {
+        "K" => 1,
+        "" | "M" => 2,
+        "G" => 3,
+        _ => 4,
+    };
+    Some(digits.parse::<f64>().ok()? * 1024f64.powi(power))
+}
+
 /// The `[slurm]` section's problems. Its values are written into a shell script, so each must
 /// be one plain word: no spaces, quotes or line breaks.
 fn check_slurm(s: &super::SlurmSection, bad: &mut impl FnMut(&[&str], String)) {
@@ -475,14 +491,13 @@ fn check_slurm(s: &super::SlurmSection, bad: &mut impl FnMut(&[&str], String)) {
             ),
         );
     }
-    if let Some(mem) = &s.mem {
-        let digits = mem.trim_end_matches(['K', 'M', 'G', 'T']);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || mem.len() - digits.len() > 1 {
-            bad(
-                &["slurm.mem"],
-                format!("{mem:?} is not a memory size like 16G, 4000M or 4000"),
-            );
-        }
+    if let Some(mem) = &s.mem
+        && slurm_mem_bytes(mem).is_none()
+    {
+        bad(
+            &["slurm.mem"],
+            format!("{mem:?} is not a memory size like 16G, 4000M or 4000"),
+        );
     }
     for (key, v) in [
         ("slurm.cpus_per_task", s.cpus_per_task),
