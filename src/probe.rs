@@ -141,11 +141,13 @@ pub fn available_memory_bytes() -> Option<f64> {
     Some(capped.map_or(system, |c| c.min(system)))
 }
 
-/// The least room left (limit − usage) in the memory cgroups that `groups` (the text of
-/// `/proc/self/cgroup`) names under `root`, and in their ancestors, since a limit on any of
-/// them holds: cgroup v2 (`0::/path`: `memory.max`, `memory.current`) and v1
-/// (`N:…memory…:/path`: `memory.limit_in_bytes`, `memory.usage_in_bytes`). `None` where no
-/// group has a limit.
+/// The least room left in the memory cgroups that `groups` (the text of `/proc/self/cgroup`)
+/// names under `root`, and in their ancestors, since a limit on any of them holds: the limit
+/// less the usage, of which the inactive page cache does not count (the kernel reclaims it
+/// before it kills: a corpus read once is charged to the group as cache). cgroup v2 (`0::/path`:
+/// `memory.max`, `memory.current`, `inactive_file` of `memory.stat`) and v1
+/// (`N:…memory…:/path`: `memory.limit_in_bytes`, `memory.usage_in_bytes`,
+/// `total_inactive_file`). `None` where no group has a limit.
 pub fn cgroup_headroom(root: &Path, groups: &str) -> Option<f64> {
     let mut least: Option<f64> = None;
     for line in groups.lines() {
@@ -154,9 +156,10 @@ pub fn cgroup_headroom(root: &Path, groups: &str) -> Option<f64> {
             continue;
         };
         let (mount, files) = if controllers.is_empty() {
-            (root.to_path_buf(), ("memory.max", "memory.current"))
+            (root.to_path_buf(), ("memory.max", "memory.current", "inactive_file"))
         } else if controllers.split(',').any(|c| c == "memory") {
-            (root.join("memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+            let v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file");
+            (root.join("memory"), v1)
         } else {
             continue;
         };
@@ -165,7 +168,8 @@ pub fn cgroup_headroom(root: &Path, groups: &str) -> Option<f64> {
             // "max" (v2's no limit) does not parse: no limit here.
             let number = |file: &str| std::fs::read_to_string(dir.join(file)).ok()?.trim().parse::<f64>().ok();
             if let (Some(limit), Some(used)) = (number(files.0), number(files.1)) {
-                let room = (limit - used).max(0.0);
+                let reclaimable = stat(&dir, files.2).unwrap_or(0.0);
+                let room = (limit - (used - reclaimable).max(0.0)).max(0.0);
                 least = Some(least.map_or(room, |l| l.min(room)));
             }
             if dir == mount || !dir.pop() {
@@ -174,6 +178,13 @@ pub fn cgroup_headroom(root: &Path, groups: &str) -> Option<f64> {
         }
     }
     least
+}
+
+/// The value of `key` in the group `dir`'s `memory.stat` (`key value` lines).
+fn stat(dir: &Path, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -205,6 +216,10 @@ mod tests {
         );
         let groups = "0::/system.slice/slurmstepd.scope/job_7/step_0/task_0\n";
         assert_eq!(cgroup_headroom(r, groups), Some(4e9));
+        // A corpus read once is charged as page cache; its inactive part is reclaimed first.
+        let stat = "anon 100000000\nfile 194967296\ninactive_file 94967296\n";
+        group(r, "system.slice/slurmstepd.scope/job_7", &[("memory.stat", stat)]);
+        assert_eq!(cgroup_headroom(r, groups), Some(4e9 + 94967296.0));
         // No limit anywhere, or no such group: none.
         assert_eq!(cgroup_headroom(r, "0::/system.slice\n"), None);
         assert_eq!(cgroup_headroom(r, "0::/elsewhere\n"), None);
@@ -224,6 +239,12 @@ mod tests {
         v1("", "9223372036854771712", "5000");
         v1("box", "3000000000", "1000000000");
         v1("box/inner", "9223372036854771712", "500000000");
+        // `inactive_file` is v2's name: v1's is `total_inactive_file`.
+        group(
+            r,
+            "memory/box",
+            &[("memory.stat", "inactive_file 7\ntotal_inactive_file 0\n")],
+        );
         let groups = "4:memory:/box/inner\n3:cpuset:/\n1:name=systemd:/\n0::/\n";
         assert_eq!(cgroup_headroom(r, groups), Some(2e9));
         // Over its limit (usage can pass a soft limit): no room, not a negative one.
