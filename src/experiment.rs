@@ -173,7 +173,8 @@ impl Experiment {
         let slurm = &tasks.first()?.config.slurm;
         let mem = slurm.mem.as_deref()?;
         let limit = crate::spec::slurm_mem_bytes(mem)?;
-        if slurm.gpus.is_some_and(|g| g > 0) {
+        // 0 is all of a node's memory; on GPUs the activations are the device's.
+        if limit == 0.0 || slurm.gpus.is_some_and(|g| g > 0) {
             return None;
         }
         let over: Vec<String> = tasks
@@ -186,9 +187,14 @@ impl Experiment {
             [one] => format!("run {one} needs more at its peak"),
             many => format!("runs {} need more at their peak", many.join(", ")),
         };
+        // Slurm's default unit is MB, unless the cluster is configured for GB.
+        let unit = match mem.bytes().all(|b| b.is_ascii_digit()) {
+            true => " (megabytes, Slurm's default unit: write G where the cluster counts in gigabytes)",
+            false => "",
+        };
         let message = format!(
-            "mem = {mem:?} gives a task {:.2} GB, but {runs} (`gptlab plan` prints each run's estimate): \
-             raise it, or set train.micro_batch_size to train the same steps in smaller passes",
+            "mem = {mem:?} gives a task {:.2} GB{unit}, but {runs} (`gptlab plan` prints each run's \
+             estimate): raise it, or set train.micro_batch_size to train the same steps in smaller passes",
             limit / 1e9
         );
         Some(self.specs.first()?.experiment_error("slurm.mem", message))

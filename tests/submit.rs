@@ -195,8 +195,21 @@ fn a_task_memory_limit_below_a_runs_peak_is_refused_at_its_line_before_anything_
         assert!(line.contains(words), "{words}: {line}");
     }
     assert!(!out.runs.join("sub/slurm").exists(), "{stderr}");
-    // On GPUs the activations are the device's; with 1G the runs fit.
-    for slurm in ["mem = \"64M\"\ngpus = 1\n", "mem = \"1G\"\n"] {
+    // Without a unit, megabytes (Slurm's default), said so.
+    let path = spec(dir.path(), "mem = \"64\"\n");
+    let args = ["submit", path.to_str().unwrap(), "--dry-run"];
+    let refused = common::gptlab().args(args).args(out.args()).assert().code(2);
+    let stderr = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(stderr.contains("0.07 GB (megabytes, Slurm's default unit"), "{stderr}");
+    // On GPUs the activations are the device's; with 1G (or 1g, 1GB: sbatch reads them alike)
+    // the runs fit; 0 is all of a node's memory.
+    for slurm in [
+        "mem = \"64M\"\ngpus = 1\n",
+        "mem = \"1G\"\n",
+        "mem = \"1g\"\n",
+        "mem = \"1GB\"\n",
+        "mem = \"0\"\n",
+    ] {
         let text = dry_run(&spec(dir.path(), slurm), &out, &[]);
         assert!(text.contains("# 2 tasks: a, b"), "{slurm}: {text}");
     }

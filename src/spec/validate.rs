@@ -437,17 +437,16 @@ fn slurm_time_seconds(time: &str) -> Option<u64> {
 }
 
 /// The bytes of a Slurm memory size as `--mem` reads it: a whole number with an optional
-/// unit K, M, G or T (powers of 1024), megabytes without one.
+/// unit K, M, G or T in either case (powers of 1024; a `B` after it is allowed), megabytes
+/// without one (Slurm's default unit). `0` is 0: Slurm reads it as all of a node's memory.
 pub fn slurm_mem_bytes(mem: &str) -> Option<f64> {
-    let digits = mem.trim_end_matches(['K', 'M', 'G', 'T']);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || mem.len() - digits.len() > 1 {
-        return None;
-    }
-    let power = match &mem[digits.len()..] {
-        "K" => 1,
-        "" | "M" => 2,
-        "G" => 3,
-        _ => 4,
+    let (digits, unit) = mem.split_at(mem.find(|c: char| !c.is_ascii_digit()).unwrap_or(mem.len()));
+    let power = match unit.to_ascii_uppercase().as_str() {
+        "K" | "KB" => 1,
+        "" | "M" | "MB" => 2,
+        "G" | "GB" => 3,
+        "T" | "TB" => 4,
+        _ => return None,
     };
     Some(digits.parse::<f64>().ok()? * 1024f64.powi(power))
 }
@@ -575,6 +574,31 @@ fn check_eval(e: &super::EvalSection, bad: &mut impl FnMut(&[&str], String)) {
                 &["eval.rope_scaling"],
                 format!("{s} is listed twice: each scaling is evaluated once"),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slurm_mem_bytes;
+
+    #[test]
+    fn memory_sizes_read_as_sbatch_reads_them() {
+        let mib = 1024.0 * 1024.0;
+        for (mem, bytes) in [
+            ("4000", 4000.0 * mib),
+            ("512K", 512.0 * 1024.0),
+            ("512k", 512.0 * 1024.0),
+            ("16G", 16.0 * 1024.0 * mib),
+            ("16g", 16.0 * 1024.0 * mib),
+            ("16GB", 16.0 * 1024.0 * mib),
+            ("2T", 2.0 * 1024.0 * 1024.0 * mib),
+            ("0", 0.0),
+        ] {
+            assert_eq!(slurm_mem_bytes(mem), Some(bytes), "{mem}");
+        }
+        for mem in ["", "G", "16X", "1.5G", "-1G", "16 G", "16GiB", "lots"] {
+            assert_eq!(slurm_mem_bytes(mem), None, "{mem}");
         }
     }
 }
