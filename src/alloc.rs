@@ -36,3 +36,17 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// Hands the memory freed so far back to the kernel (glibc only; a no-op elsewhere). Call where
+/// the shapes change, as at a phase of another sequence length: the blocks a shorter phase
+/// kept are too small for the longer one's, and kept they would stay resident beside it (a
+/// GPT-2-vocabulary run at 128 then 256 tokens peaked at 6.0 GB, against 5.1 GB trained at
+/// 256 alone).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel;
+    // memory in use is untouched, and it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

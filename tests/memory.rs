@@ -8,14 +8,21 @@ use std::path::Path;
 use common::{csv_rows, gptlab, quiet_run, write_spec};
 use predicates::prelude::*;
 
-/// One step of gpt-mini's shape at T = 256 (`tokenizer`, `batch`, `layers` of width `width`),
-/// evaluated at the phase end at two `[eval]` lengths, as experiment `name`.
+/// One step at T = 256 (`tokenizer`, `batch`, `layers` of width `width`; after one at 128
+/// with `first_at_128`), evaluated at each phase end at two `[eval]` lengths, as experiment
+/// `name`.
 fn one_step(dir: &Path, name: &str, tokenizer: &str, batch: usize, layers: usize, width: usize) -> std::path::PathBuf {
+    let first_at_128 = name.ends_with("after-128");
     let text = format!(
         "[experiment]\nname = \"{name}\"\nseed = 1\n[data]\npath = \"CORPUS\"\ntokenizer = \"{tokenizer}\"\n\
          [model]\nn_layer = {layers}\nn_embd = {width}\nn_head = 4\n\
          [train]\nbatch_size = {batch}\neval_every = 0\neval_batches = 1\ncheckpoint_every = 0\n\
-         [[phase]]\nseq_len = 256\nsteps = 1\n[eval]\nlengths = [256, 512]\ntokens = 4096\n"
+         {}[[phase]]\nseq_len = 256\nsteps = 1\n[eval]\nlengths = [256, 512]\ntokens = 4096\n",
+        if first_at_128 {
+            "[[phase]]\nseq_len = 128\nsteps = 1\n"
+        } else {
+            ""
+        }
     );
     write_spec(dir, &format!("{name}.toml"), &text)
 }
@@ -36,8 +43,14 @@ fn planned_mb(spec: &Path) -> f64 {
 fn the_planned_memory_is_above_the_peak_a_run_records_and_near_it() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    // Activations dominate the first; the second's 50,257-wide logits (16 × 256 tokens: 823 MB).
-    for (name, tokenizer, batch, layers, width) in [("chars", "char", 16, 6, 192), ("gpt2", "gpt2", 16, 1, 32)] {
+    // Activations dominate the first; the others' 50,257-wide logits (16 × 256 tokens: 823 MB),
+    // the last's after a phase at 128, whose smaller blocks must not stay resident beside them.
+    let cases = [
+        ("chars", "char", 16, 6, 192),
+        ("gpt2", "gpt2", 16, 1, 32),
+        ("gpt2-after-128", "gpt2", 16, 1, 32),
+    ];
+    for (name, tokenizer, batch, layers, width) in cases {
         let spec = one_step(dir.path(), name, tokenizer, batch, layers, width);
         let planned = planned_mb(&spec);
         quiet_run(&spec, &runs).assert().success();
@@ -67,4 +80,24 @@ fn a_run_that_cannot_fit_is_refused_before_anything_is_written() {
         )
         .stderr(predicate::str::contains("train.micro_batch_size"));
     assert!(!runs.join("huge").exists(), "a refused run left a folder");
+}
+
+#[test]
+fn runs_trained_one_after_another_in_one_process_each_record_their_own_peak() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let spec = one_step(dir.path(), "two", "char", 64, 6, 192);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let runs_text = "[[run]]\nname = \"big\"\n[[run]]\nname = \"small\"\ntrain.batch_size = 8\n";
+    std::fs::write(&spec, text + runs_text).unwrap();
+    quiet_run(&spec, &runs).args(["--jobs", "1"]).assert().success();
+    let peak = |run: &str| -> f64 {
+        let rows = csv_rows(&runs.join("two").join(run).join("metrics.csv"));
+        rows.last().unwrap()["peak_rss_mb"].parse().unwrap()
+    };
+    let (big, small) = (peak("big"), peak("small"));
+    println!("big {big:.0} MB, then small {small:.0} MB");
+    // The small run needs about a fifth of the big one's memory; what the big one freed is
+    // handed back before the small one starts, not counted as its peak.
+    assert!(small < 0.5 * big, "big {big:.0} MB, then small {small:.0} MB");
 }

@@ -279,6 +279,8 @@ impl<'a, D: Backend> RunLoop<'a, D> {
         provenance.sessions.push(session);
         run_dir.write_provenance(&provenance)?;
         crate::probe::enable_attention_probe(plan.config.measure.attention);
+        // What earlier runs of this process left free is not this run's peak.
+        crate::alloc::release_freed_memory();
         crate::probe::reset_peak_rss();
         let later = opts.later_work.get(&plan.id()).copied().unwrap_or(0.0);
         let progress = Progress::start(&plan.id(), &plan.schedule, done, later, opts.quiet, opts.lines_only);
@@ -308,7 +310,10 @@ impl<'a, D: Backend> RunLoop<'a, D> {
     /// Trains every step left, phase by phase, and ends the session.
     pub fn run(mut self) -> Result<RunOutcome> {
         let (plan, done) = (self.plan, self.done);
-        for phase in plan.schedule.phases.iter().filter(|p| p.last_step() > done) {
+        for (i, phase) in plan.schedule.phases.iter().filter(|p| p.last_step() > done).enumerate() {
+            if i > 0 {
+                crate::alloc::release_freed_memory();
+            }
             let evals = eval_batches(plan, &plan.corpus, phase);
             for step in phase.first_step.max(done + 1)..=phase.last_step() {
                 self.still_ours()?;
