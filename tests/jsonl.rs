@@ -190,3 +190,40 @@ fn bad_lines_a_misplaced_text_field_and_another_field_are_refused_naming_them() 
         "data.text_field: was `text` when trained, the spec now says `other`",
     ));
 }
+
+#[test]
+fn tokenising_progress_counts_the_files_bytes_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // About 3 MB of JSON (over the 2 MiB under which no progress is shown), a quarter of it
+    // keys, quotes and escapes around the text.
+    let text = std::fs::read_to_string(common::corpus_path()).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .chain(text.lines())
+        .map(|l| serde_json::json!({"text": l, "source": "tiny-shakespeare"}).to_string())
+        .collect();
+    write_corpus(dir.path(), &lines);
+    let file_mb = std::fs::metadata(dir.path().join("corpus.jsonl")).unwrap().len() as f64 / 1e6;
+    let cache = dir.path().join("cache");
+    let spec = spec(
+        dir.path(),
+        &format!("format = \"jsonl\"\ncache_dir = \"{}\"", cache.display()),
+    );
+    let out = common::gptlab()
+        .args(["validate", spec.to_str().unwrap()])
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let line = stderr.lines().find(|l| l.contains("tokenised")).expect(&stderr);
+    let mb: f64 = line
+        .split("tokenised ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((mb - file_mb).abs() < 0.06, "{line}: the file is {file_mb:.2} MB");
+    assert!(stderr.contains(&format!("tokenising {file_mb:.1} MB")), "{stderr}");
+}

@@ -238,7 +238,10 @@ fn write_split(
             {
                 out.put(&[sep]).map_err(cannot)?;
             }
-            bytes += encode_document(doc, tokenizer, &mut out, progress)?;
+            let text = encode_document(doc, tokenizer, &mut out, progress)?;
+            // Progress counts the file's bytes: of JSON Lines, the keys and quotes around the text.
+            progress.add(doc.len().saturating_sub(text));
+            bytes += text;
         }
         out.file
             .flush()
@@ -387,7 +390,7 @@ impl TokenWriter {
     }
 }
 
-/// Progress of tokenising, in MB and MB/s, at most once a second.
+/// Progress of tokenising, in MB of the corpus's files and MB/s, at most once a second.
 struct Rate {
     total: u64,
     done: u64,
@@ -398,7 +401,7 @@ struct Rate {
 impl Rate {
     fn new(total: u64) -> Self {
         if total >= QUIET_BELOW {
-            crate::events::progress(format!("tokenising {:.1} MB of text", total as f64 / 1e6));
+            crate::events::progress(format!("tokenising {:.1} MB", total as f64 / 1e6));
         }
         Self {
             total,
