@@ -8,21 +8,40 @@ use std::path::Path;
 use common::{csv_rows, gptlab, quiet_run, write_spec};
 use predicates::prelude::*;
 
-/// One step at T = 256 (`tokenizer`, `batch`, `layers` of width `width`; after one at 128
-/// with `first_at_128`), evaluated at each phase end at two `[eval]` lengths, as experiment
-/// `name`.
-fn one_step(dir: &Path, name: &str, tokenizer: &str, batch: usize, layers: usize, width: usize) -> std::path::PathBuf {
-    let first_at_128 = name.ends_with("after-128");
+/// What a case adds to [`one_step`]'s run.
+#[derive(Clone, Copy, PartialEq)]
+enum Extra {
+    Nothing,
+    /// A step at T = 128 first, whose smaller blocks must not stay resident beside the 256's.
+    After128,
+    /// RoPE, evaluated at 4,096 tokens: one window longer than the training pass.
+    LongEval,
+}
+
+/// One step at T = 256 (`tokenizer`, `batch`, `layers` of width `width`, with `extra`),
+/// evaluated at each phase end at two `[eval]` lengths, as experiment `name`.
+fn one_step(
+    dir: &Path,
+    name: &str,
+    tokenizer: &str,
+    (batch, layers, width): (usize, usize, usize),
+    extra: Extra,
+) -> std::path::PathBuf {
+    let first = if extra == Extra::After128 {
+        "[[phase]]\nseq_len = 128\nsteps = 1\n"
+    } else {
+        ""
+    };
+    let (position, longest) = if extra == Extra::LongEval {
+        ("rope", 4096)
+    } else {
+        ("absolute", 512)
+    };
     let text = format!(
         "[experiment]\nname = \"{name}\"\nseed = 1\n[data]\npath = \"CORPUS\"\ntokenizer = \"{tokenizer}\"\n\
-         [model]\nn_layer = {layers}\nn_embd = {width}\nn_head = 4\n\
+         [model]\nn_layer = {layers}\nn_embd = {width}\nn_head = 4\nposition = \"{position}\"\n\
          [train]\nbatch_size = {batch}\neval_every = 0\neval_batches = 1\ncheckpoint_every = 0\n\
-         {}[[phase]]\nseq_len = 256\nsteps = 1\n[eval]\nlengths = [256, 512]\ntokens = 4096\n",
-        if first_at_128 {
-            "[[phase]]\nseq_len = 128\nsteps = 1\n"
-        } else {
-            ""
-        }
+         {first}[[phase]]\nseq_len = 256\nsteps = 1\n[eval]\nlengths = [256, {longest}]\ntokens = 4096\n"
     );
     write_spec(dir, &format!("{name}.toml"), &text)
 }
@@ -44,14 +63,15 @@ fn the_planned_memory_is_above_the_peak_a_run_records_and_near_it() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     // Activations dominate the first; the others' 50,257-wide logits (16 × 256 tokens: 823 MB),
-    // the last's after a phase at 128, whose smaller blocks must not stay resident beside them.
+    // the last's from a 4,096-token evaluation window after training on 2 × 256.
     let cases = [
-        ("chars", "char", 16, 6, 192),
-        ("gpt2", "gpt2", 16, 1, 32),
-        ("gpt2-after-128", "gpt2", 16, 1, 32),
+        ("chars", "char", (16, 6, 192), Extra::Nothing),
+        ("gpt2", "gpt2", (16, 1, 32), Extra::Nothing),
+        ("gpt2-after-128", "gpt2", (16, 1, 32), Extra::After128),
+        ("gpt2-long-eval", "gpt2", (2, 1, 32), Extra::LongEval),
     ];
-    for (name, tokenizer, batch, layers, width) in cases {
-        let spec = one_step(dir.path(), name, tokenizer, batch, layers, width);
+    for (name, tokenizer, shape, extra) in cases {
+        let spec = one_step(dir.path(), name, tokenizer, shape, extra);
         let planned = planned_mb(&spec);
         quiet_run(&spec, &runs).assert().success();
         let rows = csv_rows(&runs.join(name).join("default/metrics.csv"));
@@ -70,7 +90,7 @@ fn a_run_that_cannot_fit_is_refused_before_anything_is_written() {
     let runs = dir.path().join("runs");
     // 2²⁴ tokens a step (the most a spec may ask): 3.4·10¹⁵ bytes of logits, which no
     // machine this runs on has.
-    let spec = one_step(dir.path(), "huge", "gpt2", 1 << 16, 1, 32);
+    let spec = one_step(dir.path(), "huge", "gpt2", (1 << 16, 1, 32), Extra::Nothing);
     quiet_run(&spec, &runs)
         .assert()
         .code(1)
@@ -86,7 +106,7 @@ fn a_run_that_cannot_fit_is_refused_before_anything_is_written() {
 fn runs_trained_one_after_another_in_one_process_each_record_their_own_peak() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let spec = one_step(dir.path(), "two", "char", 64, 6, 192);
+    let spec = one_step(dir.path(), "two", "char", (64, 6, 192), Extra::Nothing);
     let text = std::fs::read_to_string(&spec).unwrap();
     let runs_text = "[[run]]\nname = \"big\"\n[[run]]\nname = \"small\"\ntrain.batch_size = 8\n";
     std::fs::write(&spec, text + runs_text).unwrap();

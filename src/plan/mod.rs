@@ -282,7 +282,8 @@ impl RunPlan {
     }
 
     /// An upper estimate of the peak memory training needs on the CPU, in bytes, for the
-    /// tokens of one pass (a micro-batch, or the whole batch) at the longest `seq_len`:
+    /// tokens of one pass (a micro-batch, or the whole batch) at the longest `seq_len`, or of
+    /// the longest `[eval]` window where that is longer:
     /// 20 bytes a parameter (weights, their gradients and host copy, two AdamW moments; 24 with
     /// accumulation), for each token and layer the activations kept for backward (9 floats a
     /// channel, and 2 a hidden unit of a GELU MLP, 7 of a SwiGLU one), 4 bytes a token and
@@ -293,7 +294,9 @@ impl RunPlan {
     pub fn train_memory_bytes(&self) -> f64 {
         let a = &self.model().arch;
         let t = &self.config.train;
-        let tokens = (t.windows_per_pass() * self.schedule.max_seq_len()) as f64;
+        // An `[eval]` window longer than a training pass is a pass of its own.
+        let longest_eval = self.config.eval.lengths.iter().copied().max().unwrap_or(0);
+        let tokens = (t.windows_per_pass() * self.schedule.max_seq_len()).max(longest_eval) as f64;
         let per_param = if t.windows_per_pass() < t.batch_size {
             24.0
         } else {
