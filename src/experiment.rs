@@ -166,7 +166,7 @@ impl Experiment {
     }
 
     /// `[slurm] mem` too small for the runs of `tasks` (CPU tasks: without `slurm.gpus`), by
-    /// the rule `gptlab run` applies on the node ([`RunPlan::cannot_fit_in`]): an error at its
+    /// the rule `gptlab run` applies on the node ([`crate::plan::cannot_fit`]): an error at its
     /// line, naming each such run with its estimate, so that no task is queued only to be
     /// killed at its limit.
     pub fn slurm_memory_error(&self, tasks: &[&RunPlan]) -> Option<crate::spec::SpecError> {
@@ -179,8 +179,9 @@ impl Experiment {
         }
         let over: Vec<String> = tasks
             .iter()
-            .filter(|p| p.cannot_fit_in(limit))
-            .map(|p| format!("`{}` (about {:.2} GB)", p.id(), p.train_memory_bytes() / 1e9))
+            .map(|p| (p.id(), p.train_memory_bytes()))
+            .filter(|&(_, need)| crate::plan::cannot_fit(need, limit))
+            .map(|(id, need)| format!("`{id}` (about {:.2} GB)", need / 1e9))
             .collect();
         let runs = match over.as_slice() {
             [] => return None,

@@ -152,10 +152,12 @@ impl PhaseSchedule {
     }
 }
 
-/// How far a run's memory estimate may exceed the memory it has before the run is refused:
-/// the estimate is 11–34% above the peaks measured, so a run refused needs about all that
-/// memory or more (it would be killed mid-way).
-pub const MEMORY_REFUSED_ABOVE: f64 = 1.2;
+/// Whether runs estimated to need `need` bytes ([`RunPlan::train_memory_bytes`]) cannot fit
+/// in `available`: an estimate above 1.2 times it. The estimate is 11–34% above the peaks
+/// measured, so runs refused need about all that memory or more (they would be killed mid-way).
+pub fn cannot_fit(need: f64, available: f64) -> bool {
+    need > 1.2 * available
+}
 
 /// Everything needed to train one run.
 #[derive(Clone, Debug)]
@@ -275,12 +277,6 @@ impl RunPlan {
             .sum()
     }
 
-    /// Whether the run, by [`train_memory_bytes`](Self::train_memory_bytes), would not fit in
-    /// `available` bytes: an estimate above [`MEMORY_REFUSED_ABOVE`] times them.
-    pub fn cannot_fit_in(&self, available: f64) -> bool {
-        self.train_memory_bytes() > MEMORY_REFUSED_ABOVE * available
-    }
-
     /// An upper estimate of the peak memory training needs on the CPU, in bytes, for the
     /// tokens of one pass (a micro-batch, or the whole batch) at the longest `seq_len`, or of
     /// the longest `[eval]` window where that is longer:
@@ -292,7 +288,8 @@ impl RunPlan {
     /// 0.39–5.07 GB: gpt-mini, LLaMA-style, wider, T = 1024, GPT-2's vocabulary, accumulation),
     /// which it exceeds by 11–34%. Evaluation needs no more ([`crate::train::eval_loss`]).
     pub fn train_memory_bytes(&self) -> f64 {
-        let a = &self.model().arch;
+        let model = self.model();
+        let a = &model.arch;
         let t = &self.config.train;
         // An `[eval]` window longer than a training pass is a pass of its own.
         let longest_eval = self.config.eval.lengths.iter().copied().max().unwrap_or(0);
@@ -309,7 +306,7 @@ impl RunPlan {
         let per_token_layer = 9.0 * a.n_embd as f64 + hidden_floats * a.mlp_width() as f64;
         let bytes = per_param * self.num_params() as f64
             + tokens * a.n_layer as f64 * per_token_layer * 4.0
-            + tokens * self.model().vocab_size as f64 * 4.0
+            + tokens * model.vocab_size as f64 * 4.0
             + 100e6;
         1.1 * bytes
     }

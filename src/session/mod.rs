@@ -144,7 +144,7 @@ fn choose_device(request: Option<DeviceRequest>, plans: &[&RunPlan], quiet: bool
 }
 
 /// Refuses runs that could not fit in memory (they would be killed mid-way); runs trained
-/// side by side need their memory at the same time (see [`crate::plan::MEMORY_REFUSED_ABOVE`]).
+/// side by side need their memory at the same time (see [`crate::plan::cannot_fit`]).
 fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
     let Some(available) = crate::probe::available_memory_bytes() else {
         return Ok(());
@@ -152,7 +152,7 @@ fn check_memory(plans: &[&RunPlan], jobs: usize) -> Result<(), Error> {
     let mut needs: Vec<(f64, String)> = plans.iter().map(|p| (p.train_memory_bytes(), p.id())).collect();
     needs.sort_by(|a, b| b.0.total_cmp(&a.0));
     let need: f64 = needs.iter().take(jobs).map(|n| n.0).sum();
-    if need > crate::plan::MEMORY_REFUSED_ABOVE * available {
+    if crate::plan::cannot_fit(need, available) {
         let what = if jobs > 1 {
             format!("{jobs} runs at once (--jobs {jobs})")
         } else {
